@@ -1,0 +1,32 @@
+"""metarl_fast: meta-reinforcement learning on the CPU.
+
+Typed Cython kernels over NumPy arrays (``metarl_fast._core``) with a pure-NumPy reference twin
+(``metarl_fast.reference``).  Every public kernel and class below dispatches to the active
+backend: ``set_backend("cython" | "numpy")``, or ``METARL_FAST_BACKEND`` before import.
+"""
+__version__ = "0.1.0"
+
+from metarl_fast._backend import (  # noqa: F401
+    BACKENDS,
+    get_backend,
+    is_available,
+    set_backend,
+    use_backend,
+)
+
+from metarl_fast._backend import _initial
+
+_initial()
+del _initial
+
+from metarl_fast.io import CheckpointError  # noqa: E402,F401
+from metarl_fast.policy import (  # noqa: E402,F401
+    LinearSoftmaxPolicy,
+    TabularSoftmaxPolicy,
+    entropy,
+    grad_log_prob,
+    log_prob,
+    log_softmax,
+    sample_actions,
+    softmax,
+)

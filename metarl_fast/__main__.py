@@ -1,0 +1,3 @@
+from metarl_fast.cli import main
+
+raise SystemExit(main())

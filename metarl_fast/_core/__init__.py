@@ -1,0 +1,1 @@
+"""Compiled Cython kernels (nogil, typed memoryviews). Twins of :mod:`metarl_fast.reference`."""

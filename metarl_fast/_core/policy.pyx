@@ -1,0 +1,332 @@
+"""Softmax policy kernels (Cython twin of :mod:`metarl_fast.reference.policy`).
+
+The ``def`` functions validate at the boundary (cheap C-level checks on the fast path, the shared
+:mod:`metarl_fast._validate` helpers otherwise) and then run a ``nogil`` kernel from ``policy.pxd``.
+"""
+cimport numpy as cnp
+from libc.math cimport INFINITY, log
+from libc.stdint cimport int64_t
+from libc.stdlib cimport free, malloc
+from numpy.random cimport bitgen_t
+
+from metarl_fast._core.mf_exp cimport mf_exp_nonpos_block
+from metarl_fast._core.rng cimport bitgen_of, next_uniform
+
+import numpy as np
+
+from metarl_fast import _validate
+
+cnp.import_array()
+
+cdef enum Op:
+    OP_SOFTMAX
+    OP_LOG_SOFTMAX
+    OP_ENTROPY
+    OP_LOG_PROB
+    OP_GRAD
+    OP_SAMPLE
+
+# Rows are processed in chunks of about this many elements, so the shifted logits and their
+# exponentials stay in L1/L2 while one long vectorised exp loop runs over the whole chunk.
+cdef intp_t CHUNK_ELEMS = 2048
+
+
+cdef intp_t row_max(const floating* logits, intp_t n_rows, intp_t n_actions,
+                    double* max_out) noexcept nogil:
+    """max_out[i] = max_a logits[i, a]; returns the first row with NaN/+inf or all -inf, else -1."""
+    cdef intp_t i, a
+    cdef double v, m
+    cdef const floating* row
+    for i in range(n_rows):
+        row = logits + i * n_actions
+        m = -INFINITY
+        for a in range(n_actions):
+            v = row[a]
+            if v != v or v == INFINITY:
+                return i
+            if v > m:
+                m = v
+        if m == -INFINITY:
+            return i
+        max_out[i] = m
+    return MF_OK
+
+
+cdef intp_t _apply(const floating* logits, intp_t n_rows, intp_t n_actions, Op op,
+                   const int64_t* actions, bitgen_t* bitgen,
+                   floating* fout, int64_t* iout) noexcept nogil:
+    """Shared driver: validate every row first, then shift, exponentiate and reduce by chunks."""
+    cdef intp_t i, a, start, n, k, chunk_rows, status
+    cdef double s, acc, target, p
+    cdef double* maxes
+    cdef double* z
+    cdef double* e
+    cdef const floating* row
+    if n_rows == 0:
+        return MF_OK
+    maxes = <double*> malloc(n_rows * sizeof(double))
+    if maxes == NULL:
+        return MF_NO_MEMORY
+    status = row_max(logits, n_rows, n_actions, maxes)
+    if status != MF_OK:
+        free(maxes)
+        return status
+    chunk_rows = CHUNK_ELEMS // n_actions
+    if chunk_rows < 1:
+        chunk_rows = 1
+    if chunk_rows > n_rows:
+        chunk_rows = n_rows
+    z = <double*> malloc(2 * chunk_rows * n_actions * sizeof(double))
+    if z == NULL:
+        free(maxes)
+        return MF_NO_MEMORY
+    e = z + chunk_rows * n_actions
+    start = 0
+    while start < n_rows:
+        n = chunk_rows if n_rows - start > chunk_rows else n_rows - start
+        for i in range(n):
+            row = logits + (start + i) * n_actions
+            for a in range(n_actions):
+                z[i * n_actions + a] = <double> row[a] - maxes[start + i]
+        mf_exp_nonpos_block(z, e, n * n_actions)
+        for i in range(n):
+            k = i * n_actions
+            s = 0.0
+            for a in range(n_actions):
+                s += e[k + a]
+            if op == OP_SAMPLE:
+                target = next_uniform(bitgen) * s
+                acc = 0.0
+                iout[start + i] = n_actions - 1
+                for a in range(n_actions):
+                    acc += e[k + a]
+                    if target < acc:
+                        iout[start + i] = a
+                        break
+            elif op == OP_SOFTMAX:
+                for a in range(n_actions):
+                    fout[(start + i) * n_actions + a] = <floating> (e[k + a] / s)
+            elif op == OP_LOG_SOFTMAX:
+                s = log(s)
+                for a in range(n_actions):
+                    fout[(start + i) * n_actions + a] = <floating> (z[k + a] - s)
+            elif op == OP_ENTROPY:
+                acc = 0.0
+                for a in range(n_actions):
+                    if e[k + a] > 0.0:
+                        acc += e[k + a] * z[k + a]
+                fout[start + i] = <floating> (log(s) - acc / s)
+            elif op == OP_LOG_PROB:
+                fout[start + i] = <floating> (z[k + actions[start + i]] - log(s))
+            else:  # OP_GRAD
+                for a in range(n_actions):
+                    p = e[k + a] / s
+                    fout[(start + i) * n_actions + a] = <floating> (-p)
+                a = actions[start + i]
+                fout[(start + i) * n_actions + a] = <floating> (1.0 - e[k + a] / s)
+        start += n
+    free(z)
+    free(maxes)
+    return MF_OK
+
+
+cdef intp_t softmax_rows(const floating* logits, intp_t n_rows, intp_t n_actions,
+                         floating* probs_out) noexcept nogil:
+    return _apply(logits, n_rows, n_actions, OP_SOFTMAX, NULL, NULL, probs_out, NULL)
+
+
+cdef intp_t log_softmax_rows(const floating* logits, intp_t n_rows, intp_t n_actions,
+                             floating* log_probs_out) noexcept nogil:
+    return _apply(logits, n_rows, n_actions, OP_LOG_SOFTMAX, NULL, NULL, log_probs_out, NULL)
+
+
+cdef intp_t entropy_rows(const floating* logits, intp_t n_rows, intp_t n_actions,
+                         floating* entropy_out) noexcept nogil:
+    return _apply(logits, n_rows, n_actions, OP_ENTROPY, NULL, NULL, entropy_out, NULL)
+
+
+cdef intp_t log_prob_rows(const floating* logits, const int64_t* actions, intp_t n_rows,
+                          intp_t n_actions, floating* log_prob_out) noexcept nogil:
+    return _apply(logits, n_rows, n_actions, OP_LOG_PROB, actions, NULL, log_prob_out, NULL)
+
+
+cdef intp_t grad_log_prob_rows(const floating* logits, const int64_t* actions, intp_t n_rows,
+                               intp_t n_actions, floating* grad_out) noexcept nogil:
+    return _apply(logits, n_rows, n_actions, OP_GRAD, actions, NULL, grad_out, NULL)
+
+
+cdef intp_t sample_rows(const floating* logits, intp_t n_rows, intp_t n_actions,
+                        bitgen_t* bitgen, int64_t* actions_out) noexcept nogil:
+    return _apply(logits, n_rows, n_actions, OP_SAMPLE, NULL, bitgen, <floating*> NULL, actions_out)
+
+
+# ---------------------------------------------------------------------------------------------
+# Python entry points
+# ---------------------------------------------------------------------------------------------
+
+_Generator = np.random.Generator
+
+
+cdef inline cnp.ndarray _logits(object logits):
+    """Fast path for a C-contiguous 2-D float32/float64 ndarray with A >= 1; else the checker."""
+    cdef cnp.ndarray arr
+    cdef int typenum
+    if type(logits) is cnp.ndarray:
+        arr = <cnp.ndarray> logits
+        typenum = cnp.PyArray_TYPE(arr)
+        if (cnp.PyArray_NDIM(arr) == 2 and cnp.PyArray_IS_C_CONTIGUOUS(arr)
+                and (typenum == cnp.NPY_DOUBLE or typenum == cnp.NPY_FLOAT)
+                and cnp.PyArray_DIM(arr, 1) >= 1):
+            return arr
+    return _validate.check_logits(logits)
+
+
+cdef inline cnp.ndarray _actions(object actions, intp_t n_rows, intp_t n_actions):
+    cdef cnp.ndarray arr
+    cdef const int64_t* p
+    cdef intp_t i
+    if (type(actions) is cnp.ndarray and cnp.PyArray_TYPE(<cnp.ndarray> actions) == cnp.NPY_INT64
+            and cnp.PyArray_NDIM(<cnp.ndarray> actions) == 1
+            and cnp.PyArray_IS_C_CONTIGUOUS(<cnp.ndarray> actions)
+            and cnp.PyArray_DIM(<cnp.ndarray> actions, 0) == n_rows):
+        arr = <cnp.ndarray> actions
+        p = <const int64_t*> cnp.PyArray_DATA(arr)
+        for i in range(n_rows):
+            if p[i] < 0 or p[i] >= n_actions:
+                break
+        else:
+            return arr
+    return _validate.check_actions(actions, n_rows, n_actions)
+
+
+cdef inline cnp.ndarray _out(object out, tuple shape, object dtype):
+    if out is None:
+        return np.empty(shape, dtype=dtype)
+    return _validate.check_out(out, shape, dtype)
+
+
+cdef inline void _raise(intp_t status, cnp.ndarray logits) except *:
+    if status == MF_NO_MEMORY:
+        raise MemoryError("metarl_fast: out of memory in a softmax kernel")
+    if status >= 0:
+        raise _validate.logits_row_error(logits, status)
+
+
+def softmax(logits, out=None):
+    """Row-wise softmax.  See :func:`metarl_fast.reference.policy.softmax`."""
+    cdef cnp.ndarray x = _logits(logits)
+    cdef intp_t n_rows = x.shape[0], n_actions = x.shape[1], status
+    cdef cnp.ndarray res = _out(out, (n_rows, n_actions), x.dtype)
+    if cnp.PyArray_TYPE(x) == cnp.NPY_DOUBLE:
+        with nogil:
+            status = softmax_rows(<const double*> cnp.PyArray_DATA(x), n_rows, n_actions,
+                                  <double*> cnp.PyArray_DATA(res))
+    else:
+        with nogil:
+            status = softmax_rows(<const float*> cnp.PyArray_DATA(x), n_rows, n_actions,
+                                  <float*> cnp.PyArray_DATA(res))
+    _raise(status, x)
+    return res
+
+
+def log_softmax(logits, out=None):
+    """Row-wise log-softmax.  See :func:`metarl_fast.reference.policy.log_softmax`."""
+    cdef cnp.ndarray x = _logits(logits)
+    cdef intp_t n_rows = x.shape[0], n_actions = x.shape[1], status
+    cdef cnp.ndarray res = _out(out, (n_rows, n_actions), x.dtype)
+    if cnp.PyArray_TYPE(x) == cnp.NPY_DOUBLE:
+        with nogil:
+            status = log_softmax_rows(<const double*> cnp.PyArray_DATA(x), n_rows, n_actions,
+                                      <double*> cnp.PyArray_DATA(res))
+    else:
+        with nogil:
+            status = log_softmax_rows(<const float*> cnp.PyArray_DATA(x), n_rows, n_actions,
+                                      <float*> cnp.PyArray_DATA(res))
+    _raise(status, x)
+    return res
+
+
+def entropy(logits, out=None):
+    """Entropy of each row's softmax.  See :func:`metarl_fast.reference.policy.entropy`."""
+    cdef cnp.ndarray x = _logits(logits)
+    cdef intp_t n_rows = x.shape[0], n_actions = x.shape[1], status
+    cdef cnp.ndarray res = _out(out, (n_rows,), x.dtype)
+    if cnp.PyArray_TYPE(x) == cnp.NPY_DOUBLE:
+        with nogil:
+            status = entropy_rows(<const double*> cnp.PyArray_DATA(x), n_rows, n_actions,
+                                  <double*> cnp.PyArray_DATA(res))
+    else:
+        with nogil:
+            status = entropy_rows(<const float*> cnp.PyArray_DATA(x), n_rows, n_actions,
+                                  <float*> cnp.PyArray_DATA(res))
+    _raise(status, x)
+    return res
+
+
+def log_prob(logits, actions, out=None):
+    """log pi(a_i | row i).  See :func:`metarl_fast.reference.policy.log_prob`."""
+    cdef cnp.ndarray x = _logits(logits)
+    cdef intp_t n_rows = x.shape[0], n_actions = x.shape[1], status
+    cdef cnp.ndarray acts = _actions(actions, n_rows, n_actions)
+    cdef cnp.ndarray res = _out(out, (n_rows,), x.dtype)
+    cdef const int64_t* a = <const int64_t*> cnp.PyArray_DATA(acts)
+    if cnp.PyArray_TYPE(x) == cnp.NPY_DOUBLE:
+        with nogil:
+            status = log_prob_rows(<const double*> cnp.PyArray_DATA(x), a, n_rows, n_actions,
+                                   <double*> cnp.PyArray_DATA(res))
+    else:
+        with nogil:
+            status = log_prob_rows(<const float*> cnp.PyArray_DATA(x), a, n_rows, n_actions,
+                                   <float*> cnp.PyArray_DATA(res))
+    _raise(status, x)
+    return res
+
+
+def grad_log_prob(logits, actions, out=None):
+    """d log pi(a_i) / d logits_i = onehot(a_i) - pi_i.  See the reference."""
+    cdef cnp.ndarray x = _logits(logits)
+    cdef intp_t n_rows = x.shape[0], n_actions = x.shape[1], status
+    cdef cnp.ndarray acts = _actions(actions, n_rows, n_actions)
+    cdef cnp.ndarray res = _out(out, (n_rows, n_actions), x.dtype)
+    cdef const int64_t* a = <const int64_t*> cnp.PyArray_DATA(acts)
+    if cnp.PyArray_TYPE(x) == cnp.NPY_DOUBLE:
+        with nogil:
+            status = grad_log_prob_rows(<const double*> cnp.PyArray_DATA(x), a, n_rows, n_actions,
+                                        <double*> cnp.PyArray_DATA(res))
+    else:
+        with nogil:
+            status = grad_log_prob_rows(<const float*> cnp.PyArray_DATA(x), a, n_rows, n_actions,
+                                        <float*> cnp.PyArray_DATA(res))
+    _raise(status, x)
+    return res
+
+
+def sample_actions(logits, rng, out=None):
+    """Sample one action per row by inverse CDF.  See :func:`metarl_fast.reference.policy.sample_actions`."""
+    cdef cnp.ndarray x = _logits(logits)
+    cdef intp_t n_rows = x.shape[0], n_actions = x.shape[1], status = MF_OK
+    cdef cnp.ndarray res
+    cdef bitgen_t* bitgen
+    cdef int64_t* acts
+    if not isinstance(rng, _Generator):
+        _validate.check_rng(rng)
+    if out is None:
+        res = cnp.PyArray_EMPTY(1, <cnp.npy_intp*> &n_rows, cnp.NPY_INT64, 0)
+    else:
+        res = _validate.check_out(out, (n_rows,), np.int64)
+    if n_rows == 0:
+        return res
+    acts = <int64_t*> cnp.PyArray_DATA(res)
+    bit_generator = rng.bit_generator
+    bitgen = bitgen_of(bit_generator)
+    with bit_generator.lock:
+        if cnp.PyArray_TYPE(x) == cnp.NPY_DOUBLE:
+            with nogil:
+                status = sample_rows(<const double*> cnp.PyArray_DATA(x), n_rows, n_actions,
+                                     bitgen, acts)
+        else:
+            with nogil:
+                status = sample_rows(<const float*> cnp.PyArray_DATA(x), n_rows, n_actions,
+                                     bitgen, acts)
+    _raise(status, x)
+    return res

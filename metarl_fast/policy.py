@@ -1,0 +1,266 @@
+"""Softmax policies: the public kernels (dispatched to the active backend) and the policy classes.
+
+``TabularSoftmaxPolicy`` holds logits ``theta[s, a]``; ``LinearSoftmaxPolicy`` holds ``W`` (F, A)
+and ``b`` (A,) with logits ``phi(s) @ W + b``.  Both keep every parameter in one flat float array
+``policy.params``; ``theta``/``W``/``b`` are views into it, so optimizers and meta-learners update
+it in place and the views follow.
+"""
+import numpy as np
+
+from metarl_fast import _validate, io
+from metarl_fast._backend import active
+
+POLICY_FORMAT_VERSION = 1
+
+
+def softmax(logits, out=None):
+    """Row-wise softmax of (B, A) float32/float64 ``logits``; returns (B, A) of the same dtype."""
+    return active.policy.softmax(logits, out)
+
+
+def log_softmax(logits, out=None):
+    """Row-wise log-softmax of (B, A) ``logits``; returns (B, A) of the same dtype."""
+    return active.policy.log_softmax(logits, out)
+
+
+def entropy(logits, out=None):
+    """Entropy of each row's softmax; returns (B,) of the dtype of ``logits``."""
+    return active.policy.entropy(logits, out)
+
+
+def log_prob(logits, actions, out=None):
+    """``log pi(actions[i] | logits[i])`` for int ``actions`` (B,); returns (B,)."""
+    return active.policy.log_prob(logits, actions, out)
+
+
+def grad_log_prob(logits, actions, out=None):
+    """``onehot(actions) - softmax(logits)``, the gradient of log pi w.r.t. the logits; (B, A)."""
+    return active.policy.grad_log_prob(logits, actions, out)
+
+
+def sample_actions(logits, rng, out=None):
+    """One action per row of (B, A) ``logits`` by inverse CDF; int64 (B,).
+
+    Exactly one ``rng.random()`` per row, so both backends return identical actions for the same
+    Generator state.  Non-contiguous ``logits`` are copied once to C order.
+    """
+    return active.policy.sample_actions(logits, rng, out)
+
+
+
+
+def _check_dtype(dtype):
+    dtype = np.dtype(dtype)
+    if dtype not in _validate.FLOAT_DTYPES:
+        raise TypeError(f"dtype must be float32 or float64, got {dtype}")
+    return dtype
+
+
+class _SoftmaxPolicy:
+    """Shared behaviour of the softmax policies (params handling, sampling, persistence)."""
+
+    _kind = None
+
+    def probs(self, obs):
+        """Action probabilities, shape (B, A)."""
+        return softmax(self.logits(obs))
+
+    def act(self, obs, rng):
+        """Sample actions for a batch of observations; int64 (B,)."""
+        return sample_actions(self.logits(obs), rng)
+
+    def log_prob(self, obs, actions):
+        """``log pi(actions | obs)``, shape (B,)."""
+        return log_prob(self.logits(obs), actions)
+
+    def entropy(self, obs):
+        """Entropy of the action distribution at each observation, shape (B,)."""
+        return entropy(self.logits(obs))
+
+    @property
+    def n_params(self):
+        return self.params.size
+
+    @property
+    def dtype(self):
+        return self.params.dtype
+
+    def set_params(self, values):
+        """Copy ``values`` (flat, length n_params, finite) into ``params`` in place."""
+        values = np.asarray(values)
+        if values.shape != self.params.shape:
+            raise ValueError(f"params must have shape {self.params.shape}, got {values.shape}")
+        if not np.all(np.isfinite(values)):
+            raise ValueError("params must be finite")
+        self.params[...] = values
+
+    def copy(self):
+        new = self.__class__.__new__(self.__class__)
+        new._init_from(self._shape_args(), self.params.copy())
+        return new
+
+    def save(self, path):
+        """Write the policy atomically to ``path`` (.npz, no pickle, with a format version)."""
+        arrays = {"params": self.params, "shape": np.asarray(self._shape_args(), dtype=np.int64)}
+        return io.save_npz(path, arrays, kind=self._kind, version=POLICY_FORMAT_VERSION)
+
+    @classmethod
+    def load(cls, path):
+        """Read a policy written by :meth:`save`; raises ``CheckpointError`` on a bad file."""
+        arrays, _ = io.load_npz(path, kind=cls._kind, versions={POLICY_FORMAT_VERSION})
+        try:
+            shape = tuple(int(v) for v in arrays["shape"])
+            params = arrays["params"]
+        except KeyError as err:
+            raise io.CheckpointError(f"{path}: missing array {err}") from err
+        new = cls.__new__(cls)
+        try:
+            new._validate_shape(shape)
+            if params.dtype not in _validate.FLOAT_DTYPES or params.shape != (new._size(shape),):
+                raise ValueError(f"params of shape {params.shape}, dtype {params.dtype}")
+        except (ValueError, TypeError) as err:
+            raise io.CheckpointError(f"{path}: inconsistent policy file ({err})") from err
+        new._init_from(shape, np.ascontiguousarray(params))
+        return new
+
+    def __eq__(self, other):
+        return (type(self) is type(other) and self._shape_args() == other._shape_args()
+                and self.params.dtype == other.params.dtype and np.array_equal(self.params, other.params))
+
+    __hash__ = None
+
+
+class TabularSoftmaxPolicy(_SoftmaxPolicy):
+    """Softmax over a table of logits: ``pi(a | s) = softmax(theta[s])``.
+
+    Parameters
+    ----------
+    n_states, n_actions : int >= 1
+    dtype : float32 or float64
+    theta : array (n_states, n_actions), optional
+        Initial logits (default zeros: the uniform policy).
+
+    Attributes
+    ----------
+    params : ndarray (n_states * n_actions,)  the flat parameters (updated in place by optimizers)
+    theta  : ndarray (n_states, n_actions)    a view of ``params``
+    """
+
+    _kind = "TabularSoftmaxPolicy"
+
+    def __init__(self, n_states, n_actions, dtype=np.float64, theta=None):
+        n_states = _validate.positive_int(n_states, "n_states")
+        n_actions = _validate.positive_int(n_actions, "n_actions")
+        dtype = _check_dtype(dtype)
+        params = np.zeros(n_states * n_actions, dtype=dtype)
+        self._init_from((n_states, n_actions), params)
+        if theta is not None:
+            theta = np.asarray(theta)
+            if theta.shape != (n_states, n_actions):
+                raise ValueError(f"theta must have shape {(n_states, n_actions)}, got {theta.shape}")
+            self.set_params(theta.reshape(-1))
+
+    @staticmethod
+    def _validate_shape(shape):
+        if len(shape) != 2 or min(shape) < 1:
+            raise ValueError(f"bad tabular policy shape {shape}")
+
+    @staticmethod
+    def _size(shape):
+        return shape[0] * shape[1]
+
+    def _init_from(self, shape, params):
+        self.n_states, self.n_actions = shape
+        self.params = params
+        self.theta = params.reshape(shape)
+
+    def _shape_args(self):
+        return (self.n_states, self.n_actions)
+
+    def check_obs(self, obs, name="obs"):
+        """``obs`` as int64 (B,) states in ``[0, n_states)``."""
+        return _validate.int_array(obs, name, ndim=1, low=0, high=self.n_states)
+
+    def logits(self, obs):
+        """Logits of the given states, shape (B, A) (a copy of rows of ``theta``)."""
+        return self.theta[self.check_obs(obs)]
+
+    def __repr__(self):
+        return f"TabularSoftmaxPolicy(n_states={self.n_states}, n_actions={self.n_actions}, dtype={self.dtype})"
+
+
+class LinearSoftmaxPolicy(_SoftmaxPolicy):
+    """Softmax over linear logits: ``pi(a | phi) = softmax(phi @ W + b)``.
+
+    Parameters
+    ----------
+    n_features, n_actions : int >= 1
+    dtype : float32 or float64
+    W : array (n_features, n_actions), optional;  b : array (n_actions,), optional
+        Initial weights and bias (default zeros).
+
+    Attributes
+    ----------
+    params : ndarray (n_features * n_actions + n_actions,)  flat parameters, ``W`` first, then ``b``
+    W : ndarray (n_features, n_actions) and b : ndarray (n_actions,), views of ``params``
+    """
+
+    _kind = "LinearSoftmaxPolicy"
+
+    def __init__(self, n_features, n_actions, dtype=np.float64, W=None, b=None):
+        n_features = _validate.positive_int(n_features, "n_features")
+        n_actions = _validate.positive_int(n_actions, "n_actions")
+        dtype = _check_dtype(dtype)
+        self._init_from((n_features, n_actions), np.zeros(self._size((n_features, n_actions)), dtype=dtype))
+        if W is not None:
+            W = np.asarray(W)
+            if W.shape != self.W.shape:
+                raise ValueError(f"W must have shape {self.W.shape}, got {W.shape}")
+            if not np.all(np.isfinite(W)):
+                raise ValueError("W must be finite")
+            self.W[...] = W
+        if b is not None:
+            b = np.asarray(b)
+            if b.shape != self.b.shape:
+                raise ValueError(f"b must have shape {self.b.shape}, got {b.shape}")
+            if not np.all(np.isfinite(b)):
+                raise ValueError("b must be finite")
+            self.b[...] = b
+
+    @staticmethod
+    def _validate_shape(shape):
+        if len(shape) != 2 or min(shape) < 1:
+            raise ValueError(f"bad linear policy shape {shape}")
+
+    @staticmethod
+    def _size(shape):
+        return shape[0] * shape[1] + shape[1]
+
+    def _init_from(self, shape, params):
+        self.n_features, self.n_actions = shape
+        self.params = params
+        n_w = self.n_features * self.n_actions
+        self.W = params[:n_w].reshape(shape)
+        self.b = params[n_w:]
+
+    def _shape_args(self):
+        return (self.n_features, self.n_actions)
+
+    def check_obs(self, obs, name="obs"):
+        """``obs`` as finite (B, F) features in the policy's dtype (C-contiguous)."""
+        x = np.asarray(obs)
+        if x.dtype.kind not in "fiu":
+            raise TypeError(f"{name} must be a numeric array, got dtype {x.dtype}")
+        x = np.ascontiguousarray(x, dtype=self.dtype)
+        if x.ndim != 2 or x.shape[1] != self.n_features:
+            raise ValueError(f"{name} must have shape (B, {self.n_features}), got {np.shape(obs)}")
+        if not np.all(np.isfinite(x)):
+            raise ValueError(f"{name} contains NaN or inf")
+        return x
+
+    def logits(self, obs):
+        """Logits ``obs @ W + b``, shape (B, A)."""
+        return self.check_obs(obs) @ self.W + self.b
+
+    def __repr__(self):
+        return f"LinearSoftmaxPolicy(n_features={self.n_features}, n_actions={self.n_actions}, dtype={self.dtype})"
