@@ -37,6 +37,8 @@ def _info(args):
 def build_parser():
     import metarl_fast
 
+    # Note: without the compiled extension, select the numpy backend with METARL_FAST_BACKEND=numpy
+    # (the package picks its backend when it is imported, before any option is read).
     parser = argparse.ArgumentParser(prog="metarl-fast", description="Meta-reinforcement learning on the CPU.")
     parser.add_argument("--version", action="version", version=f"metarl-fast {metarl_fast.__version__}")
     parser.add_argument("--backend", choices=("cython", "numpy"), help="kernel backend (default: cython)")
@@ -49,18 +51,16 @@ def build_parser():
 def main(argv=None):
     if argv is None:
         argv = sys.argv[1:]
-    # The backend must be chosen before metarl_fast is imported (the default needs the extension).
-    for i, arg in enumerate(argv):
-        if arg == "--backend" and i + 1 < len(argv):
-            os.environ["METARL_FAST_BACKEND"] = argv[i + 1]
-        elif arg.startswith("--backend="):
-            os.environ["METARL_FAST_BACKEND"] = arg.split("=", 1)[1]
-    try:
-        parser = build_parser()
-    except ImportError as err:
-        print(f"metarl-fast: error: {err}", file=sys.stderr)
-        return 2
+    import metarl_fast
+
+    parser = build_parser()
     args = parser.parse_args(argv)
+    if args.backend:
+        try:
+            metarl_fast.set_backend(args.backend)
+        except ImportError as err:
+            print(f"metarl-fast: error: {err}", file=sys.stderr)
+            return 2
     if getattr(args, "func", None) is None:
         parser.print_help()
         return 0
