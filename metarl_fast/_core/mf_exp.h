@@ -21,9 +21,19 @@
 #define MF_LN2_LO 1.90821492927058770002e-10
 #define MF_SHIFTER_BITS 0x4338000000000000ULL
 
+/* Bits of -708.0.  For x <= 0 (sign bit set, incl. -inf), "x < -708" is "bits(x) > this" as an
+ * unsigned integer; selecting with integer masks keeps the loop free of branches, which gcc would
+ * not if-convert on doubles without -fno-trapping-math. */
+#define MF_EXP_LOWEST_BITS 0xC086200000000000ULL
+
 static inline double mf_exp_nonpos(double x)
 {
-    double xc = x < MF_EXP_LOWEST ? MF_EXP_LOWEST : x;
+    uint64_t xb, lb = MF_EXP_LOWEST_BITS;
+    memcpy(&xb, &x, sizeof xb);
+    uint64_t under = (uint64_t)0 - (uint64_t)(xb > lb);   /* all ones if x < -708 */
+    uint64_t cb = (xb & ~under) | (lb & under);
+    double xc;
+    memcpy(&xc, &cb, sizeof xc);
     double t = xc * MF_LOG2E + MF_SHIFTER;
     double n = t - MF_SHIFTER;
     double r = (xc - n * MF_LN2_HI) - n * MF_LN2_LO;
@@ -47,7 +57,11 @@ static inline double mf_exp_nonpos(double x)
     double scale;
     memcpy(&scale, &sb, sizeof scale);
     double y = p * scale;
-    return x < MF_EXP_LOWEST ? 0.0 : y;
+    uint64_t yb;
+    memcpy(&yb, &y, sizeof yb);
+    yb &= ~under;
+    memcpy(&y, &yb, sizeof y);
+    return y;
 }
 
 /* y[i] = exp(x[i]) for n values x[i] <= 0; x and y may alias.  Built twice on x86-64 Linux

@@ -29,6 +29,7 @@ cdef enum Op:
 # Rows are processed in chunks of about this many elements, so the shifted logits and their
 # exponentials stay in L1/L2 while one long vectorised exp loop runs over the whole chunk.
 cdef intp_t CHUNK_ELEMS = 2048
+DEF SMALL_SCRATCH = 256
 
 
 cdef intp_t row_max(const floating* logits, intp_t n_rows, intp_t n_actions,
@@ -56,30 +57,35 @@ cdef intp_t _apply(const floating* logits, intp_t n_rows, intp_t n_actions, Op o
                    const int64_t* actions, bitgen_t* bitgen,
                    floating* fout, int64_t* iout) noexcept nogil:
     """Shared driver: validate every row first, then shift, exponentiate and reduce by chunks."""
-    cdef intp_t i, a, start, n, k, chunk_rows, status
+    cdef intp_t i, a, start, n, k, chunk_rows, status, count
     cdef double s, acc, target, p
     cdef double* maxes
     cdef double* z
     cdef double* e
     cdef const floating* row
+    cdef double small[SMALL_SCRATCH]
+    cdef bint on_heap
     if n_rows == 0:
         return MF_OK
-    maxes = <double*> malloc(n_rows * sizeof(double))
-    if maxes == NULL:
-        return MF_NO_MEMORY
-    status = row_max(logits, n_rows, n_actions, maxes)
-    if status != MF_OK:
-        free(maxes)
-        return status
     chunk_rows = CHUNK_ELEMS // n_actions
     if chunk_rows < 1:
         chunk_rows = 1
     if chunk_rows > n_rows:
         chunk_rows = n_rows
-    z = <double*> malloc(2 * chunk_rows * n_actions * sizeof(double))
-    if z == NULL:
-        free(maxes)
-        return MF_NO_MEMORY
+    # small calls (B=1 from an agent loop) use the stack: no malloc on the latency path
+    on_heap = n_rows + 2 * chunk_rows * n_actions > SMALL_SCRATCH
+    if on_heap:
+        maxes = <double*> malloc((n_rows + 2 * chunk_rows * n_actions) * sizeof(double))
+        if maxes == NULL:
+            return MF_NO_MEMORY
+    else:
+        maxes = small
+    status = row_max(logits, n_rows, n_actions, maxes)
+    if status != MF_OK:
+        if on_heap:
+            free(maxes)
+        return status
+    z = maxes + n_rows
     e = z + chunk_rows * n_actions
     start = 0
     while start < n_rows:
@@ -95,14 +101,15 @@ cdef intp_t _apply(const floating* logits, intp_t n_rows, intp_t n_actions, Op o
             for a in range(n_actions):
                 s += e[k + a]
             if op == OP_SAMPLE:
+                # first a with target < cdf[a] == number of a with cdf[a] <= target (branch-free:
+                # a data-dependent early exit mispredicts on every other row)
                 target = next_uniform(bitgen) * s
                 acc = 0.0
-                iout[start + i] = n_actions - 1
-                for a in range(n_actions):
+                count = 0
+                for a in range(n_actions - 1):
                     acc += e[k + a]
-                    if target < acc:
-                        iout[start + i] = a
-                        break
+                    count += acc <= target
+                iout[start + i] = count
             elif op == OP_SOFTMAX:
                 for a in range(n_actions):
                     fout[(start + i) * n_actions + a] = <floating> (e[k + a] / s)
@@ -125,8 +132,8 @@ cdef intp_t _apply(const floating* logits, intp_t n_rows, intp_t n_actions, Op o
                 a = actions[start + i]
                 fout[(start + i) * n_actions + a] = <floating> (1.0 - e[k + a] / s)
         start += n
-    free(z)
-    free(maxes)
+    if on_heap:
+        free(maxes)
     return MF_OK
 
 
@@ -199,10 +206,14 @@ cdef inline cnp.ndarray _actions(object actions, intp_t n_rows, intp_t n_actions
     return _validate.check_actions(actions, n_rows, n_actions)
 
 
-cdef inline cnp.ndarray _out(object out, tuple shape, object dtype):
+cdef inline cnp.ndarray _out(object out, tuple shape, cnp.ndarray like):
+    """``out`` checked, or a new C-contiguous array of ``shape`` with the dtype of ``like``."""
+    cdef cnp.npy_intp dims[2]
     if out is None:
-        return np.empty(shape, dtype=dtype)
-    return _validate.check_out(out, shape, dtype)
+        dims[0] = shape[0]
+        dims[1] = shape[1] if len(shape) == 2 else 0
+        return cnp.PyArray_EMPTY(len(shape), dims, cnp.PyArray_TYPE(like), 0)
+    return _validate.check_out(out, shape, like.dtype)
 
 
 cdef inline void _raise(intp_t status, cnp.ndarray logits) except *:
@@ -216,7 +227,7 @@ def softmax(logits, out=None):
     """Row-wise softmax.  See :func:`metarl_fast.reference.policy.softmax`."""
     cdef cnp.ndarray x = _logits(logits)
     cdef intp_t n_rows = x.shape[0], n_actions = x.shape[1], status
-    cdef cnp.ndarray res = _out(out, (n_rows, n_actions), x.dtype)
+    cdef cnp.ndarray res = _out(out, (n_rows, n_actions), x)
     if cnp.PyArray_TYPE(x) == cnp.NPY_DOUBLE:
         with nogil:
             status = softmax_rows(<const double*> cnp.PyArray_DATA(x), n_rows, n_actions,
@@ -233,7 +244,7 @@ def log_softmax(logits, out=None):
     """Row-wise log-softmax.  See :func:`metarl_fast.reference.policy.log_softmax`."""
     cdef cnp.ndarray x = _logits(logits)
     cdef intp_t n_rows = x.shape[0], n_actions = x.shape[1], status
-    cdef cnp.ndarray res = _out(out, (n_rows, n_actions), x.dtype)
+    cdef cnp.ndarray res = _out(out, (n_rows, n_actions), x)
     if cnp.PyArray_TYPE(x) == cnp.NPY_DOUBLE:
         with nogil:
             status = log_softmax_rows(<const double*> cnp.PyArray_DATA(x), n_rows, n_actions,
@@ -250,7 +261,7 @@ def entropy(logits, out=None):
     """Entropy of each row's softmax.  See :func:`metarl_fast.reference.policy.entropy`."""
     cdef cnp.ndarray x = _logits(logits)
     cdef intp_t n_rows = x.shape[0], n_actions = x.shape[1], status
-    cdef cnp.ndarray res = _out(out, (n_rows,), x.dtype)
+    cdef cnp.ndarray res = _out(out, (n_rows,), x)
     if cnp.PyArray_TYPE(x) == cnp.NPY_DOUBLE:
         with nogil:
             status = entropy_rows(<const double*> cnp.PyArray_DATA(x), n_rows, n_actions,
@@ -268,7 +279,7 @@ def log_prob(logits, actions, out=None):
     cdef cnp.ndarray x = _logits(logits)
     cdef intp_t n_rows = x.shape[0], n_actions = x.shape[1], status
     cdef cnp.ndarray acts = _actions(actions, n_rows, n_actions)
-    cdef cnp.ndarray res = _out(out, (n_rows,), x.dtype)
+    cdef cnp.ndarray res = _out(out, (n_rows,), x)
     cdef const int64_t* a = <const int64_t*> cnp.PyArray_DATA(acts)
     if cnp.PyArray_TYPE(x) == cnp.NPY_DOUBLE:
         with nogil:
@@ -287,7 +298,7 @@ def grad_log_prob(logits, actions, out=None):
     cdef cnp.ndarray x = _logits(logits)
     cdef intp_t n_rows = x.shape[0], n_actions = x.shape[1], status
     cdef cnp.ndarray acts = _actions(actions, n_rows, n_actions)
-    cdef cnp.ndarray res = _out(out, (n_rows, n_actions), x.dtype)
+    cdef cnp.ndarray res = _out(out, (n_rows, n_actions), x)
     cdef const int64_t* a = <const int64_t*> cnp.PyArray_DATA(acts)
     if cnp.PyArray_TYPE(x) == cnp.NPY_DOUBLE:
         with nogil:
@@ -319,7 +330,11 @@ def sample_actions(logits, rng, out=None):
     acts = <int64_t*> cnp.PyArray_DATA(res)
     bit_generator = rng.bit_generator
     bitgen = bitgen_of(bit_generator)
-    with bit_generator.lock:
+    lock = bit_generator.lock
+    # acquire()/release() rather than `with lock:`: the context-manager protocol costs more than
+    # the whole kernel at B=1
+    lock.acquire()
+    try:
         if cnp.PyArray_TYPE(x) == cnp.NPY_DOUBLE:
             with nogil:
                 status = sample_rows(<const double*> cnp.PyArray_DATA(x), n_rows, n_actions,
@@ -328,5 +343,7 @@ def sample_actions(logits, rng, out=None):
             with nogil:
                 status = sample_rows(<const float*> cnp.PyArray_DATA(x), n_rows, n_actions,
                                      bitgen, acts)
+    finally:
+        lock.release()
     _raise(status, x)
     return res

@@ -1,0 +1,33 @@
+"""Softmax policy kernels, Cython vs NumPy reference, B in {1, 16, 1024, 65536}, A in {2, 5, 16}.
+
+    pytest benches/bench_policy.py --benchmark-only --benchmark-group-by=group \
+        --benchmark-json=policy.json && python benches/ratios.py policy.json
+"""
+import numpy as np
+import pytest
+
+import metarl_fast as mf
+
+from conftest import grid
+
+SIZES = grid([(b, a) for b in (1, 16, 1024, 65536) for a in (2, 5, 16)], [(1, 5), (1024, 5)])
+KERNELS = ["sample_actions", "softmax", "log_softmax", "entropy", "log_prob", "grad_log_prob"]
+
+
+@pytest.mark.parametrize("kernel", KERNELS)
+@pytest.mark.parametrize("n_rows,n_actions", SIZES)
+def test_policy_kernel(benchmark, backend, kernel, n_rows, n_actions):
+    rng = np.random.default_rng(0)
+    logits = rng.standard_normal((n_rows, n_actions))
+    actions = rng.integers(0, n_actions, size=n_rows)
+    benchmark.group = f"{kernel} B={n_rows} A={n_actions}"
+    benchmark.extra_info.update(rows=n_rows, backend=backend)
+    fn = getattr(mf, kernel)
+    if kernel == "sample_actions":
+        out = np.empty(n_rows, dtype=np.int64)
+        result = benchmark(fn, logits, rng, out)
+    elif kernel in ("log_prob", "grad_log_prob"):
+        result = benchmark(fn, logits, actions)
+    else:
+        result = benchmark(fn, logits)
+    assert result.shape[0] == n_rows
