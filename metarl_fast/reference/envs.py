@@ -1,0 +1,275 @@
+"""Stepping and fused-rollout kernels in pure NumPy: the executable specification of ``_core/envs.pyx``.
+
+The kernels read the tables of a :class:`metarl_fast.tasks.EnvTables` (built once per
+:class:`~metarl_fast.tasks.TaskBatch`).  Inverse-CDF sampling everywhere: with a uniform ``u`` and
+a running sum ``c`` (left to right) of a distribution, the outcome is the first ``j`` with
+``u * c[-1] < c[j]`` -- equivalently the number of ``j`` with ``c[j] <= u * c[-1]``.
+
+Random draws of :func:`rollout` (``T`` tasks, ``N`` episodes per task, horizon ``H``), in this
+order, each one bulk call on ``rng`` (entry ``[i, e, t]`` serves step ``t`` of episode ``e`` of
+task ``i``; entries after an episode has ended are drawn but unused):
+
+1. ``rng.random((T, N))``            start states, only if some task has a random start;
+2. ``rng.random((T, N, H))``         actions (the rule of ``sample_actions`` on the per-state CDF);
+3. reward noise ``(T, N, H)``: ``rng.standard_normal`` (gaussian) or ``rng.random`` (bernoulli),
+   nothing for "none"/"transition" rewards;
+4. ``rng.random((T, N, H))``         next states, only if some transition is random.
+
+:func:`vec_step` draws, for its ``n`` environments in env order: the reward noise block
+(``standard_normal(n)`` or ``random(n)``), then ``random(n)`` for the next states (if random), then
+one ``random()`` per environment whose episode just ended, in env order, for its new start state
+(if starts are random).  :func:`vec_reset` draws ``random(n)`` (if starts are random).
+"""
+import numpy as np
+
+from metarl_fast import _validate
+from metarl_fast.tasks import REWARD_BERNOULLI, REWARD_GAUSSIAN, REWARD_TRANSITION, EnvTables
+
+
+# ---------------------------------------------------------------------------------------------
+# Boundary checks shared by both backends
+# ---------------------------------------------------------------------------------------------
+
+def check_tables(tables):
+    if not isinstance(tables, EnvTables):
+        raise TypeError(f"tables must be metarl_fast.tasks.EnvTables (TaskBatch.tables), got {type(tables).__name__}")
+    return tables
+
+
+def _exact_array(x, name, shape, dtype):
+    if not isinstance(x, np.ndarray):
+        raise TypeError(f"{name} must be a numpy.ndarray, got {type(x).__name__}")
+    if x.dtype != np.dtype(dtype):
+        raise TypeError(f"{name} must have dtype {np.dtype(dtype)}, got {x.dtype}")
+    if x.shape != tuple(shape):
+        raise ValueError(f"{name} must have shape {tuple(shape)}, got {x.shape}")
+    if not x.flags.c_contiguous:
+        raise ValueError(f"{name} must be C-contiguous")
+    return x
+
+
+def check_rollout_args(tables, action_cdf, action_logp, policy_of_task, n_episodes, rng):
+    """Validate the arguments of :func:`rollout`; returns ``n_episodes`` as an int."""
+    check_tables(tables)
+    _validate.check_rng(rng)
+    n_episodes = _validate.positive_int(n_episodes, "n_episodes")
+    S, A = tables.n_states, tables.n_actions
+    if not isinstance(action_cdf, np.ndarray) or action_cdf.ndim != 3:
+        raise ValueError(f"action_cdf must be a 3-D array (n_policies, {S}, {A})")
+    n_pol = action_cdf.shape[0]
+    _exact_array(action_cdf, "action_cdf", (n_pol, S, A), np.float64)
+    _exact_array(action_logp, "action_logp", (n_pol, S, A), np.float64)
+    if n_pol < 1:
+        raise ValueError("action_cdf needs at least one policy")
+    if not (np.all(np.isfinite(action_cdf)) and np.all(action_cdf[..., 0] >= 0)
+            and np.all(np.diff(action_cdf, axis=-1) >= 0) and np.all(action_cdf[..., -1] > 0)):
+        raise ValueError("action_cdf rows must be finite, non-negative, non-decreasing running sums with a positive total")
+    if np.isnan(action_logp).any() or np.isposinf(action_logp).any():
+        raise ValueError("action_logp must not contain NaN or +inf")
+    _exact_array(policy_of_task, "policy_of_task", (tables.n_tasks,), np.int64)
+    if policy_of_task.size and (policy_of_task.min() < 0 or policy_of_task.max() >= n_pol):
+        raise ValueError(f"policy_of_task out of range: must be in [0, {n_pol})")
+    if tables.n_tasks * n_episodes * tables.horizon > np.iinfo(np.int64).max // 64:
+        raise ValueError("rollout too large")
+    return n_episodes
+
+
+def check_vec_args(tables, task_of_env, state, elapsed):
+    """Validate the environment-state arrays of :func:`vec_reset` / :func:`vec_step`; returns n_envs."""
+    check_tables(tables)
+    if not isinstance(task_of_env, np.ndarray) or task_of_env.ndim != 1:
+        raise ValueError("task_of_env must be a 1-D int64 array")
+    n = task_of_env.shape[0]
+    _exact_array(task_of_env, "task_of_env", (n,), np.int64)
+    if n and (task_of_env.min() < 0 or task_of_env.max() >= tables.n_tasks):
+        raise ValueError(f"task_of_env out of range: must be in [0, {tables.n_tasks})")
+    _exact_array(state, "state", (n,), np.int64)
+    _exact_array(elapsed, "elapsed", (n,), np.int64)
+    for arr in (state, elapsed):
+        if not arr.flags.writeable:
+            raise ValueError("state and elapsed must be writeable")
+    return n
+
+
+def check_step_args(tables, task_of_env, state, elapsed, actions, rng, obs_out, reward_out,
+                    terminated_out, truncated_out, final_obs_out):
+    n = check_vec_args(tables, task_of_env, state, elapsed)
+    _validate.check_rng(rng)
+    if n and (state.min() < 0 or state.max() >= tables.n_states):
+        raise ValueError("state out of range (corrupted environment state)")
+    if n and (elapsed.min() < 0 or elapsed.max() >= tables.horizon):
+        raise ValueError("elapsed out of range (corrupted environment state)")
+    actions = _validate.int_array(actions, "actions", ndim=1, length=n, low=0, high=tables.n_actions)
+    _validate.check_out(obs_out, (n,), np.int64, "obs_out")
+    _validate.check_out(reward_out, (n,), np.float64, "reward_out")
+    _validate.check_out(terminated_out, (n,), np.bool_, "terminated_out")
+    _validate.check_out(truncated_out, (n,), np.bool_, "truncated_out")
+    _validate.check_out(final_obs_out, (n,), np.int64, "final_obs_out")
+    return n, actions
+
+
+# ---------------------------------------------------------------------------------------------
+# Kernels
+# ---------------------------------------------------------------------------------------------
+
+def _inverse_cdf(cdf_rows, u):
+    """Row-wise inverse CDF: (k, m) running sums and (k,) uniforms -> (k,) int64 outcomes."""
+    target = u * cdf_rows[:, -1]
+    return np.count_nonzero(cdf_rows <= target[:, None], axis=1).astype(np.int64)
+
+
+def _rewards(t, task, s, a, noise):
+    """Observed rewards of (task, s, a) before the transition (``noise`` is the drawn block)."""
+    mean = t.reward_mean[task, s, a]
+    if t.reward_kind == REWARD_GAUSSIAN:
+        return mean + t.reward_std[task] * noise
+    if t.reward_kind == REWARD_BERNOULLI:
+        return np.where(noise < mean, 1.0, 0.0)
+    return mean.copy()
+
+
+def _next_states(t, task, s, a, u):
+    if t.stochastic_transitions:
+        return _inverse_cdf(t.trans_cdf[task, s, a], u)
+    return t.next_state[task, s, a]
+
+
+def _draw_noise(t, rng, shape):
+    if t.reward_kind == REWARD_GAUSSIAN:
+        return rng.standard_normal(shape)
+    if t.reward_kind == REWARD_BERNOULLI:
+        return rng.random(shape)
+    return None
+
+
+def rollout(tables, action_cdf, action_logp, policy_of_task, n_episodes, rng):
+    """Run ``n_episodes`` episodes on every task of ``tables`` with tabular action distributions.
+
+    Parameters
+    ----------
+    tables : metarl_fast.tasks.EnvTables     ``T`` tasks, ``S`` states, ``A`` actions, horizon ``H``
+    action_cdf : float64 (n_policies, S, A)  running sums of the (unnormalised) action weights
+    action_logp : float64 (n_policies, S, A) behaviour log-probabilities, recorded per step
+    policy_of_task : int64 (T,)              which policy acts in each task
+    n_episodes : int >= 1
+    rng : numpy.random.Generator             draws as described in the module docstring
+
+    Returns
+    -------
+    obs, action : int64 (n,);  reward : float64 (n,);  next_obs : int64 (n,);
+    terminated, truncated : bool (n,);  logp : float64 (n,);  task_id : int64 (n,);
+    episode_length : int64 (T, N);  episode_return : float64 (T, N) (rewards summed in step order)
+
+    The ``n`` steps are ordered by task, then episode, then time.  An episode ends when it enters
+    a terminal state (``terminated``) or after ``H`` steps (``truncated``, unless terminated).
+    """
+    n_episodes = check_rollout_args(tables, action_cdf, action_logp, policy_of_task, n_episodes, rng)
+    t = tables
+    T, N, H = t.n_tasks, n_episodes, t.horizon
+    u_start = rng.random((T, N)) if t.stochastic_start else None
+    u_act = rng.random((T, N, H))
+    noise = _draw_noise(t, rng, (T, N, H))
+    u_next = rng.random((T, N, H)) if t.stochastic_transitions else None
+
+    obs = np.zeros((T, N, H), dtype=np.int64)
+    act = np.zeros((T, N, H), dtype=np.int64)
+    rew = np.zeros((T, N, H))
+    nxt = np.zeros((T, N, H), dtype=np.int64)
+    term = np.zeros((T, N, H), dtype=bool)
+    trunc = np.zeros((T, N, H), dtype=bool)
+    logp = np.zeros((T, N, H))
+    valid = np.zeros((T, N, H), dtype=bool)
+    length = np.zeros((T, N), dtype=np.int64)
+    ret = np.zeros((T, N))
+    tasks = np.arange(T)
+    for e in range(N):
+        if t.stochastic_start:
+            s = _inverse_cdf(t.start_cdf, u_start[:, e])
+        else:
+            s = t.start_state.copy()
+        live = tasks
+        for step in range(H):
+            st = s[live]
+            pol = policy_of_task[live]
+            a = _inverse_cdf(action_cdf[pol, st], u_act[live, e, step])
+            r = _rewards(t, live, st, a, None if noise is None else noise[live, e, step])
+            s2 = _next_states(t, live, st, a, None if u_next is None else u_next[live, e, step])
+            if t.reward_kind == REWARD_TRANSITION:
+                r = t.reward_next[live, st, a, s2]
+            ends = t.terminal[live, s2].astype(bool)
+            obs[live, e, step] = st
+            act[live, e, step] = a
+            rew[live, e, step] = r
+            nxt[live, e, step] = s2
+            term[live, e, step] = ends
+            trunc[live, e, step] = ~ends & (step == H - 1)
+            logp[live, e, step] = action_logp[pol, st, a]
+            valid[live, e, step] = True
+            ret[live, e] += r
+            length[live, e] += 1
+            s[live] = s2
+            live = live[~ends]
+            if live.size == 0:
+                break
+    task_id = np.broadcast_to(tasks[:, None, None], (T, N, H))
+    return (obs[valid], act[valid], rew[valid], nxt[valid], term[valid], trunc[valid],
+            logp[valid], task_id[valid], length, ret)
+
+
+def vec_reset(tables, task_of_env, state, elapsed, rng):
+    """Start a new episode in every environment: writes ``state`` (n,) and zeroes ``elapsed`` (n,).
+
+    ``task_of_env`` int64 (n,): the task of each environment.  Draws ``rng.random(n)`` if starts
+    are random.
+    """
+    check_vec_args(tables, task_of_env, state, elapsed)
+    _validate.check_rng(rng)
+    t = tables
+    if t.stochastic_start:
+        state[:] = _inverse_cdf(t.start_cdf[task_of_env], rng.random(task_of_env.shape[0]))
+    else:
+        state[:] = t.start_state[task_of_env]
+    elapsed[:] = 0
+
+
+def vec_step(tables, task_of_env, state, elapsed, actions, rng, obs_out, reward_out,
+             terminated_out, truncated_out, final_obs_out):
+    """Step every environment once, with same-step auto-reset.
+
+    ``state``/``elapsed`` (int64 (n,)) are updated in place.  Writes ``reward_out``,
+    ``terminated_out``, ``truncated_out`` and ``final_obs_out`` (the state reached by this step);
+    ``obs_out`` is the state after the auto-reset: the new episode's start state for environments
+    whose episode just ended, else ``final_obs_out``.  ``actions``: ints (n,) in ``[0, A)``.
+    Draws as described in the module docstring.  Invalid input raises before anything is drawn
+    or written.
+    """
+    n, actions = check_step_args(tables, task_of_env, state, elapsed, actions, rng, obs_out,
+                                 reward_out, terminated_out, truncated_out, final_obs_out)
+    t = tables
+    task, s, a = task_of_env, state, actions
+    noise = _draw_noise(t, rng, n)
+    u_next = rng.random(n) if t.stochastic_transitions else None
+    r = _rewards(t, task, s, a, noise)
+    s2 = _next_states(t, task, s, a, u_next)
+    if t.reward_kind == REWARD_TRANSITION:
+        r = t.reward_next[task, s, a, s2]
+    el = elapsed + 1
+    ends = t.terminal[task, s2].astype(bool)
+    trunc = ~ends & (el >= t.horizon)
+    done = ends | trunc
+    reward_out[:] = r
+    terminated_out[:] = ends
+    truncated_out[:] = trunc
+    final_obs_out[:] = s2
+    new_state = s2.copy()
+    k = int(np.count_nonzero(done))
+    if k:
+        idx = np.flatnonzero(done)
+        if t.stochastic_start:
+            new_state[idx] = _inverse_cdf(t.start_cdf[task[idx]], rng.random(k))
+        else:
+            new_state[idx] = t.start_state[task[idx]]
+        el[idx] = 0
+    state[:] = new_state
+    elapsed[:] = el
+    obs_out[:] = new_state

@@ -1,0 +1,275 @@
+"""Vectorised environments and fused rollouts over a :class:`~metarl_fast.tasks.TaskBatch`.
+
+:class:`VecEnv` steps every environment of every task in one kernel call; :func:`rollout` runs
+whole episodes -- policy sampling, environment steps, recording -- in one kernel call and returns a
+:class:`Trajectories`.  Both dispatch to the active backend (``active.envs``); with the same
+Generator state the two backends give identical integers and identical float64 rewards.  The
+order of random draws is documented in :mod:`metarl_fast.reference.envs`.
+"""
+import numpy as np
+
+from metarl_fast import _validate
+from metarl_fast._backend import active
+from metarl_fast.policy import LinearSoftmaxPolicy, TabularSoftmaxPolicy
+from metarl_fast.reference._math import exp_nonpos
+from metarl_fast.tasks import Discrete, Task, TaskBatch, as_generator
+
+
+def _as_batch(task_batch, name="task_batch"):
+    if isinstance(task_batch, TaskBatch):
+        return task_batch
+    if isinstance(task_batch, Task):
+        return task_batch.batch[[task_batch.index]]
+    raise TypeError(f"{name} must be a metarl_fast.tasks.TaskBatch (or Task), got {type(task_batch).__name__}")
+
+
+# ---------------------------------------------------------------------------------------------
+# Policy tables
+# ---------------------------------------------------------------------------------------------
+
+def policy_logits_table(policy, n_states, n_actions, features=None):
+    """Logits of every state, float64 (n_states, n_actions), for a tabular or linear softmax policy.
+
+    ``features`` float (n_states, F): the feature row of each state for a
+    :class:`~metarl_fast.policy.LinearSoftmaxPolicy` (default: one-hot, needing F == n_states).
+    The logits are computed in the policy's dtype and then converted to float64, as
+    :func:`metarl_fast.sample_actions` does.
+    """
+    if isinstance(policy, TabularSoftmaxPolicy):
+        if (policy.n_states, policy.n_actions) != (n_states, n_actions):
+            raise ValueError(
+                f"policy has shape ({policy.n_states}, {policy.n_actions}) but the tasks have "
+                f"{n_states} states and {n_actions} actions")
+        if features is not None:
+            raise ValueError("features are only used with a LinearSoftmaxPolicy")
+        return np.asarray(policy.theta, dtype=np.float64)
+    if isinstance(policy, LinearSoftmaxPolicy):
+        if policy.n_actions != n_actions:
+            raise ValueError(f"policy has {policy.n_actions} actions but the tasks have {n_actions}")
+        if features is None:
+            if policy.n_features != n_states:
+                raise ValueError(
+                    f"a LinearSoftmaxPolicy with {policy.n_features} features needs features= "
+                    f"(one row per state, shape ({n_states}, {policy.n_features})); one-hot features "
+                    f"need n_features == n_states == {n_states}")
+            features = np.eye(n_states, dtype=policy.dtype)
+        phi = np.asarray(features)
+        if phi.ndim != 2 or phi.shape[0] != n_states:
+            raise ValueError(f"features must have shape ({n_states}, {policy.n_features}), got {phi.shape}")
+        return np.asarray(policy.logits(phi), dtype=np.float64)
+    raise TypeError(
+        f"policy must be a TabularSoftmaxPolicy or LinearSoftmaxPolicy (or a list of them, one per "
+        f"task), got {type(policy).__name__}")
+
+
+def action_tables(logits):
+    """Per-state sampling tables from float64 logits (n_policies, S, A).
+
+    Returns ``(cdf, logp)``: the running sums (left to right) of ``exp_nonpos(z)``, ``z`` = logits
+    minus the row max -- the exact table :func:`metarl_fast.sample_actions` builds for a row --
+    and the log-probabilities ``z - log(sum(exp(z)))``.  Rows with NaN, +inf or only -inf are
+    rejected with a ValueError naming the policy and state.
+    """
+    x = np.asarray(logits, dtype=np.float64)
+    flat = x.reshape(-1, x.shape[-1])
+    bad = np.isnan(flat).any(axis=1) | np.isposinf(flat).any(axis=1) | np.all(flat == -np.inf, axis=1)
+    if bad.any():
+        row = int(np.flatnonzero(bad)[0])
+        p, s = divmod(row, x.shape[1])
+        err = _validate.logits_row_error(flat, row)
+        raise ValueError(f"policy {p}, state {s}: {err}")
+    z = x - x.max(axis=-1, keepdims=True)
+    e = exp_nonpos(z)
+    cdf = np.ascontiguousarray(np.cumsum(e, axis=-1))
+    with np.errstate(divide="ignore"):
+        logp = np.ascontiguousarray(z - np.log(e.sum(axis=-1, keepdims=True)))
+    return cdf, logp
+
+
+# ---------------------------------------------------------------------------------------------
+# Trajectories
+# ---------------------------------------------------------------------------------------------
+
+class Trajectories:
+    """The steps of ``n_episodes`` episodes on each of ``n_tasks`` tasks, as flat arrays.
+
+    Steps are ordered by task, then episode, then time; ``n`` = total number of steps.
+
+    Attributes
+    ----------
+    obs : int64 (n,)            state in which the action was taken
+    action : int64 (n,)
+    reward : float64 (n,)       observed reward
+    next_obs : int64 (n,)       state reached
+    terminated : bool (n,)      the step entered a terminal state
+    truncated : bool (n,)       the step reached the horizon in a non-terminal state
+    logp : float64 (n,)         log-probability of ``action`` under the behaviour policy
+    task_id : int64 (n,)        index of the task in the batch
+    episode_length : int64 (n_tasks, n_episodes)
+    episode_return : float64 (n_tasks, n_episodes)   undiscounted, rewards summed in step order
+    episode_start : int64 (n_tasks * n_episodes + 1,) offsets: episode ``k = task * n_episodes + e``
+        is ``slice(episode_start[k], episode_start[k + 1])``
+    """
+
+    _FIELDS = ("obs", "action", "reward", "next_obs", "terminated", "truncated", "logp", "task_id")
+
+    def __init__(self, obs, action, reward, next_obs, terminated, truncated, logp, task_id,
+                 episode_length, episode_return):
+        self.obs, self.action, self.reward, self.next_obs = obs, action, reward, next_obs
+        self.terminated, self.truncated, self.logp, self.task_id = terminated, truncated, logp, task_id
+        self.episode_length, self.episode_return = episode_length, episode_return
+        self.episode_start = np.zeros(episode_length.size + 1, dtype=np.int64)
+        np.cumsum(episode_length.reshape(-1), out=self.episode_start[1:])
+
+    @property
+    def done(self):
+        """``terminated | truncated``, bool (n,)."""
+        return self.terminated | self.truncated
+
+    @property
+    def n_steps(self):
+        return self.obs.shape[0]
+
+    @property
+    def n_tasks(self):
+        return self.episode_length.shape[0]
+
+    @property
+    def n_episodes(self):
+        """Episodes per task."""
+        return self.episode_length.shape[1]
+
+    @property
+    def step_in_episode(self):
+        """Time index of each step within its episode, int64 (n,)."""
+        starts = np.repeat(self.episode_start[:-1], self.episode_length.reshape(-1))
+        return np.arange(self.n_steps, dtype=np.int64) - starts
+
+    def episode(self, task, e):
+        """The slice of the flat arrays holding episode ``e`` of task ``task``."""
+        k = int(task) * self.n_episodes + int(e)
+        if not (0 <= task < self.n_tasks and 0 <= e < self.n_episodes):
+            raise IndexError(f"no episode ({task}, {e}) in {self.n_tasks} tasks x {self.n_episodes} episodes")
+        return slice(int(self.episode_start[k]), int(self.episode_start[k + 1]))
+
+    def __len__(self):
+        return self.n_steps
+
+    def __repr__(self):
+        return f"Trajectories(n_tasks={self.n_tasks}, n_episodes={self.n_episodes}, n_steps={self.n_steps})"
+
+
+def rollout(policy, task_batch, n_episodes, rng, *, buffer=None, features=None):
+    """Run ``n_episodes`` episodes of ``policy`` on every task of ``task_batch``, in one kernel call.
+
+    Parameters
+    ----------
+    policy : TabularSoftmaxPolicy or LinearSoftmaxPolicy, or a list of them (one per task, e.g.
+        task-adapted policies).  The per-state action CDF table is computed once per call.
+    task_batch : TaskBatch (or a single Task)
+    n_episodes : int >= 1, episodes per task
+    rng : numpy.random.Generator (or int seed)
+    buffer : optional replay buffer; every transition is written with one
+        ``buffer.add_batch(obs, action, reward, next_obs, terminated, truncated=..., task_id=...,
+        logp=...)`` call after the episodes are generated.
+    features : float (S, F), optional, for a LinearSoftmaxPolicy (default one-hot)
+
+    Returns
+    -------
+    Trajectories
+    """
+    batch = _as_batch(task_batch)
+    rng = as_generator(rng)
+    n_episodes = _validate.positive_int(n_episodes, "n_episodes")
+    S, A, T = batch.n_states, batch.n_actions, batch.n_tasks
+    if isinstance(policy, (list, tuple)):
+        if len(policy) != T:
+            raise ValueError(f"got {len(policy)} policies for {T} tasks")
+        logits = np.stack([policy_logits_table(p, S, A, features) for p in policy])
+        policy_of_task = np.arange(T, dtype=np.int64)
+    else:
+        logits = policy_logits_table(policy, S, A, features)[None]
+        policy_of_task = np.zeros(T, dtype=np.int64)
+    if buffer is not None and not callable(getattr(buffer, "add_batch", None)):
+        raise TypeError(f"buffer must have an add_batch method, got {type(buffer).__name__}")
+    cdf, logp = action_tables(logits)
+    traj = Trajectories(*active.envs.rollout(batch.tables, cdf, logp, policy_of_task, n_episodes, rng))
+    if buffer is not None:
+        buffer.add_batch(traj.obs, traj.action, traj.reward, traj.next_obs, traj.terminated,
+                         truncated=traj.truncated, task_id=traj.task_id, logp=traj.logp)
+    return traj
+
+
+# ---------------------------------------------------------------------------------------------
+# VecEnv
+# ---------------------------------------------------------------------------------------------
+
+class VecEnv:
+    """All environments of all tasks of a batch, stepped together in one kernel call.
+
+    Environment ``k`` runs task ``k // n_envs_per_task`` (``task_of_env``).  Observations are
+    state indices (int64).
+
+    Auto-reset (same step): when an environment's episode ends in :meth:`step` (terminated, or
+    truncated at the horizon), the returned ``obs`` for it is already the start state of its next
+    episode; the state it reached is in ``final_obs`` (for every environment, after each step).
+
+    Parameters
+    ----------
+    task_batch : TaskBatch (or Task)
+    n_envs_per_task : int >= 1
+    """
+
+    def __init__(self, task_batch, n_envs_per_task=1):
+        self.tasks = _as_batch(task_batch)
+        self.n_envs_per_task = _validate.positive_int(n_envs_per_task, "n_envs_per_task")
+        self.n_envs = self.tasks.n_tasks * self.n_envs_per_task
+        self.task_of_env = np.repeat(np.arange(self.tasks.n_tasks, dtype=np.int64), self.n_envs_per_task)
+        self.task_of_env.setflags(write=False)
+        self.observation_space = Discrete(self.tasks.n_states)
+        self.action_space = Discrete(self.tasks.n_actions)
+        self._state = np.zeros(self.n_envs, dtype=np.int64)
+        self._elapsed = np.zeros(self.n_envs, dtype=np.int64)
+        self.final_obs = np.zeros(self.n_envs, dtype=np.int64)
+        self._started = False
+
+    @property
+    def state(self):
+        """Current state of each environment (a copy), int64 (n_envs,)."""
+        return self._state.copy()
+
+    @property
+    def elapsed(self):
+        """Steps taken in the current episode of each environment (a copy), int64 (n_envs,)."""
+        return self._elapsed.copy()
+
+    def reset(self, rng):
+        """Start a new episode everywhere; returns obs int64 (n_envs,).  ``rng``: Generator or int."""
+        rng = as_generator(rng)
+        active.envs.vec_reset(self.tasks.tables, self.task_of_env, self._state, self._elapsed, rng)
+        self._started = True
+        return self._state.copy()
+
+    def step(self, actions, rng):
+        """Step every environment with ``actions`` (ints (n_envs,) in ``[0, A)``).
+
+        Returns ``(obs int64, rewards float64, terminated bool, truncated bool)``, each (n_envs,);
+        see the class docstring for the auto-reset.  ``rng`` must be a ``numpy.random.Generator``.
+        Raises RuntimeError before :meth:`reset`; a rejected call changes nothing.
+        """
+        if not self._started:
+            raise RuntimeError("VecEnv.step() called before reset()")
+        _validate.check_rng(rng)
+        n = self.n_envs
+        obs = np.empty(n, dtype=np.int64)
+        rewards = np.empty(n)
+        terminated = np.empty(n, dtype=bool)
+        truncated = np.empty(n, dtype=bool)
+        final_obs = np.empty(n, dtype=np.int64)
+        active.envs.vec_step(self.tasks.tables, self.task_of_env, self._state, self._elapsed,
+                             actions, rng, obs, rewards, terminated, truncated, final_obs)
+        self.final_obs = final_obs
+        return obs, rewards, terminated, truncated
+
+    def __repr__(self):
+        return f"VecEnv({self.tasks!r}, n_envs_per_task={self.n_envs_per_task})"

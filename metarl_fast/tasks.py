@@ -1,0 +1,768 @@
+"""Task distributions for meta-RL, all represented as batches of finite tabular MDPs.
+
+Every family samples a :class:`TaskBatch`: the parameters of ``n`` tasks as arrays, so one compiled
+stepping kernel (:mod:`metarl_fast._core.envs`, twin :mod:`metarl_fast.reference.envs`) serves all
+of them.  A batch of ``n`` tasks with ``S`` states and ``A`` actions holds
+
+- ``P``        float64 (n, S, A, S)  transition probabilities (rows sum to 1 within 1e-8);
+- ``R``        float64 (n, S, A)     mean reward of taking ``a`` in ``s``;
+- ``start``    float64 (n, S)        initial state distribution;
+- ``terminal`` bool    (n, S)        entering one of these states ends the episode;
+- ``horizon``  int                   maximum steps per episode (shared by the batch);
+- ``reward_noise``: how the observed reward is drawn around ``R``:
+  ``"none"`` (reward = R), ``"gaussian"`` (R + reward_std * N(0, 1)), ``"bernoulli"``
+  (1.0 with probability R, else 0.0) or ``"transition"`` (reward = ``reward_next[s, a, s']``,
+  float64 (n, S, A, S), deterministic given the transition; then ``R`` is its mean under ``P``).
+
+Families (each ``dist.sample(n, rng)`` is reproducible from a ``numpy.random.Generator`` or int):
+
+- :class:`BernoulliBandits` (Duan et al. 2016, RL^2): one state, arm means ``p ~ U[0, 1]``;
+- :class:`TabularMDPs` (Duan et al. 2016): ``R ~ N(1, 1)``, reward noise N(0, 1),
+  ``P(.|s, a) ~ Dirichlet(1, ..., 1)``, start in state 0;
+- :class:`GridNavigation`: a discrete analogue of the 2-D navigation of Finn et al. 2017 (MAML);
+- :class:`Chain`: a chain whose rewarded action in each state varies between tasks;
+- :class:`FromGymnasium`: toy-text Gymnasium environments (e.g. FrozenLake with random maps);
+- :class:`TabularFamily`: a custom family from fixed arrays or a sampler function, e.g.::
+
+      import numpy as np
+      from metarl_fast.tasks import TabularFamily
+
+      P = np.zeros((2, 3, 2, 3)); P[..., 0] = 1.0          # two tasks, always back to state 0
+      R = np.random.default_rng(0).normal(size=(2, 3, 2))
+      family = TabularFamily(P=P, R=R, horizon=5)         # sample() picks among the given tasks
+      batch = family.sample(16, rng=0)
+
+      def sampler(n, rng):                                 # or: any function returning arrays
+          P = rng.dirichlet(np.ones(3), size=(n, 3, 2))
+          return dict(P=P, R=rng.normal(size=(n, 3, 2)), horizon=5, reward_noise="gaussian")
+      batch = TabularFamily(sampler=sampler).sample(16, rng=0)
+
+``batch[i]`` is a :class:`Task`: ``task.model()`` returns its exact :class:`metarl_fast.mdp.MDPModel`
+and ``task.make_env()`` an environment with Gymnasium's protocol (``task.as_gymnasium()`` a real
+``gymnasium.Env`` when Gymnasium is installed).
+
+Random draws of a single environment (fixed order, shared with :class:`metarl_fast.rollout.VecEnv`):
+``reset`` draws one ``rng.random()`` for the start state unless every task of the batch starts in a
+fixed state; ``step`` draws the reward noise (``standard_normal()`` for gaussian, ``random()`` for
+bernoulli, nothing otherwise) and then one ``random()`` for the next state unless every transition
+of the batch is deterministic.  Sampling from a distribution ``p`` with a uniform ``u`` is inverse
+CDF: the first ``j`` with ``u * c[-1] < c[j]``, ``c`` the left-to-right running sum of ``p``.
+"""
+import numbers
+
+import numpy as np
+
+from metarl_fast import _validate
+from metarl_fast.mdp import MDPModel
+
+REWARD_NOISES = ("none", "gaussian", "bernoulli", "transition")
+# Integer codes of reward_noise passed to the kernels (index into REWARD_NOISES).
+REWARD_NONE, REWARD_GAUSSIAN, REWARD_BERNOULLI, REWARD_TRANSITION = range(4)
+
+_ROW_TOL = 1e-8
+
+
+def as_generator(seed, name="rng"):
+    """``seed`` as a ``numpy.random.Generator``: a Generator is returned as is, an int seeds a new one."""
+    if isinstance(seed, np.random.Generator):
+        return seed
+    if isinstance(seed, numbers.Integral) and not isinstance(seed, (bool, np.bool_)):
+        if seed < 0:
+            raise ValueError(f"{name} must be a non-negative int seed, got {seed}")
+        return np.random.default_rng(int(seed))
+    raise TypeError(f"{name} must be an int seed or a numpy.random.Generator, got {type(seed).__name__}")
+
+
+def _float_table(x, name, shape):
+    if isinstance(x, np.ndarray) and x.dtype.kind not in "fiub":
+        raise TypeError(f"{name} must be a numeric array, got dtype {x.dtype}")
+    try:
+        arr = np.array(x, dtype=np.float64)  # always a private copy
+    except (TypeError, ValueError) as err:
+        raise TypeError(f"{name} must be a numeric array ({err})") from None
+    if arr.shape != tuple(shape):
+        raise ValueError(f"{name} must have shape {tuple(shape)}, got {arr.shape}")
+    if not np.all(np.isfinite(arr)):
+        raise ValueError(f"{name} must be finite (found NaN or inf)")
+    return arr
+
+
+def _check_distributions(p, name, what):
+    """Every row along the last axis of ``p`` is >= 0 and sums to 1 within 1e-8."""
+    if p.size == 0:
+        return
+    sums = p.sum(axis=-1)
+    bad = (np.abs(sums - 1.0) > _ROW_TOL) | (p.min(axis=-1) < 0)
+    if bad.any():
+        idx = tuple(int(v) for v in np.argwhere(bad)[0])
+        labels = ", ".join(f"{k}={v}" for k, v in zip(what, idx))
+        row = p[idx]
+        reason = "has a negative entry" if row.min() < 0 else "does not sum to 1"
+        raise ValueError(
+            f"{name} row ({labels}) {reason}: sum {float(sums[idx])!r}, min {float(row.min())!r} "
+            f"(tolerance {_ROW_TOL})"
+        )
+
+
+def _certain_outcomes(probs):
+    """(True if every row of ``probs`` has exactly one non-zero entry, that entry's index per row)."""
+    nonzero = probs > 0
+    deterministic = bool(np.all(nonzero.sum(axis=-1) == 1))
+    return deterministic, nonzero.argmax(axis=-1).astype(np.int64)
+
+
+class EnvTables:
+    """Kernel-facing, read-only tables of a :class:`TaskBatch` (built once per batch).
+
+    Attributes
+    ----------
+    n_tasks, n_states, n_actions, horizon : int
+    trans_cdf : float64 (n, S, A, S)   running sums of ``P`` along the last axis
+    next_state : int64 (n, S, A)       the certain next state (used when ``stochastic_transitions`` is False)
+    stochastic_transitions : bool      False if every row of ``P`` has exactly one non-zero entry
+    reward_mean : float64 (n, S, A)    ``R`` (the success probability for bernoulli rewards)
+    reward_kind : int                  index into ``REWARD_NOISES``
+    reward_std : float64 (n,)          gaussian noise scale per task
+    reward_next : float64 (n, S, A, S) rewards of transitions (shape (1, 1, 1, 1) unless kind is "transition")
+    start_cdf : float64 (n, S)         running sums of ``start``
+    start_state : int64 (n,)           the certain start state (used when ``stochastic_start`` is False)
+    stochastic_start : bool
+    terminal : uint8 (n, S)
+    """
+
+    __slots__ = ("n_tasks", "n_states", "n_actions", "horizon", "trans_cdf", "next_state",
+                 "stochastic_transitions", "reward_mean", "reward_kind", "reward_std", "reward_next",
+                 "start_cdf", "start_state", "stochastic_start", "terminal")
+
+    def __init__(self, batch):
+        n, S, A = batch.P.shape[:3]
+        self.n_tasks, self.n_states, self.n_actions, self.horizon = n, S, A, batch.horizon
+        self.trans_cdf = np.cumsum(batch.P, axis=-1)
+        det_trans, self.next_state = _certain_outcomes(batch.P)
+        self.stochastic_transitions = not det_trans
+        self.reward_mean = batch.R
+        self.reward_kind = REWARD_NOISES.index(batch.reward_noise)
+        self.reward_std = batch.reward_std
+        self.reward_next = (batch.reward_next if batch.reward_next is not None
+                            else np.zeros((1, 1, 1, 1)))
+        self.start_cdf = np.cumsum(batch.start, axis=-1)
+        det_start, self.start_state = _certain_outcomes(batch.start)
+        self.stochastic_start = not det_start
+        self.terminal = batch.terminal.astype(np.uint8)
+        for name in self.__slots__:
+            value = getattr(self, name)
+            if isinstance(value, np.ndarray):
+                value = np.ascontiguousarray(value)
+                value.setflags(write=False)
+                setattr(self, name, value)
+
+
+class TaskBatch:
+    """``n`` finite tabular tasks with shared state/action counts and horizon, stored as arrays.
+
+    Parameters
+    ----------
+    P : array (n, S, A, S)         transition probabilities; each row >= 0 and sums to 1 (tol 1e-8)
+    R : array (n, S, A)            mean rewards (ignored and recomputed for ``reward_noise="transition"``)
+    horizon : int >= 1
+    start : array (n, S), optional initial distributions (default: state 0)
+    terminal : bool array (n, S), optional (default: none)
+    reward_noise : {"none", "gaussian", "bernoulli", "transition"}
+    reward_std : float or array (n,), >= 0, used by "gaussian" (default 1.0)
+    reward_next : array (n, S, A, S), required for "transition"
+    name : str, a label for ``repr``
+
+    All arrays are copied to read-only float64/bool arrays.  ``batch[i]`` is a :class:`Task`;
+    ``batch[indices]`` (a slice or an integer array) is a sub-batch.
+    """
+
+    def __init__(self, P, R, horizon, *, start=None, terminal=None, reward_noise="none",
+                 reward_std=1.0, reward_next=None, name="TaskBatch"):
+        P = np.asarray(P) if not isinstance(P, np.ndarray) else P
+        if P.dtype.kind not in "fiu":
+            raise TypeError(f"P must be a float array, got dtype {P.dtype}")
+        if P.ndim != 4 or P.shape[0] < 1 or P.shape[1] < 1 or P.shape[2] < 1 or P.shape[3] != P.shape[1]:
+            raise ValueError(f"P must have shape (n_tasks, S, A, S) with n_tasks, S, A >= 1, got {P.shape}")
+        n, S, A = P.shape[:3]
+        P = _float_table(P, "P", (n, S, A, S))
+        _check_distributions(P, "P", ("task", "s", "a"))
+        if not isinstance(reward_noise, str) or reward_noise not in REWARD_NOISES:
+            raise ValueError(f"reward_noise must be one of {REWARD_NOISES}, got {reward_noise!r}")
+        if reward_noise == "transition":
+            if reward_next is None:
+                raise ValueError('reward_noise="transition" needs reward_next of shape (n, S, A, S)')
+            reward_next = _float_table(reward_next, "reward_next", (n, S, A, S))
+            R = np.einsum("nsat,nsat->nsa", P, reward_next)
+        else:
+            if reward_next is not None:
+                raise ValueError('reward_next is only used with reward_noise="transition"')
+            R = _float_table(R, "R", (n, S, A))
+        if reward_noise == "bernoulli" and (R.min() < 0 or R.max() > 1):
+            raise ValueError("R must lie in [0, 1] for bernoulli rewards (it is the success probability)")
+        horizon = _validate.positive_int(horizon, "horizon")
+        if start is None:
+            start = np.zeros((n, S))
+            start[:, 0] = 1.0
+        else:
+            start = _float_table(start, "start", (n, S))
+            _check_distributions(start, "start", ("task",))
+        if terminal is None:
+            terminal = np.zeros((n, S), dtype=bool)
+        else:
+            terminal = np.asarray(terminal)
+            if terminal.dtype != bool:
+                raise TypeError(f"terminal must be a bool array, got dtype {terminal.dtype}")
+            if terminal.shape != (n, S):
+                raise ValueError(f"terminal must have shape {(n, S)}, got {terminal.shape}")
+            terminal = terminal.copy()
+        if isinstance(reward_std, np.ndarray) and reward_std.ndim > 0:
+            reward_std = _float_table(reward_std, "reward_std", (n,))
+            if reward_std.min() < 0:
+                raise ValueError("reward_std must be >= 0")
+        else:
+            reward_std = np.full(n, _validate.finite_float(
+                reward_std.item() if isinstance(reward_std, np.ndarray) else reward_std,
+                "reward_std", low=0.0))
+        self.P, self.R, self.start, self.terminal, self.reward_std = P, R, start, terminal, reward_std
+        self.reward_next = reward_next
+        self.horizon, self.reward_noise, self.name = horizon, reward_noise, str(name)
+        for arr in (P, R, start, terminal, reward_std, reward_next):
+            if arr is not None:
+                arr.setflags(write=False)
+        self._tables = None
+
+    @property
+    def n_tasks(self):
+        return self.P.shape[0]
+
+    @property
+    def n_states(self):
+        return self.P.shape[1]
+
+    @property
+    def n_actions(self):
+        return self.P.shape[2]
+
+    @property
+    def tables(self):
+        """The :class:`EnvTables` the stepping kernels read (computed on first use)."""
+        if self._tables is None:
+            self._tables = EnvTables(self)
+        return self._tables
+
+    def __len__(self):
+        return self.n_tasks
+
+    def __getitem__(self, index):
+        if isinstance(index, numbers.Integral) and not isinstance(index, (bool, np.bool_)):
+            i = int(index)
+            if not -self.n_tasks <= i < self.n_tasks:
+                raise IndexError(f"task index {i} out of range for {self.n_tasks} tasks")
+            return Task(self, i % self.n_tasks)
+        if isinstance(index, slice):
+            idx = np.arange(self.n_tasks)[index]
+        else:
+            idx = _validate.int_array(index, "index", ndim=1, low=-self.n_tasks, high=self.n_tasks)
+            idx = idx % self.n_tasks
+        if idx.size == 0:
+            raise ValueError("a TaskBatch needs at least one task")
+        return TaskBatch(self.P[idx], self.R[idx], self.horizon, start=self.start[idx],
+                         terminal=self.terminal[idx], reward_noise=self.reward_noise,
+                         reward_std=self.reward_std[idx],
+                         reward_next=None if self.reward_next is None else self.reward_next[idx],
+                         name=self.name)
+
+    def __iter__(self):
+        return (Task(self, i) for i in range(self.n_tasks))
+
+    def __repr__(self):
+        return (f"TaskBatch({self.name}: n_tasks={self.n_tasks}, n_states={self.n_states}, "
+                f"n_actions={self.n_actions}, horizon={self.horizon}, reward_noise={self.reward_noise!r})")
+
+
+class Task:
+    """One task of a :class:`TaskBatch` (a view: ``task.batch``, ``task.index``)."""
+
+    def __init__(self, batch, index):
+        self.batch, self.index = batch, index
+
+    @property
+    def n_states(self):
+        return self.batch.n_states
+
+    @property
+    def n_actions(self):
+        return self.batch.n_actions
+
+    @property
+    def horizon(self):
+        return self.batch.horizon
+
+    def model(self, gamma=1.0):
+        """The exact :class:`metarl_fast.mdp.MDPModel` (P, mean R, start, horizon, terminal)."""
+        b, i = self.batch, self.index
+        return MDPModel(P=b.P[i], R=b.R[i], start=b.start[i], horizon=b.horizon,
+                        gamma=gamma, terminal=b.terminal[i])
+
+    def make_env(self):
+        """A single environment with Gymnasium's protocol (pure Python; see :class:`TabularEnv`)."""
+        return TabularEnv(self)
+
+    def as_gymnasium(self):
+        """This task as a ``gymnasium.Env`` (requires the ``gym`` extra: ``pip install gymnasium``)."""
+        return _gymnasium_env_class()(self)
+
+    def __repr__(self):
+        return f"Task({self.index} of {self.batch!r})"
+
+
+class Discrete:
+    """A description of the discrete space ``{0, ..., n-1}`` (Gymnasium's ``Discrete`` without the dependency)."""
+
+    def __init__(self, n):
+        self.n = _validate.positive_int(n, "n")
+        self.start = 0
+        self.shape = ()
+        self.dtype = np.dtype(np.int64)
+
+    def contains(self, x):
+        return (isinstance(x, numbers.Integral) and not isinstance(x, (bool, np.bool_))
+                and 0 <= int(x) < self.n)
+
+    __contains__ = contains
+
+    def sample(self, rng):
+        return np.int64(as_generator(rng).integers(self.n))
+
+    def __repr__(self):
+        return f"Discrete({self.n})"
+
+    def __eq__(self, other):
+        return isinstance(other, Discrete) and other.n == self.n
+
+
+def _draw_index(cdf, u):
+    """Inverse CDF: number of entries of the running sum ``cdf`` that are <= ``u * cdf[-1]``."""
+    return int(np.count_nonzero(cdf <= u * cdf[-1]))
+
+
+class _TabularEnvLogic:
+    """reset/step of one task; the random stream is ``self.np_random``."""
+
+    def _setup(self, task):
+        if not isinstance(task, Task):
+            raise TypeError(f"task must be a metarl_fast.tasks.Task, got {type(task).__name__}")
+        self.task = task
+        self._tables = task.batch.tables
+        self._i = task.index
+        self._state = None
+        self._elapsed = 0
+        self._done = False
+
+    def _reset_state(self, rng):
+        t, i = self._tables, self._i
+        if t.stochastic_start:
+            self._state = _draw_index(t.start_cdf[i], rng.random())
+        else:
+            self._state = int(t.start_state[i])
+        self._elapsed = 0
+        self._done = False
+        return np.int64(self._state), {}
+
+    def _step_state(self, action, rng):
+        if self._state is None:
+            raise RuntimeError("step() called before reset()")
+        if self._done:
+            raise RuntimeError("the episode is over (terminated or truncated); call reset() first")
+        if isinstance(action, (bool, np.bool_)) or not isinstance(action, numbers.Integral):
+            if isinstance(action, np.ndarray) and action.shape == () and action.dtype.kind in "iu":
+                action = action.item()
+            else:
+                raise TypeError(f"action must be an int, got {type(action).__name__}")
+        a = int(action)
+        t, i, s = self._tables, self._i, self._state
+        if not 0 <= a < t.n_actions:
+            raise ValueError(f"action out of range: {a}, must be in [0, {t.n_actions})")
+        kind = t.reward_kind
+        reward = t.reward_mean[i, s, a]
+        if kind == REWARD_GAUSSIAN:
+            reward = reward + t.reward_std[i] * rng.standard_normal()
+        elif kind == REWARD_BERNOULLI:
+            reward = 1.0 if rng.random() < reward else 0.0
+        if t.stochastic_transitions:
+            s2 = _draw_index(t.trans_cdf[i, s, a], rng.random())
+        else:
+            s2 = int(t.next_state[i, s, a])
+        if kind == REWARD_TRANSITION:
+            reward = t.reward_next[i, s, a, s2]
+        self._elapsed += 1
+        terminated = bool(t.terminal[i, s2])
+        truncated = (not terminated) and self._elapsed >= t.horizon
+        self._state = s2
+        self._done = terminated or truncated
+        return np.int64(s2), float(reward), terminated, truncated, {}
+
+
+class TabularEnv(_TabularEnvLogic):
+    """One task as an environment with Gymnasium's protocol (no Gymnasium needed).
+
+    ``reset(seed=None, options=None) -> (obs, info)``; ``step(action) -> (obs, reward,
+    terminated, truncated, info)``.  ``obs`` is the state index (``numpy.int64``).  ``seed`` is an
+    int or a ``numpy.random.Generator`` (used as is); without it the previous stream continues
+    (a fresh unseeded Generator on first use).  ``truncated`` is True when the horizon is reached
+    in a non-terminal state.  Stepping after the end of an episode raises RuntimeError.
+    """
+
+    def __init__(self, task):
+        self._setup(task)
+        self.observation_space = Discrete(task.n_states)
+        self.action_space = Discrete(task.n_actions)
+        self.np_random = None
+
+    def reset(self, seed=None, options=None):
+        if seed is not None:
+            self.np_random = as_generator(seed, "seed")
+        elif self.np_random is None:
+            self.np_random = np.random.default_rng()
+        if options is not None and not isinstance(options, dict):
+            raise TypeError(f"options must be a dict or None, got {type(options).__name__}")
+        return self._reset_state(self.np_random)
+
+    def step(self, action):
+        return self._step_state(action, self.np_random)
+
+    def close(self):
+        pass
+
+    def __repr__(self):
+        return f"TabularEnv({self.task!r})"
+
+
+_GYM_CLASS = None
+
+
+def _gymnasium_env_class():
+    global _GYM_CLASS
+    if _GYM_CLASS is None:
+        try:
+            import gymnasium
+        except ImportError as err:
+            raise ImportError(
+                "as_gymnasium() needs Gymnasium: pip install gymnasium (the 'gym' extra)") from err
+
+        class GymnasiumTabularEnv(_TabularEnvLogic, gymnasium.Env):
+            """A :class:`Task` as a ``gymnasium.Env`` (Discrete observations and actions)."""
+
+            metadata = {"render_modes": []}
+
+            def __init__(self, task):
+                self._setup(task)
+                self.observation_space = gymnasium.spaces.Discrete(task.n_states)
+                self.action_space = gymnasium.spaces.Discrete(task.n_actions)
+
+            def reset(self, *, seed=None, options=None):
+                if isinstance(seed, np.random.Generator):
+                    self._np_random, seed = seed, None
+                super().reset(seed=seed)
+                return self._reset_state(self.np_random)
+
+            def step(self, action):
+                return self._step_state(action, self.np_random)
+
+        _GYM_CLASS = GymnasiumTabularEnv
+    return _GYM_CLASS
+
+
+# ---------------------------------------------------------------------------------------------
+# Families
+# ---------------------------------------------------------------------------------------------
+
+class TaskDistribution:
+    """Base class: ``sample(n, rng) -> TaskBatch`` with ``n >= 1`` and ``rng`` an int or Generator."""
+
+    def sample(self, n, rng):
+        n = _validate.positive_int(n, "n")
+        return self._sample(n, as_generator(rng))
+
+    def _sample(self, n, rng):  # pragma: no cover - abstract
+        raise NotImplementedError
+
+
+class BernoulliBandits(TaskDistribution):
+    """Multi-armed Bernoulli bandits (Duan et al. 2016): one state, arm means ``p_i ~ U[0, 1]``.
+
+    One pull is one step; an episode (a trial) is ``horizon`` pulls.  ``sample`` draws
+    ``rng.random((n, n_arms))``.
+    """
+
+    def __init__(self, n_arms=5, horizon=10):
+        self.n_arms = _validate.positive_int(n_arms, "n_arms")
+        self.horizon = _validate.positive_int(horizon, "horizon")
+
+    def _sample(self, n, rng):
+        p = rng.random((n, self.n_arms))
+        P = np.ones((n, 1, self.n_arms, 1))
+        return TaskBatch(P, p[:, None, :], self.horizon, reward_noise="bernoulli",
+                         name=f"BernoulliBandits(n_arms={self.n_arms})")
+
+    def __repr__(self):
+        return f"BernoulliBandits(n_arms={self.n_arms}, horizon={self.horizon})"
+
+
+class TabularMDPs(TaskDistribution):
+    """Random tabular MDPs (Duan et al. 2016).
+
+    Mean rewards ``mu(s, a) ~ N(1, 1)``, observed reward ``~ N(mu(s, a), 1)``, transitions
+    ``P(.|s, a) ~ Dirichlet(1, ..., 1)``, every episode starts in state 0 and lasts ``horizon``
+    steps.  ``sample`` draws ``rng.normal(1, 1, (n, S, A))`` then ``rng.dirichlet(ones(S), (n, S, A))``.
+    """
+
+    def __init__(self, n_states=10, n_actions=5, horizon=10):
+        self.n_states = _validate.positive_int(n_states, "n_states")
+        self.n_actions = _validate.positive_int(n_actions, "n_actions")
+        self.horizon = _validate.positive_int(horizon, "horizon")
+
+    def _sample(self, n, rng):
+        S, A = self.n_states, self.n_actions
+        R = rng.normal(1.0, 1.0, (n, S, A))
+        P = rng.dirichlet(np.ones(S), size=(n, S, A))
+        P /= P.sum(axis=-1, keepdims=True)
+        return TaskBatch(P, R, self.horizon, reward_noise="gaussian", reward_std=1.0,
+                         name=f"TabularMDPs(n_states={S}, n_actions={A})")
+
+    def __repr__(self):
+        return f"TabularMDPs(n_states={self.n_states}, n_actions={self.n_actions}, horizon={self.horizon})"
+
+
+class GridNavigation(TaskDistribution):
+    """Navigation to a goal cell on a ``size x size`` grid (discrete analogue of MAML's 2-D navigation).
+
+    State ``row * size + col``; every episode starts in the centre ``(size // 2, size // 2)``.
+    Actions: 0 up (row - 1), 1 down (row + 1), 2 left (col - 1), 3 right (col + 1), 4 stay; a move
+    off the grid stays in place.  Each step pays ``-d`` where ``d`` is the Euclidean distance (or
+    its square with ``squared=True``) from the cell reached to the goal, so moving onto the goal
+    pays 0 and ends the episode (the goal is terminal); otherwise it ends after ``horizon`` steps
+    (default ``2 * size``).  The goal of each task is drawn uniformly from ``goals`` (a list of
+    ``(row, col)``; default every cell except the centre) with ``rng.integers(len(goals), size=n)``.
+    """
+
+    N_ACTIONS = 5
+    _MOVES = np.array([(-1, 0), (1, 0), (0, -1), (0, 1), (0, 0)])
+
+    def __init__(self, size=7, horizon=None, *, squared=False, goals=None):
+        self.size = _validate.positive_int(size, "size", minimum=2)
+        self.horizon = _validate.positive_int(2 * self.size if horizon is None else horizon, "horizon")
+        self.squared = bool(squared)
+        centre = (self.size // 2, self.size // 2)
+        if goals is None:
+            cells = [(r, c) for r in range(self.size) for c in range(self.size) if (r, c) != centre]
+            goals = np.array(cells, dtype=np.int64)
+        else:
+            goals = np.asarray(goals)
+            if goals.dtype.kind not in "iu":
+                raise TypeError(f"goals must be integer (row, col) pairs, got dtype {goals.dtype}")
+            if goals.ndim != 2 or goals.shape[1] != 2 or goals.shape[0] < 1:
+                raise ValueError(f"goals must have shape (n_goals, 2), got {goals.shape}")
+            outside = (goals < 0) | (goals >= self.size)
+            if outside.any():
+                r, c = goals[np.argwhere(outside)[0][0]]
+                raise ValueError(f"goal ({r}, {c}) is outside the {self.size}x{self.size} grid")
+            at_start = np.all(goals == centre, axis=1)
+            if at_start.any():
+                raise ValueError(f"goal {centre} is the start cell; an episode would begin at its end")
+            goals = goals.astype(np.int64)
+        self.goals = goals
+        self._build_moves()
+
+    def _build_moves(self):
+        size = self.size
+        rows, cols = np.divmod(np.arange(size * size), size)
+        nr = np.clip(rows[:, None] + self._MOVES[None, :, 0], 0, size - 1)
+        nc = np.clip(cols[:, None] + self._MOVES[None, :, 1], 0, size - 1)
+        self._next = nr * size + nc           # (S, 5)
+        self._next_rc = np.stack([nr, nc], axis=-1)
+
+    def _sample(self, n, rng):
+        size, S, A = self.size, self.size * self.size, self.N_ACTIONS
+        goal = self.goals[rng.integers(len(self.goals), size=n)]       # (n, 2)
+        diff = self._next_rc[None].astype(np.float64) - goal[:, None, None, :]
+        d2 = (diff ** 2).sum(axis=-1)                                   # (n, S, A)
+        R = -(d2 if self.squared else np.sqrt(d2))
+        P = np.zeros((n, S, A, S))
+        P[:, np.arange(S)[:, None], np.arange(A)[None, :], self._next] = 1.0
+        start = np.zeros((n, S))
+        start[:, (size // 2) * size + size // 2] = 1.0
+        terminal = np.zeros((n, S), dtype=bool)
+        terminal[np.arange(n), goal[:, 0] * size + goal[:, 1]] = True
+        batch = TaskBatch(P, R, self.horizon, start=start, terminal=terminal, reward_noise="none",
+                          name=f"GridNavigation(size={size})")
+        batch.goal = goal
+        return batch
+
+    def __repr__(self):
+        return f"GridNavigation(size={self.size}, horizon={self.horizon}, squared={self.squared})"
+
+
+class Chain(TaskDistribution):
+    """A chain of ``n_states`` states whose rewarded action in each state varies between tasks.
+
+    Each task draws ``good[s] = rng.integers(n_actions, size=(n, n_states))``.  In state ``s`` the
+    rewarded action ``good[s]`` pays 1 and moves one step right (the last state stays put); any
+    other action pays 0 and returns to state 0.  With probability ``slip`` the move goes the other
+    way (the rewarded action falls back to state 0, another action advances); the reward depends
+    only on the action.  Episodes start in state 0 and last ``horizon`` steps.  The default is the
+    4-state x 2-action chain.
+    """
+
+    def __init__(self, n_states=4, n_actions=2, horizon=10, slip=0.0):
+        self.n_states = _validate.positive_int(n_states, "n_states")
+        self.n_actions = _validate.positive_int(n_actions, "n_actions")
+        self.horizon = _validate.positive_int(horizon, "horizon")
+        self.slip = _validate.finite_float(slip, "slip", low=0.0, high=1.0)
+
+    def _sample(self, n, rng):
+        S, A = self.n_states, self.n_actions
+        good = rng.integers(A, size=(n, S))
+        is_good = good[:, :, None] == np.arange(A)[None, None, :]         # (n, S, A)
+        advance = np.minimum(np.arange(S) + 1, S - 1)                      # (S,)
+        fwd = np.zeros((n, S, A, S))
+        fwd[:, np.arange(S), :, advance] = 1.0
+        back = np.zeros((n, S, A, S))
+        back[..., 0] = 1.0
+        p_good = 1.0 - self.slip
+        w = np.where(is_good, p_good, 1.0 - p_good)[..., None]
+        P = w * fwd + (1.0 - w) * back
+        R = is_good.astype(np.float64)
+        batch = TaskBatch(P, R, self.horizon, reward_noise="none",
+                          name=f"Chain(n_states={S}, n_actions={A})")
+        batch.good_action = good
+        return batch
+
+    def __repr__(self):
+        return (f"Chain(n_states={self.n_states}, n_actions={self.n_actions}, "
+                f"horizon={self.horizon}, slip={self.slip})")
+
+
+class TabularFamily(TaskDistribution):
+    """A custom family: fixed task arrays to sample from, or a sampler function.
+
+    ``TabularFamily(P=..., R=..., horizon=..., **batch_kwargs)`` holds ``m`` tasks (P of shape
+    (m, S, A, S) or (S, A, S) for one task, R (m, S, A) or (S, A), optional ``start``,
+    ``terminal``, ``reward_noise``, ``reward_std``, ``reward_next`` as for :class:`TaskBatch`);
+    ``sample(n, rng)`` picks ``rng.integers(m, size=n)`` of them.
+
+    ``TabularFamily(sampler=fn)``: ``fn(n, rng)`` returns a :class:`TaskBatch` of ``n`` tasks or a
+    dict of :class:`TaskBatch` arguments (``P``, ``R``, ``horizon``, ...).
+    """
+
+    def __init__(self, P=None, R=None, horizon=None, *, sampler=None, **batch_kwargs):
+        if sampler is not None:
+            if P is not None or R is not None or batch_kwargs:
+                raise ValueError("give either sampler or the task arrays (P, R, ...), not both")
+            if not callable(sampler):
+                raise TypeError(f"sampler must be callable, got {type(sampler).__name__}")
+            self._sampler, self._batch = sampler, None
+            return
+        if P is None or R is None or horizon is None:
+            raise ValueError("TabularFamily needs P, R and horizon (or a sampler)")
+        P, R = np.asarray(P), np.asarray(R)
+        if P.ndim == 3:
+            P, R = P[None], R[None]
+            for key in ("start", "terminal", "reward_next"):
+                if batch_kwargs.get(key) is not None:
+                    batch_kwargs[key] = np.asarray(batch_kwargs[key])[None]
+        self._sampler = None
+        self._batch = TaskBatch(P, R, horizon, **batch_kwargs)
+
+    def _sample(self, n, rng):
+        if self._sampler is None:
+            return self._batch[rng.integers(self._batch.n_tasks, size=n)]
+        out = self._sampler(n, rng)
+        if isinstance(out, dict):
+            out = TaskBatch(**out)
+        if not isinstance(out, TaskBatch):
+            raise TypeError(f"sampler must return a TaskBatch or a dict, got {type(out).__name__}")
+        if out.n_tasks != n:
+            raise ValueError(f"sampler returned {out.n_tasks} tasks, expected {n}")
+        return out
+
+
+class FromGymnasium(TaskDistribution):
+    """Toy-text Gymnasium environments as a task family (e.g. FrozenLake with a random map per task).
+
+    ``make_env(rng) -> gymnasium.Env`` builds one task's environment (drawing its randomness from
+    ``rng``).  Observation and action spaces must be ``gymnasium.spaces.Discrete`` (start 0) and
+    the unwrapped env must expose its exact model the toy-text way: ``P[s][a]`` a list of
+    ``(prob, next_state, reward, terminated)`` and ``initial_state_distrib`` (S,).  The horizon is
+    ``horizon`` or else ``env.spec.max_episode_steps``.  Rewards depend on the transition
+    (``reward_noise="transition"``).  Gymnasium is imported only here.
+    """
+
+    def __init__(self, make_env, horizon=None):
+        if not callable(make_env):
+            raise TypeError(f"make_env must be callable, got {type(make_env).__name__}")
+        self.make_env = make_env
+        self.horizon = None if horizon is None else _validate.positive_int(horizon, "horizon")
+
+    @staticmethod
+    def tables_of(env, horizon=None):
+        """(P (S,A,S), reward_next (S,A,S), start (S,), terminal (S,), horizon) of one env."""
+        import gymnasium
+
+        for name in ("observation_space", "action_space"):
+            space = getattr(env, name, None)
+            if not isinstance(space, gymnasium.spaces.Discrete):
+                raise TypeError(f"FromGymnasium needs a Discrete {name}, got {space!r}")
+            if int(space.start) != 0:
+                raise TypeError(f"FromGymnasium needs {name} to start at 0, got start={space.start}")
+        S, A = int(env.observation_space.n), int(env.action_space.n)
+        base = env.unwrapped
+        model = getattr(base, "P", None)
+        isd = getattr(base, "initial_state_distrib", None)
+        if not isinstance(model, dict) or isd is None:
+            raise TypeError(
+                f"{type(base).__name__} does not expose a tabular model (unwrapped.P as a dict "
+                "s -> a -> [(prob, next_state, reward, terminated)] and initial_state_distrib)")
+        P = np.zeros((S, A, S))
+        reward_next = np.zeros((S, A, S))
+        terminal = np.zeros(S, dtype=bool)
+        seen_terminal = np.full(S, -1)
+        for s in range(S):
+            for a in range(A):
+                for prob, s2, r, term in model[s][a]:
+                    if prob == 0:
+                        continue
+                    if P[s, a, s2] > 0 and reward_next[s, a, s2] != r:
+                        raise ValueError(f"transition ({s}, {a}) -> {s2} has two different rewards")
+                    P[s, a, s2] += prob
+                    reward_next[s, a, s2] = r
+                    if seen_terminal[s2] >= 0 and bool(seen_terminal[s2]) != bool(term):
+                        raise ValueError(f"state {s2} is terminal on some transitions and not on others")
+                    seen_terminal[s2] = bool(term)
+                    terminal[s2] = bool(term)
+        if horizon is None:
+            spec = getattr(env, "spec", None)
+            horizon = getattr(spec, "max_episode_steps", None)
+            if horizon is None:
+                raise ValueError("the env has no spec.max_episode_steps; pass horizon= to FromGymnasium")
+        return P, reward_next, np.asarray(isd, dtype=np.float64), terminal, int(horizon)
+
+    def _sample(self, n, rng):
+        parts = []
+        for _ in range(n):
+            env = self.make_env(rng)
+            try:
+                parts.append(self.tables_of(env, self.horizon))
+            finally:
+                close = getattr(env, "close", None)
+                if close is not None:
+                    close()
+        shapes = {p[0].shape for p in parts}
+        if len(shapes) != 1:
+            raise ValueError(f"all sampled envs must have the same spaces, got shapes {sorted(shapes)}")
+        horizons = {p[4] for p in parts}
+        if len(horizons) != 1:
+            raise ValueError(f"all sampled envs must have the same horizon, got {sorted(horizons)}")
+        P, Rn, start, terminal = (np.stack([p[k] for p in parts]) for k in range(4))
+        return TaskBatch(P, np.zeros(P.shape[:3]), horizons.pop(), start=start, terminal=terminal,
+                         reward_noise="transition", reward_next=Rn, name="FromGymnasium")

@@ -1,0 +1,298 @@
+"""Task families: sampled arrays, exact models, single environments (Gymnasium protocol), bad input."""
+import numpy as np
+import pytest
+
+from metarl_fast.mdp import MDPModel
+from metarl_fast.tasks import (BernoulliBandits, Chain, Discrete, FromGymnasium, GridNavigation,
+                               TabularFamily, TabularMDPs, TaskBatch, as_generator)
+
+
+def test_tabular_mdps_arrays_and_model():
+    batch = TabularMDPs().sample(3, 0)
+    assert (batch.n_tasks, batch.n_states, batch.n_actions, batch.horizon) == (3, 10, 5, 10)
+    assert batch.P.shape == (3, 10, 5, 10) and batch.R.shape == (3, 10, 5)
+    np.testing.assert_allclose(batch.P.sum(-1), 1.0, atol=1e-12)
+    assert batch.reward_noise == "gaussian" and np.all(batch.reward_std == 1.0)
+    model = batch[1].model()
+    assert isinstance(model, MDPModel) and model.horizon == 10
+    np.testing.assert_array_equal(model.P, batch.P[1])
+    np.testing.assert_array_equal(model.start, np.eye(10)[0])
+    # reproducible from the seed, different between seeds
+    np.testing.assert_array_equal(TabularMDPs().sample(3, 0).P, batch.P)
+    assert not np.array_equal(TabularMDPs().sample(3, 1).P, batch.P)
+    same = TabularMDPs().sample(3, np.random.default_rng(0))
+    np.testing.assert_array_equal(same.R, batch.R)
+
+
+def test_tabular_mdps_prior_moments():
+    batch = TabularMDPs(n_states=4, n_actions=3).sample(4000, 7)
+    # mu ~ N(1, 1); Dirichlet(1,1,1,1) marginals have mean 1/4, variance 3/80
+    assert abs(batch.R.mean() - 1.0) < 0.02 and abs(batch.R.std() - 1.0) < 0.02
+    assert abs(batch.P.mean() - 0.25) < 0.005
+    assert abs(batch.P.var() - 3 / 80) < 0.002
+
+
+def test_bandits():
+    batch = BernoulliBandits(n_arms=3, horizon=7).sample(5000, 3)
+    assert batch.P.shape == (5000, 1, 3, 1) and batch.reward_noise == "bernoulli"
+    p = batch.R[:, 0, :]
+    assert p.min() >= 0 and p.max() <= 1 and abs(p.mean() - 0.5) < 0.01 and abs(p.var() - 1 / 12) < 0.005
+    assert batch[0].model().horizon == 7
+
+
+def test_grid_navigation_geometry():
+    dist = GridNavigation(size=5, horizon=9)
+    batch = dist.sample(20, 4)
+    S = 25
+    assert batch.P.shape == (20, S, 5, S) and batch.horizon == 9
+    centre = 2 * 5 + 2
+    assert np.all(batch.start[:, centre] == 1.0)
+    i = 0
+    gr, gc = batch.goal[i]
+    assert batch.terminal[i].sum() == 1 and batch.terminal[i, gr * 5 + gc]
+    m = batch[i].model()
+    # moves: up from row 0 stays, right from the centre goes to col 3
+    assert m.P[0, 0, 0] == 1.0 and m.P[centre, 3, centre + 1] == 1.0 and m.P[centre, 4, centre] == 1.0
+    d = np.hypot(2 - gr, 3 - gc)
+    assert m.R[centre, 3] == pytest.approx(-d)
+    sq = GridNavigation(size=5, squared=True, goals=[(0, 0)]).sample(2, 0)
+    assert sq.R[0, centre, 0] == pytest.approx(-(1 ** 2 + 2 ** 2))  # up -> (1, 2)
+    assert np.all(sq.terminal[:, 0]) and GridNavigation(size=7).horizon == 14
+
+
+def test_chain_rewarded_action_varies():
+    batch = Chain().sample(50, 5)
+    assert batch.P.shape == (50, 4, 2, 4)
+    good = batch.good_action
+    assert len({tuple(g) for g in good}) > 1
+    for i in range(3):
+        m = batch[i].model()
+        for s in range(4):
+            g = good[i, s]
+            assert m.R[s, g] == 1.0 and m.R[s, 1 - g] == 0.0
+            assert m.P[s, g, min(s + 1, 3)] == 1.0 and m.P[s, 1 - g, 0] == 1.0
+    slip = Chain(slip=0.25).sample(1, 0)[0].model()
+    g = batch.good_action[0, 0]
+    assert slip.P[0].max() == 0.75
+
+
+def test_custom_family_from_arrays_and_sampler():
+    rng = np.random.default_rng(0)
+    P = rng.dirichlet(np.ones(3), size=(2, 3, 2))
+    R = rng.normal(size=(2, 3, 2))
+    fam = TabularFamily(P=P, R=R, horizon=4, reward_noise="gaussian", reward_std=0.5)
+    batch = fam.sample(10, 1)
+    assert batch.n_tasks == 10 and batch.horizon == 4 and np.all(batch.reward_std == 0.5)
+    for k in range(10):
+        assert any(np.array_equal(batch.P[k], P[j]) for j in range(2))
+    one = TabularFamily(P=P[0], R=R[0], horizon=2).sample(3, 0)
+    np.testing.assert_array_equal(one.P[2], P[0])
+
+    def sampler(n, rng):
+        return dict(P=rng.dirichlet(np.ones(3), size=(n, 3, 2)), R=rng.normal(size=(n, 3, 2)), horizon=5)
+
+    b2 = TabularFamily(sampler=sampler).sample(4, 2)
+    assert b2.n_tasks == 4 and b2.horizon == 5
+    with pytest.raises(ValueError, match="returned 3 tasks"):
+        TabularFamily(sampler=lambda n, rng: sampler(3, rng)).sample(4, 0)
+
+
+def test_batch_indexing():
+    batch = TabularMDPs().sample(6, 0)
+    sub = batch[[4, 1]]
+    np.testing.assert_array_equal(sub.P, batch.P[[4, 1]])
+    assert batch[2:4].n_tasks == 2 and batch[-1].index == 5 and len(list(batch)) == 6
+    with pytest.raises(IndexError):
+        batch[6]
+    with pytest.raises(ValueError):
+        batch[np.array([], dtype=np.int64)]
+    assert not batch.P.flags.writeable
+
+
+# ---------------------------------------------------------------------------------------------
+# bad input
+# ---------------------------------------------------------------------------------------------
+
+def _valid(n=1, S=2, A=2):
+    P = np.full((n, S, A, S), 1.0 / S)
+    return P, np.zeros((n, S, A))
+
+
+def test_transition_rows_are_checked():
+    P, R = _valid()
+    P[0, 1, 0] = [0.7, 0.25]
+    with pytest.raises(ValueError, match=r"s=1, a=0\) does not sum to 1: sum 0\.95"):
+        TaskBatch(P, R, 3)
+    P[0, 1, 0] = [1.2, -0.2]
+    with pytest.raises(ValueError, match=r"s=1, a=0.*negative"):
+        TaskBatch(P, R, 3)
+    P[0, 1, 0] = [0.5 + 5e-9, 0.5]
+    TaskBatch(P, R, 3)  # within the 1e-8 tolerance
+    P[0, 1, 0] = [np.nan, 1.0]
+    with pytest.raises(ValueError, match="finite"):
+        TaskBatch(P, R, 3)
+
+
+@pytest.mark.parametrize("kwargs,err,match", [
+    (dict(P=np.ones((1, 2, 2, 3))), ValueError, "shape"),
+    (dict(R=np.zeros((1, 2, 3))), ValueError, "R must have shape"),
+    (dict(horizon=0), ValueError, "horizon"),
+    (dict(horizon=2.5), TypeError, "horizon"),
+    (dict(start=np.array([[0.5, 0.6]])), ValueError, "start"),
+    (dict(terminal=np.zeros((1, 2))), TypeError, "terminal"),
+    (dict(terminal=np.zeros((1, 3), dtype=bool)), ValueError, "terminal"),
+    (dict(reward_noise="poisson"), ValueError, "reward_noise"),
+    (dict(reward_std=-1.0), ValueError, "reward_std"),
+    (dict(reward_noise="transition"), ValueError, "reward_next"),
+    (dict(reward_noise="bernoulli", R=np.full((1, 2, 2), 1.5)), ValueError, r"\[0, 1\]"),
+    (dict(P=np.array(["a"])), TypeError, "P"),
+])
+def test_task_batch_bad_input(kwargs, err, match):
+    P, R = _valid()
+    args = dict(P=P, R=R, horizon=3)
+    args.update(kwargs)
+    with pytest.raises(err, match=match):
+        TaskBatch(args.pop("P"), args.pop("R"), args.pop("horizon"), **args)
+
+
+@pytest.mark.parametrize("factory,match", [
+    (lambda: TabularMDPs(n_states=0), "n_states"),
+    (lambda: TabularMDPs(n_actions=0), "n_actions"),
+    (lambda: TabularMDPs(horizon=0), "horizon"),
+    (lambda: BernoulliBandits(n_arms=0), "n_arms"),
+    (lambda: Chain(n_states=0), "n_states"),
+    (lambda: GridNavigation(size=5, goals=[(5, 0)]), "outside"),
+    (lambda: GridNavigation(size=5, goals=[(-1, 2)]), "outside"),
+    (lambda: GridNavigation(size=5, goals=[(2, 2)]), "start cell"),
+    (lambda: Chain(slip=1.5), "slip"),
+])
+def test_family_parameters_checked(factory, match):
+    with pytest.raises(ValueError, match=match):
+        factory()
+
+
+@pytest.mark.parametrize("seed", [1.5, "0", None, np.random.RandomState(0), True])
+def test_seeds_must_be_ints_or_generators(seed):
+    with pytest.raises(TypeError, match="rng"):
+        TabularMDPs().sample(2, seed)
+    with pytest.raises(TypeError, match="rng"):
+        as_generator(seed)
+    if seed is not None:
+        with pytest.raises(TypeError, match="seed"):
+            TabularMDPs().sample(2, 0)[0].make_env().reset(seed=seed)
+
+
+def test_sample_count_checked():
+    with pytest.raises(ValueError, match="n must be >= 1"):
+        TabularMDPs().sample(0, 0)
+    with pytest.raises(TypeError):
+        TabularMDPs().sample(2.0, 0)
+
+
+# ---------------------------------------------------------------------------------------------
+# single environment
+# ---------------------------------------------------------------------------------------------
+
+def test_env_protocol_and_episode_end():
+    env = GridNavigation(size=3, horizon=4, goals=[(1, 2)]).sample(1, 0)[0].make_env()
+    assert env.observation_space == Discrete(9) and env.action_space.n == 5
+    with pytest.raises(RuntimeError, match="before reset"):
+        env.step(0)
+    obs, info = env.reset(seed=0)
+    assert obs == 4 and info == {} and env.observation_space.contains(obs)
+    obs, r, term, trunc, info = env.step(3)  # right: onto the goal
+    assert (obs, r, term, trunc) == (5, 0.0, True, False)
+    with pytest.raises(RuntimeError, match="episode is over"):
+        env.step(0)
+    env.reset()
+    for k in range(4):
+        obs, r, term, trunc, _ = env.step(4)  # stay in the centre, distance 1
+        assert r == -1.0 and not term and trunc == (k == 3)
+    env.reset()
+    for bad, err in ((5, ValueError), (-1, ValueError), (1.0, TypeError), ("a", TypeError)):
+        with pytest.raises(err, match="action"):
+            env.step(bad)
+    assert env.step(np.int64(4))[0] == 4  # a rejected action changed nothing
+
+
+def test_env_reset_seed_reproducible():
+    env = TabularMDPs().sample(1, 0)[0].make_env()
+    traj = []
+    for _ in range(2):
+        env.reset(seed=3)
+        traj.append([env.step(k % 5)[:2] for k in range(10)])
+    assert traj[0] == traj[1]
+
+
+def test_transition_frequencies_chi_square():
+    """Next-state counts of one (s, a) pair match P by a chi-square test at a fixed seed."""
+    batch = TabularMDPs(n_states=6, n_actions=2, horizon=1).sample(1, 11)
+    env = batch[0].make_env()
+    rng = np.random.default_rng(5)
+    counts = np.zeros(6)
+    n = 20000
+    env.reset(seed=rng)
+    for _ in range(n):
+        env.reset()
+        s2 = env.step(1)[0]
+        counts[s2] += 1
+    expected = n * batch.P[0, 0, 1]
+    chi2 = ((counts - expected) ** 2 / expected).sum()
+    assert chi2 < 20.5  # df = 5, p = 0.001
+
+
+def test_gymnasium_check_env():
+    gymnasium = pytest.importorskip("gymnasium")
+    from gymnasium.utils.env_checker import check_env
+
+    for dist in (TabularMDPs(), GridNavigation(size=4), BernoulliBandits(), Chain(slip=0.1)):
+        env = dist.sample(2, 0)[1].as_gymnasium()
+        assert isinstance(env, gymnasium.Env)
+        check_env(env, skip_render_check=True)
+        obs, _ = env.reset(seed=1)
+        assert env.observation_space.contains(obs)
+
+
+def _frozen_lake(rng):
+    import gymnasium
+    from gymnasium.envs.toy_text.frozen_lake import generate_random_map
+
+    return gymnasium.make("FrozenLake-v1", desc=generate_random_map(size=4, seed=int(rng.integers(2**31))))
+
+
+def test_from_gymnasium_frozen_lake():
+    pytest.importorskip("gymnasium")
+    batch = FromGymnasium(_frozen_lake).sample(3, 0)
+    assert batch.P.shape == (3, 16, 4, 16) and batch.horizon == 100
+    assert batch.reward_noise == "transition" and not np.array_equal(batch.terminal[0], batch.terminal[1]) \
+        or not np.array_equal(batch.P[0], batch.P[2])
+    np.testing.assert_allclose(batch.P.sum(-1), 1.0)
+    # the tabular twin reproduces the real env's dynamics: same model
+    env = _frozen_lake(np.random.default_rng(0))
+    base = env.unwrapped
+    m = batch[0].model()
+    for s in range(16):
+        for a in range(4):
+            for prob, s2, r, term in base.P[s][a]:
+                assert m.P[s, a, s2] >= prob - 1e-12 and m.terminal[s2] == term
+    np.testing.assert_allclose(m.R.max(), 1 / 3, atol=1e-12)  # slippery: 1/3 chance into the goal
+
+
+def test_from_gymnasium_rejects_non_discrete():
+    gymnasium = pytest.importorskip("gymnasium")
+
+    class Box(gymnasium.Env):
+        observation_space = gymnasium.spaces.Box(0, 1, (2,))
+        action_space = gymnasium.spaces.Discrete(2)
+
+    with pytest.raises(TypeError, match="Discrete observation_space"):
+        FromGymnasium(lambda rng: Box()).sample(1, 0)
+
+    class NoModel(gymnasium.Env):
+        observation_space = gymnasium.spaces.Discrete(2)
+        action_space = gymnasium.spaces.Discrete(2)
+
+    with pytest.raises(TypeError, match="tabular model"):
+        FromGymnasium(lambda rng: NoModel()).sample(1, 0)
+    with pytest.raises(TypeError, match="callable"):
+        FromGymnasium(3)
