@@ -1,0 +1,128 @@
+"""The Cython stepping kernels equal the NumPy reference bit for bit (hypothesis-generated tasks)."""
+import numpy as np
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+import metarl_fast as mf
+from conftest import needs_cython
+from metarl_fast.policy import TabularSoftmaxPolicy
+from metarl_fast.rollout import Trajectories, VecEnv, rollout
+from metarl_fast.tasks import REWARD_NOISES, TaskBatch
+
+
+@st.composite
+def task_batches(draw):
+    n = draw(st.integers(1, 4))
+    S = draw(st.integers(1, 6))
+    A = draw(st.integers(1, 4))
+    horizon = draw(st.integers(1, 6))
+    rng = np.random.default_rng(draw(st.integers(0, 2**32 - 1)))
+    P = rng.dirichlet(np.ones(S), size=(n, S, A))
+    kind_p = draw(st.sampled_from(["dense", "sparse", "deterministic"]))
+    if kind_p != "dense":
+        keep = rng.random(P.shape) < (0.4 if kind_p == "sparse" else 0.0)
+        keep[..., 0] |= ~keep.any(axis=-1)  # at least one reachable state per row
+        if kind_p == "deterministic":
+            keep = np.eye(S, dtype=bool)[rng.integers(S, size=(n, S, A))]
+        P = np.where(keep, P + 0.1, 0.0)
+        P /= P.sum(axis=-1, keepdims=True)
+    noise = draw(st.sampled_from(REWARD_NOISES))
+    R = rng.random((n, S, A)) if noise == "bernoulli" else rng.normal(size=(n, S, A))
+    if draw(st.booleans()):
+        start = rng.dirichlet(np.ones(S), size=n)
+    else:
+        start = np.eye(S)[rng.integers(S, size=n)]
+    terminal = rng.random((n, S)) < draw(st.sampled_from([0.0, 0.3]))
+    kwargs = dict(start=start, terminal=terminal, reward_noise=noise,
+                  reward_std=rng.random(n) * 2)
+    if noise == "transition":
+        kwargs["reward_next"] = rng.normal(size=(n, S, A, S))
+    theta = rng.normal(size=(S, A)) * 3
+    if A > 1:
+        theta[rng.random((S, A)) < 0.2] = -np.inf
+        theta[np.all(theta == -np.inf, axis=1), 0] = 0.0
+    return TaskBatch(P, R, horizon, **kwargs), theta
+
+
+@needs_cython
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(case=task_batches(), n_episodes=st.integers(1, 4), seed=st.integers(0, 2**32 - 1))
+def test_rollout_twins_identical(case, n_episodes, seed):
+    batch, theta = case
+    pol = TabularSoftmaxPolicy(batch.n_states, batch.n_actions)
+    pol.theta[...] = theta
+    out, states = [], []
+    for be in ("cython", "numpy"):
+        rng = np.random.default_rng(seed)
+        with mf.use_backend(be):
+            out.append(rollout(pol, batch, n_episodes, rng))
+        states.append(rng.bit_generator.state)
+    a, b = out
+    for name in Trajectories._FIELDS:
+        x, y = getattr(a, name), getattr(b, name)
+        assert x.dtype == y.dtype, name
+        np.testing.assert_array_equal(x, y, err_msg=name)
+    np.testing.assert_array_equal(a.episode_length, b.episode_length)
+    np.testing.assert_array_equal(a.episode_return, b.episode_return)
+    assert states[0] == states[1]
+    # forbidden actions are never taken
+    assert np.all(np.isfinite(a.logp))
+
+
+@needs_cython
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(case=task_batches(), n_envs=st.integers(1, 3), seed=st.integers(0, 2**32 - 1))
+def test_vec_step_twins_identical(case, n_envs, seed):
+    batch, _ = case
+    runs = []
+    for be in ("cython", "numpy"):
+        rng = np.random.default_rng(seed)
+        act_rng = np.random.default_rng(seed + 1)
+        with mf.use_backend(be):
+            venv = VecEnv(batch, n_envs)
+            trace = [venv.reset(rng)]
+            for _ in range(12):
+                acts = act_rng.integers(batch.n_actions, size=venv.n_envs)
+                trace.extend(venv.step(acts, rng))
+                trace.append(venv.final_obs.copy())
+                trace.append(venv.elapsed)
+        trace.append(rng.bit_generator.state)
+        runs.append(trace)
+    for x, y in zip(*runs):
+        if isinstance(x, dict):
+            assert x == y
+        else:
+            assert x.dtype == y.dtype
+            np.testing.assert_array_equal(x, y)
+
+
+def test_single_state_single_action(backend):
+    batch = TaskBatch(np.ones((2, 1, 1, 1)), np.array([[[1.5]], [[-1.0]]]), 3)
+    traj = rollout(TabularSoftmaxPolicy(1, 1), batch, 2, 0)
+    np.testing.assert_array_equal(traj.episode_return, [[4.5, 4.5], [-3.0, -3.0]])
+    assert np.all(traj.logp == 0.0) and np.all(traj.action == 0)
+
+
+def test_kernels_validate_env_state(backend):
+    from metarl_fast._backend import active
+
+    batch = TaskBatch(np.ones((1, 1, 2, 1)), np.zeros((1, 1, 2)), 3)
+    t = batch.tables
+    task = np.zeros(2, dtype=np.int64)
+    state = np.zeros(2, dtype=np.int64)
+    elapsed = np.zeros(2, dtype=np.int64)
+    outs = [np.empty(2, dtype=np.int64), np.empty(2), np.empty(2, dtype=bool), np.empty(2, dtype=bool),
+            np.empty(2, dtype=np.int64)]
+    rng = np.random.default_rng(0)
+    active.envs.vec_step(t, task, state, elapsed, [1, 0], rng, *outs)
+    with pytest.raises(ValueError, match="elapsed"):
+        active.envs.vec_step(t, task, state, np.array([0, 3]), [1, 0], rng, *outs)
+    with pytest.raises(ValueError, match="state"):
+        active.envs.vec_step(t, task, np.array([0, 1]), elapsed, [1, 0], rng, *outs)
+    with pytest.raises(ValueError, match="task_of_env"):
+        active.envs.vec_reset(t, task + 1, state, elapsed, rng)
+    with pytest.raises(TypeError, match="reward_out"):
+        active.envs.vec_step(t, task, state, elapsed, [1, 0], rng, outs[0], outs[0], *outs[2:])
+    with pytest.raises(TypeError, match="state"):
+        active.envs.vec_reset(t, task, state.astype(np.int32), elapsed, rng)
