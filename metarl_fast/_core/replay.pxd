@@ -1,0 +1,62 @@
+# Replay-buffer kernels, for other Cython code to cimport:
+#
+#     from metarl_fast._core.replay cimport Storage, Columns, write_rows, gather_rows
+#
+# All are noexcept nogil and trust their input (see metarl_fast/reference/replay.py for the
+# storage layout and the exact semantics they share with the NumPy reference).  Functions that
+# draw random numbers need the caller to hold the BitGenerator's lock; they draw exactly the
+# uniforms the reference draws with ``rng.random()``, in the same order.
+from libc.stdint cimport int32_t, int64_t
+from numpy.random cimport bitgen_t
+
+ctypedef Py_ssize_t intp_t
+
+cdef enum:
+    N_FIELDS = 9
+
+# The buffer: 9 field arrays (FIELDS order) of `capacity` rows of `row_bytes[f]` bytes each,
+# the int64 state [pos, size, next_episode, open_task, n_added] and the task index table
+# (n_tasks rows of int64 [front, count, ring capacity, ring address]).
+cdef struct Storage:
+    char* field[N_FIELDS]
+    intp_t row_bytes[N_FIELDS]
+    intp_t capacity
+    int64_t* state
+    int64_t* task_meta
+    intp_t n_tasks
+
+# Validated input rows.  obs/action/reward/next_obs are dense (n rows of the storage row size);
+# done/truncated (bool), task (int32 or int64, see task_is64) and logp have a byte stride
+# (0 broadcasts one value to every row).
+cdef struct Columns:
+    const char* obs
+    const char* action
+    const char* reward
+    const char* next_obs
+    const char* done
+    const char* truncated
+    const char* task
+    const char* logp
+    intp_t done_stride
+    intp_t truncated_stride
+    intp_t task_stride
+    intp_t logp_stride
+    bint task_is64
+    intp_t n
+
+# Append the rows (FIFO ring write in at most two block copies per field, episode ids, task rings).
+# Every task ring must already hold count + (rows of that task) entries.
+cdef void write_rows(Storage* st, const Columns* cols) noexcept nogil
+# dst[i] = src[idx[i]] for rows of row_bytes bytes.
+cdef void gather_rows(const char* src, intp_t row_bytes, const int64_t* idx, intp_t n,
+                      char* dst) noexcept nogil
+cdef void uniform_indices(bitgen_t* bitgen, int64_t size, intp_t n, int64_t* out) noexcept nogil
+# Returns 0, or -1 if no valid window exists; -2 out of memory.
+cdef int sequence_starts(const int64_t* episode, intp_t capacity, int64_t pos, int64_t size,
+                         int64_t length, bitgen_t* bitgen, intp_t n, int64_t* out) noexcept nogil
+cdef void tree_set_leaf(double* tree_sum, double* tree_min, intp_t n_leaves, intp_t leaf,
+                        double value) noexcept nogil
+cdef void tree_fill_range(double* tree_sum, double* tree_min, intp_t n_leaves, intp_t first,
+                          intp_t last, double value) noexcept nogil
+cdef void tree_sample_leaves(const double* tree_sum, intp_t n_leaves, bitgen_t* bitgen, intp_t n,
+                             int64_t* out) noexcept nogil

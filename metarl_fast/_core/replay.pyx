@@ -1,0 +1,770 @@
+"""Replay-buffer kernels (Cython twin of :mod:`metarl_fast.reference.replay`).
+
+Called by :class:`metarl_fast.replay.ReplayBuffer` under its lock.  The ``def`` entry points
+check their input with cheap C-level tests on the fast path (exact dtypes, C order, finite
+floats, task ids in range); anything else goes through the reference module's validators, which
+convert or raise exactly as the NumPy backend does.  Copies and draws run without the GIL.
+"""
+cimport numpy as cnp
+from libc.math cimport INFINITY, isfinite
+from libc.stdint cimport int32_t, int64_t, uint8_t
+from libc.stdlib cimport calloc, free, malloc
+from libc.string cimport memcpy
+from numpy.random cimport bitgen_t
+
+from metarl_fast._core.rng cimport bitgen_of, next_uniform
+
+import numpy as np
+
+from metarl_fast.reference import replay as _ref
+
+cnp.import_array()
+
+cdef int64_t MAX_TASKS = _ref.MAX_TASKS
+cdef int SEQUENCE_ROUNDS = _ref.SEQUENCE_ROUNDS
+
+cdef enum:
+    F_OBS = 0
+    F_ACTION = 1
+    F_REWARD = 2
+    F_NEXT_OBS = 3
+    F_DONE = 4
+    F_TRUNCATED = 5
+    F_TASK = 6
+    F_EPISODE = 7
+    F_LOGP = 8
+    S_POS = 0
+    S_SIZE = 1
+    S_NEXT_EPISODE = 2
+    S_OPEN_TASK = 3
+    S_N_ADDED = 4
+
+
+# ---------------------------------------------------------------------------------------------
+# nogil kernels
+# ---------------------------------------------------------------------------------------------
+
+cdef inline void _copy_block(char* dst, const char* src, intp_t row_bytes, intp_t capacity,
+                             intp_t start, intp_t n) noexcept nogil:
+    """Rows src[0:n] -> ring rows start, start+1, ... (mod capacity): at most two memcpys."""
+    cdef intp_t first = capacity - start
+    if first > n:
+        first = n
+    memcpy(dst + start * row_bytes, src, first * row_bytes)
+    if n > first:
+        memcpy(dst, src + first * row_bytes, (n - first) * row_bytes)
+
+
+cdef inline void _fill_block(char* dst, const char* value, intp_t row_bytes, intp_t capacity,
+                             intp_t start, intp_t n) noexcept nogil:
+    """One value (row_bytes bytes) into ring rows start .. start+n-1 (mod capacity)."""
+    cdef intp_t i, slot = start
+    for i in range(n):
+        memcpy(dst + slot * row_bytes, value, row_bytes)
+        slot += 1
+        if slot == capacity:
+            slot = 0
+
+
+cdef inline int64_t _task_at(const Columns* c, intp_t i) noexcept nogil:
+    if c.task_is64:
+        return (<const int64_t*> (c.task + i * c.task_stride))[0]
+    return (<const int32_t*> (c.task + i * c.task_stride))[0]
+
+
+cdef void write_rows(Storage* st, const Columns* c) noexcept nogil:
+    cdef intp_t n = c.n, capacity = st.capacity, skip, m, start, i, slot, f
+    cdef int64_t* state = st.state
+    cdef int64_t* meta = st.task_meta
+    cdef int64_t* row
+    cdef int64_t pos = state[S_POS], size0 = state[S_SIZE]
+    cdef int64_t next_ep = state[S_NEXT_EPISODE], open_task = state[S_OPEN_TASK]
+    cdef int64_t t, old, ep
+    cdef bint full0 = size0 == capacity, end
+    cdef int32_t* task_store = <int32_t*> st.field[F_TASK]
+    cdef int64_t* episode_store = <int64_t*> st.field[F_EPISODE]
+    cdef int32_t t32
+    if n == 0:
+        return
+    # Only the last `capacity` rows survive a call; the skipped rows still count for episode ids.
+    skip = n - capacity if n > capacity else 0
+    m = n - skip
+    start = (pos + skip) % capacity
+    slot = start
+    for i in range(n):
+        t = _task_at(c, i)
+        if open_task >= 0 and t != open_task:
+            next_ep += 1
+        ep = next_ep
+        end = (<const uint8_t*> (c.done + i * c.done_stride))[0] != 0 or \
+              (<const uint8_t*> (c.truncated + i * c.truncated_stride))[0] != 0
+        if end:
+            next_ep += 1
+            open_task = -1
+        else:
+            open_task = t
+        if i < skip:
+            continue
+        if full0 or slot < size0:  # overwrite: the slot is its task's oldest entry
+            old = task_store[slot]
+            row = meta + 4 * old
+            row[0] = (row[0] + 1) & (row[2] - 1)
+            row[1] -= 1
+        row = meta + 4 * t
+        (<int64_t*> row[3])[(row[0] + row[1]) & (row[2] - 1)] = slot
+        row[1] += 1
+        episode_store[slot] = ep
+        t32 = <int32_t> t
+        task_store[slot] = t32
+        slot += 1
+        if slot == capacity:
+            slot = 0
+
+    _copy_block(st.field[F_OBS], c.obs + skip * st.row_bytes[F_OBS], st.row_bytes[F_OBS],
+                capacity, start, m)
+    _copy_block(st.field[F_ACTION], c.action + skip * st.row_bytes[F_ACTION],
+                st.row_bytes[F_ACTION], capacity, start, m)
+    _copy_block(st.field[F_REWARD], c.reward + skip * st.row_bytes[F_REWARD],
+                st.row_bytes[F_REWARD], capacity, start, m)
+    _copy_block(st.field[F_NEXT_OBS], c.next_obs + skip * st.row_bytes[F_NEXT_OBS],
+                st.row_bytes[F_NEXT_OBS], capacity, start, m)
+    if c.done_stride:
+        _copy_block(st.field[F_DONE], c.done + skip, 1, capacity, start, m)
+    else:
+        _fill_block(st.field[F_DONE], c.done, 1, capacity, start, m)
+    if c.truncated_stride:
+        _copy_block(st.field[F_TRUNCATED], c.truncated + skip, 1, capacity, start, m)
+    else:
+        _fill_block(st.field[F_TRUNCATED], c.truncated, 1, capacity, start, m)
+    if c.logp_stride:
+        _copy_block(st.field[F_LOGP], c.logp + skip * c.logp_stride, st.row_bytes[F_LOGP],
+                    capacity, start, m)
+    else:
+        _fill_block(st.field[F_LOGP], c.logp, st.row_bytes[F_LOGP], capacity, start, m)
+
+    state[S_POS] = (pos + n) % capacity
+    state[S_SIZE] = capacity if size0 + n > capacity else size0 + n
+    state[S_NEXT_EPISODE] = next_ep
+    state[S_OPEN_TASK] = open_task
+    state[S_N_ADDED] += n
+
+
+cdef void gather_rows(const char* src, intp_t row_bytes, const int64_t* idx, intp_t n,
+                      char* dst) noexcept nogil:
+    cdef intp_t i
+    if row_bytes == 8:
+        for i in range(n):
+            (<int64_t*> dst)[i] = (<const int64_t*> src)[idx[i]]
+    elif row_bytes == 4:
+        for i in range(n):
+            (<int32_t*> dst)[i] = (<const int32_t*> src)[idx[i]]
+    elif row_bytes == 1:
+        for i in range(n):
+            dst[i] = src[idx[i]]
+    else:
+        for i in range(n):
+            memcpy(dst + i * row_bytes, src + idx[i] * row_bytes, row_bytes)
+
+
+cdef void uniform_indices(bitgen_t* bitgen, int64_t size, intp_t n, int64_t* out) noexcept nogil:
+    cdef intp_t i
+    cdef int64_t k
+    cdef double dsize = <double> size
+    for i in range(n):
+        k = <int64_t> (next_uniform(bitgen) * dsize)
+        out[i] = k if k < size else size - 1
+
+
+cdef int sequence_starts(const int64_t* episode, intp_t capacity, int64_t pos, int64_t size,
+                         int64_t length, bitgen_t* bitgen, intp_t n, int64_t* out) noexcept nogil:
+    cdef int64_t oldest = (pos - size) % capacity
+    cdef int64_t n_cand = size - length + 1, s, a, b, n_valid, k
+    cdef double dcand = <double> n_cand
+    cdef intp_t n_pending = n, kept, j, r
+    cdef int64_t* pending
+    cdef int64_t* valid
+    if oldest < 0:
+        oldest += capacity
+    if length > size:
+        return -1
+    pending = <int64_t*> malloc((n if n > 0 else 1) * sizeof(int64_t))
+    if pending == NULL:
+        return -2
+    for j in range(n):
+        pending[j] = j
+    for r in range(SEQUENCE_ROUNDS):
+        if n_pending == 0:
+            break
+        kept = 0
+        for j in range(n_pending):
+            s = <int64_t> (next_uniform(bitgen) * dcand)
+            if s >= n_cand:
+                s = n_cand - 1
+            a = (oldest + s) % capacity
+            b = (oldest + s + length - 1) % capacity
+            if episode[a] == episode[b]:
+                out[pending[j]] = a
+            else:
+                pending[kept] = pending[j]
+                kept += 1
+        n_pending = kept
+    if n_pending == 0:
+        free(pending)
+        return 0
+    valid = <int64_t*> malloc(n_cand * sizeof(int64_t))
+    if valid == NULL:
+        free(pending)
+        return -2
+    n_valid = 0
+    for s in range(n_cand):
+        if episode[(oldest + s) % capacity] == episode[(oldest + s + length - 1) % capacity]:
+            valid[n_valid] = s
+            n_valid += 1
+    if n_valid == 0:
+        free(valid)
+        free(pending)
+        return -1
+    for j in range(n_pending):
+        k = <int64_t> (next_uniform(bitgen) * <double> n_valid)
+        if k >= n_valid:
+            k = n_valid - 1
+        out[pending[j]] = (oldest + valid[k]) % capacity
+    free(valid)
+    free(pending)
+    return 0
+
+
+cdef inline void _tree_pull(double* tree_sum, double* tree_min, intp_t node) noexcept nogil:
+    cdef double a = tree_min[2 * node], b = tree_min[2 * node + 1]
+    tree_sum[node] = tree_sum[2 * node] + tree_sum[2 * node + 1]
+    tree_min[node] = a if a <= b else b
+
+
+cdef void tree_set_leaf(double* tree_sum, double* tree_min, intp_t n_leaves, intp_t leaf,
+                        double value) noexcept nogil:
+    cdef intp_t node = n_leaves + leaf
+    tree_sum[node] = value
+    tree_min[node] = value
+    node >>= 1
+    while node >= 1:
+        _tree_pull(tree_sum, tree_min, node)
+        node >>= 1
+
+
+cdef void tree_fill_range(double* tree_sum, double* tree_min, intp_t n_leaves, intp_t first,
+                          intp_t last, double value) noexcept nogil:
+    """Leaves first .. last (inclusive) = value, then their ancestors level by level."""
+    cdef intp_t lo = n_leaves + first, hi = n_leaves + last, j
+    for j in range(lo, hi + 1):
+        tree_sum[j] = value
+        tree_min[j] = value
+    while lo > 1:
+        lo >>= 1
+        hi >>= 1
+        for j in range(lo, hi + 1):
+            _tree_pull(tree_sum, tree_min, j)
+
+
+cdef void tree_sample_leaves(const double* tree_sum, intp_t n_leaves, bitgen_t* bitgen, intp_t n,
+                             int64_t* out) noexcept nogil:
+    cdef intp_t i, node, left
+    cdef double total = tree_sum[1], target, left_sum
+    for i in range(n):
+        target = next_uniform(bitgen) * total
+        node = 1
+        while node < n_leaves:
+            left = 2 * node
+            left_sum = tree_sum[left]
+            if target >= left_sum and tree_sum[left + 1] > 0:
+                target = target - left_sum
+                node = left + 1
+            else:
+                node = left
+        out[i] = node - n_leaves
+
+
+# ---------------------------------------------------------------------------------------------
+# Python entry points (same names and signatures as the reference)
+# ---------------------------------------------------------------------------------------------
+
+_Generator = np.random.Generator
+
+cdef inline bint _exact(object x, int typenum, int ndim) noexcept:
+    """x is a C-contiguous ndarray of exactly this type and ndim."""
+    return (type(x) is cnp.ndarray and cnp.PyArray_TYPE(<cnp.ndarray> x) == typenum
+            and cnp.PyArray_NDIM(<cnp.ndarray> x) == ndim
+            and cnp.PyArray_IS_C_CONTIGUOUS(<cnp.ndarray> x))
+
+
+cdef inline bint _rows_match(object x, cnp.ndarray field, intp_t n) noexcept:
+    """x is an (n, *field.shape[1:]) C-contiguous ndarray of field's exact dtype."""
+    cdef int nd = cnp.PyArray_NDIM(field), d
+    cdef cnp.ndarray a
+    if not _exact(x, cnp.PyArray_TYPE(field), nd):
+        return False
+    a = <cnp.ndarray> x
+    if cnp.PyArray_DIM(a, 0) != n:
+        return False
+    for d in range(1, nd):
+        if cnp.PyArray_DIM(a, d) != cnp.PyArray_DIM(field, d):
+            return False
+    return True
+
+
+cdef bint _all_finite(const char* data, int typenum, intp_t count) noexcept nogil:
+    cdef intp_t i
+    if typenum == cnp.NPY_DOUBLE:
+        for i in range(count):
+            if not isfinite((<const double*> data)[i]):
+                return False
+    elif typenum == cnp.NPY_FLOAT:
+        for i in range(count):
+            if not isfinite((<const float*> data)[i]):
+                return False
+    return True
+
+
+cdef int _storage(Storage* st, tuple store, cnp.ndarray state, object tasks) except -1:
+    cdef int f
+    cdef cnp.ndarray arr, meta
+    for f in range(N_FIELDS):
+        arr = <cnp.ndarray> store[f]
+        st.field[f] = <char*> cnp.PyArray_DATA(arr)
+        st.row_bytes[f] = cnp.PyArray_ITEMSIZE(arr) * (cnp.PyArray_SIZE(arr) // cnp.PyArray_DIM(arr, 0))
+    st.capacity = cnp.PyArray_DIM(<cnp.ndarray> store[0], 0)
+    st.state = <int64_t*> cnp.PyArray_DATA(state)
+    meta = <cnp.ndarray> tasks.meta
+    st.task_meta = <int64_t*> cnp.PyArray_DATA(meta)
+    st.n_tasks = cnp.PyArray_DIM(meta, 0)
+    return 0
+
+
+cdef int _reserve_tasks(Storage* st, object tasks, const Columns* c, int64_t max_task) except -1:
+    """Grow the task table and rings (Python bookkeeping) so write_rows never runs out of room."""
+    cdef intp_t i, skip = c.n - st.capacity if c.n > st.capacity else 0
+    cdef int64_t k, t
+    cdef int64_t* pushes
+    cdef int64_t* meta
+    cdef cnp.ndarray meta_arr
+    if max_task >= st.n_tasks:
+        tasks.reserve_tasks(max_task)
+    meta_arr = <cnp.ndarray> tasks.meta
+    st.task_meta = <int64_t*> cnp.PyArray_DATA(meta_arr)
+    st.n_tasks = cnp.PyArray_DIM(meta_arr, 0)
+    meta = st.task_meta
+    if c.task_stride == 0:
+        t = _task_at(c, 0)
+        if meta[4 * t + 1] + (c.n - skip) > meta[4 * t + 2]:
+            tasks.reserve(t, meta[4 * t + 1] + (c.n - skip))
+    else:
+        pushes = <int64_t*> calloc(max_task + 1, sizeof(int64_t))
+        if pushes == NULL:
+            raise MemoryError("metarl_fast: out of memory in ReplayBuffer.add_batch")
+        for i in range(skip, c.n):
+            pushes[_task_at(c, i)] += 1
+        try:
+            for k in range(max_task + 1):
+                if pushes[k] and meta[4 * k + 1] + pushes[k] > meta[4 * k + 2]:
+                    tasks.reserve(k, meta[4 * k + 1] + pushes[k])
+        finally:
+            free(pushes)
+    meta_arr = <cnp.ndarray> tasks.meta
+    st.task_meta = <int64_t*> cnp.PyArray_DATA(meta_arr)
+    return 0
+
+
+cdef int _columns_from(Columns* c, tuple cols) except -1:
+    """Point at the 8 converted columns returned by the reference validators."""
+    c.obs = <const char*> cnp.PyArray_DATA(<cnp.ndarray> cols[0])
+    c.action = <const char*> cnp.PyArray_DATA(<cnp.ndarray> cols[1])
+    c.reward = <const char*> cnp.PyArray_DATA(<cnp.ndarray> cols[2])
+    c.next_obs = <const char*> cnp.PyArray_DATA(<cnp.ndarray> cols[3])
+    c.done = <const char*> cnp.PyArray_DATA(<cnp.ndarray> cols[4])
+    c.truncated = <const char*> cnp.PyArray_DATA(<cnp.ndarray> cols[5])
+    c.task = <const char*> cnp.PyArray_DATA(<cnp.ndarray> cols[6])
+    c.logp = <const char*> cnp.PyArray_DATA(<cnp.ndarray> cols[7])
+    c.done_stride = 1
+    c.truncated_stride = 1
+    c.task_stride = 4
+    c.task_is64 = False
+    c.logp_stride = cnp.PyArray_ITEMSIZE(<cnp.ndarray> cols[7])
+    c.n = cnp.PyArray_DIM(<cnp.ndarray> cols[2], 0)
+    return 0
+
+
+cdef int64_t _max_task(const Columns* c) noexcept nogil:
+    """Largest task id in the rows, or -1 if one is out of [0, MAX_TASKS)."""
+    cdef intp_t i, n = c.n if c.task_stride else 1
+    cdef int64_t t, hi = 0
+    for i in range(n):
+        t = _task_at(c, i)
+        if t < 0 or t >= MAX_TASKS:
+            return -1
+        if t > hi:
+            hi = t
+    return hi
+
+
+cdef int _commit(tuple store, cnp.ndarray state, object tasks, Columns* c, int64_t max_task) except -1:
+    cdef Storage st
+    _storage(&st, store, state, tasks)
+    _reserve_tasks(&st, tasks, c, max_task)
+    with nogil:
+        write_rows(&st, c)
+    return 0
+
+
+# Scalars of the flag / task / logp columns for broadcast (stride 0) writes.
+cdef struct Scalars:
+    uint8_t done
+    uint8_t truncated
+    int64_t task
+    double logp_d
+    float logp_f
+
+
+cdef inline int _flag(object x, uint8_t* out) noexcept:
+    """1 if x is a Python bool (or None -> False), written to out; 0 otherwise."""
+    if x is None or x is False:
+        out[0] = 0
+        return 1
+    if x is True:
+        out[0] = 1
+        return 1
+    return 0
+
+
+def add_batch(tuple store, cnp.ndarray state, tasks, obs, action, reward, next_obs, done,
+              truncated, task_id, logp):
+    """Validate and append n transitions.  See :func:`metarl_fast.reference.replay.add_batch`."""
+    cdef Columns c
+    cdef Scalars sc
+    cdef cnp.ndarray field_reward = <cnp.ndarray> store[F_REWARD]
+    cdef int ftype = cnp.PyArray_TYPE(field_reward)
+    cdef intp_t n
+    cdef int64_t max_task
+    cdef bint fast = _exact(reward, ftype, 1)
+    cdef double v
+    if fast:
+        n = cnp.PyArray_DIM(<cnp.ndarray> reward, 0)
+        fast = (_rows_match(obs, <cnp.ndarray> store[F_OBS], n)
+                and _rows_match(next_obs, <cnp.ndarray> store[F_NEXT_OBS], n)
+                and _rows_match(action, <cnp.ndarray> store[F_ACTION], n))
+    if fast:
+        c.n = n
+        c.obs = <const char*> cnp.PyArray_DATA(<cnp.ndarray> obs)
+        c.action = <const char*> cnp.PyArray_DATA(<cnp.ndarray> action)
+        c.reward = <const char*> cnp.PyArray_DATA(<cnp.ndarray> reward)
+        c.next_obs = <const char*> cnp.PyArray_DATA(<cnp.ndarray> next_obs)
+        if _flag(done, &sc.done):
+            c.done, c.done_stride = <const char*> &sc.done, 0
+        elif _exact(done, cnp.NPY_BOOL, 1) and cnp.PyArray_DIM(<cnp.ndarray> done, 0) == n:
+            c.done, c.done_stride = <const char*> cnp.PyArray_DATA(<cnp.ndarray> done), 1
+        else:
+            fast = False
+        if _flag(truncated, &sc.truncated):
+            c.truncated, c.truncated_stride = <const char*> &sc.truncated, 0
+        elif _exact(truncated, cnp.NPY_BOOL, 1) and cnp.PyArray_DIM(<cnp.ndarray> truncated, 0) == n:
+            c.truncated, c.truncated_stride = <const char*> cnp.PyArray_DATA(<cnp.ndarray> truncated), 1
+        else:
+            fast = False
+        if type(task_id) is int and 0 <= task_id < MAX_TASKS:
+            sc.task = task_id
+            c.task, c.task_stride, c.task_is64 = <const char*> &sc.task, 0, True
+        elif (_exact(task_id, cnp.NPY_INT64, 1) or _exact(task_id, cnp.NPY_INT32, 1)) \
+                and cnp.PyArray_DIM(<cnp.ndarray> task_id, 0) == n:
+            c.task_is64 = cnp.PyArray_TYPE(<cnp.ndarray> task_id) == cnp.NPY_INT64
+            c.task, c.task_stride = <const char*> cnp.PyArray_DATA(<cnp.ndarray> task_id), 8 if c.task_is64 else 4
+        else:
+            fast = False
+        if type(logp) is float or type(logp) is int:
+            v = logp
+            sc.logp_d = v
+            sc.logp_f = <float> v
+            if ftype == cnp.NPY_DOUBLE:
+                c.logp = <const char*> &sc.logp_d
+                fast = fast and isfinite(sc.logp_d)
+            else:
+                c.logp = <const char*> &sc.logp_f
+                fast = fast and isfinite(sc.logp_f)
+            c.logp_stride = 0
+        elif _exact(logp, ftype, 1) and cnp.PyArray_DIM(<cnp.ndarray> logp, 0) == n:
+            c.logp = <const char*> cnp.PyArray_DATA(<cnp.ndarray> logp)
+            c.logp_stride = cnp.PyArray_ITEMSIZE(field_reward)
+            fast = fast and _all_finite(c.logp, ftype, n)
+        else:
+            fast = False
+    if fast:
+        fast = _all_finite(c.reward, ftype, n)
+        if fast and cnp.PyArray_TYPE(<cnp.ndarray> store[F_OBS]) in (cnp.NPY_FLOAT, cnp.NPY_DOUBLE):
+            fast = (_all_finite(c.obs, cnp.PyArray_TYPE(<cnp.ndarray> store[F_OBS]),
+                                cnp.PyArray_SIZE(<cnp.ndarray> obs))
+                    and _all_finite(c.next_obs, cnp.PyArray_TYPE(<cnp.ndarray> store[F_OBS]),
+                                    cnp.PyArray_SIZE(<cnp.ndarray> next_obs)))
+        if fast and cnp.PyArray_TYPE(<cnp.ndarray> store[F_ACTION]) in (cnp.NPY_FLOAT, cnp.NPY_DOUBLE):
+            fast = _all_finite(c.action, cnp.PyArray_TYPE(<cnp.ndarray> store[F_ACTION]),
+                               cnp.PyArray_SIZE(<cnp.ndarray> action))
+    if fast:
+        max_task = _max_task(&c)
+        fast = max_task >= 0
+    if not fast:
+        cols = _ref.check_batch(store, obs, action, reward, next_obs, done, truncated, task_id, logp)
+        _columns_from(&c, cols)
+        max_task = _max_task(&c)
+    if c.n == 0:
+        return 0
+    _commit(store, state, tasks, &c, max_task)
+    return c.n
+
+
+cdef inline bint _scalar_row(object x, cnp.ndarray field, char* buf, const char** out) noexcept:
+    """Point out at one row of field's dtype/shape taken from x (fast cases only)."""
+    cdef int typenum = cnp.PyArray_TYPE(field)
+    cdef int nd = cnp.PyArray_NDIM(field), d
+    cdef cnp.ndarray a
+    cdef double v
+    if nd == 1:
+        if type(x) is int:
+            if typenum == cnp.NPY_INT64:
+                if not (-9223372036854775807 <= x <= 9223372036854775807):
+                    return False
+                (<int64_t*> buf)[0] = x
+            elif typenum == cnp.NPY_INT32:
+                if not (-2147483648 <= x <= 2147483647):
+                    return False
+                (<int32_t*> buf)[0] = x
+            else:
+                return False
+            out[0] = buf
+            return True
+        if type(x) is float:
+            v = x
+            if not isfinite(v):
+                return False
+            if typenum == cnp.NPY_DOUBLE:
+                (<double*> buf)[0] = v
+            elif typenum == cnp.NPY_FLOAT:
+                (<float*> buf)[0] = <float> v
+                if not isfinite((<float*> buf)[0]):
+                    return False
+            else:
+                return False
+            out[0] = buf
+            return True
+    if not _exact(x, typenum, nd - 1):
+        return False
+    a = <cnp.ndarray> x
+    for d in range(1, nd):
+        if cnp.PyArray_DIM(a, d - 1) != cnp.PyArray_DIM(field, d):
+            return False
+    if (typenum == cnp.NPY_FLOAT or typenum == cnp.NPY_DOUBLE) and not _all_finite(
+            <const char*> cnp.PyArray_DATA(a), typenum, cnp.PyArray_SIZE(a)):
+        return False
+    out[0] = <const char*> cnp.PyArray_DATA(a)
+    return True
+
+
+def add_one(tuple store, cnp.ndarray state, tasks, obs, action, reward, next_obs, done,
+            truncated, task_id, logp):
+    """Validate and append one transition.  See :func:`metarl_fast.reference.replay.add_one`."""
+    cdef Columns c
+    cdef Scalars sc
+    cdef char obs_buf[8]
+    cdef char next_buf[8]
+    cdef char act_buf[8]
+    cdef double reward_d, logp_d
+    cdef float reward_f, logp_f
+    cdef int ftype = cnp.PyArray_TYPE(<cnp.ndarray> store[F_REWARD])
+    cdef bint fast = (_scalar_row(obs, <cnp.ndarray> store[F_OBS], obs_buf, &c.obs)
+                      and _scalar_row(next_obs, <cnp.ndarray> store[F_NEXT_OBS], next_buf, &c.next_obs)
+                      and _scalar_row(action, <cnp.ndarray> store[F_ACTION], act_buf, &c.action)
+                      and (type(reward) is float or type(reward) is int)
+                      and (type(logp) is float or type(logp) is int)
+                      and type(task_id) is int and 0 <= task_id < MAX_TASKS
+                      and _flag(done, &sc.done) and _flag(truncated, &sc.truncated))
+    if fast:
+        reward_d = reward
+        logp_d = logp
+        if ftype == cnp.NPY_DOUBLE:
+            c.reward = <const char*> &reward_d
+            c.logp = <const char*> &logp_d
+            fast = isfinite(reward_d) and isfinite(logp_d)
+        else:
+            reward_f = <float> reward_d
+            logp_f = <float> logp_d
+            c.reward = <const char*> &reward_f
+            c.logp = <const char*> &logp_f
+            fast = isfinite(reward_f) and isfinite(logp_f)
+        sc.task = task_id
+        c.task, c.task_stride, c.task_is64 = <const char*> &sc.task, 0, True
+        c.done, c.done_stride = <const char*> &sc.done, 0
+        c.truncated, c.truncated_stride = <const char*> &sc.truncated, 0
+        c.logp_stride = 0
+        c.n = 1
+    if not fast:
+        cols = _ref.check_one(store, obs, action, reward, next_obs, done, truncated, task_id, logp)
+        _columns_from(&c, cols)
+    _commit(store, state, tasks, &c, _task_at(&c, 0))
+    return 1
+
+
+def end_episode(cnp.ndarray state):
+    """Close the open episode.  See :func:`metarl_fast.reference.replay.end_episode`."""
+    cdef int64_t* s = <int64_t*> cnp.PyArray_DATA(state)
+    if s[S_OPEN_TASK] >= 0:
+        s[S_NEXT_EPISODE] += 1
+        s[S_OPEN_TASK] = -1
+
+
+cdef inline bitgen_t* _bitgen(object rng) except NULL:
+    if not isinstance(rng, _Generator):
+        from metarl_fast import _validate
+        _validate.check_rng(rng)
+    return bitgen_of(rng.bit_generator)
+
+
+def sample_indices(int64_t size, intp_t n, rng):
+    """Uniform slots.  See :func:`metarl_fast.reference.replay.sample_indices`."""
+    cdef cnp.npy_intp dim = n
+    cdef cnp.ndarray out = cnp.PyArray_EMPTY(1, &dim, cnp.NPY_INT64, 0)
+    cdef bitgen_t* bitgen = _bitgen(rng)
+    cdef int64_t* p = <int64_t*> cnp.PyArray_DATA(out)
+    with rng.bit_generator.lock:
+        with nogil:
+            uniform_indices(bitgen, size, n, p)
+    return out
+
+
+def sample_task_indices(tasks, int64_t task, intp_t n, rng):
+    """Uniform slots of one task.  See :func:`metarl_fast.reference.replay.sample_task_indices`."""
+    cdef cnp.npy_intp dim = n
+    cdef cnp.ndarray out = cnp.PyArray_EMPTY(1, &dim, cnp.NPY_INT64, 0)
+    cdef bitgen_t* bitgen = _bitgen(rng)
+    cdef int64_t* p = <int64_t*> cnp.PyArray_DATA(out)
+    cdef int64_t* row = <int64_t*> cnp.PyArray_DATA(<cnp.ndarray> tasks.meta) + 4 * task
+    cdef int64_t* ring = <int64_t*> row[3]
+    cdef int64_t front = row[0], count = row[1], mask = row[2] - 1, k
+    cdef double dcount = <double> count
+    cdef intp_t i
+    with rng.bit_generator.lock:
+        with nogil:
+            for i in range(n):
+                k = <int64_t> (next_uniform(bitgen) * dcount)
+                if k >= count:
+                    k = count - 1
+                p[i] = ring[(front + k) & mask]
+    return out
+
+
+def sample_sequence_starts(cnp.ndarray episode_store, cnp.ndarray state, int64_t length, intp_t n, rng):
+    """Window starts.  See :func:`metarl_fast.reference.replay.sample_sequence_starts`."""
+    cdef cnp.npy_intp dim = n
+    cdef cnp.ndarray out = cnp.PyArray_EMPTY(1, &dim, cnp.NPY_INT64, 0)
+    cdef bitgen_t* bitgen = _bitgen(rng)
+    cdef int64_t* s = <int64_t*> cnp.PyArray_DATA(state)
+    cdef int status
+    with rng.bit_generator.lock:
+        with nogil:
+            status = sequence_starts(<const int64_t*> cnp.PyArray_DATA(episode_store),
+                                     cnp.PyArray_DIM(episode_store, 0), s[S_POS], s[S_SIZE],
+                                     length, bitgen, n, <int64_t*> cnp.PyArray_DATA(out))
+    if status == -2:
+        raise MemoryError("metarl_fast: out of memory in sample_sequences")
+    if status == -1:
+        return None
+    return out
+
+
+def window_indices(cnp.ndarray starts, intp_t length, intp_t capacity):
+    """int64 (n, length) window slots.  See :func:`metarl_fast.reference.replay.window_indices`."""
+    cdef cnp.npy_intp dims[2]
+    cdef intp_t n = cnp.PyArray_DIM(starts, 0), i, t
+    cdef int64_t slot
+    dims[0] = n
+    dims[1] = length
+    cdef cnp.ndarray out = cnp.PyArray_EMPTY(2, dims, cnp.NPY_INT64, 0)
+    cdef int64_t* o = <int64_t*> cnp.PyArray_DATA(out)
+    cdef const int64_t* st = <const int64_t*> cnp.PyArray_DATA(starts)
+    with nogil:
+        for i in range(n):
+            slot = st[i]
+            for t in range(length):
+                o[i * length + t] = slot
+                slot += 1
+                if slot == capacity:
+                    slot = 0
+    return out
+
+
+def gather(tuple store, cnp.ndarray indices):
+    """Copies of every field at ``indices``.  See :func:`metarl_fast.reference.replay.gather`."""
+    cdef cnp.ndarray idx = indices if (cnp.PyArray_TYPE(indices) == cnp.NPY_INT64
+                                       and cnp.PyArray_IS_C_CONTIGUOUS(indices)) \
+        else np.ascontiguousarray(indices, dtype=np.int64)
+    cdef int f, d, nd_idx = cnp.PyArray_NDIM(idx), nd
+    cdef cnp.npy_intp dims[32]
+    cdef cnp.ndarray field, out
+    cdef intp_t n = cnp.PyArray_SIZE(idx)
+    cdef const int64_t* ip = <const int64_t*> cnp.PyArray_DATA(idx)
+    cdef char* srcs[N_FIELDS]
+    cdef char* dsts[N_FIELDS]
+    cdef intp_t row_bytes[N_FIELDS]
+    result = []
+    for d in range(nd_idx):
+        dims[d] = cnp.PyArray_DIM(idx, d)
+    for f in range(N_FIELDS):
+        field = <cnp.ndarray> store[f]
+        nd = cnp.PyArray_NDIM(field)
+        for d in range(1, nd):
+            dims[nd_idx + d - 1] = cnp.PyArray_DIM(field, d)
+        out = cnp.PyArray_EMPTY(nd_idx + nd - 1, dims, cnp.PyArray_TYPE(field), 0)
+        srcs[f] = <char*> cnp.PyArray_DATA(field)
+        dsts[f] = <char*> cnp.PyArray_DATA(out)
+        row_bytes[f] = cnp.PyArray_ITEMSIZE(field) * (cnp.PyArray_SIZE(field) // cnp.PyArray_DIM(field, 0))
+        result.append(out)
+    with nogil:
+        for f in range(N_FIELDS):
+            gather_rows(srcs[f], row_bytes[f], ip, n, dsts[f])
+    return tuple(result)
+
+
+def tree_set(cnp.ndarray tree_sum, cnp.ndarray tree_min, cnp.ndarray indices, cnp.ndarray values):
+    """Set leaves (last wins).  See :func:`metarl_fast.reference.replay.tree_set`."""
+    cdef intp_t n_leaves = cnp.PyArray_DIM(tree_sum, 0) // 2, i, n = cnp.PyArray_DIM(indices, 0)
+    cdef double* s = <double*> cnp.PyArray_DATA(tree_sum)
+    cdef double* m = <double*> cnp.PyArray_DATA(tree_min)
+    cdef cnp.ndarray idx = np.ascontiguousarray(indices, dtype=np.int64)
+    cdef cnp.ndarray val = np.ascontiguousarray(values, dtype=np.float64)
+    cdef const int64_t* ip = <const int64_t*> cnp.PyArray_DATA(idx)
+    cdef const double* vp = <const double*> cnp.PyArray_DATA(val)
+    with nogil:
+        for i in range(n):
+            tree_set_leaf(s, m, n_leaves, ip[i], vp[i])
+
+
+def tree_fill(cnp.ndarray tree_sum, cnp.ndarray tree_min, intp_t start, intp_t count,
+              intp_t capacity, double value):
+    """Leaves start .. start+count-1 (mod capacity) = value.  See the reference."""
+    cdef intp_t n_leaves = cnp.PyArray_DIM(tree_sum, 0) // 2, first_n
+    cdef double* s = <double*> cnp.PyArray_DATA(tree_sum)
+    cdef double* m = <double*> cnp.PyArray_DATA(tree_min)
+    if count <= 0:
+        return
+    first_n = capacity - start if capacity - start < count else count
+    with nogil:
+        tree_fill_range(s, m, n_leaves, start, start + first_n - 1, value)
+        if count > first_n:
+            tree_fill_range(s, m, n_leaves, 0, count - first_n - 1, value)
+
+
+def tree_sample(cnp.ndarray tree_sum, intp_t n, rng):
+    """Leaves proportional to their value.  See :func:`metarl_fast.reference.replay.tree_sample`."""
+    cdef cnp.npy_intp dim = n
+    cdef cnp.ndarray out = cnp.PyArray_EMPTY(1, &dim, cnp.NPY_INT64, 0)
+    cdef bitgen_t* bitgen = _bitgen(rng)
+    with rng.bit_generator.lock:
+        with nogil:
+            tree_sample_leaves(<const double*> cnp.PyArray_DATA(tree_sum),
+                               cnp.PyArray_DIM(tree_sum, 0) // 2, bitgen, n,
+                               <int64_t*> cnp.PyArray_DATA(out))
+    return out
