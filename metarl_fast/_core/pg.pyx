@@ -1,0 +1,904 @@
+"""Policy-gradient kernels (Cython twin of :mod:`metarl_fast.reference.pg`).
+
+The ``def`` functions take a cheap C-level fast path when every argument already has the exact
+dtype/layout (range and NaN checks are C loops); anything else goes through the reference's
+``check_*`` helpers, which convert or raise the same errors as the NumPy backend.  Nothing is
+written before validation has passed.
+"""
+cimport numpy as cnp
+from libc.math cimport exp, log, sqrt
+from libc.stdint cimport int64_t, uint8_t, uint64_t
+from libc.stdlib cimport calloc, free, malloc
+from libc.string cimport memcpy
+
+from metarl_fast._core.mf_exp cimport mf_exp_nonpos_block
+
+import numpy as np
+
+from metarl_fast import _validate
+from metarl_fast.reference import pg as _ref
+
+cnp.import_array()
+
+# Dense loops of the linear policy, compiled twice (AVX2 and baseline) and picked at load time
+# like mf_exp.h: plain IEEE operations in a fixed order either way (no FMA: -ffp-contract=off).
+cdef extern from *:
+    """
+    #include <stddef.h>
+    #if defined(__GNUC__) && !defined(__clang__) && defined(__x86_64__) && defined(__linux__)
+    #define MF_PG_CLONES __attribute__((target_clones("avx2", "default")))
+    #else
+    #define MF_PG_CLONES
+    #endif
+    /* Unaligned 4-double vectors (GCC/clang vector extensions; SSE2 pairs on the baseline). */
+    #if defined(__GNUC__)
+    typedef double mf_v4 __attribute__((vector_size(32), aligned(8)));
+    #define MF_PG_VEC 1
+    #else
+    #define MF_PG_VEC 0
+    #endif
+    /* out[i, a] = sum_f x[i, f] W[f, a], summed over f in increasing order, for n rows;
+     * W (F, A) row-major, x (n, F), out (n, A).  Accumulators stay in registers. */
+    MF_PG_CLONES static void mf_pg_rows_matmul(const double *x, const double *W, double *out,
+                                               ptrdiff_t n, ptrdiff_t F, ptrdiff_t A)
+    {
+        for (ptrdiff_t i = 0; i < n; i++) {
+            const double *xi = x + i * F;
+            double *o = out + i * A;
+            ptrdiff_t a = 0;
+    #if MF_PG_VEC
+            for (; a + 16 <= A; a += 16) {
+                mf_v4 c0 = {0, 0, 0, 0}, c1 = c0, c2 = c0, c3 = c0;
+                for (ptrdiff_t f = 0; f < F; f++) {
+                    const double xv = xi[f];
+                    const mf_v4 xf = {xv, xv, xv, xv};
+                    const mf_v4 *w = (const mf_v4 *)(W + f * A + a);
+                    c0 += xf * w[0]; c1 += xf * w[1]; c2 += xf * w[2]; c3 += xf * w[3];
+                }
+                mf_v4 *dst = (mf_v4 *)(o + a);
+                dst[0] = c0; dst[1] = c1; dst[2] = c2; dst[3] = c3;
+            }
+            for (; a + 4 <= A; a += 4) {
+                mf_v4 c0 = {0, 0, 0, 0};
+                for (ptrdiff_t f = 0; f < F; f++) {
+                    const double xv = xi[f];
+                    const mf_v4 xf = {xv, xv, xv, xv};
+                    c0 += xf * *(const mf_v4 *)(W + f * A + a);
+                }
+                *(mf_v4 *)(o + a) = c0;
+            }
+    #endif
+            for (; a < A; a++) {
+                double c = 0.0;
+                for (ptrdiff_t f = 0; f < F; f++) c += xi[f] * W[f * A + a];
+                o[a] = c;
+            }
+        }
+    }
+    /* Nonzero if any of the n values is NaN or +-inf (x * 0 is NaN exactly for those). */
+    MF_PG_CLONES static int mf_pg_nonfinite_d(const double *x, ptrdiff_t n)
+    {
+        ptrdiff_t i = 0;
+        double s = 0.0;
+    #if MF_PG_VEC
+        mf_v4 acc = {0, 0, 0, 0};
+        const mf_v4 zero = {0, 0, 0, 0};
+        for (; i + 4 <= n; i += 4) acc += *(const mf_v4 *)(x + i) * zero;
+        s = (acc[0] + acc[1]) + (acc[2] + acc[3]);
+    #endif
+        for (; i < n; i++) s += x[i] * 0.0;
+        return s != 0.0;
+    }
+    #if MF_PG_VEC
+    typedef float mf_v8f __attribute__((vector_size(32), aligned(4)));
+    #endif
+    MF_PG_CLONES static int mf_pg_nonfinite_f(const float *x, ptrdiff_t n)
+    {
+        ptrdiff_t i = 0;
+        float s = 0.0f;
+    #if MF_PG_VEC
+        mf_v8f acc = {0, 0, 0, 0, 0, 0, 0, 0};
+        const mf_v8f zero = {0, 0, 0, 0, 0, 0, 0, 0};
+        for (; i + 8 <= n; i += 8) acc += *(const mf_v8f *)(x + i) * zero;
+        for (int k = 0; k < 8; k++) s += acc[k];
+    #endif
+        for (; i < n; i++) s += x[i] * 0.0f;
+        return s != 0.0f;
+    }
+    /* gW[f, a] += sum_i x[i, f] G[i, a], rows added in increasing order; x (n, F), G (n, A). */
+    MF_PG_CLONES static void mf_pg_outer_acc(const double *x, const double *G, double *gW,
+                                             ptrdiff_t n, ptrdiff_t F, ptrdiff_t A)
+    {
+        for (ptrdiff_t f = 0; f < F; f++) {
+            double *o = gW + f * A;
+            ptrdiff_t a = 0;
+    #if MF_PG_VEC
+            for (; a + 16 <= A; a += 16) {
+                mf_v4 *dst = (mf_v4 *)(o + a);
+                mf_v4 c0 = dst[0], c1 = dst[1], c2 = dst[2], c3 = dst[3];
+                for (ptrdiff_t i = 0; i < n; i++) {
+                    const double xv = x[i * F + f];
+                    const mf_v4 xf = {xv, xv, xv, xv};
+                    const mf_v4 *g = (const mf_v4 *)(G + i * A + a);
+                    c0 += xf * g[0]; c1 += xf * g[1]; c2 += xf * g[2]; c3 += xf * g[3];
+                }
+                dst[0] = c0; dst[1] = c1; dst[2] = c2; dst[3] = c3;
+            }
+            for (; a + 4 <= A; a += 4) {
+                mf_v4 *dst = (mf_v4 *)(o + a);
+                mf_v4 c0 = dst[0];
+                for (ptrdiff_t i = 0; i < n; i++) {
+                    const double xv = x[i * F + f];
+                    const mf_v4 xf = {xv, xv, xv, xv};
+                    c0 += xf * *(const mf_v4 *)(G + i * A + a);
+                }
+                dst[0] = c0;
+            }
+    #endif
+            for (; a < A; a++) {
+                double c = o[a];
+                for (ptrdiff_t i = 0; i < n; i++) c += x[i * F + f] * G[i * A + a];
+                o[a] = c;
+            }
+        }
+    }
+    """
+    void mf_pg_rows_matmul(const double* x, const double* W, double* out, Py_ssize_t n,
+                           Py_ssize_t F, Py_ssize_t A) nogil
+    void mf_pg_outer_acc(const double* x, const double* G, double* gW, Py_ssize_t n,
+                         Py_ssize_t F, Py_ssize_t A) nogil
+    int mf_pg_nonfinite_d(const double* x, Py_ssize_t n) nogil
+    int mf_pg_nonfinite_f(const float* x, Py_ssize_t n) nogil
+
+# Checks over more elements than this release the GIL.
+cdef intp_t NOGIL_MIN = 16384
+
+# Rows per chunk so a chunk's logits, exponentials and features stay in L1/L2.
+cdef intp_t CHUNK_ELEMS = 2048
+
+
+# ---------------------------------------------------------------------------------------------
+# nogil kernels
+# ---------------------------------------------------------------------------------------------
+
+cdef void returns_scan(const floating* rewards, const uint8_t* dones, intp_t n, double gamma,
+                       double bootstrap, floating* out) noexcept nogil:
+    cdef intp_t i
+    cdef double g = bootstrap
+    for i in range(n - 1, -1, -1):
+        if dones[i]:
+            g = <double> rewards[i] + 0.0
+        else:
+            g = <double> rewards[i] + gamma * g
+        out[i] = <floating> g
+
+
+cdef void gae_scan(const floating* rewards, const floating* values, const floating* next_values,
+                   const uint8_t* dones, intp_t n, double gamma, double lam,
+                   floating* out) noexcept nogil:
+    cdef intp_t i
+    cdef double acc = 0.0
+    cdef double gl = gamma * lam
+    for i in range(n - 1, -1, -1):
+        if dones[i]:
+            acc = <double> rewards[i] - <double> values[i]
+        else:
+            acc = (<double> rewards[i] + gamma * <double> next_values[i] - <double> values[i]) + gl * acc
+        out[i] = <floating> acc
+
+
+cdef inline void logit_grads(double* z, double* e, intp_t n_rows, intp_t n_actions,
+                             const int64_t* actions, const floating* advantages,
+                             const floating* weights, double entropy_coef, intp_t batch,
+                             double* g) noexcept nogil:
+    """z holds (n_rows, A) logits minus their row max, e = exp(z); writes dJ/dlogits into g."""
+    cdef intp_t i, a, k
+    cdef double s, p, coef, log_s, h, lp, ent_scale = entropy_coef / batch
+    for i in range(n_rows):
+        k = i * n_actions
+        s = 0.0
+        for a in range(n_actions):
+            s += e[k + a]
+        coef = <double> advantages[i]
+        if weights != NULL:
+            coef = coef * <double> weights[i]
+        coef = coef / batch
+        for a in range(n_actions):
+            g[k + a] = (-(e[k + a] / s)) * coef
+        a = actions[i]
+        g[k + a] = (1.0 - e[k + a] / s) * coef
+        if entropy_coef != 0.0:
+            log_s = log(s)
+            h = 0.0
+            for a in range(n_actions):
+                h += (e[k + a] / s) * (z[k + a] - log_s)
+            h = -h
+            for a in range(n_actions):
+                p = e[k + a] / s
+                lp = z[k + a] - log_s
+                g[k + a] = g[k + a] + ent_scale * (-p * (lp + h))
+
+
+cdef intp_t tabular_grad(const floating* theta, intp_t n_states, intp_t n_actions,
+                         const int64_t* states, const int64_t* actions, const floating* advantages,
+                         const floating* weights, double entropy_coef, intp_t batch,
+                         double* grad) noexcept nogil:
+    cdef intp_t i, a, start, n, chunk_rows, k
+    cdef double m, v
+    cdef const floating* row
+    cdef const floating* wchunk
+    cdef double* z
+    cdef double* e
+    cdef double* g
+    cdef double* dst
+    if batch == 0:
+        return PG_OK
+    chunk_rows = CHUNK_ELEMS // n_actions
+    if chunk_rows < 1:
+        chunk_rows = 1
+    if chunk_rows > batch:
+        chunk_rows = batch
+    z = <double*> malloc(3 * chunk_rows * n_actions * sizeof(double))
+    if z == NULL:
+        return PG_NO_MEMORY
+    e = z + chunk_rows * n_actions
+    g = e + chunk_rows * n_actions
+    start = 0
+    while start < batch:
+        n = chunk_rows if batch - start > chunk_rows else batch - start
+        for i in range(n):
+            row = theta + states[start + i] * n_actions
+            m = row[0]
+            for a in range(1, n_actions):
+                v = row[a]
+                if v > m:
+                    m = v
+            k = i * n_actions
+            for a in range(n_actions):
+                z[k + a] = <double> row[a] - m
+        mf_exp_nonpos_block(z, e, n * n_actions)
+        wchunk = NULL
+        if weights != NULL:
+            wchunk = weights + start
+        logit_grads(z, e, n, n_actions, actions + start, advantages + start, wchunk,
+                    entropy_coef, batch, g)
+        for i in range(n):
+            dst = grad + states[start + i] * n_actions
+            k = i * n_actions
+            for a in range(n_actions):
+                dst[a] += g[k + a]
+        start += n
+    free(z)
+    return PG_OK
+
+
+cdef intp_t linear_grad(const floating* params, intp_t n_features, intp_t n_actions,
+                        const floating* features, const int64_t* actions,
+                        const floating* advantages, const floating* weights,
+                        double entropy_coef, intp_t batch, double* grad) noexcept nogil:
+    cdef intp_t i, a, f, start, n, chunk_rows, k
+    cdef intp_t n_w = n_features * n_actions
+    cdef double m
+    cdef double* Wd
+    cdef double* x
+    cdef double* xbuf
+    cdef double* z
+    cdef double* e
+    cdef double* g
+    cdef double* gb = grad + n_w
+    cdef const floating* xin
+    cdef const floating* wchunk
+    if batch == 0:
+        return PG_OK
+    chunk_rows = CHUNK_ELEMS // (n_actions if n_actions > n_features else n_features)
+    if chunk_rows < 1:
+        chunk_rows = 1
+    if chunk_rows > batch:
+        chunk_rows = batch
+    Wd = <double*> malloc((n_w + n_actions + chunk_rows * (n_features + 3 * n_actions))
+                          * sizeof(double))
+    if Wd == NULL:
+        return PG_NO_MEMORY
+    for k in range(n_w + n_actions):
+        Wd[k] = <double> params[k]
+    xbuf = Wd + n_w + n_actions
+    z = xbuf + chunk_rows * n_features
+    e = z + chunk_rows * n_actions
+    g = e + chunk_rows * n_actions
+    start = 0
+    while start < batch:
+        n = chunk_rows if batch - start > chunk_rows else batch - start
+        xin = features + start * n_features
+        if floating is double:
+            x = <double*> xin  # only read
+        else:
+            x = xbuf
+            for k in range(n * n_features):
+                x[k] = <double> xin[k]
+        mf_pg_rows_matmul(x, Wd, z, n, n_features, n_actions)
+        for i in range(n):
+            k = i * n_actions
+            for a in range(n_actions):
+                z[k + a] = z[k + a] + Wd[n_w + a]
+            m = z[k]
+            for a in range(1, n_actions):
+                if z[k + a] > m:
+                    m = z[k + a]
+            for a in range(n_actions):
+                z[k + a] = z[k + a] - m
+        mf_exp_nonpos_block(z, e, n * n_actions)
+        wchunk = NULL
+        if weights != NULL:
+            wchunk = weights + start
+        logit_grads(z, e, n, n_actions, actions + start, advantages + start, wchunk,
+                    entropy_coef, batch, g)
+        mf_pg_outer_acc(x, g, grad, n, n_features, n_actions)
+        for i in range(n):
+            k = i * n_actions
+            for a in range(n_actions):
+                gb[a] += g[k + a]
+        start += n
+    free(Wd)
+    return PG_OK
+
+
+cdef void sgd_kernel(floating* params, const floating* grad, floating* velocity, intp_t n,
+                     double lr, double momentum, bint nesterov, double scale) noexcept nogil:
+    cdef intp_t k
+    cdef double g, buf, step
+    for k in range(n):
+        g = <double> grad[k] * scale
+        if momentum != 0.0:
+            buf = momentum * <double> velocity[k] + g
+            velocity[k] = <floating> buf
+            step = g + momentum * buf if nesterov else buf
+        else:
+            step = g
+        params[k] = <floating> (<double> params[k] - lr * step)
+
+
+cdef void adam_kernel(floating* params, const floating* grad, floating* exp_avg,
+                      floating* exp_avg_sq, intp_t n, double step_size, double bc2_sqrt,
+                      double beta1, double beta2, double eps, double scale) noexcept nogil:
+    cdef intp_t k
+    cdef double g, m, v, denom
+    cdef double one_m_b1 = 1.0 - beta1, one_m_b2 = 1.0 - beta2
+    for k in range(n):
+        g = <double> grad[k] * scale
+        m = beta1 * <double> exp_avg[k] + one_m_b1 * g
+        v = beta2 * <double> exp_avg_sq[k] + one_m_b2 * (g * g)
+        exp_avg[k] = <floating> m
+        exp_avg_sq[k] = <floating> v
+        denom = sqrt(v) / bc2_sqrt + eps
+        params[k] = <floating> (<double> params[k] - step_size * (m / denom))
+
+
+cdef inline double clip_coef(const floating* grad, intp_t n, double max_norm,
+                             double* norm_out) noexcept nogil:
+    cdef intp_t k
+    cdef double s = 0.0, g, c
+    for k in range(n):
+        g = <double> grad[k]
+        s += g * g
+    norm_out[0] = sqrt(s)
+    if max_norm > 0.0:
+        c = max_norm / (norm_out[0] + 1e-6)
+        if c < 1.0:
+            return c
+    return 1.0
+
+
+cdef double clip_and_step(floating* params, const double* grad, floating* grad_out, intp_t n,
+                          double max_norm, int opt_kind, floating* state0, floating* state1,
+                          const double* hyper) noexcept nogil:
+    cdef intp_t k
+    cdef double norm, coef
+    for k in range(n):
+        grad_out[k] = <floating> grad[k]
+    coef = clip_coef(grad_out, n, max_norm, &norm)
+    if opt_kind == PG_OPT_SGD:
+        sgd_kernel(params, grad_out, state0, n, hyper[0], hyper[1], hyper[2] != 0.0, -coef)
+    else:
+        adam_kernel(params, grad_out, state0, state1, n, hyper[0], hyper[1], hyper[2], hyper[3],
+                    hyper[4], -coef)
+    return norm
+
+
+# ---------------------------------------------------------------------------------------------
+# Fast-path checks (fall back to the reference's check_* helpers, which convert or raise)
+# ---------------------------------------------------------------------------------------------
+
+cdef inline bint _vec(object x, int typenum, intp_t length):
+    """x is a C-contiguous 1-D ndarray of typenum (and the given length if >= 0)."""
+    cdef cnp.ndarray arr
+    if type(x) is not cnp.ndarray:
+        return False
+    arr = <cnp.ndarray> x
+    return (cnp.PyArray_TYPE(arr) == typenum and cnp.PyArray_NDIM(arr) == 1
+            and cnp.PyArray_IS_C_CONTIGUOUS(arr)
+            and (length < 0 or cnp.PyArray_DIM(arr, 0) == length))
+
+
+cdef inline int _nonfinite(void* data, bint dbl, intp_t n) noexcept nogil:
+    if dbl:
+        return mf_pg_nonfinite_d(<const double*> data, n)
+    return mf_pg_nonfinite_f(<const float*> data, n)
+
+
+cdef inline bint _all_finite(cnp.ndarray arr, intp_t n) noexcept:
+    cdef int bad
+    cdef void* data = cnp.PyArray_DATA(arr)
+    cdef bint dbl = cnp.PyArray_TYPE(arr) == cnp.NPY_DOUBLE
+    if n > NOGIL_MIN:
+        with nogil:
+            bad = _nonfinite(data, dbl, n)
+    else:
+        bad = _nonfinite(data, dbl, n)
+    return bad == 0
+
+
+cdef inline uint64_t _out_of_range(const int64_t* p, intp_t n, int64_t high) noexcept nogil:
+    cdef intp_t k
+    cdef uint64_t bad = 0
+    for k in range(n):
+        bad |= <uint64_t> (<uint64_t> p[k] >= <uint64_t> high)
+    return bad
+
+
+cdef inline bint _in_range(cnp.ndarray arr, intp_t n, int64_t high) noexcept:
+    cdef const int64_t* p = <const int64_t*> cnp.PyArray_DATA(arr)
+    cdef uint64_t bad
+    if n > NOGIL_MIN:
+        with nogil:
+            bad = _out_of_range(p, n, high)
+    else:
+        bad = _out_of_range(p, n, high)
+    return bad == 0
+
+
+cdef inline bint _is_real(object v):
+    return type(v) is float or type(v) is int
+
+
+cdef tuple _batch(object params, object n_rows, object n_actions, object obs, object actions,
+                  object advantages, object weights, object entropy_coef, bint linear):
+    """Validated (params, n_rows, n_actions, obs, actions, advantages, weights, entropy_coef)."""
+    cdef cnp.ndarray p, o
+    cdef int tn
+    cdef intp_t nr, na, batch
+    cdef double ec
+    if (type(params) is cnp.ndarray and type(n_rows) is int and type(n_actions) is int
+            and _is_real(entropy_coef)):
+        p = <cnp.ndarray> params
+        tn = cnp.PyArray_TYPE(p)
+        nr = n_rows
+        na = n_actions
+        ec = entropy_coef
+        if ((tn == cnp.NPY_DOUBLE or tn == cnp.NPY_FLOAT) and nr >= 1 and na >= 1
+                and ec - ec == 0.0
+                and _vec(p, tn, nr * na + (na if linear else 0))):
+            if linear:
+                ok = (type(obs) is cnp.ndarray and cnp.PyArray_TYPE(<cnp.ndarray> obs) == tn
+                      and cnp.PyArray_NDIM(<cnp.ndarray> obs) == 2
+                      and cnp.PyArray_DIM(<cnp.ndarray> obs, 1) == nr
+                      and cnp.PyArray_IS_C_CONTIGUOUS(<cnp.ndarray> obs))
+            else:
+                ok = _vec(obs, cnp.NPY_INT64, -1)
+            if ok:
+                o = <cnp.ndarray> obs
+                batch = cnp.PyArray_DIM(o, 0)
+                if (_vec(actions, cnp.NPY_INT64, batch) and _vec(advantages, tn, batch)
+                        and (weights is None or _vec(weights, tn, batch))
+                        and _all_finite(p, cnp.PyArray_DIM(p, 0))
+                        and _all_finite(<cnp.ndarray> advantages, batch)
+                        and (weights is None or _all_finite(<cnp.ndarray> weights, batch))
+                        and _in_range(<cnp.ndarray> actions, batch, na)
+                        and (_all_finite(o, batch * nr) if linear else _in_range(o, batch, nr))):
+                    return (params, nr, na, obs, actions, advantages, weights, ec)
+    if linear:
+        return _ref.check_linear_batch(params, n_rows, n_actions, obs, actions, advantages,
+                                       weights, entropy_coef)
+    return _ref.check_tabular_batch(params, n_rows, n_actions, obs, actions, advantages, weights,
+                                    entropy_coef)
+
+
+cdef inline cnp.ndarray _out(object out, intp_t n, object dtype):
+    if out is None:
+        return cnp.PyArray_EMPTY(1, <cnp.npy_intp*> &n, (<cnp.dtype> dtype).type_num, 0)
+    return _validate.check_out(out, (n,), dtype)
+
+
+# ---------------------------------------------------------------------------------------------
+# Python entry points
+# ---------------------------------------------------------------------------------------------
+
+def discounted_returns(rewards, dones, gamma, bootstrap=None, out=None):
+    """Discounted return-to-go.  See :func:`metarl_fast.reference.pg.discounted_returns`."""
+    cdef cnp.ndarray r = _ref.check_vector(rewards, "rewards")
+    cdef intp_t n = r.shape[0]
+    cdef cnp.ndarray d = _ref.check_dones(dones, n)
+    cdef double g = _ref.check_unit(gamma, "gamma")
+    cdef double tail = 0.0 if bootstrap is None else _validate.finite_float(bootstrap, "bootstrap")
+    cdef cnp.ndarray res = _out(out, n, r.dtype)
+    cdef const uint8_t* dp = <const uint8_t*> cnp.PyArray_DATA(d)
+    if cnp.PyArray_TYPE(r) == cnp.NPY_DOUBLE:
+        with nogil:
+            returns_scan(<const double*> cnp.PyArray_DATA(r), dp, n, g, tail,
+                         <double*> cnp.PyArray_DATA(res))
+    else:
+        with nogil:
+            returns_scan(<const float*> cnp.PyArray_DATA(r), dp, n, g, tail,
+                         <float*> cnp.PyArray_DATA(res))
+    return res
+
+
+def gae(rewards, values, next_values, dones, gamma, lam, out=None):
+    """Generalised advantage estimation.  See :func:`metarl_fast.reference.pg.gae`."""
+    cdef cnp.ndarray r = _ref.check_vector(rewards, "rewards")
+    cdef intp_t n = r.shape[0]
+    cdef cnp.ndarray v = _ref.check_vector(values, "values", n, r.dtype)
+    cdef cnp.ndarray nv = _ref.check_vector(next_values, "next_values", n, r.dtype)
+    cdef cnp.ndarray d = _ref.check_dones(dones, n)
+    cdef double g = _ref.check_unit(gamma, "gamma")
+    cdef double lm = _ref.check_unit(lam, "lam")
+    cdef cnp.ndarray res = _out(out, n, r.dtype)
+    cdef const uint8_t* dp = <const uint8_t*> cnp.PyArray_DATA(d)
+    if cnp.PyArray_TYPE(r) == cnp.NPY_DOUBLE:
+        with nogil:
+            gae_scan(<const double*> cnp.PyArray_DATA(r), <const double*> cnp.PyArray_DATA(v),
+                     <const double*> cnp.PyArray_DATA(nv), dp, n, g, lm,
+                     <double*> cnp.PyArray_DATA(res))
+    else:
+        with nogil:
+            gae_scan(<const float*> cnp.PyArray_DATA(r), <const float*> cnp.PyArray_DATA(v),
+                     <const float*> cnp.PyArray_DATA(nv), dp, n, g, lm,
+                     <float*> cnp.PyArray_DATA(res))
+    return res
+
+
+cdef intp_t _grad_into(tuple checked, bint linear, double* grad):
+    """Run the tabular/linear gradient kernel on validated arguments into a zeroed buffer."""
+    cdef cnp.ndarray p = checked[0], o = checked[3], acts = checked[4], adv = checked[5]
+    cdef object w = checked[6]
+    cdef intp_t nr = checked[1], na = checked[2], batch = o.shape[0], status
+    cdef double ec = checked[7]
+    cdef const void* wp = NULL if w is None else cnp.PyArray_DATA(<cnp.ndarray> w)
+    cdef const int64_t* ap = <const int64_t*> cnp.PyArray_DATA(acts)
+    if cnp.PyArray_TYPE(p) == cnp.NPY_DOUBLE:
+        with nogil:
+            if linear:
+                status = linear_grad(<const double*> cnp.PyArray_DATA(p), nr, na,
+                                     <const double*> cnp.PyArray_DATA(o), ap,
+                                     <const double*> cnp.PyArray_DATA(adv), <const double*> wp,
+                                     ec, batch, grad)
+            else:
+                status = tabular_grad(<const double*> cnp.PyArray_DATA(p), nr, na,
+                                      <const int64_t*> cnp.PyArray_DATA(o), ap,
+                                      <const double*> cnp.PyArray_DATA(adv), <const double*> wp,
+                                      ec, batch, grad)
+    else:
+        with nogil:
+            if linear:
+                status = linear_grad(<const float*> cnp.PyArray_DATA(p), nr, na,
+                                     <const float*> cnp.PyArray_DATA(o), ap,
+                                     <const float*> cnp.PyArray_DATA(adv), <const float*> wp,
+                                     ec, batch, grad)
+            else:
+                status = tabular_grad(<const float*> cnp.PyArray_DATA(p), nr, na,
+                                      <const int64_t*> cnp.PyArray_DATA(o), ap,
+                                      <const float*> cnp.PyArray_DATA(adv), <const float*> wp,
+                                      ec, batch, grad)
+    return status
+
+
+cdef object _policy_gradient(tuple checked, bint linear, object out):
+    cdef cnp.ndarray p = checked[0]
+    cdef intp_t n = p.shape[0], k, status
+    cdef cnp.ndarray res = _out(out, n, p.dtype)
+    cdef double* grad = <double*> calloc(n, sizeof(double))
+    if grad == NULL:
+        raise MemoryError("metarl_fast: out of memory in a policy-gradient kernel")
+    status = _grad_into(checked, linear, grad)
+    if status == PG_OK:
+        if cnp.PyArray_TYPE(p) == cnp.NPY_DOUBLE:
+            memcpy(cnp.PyArray_DATA(res), grad, n * sizeof(double))
+        else:
+            for k in range(n):
+                (<float*> cnp.PyArray_DATA(res))[k] = <float> grad[k]
+    free(grad)
+    if status != PG_OK:
+        raise MemoryError("metarl_fast: out of memory in a policy-gradient kernel")
+    return res
+
+
+def tabular_policy_gradient(params, n_states, n_actions, states, actions, advantages,
+                            weights=None, entropy_coef=0.0, out=None):
+    """Tabular softmax policy gradient.  See :func:`metarl_fast.reference.pg.tabular_policy_gradient`."""
+    checked = _batch(params, n_states, n_actions, states, actions, advantages, weights,
+                     entropy_coef, False)
+    return _policy_gradient(checked, False, out)
+
+
+def linear_policy_gradient(params, n_features, n_actions, features, actions, advantages,
+                           weights=None, entropy_coef=0.0, out=None):
+    """Linear softmax policy gradient.  See :func:`metarl_fast.reference.pg.linear_policy_gradient`."""
+    checked = _batch(params, n_features, n_actions, features, actions, advantages, weights,
+                     entropy_coef, True)
+    return _policy_gradient(checked, True, out)
+
+
+def clip_grad_norm(grad, max_norm):
+    """Clip ``grad`` in place to L2 norm <= max_norm.  See the reference."""
+    cdef cnp.ndarray g = _ref.check_params(grad, "grad")
+    if not g.flags.writeable:
+        raise ValueError("grad must be writeable")
+    cdef double mx = _ref.check_max_norm(max_norm, "max_norm")
+    cdef double norm, coef
+    cdef intp_t n = g.shape[0], k
+    cdef double* d
+    cdef float* f
+    if cnp.PyArray_TYPE(g) == cnp.NPY_DOUBLE:
+        d = <double*> cnp.PyArray_DATA(g)
+        coef = clip_coef(<const double*> d, n, mx, &norm)
+        if coef != 1.0:
+            for k in range(n):
+                d[k] = d[k] * coef
+    else:
+        f = <float*> cnp.PyArray_DATA(g)
+        coef = clip_coef(<const float*> f, n, mx, &norm)
+        if coef != 1.0:
+            for k in range(n):
+                f[k] = <float> (<double> f[k] * coef)
+    return norm
+
+
+def sgd_update(params, grad, velocity, lr, momentum=0.0, nesterov=False, grad_scale=1.0):
+    """One SGD step in place.  See :func:`metarl_fast.reference.pg.sgd_update`."""
+    cdef cnp.ndarray p, g
+    p, g = _ref._check_update(params, grad, [("velocity", velocity)])
+    cdef double lr_ = _validate.finite_float(lr, "lr", low=0.0)
+    cdef double mom = _validate.finite_float(momentum, "momentum", low=0.0)
+    cdef double scale = _validate.finite_float(grad_scale, "grad_scale")
+    cdef bint nest = bool(nesterov)
+    cdef cnp.ndarray vel = <cnp.ndarray> velocity
+    cdef intp_t n = p.shape[0]
+    if cnp.PyArray_TYPE(p) == cnp.NPY_DOUBLE:
+        with nogil:
+            sgd_kernel(<double*> cnp.PyArray_DATA(p), <const double*> cnp.PyArray_DATA(g),
+                       <double*> cnp.PyArray_DATA(vel), n, lr_, mom, nest, scale)
+    else:
+        with nogil:
+            sgd_kernel(<float*> cnp.PyArray_DATA(p), <const float*> cnp.PyArray_DATA(g),
+                       <float*> cnp.PyArray_DATA(vel), n, lr_, mom, nest, scale)
+
+
+def adam_update(params, grad, exp_avg, exp_avg_sq, step_size, bias_correction2_sqrt,
+                beta1, beta2, eps, grad_scale=1.0):
+    """One Adam step in place.  See :func:`metarl_fast.reference.pg.adam_update`."""
+    cdef cnp.ndarray p, g
+    p, g = _ref._check_update(params, grad, [("exp_avg", exp_avg), ("exp_avg_sq", exp_avg_sq)])
+    cdef double ss, bc2, b1, b2, ep
+    ss, bc2, b1, b2, ep = _ref._check_adam_hyper(step_size, bias_correction2_sqrt, beta1, beta2, eps)
+    cdef double scale = _validate.finite_float(grad_scale, "grad_scale")
+    cdef cnp.ndarray m = <cnp.ndarray> exp_avg, v = <cnp.ndarray> exp_avg_sq
+    cdef intp_t n = p.shape[0]
+    if cnp.PyArray_TYPE(p) == cnp.NPY_DOUBLE:
+        with nogil:
+            adam_kernel(<double*> cnp.PyArray_DATA(p), <const double*> cnp.PyArray_DATA(g),
+                        <double*> cnp.PyArray_DATA(m), <double*> cnp.PyArray_DATA(v), n, ss, bc2,
+                        b1, b2, ep, scale)
+    else:
+        with nogil:
+            adam_kernel(<float*> cnp.PyArray_DATA(p), <const float*> cnp.PyArray_DATA(g),
+                        <float*> cnp.PyArray_DATA(m), <float*> cnp.PyArray_DATA(v), n, ss, bc2,
+                        b1, b2, ep, scale)
+
+
+cdef inline bint _hyper_ok(int kind, const double* h) noexcept:
+    cdef intp_t k, nh = 3 if kind == PG_OPT_SGD else 5
+    for k in range(nh):
+        if h[k] - h[k] != 0.0:
+            return False
+    if kind == PG_OPT_SGD:
+        return h[0] >= 0.0 and h[1] >= 0.0
+    return (h[0] >= 0.0 and 0.0 < h[1] <= 1.0 and 0.0 <= h[2] < 1.0 and 0.0 <= h[3] < 1.0
+            and h[4] > 0.0)
+
+
+cdef object _step(tuple checked, bint linear, object max_grad_norm, object grad_out,
+                  object opt_kind, object opt_state, object opt_hyper):
+    cdef cnp.ndarray p = checked[0], go, st, hy
+    cdef intp_t n = p.shape[0], status
+    cdef int tn = cnp.PyArray_TYPE(p), kind
+    cdef double mx, norm
+    cdef double* grad
+    # fast path: exact types and layouts; otherwise the reference's checks (convert or raise)
+    if (type(opt_kind) is int and (opt_kind == PG_OPT_SGD or opt_kind == PG_OPT_ADAM)
+            and (max_grad_norm is None or _is_real(max_grad_norm))
+            and _vec(grad_out, tn, n) and (<cnp.ndarray> grad_out).flags.writeable
+            and type(opt_state) is cnp.ndarray and _vec(opt_hyper, cnp.NPY_DOUBLE,
+                                                         3 if opt_kind == PG_OPT_SGD else 5)
+            and cnp.PyArray_TYPE(<cnp.ndarray> opt_state) == tn
+            and cnp.PyArray_NDIM(<cnp.ndarray> opt_state) == 2
+            and cnp.PyArray_DIM(<cnp.ndarray> opt_state, 0) == 2
+            and cnp.PyArray_DIM(<cnp.ndarray> opt_state, 1) == n
+            and cnp.PyArray_IS_C_CONTIGUOUS(<cnp.ndarray> opt_state)
+            and (<cnp.ndarray> opt_state).flags.writeable and p.flags.writeable
+            and _hyper_ok(opt_kind, <const double*> cnp.PyArray_DATA(<cnp.ndarray> opt_hyper))
+            and (max_grad_norm is None or (max_grad_norm - max_grad_norm == 0.0
+                                           and max_grad_norm >= 0.0))):
+        mx = 0.0 if max_grad_norm is None else max_grad_norm
+        hy = <cnp.ndarray> opt_hyper
+    else:
+        mx, hy = _ref._check_fused(p, grad_out, max_grad_norm, opt_kind, opt_state, opt_hyper)
+        hy = np.ascontiguousarray(hy, dtype=np.float64)
+    go = <cnp.ndarray> grad_out
+    st = <cnp.ndarray> opt_state
+    kind = opt_kind
+    grad = <double*> calloc(n, sizeof(double))
+    if grad == NULL:
+        raise MemoryError("metarl_fast: out of memory in a policy-gradient kernel")
+    status = _grad_into(checked, linear, grad)
+    if status == PG_OK:
+        with nogil:
+            if tn == cnp.NPY_DOUBLE:
+                norm = clip_and_step(<double*> cnp.PyArray_DATA(p), grad,
+                                     <double*> cnp.PyArray_DATA(go), n, mx, kind,
+                                     <double*> cnp.PyArray_DATA(st),
+                                     <double*> cnp.PyArray_DATA(st) + n,
+                                     <const double*> cnp.PyArray_DATA(hy))
+            else:
+                norm = clip_and_step(<float*> cnp.PyArray_DATA(p), grad,
+                                     <float*> cnp.PyArray_DATA(go), n, mx, kind,
+                                     <float*> cnp.PyArray_DATA(st),
+                                     <float*> cnp.PyArray_DATA(st) + n,
+                                     <const double*> cnp.PyArray_DATA(hy))
+    free(grad)
+    if status != PG_OK:
+        raise MemoryError("metarl_fast: out of memory in a policy-gradient kernel")
+    return norm
+
+
+def tabular_pg_step(params, n_states, n_actions, states, actions, advantages, weights,
+                    entropy_coef, max_grad_norm, grad_out, opt_kind, opt_state, opt_hyper):
+    """Fused gradient + clip + optimizer step.  See :func:`metarl_fast.reference.pg.tabular_pg_step`."""
+    checked = _batch(params, n_states, n_actions, states, actions, advantages, weights,
+                     entropy_coef, False)
+    return _step(checked, False, max_grad_norm, grad_out, opt_kind, opt_state, opt_hyper)
+
+
+def linear_pg_step(params, n_features, n_actions, features, actions, advantages, weights,
+                   entropy_coef, max_grad_norm, grad_out, opt_kind, opt_state, opt_hyper):
+    """Fused gradient + clip + optimizer step.  See :func:`metarl_fast.reference.pg.linear_pg_step`."""
+    checked = _batch(params, n_features, n_actions, features, actions, advantages, weights,
+                     entropy_coef, True)
+    return _step(checked, True, max_grad_norm, grad_out, opt_kind, opt_state, opt_hyper)
+
+
+def tabular_td_update(values, states, rewards, next_states, dones, gamma, lr, out=None):
+    """Batch TD(0) step on a value table.  See :func:`metarl_fast.reference.pg.tabular_td_update`."""
+    cdef cnp.ndarray v = _ref.check_params(values, "values")
+    if not v.flags.writeable:
+        raise ValueError("values must be writeable")
+    cdef intp_t n = v.shape[0]
+    cdef cnp.ndarray s = _validate.int_array(states, "states", ndim=1, low=0, high=n)
+    cdef intp_t batch = s.shape[0]
+    cdef cnp.ndarray ns = _validate.int_array(next_states, "next_states", ndim=1, length=batch,
+                                              low=0, high=n)
+    r, d, g, step = _ref._check_td(rewards, dones, batch, v.dtype, gamma, lr)
+    cdef double gamma_ = g, lr_ = step
+    cdef cnp.ndarray res = _out(out, batch, v.dtype)
+    cdef cnp.ndarray rr = r, dd = d
+    cdef double* acc = <double*> calloc(n + 1, sizeof(double))
+    if acc == NULL:
+        raise MemoryError("metarl_fast: out of memory in a TD kernel")
+    if cnp.PyArray_TYPE(v) == cnp.NPY_DOUBLE:
+        with nogil:
+            _td_table(<double*> cnp.PyArray_DATA(v), n, <const int64_t*> cnp.PyArray_DATA(s),
+                      <const int64_t*> cnp.PyArray_DATA(ns), <const double*> cnp.PyArray_DATA(rr),
+                      <const uint8_t*> cnp.PyArray_DATA(dd), batch, gamma_, lr_, acc,
+                      <double*> cnp.PyArray_DATA(res))
+    else:
+        with nogil:
+            _td_table(<float*> cnp.PyArray_DATA(v), n, <const int64_t*> cnp.PyArray_DATA(s),
+                      <const int64_t*> cnp.PyArray_DATA(ns), <const float*> cnp.PyArray_DATA(rr),
+                      <const uint8_t*> cnp.PyArray_DATA(dd), batch, gamma_, lr_, acc,
+                      <float*> cnp.PyArray_DATA(res))
+    free(acc)
+    return res
+
+
+cdef void _td_table(floating* values, intp_t n, const int64_t* states, const int64_t* next_states,
+                    const floating* rewards, const uint8_t* dones, intp_t batch, double gamma,
+                    double lr, double* acc, floating* out) noexcept nogil:
+    cdef intp_t i, k
+    cdef double delta, nv
+    for i in range(batch):
+        nv = 0.0 if dones[i] else <double> values[next_states[i]]
+        delta = (<double> rewards[i] + gamma * nv) - <double> values[states[i]]
+        out[i] = <floating> delta
+        acc[states[i]] += delta
+    if batch and lr != 0.0:
+        for k in range(n):
+            values[k] = <floating> (<double> values[k] + (lr / batch) * acc[k])
+
+
+def linear_td_update(params, n_features, features, rewards, next_features, dones, gamma, lr,
+                     out=None):
+    """Batch TD(0) step on a linear value.  See :func:`metarl_fast.reference.pg.linear_td_update`."""
+    cdef cnp.ndarray p = _ref.check_params(params)
+    if not p.flags.writeable:
+        raise ValueError("params must be writeable")
+    cdef intp_t nf = _validate.positive_int(n_features, "n_features")
+    _ref.check_params_size(p, nf + 1)
+    cdef cnp.ndarray x = _ref.check_features(features, nf, p.dtype, "features")
+    cdef intp_t batch = x.shape[0]
+    cdef cnp.ndarray nx = _ref.check_features(next_features, nf, p.dtype, "next_features", batch)
+    r, d, g, step = _ref._check_td(rewards, dones, batch, p.dtype, gamma, lr)
+    cdef double gamma_ = g, lr_ = step
+    cdef cnp.ndarray res = _out(out, batch, p.dtype)
+    cdef cnp.ndarray rr = r, dd = d
+    cdef double* acc = <double*> calloc(nf + 1, sizeof(double))
+    if acc == NULL:
+        raise MemoryError("metarl_fast: out of memory in a TD kernel")
+    if cnp.PyArray_TYPE(p) == cnp.NPY_DOUBLE:
+        with nogil:
+            _td_linear(<double*> cnp.PyArray_DATA(p), nf, <const double*> cnp.PyArray_DATA(x),
+                       <const double*> cnp.PyArray_DATA(nx), <const double*> cnp.PyArray_DATA(rr),
+                       <const uint8_t*> cnp.PyArray_DATA(dd), batch, gamma_, lr_, acc,
+                       <double*> cnp.PyArray_DATA(res))
+    else:
+        with nogil:
+            _td_linear(<float*> cnp.PyArray_DATA(p), nf, <const float*> cnp.PyArray_DATA(x),
+                       <const float*> cnp.PyArray_DATA(nx), <const float*> cnp.PyArray_DATA(rr),
+                       <const uint8_t*> cnp.PyArray_DATA(dd), batch, gamma_, lr_, acc,
+                       <float*> cnp.PyArray_DATA(res))
+    free(acc)
+    return res
+
+
+cdef void _td_linear(floating* params, intp_t nf, const floating* x, const floating* nx,
+                     const floating* rewards, const uint8_t* dones, intp_t batch, double gamma,
+                     double lr, double* acc, floating* out) noexcept nogil:
+    cdef intp_t i, f
+    cdef double delta, v, nv, c = <double> params[nf]
+    for i in range(batch):
+        v = 0.0
+        for f in range(nf):
+            v += <double> x[i * nf + f] * <double> params[f]
+        v = v + c
+        nv = 0.0
+        if not dones[i]:
+            for f in range(nf):
+                nv += <double> nx[i * nf + f] * <double> params[f]
+            nv = nv + c
+        delta = (<double> rewards[i] + gamma * nv) - v
+        out[i] = <floating> delta
+        for f in range(nf):
+            acc[f] += <double> x[i * nf + f] * delta
+        acc[nf] += delta
+    if batch and lr != 0.0:
+        for f in range(nf + 1):
+            params[f] = <floating> (<double> params[f] + (lr / batch) * acc[f])
+
+
+def truncated_importance_weights(log_probs, behaviour_log_probs, rho_bar=1.0, out=None):
+    """min(rho_bar, pi/mu).  See :func:`metarl_fast.reference.pg.truncated_importance_weights`."""
+    cdef cnp.ndarray lp = _ref.check_vector(log_probs, "log_probs")
+    cdef intp_t n = lp.shape[0], k
+    cdef cnp.ndarray lb = _ref.check_vector(behaviour_log_probs, "behaviour_log_probs", n, lp.dtype)
+    cdef double cap = np.inf if rho_bar is None else _validate.finite_float(
+        rho_bar, "rho_bar", low=0.0, low_open=True)
+    cdef cnp.ndarray res = _out(out, n, lp.dtype)
+    cdef double r
+    if cnp.PyArray_TYPE(lp) == cnp.NPY_DOUBLE:
+        for k in range(n):
+            r = exp((<const double*> cnp.PyArray_DATA(lp))[k]
+                    - (<const double*> cnp.PyArray_DATA(lb))[k])
+            (<double*> cnp.PyArray_DATA(res))[k] = r if r < cap else cap
+    else:
+        for k in range(n):
+            r = exp(<double> (<const float*> cnp.PyArray_DATA(lp))[k]
+                    - <double> (<const float*> cnp.PyArray_DATA(lb))[k])
+            (<float*> cnp.PyArray_DATA(res))[k] = <float> (r if r < cap else cap)
+    return res

@@ -1,0 +1,663 @@
+"""Policy-gradient kernels in pure NumPy: the executable specification of ``_core/pg.pyx``.
+
+Conventions shared by both backends
+-----------------------------------
+- A *flat batch* holds several episodes one after the other; ``dones[i]`` is true at the last
+  step of an episode (terminal state or end of the horizon).  Scans restart at every done.
+- Float inputs (rewards, values, advantages, weights, features) are converted to the dtype of the
+  result: the dtype of ``rewards`` for the return kernels, the dtype of ``params`` for the
+  gradient, critic and optimizer kernels.  Computation runs in float64; results are rounded once.
+- ``policy_gradient`` kernels return the gradient of the objective to *maximise*
+  ``J = mean_i w_i A_i log pi(a_i | s_i) + entropy_coef * mean_i H(pi(. | s_i))``.
+  Optimizer kernels *minimise* (PyTorch convention): they step along ``-grad_scale * grad``.
+- Every entry point validates first and raises TypeError / ValueError naming the argument; a
+  rejected call writes nothing.  The helpers ``check_*`` here are also the slow path of the
+  Cython twin, so both backends raise the same errors.
+"""
+import numpy as np
+
+from metarl_fast import _validate
+from metarl_fast.reference._math import exp_nonpos
+
+OPT_SGD = 0
+OPT_ADAM = 1
+# Layout of ``opt_hyper`` (float64) for the fused step:
+#   SGD : [lr, momentum, nesterov (0/1)]
+#   Adam: [step_size = lr / (1 - beta1**t), sqrt(1 - beta2**t), beta1, beta2, eps]
+N_HYPER = {OPT_SGD: 3, OPT_ADAM: 5}
+
+
+# ---------------------------------------------------------------------------------------------
+# Validation helpers (also the slow path of the Cython twin)
+# ---------------------------------------------------------------------------------------------
+
+def check_vector(x, name, length=None, dtype=None, finite=True):
+    """``x`` as a C-contiguous 1-D float array (``dtype`` forces a conversion), NaN/inf refused."""
+    arr = np.asarray(x)
+    if arr.dtype.kind not in "fiub":
+        raise TypeError(f"{name} must be a numeric array, got dtype {arr.dtype}")
+    if dtype is None:
+        dtype = arr.dtype if arr.dtype in _validate.FLOAT_DTYPES else np.dtype(np.float64)
+    arr = np.ascontiguousarray(arr, dtype=dtype)
+    if arr.ndim != 1:
+        raise ValueError(f"{name} must be 1-D, got shape {arr.shape}")
+    if length is not None and arr.shape[0] != length:
+        raise ValueError(f"{name} has length {arr.shape[0]}, expected {length} (mismatched lengths)")
+    if finite and arr.size and not np.all(np.isfinite(arr)):
+        bad = int(np.flatnonzero(~np.isfinite(arr))[0])
+        raise ValueError(f"{name} contains NaN or inf (at index {bad})")
+    return arr
+
+
+def check_dones(dones, length, name="dones"):
+    """``dones`` as a C-contiguous uint8 (B,) array of 0/1 (bool, int or float 0/1 accepted)."""
+    arr = np.asarray(dones)
+    if arr.dtype.kind not in "biuf":
+        raise TypeError(f"{name} must be a bool or numeric array, got dtype {arr.dtype}")
+    if arr.ndim != 1:
+        raise ValueError(f"{name} must be 1-D, got shape {arr.shape}")
+    if arr.shape[0] != length:
+        raise ValueError(f"{name} has length {arr.shape[0]}, expected {length} (mismatched lengths)")
+    if arr.dtype.kind != "b" and arr.size and not np.all((arr == 0) | (arr == 1)):
+        raise ValueError(f"{name} must hold only 0/1 (or booleans)")
+    return np.ascontiguousarray(arr != 0, dtype=np.uint8)
+
+
+def check_unit(value, name):
+    return _validate.finite_float(value, name, low=0.0, high=1.0)
+
+
+def check_params(params, name="params"):
+    """Flat, C-contiguous, writeable, finite float32/float64 parameters (never copied)."""
+    if not isinstance(params, np.ndarray):
+        raise TypeError(f"{name} must be a numpy.ndarray, got {type(params).__name__}")
+    if params.dtype not in _validate.FLOAT_DTYPES:
+        raise TypeError(f"{name} must be float32 or float64, got dtype {params.dtype}")
+    if params.ndim != 1:
+        raise ValueError(f"{name} must be 1-D (flat), got shape {params.shape}")
+    if not params.flags.c_contiguous:
+        raise ValueError(f"{name} must be C-contiguous")
+    if not np.all(np.isfinite(params)):
+        raise ValueError(f"{name} contains NaN or inf")
+    return params
+
+
+def check_params_size(params, expected, name="params"):
+    if params.shape[0] != expected:
+        raise ValueError(f"{name} has size {params.shape[0]}, expected {expected} for this policy shape")
+
+
+def check_features(x, n_features, dtype, name, length=None):
+    arr = np.asarray(x)
+    if arr.dtype.kind not in "fiu":
+        raise TypeError(f"{name} must be a numeric array, got dtype {arr.dtype}")
+    arr = np.ascontiguousarray(arr, dtype=dtype)
+    if arr.ndim != 2 or arr.shape[1] != n_features:
+        raise ValueError(f"{name} must have shape (B, {n_features}), got {np.shape(x)}")
+    if length is not None and arr.shape[0] != length:
+        raise ValueError(f"{name} has {arr.shape[0]} rows, expected {length} (mismatched lengths)")
+    if arr.size and not np.all(np.isfinite(arr)):
+        raise ValueError(f"{name} contains NaN or inf")
+    return arr
+
+
+def check_state_vector(state, n, dtype, name):
+    if not isinstance(state, np.ndarray):
+        raise TypeError(f"{name} must be a numpy.ndarray, got {type(state).__name__}")
+    if state.dtype != dtype:
+        raise TypeError(f"{name} must have dtype {dtype}, got {state.dtype}")
+    if state.shape != (n,):
+        raise ValueError(f"{name} must have shape {(n,)}, got {state.shape}")
+    if not state.flags.c_contiguous or not state.flags.writeable:
+        raise ValueError(f"{name} must be C-contiguous and writeable")
+    return state
+
+
+def _check_pg_batch(params, n_rows, n_actions, obs, actions, advantages, weights, entropy_coef,
+                    linear):
+    params = check_params(params)
+    n_rows = _validate.positive_int(n_rows, "n_features" if linear else "n_states")
+    n_actions = _validate.positive_int(n_actions, "n_actions")
+    check_params_size(params, n_rows * n_actions + (n_actions if linear else 0))
+    if linear:
+        obs = check_features(obs, n_rows, params.dtype, "obs")
+    else:
+        obs = _validate.int_array(obs, "obs", ndim=1, low=0, high=n_rows)
+    batch = obs.shape[0]
+    actions = _validate.int_array(actions, "actions", ndim=1, length=batch, low=0, high=n_actions)
+    advantages = check_vector(advantages, "advantages", batch, params.dtype)
+    if weights is not None:
+        weights = check_vector(weights, "weights", batch, params.dtype)
+    entropy_coef = _validate.finite_float(entropy_coef, "entropy_coef")
+    return params, n_rows, n_actions, obs, actions, advantages, weights, entropy_coef
+
+
+def check_tabular_batch(params, n_states, n_actions, states, actions, advantages, weights,
+                        entropy_coef):
+    return _check_pg_batch(params, n_states, n_actions, states, actions, advantages, weights,
+                           entropy_coef, linear=False)
+
+
+def check_linear_batch(params, n_features, n_actions, features, actions, advantages, weights,
+                       entropy_coef):
+    return _check_pg_batch(params, n_features, n_actions, features, actions, advantages, weights,
+                           entropy_coef, linear=True)
+
+
+def check_optimizer(params, opt_kind, opt_state, opt_hyper):
+    if opt_kind not in N_HYPER:
+        raise ValueError(f"opt_kind must be {OPT_SGD} (SGD) or {OPT_ADAM} (Adam), got {opt_kind!r}")
+    if not isinstance(opt_state, np.ndarray):
+        raise TypeError(f"opt_state must be a numpy.ndarray, got {type(opt_state).__name__}")
+    if opt_state.dtype != params.dtype:
+        raise TypeError(f"opt_state must have dtype {params.dtype} (that of params), got {opt_state.dtype}")
+    if opt_state.shape != (2, params.shape[0]):
+        raise ValueError(f"opt_state must have shape {(2, params.shape[0])}, got {opt_state.shape}")
+    if not opt_state.flags.c_contiguous or not opt_state.flags.writeable:
+        raise ValueError("opt_state must be C-contiguous and writeable")
+    hyper = np.ascontiguousarray(opt_hyper, dtype=np.float64)
+    if hyper.shape != (N_HYPER[opt_kind],):
+        raise ValueError(f"opt_hyper must have shape {(N_HYPER[opt_kind],)}, got {hyper.shape}")
+    if not np.all(np.isfinite(hyper)):
+        raise ValueError("opt_hyper contains NaN or inf")
+    return hyper
+
+
+def check_max_norm(max_norm, name="max_grad_norm"):
+    """None or 0 (no clipping) or a positive finite float; returns 0.0 for 'no clipping'."""
+    if max_norm is None:
+        return 0.0
+    return _validate.finite_float(max_norm, name, low=0.0)
+
+
+# ---------------------------------------------------------------------------------------------
+# Returns and advantages
+# ---------------------------------------------------------------------------------------------
+
+def discounted_returns(rewards, dones, gamma, bootstrap=None, out=None):
+    """Discounted return-to-go over a flat batch of episodes.
+
+    ``G[i] = r[i] + gamma * (1 - done[i]) * G[i+1]`` scanned backwards, with ``G[B] = bootstrap``
+    (the value of the state after the last step, for a batch whose tail episode was cut short;
+    default 0).  The scan restarts at every done, so episodes never leak into each other.
+
+    Parameters
+    ----------
+    rewards : float32/float64 (B,)        (other real arrays are converted to float64)
+    dones : bool or 0/1 (B,)
+    gamma : float in [0, 1]
+    bootstrap : float, optional
+    out : ndarray (B,) of the dtype of ``rewards``, optional
+
+    Returns
+    -------
+    returns : ndarray (B,), dtype of ``rewards``
+    """
+    rewards = check_vector(rewards, "rewards")
+    n = rewards.shape[0]
+    dones = check_dones(dones, n)
+    gamma = check_unit(gamma, "gamma")
+    tail = 0.0 if bootstrap is None else _validate.finite_float(bootstrap, "bootstrap")
+    if out is not None:
+        _validate.check_out(out, (n,), rewards.dtype)
+    result = np.empty(n, dtype=np.float64)
+    r = rewards.astype(np.float64)
+    g = tail
+    for i in range(n - 1, -1, -1):
+        g = r[i] + (0.0 if dones[i] else gamma * g)
+        result[i] = g
+    return _finish(result, rewards.dtype, out)
+
+
+def gae(rewards, values, next_values, dones, gamma, lam, out=None):
+    """Generalised advantage estimation over a flat batch of episodes.
+
+    ``delta[i] = r[i] + gamma * (1 - done[i]) * next_values[i] - values[i]`` and
+    ``A[i] = delta[i] + gamma * lam * (1 - done[i]) * A[i+1]`` (``A[B] = 0``).  ``lam = 1`` gives
+    the Monte-Carlo advantage (return minus value, bootstrapped with ``next_values`` at the tail),
+    ``lam = 0`` the TD(0) error.
+
+    Parameters
+    ----------
+    rewards, values, next_values : float (B,)   converted to the dtype of ``rewards``
+    dones : bool or 0/1 (B,)
+    gamma, lam : float in [0, 1]
+
+    Returns
+    -------
+    advantages : ndarray (B,), dtype of ``rewards``
+    """
+    rewards = check_vector(rewards, "rewards")
+    n = rewards.shape[0]
+    values = check_vector(values, "values", n, rewards.dtype)
+    next_values = check_vector(next_values, "next_values", n, rewards.dtype)
+    dones = check_dones(dones, n)
+    gamma = check_unit(gamma, "gamma")
+    lam = check_unit(lam, "lam")
+    if out is not None:
+        _validate.check_out(out, (n,), rewards.dtype)
+    r, v, nv = (a.astype(np.float64) for a in (rewards, values, next_values))
+    result = np.empty(n, dtype=np.float64)
+    acc = 0.0
+    for i in range(n - 1, -1, -1):
+        if dones[i]:
+            acc = r[i] - v[i]
+        else:
+            acc = r[i] + gamma * nv[i] - v[i] + gamma * lam * acc
+        result[i] = acc
+    return _finish(result, rewards.dtype, out)
+
+
+def _finish(result, dtype, out):
+    if out is None:
+        return result.astype(dtype)
+    out[...] = result
+    return out
+
+
+# ---------------------------------------------------------------------------------------------
+# Policy gradients
+# ---------------------------------------------------------------------------------------------
+
+def _logit_grads(logits, actions, coef, entropy_coef, batch):
+    """d J / d logits (B, A) in float64 for a (B, A) float64 logits matrix."""
+    z = logits - logits.max(axis=1, keepdims=True)
+    e = exp_nonpos(z)
+    s = e.sum(axis=1, keepdims=True)
+    p = e / s
+    g = -p
+    rows = np.arange(logits.shape[0])
+    g[rows, actions] += 1.0
+    g *= coef[:, None]
+    if entropy_coef != 0.0:
+        log_p = z - np.log(s)
+        h = -(p * log_p).sum(axis=1, keepdims=True)
+        g += (entropy_coef / batch) * (-p * (log_p + h))
+    return g
+
+
+def _coef(advantages, weights, batch):
+    coef = advantages.astype(np.float64)
+    if weights is not None:
+        coef = coef * weights.astype(np.float64)
+    return coef / batch
+
+
+def tabular_policy_gradient(params, n_states, n_actions, states, actions, advantages,
+                            weights=None, entropy_coef=0.0, out=None):
+    """Policy gradient of a tabular softmax policy, averaged over the batch.
+
+    ``grad = (1/B) sum_i w_i A_i d log pi(a_i|s_i)/d theta + entropy_coef (1/B) sum_i dH(s_i)/d theta``
+    with ``d log pi(a|s)/d theta[s] = onehot(a) - pi(.|s)`` and
+    ``dH(s)/d theta[s, k] = -pi_k (log pi_k + H(s))``, scattered into the rows of ``theta``.
+
+    Parameters
+    ----------
+    params : float32/float64 (n_states * n_actions,)   flat logits ``theta``, finite
+    n_states, n_actions : int >= 1
+    states, actions : int (B,) in range
+    advantages : float (B,), finite;  weights : float (B,), finite, optional (default 1)
+    entropy_coef : float
+    out : ndarray (n_params,) of the dtype of ``params``, optional
+
+    Returns
+    -------
+    grad : ndarray (n_params,), dtype of ``params``.  An empty batch gives zeros.
+    """
+    params, n_states, n_actions, states, actions, advantages, weights, entropy_coef = \
+        check_tabular_batch(params, n_states, n_actions, states, actions, advantages, weights,
+                            entropy_coef)
+    if out is not None:
+        _validate.check_out(out, params.shape, params.dtype)
+    return _finish(_tabular_grad(params, n_states, n_actions, states, actions, advantages,
+                                 weights, entropy_coef), params.dtype, out)
+
+
+def _tabular_grad(params, n_states, n_actions, states, actions, advantages, weights, entropy_coef):
+    grad = np.zeros((n_states, n_actions), dtype=np.float64)
+    batch = states.shape[0]
+    if batch:
+        theta = params.astype(np.float64).reshape(n_states, n_actions)
+        g = _logit_grads(theta[states], actions, _coef(advantages, weights, batch),
+                         entropy_coef, batch)
+        np.add.at(grad, states, g)
+    return grad.reshape(-1)
+
+
+def linear_policy_gradient(params, n_features, n_actions, features, actions, advantages,
+                           weights=None, entropy_coef=0.0, out=None):
+    """Policy gradient of a linear softmax policy (logits ``phi @ W + b``), averaged over the batch.
+
+    With ``G[i] = w_i A_i (onehot(a_i) - pi_i) / B`` (+ the entropy term), the gradient is
+    ``dW = phi^T G`` and ``db = sum_i G[i]``, returned flat as ``[dW.ravel(), db]``.
+
+    Parameters
+    ----------
+    params : float32/float64 (n_features * n_actions + n_actions,)  ``W`` (row-major) then ``b``
+    features : real (B, n_features), finite (converted to the dtype of ``params``)
+    other arguments : as :func:`tabular_policy_gradient`
+    """
+    params, n_features, n_actions, features, actions, advantages, weights, entropy_coef = \
+        check_linear_batch(params, n_features, n_actions, features, actions, advantages, weights,
+                           entropy_coef)
+    if out is not None:
+        _validate.check_out(out, params.shape, params.dtype)
+    return _finish(_linear_grad(params, n_features, n_actions, features, actions, advantages,
+                                weights, entropy_coef), params.dtype, out)
+
+
+def _linear_grad(params, n_features, n_actions, features, actions, advantages, weights,
+                 entropy_coef):
+    batch = features.shape[0]
+    grad = np.zeros(params.shape[0], dtype=np.float64)
+    if batch:
+        p64 = params.astype(np.float64)
+        W = p64[: n_features * n_actions].reshape(n_features, n_actions)
+        b = p64[n_features * n_actions:]
+        x = features.astype(np.float64)
+        g = _logit_grads(x @ W + b, actions, _coef(advantages, weights, batch), entropy_coef, batch)
+        grad[: n_features * n_actions] = (x.T @ g).reshape(-1)
+        grad[n_features * n_actions:] = g.sum(axis=0)
+    return grad
+
+
+# ---------------------------------------------------------------------------------------------
+# Gradient clipping and optimizer updates (in place)
+# ---------------------------------------------------------------------------------------------
+
+def clip_grad_norm(grad, max_norm):
+    """Scale ``grad`` in place so its L2 norm is at most ``max_norm`` (PyTorch's rule).
+
+    ``coef = max_norm / (norm + 1e-6)``; the gradient is multiplied by ``coef`` only if
+    ``coef < 1``.  ``max_norm`` = 0 or None disables clipping.
+
+    Parameters
+    ----------
+    grad : float32/float64 (P,), C-contiguous, writeable, finite
+    max_norm : float >= 0 or None
+
+    Returns
+    -------
+    norm : float, the L2 norm before clipping
+    """
+    grad = check_params(grad, "grad")
+    if not grad.flags.writeable:
+        raise ValueError("grad must be writeable")
+    max_norm = check_max_norm(max_norm, "max_norm")
+    norm, coef = _clip_coef(grad, max_norm)
+    if coef != 1.0:
+        grad[...] = grad.astype(np.float64) * coef
+    return norm
+
+
+def _clip_coef(grad, max_norm):
+    g = grad.astype(np.float64)
+    norm = float(np.sqrt(np.dot(g, g)))
+    coef = 1.0
+    if max_norm > 0.0:
+        c = max_norm / (norm + 1e-6)
+        if c < 1.0:
+            coef = c
+    return norm, coef
+
+
+def _check_update(params, grad, states):
+    params = check_params(params)
+    if not params.flags.writeable:
+        raise ValueError("params must be writeable")
+    grad = check_vector(grad, "grad", params.shape[0], params.dtype)
+    for name, state in states:
+        check_state_vector(state, params.shape[0], params.dtype, name)
+    return params, grad
+
+
+def sgd_update(params, grad, velocity, lr, momentum=0.0, nesterov=False, grad_scale=1.0):
+    """One SGD step in place (PyTorch's ``torch.optim.SGD`` with dampening 0, no weight decay).
+
+    With ``g = grad_scale * grad``: if ``momentum`` is 0, ``params -= lr * g``; otherwise
+    ``velocity = momentum * velocity + g`` and ``params -= lr * (g + momentum * velocity)``
+    (Nesterov) or ``params -= lr * velocity``.  A zero initial velocity reproduces PyTorch's first
+    step (which sets the buffer to ``g``).
+
+    Parameters
+    ----------
+    params, velocity : float32/float64 (P,), C-contiguous, writeable (velocity: same dtype)
+    grad : float (P,), finite
+    lr, momentum : float >= 0;  nesterov : bool;  grad_scale : float
+    """
+    params, grad = _check_update(params, grad, [("velocity", velocity)])
+    lr = _validate.finite_float(lr, "lr", low=0.0)
+    momentum = _validate.finite_float(momentum, "momentum", low=0.0)
+    grad_scale = _validate.finite_float(grad_scale, "grad_scale")
+    _sgd(params, grad.astype(np.float64) * grad_scale, velocity, lr, momentum, bool(nesterov))
+
+
+def _sgd(params, g, velocity, lr, momentum, nesterov):
+    p = params.astype(np.float64)
+    if momentum != 0.0:
+        buf = momentum * velocity.astype(np.float64) + g
+        velocity[...] = buf
+        step = g + momentum * buf if nesterov else buf
+    else:
+        step = g
+    params[...] = p - lr * step
+
+
+def adam_update(params, grad, exp_avg, exp_avg_sq, step_size, bias_correction2_sqrt,
+                beta1, beta2, eps, grad_scale=1.0):
+    """One Adam step in place, PyTorch's ``torch.optim.Adam`` formula (single-tensor form).
+
+    With ``g = grad_scale * grad`` and step number ``t`` (counted by the caller):
+    ``m = beta1 m + (1 - beta1) g``, ``v = beta2 v + (1 - beta2) g^2``,
+    ``denom = sqrt(v) / sqrt(1 - beta2^t) + eps``, ``params -= (lr / (1 - beta1^t)) * m / denom``.
+    The caller passes ``step_size = lr / (1 - beta1^t)`` and ``bias_correction2_sqrt``.
+
+    Parameters
+    ----------
+    params, exp_avg, exp_avg_sq : float32/float64 (P,), C-contiguous, writeable, same dtype
+    grad : float (P,), finite
+    step_size : float >= 0; bias_correction2_sqrt : float in (0, 1]; beta1, beta2 in [0, 1);
+    eps : float > 0
+    """
+    params, grad = _check_update(params, grad, [("exp_avg", exp_avg), ("exp_avg_sq", exp_avg_sq)])
+    step_size, bc2, beta1, beta2, eps = _check_adam_hyper(step_size, bias_correction2_sqrt,
+                                                         beta1, beta2, eps)
+    grad_scale = _validate.finite_float(grad_scale, "grad_scale")
+    _adam(params, grad.astype(np.float64) * grad_scale, exp_avg, exp_avg_sq, step_size, bc2,
+          beta1, beta2, eps)
+
+
+def _check_adam_hyper(step_size, bc2, beta1, beta2, eps):
+    return (_validate.finite_float(step_size, "step_size", low=0.0),
+            _validate.finite_float(bc2, "bias_correction2_sqrt", low=0.0, high=1.0, low_open=True),
+            _validate.finite_float(beta1, "beta1", low=0.0, high=1.0, high_open=True),
+            _validate.finite_float(beta2, "beta2", low=0.0, high=1.0, high_open=True),
+            _validate.finite_float(eps, "eps", low=0.0, low_open=True))
+
+
+def _adam(params, g, exp_avg, exp_avg_sq, step_size, bc2, beta1, beta2, eps):
+    m = beta1 * exp_avg.astype(np.float64) + (1.0 - beta1) * g
+    v = beta2 * exp_avg_sq.astype(np.float64) + (1.0 - beta2) * (g * g)
+    exp_avg[...] = m
+    exp_avg_sq[...] = v
+    denom = np.sqrt(v) / bc2 + eps
+    params[...] = params.astype(np.float64) - step_size * (m / denom)
+
+
+# ---------------------------------------------------------------------------------------------
+# Fused gradient + clipping + optimizer step
+# ---------------------------------------------------------------------------------------------
+
+def _fused(params, grad64, grad_out, max_grad_norm, opt_kind, opt_state, hyper):
+    grad_out[...] = grad64
+    norm, coef = _clip_coef(grad_out, max_grad_norm)
+    # ascend J: the optimizer minimises, so it is fed -coef * grad
+    g = grad_out.astype(np.float64) * (-coef)
+    if opt_kind == OPT_SGD:
+        _sgd(params, g, opt_state[0], hyper[0], hyper[1], hyper[2] != 0.0)
+    else:
+        _adam(params, g, opt_state[0], opt_state[1], *hyper)
+    return norm
+
+
+def _check_fused(params, grad_out, max_grad_norm, opt_kind, opt_state, opt_hyper):
+    if not params.flags.writeable:
+        raise ValueError("params must be writeable")
+    _validate.check_out(grad_out, params.shape, params.dtype, "grad_out")
+    max_grad_norm = check_max_norm(max_grad_norm)
+    hyper = check_optimizer(params, opt_kind, opt_state, opt_hyper)
+    if opt_kind == OPT_SGD:
+        if hyper[0] < 0 or hyper[1] < 0:
+            raise ValueError("opt_hyper: lr and momentum must be >= 0")
+    else:
+        hyper = np.array(_check_adam_hyper(*hyper))
+    return max_grad_norm, hyper
+
+
+def tabular_pg_step(params, n_states, n_actions, states, actions, advantages, weights,
+                    entropy_coef, max_grad_norm, grad_out, opt_kind, opt_state, opt_hyper):
+    """Fused policy-gradient ascent step for a tabular softmax policy, in place.
+
+    Computes ``grad`` as :func:`tabular_policy_gradient` into ``grad_out``, clips it like
+    :func:`clip_grad_norm` (``max_grad_norm`` None/0: no clipping), then applies the optimizer to
+    ``params`` along ``-clip_coef * grad`` (ascent on J).
+
+    Parameters
+    ----------
+    grad_out : ndarray (P,) of the dtype of ``params``   receives the unclipped gradient
+    opt_kind : int, ``OPT_SGD`` or ``OPT_ADAM``
+    opt_state : ndarray (2, P) of the dtype of ``params``  SGD: row 0 velocity; Adam: m, v
+    opt_hyper : float64 array, see ``N_HYPER``
+
+    Returns
+    -------
+    norm : float, L2 norm of the gradient before clipping
+    """
+    params, n_states, n_actions, states, actions, advantages, weights, entropy_coef = \
+        check_tabular_batch(params, n_states, n_actions, states, actions, advantages, weights,
+                            entropy_coef)
+    max_grad_norm, hyper = _check_fused(params, grad_out, max_grad_norm, opt_kind, opt_state,
+                                        opt_hyper)
+    grad = _tabular_grad(params, n_states, n_actions, states, actions, advantages, weights,
+                         entropy_coef)
+    return _fused(params, grad, grad_out, max_grad_norm, opt_kind, opt_state, hyper)
+
+
+def linear_pg_step(params, n_features, n_actions, features, actions, advantages, weights,
+                   entropy_coef, max_grad_norm, grad_out, opt_kind, opt_state, opt_hyper):
+    """Fused policy-gradient ascent step for a linear softmax policy; see :func:`tabular_pg_step`."""
+    params, n_features, n_actions, features, actions, advantages, weights, entropy_coef = \
+        check_linear_batch(params, n_features, n_actions, features, actions, advantages, weights,
+                           entropy_coef)
+    max_grad_norm, hyper = _check_fused(params, grad_out, max_grad_norm, opt_kind, opt_state,
+                                        opt_hyper)
+    grad = _linear_grad(params, n_features, n_actions, features, actions, advantages, weights,
+                        entropy_coef)
+    return _fused(params, grad, grad_out, max_grad_norm, opt_kind, opt_state, hyper)
+
+
+# ---------------------------------------------------------------------------------------------
+# Critics (TD(0), batch semi-gradient) and importance weights
+# ---------------------------------------------------------------------------------------------
+
+def _check_td(rewards, dones, batch, dtype, gamma, lr):
+    rewards = check_vector(rewards, "rewards", batch, dtype)
+    dones = check_dones(dones, batch)
+    gamma = check_unit(gamma, "gamma")
+    lr = _validate.finite_float(lr, "lr", low=0.0)
+    return rewards, dones, gamma, lr
+
+
+def tabular_td_update(values, states, rewards, next_states, dones, gamma, lr, out=None):
+    """One batch TD(0) step on a table of state values, in place; returns the TD errors.
+
+    ``delta[i] = r[i] + gamma * (1 - done[i]) * V[s'[i]] - V[s[i]]`` with the values before the
+    update, then ``V[s] += lr * (1/B) sum_{i: s[i] = s} delta[i]`` (semi-gradient of the mean
+    squared TD error, targets held fixed).  ``lr = 0`` only evaluates the errors.
+
+    Parameters
+    ----------
+    values : float32/float64 (S,), C-contiguous, writeable, finite
+    states, next_states : int (B,) in [0, S);  rewards : float (B,);  dones : 0/1 (B,)
+    gamma : float in [0, 1];  lr : float >= 0
+
+    Returns
+    -------
+    td_errors : ndarray (B,), dtype of ``values``
+    """
+    values = check_params(values, "values")
+    if not values.flags.writeable:
+        raise ValueError("values must be writeable")
+    n = values.shape[0]
+    states = _validate.int_array(states, "states", ndim=1, low=0, high=n)
+    batch = states.shape[0]
+    next_states = _validate.int_array(next_states, "next_states", ndim=1, length=batch, low=0, high=n)
+    rewards, dones, gamma, lr = _check_td(rewards, dones, batch, values.dtype, gamma, lr)
+    if out is not None:
+        _validate.check_out(out, (batch,), values.dtype)
+    v = values.astype(np.float64)
+    delta = rewards.astype(np.float64) + gamma * np.where(dones, 0.0, v[next_states]) - v[states]
+    if batch and lr != 0.0:
+        acc = np.zeros(n, dtype=np.float64)
+        np.add.at(acc, states, delta)
+        values[...] = v + (lr / batch) * acc
+    return _finish(delta, values.dtype, out)
+
+
+def linear_td_update(params, n_features, features, rewards, next_features, dones, gamma, lr,
+                     out=None):
+    """One batch TD(0) step on a linear value ``V(phi) = phi @ w + c``, in place; returns TD errors.
+
+    ``params`` is ``[w (n_features,), c]``; the update is ``w += lr * phi^T delta / B`` and
+    ``c += lr * mean(delta)`` with ``delta`` computed before the update.
+
+    Parameters
+    ----------
+    params : float32/float64 (n_features + 1,), C-contiguous, writeable, finite
+    features, next_features : real (B, n_features), finite
+    rewards, dones, gamma, lr : as :func:`tabular_td_update`
+    """
+    params = check_params(params)
+    if not params.flags.writeable:
+        raise ValueError("params must be writeable")
+    n_features = _validate.positive_int(n_features, "n_features")
+    check_params_size(params, n_features + 1)
+    features = check_features(features, n_features, params.dtype, "features")
+    batch = features.shape[0]
+    next_features = check_features(next_features, n_features, params.dtype, "next_features", batch)
+    rewards, dones, gamma, lr = _check_td(rewards, dones, batch, params.dtype, gamma, lr)
+    if out is not None:
+        _validate.check_out(out, (batch,), params.dtype)
+    p = params.astype(np.float64)
+    w, c = p[:n_features], p[n_features]
+    x, nx = features.astype(np.float64), next_features.astype(np.float64)
+    delta = rewards.astype(np.float64) + gamma * np.where(dones, 0.0, nx @ w + c) - (x @ w + c)
+    if batch and lr != 0.0:
+        p[:n_features] += (lr / batch) * (x.T @ delta)
+        p[n_features] += (lr / batch) * delta.sum()
+        params[...] = p
+    return _finish(delta, params.dtype, out)
+
+
+def truncated_importance_weights(log_probs, behaviour_log_probs, rho_bar=1.0, out=None):
+    """``min(rho_bar, exp(log_probs - behaviour_log_probs))`` elementwise (``rho_bar`` None: no cap).
+
+    Parameters
+    ----------
+    log_probs : float (B,)  log pi(a|s) of the current policy (finite)
+    behaviour_log_probs : float (B,)  log mu(a|s) stored with the sample (finite)
+    rho_bar : float > 0 or None
+
+    Returns
+    -------
+    weights : ndarray (B,), dtype of ``log_probs``
+    """
+    log_probs = check_vector(log_probs, "log_probs")
+    n = log_probs.shape[0]
+    behaviour_log_probs = check_vector(behaviour_log_probs, "behaviour_log_probs", n, log_probs.dtype)
+    cap = np.inf if rho_bar is None else _validate.finite_float(rho_bar, "rho_bar", low=0.0,
+                                                                low_open=True)
+    if out is not None:
+        _validate.check_out(out, (n,), log_probs.dtype)
+    ratio = np.exp(log_probs.astype(np.float64) - behaviour_log_probs.astype(np.float64))
+    return _finish(np.minimum(ratio, cap), log_probs.dtype, out)
