@@ -1,0 +1,562 @@
+"""Gradient-based meta-learners: Reptile, first-order MAML and MAML with the exact second-order term.
+
+Everything works on a *batch of inner problems* (one per task of a meta-batch) whose parameters are
+stacked in a ``(T, P)`` array.  An inner problem gives, for parameters ``theta`` (T, P):
+
+- ``sample(theta, rng)``: fresh data (episodes) for each task, or ``None`` when exact;
+- ``grad(theta, data)``: an (ascent) estimate ``g`` of ``dJ_t/dtheta_t`` for each task, (T, P);
+- ``hvp(theta, data, v)``: ``(d E[g] / d theta)^T v`` per task, (T, P): the Hessian-vector product
+  of the objective *including* the score-function term of the sampling distribution, so that MAML's
+  meta-gradient is unbiased (as the DiCE / ProMP estimators), never a materialised Hessian.
+
+With ``K`` inner steps ``theta_{k+1} = theta_k + alpha * g(theta_k)`` (alpha a scalar or, as in
+Meta-SGD, one step size per parameter) the meta-gradient of ``J(theta_K)`` is obtained by the
+backward recursion ``v_K = g(theta_K)`` on fresh data, ``v_k = v_{k+1} + H_k^T (alpha * v_{k+1})``:
+``(I + alpha H)^T`` chained through every inner step (O(P + batch * A) memory, whatever K).
+FOMAML stops at ``v_K``; Reptile uses ``theta_K - theta_0`` (Nichol et al., 2018).
+
+Problems provided here:
+
+- :class:`SampledPolicyProblem`: tabular tasks (``metarl_fast.tasks``), episodes from the fused
+  ``rollout``, REINFORCE with discounted return-to-go and a per-time-step baseline; the HVP uses
+  the closed-form Hessian of the softmax ``-(diag pi - pi pi^T)`` per visited state plus the
+  score-function term, with a leave-one-out control variate;
+- :class:`ExactPolicyProblem`: the same objective computed by dynamic programming on each task's
+  model: zero-variance gradients, and Hessian-vector products by complex-step differentiation of
+  the DP gradient (exact to rounding: ``Im(g(theta + i h v)) / h`` has no cancellation);
+- :class:`QuadraticProblem`: quadratic objectives with exact Hessians (verification).
+
+Both policy problems work for :class:`TabularSoftmaxPolicy` and :class:`LinearSoftmaxPolicy` (the
+latter over a feature table ``phi[s]``): all that differs is the linear map from parameters to the
+per-state logits table, applied forwards (``jvp``) and backwards (``vjp``).
+"""
+import numpy as np
+
+from metarl_fast import _validate
+from metarl_fast.optim import SGD, Adam
+from metarl_fast.pg import discounted_returns
+from metarl_fast.policy import LinearSoftmaxPolicy, TabularSoftmaxPolicy, softmax
+
+METHODS = ("reptile", "fomaml", "maml", "multitask")
+
+
+# ---------------------------------------------------------------------------------------------
+# Parameters -> per-state logits table, for a batch of T parameter vectors
+# ---------------------------------------------------------------------------------------------
+
+class TabularMap:
+    """``logits[t] = params[t].reshape(S, A)``."""
+
+    def __init__(self, n_states, n_actions):
+        self.n_states, self.n_actions = n_states, n_actions
+        self.n_params = n_states * n_actions
+
+    def jvp(self, params):
+        """(T, P) -> logits tables (T, S, A); linear, so it is also the directional derivative."""
+        return params.reshape(params.shape[0], self.n_states, self.n_actions)
+
+    def vjp(self, grad_logits):
+        """(T, S, A) gradients w.r.t. the logits table -> (T, P) w.r.t. the parameters."""
+        return grad_logits.reshape(grad_logits.shape[0], -1)
+
+
+class LinearMap:
+    """``logits[t] = phi @ W[t] + b[t]`` with a feature table ``phi`` (S, F)."""
+
+    def __init__(self, features, n_actions):
+        self.features = np.ascontiguousarray(features, dtype=np.float64)
+        self.n_states, self.n_features = self.features.shape
+        self.n_actions = n_actions
+        self.n_params = self.n_features * n_actions + n_actions
+
+    def _split(self, params):
+        T, FA = params.shape[0], self.n_features * self.n_actions
+        return params[:, :FA].reshape(T, self.n_features, self.n_actions), params[:, FA:]
+
+    def jvp(self, params):
+        W, b = self._split(params)
+        return np.einsum("sf,tfa->tsa", self.features, W) + b[:, None, :]
+
+    def vjp(self, grad_logits):
+        T = grad_logits.shape[0]
+        gW = np.einsum("sf,tsa->tfa", self.features, grad_logits)
+        return np.concatenate([gW.reshape(T, -1), grad_logits.sum(axis=1)], axis=1)
+
+
+def param_map(policy, n_states, features=None):
+    """The parameters -> logits-table map of ``policy`` on tasks with ``n_states`` states."""
+    if isinstance(policy, TabularSoftmaxPolicy):
+        if policy.n_states != n_states:
+            raise ValueError(f"the policy has {policy.n_states} states, the tasks {n_states}")
+        return TabularMap(n_states, policy.n_actions)
+    if isinstance(policy, LinearSoftmaxPolicy):
+        if features is None:
+            if policy.n_features != n_states:
+                raise ValueError(
+                    f"a LinearSoftmaxPolicy with {policy.n_features} features needs a feature table "
+                    f"(features=, shape ({n_states}, {policy.n_features})); one-hot needs n_features == n_states")
+            features = np.eye(n_states)
+        features = np.asarray(features, dtype=np.float64)
+        if features.shape != (n_states, policy.n_features) or not np.all(np.isfinite(features)):
+            raise ValueError(f"features must be finite with shape ({n_states}, {policy.n_features}), "
+                             f"got {features.shape}")
+        return LinearMap(features, policy.n_actions)
+    raise TypeError(f"policy must be a TabularSoftmaxPolicy or LinearSoftmaxPolicy, got {type(policy).__name__}")
+
+
+# ---------------------------------------------------------------------------------------------
+# Inner problems
+# ---------------------------------------------------------------------------------------------
+
+class QuadraticProblem:
+    """``J_t(theta) = -1/2 (theta - c_t)^T A_t (theta - c_t)`` for T tasks (maximised).
+
+    Optionally each task has ``M`` minibatch objectives (``hessians`` (T, M, P, P), ``centers``
+    (T, M, P)); ``sample`` then draws one minibatch index per task with ``rng.integers``.
+    """
+
+    def __init__(self, hessians, centers):
+        self.hessians = np.asarray(hessians, dtype=np.float64)
+        self.centers = np.asarray(centers, dtype=np.float64)
+        if self.hessians.ndim == 3:
+            self.hessians, self.centers = self.hessians[:, None], self.centers[:, None]
+        T, M, P = self.centers.shape
+        if self.hessians.shape != (T, M, P, P):
+            raise ValueError(f"hessians must have shape {(T, M, P, P)}, got {self.hessians.shape}")
+        self.n_tasks, self.n_minibatches, self.n_params = T, M, P
+
+    def sample(self, theta, rng):
+        return rng.integers(0, self.n_minibatches, size=self.n_tasks)
+
+    def grad(self, theta, data):
+        idx = np.arange(self.n_tasks)
+        A, c = self.hessians[idx, data], self.centers[idx, data]
+        return -np.einsum("tpq,tq->tp", A, theta - c)
+
+    def hvp(self, theta, data, v):
+        A = self.hessians[np.arange(self.n_tasks), data]
+        return -np.einsum("tpq,tq->tp", A, v)
+
+    def value(self, theta, data=None):
+        idx = np.arange(self.n_tasks)
+        d = theta[:, None, :] - self.centers
+        return -0.5 * np.einsum("tmp,tmpq,tmq->tm", d, self.hessians, d).mean(axis=1)
+
+
+def _episode_index(traj):
+    return np.repeat(np.arange(traj.episode_length.size, dtype=np.int64), traj.episode_length.reshape(-1))
+
+
+class SampledPolicyProblem:
+    """Policy-gradient inner problem on a batch of tabular tasks, from sampled episodes.
+
+    ``J_t(theta) = E[sum_t gamma^t r_t]``.  The gradient estimate is REINFORCE:
+    ``1/N sum_episodes sum_t gamma^t (G_t - b_t) grad log pi(a_t | s_t)`` with the discounted
+    return-to-go ``G_t`` and the per-time-step baseline ``b_t`` (mean of ``G_t`` over the task's N
+    episodes).  Episodes come from :func:`metarl_fast.rollout.rollout` (one call for all tasks).
+    """
+
+    def __init__(self, policy, task_batch, n_episodes, gamma=1.0, features=None):
+        from metarl_fast.rollout import rollout  # noqa: F401  (fail early if unavailable)
+
+        self.policy, self.tasks = policy, task_batch
+        self.n_tasks = task_batch.n_tasks
+        if policy.n_actions != task_batch.n_actions:
+            raise ValueError(f"the policy has {policy.n_actions} actions, the tasks {task_batch.n_actions}")
+        self.map = param_map(policy, task_batch.n_states, features)
+        self.features = None if isinstance(self.map, TabularMap) else self.map.features
+        self.n_params = self.map.n_params
+        self.n_episodes = _validate.positive_int(n_episodes, "n_episodes")
+        self.gamma = _validate.finite_float(gamma, "gamma", low=0.0, high=1.0)
+        self.env_steps = 0  # environment steps sampled so far
+
+    def _policies(self, theta):
+        pols = []
+        for row in theta:
+            p = self.policy.copy()
+            p.params[...] = row
+            pols.append(p)
+        return pols
+
+    def sample(self, theta, rng):
+        from metarl_fast.rollout import rollout
+
+        traj = rollout(self._policies(theta), self.tasks, self.n_episodes, rng, features=self.features)
+        self.env_steps += traj.n_steps
+        return self._prepare(theta, traj)
+
+    def _prepare(self, theta, traj):
+        """Per-step quantities shared by ``grad`` and ``hvp`` (computed once per batch)."""
+        S, A = self.map.n_states, self.map.n_actions
+        logits = self.map.jvp(theta.astype(np.float64))
+        key = traj.task_id * S + traj.obs
+        probs = softmax(np.ascontiguousarray(logits.reshape(-1, A)[key]))
+        t = traj.step_in_episode
+        returns = discounted_returns(traj.reward.astype(np.float64), traj.done, self.gamma)
+        horizon = int(t.max()) + 1 if t.size else 1
+        slot = traj.task_id * horizon + t
+        counts = np.bincount(slot, minlength=self.n_tasks * horizon)
+        sums = np.bincount(slot, weights=returns, minlength=self.n_tasks * horizon)
+        # per-time-step baseline over the episodes that reached step t (mean of G_t)
+        baseline = (sums / np.maximum(counts, 1))[slot]
+        coef = self.gamma ** t * (returns - baseline) / self.n_episodes
+        return {"traj": traj, "key": key, "probs": probs, "coef": coef,
+                "episode": _episode_index(traj)}
+
+    def _scatter(self, key, per_step):
+        """Sum (n, A) per-step logits gradients into per-task tables, then map to parameters."""
+        S, A = self.map.n_states, self.map.n_actions
+        size = self.n_tasks * S
+        table = np.empty((size, A))
+        for a in range(A):
+            table[:, a] = np.bincount(key, weights=per_step[:, a], minlength=size)
+        return self.map.vjp(table.reshape(self.n_tasks, S, A))
+
+    def grad(self, theta, data):
+        traj, probs, coef = data["traj"], data["probs"], data["coef"]
+        per_step = -probs * coef[:, None]
+        per_step[np.arange(traj.n_steps), traj.action] += coef
+        return self._scatter(data["key"], per_step)
+
+    def hvp(self, theta, data, v):
+        """``(d E[g]/d theta)^T v``: Hessian of the surrogate plus the score-function term."""
+        traj, probs, coef, key = data["traj"], data["probs"], data["coef"], data["key"]
+        S, A, N = self.map.n_states, self.map.n_actions, self.n_episodes
+        n = traj.n_steps
+        rows = np.arange(n)
+        dl = self.map.jvp(np.asarray(v, dtype=np.float64)).reshape(-1, A)[key]  # (n, A) logits direction
+        pd = (probs * dl).sum(axis=1)
+        dlogp = dl[rows, traj.action] - pd  # directional derivative of log pi(a_t|s_t)
+        # (1) Hessian of sum_t coef_t log pi(a_t|s_t):  -coef_t (diag pi - pi pi^T) dl
+        per_step = -coef[:, None] * (probs * dl - probs * pd[:, None])
+        # (2) score-function term: (F_tau . v) * grad log P(tau), F_tau = N sum_t coef_t grad log pi,
+        #     with a leave-one-out mean of F . v over the task's other episodes as control variate
+        fv = np.bincount(data["episode"], weights=N * coef * dlogp, minlength=traj.episode_length.size)
+        fv = fv.reshape(self.n_tasks, N)
+        if N > 1:
+            kappa = fv - (fv.sum(axis=1, keepdims=True) - fv) / (N - 1)
+        else:
+            kappa = fv
+        k_step = kappa.reshape(-1)[data["episode"]] / N
+        score = -probs * k_step[:, None]
+        score[rows, traj.action] += k_step
+        return self._scatter(key, per_step + score)
+
+    def value(self, theta, data):
+        """Mean undiscounted episode return per task in ``data``, (T,)."""
+        return data["traj"].episode_return.mean(axis=1)
+
+
+class ExactPolicyProblem:
+    """The policy-gradient inner problem computed exactly by dynamic programming.
+
+    Uses each task's model (``P``, mean ``R``, ``start``, ``terminal``, horizon) from the
+    :class:`~metarl_fast.tasks.TaskBatch`; ``sample`` returns ``None``.  ``grad`` is the
+    policy-gradient theorem with time-dependent state distributions (as
+    :func:`metarl_fast.exact.policy_gradient_exact`, vectorised over tasks); ``hvp`` is the
+    complex-step derivative of that gradient, exact to rounding.
+    """
+
+    _H = 1e-30
+
+    def __init__(self, policy, task_batch, gamma=1.0, features=None):
+        self.policy, self.tasks = policy, task_batch
+        self.n_tasks = task_batch.n_tasks
+        if policy.n_actions != task_batch.n_actions:
+            raise ValueError(f"the policy has {policy.n_actions} actions, the tasks {task_batch.n_actions}")
+        self.map = param_map(policy, task_batch.n_states, features)
+        self.n_params = self.map.n_params
+        self.gamma = _validate.finite_float(gamma, "gamma", low=0.0, high=1.0)
+        self.horizon = task_batch.horizon
+        self.P_cont = task_batch.P * (~task_batch.terminal)[:, None, None, :]
+        self.R, self.start = task_batch.R, task_batch.start
+
+    def _solve(self, logits):
+        """(J (T,), dJ/dlogits (T, S, A)) by DP; complex ``logits`` propagate through."""
+        z = logits - logits.real.max(axis=2, keepdims=True)
+        e = np.exp(z)
+        pi = e / e.sum(axis=2, keepdims=True)
+        Tn, S, A = pi.shape
+        H = self.horizon
+        Q = np.empty((H, Tn, S, A), dtype=pi.dtype)
+        V = np.zeros((H + 1, Tn, S), dtype=pi.dtype)
+        for t in range(H - 1, -1, -1):
+            Q[t] = self.R + self.gamma * np.einsum("nsak,nk->nsa", self.P_cont, V[t + 1])
+            V[t] = (pi * Q[t]).sum(axis=2)
+        J = np.einsum("ns,ns->n", self.start, V[0])
+        d = self.start.astype(pi.dtype)
+        grad = np.zeros_like(pi)
+        disc = 1.0
+        for t in range(H):
+            grad += disc * d[:, :, None] * pi * (Q[t] - V[t][:, :, None])
+            d = np.einsum("ns,nsa,nsak->nk", d, pi, self.P_cont)
+            disc *= self.gamma
+        return J, grad
+
+    def sample(self, theta, rng):
+        return None
+
+    def grad(self, theta, data=None):
+        _, g = self._solve(self.map.jvp(np.asarray(theta, dtype=np.float64)))
+        return self.map.vjp(g)
+
+    def hvp(self, theta, data, v):
+        logits = self.map.jvp(np.asarray(theta, dtype=np.float64))
+        direction = self.map.jvp(np.asarray(v, dtype=np.float64))
+        _, g = self._solve(logits + 1j * self._H * direction)
+        return self.map.vjp(g.imag / self._H)
+
+    def value(self, theta, data=None):
+        J, _ = self._solve(self.map.jvp(np.asarray(theta, dtype=np.float64)))
+        return J
+
+
+# ---------------------------------------------------------------------------------------------
+# Algorithms on (T, P) parameter stacks
+# ---------------------------------------------------------------------------------------------
+
+def adapt(problem, params, inner_lr, inner_steps, rng):
+    """K inner steps ``theta <- theta + alpha * g(theta)`` from ``params`` (P,) or (T, P).
+
+    Returns ``(theta_K (T, P), thetas [theta_0..theta_{K-1}], data [d_0..d_{K-1}], grads)``.
+    """
+    params = np.asarray(params, dtype=np.float64)
+    theta = np.broadcast_to(params, (problem.n_tasks, problem.n_params)).copy()
+    thetas, datas, grads = [], [], []
+    for _ in range(inner_steps):
+        data = problem.sample(theta, rng)
+        g = problem.grad(theta, data)
+        thetas.append(theta)
+        datas.append(data)
+        grads.append(g)
+        theta = theta + inner_lr * g
+    return theta, thetas, datas, grads
+
+
+def meta_gradient(problem, params, method, inner_lr, inner_steps, rng):
+    """Ascent direction of the meta-objective for each task, (T, P), and diagnostics.
+
+    ``method``: ``"reptile"`` (theta_K - params), ``"fomaml"`` (g at theta_K on fresh data),
+    ``"maml"`` (the full second-order meta-gradient), ``"multitask"`` (g at params: joint training
+    without adaptation, the pre-training baseline).  Returns ``(direction, inner_lr_grad, info)``;
+    ``inner_lr_grad`` (T, P) is the gradient w.r.t. a per-parameter step size (Meta-SGD) for MAML,
+    else None.  ``info`` holds the pre- and post-adaptation values estimated on the way.
+    """
+    if method not in METHODS:
+        raise ValueError(f"method must be one of {METHODS}, got {method!r}")
+    params = np.asarray(params, dtype=np.float64)
+    if method == "multitask":
+        theta = np.broadcast_to(params, (problem.n_tasks, problem.n_params)).copy()
+        data = problem.sample(theta, rng)
+        value = problem.value(theta, data)
+        return problem.grad(theta, data), None, {"pre": value, "post": value}
+    theta_K, thetas, datas, grads = adapt(problem, params, inner_lr, inner_steps, rng)
+    pre = problem.value(thetas[0], datas[0])
+    if method == "reptile":
+        post = problem.value(theta_K, None) if datas[0] is None else None
+        return theta_K - params, None, {"pre": pre, "post": post}
+    data_out = problem.sample(theta_K, rng)
+    v = problem.grad(theta_K, data_out)
+    info = {"pre": pre, "post": problem.value(theta_K, data_out)}
+    if method == "fomaml":
+        return v, None, info
+    lr_grad = np.zeros_like(v)
+    for k in range(inner_steps - 1, -1, -1):
+        lr_grad += v * grads[k]
+        v = v + problem.hvp(thetas[k], datas[k], inner_lr * v)
+    return v, lr_grad, info
+
+
+# ---------------------------------------------------------------------------------------------
+# Learners
+# ---------------------------------------------------------------------------------------------
+
+class DivergenceError(FloatingPointError):
+    """Meta-training produced non-finite parameters; the update was rolled back."""
+
+
+ESTIMATORS = ("sampled", "exact")
+
+
+class MetaLearner:
+    """Meta-train the initial parameters of a softmax ``policy`` across tasks.
+
+    Parameters
+    ----------
+    policy : TabularSoftmaxPolicy or LinearSoftmaxPolicy
+        Its ``params`` are the meta-parameters phi, updated in place by :meth:`meta_step`.
+    method : {"reptile", "fomaml", "maml", "multitask"}
+    inner_lr : float > 0
+        The inner (adaptation) step size alpha.
+    inner_steps : int >= 1
+        K, the number of policy-gradient adaptation steps per task.
+    meta_lr : float > 0, optional
+        Outer step size (default 0.1 for Reptile with SGD, as its epsilon; 0.01 with Adam).
+    meta_optimizer : {"adam", "sgd"}
+    episodes_per_task : int >= 1
+        Episodes sampled per task for every gradient estimate (``estimator="sampled"``).
+    gamma : float in [0, 1]
+    estimator : {"sampled", "exact"}
+        ``"exact"`` computes every gradient and Hessian-vector product by dynamic programming on
+        the tasks' models: a noise-free meta-gradient.
+    learn_inner_lr : bool
+        Meta-SGD: learn one step size per parameter (MAML only), with its own Adam at ``meta_lr``.
+    features : float (S, F), optional
+        Feature table for a LinearSoftmaxPolicy (default one-hot).
+    """
+
+    def __init__(self, policy, method, *, inner_lr=0.1, inner_steps=1, meta_lr=None,
+                 meta_optimizer="adam", episodes_per_task=20, gamma=1.0, estimator="sampled",
+                 learn_inner_lr=False, features=None):
+        if not isinstance(policy, (TabularSoftmaxPolicy, LinearSoftmaxPolicy)):
+            raise TypeError(f"policy must be a TabularSoftmaxPolicy or LinearSoftmaxPolicy, got {type(policy).__name__}")
+        if method not in METHODS:
+            raise ValueError(f"method must be one of {METHODS}, got {method!r}")
+        if estimator not in ESTIMATORS:
+            raise ValueError(f"estimator must be one of {ESTIMATORS}, got {estimator!r}")
+        if meta_optimizer not in ("adam", "sgd"):
+            raise ValueError(f"meta_optimizer must be 'adam' or 'sgd', got {meta_optimizer!r}")
+        self.policy, self.method, self.estimator = policy, method, estimator
+        self.inner_lr = _validate.finite_float(inner_lr, "inner_lr", low=0.0, low_open=True)
+        self.inner_steps = _validate.positive_int(inner_steps, "inner_steps")
+        if meta_lr is None:
+            meta_lr = 0.1 if (method == "reptile" and meta_optimizer == "sgd") else 0.01
+        self.meta_lr = _validate.finite_float(meta_lr, "meta_lr", low=0.0, low_open=True)
+        self.episodes_per_task = _validate.positive_int(episodes_per_task, "episodes_per_task")
+        self.gamma = _validate.finite_float(gamma, "gamma", low=0.0, high=1.0)
+        if learn_inner_lr and method != "maml":
+            raise ValueError("learn_inner_lr (Meta-SGD) needs method='maml'")
+        self.features = features
+        self.optimizer = (Adam(policy.params, lr=self.meta_lr) if meta_optimizer == "adam"
+                          else SGD(policy.params, lr=self.meta_lr))
+        self.learn_inner_lr = bool(learn_inner_lr)
+        # the step sizes alpha: one per parameter (Meta-SGD), or the scalar broadcast
+        self.inner_lrs = np.full(policy.n_params, self.inner_lr)
+        self.lr_optimizer = Adam(self.inner_lrs, lr=self.meta_lr) if self.learn_inner_lr else None
+        self.iteration = 0
+
+    def problem(self, task_batch):
+        """The inner problem of this learner on ``task_batch`` (sampled or exact)."""
+        if self.estimator == "exact":
+            return ExactPolicyProblem(self.policy, task_batch, self.gamma, self.features)
+        return SampledPolicyProblem(self.policy, task_batch, self.episodes_per_task, self.gamma, self.features)
+
+    def _alpha(self):
+        return self.inner_lrs if self.learn_inner_lr else self.inner_lr
+
+    def meta_step(self, task_batch, rng):
+        """One meta-iteration on a meta-batch of tasks; updates ``policy.params`` in place.
+
+        Returns a dict: ``pre_return`` / ``post_return`` (mean over tasks before / after adaptation,
+        when measured), ``direction_norm``.  Raises :class:`DivergenceError` (parameters rolled
+        back) if the update is not finite.
+        """
+        _validate.check_rng(rng)
+        problem = self.problem(task_batch)
+        phi = self.policy.params.astype(np.float64)
+        direction, lr_grad, info = meta_gradient(problem, phi, self.method, self._alpha(),
+                                                 self.inner_steps, rng)
+        mean_dir = direction.mean(axis=0)
+        saved = (self.policy.params.copy(), self.optimizer.state_dict(), self.inner_lrs.copy(),
+                 None if self.lr_optimizer is None else self.lr_optimizer.state_dict())
+        self.iteration += 1
+        if not np.all(np.isfinite(mean_dir)):
+            self._rollback(saved)
+            raise DivergenceError(f"meta-iteration {self.iteration}: non-finite meta-gradient")
+        self.optimizer.step(-mean_dir.astype(self.policy.dtype))
+        if self.lr_optimizer is not None:
+            self.lr_optimizer.step(-lr_grad.mean(axis=0))
+            np.maximum(self.inner_lrs, 1e-6, out=self.inner_lrs)
+        if not (np.all(np.isfinite(self.policy.params)) and np.all(np.isfinite(self.inner_lrs))):
+            self._rollback(saved)
+            raise DivergenceError(f"meta-iteration {self.iteration}: parameters became non-finite")
+        return {
+            "pre_return": float(np.mean(info["pre"])),
+            "post_return": None if info["post"] is None else float(np.mean(info["post"])),
+            "direction_norm": float(np.linalg.norm(mean_dir)),
+            "env_steps": int(getattr(problem, "env_steps", 0)),
+        }
+
+    def _rollback(self, saved):
+        params, opt, lrs, lr_opt = saved
+        self.policy.params[...] = params
+        self.optimizer.load_state_dict(opt)
+        self.inner_lrs[...] = lrs
+        if lr_opt is not None:
+            self.lr_optimizer.load_state_dict(lr_opt)
+        self.iteration -= 1
+
+    def adapt(self, task_batch, rng, inner_steps=None, estimator=None):
+        """Adapt the meta-parameters to each task of ``task_batch``: (K+1, T, P) parameters.
+
+        Entry ``k`` holds the parameters after ``k`` inner steps (entry 0 is phi itself).
+        """
+        steps = self.inner_steps if inner_steps is None else _validate.positive_int(inner_steps, "inner_steps")
+        old = self.estimator
+        if estimator is not None:
+            if estimator not in ESTIMATORS:
+                raise ValueError(f"estimator must be one of {ESTIMATORS}, got {estimator!r}")
+            self.estimator = estimator
+        try:
+            problem = self.problem(task_batch)
+        finally:
+            self.estimator = old
+        theta_K, thetas, _, _ = adapt(problem, self.policy.params, self._alpha(), steps, rng)
+        return np.stack(thetas + [theta_K])
+
+    def state_dict(self):
+        d = {"params": self.policy.params.copy(), "inner_lrs": self.inner_lrs.copy(),
+             "iteration": np.array(self.iteration, dtype=np.int64)}
+        for key, value in self.optimizer.state_dict().items():
+            d["opt_" + key] = value
+        if self.lr_optimizer is not None:
+            for key, value in self.lr_optimizer.state_dict().items():
+                d["lropt_" + key] = value
+        return d
+
+    def load_state_dict(self, d):
+        params = np.asarray(d["params"])
+        if params.shape != self.policy.params.shape:
+            raise ValueError(f"params of shape {params.shape} do not fit the policy {self.policy.params.shape}")
+        self.optimizer.load_state_dict({k[4:]: v for k, v in d.items() if k.startswith("opt_")})
+        if self.lr_optimizer is not None:
+            self.lr_optimizer.load_state_dict({k[6:]: v for k, v in d.items() if k.startswith("lropt_")})
+        self.policy.params[...] = params
+        self.inner_lrs[...] = d["inner_lrs"]
+        self.iteration = int(d["iteration"])
+
+
+class Reptile(MetaLearner):
+    """Reptile (Nichol et al., 2018): phi <- phi + epsilon * mean_i(W_i - phi), W_i = K inner steps.
+
+    Defaults to SGD as the outer optimizer (``meta_lr`` is epsilon, default 0.1); Adam on request.
+    """
+
+    def __init__(self, policy, *, meta_optimizer="sgd", **kwargs):
+        super().__init__(policy, "reptile", meta_optimizer=meta_optimizer, **kwargs)
+
+
+class FOMAML(MetaLearner):
+    """First-order MAML: the outer direction is the policy gradient at the adapted parameters,
+    estimated on fresh episodes of the same task (Finn et al., 2017)."""
+
+    def __init__(self, policy, **kwargs):
+        super().__init__(policy, "fomaml", **kwargs)
+
+
+class MAML(MetaLearner):
+    """MAML with the exact second-order term (Finn et al., 2017; unbiased as DiCE / ProMP).
+
+    Meta-gradient ``(I + alpha grad g)^T grad J(theta')`` chained through every inner step with
+    analytic Hessian-vector products; ``estimator="exact"`` makes it noise-free by DP.
+    """
+
+    def __init__(self, policy, **kwargs):
+        super().__init__(policy, "maml", **kwargs)
+
+
+class MultiTask(MetaLearner):
+    """Joint training on all tasks without adaptation: the multi-task pre-trained baseline."""
+
+    def __init__(self, policy, **kwargs):
+        super().__init__(policy, "multitask", **kwargs)

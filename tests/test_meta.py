@@ -1,0 +1,275 @@
+"""Meta-learners verified against mathematics: quadratic objectives, DP-exact MAML, estimator bias."""
+import itertools
+
+import numpy as np
+import pytest
+
+import metarl_fast as mf
+from metarl_fast import meta
+from metarl_fast.tasks import TaskBatch, TabularMDPs
+
+
+def random_spd(rng, n, scale=1.0):
+    m = rng.standard_normal((n, n))
+    return scale * (m @ m.T / n + 0.5 * np.eye(n))
+
+
+# ------------------------------------------------------------------ quadratic objectives
+@pytest.mark.parametrize("inner_steps", [1, 2, 3])
+@pytest.mark.parametrize("per_parameter_lr", [False, True])
+def test_maml_gradient_equals_finite_differences_of_unrolled_inner_loop(inner_steps, per_parameter_lr):
+    rng = np.random.default_rng(inner_steps)
+    P = 4
+    prob = meta.QuadraticProblem(random_spd(rng, P)[None], rng.standard_normal((1, P)))
+    alpha = rng.uniform(0.05, 0.3, size=P) if per_parameter_lr else 0.2
+    phi = rng.standard_normal(P)
+
+    def unrolled(x):
+        theta, _, _, _ = meta.adapt(prob, x, alpha, inner_steps, rng)
+        return prob.value(theta)[0]
+
+    h = 1e-6
+    fd = np.array([(unrolled(phi + h * e) - unrolled(phi - h * e)) / (2 * h) for e in np.eye(P)])
+    maml, lr_grad, _ = meta.meta_gradient(prob, phi, "maml", alpha, inner_steps, rng)
+    np.testing.assert_allclose(maml[0], fd, rtol=1e-6, atol=1e-8)
+    # the step-size gradient (Meta-SGD) too
+    a0 = np.broadcast_to(alpha, (P,)).astype(float)
+
+    def unrolled_alpha(a):
+        theta, _, _, _ = meta.adapt(prob, phi, a, inner_steps, rng)
+        return prob.value(theta)[0]
+
+    fd_a = np.array([(unrolled_alpha(a0 + h * e) - unrolled_alpha(a0 - h * e)) / (2 * h) for e in np.eye(P)])
+    np.testing.assert_allclose(lr_grad[0], fd_a, rtol=1e-6, atol=1e-8)
+    theta_K, _, _, _ = meta.adapt(prob, phi, alpha, inner_steps, rng)
+    fomaml, _, _ = meta.meta_gradient(prob, phi, "fomaml", alpha, inner_steps, rng)
+    np.testing.assert_allclose(fomaml[0], prob.grad(theta_K, np.zeros(1, dtype=np.int64))[0])
+    reptile, _, _ = meta.meta_gradient(prob, phi, "reptile", alpha, inner_steps, rng)
+    np.testing.assert_allclose(reptile[0], theta_K[0] - phi)
+
+
+class _Enumerated(meta.QuadraticProblem):
+    """Minibatches taken from a fixed sequence (to enumerate every sequence exactly)."""
+
+    def __init__(self, hessians, centers, sequence):
+        super().__init__(hessians, centers)
+        self.sequence = list(sequence)
+
+    def sample(self, theta, rng):
+        return np.array([self.sequence.pop(0)])
+
+
+@pytest.mark.parametrize("k", [2, 3])
+def test_expected_directions_match_nichol_et_al_taylor_expansion(k):
+    """Nichol et al. (2018, sec. 5): to first order in alpha, with independent minibatches and
+    losses L, E[g_MAML] = g - 2(k-1) a Hg, E[g_FOMAML] = g - (k-1) a Hg, E[g_Reptile] = k g -
+    k(k-1)/2 a Hg.  We ascend J = -L (g_J = -g_L, H_J = -H_L), so the directions are
+    E[MAML] = g + 2(k-1) a Hg, E[FOMAML] = g + (k-1) a Hg, E[Reptile/a] = k g + k(k-1)/2 a Hg."""
+    rng = np.random.default_rng(7)
+    P, M = 3, 3
+    hessians = np.stack([random_spd(rng, P) for _ in range(M)])[None]
+    centers = rng.standard_normal((1, M, P))
+    phi = rng.standard_normal(P)
+    gbar = np.mean([-hessians[0, j] @ (phi - centers[0, j]) for j in range(M)], axis=0)
+    Hbar = -hessians[0].mean(axis=0)
+
+    def expected(method, alpha):
+        steps = k if method == "reptile" else k - 1
+        total = np.zeros(P)
+        seqs = list(itertools.product(range(M), repeat=k))
+        for seq in seqs:
+            prob = _Enumerated(hessians, centers, seq)
+            d, _, _ = meta.meta_gradient(prob, phi, method, alpha, steps, rng)
+            total += d[0]
+        out = total / len(seqs)
+        return out / alpha if method == "reptile" else out
+
+    predicted = {
+        "maml": lambda a: gbar + 2 * (k - 1) * a * Hbar @ gbar,
+        "fomaml": lambda a: gbar + (k - 1) * a * Hbar @ gbar,
+        "reptile": lambda a: k * gbar + 0.5 * k * (k - 1) * a * Hbar @ gbar,
+    }
+    for method, formula in predicted.items():
+        errors = [np.linalg.norm(expected(method, a) - formula(a)) for a in (2e-3, 1e-3)]
+        first_order = np.linalg.norm((k - 1) * 2e-3 * Hbar @ gbar)
+        assert errors[0] < 0.05 * first_order, (method, errors, first_order)
+        if errors[0] > 1e-12:  # (FOMAML with k=2 is exact on quadratics: no remainder at all)
+            assert errors[1] < errors[0] / 3.0, (method, errors)  # the remainder is O(alpha^2)
+
+
+# ------------------------------------------------------------------ exact (DP) meta-gradients
+def small_tasks(seed, n_tasks=2, S=3, A=2, horizon=5):
+    return TabularMDPs(n_states=S, n_actions=A, horizon=horizon).sample(n_tasks, np.random.default_rng(seed))
+
+
+@pytest.mark.parametrize("kind", ["tabular", "linear"])
+@pytest.mark.parametrize("inner_steps", [1, 2])
+def test_exact_maml_equals_finite_differences(kind, inner_steps):
+    tasks = small_tasks(3)
+    rng = np.random.default_rng(0)
+    if kind == "tabular":
+        policy, features = mf.TabularSoftmaxPolicy(3, 2), None
+    else:
+        features = rng.standard_normal((3, 2))
+        policy = mf.LinearSoftmaxPolicy(2, 2)
+    prob = meta.ExactPolicyProblem(policy, tasks, gamma=0.95, features=features)
+    phi = 0.5 * rng.standard_normal(prob.n_params)
+    alpha = 0.4
+
+    def objective(x):  # J(theta_K(x)) with exact inner gradients, per task
+        theta, _, _, _ = meta.adapt(prob, x, alpha, inner_steps, rng)
+        return prob.value(theta)
+
+    h = 1e-5
+    fd = np.stack([(objective(phi + h * e) - objective(phi - h * e)) / (2 * h) for e in np.eye(prob.n_params)], axis=1)
+    exact, _, _ = meta.meta_gradient(prob, phi, "maml", alpha, inner_steps, rng)
+    rel = np.linalg.norm(exact - fd) / np.linalg.norm(fd)
+    assert rel < 1e-5, rel
+    # and the first-order direction is measurably different (it drops the second-order term)
+    fo, _, _ = meta.meta_gradient(prob, phi, "fomaml", alpha, inner_steps, rng)
+    assert np.linalg.norm(fo - fd) / np.linalg.norm(fd) > 1e-2
+
+
+def test_exact_gradient_and_hvp_match_exact_module_and_finite_differences():
+    from metarl_fast import exact
+
+    tasks = small_tasks(5, n_tasks=3, S=4, A=3, horizon=6)
+    policy = mf.TabularSoftmaxPolicy(4, 3)
+    prob = meta.ExactPolicyProblem(policy, tasks, gamma=0.9)
+    rng = np.random.default_rng(1)
+    theta = rng.standard_normal((3, 12))
+    g = prob.grad(theta)
+    for i in range(3):
+        model = tasks[i].model(gamma=0.9)
+        np.testing.assert_allclose(g[i], exact.policy_gradient_exact(model, theta[i]).ravel(), atol=1e-12)
+        assert abs(prob.value(theta)[i] - exact.policy_value(model, theta[i])) < 1e-12
+    v = rng.standard_normal((3, 12))
+    h = 1e-5
+    fd = (prob.grad(theta + h * v) - prob.grad(theta - h * v)) / (2 * h)
+    np.testing.assert_allclose(prob.hvp(theta, None, v), fd, rtol=1e-6, atol=1e-9)
+
+
+# ------------------------------------------------------------------ sampled estimators
+def replicated(task_batch, copies):
+    """One task repeated ``copies`` times: independent replications in one rollout call."""
+    idx = np.zeros(copies, dtype=np.int64)
+    return task_batch[idx]
+
+
+@pytest.mark.parametrize("kind", ["tabular", "linear"])
+def test_sampled_gradient_and_hvp_are_unbiased(backend, kind):
+    base = small_tasks(11, n_tasks=1, S=3, A=3, horizon=4)
+    reps = 400
+    tasks = replicated(base, reps)
+    rng = np.random.default_rng(2)
+    features = None
+    policy = mf.TabularSoftmaxPolicy(3, 3)
+    if kind == "linear":
+        features = rng.standard_normal((3, 2))
+        policy = mf.LinearSoftmaxPolicy(2, 3)
+    sampled = meta.SampledPolicyProblem(policy, tasks, n_episodes=50, gamma=0.9, features=features)
+    exact = meta.ExactPolicyProblem(policy, tasks, gamma=0.9, features=features)
+    theta = np.broadcast_to(0.7 * rng.standard_normal(sampled.n_params), (reps, sampled.n_params)).copy()
+    v = np.broadcast_to(rng.standard_normal(sampled.n_params), theta.shape).copy()
+    data = sampled.sample(theta, rng)
+    for est, ref in ((sampled.grad(theta, data), exact.grad(theta)), (sampled.hvp(theta, data, v), exact.hvp(theta, None, v))):
+        mean, se = est.mean(axis=0), est.std(axis=0, ddof=1) / np.sqrt(reps)
+        z = np.abs(mean - ref[0]) / np.maximum(se, 1e-12)
+        assert np.all(z < 4.5), z
+
+
+def test_sampled_maml_converges_to_exact_and_fomaml_does_not():
+    base = small_tasks(21, n_tasks=1, S=3, A=2, horizon=5)
+    reps = 300
+    tasks = replicated(base, reps)
+    policy = mf.TabularSoftmaxPolicy(3, 2)
+    rng = np.random.default_rng(4)
+    phi = 0.5 * rng.standard_normal(6)
+    alpha = 0.5
+    exact = meta.ExactPolicyProblem(policy, tasks[:1], gamma=1.0)
+    target, _, _ = meta.meta_gradient(exact, phi, "maml", alpha, 1, rng)
+    errs = {}
+    for method in ("maml", "fomaml"):
+        prob = meta.SampledPolicyProblem(policy, tasks, n_episodes=400, gamma=1.0)
+        d, _, _ = meta.meta_gradient(prob, phi, method, alpha, 1, rng)
+        mean, se = d.mean(axis=0), d.std(axis=0, ddof=1) / np.sqrt(reps)
+        errs[method] = (np.linalg.norm(mean - target[0]), np.linalg.norm(se))
+    maml_err, maml_se = errs["maml"]
+    fo_err, fo_se = errs["fomaml"]
+    assert maml_err < 3 * maml_se + 0.02 * np.linalg.norm(target), errs
+    assert fo_err > 5 * fo_se and fo_err > 3 * maml_err, errs
+
+
+# ------------------------------------------------------------------ learning works
+def test_maml_and_reptile_initialisations_adapt_better_on_grid_navigation():
+    from metarl_fast.tasks import GridNavigation
+
+    dist = GridNavigation(size=5)
+    held_out = dist.sample(200, np.random.default_rng(999))
+    alpha = 1.0
+
+    def adapted_value(params):
+        """Exact return after one sampled adaptation step (20 episodes) on each held-out task."""
+        policy = mf.TabularSoftmaxPolicy(25, 5)
+        sampled = meta.SampledPolicyProblem(policy, held_out, n_episodes=20)
+        theta, _, _, _ = meta.adapt(sampled, params, alpha, 1, np.random.default_rng(5))
+        values = meta.ExactPolicyProblem(policy, held_out).value(theta)
+        return values.mean(), 1.96 * values.std(ddof=1) / np.sqrt(values.size)
+
+    def train(learner, iterations=400):
+        rng = np.random.default_rng(0)
+        for _ in range(iterations):
+            learner.meta_step(dist.sample(20, rng), rng)
+        return learner.policy.params
+
+    results = {
+        "random": adapted_value(np.zeros(125)),
+        "multitask": adapted_value(train(meta.MultiTask(mf.TabularSoftmaxPolicy(25, 5), inner_lr=alpha, meta_lr=0.05))),
+        "maml": adapted_value(train(meta.MAML(mf.TabularSoftmaxPolicy(25, 5), inner_lr=alpha, meta_lr=0.05))),
+        "reptile": adapted_value(train(meta.Reptile(mf.TabularSoftmaxPolicy(25, 5), inner_lr=alpha,
+                                                    inner_steps=3, meta_lr=0.1, meta_optimizer="adam"))),
+    }
+    for learned in ("maml", "reptile"):
+        mean, ci = results[learned]
+        for reference in ("random", "multitask"):
+            ref_mean, ref_ci = results[reference]
+            assert mean - ci > ref_mean + ref_ci, results  # non-overlapping 95% intervals
+
+
+# ------------------------------------------------------------------ bad input
+def test_bad_hyper_parameters_and_shapes():
+    policy = mf.TabularSoftmaxPolicy(3, 2)
+    for kw, match in [({"inner_lr": 0.0}, "inner_lr"), ({"inner_lr": float("nan")}, "inner_lr"),
+                      ({"meta_lr": -1.0}, "meta_lr"), ({"meta_lr": float("inf")}, "meta_lr"),
+                      ({"inner_steps": 0}, "inner_steps"), ({"episodes_per_task": 0}, "episodes_per_task"),
+                      ({"estimator": "magic"}, "estimator"), ({"gamma": 1.5}, "gamma")]:
+        with pytest.raises(ValueError, match=match):
+            meta.MAML(policy, **kw)
+    with pytest.raises(ValueError, match="method must be one of"):
+        meta.MetaLearner(policy, "sgd")
+    with pytest.raises(ValueError, match="Meta-SGD"):
+        meta.Reptile(policy, learn_inner_lr=True)
+    with pytest.raises(TypeError, match="policy must be"):
+        meta.MAML(np.zeros(6))
+    learner = meta.MAML(mf.TabularSoftmaxPolicy(4, 2))
+    with pytest.raises(ValueError, match="the policy has 4 states, the tasks 3"):
+        learner.meta_step(small_tasks(1), np.random.default_rng(0))
+    learner = meta.MAML(mf.TabularSoftmaxPolicy(3, 5))
+    with pytest.raises(ValueError, match="the policy has 5 actions, the tasks 2"):
+        learner.meta_step(small_tasks(1), np.random.default_rng(0))
+    with pytest.raises(TypeError, match="rng must be"):
+        learner.meta_step(small_tasks(1), 3.5)
+
+
+def test_divergence_is_reported_and_rolled_back():
+    policy = mf.TabularSoftmaxPolicy(3, 2)
+    learner = meta.MAML(policy, inner_lr=0.1, meta_lr=1e300, meta_optimizer="sgd", estimator="exact")
+    tasks = small_tasks(2)
+    learner.meta_step(tasks, np.random.default_rng(0)) if False else None
+    before = policy.params.copy()
+    with pytest.raises(meta.DivergenceError, match="meta-iteration 1"):
+        for _ in range(5):
+            before = policy.params.copy()
+            learner.meta_step(tasks, np.random.default_rng(0))
+    np.testing.assert_array_equal(policy.params, before)
+    assert np.all(np.isfinite(policy.params))
