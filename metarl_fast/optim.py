@@ -70,13 +70,13 @@ class Optimizer:
         """
         try:
             kind = str(state_dict["kind"])
+            if kind != self.kind:
+                raise ValueError(f"state_dict is for a {kind} optimizer, not {self.kind}")
             steps = int(state_dict["steps"])
             state = np.asarray(state_dict["state"])
             hyper = {name: float(state_dict[name]) for name in self._hyper_names}
         except KeyError as err:
             raise ValueError(f"state_dict is missing {err}") from err
-        if kind != self.kind:
-            raise ValueError(f"state_dict is for a {kind} optimizer, not {self.kind}")
         if state.shape != self.state.shape or state.dtype != self.state.dtype:
             raise ValueError(f"state_dict state has shape {state.shape} and dtype {state.dtype}, "
                              f"expected {self.state.shape} and {self.state.dtype}")
