@@ -261,15 +261,24 @@ def test_bad_hyper_parameters_and_shapes():
         learner.meta_step(small_tasks(1), 3.5)
 
 
-def test_divergence_is_reported_and_rolled_back():
+def test_divergence_is_reported_and_rolled_back(monkeypatch):
     policy = mf.TabularSoftmaxPolicy(3, 2)
-    learner = meta.MAML(policy, inner_lr=0.1, meta_lr=1e300, meta_optimizer="sgd", estimator="exact")
+    learner = meta.MAML(policy, inner_lr=0.1, estimator="exact")
     tasks = small_tasks(2)
-    learner.meta_step(tasks, np.random.default_rng(0)) if False else None
+    for _ in range(2):
+        learner.meta_step(tasks, np.random.default_rng(0))
     before = policy.params.copy()
-    with pytest.raises(meta.DivergenceError, match="meta-iteration 1"):
-        for _ in range(5):
-            before = policy.params.copy()
-            learner.meta_step(tasks, np.random.default_rng(0))
+    opt_before = learner.optimizer.state_dict()
+    real = meta.meta_gradient
+
+    def exploding(*args, **kwargs):
+        direction, lr_grad, info = real(*args, **kwargs)
+        direction[0, 0] = np.inf
+        return direction, lr_grad, info
+
+    monkeypatch.setattr(meta, "meta_gradient", exploding)
+    with pytest.raises(meta.DivergenceError, match="meta-iteration 3"):
+        learner.meta_step(tasks, np.random.default_rng(0))
     np.testing.assert_array_equal(policy.params, before)
-    assert np.all(np.isfinite(policy.params))
+    assert learner.iteration == 2
+    assert learner.optimizer.state_dict()["steps"] == opt_before["steps"]
