@@ -460,16 +460,17 @@ class MetaLearner:
         saved = (self.policy.params.copy(), self.optimizer.state_dict(), self.inner_lrs.copy(),
                  None if self.lr_optimizer is None else self.lr_optimizer.state_dict())
         self.iteration += 1
+        failing = self.iteration
         if not np.all(np.isfinite(mean_dir)):
             self._rollback(saved)
-            raise DivergenceError(f"meta-iteration {self.iteration}: non-finite meta-gradient")
+            raise DivergenceError(f"meta-iteration {failing}: non-finite meta-gradient (update rolled back)")
         self.optimizer.step(-mean_dir.astype(self.policy.dtype))
         if self.lr_optimizer is not None:
             self.lr_optimizer.step(-lr_grad.mean(axis=0))
             np.maximum(self.inner_lrs, 1e-6, out=self.inner_lrs)
         if not (np.all(np.isfinite(self.policy.params)) and np.all(np.isfinite(self.inner_lrs))):
             self._rollback(saved)
-            raise DivergenceError(f"meta-iteration {self.iteration}: parameters became non-finite")
+            raise DivergenceError(f"meta-iteration {failing}: parameters became non-finite (update rolled back)")
         return {
             "pre_return": float(np.mean(info["pre"])),
             "post_return": None if info["post"] is None else float(np.mean(info["post"])),
