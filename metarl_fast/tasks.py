@@ -118,6 +118,9 @@ class EnvTables:
     ----------
     n_tasks, n_states, n_actions, horizon : int
     trans_cdf : float64 (n, S, A, S)   running sums of ``P`` along the last axis
+    trans_cdf_padded : float64 (n, S, A, L)  the same rows padded with +inf to ``L``, a multiple of
+        4 (for the compiled kernel's blocked search; the padding never counts as <= a target)
+    has_terminal : bool                False if no task has a terminal state (fixed-length episodes)
     next_state : int64 (n, S, A)       the certain next state (used when ``stochastic_transitions`` is False)
     stochastic_transitions : bool      False if every row of ``P`` has exactly one non-zero entry
     reward_mean : float64 (n, S, A)    ``R`` (the success probability for bernoulli rewards)
@@ -130,7 +133,8 @@ class EnvTables:
     terminal : uint8 (n, S)
     """
 
-    __slots__ = ("n_tasks", "n_states", "n_actions", "horizon", "trans_cdf", "next_state",
+    __slots__ = ("n_tasks", "n_states", "n_actions", "horizon", "trans_cdf", "trans_cdf_padded",
+                 "has_terminal", "next_state",
                  "stochastic_transitions", "reward_mean", "reward_kind", "reward_std", "reward_next",
                  "start_cdf", "start_state", "stochastic_start", "terminal")
 
@@ -140,6 +144,12 @@ class EnvTables:
         self.trans_cdf = np.cumsum(batch.P, axis=-1)
         det_trans, self.next_state = _certain_outcomes(batch.P)
         self.stochastic_transitions = not det_trans
+        if self.stochastic_transitions:
+            padded = np.full((n, S, A, -(-S // 4) * 4), np.inf)
+            padded[..., :S] = self.trans_cdf
+        else:
+            padded = np.full((1, 1, 1, 4), np.inf)
+        self.trans_cdf_padded = padded
         self.reward_mean = batch.R
         self.reward_kind = REWARD_NOISES.index(batch.reward_noise)
         self.reward_std = batch.reward_std
@@ -149,6 +159,7 @@ class EnvTables:
         det_start, self.start_state = _certain_outcomes(batch.start)
         self.stochastic_start = not det_start
         self.terminal = batch.terminal.astype(np.uint8)
+        self.has_terminal = bool(batch.terminal.any())
         for name in self.__slots__:
             value = getattr(self, name)
             if isinstance(value, np.ndarray):

@@ -1,0 +1,49 @@
+"""Environment steps per second: fused ``rollout`` and ``VecEnv.step``, Cython vs NumPy reference.
+
+``TabularMDPs()`` (10 states, 5 actions, horizon 10, Gaussian rewards, Dirichlet transitions) with
+a tabular softmax policy; one task (a single environment running episodes one after another) and
+1024 tasks.  Every call of a group does the same work on both backends, so the time ratio is the
+speed ratio; ``extra_info["steps"]`` gives the steps per call.
+
+    pytest benches/bench_rollout.py --benchmark-only --benchmark-columns=min,mean,median
+"""
+import numpy as np
+import pytest
+
+from conftest import QUICK, grid
+from metarl_fast.policy import TabularSoftmaxPolicy
+from metarl_fast.rollout import VecEnv, rollout
+from metarl_fast.tasks import TabularMDPs
+
+# (n_tasks, n_episodes per task)
+ROLLOUTS = grid([(1, 100), (1024, 10)], [(1, 3), (64, 2)])
+VEC_TASKS = grid([1024], [64])
+
+
+@pytest.mark.parametrize("n_tasks,n_episodes", ROLLOUTS)
+def test_rollout_tabular_mdps(benchmark, backend, n_tasks, n_episodes):
+    batch = TabularMDPs().sample(n_tasks, 0)
+    batch.tables  # built once per batch, outside the timed region
+    policy = TabularSoftmaxPolicy(10, 5, theta=np.random.default_rng(1).normal(size=(10, 5)))
+    rng = np.random.default_rng(2)
+    benchmark.group = f"rollout TabularMDPs {n_tasks} tasks x {n_episodes} episodes"
+    steps = n_tasks * n_episodes * 10
+    benchmark.extra_info.update(backend=backend, steps=steps)
+    if backend == "numpy" and not QUICK:
+        benchmark.pedantic(rollout, (policy, batch, n_episodes, rng), rounds=3, iterations=1)
+        traj = rollout(policy, batch, n_episodes, rng)
+    else:
+        traj = benchmark(rollout, policy, batch, n_episodes, rng)
+    assert traj.n_steps == steps
+
+
+@pytest.mark.parametrize("n_tasks", VEC_TASKS)
+def test_vecenv_step_tabular_mdps(benchmark, backend, n_tasks):
+    venv = VecEnv(TabularMDPs().sample(n_tasks, 0))
+    rng = np.random.default_rng(3)
+    venv.reset(rng)
+    actions = rng.integers(5, size=venv.n_envs)
+    benchmark.group = f"VecEnv.step TabularMDPs {n_tasks} envs"
+    benchmark.extra_info.update(backend=backend, steps=n_tasks)
+    obs, rewards, terminated, truncated = benchmark(venv.step, actions, rng)
+    assert obs.shape == (n_tasks,)
