@@ -1,8 +1,22 @@
-"""The ``metarl-fast`` command line."""
+"""The ``metarl-fast`` command line: train, eval, bench, plot, info.
+
+User mistakes (bad option values, a missing or corrupt checkpoint, an unknown task name) end with
+one line on stderr and a non-zero exit code, never a traceback.
+"""
 import argparse
+import dataclasses
+import json
 import os
 import platform
 import sys
+import time
+
+EXIT_USAGE = 2
+EXIT_INTERRUPTED = 130
+
+
+class UserError(Exception):
+    """A mistake of the user's: reported as one line, exit code 2."""
 
 
 def _info(args):
@@ -34,34 +48,236 @@ def _info(args):
     return 0
 
 
+# ------------------------------------------------------------------------------------- train
+_TRAIN_OPTIONS = [
+    # (flag, config field, type, help)
+    ("--tasks", "tasks", str, "task family: gridnav, tabular-mdp, bandits, chain"),
+    ("--grid-size", "grid_size", int, "GridNavigation side length"),
+    ("--n-states", "n_states", int, "states (tabular-mdp, chain)"),
+    ("--n-actions", "n_actions", int, "actions (tabular-mdp, chain)"),
+    ("--n-arms", "n_arms", int, "arms (bandits)"),
+    ("--horizon", "horizon", int, "episode length (0: the family's default)"),
+    ("--algo", "algo", str, "maml, fomaml, reptile or multitask"),
+    ("--estimator", "estimator", str, "sampled, or exact (dynamic programming on the task models)"),
+    ("--meta-batch", "meta_batch", int, "tasks per meta-iteration"),
+    ("--inner-steps", "inner_steps", int, "adaptation steps K"),
+    ("--inner-lr", "inner_lr", float, "adaptation step size alpha"),
+    ("--meta-lr", "meta_lr", float, "outer step size"),
+    ("--meta-optimizer", "meta_optimizer", str, "adam or sgd"),
+    ("--episodes", "episodes_per_task", int, "episodes per task per gradient estimate"),
+    ("--gamma", "gamma", float, "discount"),
+    ("--iterations", "iterations", int, "meta-iterations"),
+    ("--time-budget", "time_budget", float, "stop after this many seconds (0: none)"),
+    ("--target", "target", float, "stop when the held-out post-adaptation return reaches this"),
+    ("--eval-every", "eval_every", int, "evaluate on held-out tasks every N iterations"),
+    ("--eval-tasks", "eval_tasks", int, "number of held-out test tasks"),
+    ("--checkpoint-every", "checkpoint_every", int, "write checkpoint.npz every N iterations (and at the end)"),
+    ("--seed", "seed", int, "seed of the whole run"),
+    ("--eval-seed", "eval_seed", int, "seed of the held-out test tasks"),
+]
+
+
+def _config_from_args(args):
+    from metarl_fast.trainer import TrainConfig
+
+    config = TrainConfig.from_toml(args.config) if args.config else TrainConfig()
+    changes = {field: getattr(args, field) for _, field, _, _ in _TRAIN_OPTIONS
+               if getattr(args, field, None) is not None}
+    config = dataclasses.replace(config, **changes)
+    if args.backend:
+        config = dataclasses.replace(config, backend=args.backend)
+    return config.validate()
+
+
+def _train(args):
+    import metarl_fast
+    from metarl_fast.trainer import MetaTrainer, format_table
+
+    if args.resume:
+        if not args.out:
+            raise UserError("--resume needs --out RUN_DIR (the run to continue)")
+        config, _ = MetaTrainer.read_checkpoint(os.path.join(args.out, "checkpoint.npz"))
+    else:
+        config = _config_from_args(args)
+    metarl_fast.set_backend(args.backend or config.backend)
+    out = args.out or os.path.join("runs", time.strftime("%Y%m%d-%H%M%S"))
+    if not args.resume and os.path.exists(os.path.join(out, "checkpoint.npz")):
+        raise UserError(f"{out} already holds a run; use --resume to continue it or another --out")
+    trainer = MetaTrainer(config, out)
+    if not args.json:
+        print(f"metarl-fast train: {config.algo} on {config.tasks}, {config.iterations} meta-iterations, "
+              f"meta-batch {config.meta_batch}, backend {metarl_fast.get_backend()}, seed {config.seed} -> {out}",
+              file=sys.stderr)
+    evaluation = trainer.run(resume=args.resume)
+    if evaluation is None:
+        print(f"metarl-fast: interrupted after iteration {trainer.iteration}; the checkpoint in {out} "
+              f"is loadable: continue with `metarl-fast train --resume --out {out}`", file=sys.stderr)
+        return EXIT_INTERRUPTED
+    if args.json:
+        print(json.dumps(evaluation, indent=2, sort_keys=True))
+    else:
+        print(f"\nheld-out evaluation on {evaluation['n_tasks']} test tasks "
+              f"(stopped by {evaluation['stopped_by']} after {evaluation['iterations']} iterations):")
+        print(format_table(evaluation))
+        print(f"\nrun directory: {out}")
+    return 0
+
+
+def _eval(args):
+    import dataclasses as dc
+
+    import metarl_fast
+    from metarl_fast.trainer import MetaTrainer, evaluate, format_table
+
+    path = args.run
+    if os.path.isdir(path):
+        path = os.path.join(path, "checkpoint.npz")
+    config, arrays = MetaTrainer.read_checkpoint(path)
+    if args.backend:
+        metarl_fast.set_backend(args.backend)
+    eval_seed = args.eval_seed if args.eval_seed is not None else config.eval_seed + 1
+    config = dc.replace(config, eval_seed=eval_seed, eval_tasks=args.eval_tasks or config.eval_tasks)
+    trainer = MetaTrainer(config, os.path.dirname(os.path.abspath(path)))
+    trainer.load_checkpoint(path)
+    multitask = None if trainer.multitask is None else trainer.multitask.policy.params
+    evaluation = evaluate(config, trainer.policy.params, trainer.test_tasks, multitask_params=multitask)
+    evaluation.update({"checkpoint": path, "iterations": trainer.iteration, "algo": config.algo,
+                       "tasks": config.tasks, "backend": metarl_fast.get_backend()})
+    if args.json:
+        print(json.dumps(evaluation, indent=2, sort_keys=True))
+    else:
+        print(f"evaluation of {path} on {evaluation['n_tasks']} fresh test tasks (eval seed {eval_seed}):")
+        print(format_table(evaluation))
+    return 0
+
+
+def _bench(args):
+    from metarl_fast.benchmark import format_bench, run_bench
+
+    results = run_bench(quick=args.quick)
+    print(json.dumps(results, indent=2) if args.json else format_bench(results))
+    return 0
+
+
+def _plot(args):
+    try:
+        import matplotlib
+    except ImportError:
+        print('metarl-fast: plotting needs matplotlib: pip install "metarl_fast[plot]"', file=sys.stderr)
+        return EXIT_USAGE
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    run = args.run
+    metrics_path = os.path.join(run, "metrics.jsonl")
+    if not os.path.exists(metrics_path):
+        raise UserError(f"{run} is not a run directory (no metrics.jsonl)")
+    records = [json.loads(line) for line in open(metrics_path) if line.strip()]
+    written = []
+    fig, ax = plt.subplots(figsize=(6, 4))
+    its = [r["iteration"] for r in records]
+    ax.plot(its, [r["pre_return"] for r in records], label="before adaptation (training tasks)", alpha=0.6)
+    post = [(r["iteration"], r["post_return"]) for r in records if r.get("post_return") is not None]
+    if post:
+        ax.plot(*zip(*post), label="after adaptation (training tasks)", alpha=0.6)
+    ev = [(r["iteration"], r["eval_return"]) for r in records if "eval_return" in r]
+    if ev:
+        ax.plot(*zip(*ev), "o-", label="held-out, after adaptation")
+    ax.set_xlabel("meta-iteration")
+    ax.set_ylabel("return")
+    ax.legend()
+    fig.tight_layout()
+    path = os.path.join(run, "learning_curve.png")
+    fig.savefig(path, dpi=100)
+    written.append(path)
+    plt.close(fig)
+    eval_path = os.path.join(run, "eval.json")
+    if os.path.exists(eval_path):
+        evaluation = json.load(open(eval_path))
+        fig, ax = plt.subplots(figsize=(6, 4))
+        for name, row in evaluation["results"].items():
+            if "after_steps" in row:
+                means = [s["mean"] for s in row["after_steps"]]
+                cis = [s["ci95"] for s in row["after_steps"]]
+                ax.errorbar(range(len(means)), means, yerr=cis, marker="o", capsize=3, label=name)
+            else:
+                ax.axhline(row["mean"], linestyle="--", label=name)
+        ax.set_xlabel("adaptation steps")
+        ax.set_ylabel("return on held-out tasks")
+        ax.legend(fontsize=8)
+        fig.tight_layout()
+        path = os.path.join(run, "adaptation_curve.png")
+        fig.savefig(path, dpi=100)
+        written.append(path)
+        plt.close(fig)
+    for path in written:
+        print(path)
+    return 0
+
+
 def build_parser():
     import metarl_fast
 
-    # Note: without the compiled extension, select the numpy backend with METARL_FAST_BACKEND=numpy
-    # (the package picks its backend when it is imported, before any option is read).
     parser = argparse.ArgumentParser(prog="metarl-fast", description="Meta-reinforcement learning on the CPU.")
     parser.add_argument("--version", action="version", version=f"metarl-fast {metarl_fast.__version__}")
-    parser.add_argument("--backend", choices=("cython", "numpy"), help="kernel backend (default: cython)")
+    common = argparse.ArgumentParser(add_help=False)
+    # Without the compiled extension, choose the numpy backend with METARL_FAST_BACKEND=numpy
+    # (the package picks its backend when imported, before any option is read).
+    common.add_argument("--backend", choices=("cython", "numpy"), help="kernel backend (default: cython)")
+    common.add_argument("--threads", type=int, default=None,
+                        help="worker threads for the kernels (the kernels are single-threaded today: only 1 is accepted)")
     sub = parser.add_subparsers(dest="command")
-    p_info = sub.add_parser("info", help="version, backend, build flags, OpenMP and NumPy versions")
-    p_info.set_defaults(func=_info)
+
+    p = sub.add_parser("train", parents=[common], help="meta-train (the main job; defaults: MAML on GridNavigation)")
+    for flag, field, typ, help_text in _TRAIN_OPTIONS:
+        p.add_argument(flag, dest=field, type=typ, default=None, help=help_text)
+    p.add_argument("--out", help="run directory (default runs/<timestamp>)")
+    p.add_argument("--resume", action="store_true", help="continue the run in --out from its checkpoint")
+    p.add_argument("--config", help="TOML file with the settings (options given on the command line win)")
+    p.add_argument("--json", action="store_true", help="print the final evaluation as JSON")
+    p.set_defaults(func=_train)
+
+    p = sub.add_parser("eval", parents=[common], help="re-evaluate a run on fresh held-out tasks")
+    p.add_argument("run", metavar="RUN_DIR_OR_CHECKPOINT")
+    p.add_argument("--eval-seed", type=int, default=None, help="seed of the fresh test tasks (default: the run's + 1)")
+    p.add_argument("--eval-tasks", type=int, default=None)
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=_eval)
+
+    p = sub.add_parser("bench", parents=[common], help="throughput suite, Cython vs NumPy")
+    p.add_argument("--quick", action="store_true", help="small sizes, few repeats")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=_bench)
+
+    p = sub.add_parser("plot", parents=[common], help="PNG learning and adaptation curves of a run")
+    p.add_argument("run", metavar="RUN_DIR")
+    p.set_defaults(func=_plot)
+
+    p = sub.add_parser("info", parents=[common], help="version, backend, build flags, OpenMP and NumPy versions")
+    p.set_defaults(func=_info)
     return parser
 
 
 def main(argv=None):
-    if argv is None:
-        argv = sys.argv[1:]
     import metarl_fast
+    from metarl_fast.io import CheckpointError
 
     parser = build_parser()
-    args = parser.parse_args(argv)
-    if args.backend:
-        try:
-            metarl_fast.set_backend(args.backend)
-        except ImportError as err:
-            print(f"metarl-fast: error: {err}", file=sys.stderr)
-            return 2
+    args = parser.parse_args(sys.argv[1:] if argv is None else argv)
     if getattr(args, "func", None) is None:
         parser.print_help()
         return 0
-    return args.func(args)
+    try:
+        if args.threads is not None and args.threads != 1:
+            raise UserError(f"--threads {args.threads}: the kernels are single-threaded in this version; use 1")
+        if args.backend:
+            metarl_fast.set_backend(args.backend)
+        return args.func(args)
+    except (UserError, CheckpointError, ValueError, TypeError, ImportError) as err:
+        if os.environ.get("METARL_FAST_TRACEBACK"):
+            raise
+        print(f"metarl-fast: error: {err}", file=sys.stderr)
+        return EXIT_USAGE
+    except KeyboardInterrupt:
+        print("metarl-fast: interrupted", file=sys.stderr)
+        return EXIT_INTERRUPTED

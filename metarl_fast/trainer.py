@@ -1,0 +1,416 @@
+"""The meta-training loop, the evaluation protocol, run directories and checkpoints.
+
+A run is fully described by a :class:`TrainConfig`.  :class:`MetaTrainer` repeats: draw a meta-batch
+of tasks -> collect episodes with the fused rollout -> adapt (inner steps) -> meta-update ->
+every ``eval_every`` iterations evaluate on held-out tasks -> checkpoint; until ``iterations``, the
+``time_budget`` (seconds) or the ``target`` (mean post-adaptation return on the held-out tasks) is
+reached.
+
+Reproducibility: every random number of iteration ``i`` comes from
+``SeedSequence(seed, spawn_key=(i,))`` (tasks from its child 0, episodes from its child 1), the
+held-out tasks from ``SeedSequence(eval_seed)``.  The RNG state of the run is therefore determined by
+``(seed, iteration)``: a checkpoint stores both, with the parameters and the optimizer state, and a
+resumed run continues bit-identically.  ``metrics.jsonl`` holds no wall-clock values (the same seed
+writes the same file); timings per phase go to ``timings.jsonl``.
+"""
+import dataclasses
+import json
+import math
+import os
+import signal
+import sys
+import time
+
+import numpy as np
+
+from metarl_fast import _validate, io, meta
+from metarl_fast.policy import TabularSoftmaxPolicy
+
+TASK_FAMILIES = ("gridnav", "tabular-mdp", "bandits", "chain")
+ALGOS = ("maml", "fomaml", "reptile", "multitask")
+CHECKPOINT_KIND = "MetaTrainerCheckpoint"
+CHECKPOINT_VERSION = 1
+
+
+@dataclasses.dataclass
+class TrainConfig:
+    """Everything needed to repeat a run (written to ``config.toml``)."""
+
+    tasks: str = "gridnav"
+    grid_size: int = 5
+    n_states: int = 10
+    n_actions: int = 5
+    n_arms: int = 5
+    horizon: int = 0                 # 0: the family's default
+    algo: str = "maml"
+    estimator: str = "sampled"
+    meta_batch: int = 20
+    inner_steps: int = 1
+    inner_lr: float = 1.0
+    meta_lr: float = 0.05
+    meta_optimizer: str = "adam"
+    episodes_per_task: int = 20
+    gamma: float = 1.0
+    iterations: int = 600
+    time_budget: float = 0.0         # seconds; 0: none
+    target: float = float("nan")     # stop when the held-out post-adaptation return reaches it
+    eval_every: int = 100
+    checkpoint_every: int = 25
+    eval_tasks: int = 200
+    seed: int = 0
+    eval_seed: int = 1_000_003
+    backend: str = "cython"
+
+    def validate(self):
+        if self.tasks not in TASK_FAMILIES:
+            raise ValueError(f"unknown task family {self.tasks!r}; choose one of {', '.join(TASK_FAMILIES)}")
+        if self.algo not in ALGOS:
+            raise ValueError(f"unknown algorithm {self.algo!r}; choose one of {', '.join(ALGOS)}")
+        if self.estimator not in meta.ESTIMATORS:
+            raise ValueError(f"estimator must be one of {meta.ESTIMATORS}, got {self.estimator!r}")
+        for name in ("grid_size", "n_states", "n_actions", "n_arms", "meta_batch", "inner_steps",
+                     "episodes_per_task", "iterations", "eval_every", "checkpoint_every", "eval_tasks"):
+            _validate.positive_int(getattr(self, name), name.replace("_", "-"))
+        _validate.positive_int(self.horizon, "horizon", minimum=0)
+        for name in ("seed", "eval_seed"):
+            _validate.positive_int(getattr(self, name), name.replace("_", "-"), minimum=0)
+        _validate.finite_float(self.inner_lr, "inner-lr", low=0.0, low_open=True)
+        _validate.finite_float(self.meta_lr, "meta-lr", low=0.0, low_open=True)
+        _validate.finite_float(self.gamma, "gamma", low=0.0, high=1.0)
+        _validate.finite_float(self.time_budget, "time-budget", low=0.0)
+        if not (math.isnan(self.target) or math.isfinite(self.target)):
+            raise ValueError(f"target must be finite, got {self.target}")
+        return self
+
+    def distribution(self):
+        from metarl_fast import tasks
+
+        h = {} if self.horizon == 0 else {"horizon": self.horizon}
+        if self.tasks == "gridnav":
+            return tasks.GridNavigation(size=self.grid_size, **h)
+        if self.tasks == "tabular-mdp":
+            return tasks.TabularMDPs(n_states=self.n_states, n_actions=self.n_actions, **h)
+        if self.tasks == "bandits":
+            return tasks.BernoulliBandits(n_arms=self.n_arms, **h)
+        return tasks.Chain(n_states=self.n_states, n_actions=self.n_actions, **h)
+
+    # -- TOML (flat table of scalars; read back with the standard library's tomllib) --
+    def to_toml(self):
+        lines = ["# metarl-fast run configuration (metarl-fast train --config this-file)"]
+        for f in dataclasses.fields(self):
+            value = getattr(self, f.name)
+            if isinstance(value, bool):
+                text = "true" if value else "false"
+            elif isinstance(value, float):
+                text = "nan" if math.isnan(value) else repr(value)
+            elif isinstance(value, int):
+                text = str(value)
+            else:
+                text = json.dumps(value)
+            lines.append(f"{f.name} = {text}")
+        return "\n".join(lines) + "\n"
+
+    @classmethod
+    def from_toml(cls, path):
+        import tomllib
+
+        try:
+            with open(path, "rb") as fh:
+                data = tomllib.load(fh)
+        except OSError as err:
+            raise ValueError(f"cannot read config {path}: {err.strerror}") from err
+        except tomllib.TOMLDecodeError as err:
+            raise ValueError(f"config {path} is not valid TOML: {err}") from err
+        return cls.from_dict(data, source=str(path))
+
+    @classmethod
+    def from_dict(cls, data, source="config"):
+        fields = {f.name: f for f in dataclasses.fields(cls)}
+        kwargs = {}
+        for key, value in data.items():
+            name = key.replace("-", "_")
+            if name not in fields:
+                raise ValueError(f"{source}: unknown setting {key!r}")
+            default = fields[name].default
+            if isinstance(default, float) and isinstance(value, int) and not isinstance(value, bool):
+                value = float(value)
+            if type(value) is not type(default):
+                raise ValueError(f"{source}: {key} must be {type(default).__name__}, got {value!r}")
+            kwargs[name] = value
+        return cls(**kwargs)
+
+
+def iteration_rngs(seed, iteration):
+    """(tasks rng, episodes rng) of meta-iteration ``iteration``: children of SeedSequence(seed, (iteration,))."""
+    ss = np.random.SeedSequence(seed, spawn_key=(iteration,))
+    tasks_ss, episodes_ss = ss.spawn(2)
+    return np.random.default_rng(tasks_ss), np.random.default_rng(episodes_ss)
+
+
+def mean_ci(values):
+    """Mean, standard deviation and 95% normal confidence half-width of a 1-D sample."""
+    values = np.asarray(values, dtype=np.float64)
+    std = float(values.std(ddof=1)) if values.size > 1 else 0.0
+    return {"mean": float(values.mean()), "std": std, "ci95": 1.96 * std / math.sqrt(max(values.size, 1))}
+
+
+def make_learner(config, policy):
+    return meta.MetaLearner(
+        policy, config.algo, inner_lr=config.inner_lr, inner_steps=config.inner_steps,
+        meta_lr=config.meta_lr, meta_optimizer=config.meta_optimizer,
+        episodes_per_task=config.episodes_per_task, gamma=config.gamma, estimator=config.estimator)
+
+
+def evaluate(config, params, test_tasks, *, baselines=True, multitask_params=None):
+    """The evaluation protocol on held-out ``test_tasks``; returns a JSON-ready dict.
+
+    Each gradient-based initialisation is adapted to every test task with ``inner_steps`` sampled
+    policy-gradient steps (``episodes_per_task`` episodes each, ``inner_lr``); the return after
+    0, 1, ..., K steps is the *exact* expected return of the adapted policy on that task (dynamic
+    programming on the task's model: no evaluation noise).  Mean, standard deviation and 95%
+    confidence interval across tasks.  Baselines on the same tasks: the uniform random policy, a
+    learner from scratch (zero initialisation, same adaptation), the multi-task pre-trained
+    policy (when given; same adaptation) and the oracle (optimal value by value iteration).
+    """
+    from metarl_fast import exact
+
+    rows = {}
+    n_states, n_actions = test_tasks.n_states, test_tasks.n_actions
+    probe = TabularSoftmaxPolicy(n_states, n_actions)
+    evaluator = meta.ExactPolicyProblem(probe, test_tasks, gamma=config.gamma)
+
+    def adapted(name, init):
+        sampled = meta.SampledPolicyProblem(probe, test_tasks, config.episodes_per_task, config.gamma)
+        rng = np.random.default_rng(np.random.SeedSequence(config.eval_seed, spawn_key=(1,)))
+        theta = np.broadcast_to(np.asarray(init, dtype=np.float64), (test_tasks.n_tasks, probe.n_params)).copy()
+        steps = [evaluator.value(theta)]
+        for _ in range(config.inner_steps):
+            data = sampled.sample(theta, rng)
+            theta = theta + config.inner_lr * sampled.grad(theta, data)
+            steps.append(evaluator.value(theta))
+        rows[name] = {"after_steps": [mean_ci(v) for v in steps], **mean_ci(steps[-1])}
+
+    adapted(f"{config.algo} (meta-learned)", params)
+    if baselines:
+        random_value = evaluator.value(np.zeros((test_tasks.n_tasks, probe.n_params)))
+        rows["random policy"] = mean_ci(random_value)
+        adapted("from scratch", np.zeros(probe.n_params))
+        if multitask_params is not None:
+            adapted("multi-task pre-trained", multitask_params)
+        oracle = [float(exact.optimal_value(test_tasks[i].model(gamma=config.gamma))[0][0]
+                        @ test_tasks.start[i]) for i in range(test_tasks.n_tasks)]
+        rows["oracle (knows the MDP)"] = mean_ci(oracle)
+    return {"n_tasks": int(test_tasks.n_tasks), "inner_steps": config.inner_steps,
+            "eval_seed": config.eval_seed, "results": rows}
+
+
+def format_table(evaluation):
+    """The evaluation as a plain-text table (one row per method)."""
+    rows = evaluation["results"]
+    k = evaluation["inner_steps"]
+    header = f"{'method':<28} {'return':>10} {'+-95% CI':>9} {'std':>8}   after 0..{k} adaptation steps"
+    lines = [header, "-" * len(header)]
+    for name, r in rows.items():
+        steps = " ".join(f"{s['mean']:.2f}" for s in r.get("after_steps", []))
+        lines.append(f"{name:<28} {r['mean']:>10.3f} {r['ci95']:>9.3f} {r['std']:>8.3f}   {steps}")
+    return "\n".join(lines)
+
+
+class _Progress:
+    """A live progress bar on a terminal, plain periodic lines otherwise."""
+
+    def __init__(self, total, stream=None, every=50):
+        self.stream = stream or sys.stderr
+        self.tty = hasattr(self.stream, "isatty") and self.stream.isatty()
+        self.total, self.every = total, every
+
+    def update(self, it, ret, steps_per_s):
+        text = f"iter {it}/{self.total}  return {ret:8.3f}  {steps_per_s / 1e6:6.2f} M steps/s"
+        if self.tty:
+            width = 24
+            filled = int(width * it / max(self.total, 1))
+            self.stream.write(f"\r[{'#' * filled}{'.' * (width - filled)}] {text}")
+            self.stream.flush()
+        elif it % self.every == 0 or it == self.total:
+            self.stream.write(text + "\n")
+            self.stream.flush()
+
+    def close(self):
+        if self.tty:
+            self.stream.write("\n")
+            self.stream.flush()
+
+
+class MetaTrainer:
+    """Runs a :class:`TrainConfig`, writing ``config.toml``, ``metrics.jsonl``, ``timings.jsonl``,
+    ``eval.json`` and ``checkpoint.npz`` into ``out_dir``.
+    """
+
+    def __init__(self, config, out_dir, *, log=None):
+        self.config = config.validate()
+        self.out_dir = os.fspath(out_dir)
+        self.log = log if log is not None else sys.stderr
+        self.dist = config.distribution()
+        probe = self.dist.sample(1, 0)
+        self.n_states, self.n_actions = probe.n_states, probe.n_actions
+        self.policy = TabularSoftmaxPolicy(self.n_states, self.n_actions)
+        self.learner = make_learner(config, self.policy)
+        # the multi-task pre-trained baseline is trained in the same run, on the same tasks
+        self.multitask = None
+        if config.algo != "multitask":
+            mt_cfg = dataclasses.replace(config, algo="multitask")
+            self.multitask = make_learner(mt_cfg, TabularSoftmaxPolicy(self.n_states, self.n_actions))
+        self.test_tasks = self.dist.sample(
+            config.eval_tasks, np.random.default_rng(np.random.SeedSequence(config.eval_seed, spawn_key=(0,))))
+        self.iteration = 0
+        self.best = None
+        self._stop = False
+
+    # -- checkpoints --
+    @property
+    def checkpoint_path(self):
+        return os.path.join(self.out_dir, "checkpoint.npz")
+
+    def save_checkpoint(self):
+        arrays = {"config_toml": np.array(self.config.to_toml()),
+                  "iteration": np.array(self.iteration, dtype=np.int64),
+                  "seed_entropy": np.array(str(self.config.seed))}
+        for key, value in self.learner.state_dict().items():
+            arrays["learner_" + key] = value
+        if self.multitask is not None:
+            for key, value in self.multitask.state_dict().items():
+                arrays["multitask_" + key] = value
+        io.save_npz(self.checkpoint_path, arrays, kind=CHECKPOINT_KIND, version=CHECKPOINT_VERSION)
+
+    @staticmethod
+    def read_checkpoint(path):
+        """(config, arrays) of a checkpoint file; raises CheckpointError on a bad file."""
+        arrays, _ = io.load_npz(path, kind=CHECKPOINT_KIND, versions={CHECKPOINT_VERSION})
+        try:
+            import tomllib
+
+            config = TrainConfig.from_dict(tomllib.loads(str(arrays["config_toml"])), source=path)
+        except (KeyError, ValueError) as err:
+            raise io.CheckpointError(f"{path}: inconsistent checkpoint ({err})") from err
+        return config, arrays
+
+    def load_checkpoint(self, path=None):
+        path = path or self.checkpoint_path
+        _, arrays = self.read_checkpoint(path)
+        try:
+            self.learner.load_state_dict({k[8:]: v for k, v in arrays.items() if k.startswith("learner_")})
+            if self.multitask is not None:
+                self.multitask.load_state_dict({k[10:]: v for k, v in arrays.items() if k.startswith("multitask_")})
+            self.iteration = int(arrays["iteration"])
+        except (KeyError, ValueError) as err:
+            raise io.CheckpointError(f"{path}: inconsistent checkpoint ({err})") from err
+
+    # -- the loop --
+    def _request_stop(self, signum, frame):
+        self._stop = True
+
+    def run(self, *, resume=False):
+        """Train until a stopping rule fires; returns the final evaluation dict."""
+        cfg = self.config
+        os.makedirs(self.out_dir, exist_ok=True)
+        if resume:
+            self.load_checkpoint()
+            # lines written after the checkpoint (a crash between checkpoints) are written again
+            for name in ("metrics.jsonl", "timings.jsonl"):
+                self._truncate_log(name, self.iteration)
+        else:
+            with open(os.path.join(self.out_dir, "config.toml"), "w") as fh:
+                fh.write(cfg.to_toml())
+            for name in ("metrics.jsonl", "timings.jsonl"):
+                open(os.path.join(self.out_dir, name), "w").close()
+        previous = signal.signal(signal.SIGINT, self._request_stop) if _main_thread() else None
+        progress = _Progress(cfg.iterations)
+        t_start = time.perf_counter()
+        stopped_by = "iterations"
+        try:
+            while self.iteration < cfg.iterations:
+                it = self.iteration
+                tasks_rng, episodes_rng = iteration_rngs(cfg.seed, it)
+                t0 = time.perf_counter()
+                batch = self.dist.sample(cfg.meta_batch, tasks_rng)
+                stats = self.learner.meta_step(batch, episodes_rng)
+                t1 = time.perf_counter()
+                if self.multitask is not None:
+                    self.multitask.meta_step(batch, np.random.default_rng(np.random.SeedSequence(cfg.seed, spawn_key=(it, 2))))
+                t2 = time.perf_counter()
+                self.iteration = it + 1
+                steps = stats["env_steps"]
+                record = {"iteration": self.iteration, "pre_return": stats["pre_return"],
+                          "post_return": stats["post_return"], "direction_norm": stats["direction_norm"],
+                          "env_steps": steps}
+                evaluation = None
+                if self.iteration % cfg.eval_every == 0 or self.iteration == cfg.iterations:
+                    te = time.perf_counter()
+                    evaluation = evaluate(cfg, self.policy.params, self.test_tasks, baselines=False)
+                    row = next(iter(evaluation["results"].values()))
+                    record["eval_return"] = row["mean"]
+                    record["eval_ci95"] = row["ci95"]
+                    t_eval = time.perf_counter() - te
+                else:
+                    t_eval = 0.0
+                self._append("metrics.jsonl", record)
+                self._append("timings.jsonl", {"iteration": self.iteration, "meta_step_s": t1 - t0,
+                                                "multitask_baseline_s": t2 - t1, "evaluation_s": t_eval,
+                                                "steps_per_s": steps / max(t1 - t0, 1e-12)})
+                if self.iteration % cfg.checkpoint_every == 0 or self.iteration == cfg.iterations:
+                    self.save_checkpoint()
+                shown = stats["post_return"] if stats["post_return"] is not None else stats["pre_return"]
+                progress.update(self.iteration, shown, steps / max(t1 - t0, 1e-12))
+                if evaluation is not None and not math.isnan(cfg.target) and record["eval_return"] >= cfg.target:
+                    stopped_by = "target"
+                    break
+                if cfg.time_budget and time.perf_counter() - t_start >= cfg.time_budget:
+                    stopped_by = "time budget"
+                    break
+                if self._stop:
+                    stopped_by = "interrupt"
+                    break
+            if stopped_by != "iterations" or self.iteration % cfg.checkpoint_every:
+                self.save_checkpoint()
+        finally:
+            progress.close()
+            if previous is not None:
+                signal.signal(signal.SIGINT, previous)
+        self.stopped_by = stopped_by
+        if stopped_by == "interrupt":
+            return None
+        evaluation = evaluate(cfg, self.policy.params, self.test_tasks,
+                              multitask_params=None if self.multitask is None else self.multitask.policy.params)
+        evaluation.update({"iterations": self.iteration, "stopped_by": stopped_by, "seed": cfg.seed,
+                           "algo": cfg.algo, "tasks": cfg.tasks})
+        _write_json_atomic(os.path.join(self.out_dir, "eval.json"), evaluation)
+        return evaluation
+
+    def _truncate_log(self, name, last_iteration):
+        path = os.path.join(self.out_dir, name)
+        if not os.path.exists(path):
+            open(path, "w").close()
+            return
+        with open(path) as fh:
+            kept = [line for line in fh if line.strip() and json.loads(line)["iteration"] <= last_iteration]
+        with open(path, "w") as fh:
+            fh.writelines(kept)
+
+    def _append(self, name, record):
+        with open(os.path.join(self.out_dir, name), "a") as fh:
+            fh.write(json.dumps(record, sort_keys=True) + "\n")
+
+
+def _main_thread():
+    import threading
+
+    return threading.current_thread() is threading.main_thread()
+
+
+def _write_json_atomic(path, obj):
+    tmp = path + ".tmp"
+    with open(tmp, "w") as fh:
+        json.dump(obj, fh, indent=2, sort_keys=True)
+        fh.flush()
+        os.fsync(fh.fileno())
+    os.replace(tmp, path)

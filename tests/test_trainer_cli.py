@@ -1,0 +1,158 @@
+"""End-to-end: the metarl-fast CLI and the MetaTrainer (run files, determinism, resume, errors)."""
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+
+from metarl_fast import io
+from metarl_fast.trainer import MetaTrainer, TrainConfig
+
+from conftest import needs_cython
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+TINY = ["--tasks", "gridnav", "--grid-size", "4", "--iterations", "12", "--meta-batch", "4",
+        "--episodes", "8", "--eval-every", "6", "--eval-tasks", "20", "--checkpoint-every", "4"]
+
+
+def cli(*args, timeout=300, backend=None):
+    env = dict(os.environ, PYTHONPATH=ROOT + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    env.pop("METARL_FAST_TRACEBACK", None)
+    if backend:
+        env["METARL_FAST_BACKEND"] = backend
+    return subprocess.run([sys.executable, "-m", "metarl_fast", *args], capture_output=True, text=True,
+                          env=env, timeout=timeout)
+
+
+def backend_args():
+    return [] if os.environ.get("METARL_FAST_BACKEND") != "numpy" else ["--backend", "numpy"]
+
+
+def test_train_writes_every_run_file_and_eval_plot_bench_work(tmp_path):
+    out = tmp_path / "run"
+    res = cli("train", *TINY, *backend_args(), "--out", str(out))
+    assert res.returncode == 0, res.stderr
+    for name in ("config.toml", "metrics.jsonl", "timings.jsonl", "eval.json", "checkpoint.npz"):
+        assert (out / name).exists(), name
+    assert "oracle" in res.stdout and "from scratch" in res.stdout and "multi-task" in res.stdout
+    lines = (out / "metrics.jsonl").read_text().splitlines()
+    assert len(lines) == 12 and json.loads(lines[5])["eval_return"] < 0
+    evaluation = json.loads((out / "eval.json").read_text())
+    assert set(evaluation["results"]) >= {"maml (meta-learned)", "random policy", "from scratch", "oracle (knows the MDP)"}
+    row = evaluation["results"]["maml (meta-learned)"]
+    assert len(row["after_steps"]) == 2 and row["ci95"] > 0
+    # the config file repeats the run
+    assert TrainConfig.from_toml(out / "config.toml").grid_size == 4
+
+    res = cli("eval", str(out), "--json", *backend_args())
+    assert res.returncode == 0, res.stderr
+    again = json.loads(res.stdout)
+    assert again["eval_seed"] != evaluation["eval_seed"] and again["iterations"] == 12
+
+    res = cli("bench", "--quick", "--json", *backend_args())
+    assert res.returncode == 0, res.stderr
+    bench = json.loads(res.stdout)
+    assert {r["case"].split()[0] for r in bench} == {"sample_actions", "rollout", "MAML"}
+
+    res = cli("plot", str(out))
+    try:
+        import matplotlib  # noqa: F401
+    except ImportError:
+        assert res.returncode == 2 and "pip install" in res.stderr
+    else:
+        assert res.returncode == 0, res.stderr
+        assert (out / "learning_curve.png").exists() and (out / "adaptation_curve.png").exists()
+
+
+def test_same_seed_gives_identical_metrics(tmp_path):
+    cfg = TrainConfig(grid_size=4, iterations=8, meta_batch=4, episodes_per_task=8, eval_every=4,
+                      eval_tasks=10, seed=7)
+    a = MetaTrainer(cfg, tmp_path / "a", log=open(os.devnull, "w"))
+    b = MetaTrainer(cfg, tmp_path / "b", log=open(os.devnull, "w"))
+    ea, eb = a.run(), b.run()
+    assert (tmp_path / "a" / "metrics.jsonl").read_bytes() == (tmp_path / "b" / "metrics.jsonl").read_bytes()
+    assert ea["results"] == eb["results"]
+    c = MetaTrainer(TrainConfig(**{**cfg.__dict__, "seed": 8}), tmp_path / "c")
+    c.run()
+    assert (tmp_path / "c" / "metrics.jsonl").read_bytes() != (tmp_path / "a" / "metrics.jsonl").read_bytes()
+
+
+def test_resume_after_sigint_is_bit_identical(tmp_path):
+    args = ["--tasks", "gridnav", "--grid-size", "4", "--iterations", "400", "--meta-batch", "4",
+            "--episodes", "8", "--eval-every", "100", "--eval-tasks", "10", "--checkpoint-every", "50",
+            *backend_args()]
+    full = tmp_path / "full"
+    res = cli("train", *args, "--out", str(full))
+    assert res.returncode == 0, res.stderr
+    part = tmp_path / "part"
+    env = dict(os.environ, PYTHONPATH=ROOT)
+    proc = subprocess.Popen([sys.executable, "-m", "metarl_fast", "train", *args, "--out", str(part)],
+                            env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    metrics = part / "metrics.jsonl"
+    deadline = time.time() + 120
+    while time.time() < deadline:
+        if metrics.exists() and len(metrics.read_text().splitlines()) >= 60:
+            break
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGINT)
+    out, err = proc.communicate(timeout=120)
+    assert proc.returncode == 130, err
+    assert "--resume" in err
+    stopped_at = len(metrics.read_text().splitlines())
+    assert 60 <= stopped_at < 400
+    # the checkpoint written at the interruption is loadable
+    config, arrays = MetaTrainer.read_checkpoint(part / "checkpoint.npz")
+    assert int(arrays["iteration"]) == stopped_at
+    res = cli("train", "--resume", "--out", str(part), *backend_args())
+    assert res.returncode == 0, res.stderr
+    assert metrics.read_bytes() == (full / "metrics.jsonl").read_bytes()
+    _, a = MetaTrainer.read_checkpoint(part / "checkpoint.npz")
+    _, b = MetaTrainer.read_checkpoint(full / "checkpoint.npz")
+    np.testing.assert_array_equal(a["learner_params"], b["learner_params"])
+    np.testing.assert_array_equal(a["learner_opt_state"], b["learner_opt_state"])
+
+
+def test_bad_checkpoints_and_options_give_one_line_errors(tmp_path):
+    out = tmp_path / "run"
+    assert cli("train", *TINY, *backend_args(), "--out", str(out)).returncode == 0
+    ckpt = out / "checkpoint.npz"
+    raw = ckpt.read_bytes()
+    (tmp_path / "trunc.npz").write_bytes(raw[: len(raw) // 3])
+    cases = [
+        (["eval", str(tmp_path / "trunc.npz")], "not a readable"),
+        (["eval", str(tmp_path / "missing.npz")], "no such file"),
+        (["train", "--tasks", "mujoco", "--out", str(tmp_path / "x")], "unknown task family 'mujoco'"),
+        (["train", "--inner-lr", "-1", "--out", str(tmp_path / "x")], "inner-lr must be > 0"),
+        (["train", "--iterations", "0", "--out", str(tmp_path / "x")], "iterations must be >= 1"),
+        (["train", "--resume", "--out", str(tmp_path / "nothing")], "no such file"),
+        (["train", *TINY, "--out", str(out)], "already holds a run"),
+        (["train", "--config", str(tmp_path / "nope.toml"), "--out", str(tmp_path / "x")], "cannot read config"),
+    ]
+    _, arrays = MetaTrainer.read_checkpoint(ckpt)
+    data = bytearray(raw)
+    data[raw.find(arrays["learner_params"].tobytes()) + 3] ^= 0xFF  # corrupt the stored parameters
+    (tmp_path / "flip.npz").write_bytes(bytes(data))
+    cases.append((["eval", str(tmp_path / "flip.npz")], ""))
+    for args, message in cases:
+        res = cli(*args)
+        assert res.returncode == 2, (args, res.stderr)
+        assert "Traceback" not in res.stderr, res.stderr
+        lines = res.stderr.strip().splitlines()
+        assert len(lines) == 1 and lines[0].startswith("metarl-fast: error:"), res.stderr
+        assert message in lines[0], (message, lines[0])
+
+
+@needs_cython
+def test_checkpoint_from_one_backend_evaluates_on_the_other(tmp_path):
+    out = tmp_path / "run"
+    assert cli("train", *TINY, "--backend", "cython", "--out", str(out)).returncode == 0
+    a = cli("eval", str(out), "--json", "--backend", "numpy")
+    b = cli("eval", str(out), "--json", "--backend", "cython")
+    assert a.returncode == 0 and b.returncode == 0, a.stderr + b.stderr
+    ra, rb = json.loads(a.stdout)["results"], json.loads(b.stdout)["results"]
+    for name in ra:
+        assert abs(ra[name]["mean"] - rb[name]["mean"]) < 1e-9, name
