@@ -37,7 +37,7 @@ class TrainConfig:
     """Everything needed to repeat a run (written to ``config.toml``)."""
 
     tasks: str = "gridnav"
-    grid_size: int = 5
+    grid_size: int = 7
     n_states: int = 10
     n_actions: int = 5
     n_arms: int = 5
@@ -51,10 +51,10 @@ class TrainConfig:
     meta_optimizer: str = "adam"
     episodes_per_task: int = 20
     gamma: float = 1.0
-    iterations: int = 600
+    iterations: int = 1500
     time_budget: float = 0.0         # seconds; 0: none
     target: float = float("nan")     # stop when the held-out post-adaptation return reaches it
-    eval_every: int = 100
+    eval_every: int = 250
     checkpoint_every: int = 25
     eval_tasks: int = 200
     seed: int = 0
