@@ -20,6 +20,7 @@ _initial()
 del _initial
 
 from metarl_fast.io import CheckpointError  # noqa: E402,F401
+from metarl_fast.mdp import MDPModel  # noqa: E402,F401
 from metarl_fast.policy import (  # noqa: E402,F401
     LinearSoftmaxPolicy,
     TabularSoftmaxPolicy,
@@ -30,3 +31,33 @@ from metarl_fast.policy import (  # noqa: E402,F401
     sample_actions,
     softmax,
 )
+from metarl_fast.replay import Batch, PrioritizedReplayBuffer, ReplayBuffer  # noqa: E402,F401
+from metarl_fast.optim import SGD, Adam  # noqa: E402,F401
+from metarl_fast.pg import (  # noqa: E402,F401
+    LinearCritic,
+    TabularCritic,
+    actor_critic_gradient,
+    clip_grad_norm,
+    discounted_returns,
+    gae,
+    off_policy_gradient,
+    per_decision_off_policy_gradient,
+    policy_gradient,
+    policy_gradient_step,
+    reinforce_gradient,
+    truncated_importance_weights,
+)
+from metarl_fast.tasks import (  # noqa: E402,F401
+    BernoulliBandits,
+    Chain,
+    FromGymnasium,
+    GridNavigation,
+    TabularFamily,
+    TabularMDPs,
+    Task,
+    TaskBatch,
+)
+from metarl_fast.rollout import Trajectories, VecEnv, rollout  # noqa: E402,F401
+from metarl_fast import exact  # noqa: E402,F401
+from metarl_fast.meta import FOMAML, MAML, MetaLearner, MultiTask, Reptile  # noqa: E402,F401
+from metarl_fast.trainer import MetaTrainer, TrainConfig, evaluate  # noqa: E402,F401
