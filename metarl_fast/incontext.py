@@ -1,0 +1,242 @@
+"""In-context meta-RL for Bernoulli bandits: a policy that has learned how to explore.
+
+:class:`InContextBanditLearner` is the RL^2 idea (Duan et al. 2016; Wang et al. 2016) with an
+explicit memory instead of a recurrent network: during a trial it keeps each arm's successes and
+failures, turns them into a few per-arm features (posterior mean and spread, the knowledge
+gradient, the pulls left, ... -- see :mod:`metarl_fast.reference.incontext`) and pulls an arm from
+``softmax(features @ weights)``.  One weight vector scores every arm, so the policy is symmetric in
+the arms.  Meta-training (:meth:`InContextBanditLearner.fit`) is REINFORCE on the total reward of
+whole trials over tasks drawn from the prior ``p ~ U[0, 1]^k``; at meta-test nothing is updated:
+the exploration happens *in context*, through the features.
+
+Every trial runs inside one kernel call of the active backend (``active.incontext``), without the
+GIL in the Cython backend; Python is touched once per meta-iteration.
+"""
+import numpy as np
+
+from metarl_fast import _validate, io
+from metarl_fast._backend import active
+from metarl_fast.baselines import sample_arm_means
+from metarl_fast.reference.incontext import FEATURE_NAMES, MAX_ABS_WEIGHT, N_FEATURES, check_weights
+
+__all__ = ["InContextBanditLearner", "bandit_features", "run_trials", "reinforce_trials",
+           "FEATURE_NAMES", "N_FEATURES"]
+
+LEARNER_FORMAT_VERSION = 1
+
+
+def bandit_features(successes, failures, n_remaining, n_pulls):
+    """Per-arm features ``(n_tasks, n_arms, N_FEATURES)`` float64 from int counts (n_tasks, n_arms).
+
+    See :func:`metarl_fast.reference.incontext.bandit_features`.
+    """
+    return active.incontext.bandit_features(successes, failures, n_remaining, n_pulls)
+
+
+def run_trials(weights, arm_means, n_pulls, rng, actions_out=None):
+    """Total reward (float64 (n_tasks,)) of one in-context trial per task.
+
+    See :func:`metarl_fast.reference.incontext.run_trials`.
+    """
+    return active.incontext.run_trials(weights, arm_means, n_pulls, rng, actions_out)
+
+
+def reinforce_trials(weights, arm_means, n_pulls, rng):
+    """Trials plus the REINFORCE sums ``(totals, weighted_score, score_sums, reward_sums)``.
+
+    See :func:`metarl_fast.reference.incontext.reinforce_trials`.
+    """
+    return active.incontext.reinforce_trials(weights, arm_means, n_pulls, rng)
+
+
+def baselined_gradient(weighted_score, score_sums, reward_sums, n_tasks):
+    """The policy gradient of the mean total reward from :func:`reinforce_trials`'s sums.
+
+    The baseline at pull ``t`` is the batch's mean reward-to-go ``b[t] = sum_{t' >= t}
+    reward_sums[t'] / n_tasks`` (it depends on the batch only through an ``O(1 / n_tasks)`` term).
+    Returns float64 (N_FEATURES,).
+    """
+    baseline = np.cumsum(reward_sums[::-1])[::-1] / n_tasks
+    return (weighted_score - baseline @ score_sums) / n_tasks
+
+
+class InContextBanditLearner:
+    """Linear softmax over per-arm posterior features, meta-trained to explore Bernoulli bandits.
+
+    Parameters
+    ----------
+    weights : float (N_FEATURES,), optional
+        Initial feature weights (default zeros: the uniformly random agent).  Order and meaning in
+        ``FEATURE_NAMES`` / :mod:`metarl_fast.reference.incontext`.
+
+    Attributes
+    ----------
+    weights : float64 (N_FEATURES,)
+        The meta-learned weights, updated in place by :meth:`fit`.
+    trained_on : tuple (n_arms, n_pulls) or None
+        The task family of the last :meth:`fit`.
+
+    Examples
+    --------
+    >>> learner = InContextBanditLearner()
+    >>> history = learner.fit(5, 10, np.random.default_rng(0))            # doctest: +SKIP
+    >>> learner.evaluate(5, 10, 100_000, np.random.default_rng(1)).mean()  # doctest: +SKIP
+    """
+
+    _kind = "InContextBanditLearner"
+    feature_names = FEATURE_NAMES
+    n_features = N_FEATURES
+
+    def __init__(self, weights=None):
+        self.weights = np.zeros(N_FEATURES) if weights is None else check_weights(weights).copy()
+        self.trained_on = None
+
+    # ------------------------------------------------------------------ acting
+    def run_trials(self, arm_means, n_pulls, rng, actions_out=None):
+        """Play one trial of ``n_pulls`` pulls on each task; no learning happens.
+
+        Parameters
+        ----------
+        arm_means : float (n_tasks, n_arms), values in [0, 1]
+        n_pulls : int >= 1
+        rng : numpy.random.Generator
+        actions_out : int64 (n_tasks, n_pulls), optional  receives the pulled arms
+
+        Returns
+        -------
+        totals : float64 (n_tasks,)
+        """
+        return run_trials(self.weights, arm_means, n_pulls, rng, actions_out)
+
+    def evaluate(self, n_arms, n_pulls, n_trials, rng):
+        """Total rewards of ``n_trials`` trials on tasks drawn from the prior (float64 (n_trials,)).
+
+        Arm means come first from ``rng.random((n_trials, n_arms))``, as for the baselines'
+        :meth:`~metarl_fast.baselines.BanditAgent.evaluate`.
+        """
+        n_trials = _validate.positive_int(n_trials, "n_trials")
+        n_pulls = _validate.positive_int(n_pulls, "n_pulls")
+        return self.run_trials(sample_arm_means(n_trials, n_arms, rng), n_pulls, rng)
+
+    def policy_gradient(self, arm_means, n_pulls, rng):
+        """REINFORCE estimate of d mean-total-reward / d weights on the given tasks.
+
+        Returns ``(grad float64 (N_FEATURES,), totals float64 (n_tasks,))``.
+        """
+        totals, weighted, score_sums, reward_sums = reinforce_trials(
+            self.weights, arm_means, n_pulls, rng)
+        return baselined_gradient(weighted, score_sums, reward_sums, totals.shape[0]), totals
+
+    # ------------------------------------------------------------------ meta-training
+    def fit(self, n_arms, n_pulls, rng, *, n_iterations=100, batch_size=10_000,
+            learning_rate=1.0, final_learning_rate=0.1, betas=(0.9, 0.999), eps=1e-8,
+            callback=None):
+        """Meta-train the weights by policy-gradient ascent on the mean total reward of trials.
+
+        Each iteration draws ``batch_size`` tasks from the prior (``rng.random((batch_size,
+        n_arms))``), plays one trial on each (:func:`reinforce_trials`) and takes one Adam ascent
+        step along :func:`baselined_gradient`.  The step size decays geometrically from
+        ``learning_rate`` to ``final_learning_rate``; the weight norm grows as the policy sharpens,
+        which anneals its temperature.
+
+        Parameters
+        ----------
+        n_arms, n_pulls : int >= 1
+            The task family: arms per task and pulls per trial.
+        rng : numpy.random.Generator
+            The only source of randomness: the same seed gives the same weights.
+        n_iterations, batch_size : int >= 1
+        learning_rate, final_learning_rate : float > 0
+        betas : (float, float) in [0, 1);  eps : float > 0
+            Adam's moment decays and denominator guard.
+        callback : callable(iteration, learner, totals) or None
+            Called after every step (``totals`` float64 (batch_size,) of that iteration).
+
+        Returns
+        -------
+        history : float64 (n_iterations,)
+            Mean total reward of each iteration's batch (before its update).
+
+        Raises
+        ------
+        FloatingPointError
+            If a step would make the weights non-finite or larger than ``1e100``: the message
+            names the iteration and ``weights`` keep their last valid values.
+        """
+        n_arms = _validate.positive_int(n_arms, "n_arms")
+        n_pulls = _validate.positive_int(n_pulls, "n_pulls")
+        _validate.check_rng(rng)
+        n_iterations = _validate.positive_int(n_iterations, "n_iterations")
+        batch_size = _validate.positive_int(batch_size, "batch_size")
+        lr0 = _validate.finite_float(learning_rate, "learning_rate", low=0.0, low_open=True)
+        lr1 = _validate.finite_float(final_learning_rate, "final_learning_rate", low=0.0, low_open=True)
+        try:
+            beta1, beta2 = betas
+        except (TypeError, ValueError) as err:
+            raise ValueError(f"betas must be a pair (beta1, beta2), got {betas!r}") from err
+        beta1 = _validate.finite_float(beta1, "beta1", low=0.0, high=1.0, high_open=True)
+        beta2 = _validate.finite_float(beta2, "beta2", low=0.0, high=1.0, high_open=True)
+        eps = _validate.finite_float(eps, "eps", low=0.0, low_open=True)
+        if callback is not None and not callable(callback):
+            raise TypeError(f"callback must be callable, got {type(callback).__name__}")
+
+        first_moment = np.zeros(N_FEATURES)
+        second_moment = np.zeros(N_FEATURES)
+        history = np.empty(n_iterations)
+        decay = (lr1 / lr0) ** (1.0 / n_iterations)
+        for it in range(n_iterations):
+            arm_means = rng.random((batch_size, n_arms))
+            grad, totals = self.policy_gradient(arm_means, n_pulls, rng)
+            history[it] = totals.mean()
+            first_moment = beta1 * first_moment + (1.0 - beta1) * grad
+            second_moment = beta2 * second_moment + (1.0 - beta2) * grad * grad
+            step_size = lr0 * decay ** it / (1.0 - beta1 ** (it + 1))
+            denom = np.sqrt(second_moment / (1.0 - beta2 ** (it + 1))) + eps
+            new_weights = self.weights + step_size * first_moment / denom
+            if not np.all(np.isfinite(new_weights)) or np.abs(new_weights).max() > MAX_ABS_WEIGHT:
+                raise FloatingPointError(
+                    f"meta-training diverged at iteration {it}: the weights would become "
+                    f"non-finite or exceed {MAX_ABS_WEIGHT:g} (lower the learning rate); "
+                    "the weights keep their values from before this iteration")
+            self.weights[...] = new_weights
+            if callback is not None:
+                callback(it, self, totals)
+        self.trained_on = (n_arms, n_pulls)
+        return history
+
+    # ------------------------------------------------------------------ persistence
+    def save(self, path):
+        """Write the learner atomically to ``path`` (.npz via :mod:`metarl_fast.io`, no pickle)."""
+        trained_on = np.asarray(self.trained_on if self.trained_on is not None else (), dtype=np.int64)
+        arrays = {"weights": self.weights, "trained_on": trained_on,
+                  "n_features": np.array(N_FEATURES, dtype=np.int64)}
+        return io.save_npz(path, arrays, kind=self._kind, version=LEARNER_FORMAT_VERSION)
+
+    @classmethod
+    def load(cls, path):
+        """Read a learner written by :meth:`save`; raises ``CheckpointError`` on a bad file."""
+        arrays, _ = io.load_npz(path, kind=cls._kind, versions={LEARNER_FORMAT_VERSION})
+        try:
+            weights, trained_on = arrays["weights"], arrays["trained_on"]
+            if int(arrays["n_features"]) != N_FEATURES:
+                raise ValueError(f"{int(arrays['n_features'])} features, this version has {N_FEATURES}")
+            if weights.dtype != np.float64:
+                raise ValueError(f"weights of dtype {weights.dtype}")
+            learner = cls(weights)
+            if trained_on.dtype != np.int64 or trained_on.shape not in ((0,), (2,)):
+                raise ValueError(f"trained_on of shape {trained_on.shape}")
+        except KeyError as err:
+            raise io.CheckpointError(f"{path}: missing array {err}") from err
+        except (ValueError, TypeError) as err:
+            raise io.CheckpointError(f"{path}: inconsistent learner file ({err})") from err
+        learner.trained_on = tuple(int(v) for v in trained_on) or None
+        return learner
+
+    def __eq__(self, other):
+        return (type(self) is type(other) and self.trained_on == other.trained_on
+                and np.array_equal(self.weights, other.weights))
+
+    __hash__ = None
+
+    def __repr__(self):
+        return f"InContextBanditLearner(trained_on={self.trained_on})"
