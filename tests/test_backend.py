@@ -92,7 +92,7 @@ def test_cli_version_and_info():
     env = dict(os.environ, PYTHONPATH=ROOT)
     out = subprocess.run([sys.executable, "-m", "metarl_fast", "--version"], capture_output=True, text=True, env=env)
     assert out.returncode == 0 and mf.__version__ in out.stdout
-    info = subprocess.run([sys.executable, "-m", "metarl_fast", "--backend", "numpy", "info"],
+    info = subprocess.run([sys.executable, "-m", "metarl_fast", "info", "--backend", "numpy"],
                           capture_output=True, text=True, env=env)
     assert info.returncode == 0, info.stderr
     for key in ("backend", "numpy", "OpenMP", "compiler flags"):
