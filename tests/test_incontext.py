@@ -10,8 +10,9 @@ from hypothesis import strategies as st
 import metarl_fast as mf
 from metarl_fast import baselines as bl
 from metarl_fast import io
-from metarl_fast.incontext import (FEATURE_NAMES, N_FEATURES, InContextBanditLearner,
-                                   bandit_features, baselined_gradient, reinforce_trials, run_trials)
+from metarl_fast.incontext import (FEATURE_NAMES, N_FEATURES, PRETRAINED_CALL, PRETRAINED_WEIGHTS,
+                                   InContextBanditLearner, bandit_features, baselined_gradient,
+                                   reinforce_trials, run_trials)
 from metarl_fast.reference import incontext as ref
 from metarl_fast.reference._math import exp_nonpos
 
@@ -148,10 +149,11 @@ def test_reinforce_gradient_is_unbiased_against_the_exact_gradient(backend):
     exact = np.array([(exact_expected_total(w + h * e, means, n)
                        - exact_expected_total(w - h * e, means, n)) / (2 * h) for e in np.eye(N_FEATURES)])
     rng = np.random.default_rng(11)
+    n_batches, batch = (30, 20_000) if backend == "cython" else (16, 10_000)  # the reference is slower
     batches = []
-    for _ in range(30):
-        totals, weighted, score_sums, reward_sums = reinforce_trials(w, np.tile(means, (20_000, 1)), n, rng)
-        batches.append(baselined_gradient(weighted, score_sums, reward_sums, 20_000))
+    for _ in range(n_batches):
+        totals, weighted, score_sums, reward_sums = reinforce_trials(w, np.tile(means, (batch, 1)), n, rng)
+        batches.append(baselined_gradient(weighted, score_sums, reward_sums, batch))
     batches = np.array(batches)
     mean, stderr = batches.mean(axis=0), batches.std(axis=0, ddof=1) / np.sqrt(len(batches))
     assert np.all(np.abs(mean - exact) < 4 * stderr + 1e-4), (mean, exact, stderr)
@@ -348,29 +350,41 @@ def test_save_load_round_trip_and_bad_files(backend, tmp_path):
 N_EVAL = 100_000
 
 
-def meta_train(n_pulls):
-    learner = InContextBanditLearner()
-    learner.fit(5, n_pulls, np.random.default_rng(0), n_iterations=100, batch_size=5000)
+@pytest.fixture(scope="module")
+def meta_trained():
+    """Meta-trained on 5 arms, 10 pulls by the documented call that produced PRETRAINED_WEIGHTS."""
+    if not HAVE_CYTHON:
+        pytest.skip("compiled extension not used in this run")
+    call = PRETRAINED_CALL
+    with mf.use_backend("cython"):
+        learner = InContextBanditLearner()
+        learner.fit(call["n_arms"], call["n_pulls"], np.random.default_rng(call["seed"]),
+                    n_iterations=call["n_iterations"], batch_size=call["batch_size"])
     return learner
 
 
-@needs_cython
-def test_learner_reaches_99_percent_of_bayes_optimal_with_10_pulls():
+def test_pretrained_weights_are_reproducible(meta_trained):
+    np.testing.assert_allclose(meta_trained.weights, PRETRAINED_WEIGHTS, rtol=1e-9)
+    assert InContextBanditLearner.pretrained() == meta_trained
+
+
+def test_learner_reaches_99_percent_of_bayes_optimal_with_10_pulls(meta_trained):
     with mf.use_backend("cython"):
-        learner = meta_train(10)
-        mean, half = bl.mean_confidence_interval(learner.evaluate(5, 10, N_EVAL, np.random.default_rng(1)))
+        mean, half = bl.mean_confidence_interval(
+            meta_trained.evaluate(5, 10, N_EVAL, np.random.default_rng(1)))
     optimum = bl.bayes_optimal_value(5, 10)
     assert mean - half >= 0.99 * optimum, (mean, half, optimum)
     assert mean - half <= optimum  # the ceiling: a sanity check of both numbers
 
 
-@needs_cython
-def test_learner_beats_thompson_and_greedy_with_25_pulls():
+@pytest.mark.parametrize("n_pulls", [25, 50])
+def test_learner_beats_thompson_and_greedy_on_longer_trials(meta_trained, n_pulls):
+    # the weights were trained on 10-pull trials: the features carry the horizon
+    n_eval = N_EVAL // 2 if n_pulls == 25 else N_EVAL // 5
     with mf.use_backend("cython"):
-        learner = meta_train(25)
-        ours = bl.mean_confidence_interval(learner.evaluate(5, 25, N_EVAL // 2, np.random.default_rng(1)))
+        ours = bl.mean_confidence_interval(meta_trained.evaluate(5, n_pulls, n_eval, np.random.default_rng(1)))
     for agent in (bl.ThompsonSamplingAgent(), bl.PosteriorGreedyAgent()):
-        theirs = bl.mean_confidence_interval(agent.evaluate(5, 25, N_EVAL // 2, np.random.default_rng(1)))
+        theirs = bl.mean_confidence_interval(agent.evaluate(5, n_pulls, n_eval, np.random.default_rng(1)))
         assert ours[0] - ours[1] > theirs[0] + theirs[1], (agent, ours, theirs)
 
 
