@@ -5,12 +5,11 @@
 
 ``extra_info['rows']`` is the number of pulls per call, so the table's "per item" column is the
 cost of one pull (features of every arm, softmax, two uniforms, and the score function for
-``reinforce_trials``).  The baselines (pure NumPy, no Cython twin) run beside them for scale.
+``reinforce_trials``).  The baseline agents (``metarl_fast.baselines``) run beside them for scale.
 """
 import numpy as np
 import pytest
 
-import metarl_fast as mf
 from metarl_fast import baselines as bl
 from metarl_fast import incontext
 
@@ -55,11 +54,10 @@ def test_meta_iteration(benchmark, backend, n_tasks, n_arms, n_pulls):
 @pytest.mark.parametrize("agent", [bl.PosteriorGreedyAgent(), bl.ThompsonSamplingAgent()],
                          ids=lambda a: a.name)
 @pytest.mark.parametrize("n_tasks,n_arms,n_pulls", grid([(10_000, 5, 10)], [(200, 5, 10)]))
-def test_baseline_agents(benchmark, agent, n_tasks, n_arms, n_pulls):
+def test_baseline_agents(benchmark, backend, agent, n_tasks, n_arms, n_pulls):
     rng = np.random.default_rng(0)
     means = rng.random((n_tasks_for(benchmark, n_tasks), n_arms))
     benchmark.group = f"baselines.{agent.name} tasks={n_tasks} arms={n_arms} pulls={n_pulls}"
-    benchmark.extra_info.update(rows=n_tasks * n_pulls, backend="numpy")
-    with mf.use_backend("numpy"):
-        totals = benchmark(agent.run_trials, means, n_pulls, rng)
+    benchmark.extra_info.update(rows=n_tasks * n_pulls, backend=backend)
+    totals = benchmark(agent.run_trials, means, n_pulls, rng)
     assert totals.shape == (means.shape[0],)

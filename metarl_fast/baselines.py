@@ -15,8 +15,9 @@ Finite MDPs: :func:`oracle_value`, the optimal return of an agent that knows the
 
 :func:`mean_confidence_interval` summarises per-trial results the same way for every agent.
 
-Random draws per pull, in this order, each as one vector ``rng.random(n_tasks)`` (task order) or
-``rng.beta`` call: the agent's choice (documented per agent), then the rewards.
+The agents run in the kernels of the active backend (``active.baselines``); the random draws per
+pull, identical in both, are specified in :mod:`metarl_fast.reference.baselines`: the agent's
+choices for every task, then the rewards.
 """
 import math
 import statistics
@@ -25,9 +26,11 @@ from functools import lru_cache
 import numpy as np
 
 from metarl_fast import _validate
-from metarl_fast.reference.incontext import check_arm_means
+from metarl_fast._backend import active
+from metarl_fast.reference import baselines as _ref
+from metarl_fast.reference.baselines import argmax_random_ties
 
-__all__ = ["BanditAgent", "RandomAgent", "PosteriorGreedyAgent", "EpsilonGreedyAgent", "UCB1Agent",
+__all__ = ["argmax_random_ties", "BanditAgent", "RandomAgent", "PosteriorGreedyAgent", "EpsilonGreedyAgent", "UCB1Agent",
            "ThompsonSamplingAgent", "bayes_optimal_value", "oracle_value", "mean_confidence_interval",
            "sample_arm_means"]
 
@@ -40,27 +43,18 @@ def sample_arm_means(n_tasks, n_arms, rng):
     return rng.random((n_tasks, n_arms))
 
 
-def argmax_random_ties(scores, rng):
-    """Row-wise argmax of (B, K) ``scores``, ties broken uniformly with one ``rng.random()`` per row.
-
-    Among the ``m`` maximal entries of a row, the ``floor(u * m)``-th (left to right) is chosen.
-    Returns int64 (B,).
-    """
-    u = rng.random(scores.shape[0])
-    ties = scores == scores.max(axis=1, keepdims=True)
-    n_ties = ties.sum(axis=1)
-    pick = np.minimum((u * n_ties).astype(np.int64), n_ties - 1)
-    return (ties.cumsum(axis=1) > pick[:, None]).argmax(axis=1).astype(np.int64)
-
-
 class BanditAgent:
     """Base class: an agent that plays Bernoulli bandit trials from per-arm counts.
 
-    Subclasses implement ``_choose(successes, failures, t, n_pulls, rng) -> int64 (B,)`` from the
-    float64 (B, K) counts before pull ``t``.
+    Every trial of a call runs in one kernel of the active backend
+    (``active.baselines.run_agent_trials``; draw order in :mod:`metarl_fast.reference.baselines`).
     """
 
     name = None
+    _code = None
+
+    def _parameter(self):
+        return 0.0
 
     def run_trials(self, arm_means, n_pulls, rng):
         """Play one trial of ``n_pulls`` pulls on every task.
@@ -76,21 +70,8 @@ class BanditAgent:
         totals : float64 (n_tasks,)
             Total reward of each trial.
         """
-        p = check_arm_means(arm_means)
-        n_pulls = _validate.positive_int(n_pulls, "n_pulls")
-        _validate.check_rng(rng)
-        n_tasks, n_arms = p.shape
-        successes = np.zeros((n_tasks, n_arms))
-        failures = np.zeros((n_tasks, n_arms))
-        totals = np.zeros(n_tasks)
-        rows = np.arange(n_tasks)
-        for t in range(n_pulls):
-            arms = self._choose(successes, failures, t, n_pulls, rng)
-            rewards = (rng.random(n_tasks) < p[rows, arms]).astype(np.float64)
-            successes[rows, arms] += rewards
-            failures[rows, arms] += 1.0 - rewards
-            totals += rewards
-        return totals
+        return active.baselines.run_agent_trials(self._code, self._parameter(), arm_means,
+                                                 n_pulls, rng)
 
     def evaluate(self, n_arms, n_pulls, n_trials, rng):
         """Total rewards of ``n_trials`` trials on tasks drawn from the uniform prior.
@@ -109,14 +90,7 @@ class RandomAgent(BanditAgent):
     """Pulls an arm uniformly at random: ``floor(u * K)`` with one uniform per pull."""
 
     name = "random"
-
-    def _choose(self, successes, failures, t, n_pulls, rng):
-        n_arms = successes.shape[1]
-        return np.minimum((rng.random(successes.shape[0]) * n_arms).astype(np.int64), n_arms - 1)
-
-
-def _posterior_mean(successes, failures):
-    return (successes + 1.0) / (successes + failures + 2.0)
+    _code = _ref.AGENT_RANDOM
 
 
 class PosteriorGreedyAgent(BanditAgent):
@@ -126,30 +100,24 @@ class PosteriorGreedyAgent(BanditAgent):
     """
 
     name = "posterior-greedy"
-
-    def _choose(self, successes, failures, t, n_pulls, rng):
-        return argmax_random_ties(_posterior_mean(successes, failures), rng)
+    _code = _ref.AGENT_GREEDY
 
 
 class EpsilonGreedyAgent(BanditAgent):
     """With probability ``epsilon`` a uniformly random arm, otherwise posterior-greedy.
 
-    Two uniforms per pull: ``rng.random(B)`` decides to explore (``u < epsilon``), then one more
-    ``rng.random(B)`` picks the random arm (``floor(u' K)``) or breaks the greedy ties.
+    Two uniforms per pull: one decides to explore (``u < epsilon``), one more picks the random
+    arm (``floor(u' K)``) or breaks the greedy ties.
     """
 
     name = "epsilon-greedy"
+    _code = _ref.AGENT_EPSILON
 
     def __init__(self, epsilon=0.1):
         self.epsilon = _validate.finite_float(epsilon, "epsilon", low=0.0, high=1.0)
 
-    def _choose(self, successes, failures, t, n_pulls, rng):
-        n_tasks, n_arms = successes.shape
-        explore = rng.random(n_tasks) < self.epsilon
-        scores = _posterior_mean(successes, failures)
-        # exploring rows: all arms tie, so the tie-break uniform is exactly floor(u' K)
-        scores[explore] = 0.0
-        return argmax_random_ties(scores, rng)
+    def _parameter(self):
+        return self.epsilon
 
     def __repr__(self):
         return f"EpsilonGreedyAgent(epsilon={self.epsilon})"
@@ -164,16 +132,13 @@ class UCB1Agent(BanditAgent):
     """
 
     name = "ucb1"
+    _code = _ref.AGENT_UCB1
 
     def __init__(self, c=math.sqrt(2.0)):
         self.c = _validate.finite_float(c, "c", low=0.0)
 
-    def _choose(self, successes, failures, t, n_pulls, rng):
-        counts = successes + failures
-        with np.errstate(divide="ignore", invalid="ignore"):
-            scores = successes / counts + self.c * np.sqrt(math.log(max(t, 1)) / counts)
-        scores[counts == 0] = np.inf
-        return argmax_random_ties(scores, rng)
+    def _parameter(self):
+        return self.c
 
     def __repr__(self):
         return f"UCB1Agent(c={self.c})"
@@ -182,14 +147,13 @@ class UCB1Agent(BanditAgent):
 class ThompsonSamplingAgent(BanditAgent):
     """Thompson sampling: draw ``theta ~ Beta(s + 1, f + 1)`` per arm, pull the largest.
 
-    One ``rng.beta(successes + 1, failures + 1)`` call per pull, (B, K) values in row-major order
-    (ties have probability zero; the first maximiser is taken).
+    ``n_arms`` Beta draws per task and pull, in task-then-arm order, as one
+    ``rng.beta(successes + 1, failures + 1)`` call (ties have probability zero; the first
+    maximiser is taken).
     """
 
     name = "thompson"
-
-    def _choose(self, successes, failures, t, n_pulls, rng):
-        return rng.beta(successes + 1.0, failures + 1.0).argmax(axis=1).astype(np.int64)
+    _code = _ref.AGENT_THOMPSON
 
 
 # ------------------------------------------------------------------ exact Bayes-optimal value

@@ -1,11 +1,20 @@
 """Baselines: the exact Bayes-optimal value, the bandit agents, the MDP oracle, summaries."""
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from metarl_fast import baselines as bl
+from metarl_fast._backend import active
 from metarl_fast.baselines import (EpsilonGreedyAgent, PosteriorGreedyAgent, RandomAgent,
                                    ThompsonSamplingAgent, UCB1Agent, bayes_optimal_value,
                                    mean_confidence_interval, oracle_value)
+from metarl_fast.reference import baselines as ref
+
+from conftest import HAVE_CYTHON, needs_cython
+
+if HAVE_CYTHON:
+    from metarl_fast._core import baselines as core
 
 AGENTS = [RandomAgent(), PosteriorGreedyAgent(), EpsilonGreedyAgent(0.1), UCB1Agent(),
           ThompsonSamplingAgent()]
@@ -62,7 +71,7 @@ def test_bayes_value_is_monotone_and_below_the_clairvoyant():
         assert all(v < n * k / (k + 1) for k, v in zip(range(2, 5), values[1:]))
 
 
-def test_bayes_value_bounds_every_agent_and_monte_carlo_agrees():
+def test_bayes_value_bounds_every_agent_and_monte_carlo_agrees(backend):
     optimum = bayes_optimal_value(3, 6)
     for agent in AGENTS:
         mean, half = mean_confidence_interval(agent.evaluate(3, 6, 40_000, np.random.default_rng(5)))
@@ -83,7 +92,7 @@ def test_bayes_value_bad_input(monkeypatch):
 
 # ------------------------------------------------------------------ agents
 @pytest.mark.parametrize("agent", AGENTS, ids=lambda a: a.name)
-def test_agents_return_integer_totals_and_respect_the_means(agent):
+def test_agents_return_integer_totals_and_respect_the_means(agent, backend):
     rng = np.random.default_rng(0)
     totals = agent.evaluate(4, 7, 3000, rng)
     assert totals.shape == (3000,) and totals.dtype == np.float64
@@ -94,13 +103,13 @@ def test_agents_return_integer_totals_and_respect_the_means(agent):
 
 
 @pytest.mark.parametrize("agent", [RandomAgent(), EpsilonGreedyAgent(1.0)], ids=lambda a: a.name)
-def test_uniformly_random_agents_earn_the_mean_of_the_means(agent):
+def test_uniformly_random_agents_earn_the_mean_of_the_means(agent, backend):
     means = np.tile([0.1, 0.2, 0.9], (40_000, 1))
     mean, half = mean_confidence_interval(agent.run_trials(means, 3, np.random.default_rng(2)))
     assert abs(mean - 3 * 0.4) < max(half, 0.01)
 
 
-def test_posterior_greedy_sticks_with_a_winner_and_breaks_ties_uniformly():
+def test_posterior_greedy_sticks_with_a_winner_and_breaks_ties_uniformly(backend):
     # arm 2 always pays: greedy finds it after failing on the others, and then never leaves
     means = np.zeros((30_000, 3))
     means[:, 2] = 1.0
@@ -111,25 +120,26 @@ def test_posterior_greedy_sticks_with_a_winner_and_breaks_ties_uniformly():
         assert np.mean(totals == total) == pytest.approx(p, abs=0.01)
 
 
-def test_ucb1_tries_every_arm_first():
+def test_ucb1_tries_every_arm_first(backend):
     means = np.zeros((200, 4))
     means[:, 1] = 1.0
     totals = UCB1Agent().run_trials(means, 4, np.random.default_rng(0))
     assert np.all(totals == 1)  # four pulls = each arm once, whatever the tie-breaks
 
 
-def test_thompson_draws_from_the_posterior():
-    # with 1 arm known bad (many failures) and 1 untried arm, Thompson pulls the untried arm with
-    # probability P(Beta(1,1) > Beta(1, 21)) = 1 - 1/22 on the first pull
-    agent = ThompsonSamplingAgent()
-    s = np.zeros((40_000, 2))
-    f = np.zeros((40_000, 2))
-    f[:, 0] = 20.0
-    arms = agent._choose(s, f, 20, 21, np.random.default_rng(0))
-    assert np.mean(arms == 1) == pytest.approx(1 - 1 / 22, abs=0.005)
+def test_thompson_and_greedy_two_pull_distributions(backend):
+    # arm 0 never pays, arm 1 always does; two pulls.  The first pull is uniform for both agents.
+    # Greedy: on arm 1 it stays (2/3 > 1/2), on arm 0 it switches (1/3 < 1/2): totals 2 or 1, 1/2 each.
+    # Thompson: after a win on arm 1, P(Beta(2, 1) > U) = 2/3 to stay; after a loss on arm 0,
+    # P(U > Beta(1, 2)) = 2/3 to switch: P(total = 0, 1, 2) = (1/6, 1/2, 1/3).
+    means = np.tile([0.0, 1.0], (60_000, 1))
+    expected = {PosteriorGreedyAgent(): [0.0, 0.5, 0.5], ThompsonSamplingAgent(): [1 / 6, 1 / 2, 1 / 3]}
+    for agent, probs in expected.items():
+        totals = agent.run_trials(means, 2, np.random.default_rng(4)).astype(np.int64)
+        np.testing.assert_allclose(np.bincount(totals, minlength=3) / len(totals), probs, atol=0.006)
 
 
-def test_agents_ranking_on_the_prior():
+def test_agents_ranking_on_the_prior(backend):
     rng = np.random.default_rng(9)
     results = {a.name: mean_confidence_interval(a.evaluate(5, 10, 30_000, rng))[0] for a in AGENTS}
     assert results["random"] == pytest.approx(5.0, abs=0.05)
@@ -138,7 +148,7 @@ def test_agents_ranking_on_the_prior():
     assert results["ucb1"] > results["random"]
 
 
-def test_agent_bad_input():
+def test_agent_bad_input(backend):
     rng = np.random.default_rng(0)
     for eps in (-0.1, 1.5, np.nan):
         with pytest.raises(ValueError, match="epsilon"):
@@ -165,6 +175,35 @@ def test_argmax_random_ties():
     picks = bl.argmax_random_ties(scores, np.random.default_rng(0))
     freq = np.bincount(picks, minlength=5) / len(picks)
     np.testing.assert_allclose(freq, [0, 1 / 3, 1 / 3, 0, 1 / 3], atol=0.01)
+
+
+@needs_cython
+@settings(max_examples=60, deadline=None)
+@given(seed=st.integers(0, 2**32 - 1), agent=st.integers(0, ref.N_AGENTS - 1),
+       parameter=st.sampled_from([0.0, 0.1, 0.5, 1.0, 1.4142135623730951, 3.0]),
+       n_tasks=st.integers(0, 30), n_arms=st.integers(1, 6), n_pulls=st.integers(1, 15))
+def test_backends_play_identically(seed, agent, parameter, n_tasks, n_arms, n_pulls):
+    rng = np.random.default_rng(seed)
+    means = rng.random((n_tasks, n_arms))
+    means[means < 0.15] = 0.0  # exact zeros and ties in the counts
+    r_ref, r_core = np.random.default_rng(seed + 1), np.random.default_rng(seed + 1)
+    np.testing.assert_array_equal(ref.run_agent_trials(agent, parameter, means, n_pulls, r_ref),
+                                  core.run_agent_trials(agent, parameter, means, n_pulls, r_core))
+    assert r_ref.random() == r_core.random()
+
+
+def test_kernel_bad_agent_codes(backend):
+    means, rng = np.full((2, 3), 0.5), np.random.default_rng(0)
+    with pytest.raises(ValueError, match="agent"):
+        active.baselines.run_agent_trials(ref.N_AGENTS, 0.0, means, 3, rng)
+    with pytest.raises(TypeError, match="agent"):
+        active.baselines.run_agent_trials(1.0, 0.0, means, 3, rng)
+    with pytest.raises(ValueError, match="epsilon"):
+        active.baselines.run_agent_trials(ref.AGENT_EPSILON, 2.0, means, 3, rng)
+    with pytest.raises(ValueError, match="c"):
+        active.baselines.run_agent_trials(ref.AGENT_UCB1, -1.0, means, 3, rng)
+    with pytest.raises(ValueError, match="parameter"):
+        active.baselines.run_agent_trials(ref.AGENT_GREEDY, np.nan, means, 3, rng)
 
 
 # ------------------------------------------------------------------ MDP oracle
