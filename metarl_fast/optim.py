@@ -133,7 +133,13 @@ class SGD(Optimizer):
         self.steps += 1
 
     def _fused_hyper(self):
-        return OPT_SGD, np.array([self.lr, self.momentum, float(self.nesterov)])
+        h = self.__dict__.get("_hyper")
+        if h is None:
+            h = self._hyper = np.empty(3)
+        h[0] = self.lr
+        h[1] = self.momentum
+        h[2] = 1.0 if self.nesterov else 0.0
+        return OPT_SGD, h
 
     def __repr__(self):
         return f"SGD(lr={self.lr}, momentum={self.momentum}, nesterov={self.nesterov})"
@@ -183,8 +189,17 @@ class Adam(Optimizer):
         self.steps += 1
 
     def _fused_hyper(self):
-        step_size, bc2 = self._corrections(self.steps + 1)
-        return OPT_ADAM, np.array([step_size, bc2, self.beta1, self.beta2, self.eps])
+        # a reused buffer: building a new array costs more than the kernel on small batches
+        h = self.__dict__.get("_hyper")
+        if h is None:
+            h = self._hyper = np.empty(5)
+        t = self.steps + 1
+        h[0] = self.lr / (1.0 - self.beta1 ** t)
+        h[1] = (1.0 - self.beta2 ** t) ** 0.5
+        h[2] = self.beta1
+        h[3] = self.beta2
+        h[4] = self.eps
+        return OPT_ADAM, h
 
     def __repr__(self):
         return f"Adam(lr={self.lr}, betas=({self.beta1}, {self.beta2}), eps={self.eps})"

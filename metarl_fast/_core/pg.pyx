@@ -1,3 +1,4 @@
+# distutils: extra_compile_args = -fno-math-errno
 """Policy-gradient kernels (Cython twin of :mod:`metarl_fast.reference.pg`).
 
 The ``def`` functions take a cheap C-level fast path when every argument already has the exact
@@ -105,6 +106,44 @@ cdef extern from *:
         for (; i < n; i++) s += x[i] * 0.0f;
         return s != 0.0f;
     }
+    /* Optimizer updates (see sgd_kernel/adam_kernel).  -fno-math-errno (first line of this file)
+     * lets sqrt vectorise: IEEE sqrt is correctly rounded either way and v >= 0 never sets errno;
+     * results are unchanged (this is not -ffast-math). */
+    #include <math.h>
+    #define MF_PG_ADAM(NAME, T)                                                                \
+    MF_PG_CLONES static void NAME(T *restrict p, const T *restrict grad,           \
+            T *restrict m_, T *restrict v_, ptrdiff_t n, double step_size, double bc2,          \
+            double b1, double b2, double eps, double scale)                                     \
+    {                                                                                           \
+        const double omb1 = 1.0 - b1, omb2 = 1.0 - b2;                                          \
+        for (ptrdiff_t k = 0; k < n; k++) {                                                     \
+            const double g = (double)grad[k] * scale;                                           \
+            const double m = b1 * (double)m_[k] + omb1 * g;                                     \
+            const double v = b2 * (double)v_[k] + omb2 * (g * g);                              \
+            m_[k] = (T)m;                                                                       \
+            v_[k] = (T)v;                                                                       \
+            p[k] = (T)((double)p[k] - step_size * (m / (sqrt(v) / bc2 + eps)));                \
+        }                                                                                       \
+    }
+    MF_PG_ADAM(mf_pg_adam_d, double)
+    MF_PG_ADAM(mf_pg_adam_f, float)
+    /* sum of squares with 4 (x2) independent accumulators */
+    #define MF_PG_SUMSQ(NAME, T)                                                                \
+    MF_PG_CLONES static double NAME(const T *x, ptrdiff_t n)                                    \
+    {                                                                                           \
+        double a0 = 0, a1 = 0, a2 = 0, a3 = 0, a4 = 0, a5 = 0, a6 = 0, a7 = 0;                  \
+        ptrdiff_t k = 0;                                                                        \
+        for (; k + 8 <= n; k += 8) {                                                            \
+            a0 += (double)x[k] * (double)x[k];         a1 += (double)x[k+1] * (double)x[k+1];  \
+            a2 += (double)x[k+2] * (double)x[k+2];     a3 += (double)x[k+3] * (double)x[k+3];  \
+            a4 += (double)x[k+4] * (double)x[k+4];     a5 += (double)x[k+5] * (double)x[k+5];  \
+            a6 += (double)x[k+6] * (double)x[k+6];     a7 += (double)x[k+7] * (double)x[k+7];  \
+        }                                                                                       \
+        for (; k < n; k++) a0 += (double)x[k] * (double)x[k];                                   \
+        return ((a0 + a1) + (a2 + a3)) + ((a4 + a5) + (a6 + a7));                              \
+    }
+    MF_PG_SUMSQ(mf_pg_sumsq_d, double)
+    MF_PG_SUMSQ(mf_pg_sumsq_f, float)
     /* gW[f, a] += sum_i x[i, f] G[i, a], rows added in increasing order; x (n, F), G (n, A). */
     MF_PG_CLONES static void mf_pg_outer_acc(const double *x, const double *G, double *gW,
                                              ptrdiff_t n, ptrdiff_t F, ptrdiff_t A)
@@ -149,6 +188,14 @@ cdef extern from *:
                          Py_ssize_t F, Py_ssize_t A) nogil
     int mf_pg_nonfinite_d(const double* x, Py_ssize_t n) nogil
     int mf_pg_nonfinite_f(const float* x, Py_ssize_t n) nogil
+    void mf_pg_adam_d(double* p, const double* grad, double* m, double* v, Py_ssize_t n,
+                      double step_size, double bc2, double b1, double b2, double eps,
+                      double scale) nogil
+    void mf_pg_adam_f(float* p, const float* grad, float* m, float* v, Py_ssize_t n,
+                      double step_size, double bc2, double b1, double b2, double eps,
+                      double scale) nogil
+    double mf_pg_sumsq_d(const double* x, Py_ssize_t n) nogil
+    double mf_pg_sumsq_f(const float* x, Py_ssize_t n) nogil
 
 # Checks over more elements than this release the GIL.
 cdef intp_t NOGIL_MIN = 16384
@@ -280,6 +327,7 @@ cdef intp_t linear_grad(const floating* params, intp_t n_features, intp_t n_acti
     cdef intp_t n_w = n_features * n_actions
     cdef double m
     cdef double* Wd
+    cdef const double* Wsrc
     cdef double* x
     cdef double* xbuf
     cdef double* z
@@ -299,8 +347,12 @@ cdef intp_t linear_grad(const floating* params, intp_t n_features, intp_t n_acti
                           * sizeof(double))
     if Wd == NULL:
         return PG_NO_MEMORY
-    for k in range(n_w + n_actions):
-        Wd[k] = <double> params[k]
+    if floating is double:
+        Wsrc = <const double*> params
+    else:
+        for k in range(n_w + n_actions):
+            Wd[k] = <double> params[k]
+        Wsrc = Wd
     xbuf = Wd + n_w + n_actions
     z = xbuf + chunk_rows * n_features
     e = z + chunk_rows * n_actions
@@ -315,11 +367,11 @@ cdef intp_t linear_grad(const floating* params, intp_t n_features, intp_t n_acti
             x = xbuf
             for k in range(n * n_features):
                 x[k] = <double> xin[k]
-        mf_pg_rows_matmul(x, Wd, z, n, n_features, n_actions)
+        mf_pg_rows_matmul(x, Wsrc, z, n, n_features, n_actions)
         for i in range(n):
             k = i * n_actions
             for a in range(n_actions):
-                z[k + a] = z[k + a] + Wd[n_w + a]
+                z[k + a] = z[k + a] + Wsrc[n_w + a]
             m = z[k]
             for a in range(1, n_actions):
                 if z[k + a] > m:
@@ -360,26 +412,23 @@ cdef void sgd_kernel(floating* params, const floating* grad, floating* velocity,
 cdef void adam_kernel(floating* params, const floating* grad, floating* exp_avg,
                       floating* exp_avg_sq, intp_t n, double step_size, double bc2_sqrt,
                       double beta1, double beta2, double eps, double scale) noexcept nogil:
-    cdef intp_t k
-    cdef double g, m, v, denom
-    cdef double one_m_b1 = 1.0 - beta1, one_m_b2 = 1.0 - beta2
-    for k in range(n):
-        g = <double> grad[k] * scale
-        m = beta1 * <double> exp_avg[k] + one_m_b1 * g
-        v = beta2 * <double> exp_avg_sq[k] + one_m_b2 * (g * g)
-        exp_avg[k] = <floating> m
-        exp_avg_sq[k] = <floating> v
-        denom = sqrt(v) / bc2_sqrt + eps
-        params[k] = <floating> (<double> params[k] - step_size * (m / denom))
+    # m = b1 m + (1 - b1) g;  v = b2 v + (1 - b2) g^2;  p -= step_size * m / (sqrt(v) / bc2 + eps)
+    # (in the C block above, so that sqrt and the division vectorise)
+    if floating is double:
+        mf_pg_adam_d(params, grad, exp_avg, exp_avg_sq, n, step_size, bc2_sqrt, beta1, beta2,
+                     eps, scale)
+    else:
+        mf_pg_adam_f(params, grad, exp_avg, exp_avg_sq, n, step_size, bc2_sqrt, beta1, beta2,
+                     eps, scale)
 
 
 cdef inline double clip_coef(const floating* grad, intp_t n, double max_norm,
                              double* norm_out) noexcept nogil:
-    cdef intp_t k
-    cdef double s = 0.0, g, c
-    for k in range(n):
-        g = <double> grad[k]
-        s += g * g
+    cdef double s, c
+    if floating is double:
+        s = mf_pg_sumsq_d(grad, n)
+    else:
+        s = mf_pg_sumsq_f(grad, n)
     norm_out[0] = sqrt(s)
     if max_norm > 0.0:
         c = max_norm / (norm_out[0] + 1e-6)
@@ -652,13 +701,41 @@ def clip_grad_norm(grad, max_norm):
     return norm
 
 
+cdef bint _update_ok(object params, object grad, object state0, object state1):
+    """Fast path of the optimizer kernels: same-dtype C-contiguous 1-D arrays, finite."""
+    cdef cnp.ndarray p
+    cdef int tn
+    cdef intp_t n
+    if type(params) is not cnp.ndarray:
+        return False
+    p = <cnp.ndarray> params
+    tn = cnp.PyArray_TYPE(p)
+    if tn != cnp.NPY_DOUBLE and tn != cnp.NPY_FLOAT:
+        return False
+    n = cnp.PyArray_DIM(p, 0) if cnp.PyArray_NDIM(p) == 1 else -1
+    return (n >= 0 and _vec(p, tn, n) and _vec(grad, tn, n) and _vec(state0, tn, n)
+            and _vec(state1, tn, n) and cnp.PyArray_ISWRITEABLE(p)
+            and cnp.PyArray_ISWRITEABLE(<cnp.ndarray> state0)
+            and cnp.PyArray_ISWRITEABLE(<cnp.ndarray> state1)
+            and _all_finite(p, n) and _all_finite(<cnp.ndarray> grad, n))
+
+
 def sgd_update(params, grad, velocity, lr, momentum=0.0, nesterov=False, grad_scale=1.0):
     """One SGD step in place.  See :func:`metarl_fast.reference.pg.sgd_update`."""
     cdef cnp.ndarray p, g
-    p, g = _ref._check_update(params, grad, [("velocity", velocity)])
-    cdef double lr_ = _validate.finite_float(lr, "lr", low=0.0)
-    cdef double mom = _validate.finite_float(momentum, "momentum", low=0.0)
-    cdef double scale = _validate.finite_float(grad_scale, "grad_scale")
+    cdef double lr_, mom, scale
+    if (_update_ok(params, grad, velocity, velocity) and _is_real(lr) and _is_real(momentum)
+            and _is_real(grad_scale)):
+        p, g = <cnp.ndarray> params, <cnp.ndarray> grad
+        lr_, mom, scale = lr, momentum, grad_scale
+    else:
+        lr_, mom, scale = -1.0, -1.0, 0.0
+    if not (lr_ >= 0.0 and mom >= 0.0 and lr_ - lr_ == 0.0 and mom - mom == 0.0
+            and scale - scale == 0.0):
+        p, g = _ref._check_update(params, grad, [("velocity", velocity)])
+        lr_ = _validate.finite_float(lr, "lr", low=0.0)
+        mom = _validate.finite_float(momentum, "momentum", low=0.0)
+        scale = _validate.finite_float(grad_scale, "grad_scale")
     cdef bint nest = bool(nesterov)
     cdef cnp.ndarray vel = <cnp.ndarray> velocity
     cdef intp_t n = p.shape[0]
@@ -676,10 +753,24 @@ def adam_update(params, grad, exp_avg, exp_avg_sq, step_size, bias_correction2_s
                 beta1, beta2, eps, grad_scale=1.0):
     """One Adam step in place.  See :func:`metarl_fast.reference.pg.adam_update`."""
     cdef cnp.ndarray p, g
-    p, g = _ref._check_update(params, grad, [("exp_avg", exp_avg), ("exp_avg_sq", exp_avg_sq)])
-    cdef double ss, bc2, b1, b2, ep
-    ss, bc2, b1, b2, ep = _ref._check_adam_hyper(step_size, bias_correction2_sqrt, beta1, beta2, eps)
-    cdef double scale = _validate.finite_float(grad_scale, "grad_scale")
+    cdef double ss, bc2, b1, b2, ep, scale
+    cdef double h[5]
+    if (_update_ok(params, grad, exp_avg, exp_avg_sq) and _is_real(step_size)
+            and _is_real(bias_correction2_sqrt) and _is_real(beta1) and _is_real(beta2)
+            and _is_real(eps) and _is_real(grad_scale)):
+        h[0], h[1], h[2], h[3], h[4] = step_size, bias_correction2_sqrt, beta1, beta2, eps
+        scale = grad_scale
+        ok = _hyper_ok(PG_OPT_ADAM, h) and scale - scale == 0.0
+    else:
+        ok = False
+    if ok:
+        p, g = <cnp.ndarray> params, <cnp.ndarray> grad
+        ss, bc2, b1, b2, ep = h[0], h[1], h[2], h[3], h[4]
+    else:
+        p, g = _ref._check_update(params, grad, [("exp_avg", exp_avg), ("exp_avg_sq", exp_avg_sq)])
+        ss, bc2, b1, b2, ep = _ref._check_adam_hyper(step_size, bias_correction2_sqrt, beta1,
+                                                     beta2, eps)
+        scale = _validate.finite_float(grad_scale, "grad_scale")
     cdef cnp.ndarray m = <cnp.ndarray> exp_avg, v = <cnp.ndarray> exp_avg_sq
     cdef intp_t n = p.shape[0]
     if cnp.PyArray_TYPE(p) == cnp.NPY_DOUBLE:
@@ -715,7 +806,7 @@ cdef object _step(tuple checked, bint linear, object max_grad_norm, object grad_
     # fast path: exact types and layouts; otherwise the reference's checks (convert or raise)
     if (type(opt_kind) is int and (opt_kind == PG_OPT_SGD or opt_kind == PG_OPT_ADAM)
             and (max_grad_norm is None or _is_real(max_grad_norm))
-            and _vec(grad_out, tn, n) and (<cnp.ndarray> grad_out).flags.writeable
+            and _vec(grad_out, tn, n) and cnp.PyArray_ISWRITEABLE(<cnp.ndarray> grad_out)
             and type(opt_state) is cnp.ndarray and _vec(opt_hyper, cnp.NPY_DOUBLE,
                                                          3 if opt_kind == PG_OPT_SGD else 5)
             and cnp.PyArray_TYPE(<cnp.ndarray> opt_state) == tn
@@ -723,7 +814,7 @@ cdef object _step(tuple checked, bint linear, object max_grad_norm, object grad_
             and cnp.PyArray_DIM(<cnp.ndarray> opt_state, 0) == 2
             and cnp.PyArray_DIM(<cnp.ndarray> opt_state, 1) == n
             and cnp.PyArray_IS_C_CONTIGUOUS(<cnp.ndarray> opt_state)
-            and (<cnp.ndarray> opt_state).flags.writeable and p.flags.writeable
+            and cnp.PyArray_ISWRITEABLE(<cnp.ndarray> opt_state) and cnp.PyArray_ISWRITEABLE(p)
             and _hyper_ok(opt_kind, <const double*> cnp.PyArray_DATA(<cnp.ndarray> opt_hyper))
             and (max_grad_norm is None or (max_grad_norm - max_grad_norm == 0.0
                                            and max_grad_norm >= 0.0))):
