@@ -93,11 +93,21 @@ def _available_memory():
         return None
 
 
+def _record_dtype(specs):
+    """The aligned structured dtype of one stored transition (fields in FIELDS order)."""
+    return np.dtype([(name, dtype, shape) for name, (shape, dtype) in zip(FIELDS, specs)], align=True)
+
+
 def _allocate(capacity, specs, extra_bytes=0):
-    """Allocate zeroed arrays ``(capacity, *shape)`` for each (shape, dtype); MemoryError first if
-    the total cannot fit in physical memory."""
-    row_bytes = sum(int(np.prod(shape, dtype=np.int64)) * dtype.itemsize for shape, dtype in specs)
-    nbytes = capacity * row_bytes + extra_bytes
+    """Zeroed storage for ``capacity`` transitions: the tuple of per-field views (FIELDS order).
+
+    The transitions are stored as one aligned record each (array of structs), so sampling a
+    transition touches one or two cache lines instead of nine; each field is a strided
+    (capacity, *shape) view.  Raises MemoryError (with the byte count) before allocating if the
+    total cannot fit in this machine's physical memory.
+    """
+    record = _record_dtype(specs)
+    nbytes = capacity * record.itemsize + extra_bytes
     limit = _available_memory()
     if nbytes >= 2 ** 62 or (limit is not None and nbytes > limit):
         raise MemoryError(
@@ -106,9 +116,10 @@ def _allocate(capacity, specs, extra_bytes=0):
             + (f" ({limit} bytes)" if limit is not None else "")
         )
     try:
-        return tuple(np.zeros((capacity,) + shape, dtype=dtype) for shape, dtype in specs)
+        records = np.zeros(capacity, dtype=record)
     except MemoryError as err:
         raise MemoryError(f"could not allocate {nbytes} bytes for a replay buffer of capacity {capacity}") from err
+    return tuple(records[name] for name in FIELDS)
 
 
 def _storage_view(i):
@@ -412,7 +423,7 @@ class ReplayBuffer:
         missing = [f for f in FIELDS + ("state",) if f not in arrays]
         if missing:
             raise KeyError(f"missing arrays {missing}")
-        store = tuple(np.ascontiguousarray(arrays[f]) for f in FIELDS)
+        store = tuple(np.asarray(arrays[f]) for f in FIELDS)
         capacity = store[0].shape[0] if store[0].ndim else 0
         if capacity < 1:
             raise ValueError("capacity must be >= 1")
@@ -451,7 +462,10 @@ class ReplayBuffer:
             raise ValueError("episode ids are not in time order")
         if size and (not np.isfinite(reward[slots]).all() or not np.isfinite(logp[slots]).all()):
             raise ValueError("non-finite rewards or logp")
-        return store, state
+        records = _allocate(capacity, [(a.shape[1:], a.dtype) for a in store])
+        for dst, src in zip(records, store):
+            dst[...] = src
+        return records, state
 
     def _load_extra(self, arrays):
         pass

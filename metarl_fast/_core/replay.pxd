@@ -14,12 +14,15 @@ ctypedef Py_ssize_t intp_t
 cdef enum:
     N_FIELDS = 9
 
-# The buffer: 9 field arrays (FIELDS order) of `capacity` rows of `row_bytes[f]` bytes each,
-# the int64 state [pos, size, next_episode, open_task, n_added] and the task index table
+# The buffer: 9 fields (FIELDS order) of `capacity` rows of `row_bytes[f]` bytes each, row i of
+# field f at field[f] + i * stride[f].  Rows are records holding all fields (array of structs), so
+# every stride[f] equals the record size (write_rows relies on it).  `state` is the int64
+# [pos, size, next_episode, open_task, n_added] and `task_meta` the task index table
 # (n_tasks rows of int64 [front, count, ring capacity, ring address]).
 cdef struct Storage:
     char* field[N_FIELDS]
     intp_t row_bytes[N_FIELDS]
+    intp_t stride[N_FIELDS]
     intp_t capacity
     int64_t* state
     int64_t* task_meta
@@ -44,15 +47,15 @@ cdef struct Columns:
     bint task_is64
     intp_t n
 
-# Append the rows (FIFO ring write in at most two block copies per field, episode ids, task rings).
+# Append the rows (FIFO ring write: one pass over the records, wrapping once; episode ids; task rings).
 # Every task ring must already hold count + (rows of that task) entries.
 cdef void write_rows(Storage* st, const Columns* cols) noexcept nogil
-# dst[i] = src[idx[i]] for rows of row_bytes bytes.
-cdef void gather_rows(const char* src, intp_t row_bytes, const int64_t* idx, intp_t n,
-                      char* dst) noexcept nogil
+# dst row i (dense) = src row idx[i] (rows of row_bytes bytes, src_stride bytes apart).
+cdef void gather_rows(const char* src, intp_t row_bytes, intp_t src_stride, const int64_t* idx,
+                      intp_t n, char* dst) noexcept nogil
 cdef void uniform_indices(bitgen_t* bitgen, int64_t size, intp_t n, int64_t* out) noexcept nogil
 # Returns 0, or -1 if no valid window exists; -2 out of memory.
-cdef int sequence_starts(const int64_t* episode, intp_t capacity, int64_t pos, int64_t size,
+cdef int sequence_starts(const char* episode, intp_t episode_stride, intp_t capacity, int64_t pos, int64_t size,
                          int64_t length, bitgen_t* bitgen, intp_t n, int64_t* out) noexcept nogil
 cdef void tree_set_leaf(double* tree_sum, double* tree_min, intp_t n_leaves, intp_t leaf,
                         double value) noexcept nogil

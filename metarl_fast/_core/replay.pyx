@@ -44,26 +44,16 @@ cdef enum:
 # nogil kernels
 # ---------------------------------------------------------------------------------------------
 
-cdef inline void _copy_block(char* dst, const char* src, intp_t row_bytes, intp_t capacity,
-                             intp_t start, intp_t n) noexcept nogil:
-    """Rows src[0:n] -> ring rows start, start+1, ... (mod capacity): at most two memcpys."""
-    cdef intp_t first = capacity - start
-    if first > n:
-        first = n
-    memcpy(dst + start * row_bytes, src, first * row_bytes)
-    if n > first:
-        memcpy(dst, src + first * row_bytes, (n - first) * row_bytes)
-
-
-cdef inline void _fill_block(char* dst, const char* value, intp_t row_bytes, intp_t capacity,
-                             intp_t start, intp_t n) noexcept nogil:
-    """One value (row_bytes bytes) into ring rows start .. start+n-1 (mod capacity)."""
-    cdef intp_t i, slot = start
-    for i in range(n):
-        memcpy(dst + slot * row_bytes, value, row_bytes)
-        slot += 1
-        if slot == capacity:
-            slot = 0
+cdef inline void _put(char* dst, const char* src, intp_t nbytes) noexcept nogil:
+    """Copy one field value (nbytes bytes)."""
+    if nbytes == 8:
+        (<int64_t*> dst)[0] = (<const int64_t*> src)[0]
+    elif nbytes == 4:
+        (<int32_t*> dst)[0] = (<const int32_t*> src)[0]
+    elif nbytes == 1:
+        dst[0] = src[0]
+    else:
+        memcpy(dst, src, nbytes)
 
 
 cdef inline int64_t _task_at(const Columns* c, intp_t i) noexcept nogil:
@@ -73,74 +63,120 @@ cdef inline int64_t _task_at(const Columns* c, intp_t i) noexcept nogil:
 
 
 cdef void write_rows(Storage* st, const Columns* c) noexcept nogil:
-    cdef intp_t n = c.n, capacity = st.capacity, skip, m, start, i, slot, f
+    # Everything is read into locals first: the stores below go through casted pointers that the
+    # compiler must assume may alias the structs.
+    cdef intp_t n = c.n, capacity = st.capacity, skip, i, slot, run, off, stride = st.stride[0]
     cdef int64_t* state = st.state
     cdef int64_t* meta = st.task_meta
     cdef int64_t* row
+    cdef int64_t* ring
     cdef int64_t pos = state[S_POS], size0 = state[S_SIZE]
     cdef int64_t next_ep = state[S_NEXT_EPISODE], open_task = state[S_OPEN_TASK]
-    cdef int64_t t, old, ep
-    cdef bint full0 = size0 == capacity, end
-    cdef int32_t* task_store = <int32_t*> st.field[F_TASK]
-    cdef int64_t* episode_store = <int64_t*> st.field[F_EPISODE]
-    cdef int32_t t32
+    cdef int64_t t, old, run_task, front, count, mask
+    cdef bint full0 = size0 == capacity, end, task64 = c.task_is64
+    cdef char* f_obs = st.field[F_OBS]
+    cdef char* f_action = st.field[F_ACTION]
+    cdef char* f_reward = st.field[F_REWARD]
+    cdef char* f_next = st.field[F_NEXT_OBS]
+    cdef char* f_done = st.field[F_DONE]
+    cdef char* f_trunc = st.field[F_TRUNCATED]
+    cdef char* f_task = st.field[F_TASK]
+    cdef char* f_episode = st.field[F_EPISODE]
+    cdef char* f_logp = st.field[F_LOGP]
+    cdef intp_t b_obs = st.row_bytes[F_OBS], b_action = st.row_bytes[F_ACTION]
+    cdef intp_t b_float = st.row_bytes[F_REWARD]
+    cdef const char* obs = c.obs
+    cdef const char* action = c.action
+    cdef const char* reward = c.reward
+    cdef const char* next_obs = c.next_obs
+    cdef const char* done = c.done
+    cdef const char* truncated = c.truncated
+    cdef const char* task = c.task
+    cdef const char* logp = c.logp
+    cdef intp_t s_done = c.done_stride, s_trunc = c.truncated_stride, s_task = c.task_stride
+    cdef intp_t s_logp = c.logp_stride
     if n == 0:
         return
     # Only the last `capacity` rows survive a call; the skipped rows still count for episode ids.
     skip = n - capacity if n > capacity else 0
-    m = n - skip
-    start = (pos + skip) % capacity
-    slot = start
-    for i in range(n):
-        t = _task_at(c, i)
+    for i in range(skip):
+        t = (<const int64_t*> (task + i * s_task))[0] if task64 else (<const int32_t*> (task + i * s_task))[0]
         if open_task >= 0 and t != open_task:
             next_ep += 1
-        ep = next_ep
-        end = (<const uint8_t*> (c.done + i * c.done_stride))[0] != 0 or \
-              (<const uint8_t*> (c.truncated + i * c.truncated_stride))[0] != 0
+        if done[i * s_done] != 0 or truncated[i * s_trunc] != 0:
+            next_ep += 1
+            open_task = -1
+        else:
+            open_task = t
+
+    # One pass over the records.  An overwritten slot is its old task's oldest entry: it is
+    # popped from that task's ring (by runs of equal task; pops and pushes touch opposite ends of
+    # a ring, so popping here and pushing in the next pass equals interleaving them row by row).
+    slot = (pos + skip) % capacity
+    run = 0
+    run_task = -1
+    for i in range(skip, n):
+        off = slot * stride
+        t = (<const int64_t*> (task + i * s_task))[0] if task64 else (<const int32_t*> (task + i * s_task))[0]
+        if full0 or slot < size0:
+            old = (<int32_t*> (f_task + off))[0]
+            if old != run_task:
+                if run:
+                    row = meta + 4 * run_task
+                    row[0] = (row[0] + run) & (row[2] - 1)
+                    row[1] -= run
+                run_task = old
+                run = 0
+            run += 1
+        if open_task >= 0 and t != open_task:
+            next_ep += 1
+        (<int64_t*> (f_episode + off))[0] = next_ep
+        (<int32_t*> (f_task + off))[0] = <int32_t> t
+        end = done[i * s_done] != 0 or truncated[i * s_trunc] != 0
         if end:
             next_ep += 1
             open_task = -1
         else:
             open_task = t
-        if i < skip:
-            continue
-        if full0 or slot < size0:  # overwrite: the slot is its task's oldest entry
-            old = task_store[slot]
-            row = meta + 4 * old
-            row[0] = (row[0] + 1) & (row[2] - 1)
-            row[1] -= 1
-        row = meta + 4 * t
-        (<int64_t*> row[3])[(row[0] + row[1]) & (row[2] - 1)] = slot
-        row[1] += 1
-        episode_store[slot] = ep
-        t32 = <int32_t> t
-        task_store[slot] = t32
+        _put(f_obs + off, obs + i * b_obs, b_obs)
+        _put(f_next + off, next_obs + i * b_obs, b_obs)
+        _put(f_action + off, action + i * b_action, b_action)
+        _put(f_reward + off, reward + i * b_float, b_float)
+        _put(f_logp + off, logp + i * s_logp, b_float)
+        f_done[off] = done[i * s_done]
+        f_trunc[off] = truncated[i * s_trunc]
         slot += 1
         if slot == capacity:
             slot = 0
+    if run:
+        row = meta + 4 * run_task
+        row[0] = (row[0] + run) & (row[2] - 1)
+        row[1] -= run
 
-    _copy_block(st.field[F_OBS], c.obs + skip * st.row_bytes[F_OBS], st.row_bytes[F_OBS],
-                capacity, start, m)
-    _copy_block(st.field[F_ACTION], c.action + skip * st.row_bytes[F_ACTION],
-                st.row_bytes[F_ACTION], capacity, start, m)
-    _copy_block(st.field[F_REWARD], c.reward + skip * st.row_bytes[F_REWARD],
-                st.row_bytes[F_REWARD], capacity, start, m)
-    _copy_block(st.field[F_NEXT_OBS], c.next_obs + skip * st.row_bytes[F_NEXT_OBS],
-                st.row_bytes[F_NEXT_OBS], capacity, start, m)
-    if c.done_stride:
-        _copy_block(st.field[F_DONE], c.done + skip, 1, capacity, start, m)
-    else:
-        _fill_block(st.field[F_DONE], c.done, 1, capacity, start, m)
-    if c.truncated_stride:
-        _copy_block(st.field[F_TRUNCATED], c.truncated + skip, 1, capacity, start, m)
-    else:
-        _fill_block(st.field[F_TRUNCATED], c.truncated, 1, capacity, start, m)
-    if c.logp_stride:
-        _copy_block(st.field[F_LOGP], c.logp + skip * c.logp_stride, st.row_bytes[F_LOGP],
-                    capacity, start, m)
-    else:
-        _fill_block(st.field[F_LOGP], c.logp, st.row_bytes[F_LOGP], capacity, start, m)
+    # Push the new slots onto their tasks' rings (in time order), by runs of equal task.
+    slot = (pos + skip) % capacity
+    run_task = -1
+    row = NULL
+    ring = NULL
+    front = count = mask = 0
+    for i in range(skip, n):
+        t = (<const int64_t*> (task + i * s_task))[0] if task64 else (<const int32_t*> (task + i * s_task))[0]
+        if t != run_task:
+            if row != NULL:
+                row[1] = count
+            run_task = t
+            row = meta + 4 * t
+            front = row[0]
+            count = row[1]
+            mask = row[2] - 1
+            ring = <int64_t*> row[3]
+        ring[(front + count) & mask] = slot
+        count += 1
+        slot += 1
+        if slot == capacity:
+            slot = 0
+    if row != NULL:
+        row[1] = count
 
     state[S_POS] = (pos + n) % capacity
     state[S_SIZE] = capacity if size0 + n > capacity else size0 + n
@@ -149,21 +185,21 @@ cdef void write_rows(Storage* st, const Columns* c) noexcept nogil:
     state[S_N_ADDED] += n
 
 
-cdef void gather_rows(const char* src, intp_t row_bytes, const int64_t* idx, intp_t n,
-                      char* dst) noexcept nogil:
+cdef void gather_rows(const char* src, intp_t row_bytes, intp_t src_stride, const int64_t* idx,
+                      intp_t n, char* dst) noexcept nogil:
     cdef intp_t i
     if row_bytes == 8:
         for i in range(n):
-            (<int64_t*> dst)[i] = (<const int64_t*> src)[idx[i]]
+            (<int64_t*> dst)[i] = (<const int64_t*> (src + idx[i] * src_stride))[0]
     elif row_bytes == 4:
         for i in range(n):
-            (<int32_t*> dst)[i] = (<const int32_t*> src)[idx[i]]
+            (<int32_t*> dst)[i] = (<const int32_t*> (src + idx[i] * src_stride))[0]
     elif row_bytes == 1:
         for i in range(n):
-            dst[i] = src[idx[i]]
+            dst[i] = src[idx[i] * src_stride]
     else:
         for i in range(n):
-            memcpy(dst + i * row_bytes, src + idx[i] * row_bytes, row_bytes)
+            memcpy(dst + i * row_bytes, src + idx[i] * src_stride, row_bytes)
 
 
 cdef void uniform_indices(bitgen_t* bitgen, int64_t size, intp_t n, int64_t* out) noexcept nogil:
@@ -175,8 +211,13 @@ cdef void uniform_indices(bitgen_t* bitgen, int64_t size, intp_t n, int64_t* out
         out[i] = k if k < size else size - 1
 
 
-cdef int sequence_starts(const int64_t* episode, intp_t capacity, int64_t pos, int64_t size,
-                         int64_t length, bitgen_t* bitgen, intp_t n, int64_t* out) noexcept nogil:
+cdef inline int64_t _episode_at(const char* episode, intp_t stride, int64_t slot) noexcept nogil:
+    return (<const int64_t*> (episode + slot * stride))[0]
+
+
+cdef int sequence_starts(const char* episode, intp_t episode_stride, intp_t capacity, int64_t pos,
+                         int64_t size, int64_t length, bitgen_t* bitgen, intp_t n,
+                         int64_t* out) noexcept nogil:
     cdef int64_t oldest = (pos - size) % capacity
     cdef int64_t n_cand = size - length + 1, s, a, b, n_valid, k
     cdef double dcand = <double> n_cand
@@ -202,7 +243,7 @@ cdef int sequence_starts(const int64_t* episode, intp_t capacity, int64_t pos, i
                 s = n_cand - 1
             a = (oldest + s) % capacity
             b = (oldest + s + length - 1) % capacity
-            if episode[a] == episode[b]:
+            if _episode_at(episode, episode_stride, a) == _episode_at(episode, episode_stride, b):
                 out[pending[j]] = a
             else:
                 pending[kept] = pending[j]
@@ -217,7 +258,8 @@ cdef int sequence_starts(const int64_t* episode, intp_t capacity, int64_t pos, i
         return -2
     n_valid = 0
     for s in range(n_cand):
-        if episode[(oldest + s) % capacity] == episode[(oldest + s + length - 1) % capacity]:
+        if (_episode_at(episode, episode_stride, (oldest + s) % capacity)
+                == _episode_at(episode, episode_stride, (oldest + s + length - 1) % capacity)):
             valid[n_valid] = s
             n_valid += 1
     if n_valid == 0:
@@ -331,6 +373,7 @@ cdef int _storage(Storage* st, tuple store, cnp.ndarray state, object tasks) exc
         arr = <cnp.ndarray> store[f]
         st.field[f] = <char*> cnp.PyArray_DATA(arr)
         st.row_bytes[f] = cnp.PyArray_ITEMSIZE(arr) * (cnp.PyArray_SIZE(arr) // cnp.PyArray_DIM(arr, 0))
+        st.stride[f] = cnp.PyArray_STRIDE(arr, 0)
     st.capacity = cnp.PyArray_DIM(<cnp.ndarray> store[0], 0)
     st.state = <int64_t*> cnp.PyArray_DATA(state)
     meta = <cnp.ndarray> tasks.meta
@@ -665,7 +708,8 @@ def sample_sequence_starts(cnp.ndarray episode_store, cnp.ndarray state, int64_t
     cdef int status
     with rng.bit_generator.lock:
         with nogil:
-            status = sequence_starts(<const int64_t*> cnp.PyArray_DATA(episode_store),
+            status = sequence_starts(<const char*> cnp.PyArray_DATA(episode_store),
+                                     cnp.PyArray_STRIDE(episode_store, 0),
                                      cnp.PyArray_DIM(episode_store, 0), s[S_POS], s[S_SIZE],
                                      length, bitgen, n, <int64_t*> cnp.PyArray_DATA(out))
     if status == -2:
@@ -709,6 +753,7 @@ def gather(tuple store, cnp.ndarray indices):
     cdef char* srcs[N_FIELDS]
     cdef char* dsts[N_FIELDS]
     cdef intp_t row_bytes[N_FIELDS]
+    cdef intp_t strides[N_FIELDS]
     result = []
     for d in range(nd_idx):
         dims[d] = cnp.PyArray_DIM(idx, d)
@@ -721,10 +766,11 @@ def gather(tuple store, cnp.ndarray indices):
         srcs[f] = <char*> cnp.PyArray_DATA(field)
         dsts[f] = <char*> cnp.PyArray_DATA(out)
         row_bytes[f] = cnp.PyArray_ITEMSIZE(field) * (cnp.PyArray_SIZE(field) // cnp.PyArray_DIM(field, 0))
+        strides[f] = cnp.PyArray_STRIDE(field, 0)
         result.append(out)
     with nogil:
         for f in range(N_FIELDS):
-            gather_rows(srcs[f], row_bytes[f], ip, n, dsts[f])
+            gather_rows(srcs[f], row_bytes[f], strides[f], ip, n, dsts[f])
     return tuple(result)
 
 

@@ -1,0 +1,145 @@
+"""Replay buffer: Cython vs NumPy reference (and cpprb, when installed) in the same run.
+
+    pytest benches/bench_replay.py --benchmark-only --benchmark-group-by=group \
+        --benchmark-json=replay.json && python benches/ratios.py replay.json
+
+Buffers hold 10**6 transitions (full, wrapped, episodes of 100 steps from 4 tasks), with tabular
+(int64 scalar) or 8-dim float32 observations.  ``extra_info['rows']`` is the number of
+transitions per call, so "per item" is the cost of one transition.  Under --benchmark-disable (or
+METARL_FAST_BENCH_QUICK=1) the capacity shrinks to 10**4 so the file only checks that it runs.
+"""
+import numpy as np
+import pytest
+
+from conftest import QUICK
+from metarl_fast.replay import PrioritizedReplayBuffer, ReplayBuffer
+
+CAPACITY = 10 ** 6
+EPISODE = 100
+N_TASKS = 4
+OBS = ["tabular", "vec8"]
+
+
+def capacity_for(benchmark):
+    return 10 ** 4 if (QUICK or benchmark.disabled) else CAPACITY
+
+
+def rows(kind, n, start=0):
+    """n transitions (obs, action, reward, next_obs, done), episodes of EPISODE steps."""
+    t = np.arange(start, start + n)
+    if kind == "tabular":
+        obs = t % 1000
+        next_obs = (t + 1) % 1000
+    else:
+        obs = np.repeat((t % 1000).astype(np.float32)[:, None], 8, axis=1) * np.float32(0.01)
+        next_obs = obs + np.float32(0.01)
+    action = t % 4
+    reward = (t % 7).astype(np.float32 if kind == "vec8" else np.float64)
+    done = t % EPISODE == EPISODE - 1
+    return obs, action, reward, next_obs, done
+
+
+def make_buffer(kind, capacity, prioritized=False):
+    kwargs = dict(obs_shape=(8,), obs_dtype=np.float32, reward_dtype=np.float32) if kind == "vec8" else {}
+    buf = PrioritizedReplayBuffer(capacity, 0.6, **kwargs) if prioritized else ReplayBuffer(capacity, **kwargs)
+    chunk = 10 * EPISODE
+    for start in range(0, capacity + chunk, chunk):  # fill and wrap
+        obs, action, reward, next_obs, done = rows(kind, chunk, start)
+        buf.add_batch(obs, action, reward, next_obs, done, task_id=(start // chunk) % N_TASKS,
+                      logp=np.full(chunk, -1.386, dtype=reward.dtype))
+    return buf
+
+
+def _group(benchmark, backend, name, kind, n_rows):
+    benchmark.group = f"replay.{name} obs={kind} capacity=1e6"
+    benchmark.extra_info.update(rows=n_rows, backend=backend)
+
+
+@pytest.mark.parametrize("kind", OBS)
+def test_add(benchmark, backend, kind):
+    buf = make_buffer(kind, capacity_for(benchmark))
+    obs, action, reward, next_obs, done = rows(kind, 1)
+    o, a, r, no = (int(obs[0]), 1, 0.5, int(next_obs[0])) if kind == "tabular" else (obs[0], 1, 0.5, next_obs[0])
+    _group(benchmark, backend, "add (one transition from Python)", kind, 1)
+    benchmark(buf.add, o, a, r, no, False, task_id=1, logp=-1.0)
+    assert len(buf) == buf.capacity
+
+
+@pytest.mark.parametrize("kind", OBS)
+def test_add_batch(benchmark, backend, kind):
+    buf = make_buffer(kind, capacity_for(benchmark))
+    obs, action, reward, next_obs, done = rows(kind, 1024)
+    logp = np.full(1024, -1.0, dtype=reward.dtype)
+    _group(benchmark, backend, "add_batch(1024)", kind, 1024)
+    n = benchmark(buf.add_batch, obs, action, reward, next_obs, done, task_id=2, logp=logp)
+    assert n == 1024
+
+
+@pytest.mark.parametrize("kind", OBS)
+def test_sample(benchmark, backend, kind):
+    buf = make_buffer(kind, capacity_for(benchmark))
+    rng = np.random.default_rng(0)
+    _group(benchmark, backend, "sample(256)", kind, 256)
+    batch = benchmark(buf.sample, 256, rng)
+    assert batch.obs.shape[0] == 256
+
+
+@pytest.mark.parametrize("kind", OBS)
+def test_sample_task(benchmark, backend, kind):
+    buf = make_buffer(kind, capacity_for(benchmark))
+    rng = np.random.default_rng(0)
+    _group(benchmark, backend, "sample(256, task_id=3)", kind, 256)
+    batch = benchmark(buf.sample, 256, rng, task_id=3)
+    assert np.all(batch.task_id == 3)
+
+
+@pytest.mark.parametrize("kind", OBS)
+def test_sample_sequences(benchmark, backend, kind):
+    buf = make_buffer(kind, capacity_for(benchmark))
+    rng = np.random.default_rng(0)
+    _group(benchmark, backend, "sample_sequences(64, 8)", kind, 64 * 8)
+    batch = benchmark(buf.sample_sequences, 64, 8, rng)
+    assert batch.obs.shape[:2] == (64, 8)
+
+
+@pytest.mark.parametrize("kind", OBS)
+def test_prioritized_sample_update(benchmark, backend, kind):
+    buf = make_buffer(kind, capacity_for(benchmark), prioritized=True)
+    rng = np.random.default_rng(0)
+    priorities = np.random.default_rng(1).random(256) * 2
+
+    def step():
+        batch = buf.sample(256, rng, beta=0.4)
+        buf.update_priorities(batch.indices, priorities)
+        return batch
+
+    _group(benchmark, backend, "prioritized sample(256) + update_priorities(256)", kind, 256)
+    batch = benchmark(step)
+    assert batch.weights.shape == (256,)
+
+
+# ---------------------------------------------------------------------------------------------
+# cpprb, the peer (optional: pip install cpprb)
+# ---------------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("op", ["add", "add_batch(1024)", "sample(256)"])
+@pytest.mark.parametrize("kind", OBS)
+def test_cpprb(benchmark, kind, op):
+    cpprb = pytest.importorskip("cpprb")
+    capacity = capacity_for(benchmark)
+    obs_spec = {"shape": (8,), "dtype": np.float32} if kind == "vec8" else {"dtype": np.int64}
+    rb = cpprb.ReplayBuffer(capacity, {"obs": obs_spec, "act": {"dtype": np.int64}, "rew": {},
+                                       "next_obs": obs_spec, "done": {}})
+    obs, action, reward, next_obs, done = rows(kind, 1024)
+    for _ in range(capacity // 1024 + 1):
+        rb.add(obs=obs, act=action, rew=reward, next_obs=next_obs, done=done)
+    name = {"add": "add (one transition from Python)"}.get(op, op)
+    benchmark.group = f"replay.{name} obs={kind} capacity=1e6"
+    benchmark.extra_info.update(rows={"add": 1, "add_batch(1024)": 1024, "sample(256)": 256}[op],
+                                backend="cpprb")
+    if op == "add":
+        benchmark(rb.add, obs=obs[0], act=1, rew=0.5, next_obs=next_obs[0], done=0.0)
+    elif op == "add_batch(1024)":
+        benchmark(rb.add, obs=obs, act=action, rew=reward, next_obs=next_obs, done=done)
+    else:
+        benchmark(rb.sample, 256)
