@@ -236,3 +236,27 @@ def test_truncated_off_policy_estimator_mean_and_vanishing_bias(backend):
     assert biases[0] > 1e-3
     assert all(b1 > b2 for b1, b2 in zip(biases, biases[1:]))
     assert biases[-1] < 1e-12
+
+
+def test_off_policy_actor_critic_from_replay_learns_seed_example(backend):
+    from metarl_fast.replay import ReplayBuffer
+
+    mdp, rewarded = _seed_example()
+    policy = TabularSoftmaxPolicy(4, 2)
+    critic = pg.TabularCritic(4, lr=0.5)
+    opt = Adam(policy, lr=0.05)
+    buffer = ReplayBuffer(512)
+    rng = np.random.default_rng(0)
+    for it in range(200):
+        behaviour = policy.theta.copy()  # the policy that collects is a little stale in replay
+        ep = exact.sample_episodes(mdp, behaviour, 4, rng)
+        buffer.add_batch(ep.states, ep.actions, ep.rewards, ep.next_states, ep.dones,
+                         logp=ep.log_probs)
+        batch = buffer.sample(64, rng)
+        td = critic.td_update(batch.obs, batch.reward, batch.next_obs, batch.done, mdp.gamma)
+        log_pi = policy.log_prob(batch.obs, batch.action)
+        res = pg.off_policy_gradient(policy, batch.obs, batch.action, td, batch.logp, rho_bar=1.0,
+                                     optimizer=opt)
+        np.testing.assert_allclose(res.weights, np.minimum(1.0, np.exp(log_pi - batch.logp)),
+                                   rtol=1e-12)
+    np.testing.assert_array_equal(policy.theta.argmax(axis=1), rewarded)
