@@ -23,13 +23,6 @@ from metarl_fast.reference.baselines import (AGENT_EPSILON, AGENT_GREEDY, AGENT_
 
 cnp.import_array()
 
-cdef enum:
-    C_RANDOM = 0
-    C_GREEDY = 1
-    C_EPSILON = 2
-    C_UCB1 = 3
-    C_THOMPSON = 4
-
 assert (AGENT_RANDOM, AGENT_GREEDY, AGENT_EPSILON, AGENT_UCB1, AGENT_THOMPSON, N_AGENTS) == \
     (C_RANDOM, C_GREEDY, C_EPSILON, C_UCB1, C_THOMPSON, 5)
 
