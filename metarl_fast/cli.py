@@ -57,7 +57,7 @@ _TRAIN_OPTIONS = [
     ("--n-actions", "n_actions", int, "actions (tabular-mdp, chain)"),
     ("--n-arms", "n_arms", int, "arms (bandits)"),
     ("--horizon", "horizon", int, "episode length (0: the family's default)"),
-    ("--algo", "algo", str, "maml, fomaml, reptile or multitask"),
+    ("--algo", "algo", str, "maml, fomaml, reptile, multitask, or in-context (with --tasks bandits)"),
     ("--estimator", "estimator", str, "sampled, or exact (dynamic programming on the task models)"),
     ("--meta-batch", "meta_batch", int, "tasks per meta-iteration"),
     ("--inner-steps", "inner_steps", int, "adaptation steps K"),
@@ -127,7 +127,7 @@ def _eval(args):
     import dataclasses as dc
 
     import metarl_fast
-    from metarl_fast.trainer import MetaTrainer, evaluate, format_table
+    from metarl_fast.trainer import MetaTrainer, format_table
 
     path = args.run
     if os.path.isdir(path):
@@ -139,8 +139,7 @@ def _eval(args):
     config = dc.replace(config, eval_seed=eval_seed, eval_tasks=args.eval_tasks or config.eval_tasks)
     trainer = MetaTrainer(config, os.path.dirname(os.path.abspath(path)))
     trainer.load_checkpoint(path)
-    multitask = None if trainer.multitask is None else trainer.multitask.policy.params
-    evaluation = evaluate(config, trainer.policy.params, trainer.test_tasks, multitask_params=multitask)
+    evaluation = trainer.evaluate()
     evaluation.update({"checkpoint": path, "iterations": trainer.iteration, "algo": config.algo,
                        "tasks": config.tasks, "backend": metarl_fast.get_backend()})
     if args.json:

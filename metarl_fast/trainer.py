@@ -27,7 +27,7 @@ from metarl_fast import _validate, io, meta
 from metarl_fast.policy import TabularSoftmaxPolicy
 
 TASK_FAMILIES = ("gridnav", "tabular-mdp", "bandits", "chain")
-ALGOS = ("maml", "fomaml", "reptile", "multitask")
+ALGOS = ("maml", "fomaml", "reptile", "multitask", "in-context")
 CHECKPOINT_KIND = "MetaTrainerCheckpoint"
 CHECKPOINT_VERSION = 1
 
@@ -66,6 +66,8 @@ class TrainConfig:
             raise ValueError(f"unknown task family {self.tasks!r}; choose one of {', '.join(TASK_FAMILIES)}")
         if self.algo not in ALGOS:
             raise ValueError(f"unknown algorithm {self.algo!r}; choose one of {', '.join(ALGOS)}")
+        if self.algo == "in-context" and self.tasks != "bandits":
+            raise ValueError("--algo in-context runs on --tasks bandits (the in-context learner is a bandit explorer)")
         if self.estimator not in meta.ESTIMATORS:
             raise ValueError(f"estimator must be one of {meta.ESTIMATORS}, got {self.estimator!r}")
         for name in ("grid_size", "n_states", "n_actions", "n_arms", "meta_batch", "inner_steps",
@@ -204,15 +206,90 @@ def evaluate(config, params, test_tasks, *, baselines=True, multitask_params=Non
             "eval_seed": config.eval_seed, "results": rows}
 
 
+class InContextTraining:
+    """Meta-training of an :class:`~metarl_fast.incontext.InContextBanditLearner` with the
+    trainer's interface: one REINFORCE + Adam step on whole trials of a meta-batch of bandit tasks."""
+
+    def __init__(self, config):
+        from metarl_fast.incontext import InContextBanditLearner
+        from metarl_fast.optim import Adam
+
+        self.learner = InContextBanditLearner()
+        self.params = self.learner.weights
+        self.optimizer = Adam(self.params, lr=config.meta_lr)
+        self.iteration = 0
+
+    def meta_step(self, task_batch, rng):
+        arm_means = np.ascontiguousarray(task_batch.R[:, 0, :])
+        grad, totals = self.learner.policy_gradient(arm_means, task_batch.horizon, rng)
+        saved = (self.params.copy(), self.optimizer.state_dict())
+        self.iteration += 1
+        self.optimizer.step(-grad)
+        if not np.all(np.isfinite(self.params)):
+            self.params[...] = saved[0]
+            self.optimizer.load_state_dict(saved[1])
+            self.iteration -= 1
+            raise meta.DivergenceError(f"meta-iteration {self.iteration + 1}: weights became non-finite (rolled back)")
+        return {"pre_return": float(totals.mean()), "post_return": None,
+                "direction_norm": float(np.linalg.norm(grad)), "env_steps": int(arm_means.shape[0] * task_batch.horizon)}
+
+    def state_dict(self):
+        d = {"params": self.params.copy(), "iteration": np.array(self.iteration, dtype=np.int64)}
+        d.update({"opt_" + k: v for k, v in self.optimizer.state_dict().items()})
+        return d
+
+    def load_state_dict(self, d):
+        params = np.asarray(d["params"])
+        if params.shape != self.params.shape:
+            raise ValueError(f"weights of shape {params.shape}, expected {self.params.shape}")
+        self.optimizer.load_state_dict({k[4:]: v for k, v in d.items() if k.startswith("opt_")})
+        self.params[...] = params
+        self.iteration = int(d["iteration"])
+
+
+def evaluate_bandits(config, weights, test_tasks, *, baselines=True):
+    """In-context learner vs bandit baselines on the same held-out tasks (one trial each).
+
+    Rows: the meta-learned in-context learner, random, posterior-greedy, epsilon-greedy (0.1),
+    UCB1, Thompson sampling, and the exact Bayes-optimal value (the ceiling) when it is small
+    enough to compute.  Every agent plays the same arm means with the same seed.
+    """
+    from metarl_fast import baselines as bl
+    from metarl_fast.incontext import run_trials
+
+    arm_means = np.ascontiguousarray(test_tasks.R[:, 0, :])
+    n_pulls, n_arms = test_tasks.horizon, arm_means.shape[1]
+
+    def rng():
+        return np.random.default_rng(np.random.SeedSequence(config.eval_seed, spawn_key=(1,)))
+
+    rows = {"in-context (meta-learned)": mean_ci(run_trials(weights, arm_means, n_pulls, rng()))}
+    if baselines:
+        for name, agent in (("random", bl.RandomAgent()), ("posterior-greedy", bl.PosteriorGreedyAgent()),
+                            ("epsilon-greedy (0.1)", bl.EpsilonGreedyAgent(0.1)), ("UCB1", bl.UCB1Agent()),
+                            ("Thompson sampling", bl.ThompsonSamplingAgent())):
+            rows[name] = mean_ci(agent.run_trials(arm_means, n_pulls, rng()))
+        try:
+            value = bl.bayes_optimal_value(n_arms, n_pulls)
+        except ValueError:
+            value = None
+        if value is not None:
+            rows["Bayes-optimal (exact, prior mean)"] = {"mean": value, "std": 0.0, "ci95": 0.0}
+    return {"n_tasks": int(test_tasks.n_tasks), "inner_steps": 0, "eval_seed": config.eval_seed,
+            "results": rows}
+
+
 def format_table(evaluation):
     """The evaluation as a plain-text table (one row per method)."""
     rows = evaluation["results"]
     k = evaluation["inner_steps"]
-    header = f"{'method':<28} {'return':>10} {'+-95% CI':>9} {'std':>8}   after 0..{k} adaptation steps"
+    width = max(28, max(len(name) for name in rows))
+    tail = f"   after 0..{k} adaptation steps" if k else ""
+    header = f"{'method':<{width}} {'return':>10} {'+-95% CI':>9} {'std':>8}{tail}"
     lines = [header, "-" * len(header)]
     for name, r in rows.items():
         steps = " ".join(f"{s['mean']:.2f}" for s in r.get("after_steps", []))
-        lines.append(f"{name:<28} {r['mean']:>10.3f} {r['ci95']:>9.3f} {r['std']:>8.3f}   {steps}")
+        lines.append(f"{name:<{width}} {r['mean']:>10.3f} {r['ci95']:>9.3f} {r['std']:>8.3f}   {steps}".rstrip())
     return "\n".join(lines)
 
 
@@ -253,11 +330,16 @@ class MetaTrainer:
         self.dist = config.distribution()
         probe = self.dist.sample(1, 0)
         self.n_states, self.n_actions = probe.n_states, probe.n_actions
-        self.policy = TabularSoftmaxPolicy(self.n_states, self.n_actions)
-        self.learner = make_learner(config, self.policy)
-        # the multi-task pre-trained baseline is trained in the same run, on the same tasks
         self.multitask = None
-        if config.algo != "multitask":
+        if config.algo == "in-context":
+            self.learner = InContextTraining(config)
+            self.params = self.learner.params
+        else:
+            self.policy = TabularSoftmaxPolicy(self.n_states, self.n_actions)
+            self.learner = make_learner(config, self.policy)
+            self.params = self.policy.params
+        # the multi-task pre-trained baseline is trained in the same run, on the same tasks
+        if config.algo not in ("multitask", "in-context"):
             mt_cfg = dataclasses.replace(config, algo="multitask")
             self.multitask = make_learner(mt_cfg, TabularSoftmaxPolicy(self.n_states, self.n_actions))
         self.test_tasks = self.dist.sample(
@@ -346,7 +428,7 @@ class MetaTrainer:
                 evaluation = None
                 if self.iteration % cfg.eval_every == 0 or self.iteration == cfg.iterations:
                     te = time.perf_counter()
-                    evaluation = evaluate(cfg, self.policy.params, self.test_tasks, baselines=False)
+                    evaluation = self.evaluate(baselines=False)
                     row = next(iter(evaluation["results"].values()))
                     record["eval_return"] = row["mean"]
                     record["eval_ci95"] = row["ci95"]
@@ -379,12 +461,18 @@ class MetaTrainer:
         self.stopped_by = stopped_by
         if stopped_by == "interrupt":
             return None
-        evaluation = evaluate(cfg, self.policy.params, self.test_tasks,
-                              multitask_params=None if self.multitask is None else self.multitask.policy.params)
+        evaluation = self.evaluate()
         evaluation.update({"iterations": self.iteration, "stopped_by": stopped_by, "seed": cfg.seed,
                            "algo": cfg.algo, "tasks": cfg.tasks})
         _write_json_atomic(os.path.join(self.out_dir, "eval.json"), evaluation)
         return evaluation
+
+    def evaluate(self, baselines=True):
+        """The evaluation protocol on this run's held-out tasks (see :func:`evaluate`)."""
+        if self.config.algo == "in-context":
+            return evaluate_bandits(self.config, self.params, self.test_tasks, baselines=baselines)
+        multitask = None if self.multitask is None else self.multitask.policy.params
+        return evaluate(self.config, self.params, self.test_tasks, baselines=baselines, multitask_params=multitask)
 
     def _truncate_log(self, name, last_iteration):
         path = os.path.join(self.out_dir, name)

@@ -68,6 +68,24 @@ def test_train_writes_every_run_file_and_eval_plot_bench_work(tmp_path):
         assert (out / "learning_curve.png").exists() and (out / "adaptation_curve.png").exists()
 
 
+def test_in_context_learner_trains_and_is_compared_with_bandit_baselines(tmp_path):
+    out = tmp_path / "bandits"
+    res = cli("train", "--tasks", "bandits", "--algo", "in-context", "--meta-batch", "2000",
+              "--iterations", "30", "--meta-lr", "0.3", "--eval-tasks", "4000", "--eval-every", "10",
+              "--out", str(out), "--json", *backend_args())
+    assert res.returncode == 0, res.stderr
+    rows = json.loads(res.stdout)["results"]
+    assert set(rows) == {"in-context (meta-learned)", "random", "posterior-greedy", "epsilon-greedy (0.1)",
+                         "UCB1", "Thompson sampling", "Bayes-optimal (exact, prior mean)"}
+    learned = rows["in-context (meta-learned)"]
+    assert learned["mean"] - learned["ci95"] > rows["random"]["mean"] + rows["random"]["ci95"]
+    assert learned["mean"] <= rows["Bayes-optimal (exact, prior mean)"]["mean"] + 3 * learned["ci95"]
+    res = cli("eval", str(out), "--json", *backend_args())
+    assert res.returncode == 0, res.stderr
+    bad = cli("train", "--tasks", "gridnav", "--algo", "in-context", "--out", str(tmp_path / "x"))
+    assert bad.returncode == 2 and "runs on --tasks bandits" in bad.stderr
+
+
 def test_same_seed_gives_identical_metrics(tmp_path):
     cfg = TrainConfig(grid_size=4, iterations=8, meta_batch=4, episodes_per_task=8, eval_every=4,
                       eval_tasks=10, seed=7)
