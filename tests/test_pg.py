@@ -60,6 +60,19 @@ def test_discounted_returns_match_definition(backend, rng):
         np.testing.assert_allclose(got, want, rtol=1e-12, atol=1e-12)
 
 
+@pytest.mark.parametrize("n,p_done", [(300, 0.0), (300, 0.003), (2000, 0.05)])
+def test_returns_and_gae_long_and_short_episodes(backend, n, p_done):
+    rng = np.random.default_rng(n)
+    rewards, values = rng.normal(size=n), rng.normal(size=n)
+    dones = rng.random(n) < p_done
+    want = _returns_by_definition(rewards, dones, 0.99, 0.5)
+    np.testing.assert_allclose(pg.discounted_returns(rewards, dones, 0.99, 0.5), want, rtol=1e-9,
+                               atol=1e-9)
+    next_values = np.append(values[1:], 0.5)
+    np.testing.assert_allclose(pg.gae(rewards, values, next_values, dones, 0.99, 1.0),
+                               want - values, rtol=1e-8, atol=1e-8)
+
+
 def test_discounted_returns_restart_at_done(backend):
     rewards = np.array([1.0, 1.0, 1.0, 1.0])
     dones = np.array([False, True, False, True])

@@ -200,13 +200,46 @@ def discounted_returns(rewards, dones, gamma, bootstrap=None, out=None):
     tail = 0.0 if bootstrap is None else _validate.finite_float(bootstrap, "bootstrap")
     if out is not None:
         _validate.check_out(out, (n,), rewards.dtype)
-    result = np.empty(n, dtype=np.float64)
     r = rewards.astype(np.float64)
-    g = tail
-    for i in range(n - 1, -1, -1):
-        g = r[i] + (0.0 if dones[i] else gamma * g)
-        result[i] = g
+    result = np.empty(n, dtype=np.float64)
+    # G[i] = r[i] + (0.0 if done[i] else gamma * G[i+1]), G[n] = tail: evaluated in waves of
+    # equal distance to the episode's end (same operations per element as the sequential scan)
+    waves = _waves(dones)
+    if waves is None:  # few long episodes: the plain scan is faster
+        g = tail
+        for i in range(n - 1, -1, -1):
+            g = r[i] + (0.0 if dones[i] else gamma * g)
+            result[i] = g
+        return _finish(result, rewards.dtype, out)
+    nxt = np.empty(n + 1, dtype=np.float64)
+    nxt[n] = tail
+    for idx in waves:
+        step = np.where(dones[idx] != 0, 0.0, gamma * nxt[idx + 1])
+        result[idx] = r[idx] + step
+        nxt[idx] = result[idx]
     return _finish(result, rewards.dtype, out)
+
+
+def _waves(dones):
+    """Indices grouped by their distance to the end of their episode (0 first), as a list.
+
+    An episode ends at a done or at the end of the batch.  Scans backwards over a flat batch are
+    then a loop over the longest episode's length instead of over the batch.  None when the
+    longest episode is so long (relative to the batch) that a plain loop is cheaper.
+    """
+    n = dones.shape[0]
+    if n == 0:
+        return []
+    positions = np.arange(n)
+    ends = np.where(dones != 0, positions, n)
+    ends[-1] = n - 1
+    distance = np.minimum.accumulate(ends[::-1])[::-1] - positions
+    longest = int(distance.max()) + 1
+    if longest > 64 and longest > n // 16:
+        return None
+    order = np.argsort(distance, kind="stable")
+    bounds = np.concatenate([[0], np.cumsum(np.bincount(distance))])
+    return [order[lo:hi] for lo, hi in zip(bounds[:-1], bounds[1:])]
 
 
 def gae(rewards, values, next_values, dones, gamma, lam, out=None):
@@ -238,13 +271,23 @@ def gae(rewards, values, next_values, dones, gamma, lam, out=None):
         _validate.check_out(out, (n,), rewards.dtype)
     r, v, nv = (a.astype(np.float64) for a in (rewards, values, next_values))
     result = np.empty(n, dtype=np.float64)
-    acc = 0.0
-    for i in range(n - 1, -1, -1):
-        if dones[i]:
-            acc = r[i] - v[i]
-        else:
-            acc = r[i] + gamma * nv[i] - v[i] + gamma * lam * acc
-        result[i] = acc
+    # A[i] = r - v if done[i] else ((r + gamma nv) - v) + (gamma lam) A[i+1], A[n] = 0, in waves
+    gl = gamma * lam
+    waves = _waves(dones)
+    if waves is None:  # few long episodes: the plain scan is faster
+        acc = 0.0
+        for i in range(n - 1, -1, -1):
+            if dones[i]:
+                acc = r[i] - v[i]
+            else:
+                acc = r[i] + gamma * nv[i] - v[i] + gl * acc
+            result[i] = acc
+        return _finish(result, rewards.dtype, out)
+    nxt = np.zeros(n + 1, dtype=np.float64)
+    for idx in waves:
+        cont = r[idx] + gamma * nv[idx] - v[idx] + gl * nxt[idx + 1]
+        result[idx] = np.where(dones[idx] != 0, r[idx] - v[idx], cont)
+        nxt[idx] = result[idx]
     return _finish(result, rewards.dtype, out)
 
 
