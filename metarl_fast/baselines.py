@@ -32,7 +32,7 @@ from metarl_fast.reference.baselines import argmax_random_ties
 
 __all__ = ["argmax_random_ties", "BanditAgent", "RandomAgent", "PosteriorGreedyAgent", "EpsilonGreedyAgent", "UCB1Agent",
            "ThompsonSamplingAgent", "bayes_optimal_value", "oracle_value", "mean_confidence_interval",
-           "sample_arm_means"]
+           "sample_arm_means", "default_bandit_agents", "compare_bandit_agents"]
 
 
 def sample_arm_means(n_tasks, n_arms, rng):
@@ -238,6 +238,51 @@ def oracle_value(mdp):
 
 
 # ------------------------------------------------------------------ summaries
+def default_bandit_agents():
+    """One of each baseline agent, keyed by name (epsilon 0.1, UCB1 with c = sqrt(2))."""
+    agents = [RandomAgent(), PosteriorGreedyAgent(), EpsilonGreedyAgent(0.1), UCB1Agent(),
+              ThompsonSamplingAgent()]
+    return {agent.name: agent for agent in agents}
+
+
+def compare_bandit_agents(agents, n_arms, n_pulls, n_trials, rng, level=0.95):
+    """Evaluate agents on the same tasks and put the exact Bayes-optimal value beside them.
+
+    Parameters
+    ----------
+    agents : dict name -> agent
+        Anything with ``run_trials(arm_means, n_pulls, rng)`` (the baselines of this module,
+        :class:`metarl_fast.incontext.InContextBanditLearner`, ...).
+    n_arms, n_pulls, n_trials : int >= 1
+    rng : numpy.random.Generator
+        Draws the ``(n_trials, n_arms)`` arm means once (common to every agent), then each agent's
+        trials in the order of ``agents``.
+    level : float in (0, 1)
+
+    Returns
+    -------
+    dict name -> (mean, half_width)
+        Per agent, the mean total reward and its confidence half-width; plus
+        ``"bayes-optimal": (value, 0.0)`` when :func:`bayes_optimal_value` is tractable.
+    """
+    n_arms = _validate.positive_int(n_arms, "n_arms")
+    n_pulls = _validate.positive_int(n_pulls, "n_pulls")
+    n_trials = _validate.positive_int(n_trials, "n_trials", minimum=2)
+    if not isinstance(agents, dict) or not agents:
+        raise TypeError("agents must be a non-empty dict name -> agent")
+    for name, agent in agents.items():
+        if not callable(getattr(agent, "run_trials", None)):
+            raise TypeError(f"agents[{name!r}] has no run_trials method")
+    arm_means = sample_arm_means(n_trials, n_arms, rng)
+    results = {name: mean_confidence_interval(agent.run_trials(arm_means, n_pulls, rng), level)
+               for name, agent in agents.items()}
+    try:
+        results["bayes-optimal"] = (bayes_optimal_value(n_arms, n_pulls), 0.0)
+    except ValueError:
+        pass  # too many belief states: no exact ceiling for this size
+    return results
+
+
 def mean_confidence_interval(values, level=0.95):
     """Mean of ``values`` and the half-width of its normal-approximation confidence interval.
 

@@ -230,6 +230,32 @@ def test_oracle_value_of_a_known_mdp():
 
 
 # ------------------------------------------------------------------ summaries
+def test_compare_bandit_agents_uses_common_tasks(backend):
+    agents = bl.default_bandit_agents()
+    assert set(agents) == {"random", "posterior-greedy", "epsilon-greedy", "ucb1", "thompson"}
+    table = bl.compare_bandit_agents(agents, 3, 5, 20_000, np.random.default_rng(0))
+    assert table["bayes-optimal"] == (bayes_optimal_value(3, 5), 0.0)
+    for name in agents:
+        mean, half = table[name]
+        assert 0 < half < 0.05 and mean - half <= table["bayes-optimal"][0]
+    # the tasks are drawn once: the random agent's result is the one on exactly those tasks
+    rng = np.random.default_rng(0)
+    means = rng.random((20_000, 3))
+    assert table["random"][0] == np.mean(agents["random"].run_trials(means, 5, rng))
+    with pytest.raises(TypeError, match="agents"):
+        bl.compare_bandit_agents({}, 3, 5, 10, rng)
+    with pytest.raises(TypeError, match="run_trials"):
+        bl.compare_bandit_agents({"x": object()}, 3, 5, 10, rng)
+    with pytest.raises(ValueError, match="n_trials"):
+        bl.compare_bandit_agents(agents, 3, 5, 1, rng)
+
+
+def test_compare_bandit_agents_omits_an_intractable_ceiling(monkeypatch):
+    monkeypatch.setattr(bl, "MAX_BAYES_STATES", 5)
+    table = bl.compare_bandit_agents({"random": RandomAgent()}, 4, 11, 100, np.random.default_rng(0))
+    assert set(table) == {"random"}
+
+
 def test_mean_confidence_interval():
     x = np.array([1.0, 2.0, 3.0, 4.0])
     mean, half = mean_confidence_interval(x)

@@ -161,6 +161,42 @@ def test_reinforce_gradient_is_unbiased_against_the_exact_gradient(backend):
     assert np.abs(exact).max() > 10 * stderr.max()
 
 
+def test_reinforce_sums_match_a_step_by_step_recomputation(backend):
+    # replay the documented draw order (per pull: every task's arm uniform, then every task's
+    # reward uniform) and recompute every score vector with the reference features and softmax
+    w = np.array([2.0, -1.0, 0.5, 3.0, 1.0, 0.7, -0.4, 0.9])
+    n_tasks, n_arms, n = 6, 3, 5
+    means = np.random.default_rng(1).random((n_tasks, n_arms))
+    actions = np.empty((n_tasks, n), dtype=np.int64)
+    run_trials(w, means, n, np.random.default_rng(2), actions_out=actions)
+    uniforms = np.random.default_rng(2).random(2 * n_tasks * n).reshape(n, 2, n_tasks)
+    totals, weighted, score_sums, reward_sums = reinforce_trials(w, means, n, np.random.default_rng(2))
+    expect_weighted = np.zeros(N_FEATURES)
+    expect_scores = np.zeros((n, N_FEATURES))
+    expect_rewards = np.zeros(n)
+    for i in range(n_tasks):
+        s, f, cumulative = np.zeros((1, n_arms), int), np.zeros((1, n_arms), int), np.zeros(N_FEATURES)
+        for t in range(n):
+            phi = ref.bandit_features(s, f, n - t, n)[0]
+            logits = phi @ w
+            pi = np.exp(logits - logits.max())
+            pi /= pi.sum()
+            a = actions[i, t]
+            assert a == np.searchsorted(np.cumsum(pi), uniforms[t, 0, i], side="right")
+            reward = float(uniforms[t, 1, i] < means[i, a])
+            score = phi[a] - pi @ phi
+            cumulative += score
+            expect_weighted += reward * cumulative
+            expect_scores[t] += score
+            expect_rewards[t] += reward
+            s[0, a] += reward
+            f[0, a] += 1 - reward
+    np.testing.assert_allclose(weighted, expect_weighted, rtol=1e-12, atol=1e-12)
+    np.testing.assert_allclose(score_sums, expect_scores, rtol=1e-12, atol=1e-12)
+    np.testing.assert_array_equal(reward_sums, expect_rewards)
+    assert totals.sum() == expect_rewards.sum()
+
+
 def test_reinforce_sums_are_consistent_with_the_totals(backend, rng):
     w = rng.standard_normal(N_FEATURES)
     means = rng.random((500, 4))
