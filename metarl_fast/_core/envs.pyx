@@ -7,6 +7,7 @@ numbers in the documented order (bulk fills from the Generator's own BitGenerato
 cimport numpy as cnp
 from libc.stdint cimport int64_t, uint8_t
 from libc.stdlib cimport free, malloc
+from libc.string cimport memset
 from numpy.random cimport bitgen_t
 from numpy.random.c_distributions cimport (random_standard_normal_fill,
                                            random_standard_uniform_fill)
@@ -17,18 +18,55 @@ import numpy as np
 
 from metarl_fast.reference.envs import (check_rollout_args, check_step_args, check_tables,
                                         check_vec_args)
+from metarl_fast.tasks import padded_cdf_rows
 
 cnp.import_array()
 
 cdef extern from *:
     """
+    /* Prefetch n_bytes from p.  The empty volatile asm keeps GCC from classing the caller as a
+       side-effect-free function (prefetches do not count as effects) and deleting its calls. */
+    static inline void mf_prefetch_range(const void *p, Py_ssize_t n_bytes)
+    {
     #if defined(__GNUC__) || defined(__clang__)
-    #define MF_PREFETCH(p) __builtin_prefetch((const void *)(p), 0, 3)
+        const char *c = (const char *)p;
+        for (Py_ssize_t off = 0; off < n_bytes; off += 64) {
+            __builtin_prefetch(c + off, 0, 3);
+        }
+        __asm__ __volatile__("" : : "r"(c));
     #else
-    #define MF_PREFETCH(p) ((void)0)
+        (void)p; (void)n_bytes;
+    #endif
+    }
+    """
+    void mf_prefetch_range(const void* p, intp_t n_bytes) noexcept nogil
+
+cdef extern from *:
+    """
+    #if defined(__GNUC__) || defined(__clang__)
+    typedef double mf_v2d __attribute__((vector_size(16), aligned(8), may_alias));
+    typedef long long mf_v2i __attribute__((vector_size(16)));
+    static inline Py_ssize_t mf_count_le(const double *c, Py_ssize_t n, double target)
+    {
+        mf_v2d t = {target, target};
+        mf_v2i acc = {0, 0};
+        for (Py_ssize_t j = 0; j < n; j += 4) {
+            mf_v2d lo = *(const mf_v2d *)(c + j);
+            mf_v2d hi = *(const mf_v2d *)(c + j + 2);
+            acc += (mf_v2i)(lo <= t) + (mf_v2i)(hi <= t);  /* true lanes are -1 */
+        }
+        return (Py_ssize_t)-(acc[0] + acc[1]);
+    }
+    #else
+    static inline Py_ssize_t mf_count_le(const double *c, Py_ssize_t n, double target)
+    {
+        Py_ssize_t k = 0;
+        for (Py_ssize_t j = 0; j < n; j++) k += c[j] <= target;
+        return k;
+    }
     #endif
     """
-    void MF_PREFETCH(const void* p) noexcept nogil
+    intp_t mf_count_le(const double* c, intp_t n, double target) noexcept nogil
 
 
 cdef inline const double* _dptr(cnp.ndarray a):
@@ -75,20 +113,11 @@ cdef inline intp_t inverse_cdf(const double* cdf, intp_t m, double u) noexcept n
 
 
 cdef inline intp_t count_le(const double* c, intp_t padded_len, double target) noexcept nogil:
-    """Number of entries of a +inf-padded row (length a multiple of 4) that are <= target.
+    """Number of the first ``padded_len`` (a multiple of 4) entries of a row that are <= target.
 
-    Blocks of four independent compares: short, branch-free and free of a loop-carried chain.
+    Branch-free; two-lane vector compares where the compiler has vector extensions.
     """
-    cdef intp_t j, k = 0
-    for j in range(0, padded_len, 4):
-        k += ((c[j] <= target) + (c[j + 1] <= target)) + ((c[j + 2] <= target) + (c[j + 3] <= target))
-    return k
-
-
-cdef inline void prefetch_range(const void* p, intp_t n_bytes) noexcept nogil:
-    cdef intp_t off
-    for off in range(0, n_bytes, 64):
-        MF_PREFETCH(<const char*> p + off)
+    return mf_count_le(c, padded_len, target)
 
 
 cdef inline void prefetch_task(const EnvTablesC* t, intp_t i) noexcept nogil:
@@ -98,10 +127,10 @@ cdef inline void prefetch_task(const EnvTablesC* t, intp_t i) noexcept nogil:
     if i >= t.n_tasks:
         return
     if t.stochastic_transitions:
-        prefetch_range(t.trans_cdf_padded + i * SA * t.trans_stride, SA * t.trans_stride * sizeof(double))
+        mf_prefetch_range(t.trans_cdf_padded + i * SA * t.trans_stride, SA * t.trans_stride * sizeof(double))
     else:
-        prefetch_range(t.next_state + i * SA, SA * sizeof(int64_t))
-    prefetch_range(t.reward_mean + i * SA, SA * sizeof(double))
+        mf_prefetch_range(t.next_state + i * SA, SA * sizeof(int64_t))
+    mf_prefetch_range(t.reward_mean + i * SA, SA * sizeof(double))
 
 
 cdef inline intp_t first_state(const EnvTablesC* t, intp_t i, const double* u_start, intp_t q) noexcept nogil:
@@ -129,7 +158,7 @@ cdef intp_t rollout_general(const EnvTablesC* t, const double* action_cdf, intp_
     """Episodes q0 .. T*N-1 one after the other (any episode lengths); returns the total steps."""
     cdef intp_t T = t.n_tasks, H = t.horizon
     cdef intp_t S = t.n_states, A = t.n_actions, Lp = t.trans_stride
-    cdef intp_t SA = S * A
+    cdef intp_t SA = S * A, La = Ap - 1, Lt = Lp - 1
     cdef int kind = t.reward_kind
     cdef bint stoch = t.stochastic_transitions
     cdef intp_t i, e, q, step, k, base, s, s2, a, sa
@@ -172,7 +201,7 @@ cdef intp_t rollout_general(const EnvTablesC* t, const double* action_cdf, intp_
         step = 0
         while step < H:
             row = acdf + s * Ap
-            a = count_le(row, Ap, u_act[base + step] * row[A - 1])
+            a = count_le(row, La, u_act[base + step] * row[La])
             sa = s * A + a
             if kind == KIND_GAUSSIAN:
                 r = rmean[sa] + std * noise[base + step]
@@ -182,7 +211,7 @@ cdef intp_t rollout_general(const EnvTablesC* t, const double* action_cdf, intp_
                 r = rmean[sa]
             if stoch:
                 row = tcdf + sa * Lp
-                s2 = count_le(row, Lp, u_next[base + step] * row[S - 1])
+                s2 = count_le(row, Lt, u_next[base + step] * row[Lt])
             else:
                 s2 = nstate[sa]
             if kind == KIND_TRANSITION:
@@ -209,95 +238,131 @@ cdef intp_t rollout_general(const EnvTablesC* t, const double* action_cdf, intp_
     return k
 
 
-cdef enum:
-    GROUP = 4
+cdef struct Episode:
+    intp_t s            # current state
+    intp_t k            # output index of the next step
+    intp_t task
+    const double* acdf
+    const double* alogp
+    const double* tcdf
+    const int64_t* nstate
+    const double* rmean
+    const double* rnext
+    double std
+    double ret
+
+
+cdef inline void begin_episode(Episode* ep, const EnvTablesC* t, intp_t q, intp_t N,
+                               const double* action_cdf, intp_t Ap, const double* action_logp,
+                               const int64_t* policy_of_task, const double* u_start) noexcept nogil:
+    cdef intp_t i = q // N
+    cdef intp_t S = t.n_states, SA = t.n_states * t.n_actions
+    ep.task = i
+    ep.k = q * t.horizon
+    ep.acdf = action_cdf + policy_of_task[i] * S * Ap
+    ep.alogp = action_logp + policy_of_task[i] * SA
+    ep.tcdf = t.trans_cdf_padded + i * SA * t.trans_stride
+    ep.nstate = t.next_state + i * SA
+    ep.rmean = t.reward_mean + i * SA
+    ep.rnext = t.reward_next + i * SA * S
+    ep.std = t.reward_std[i]
+    ep.s = first_state(t, i, u_start, q)
+    ep.ret = 0.0
+
+
+cdef inline intp_t count_fixed(const double* c, intp_t n, double target) noexcept nogil:
+    """count_le with the common lengths as constants, so the compiler unrolls them completely."""
+    if n == 4:
+        return mf_count_le(c, 4, target)
+    if n == 8:
+        return mf_count_le(c, 8, target)
+    if n == 12:
+        return mf_count_le(c, 12, target)
+    if n == 0:
+        return 0
+    return mf_count_le(c, n, target)
+
+
+cdef inline void advance(Episode* ep, intp_t A, intp_t Ap, intp_t Lp, intp_t S, int kind, bint stoch,
+                         const double* u_act, const double* noise, const double* u_next,
+                         int64_t* o_obs, int64_t* o_act, double* o_rew, int64_t* o_next,
+                         double* o_logp) noexcept nogil:
+    """One step of one fixed-length episode (terminated/truncated/task_id are filled in bulk)."""
+    cdef intp_t k = ep.k, s = ep.s, a, sa, s2
+    cdef const double* row = ep.acdf + s * Ap
+    cdef double r
+    a = count_fixed(row, Ap - 1, u_act[k] * row[Ap - 1])
+    sa = s * A + a
+    if kind == KIND_GAUSSIAN:
+        r = ep.rmean[sa] + ep.std * noise[k]
+    elif kind == KIND_BERNOULLI:
+        r = 1.0 if noise[k] < ep.rmean[sa] else 0.0
+    else:
+        r = ep.rmean[sa]
+    if stoch:
+        row = ep.tcdf + sa * Lp
+        s2 = count_fixed(row, Lp - 1, u_next[k] * row[Lp - 1])
+    else:
+        s2 = ep.nstate[sa]
+    if kind == KIND_TRANSITION:
+        r = ep.rnext[sa * S + s2]
+    o_obs[k] = s
+    o_act[k] = a
+    o_rew[k] = r
+    o_next[k] = s2
+    o_logp[k] = ep.alogp[sa]
+    ep.ret += r
+    ep.s = s2
+    ep.k = k + 1
 
 
 cdef intp_t rollout_fixed_length(const EnvTablesC* t, const double* action_cdf, intp_t Ap,
                                  const double* action_logp, const int64_t* policy_of_task,
                                  intp_t N, const double* u_start, const double* u_act,
                                  const double* noise, const double* u_next, RolloutOut* out) noexcept nogil:
-    """Without terminal states every episode has H steps, so GROUP episodes advance in lockstep:
+    """Without terminal states every episode has H steps, so four episodes advance in lockstep:
     their serial chains (state -> action -> next state) interleave and hide each other's
     latencies.  Step k of episode q is written at q * H + k, as in rollout_general.  Returns the
-    number of episodes done (a multiple of GROUP); the rest go to rollout_general."""
+    number of episodes done (a multiple of 4); the rest go to rollout_general."""
     cdef intp_t T = t.n_tasks, H = t.horizon, Q = t.n_tasks * N
     cdef intp_t S = t.n_states, A = t.n_actions, Lp = t.trans_stride
-    cdef intp_t SA = S * A
     cdef int kind = t.reward_kind
     cdef bint stoch = t.stochastic_transitions
-    cdef intp_t q, g, i, step, k, a, sa, s2, last_prefetched = 0
-    cdef intp_t s[GROUP]
-    cdef intp_t task[GROUP]
-    cdef const double* acdf[GROUP]
-    cdef const double* alogp[GROUP]
-    cdef const double* tcdf[GROUP]
-    cdef const int64_t* nstate[GROUP]
-    cdef const double* rmean[GROUP]
-    cdef const double* rnext[GROUP]
-    cdef double std[GROUP]
-    cdef double ret[GROUP]
-    cdef const double* row
-    cdef double r
+    cdef intp_t q, j, step, last_prefetched = 0
+    cdef Episode e0, e1, e2, e3
     cdef int64_t* o_obs = out.obs
     cdef int64_t* o_act = out.action
     cdef double* o_rew = out.reward
     cdef int64_t* o_next = out.next_obs
-    cdef uint8_t* o_term = out.terminated
-    cdef uint8_t* o_trunc = out.truncated
     cdef double* o_logp = out.logp
-    cdef int64_t* o_task = out.task_id
     prefetch_task(t, 0)
     q = 0
-    while q + GROUP <= Q:
-        for g in range(GROUP):
-            i = (q + g) // N
-            task[g] = i
-            acdf[g] = action_cdf + policy_of_task[i] * S * Ap
-            alogp[g] = action_logp + policy_of_task[i] * SA
-            tcdf[g] = t.trans_cdf_padded + i * SA * Lp
-            nstate[g] = t.next_state + i * SA
-            rmean[g] = t.reward_mean + i * SA
-            rnext[g] = t.reward_next + i * SA * S
-            std[g] = t.reward_std[i]
-            s[g] = first_state(t, i, u_start, q + g)
-            ret[g] = 0.0
-        while last_prefetched <= task[GROUP - 1] + 1 and last_prefetched < T:
+    while q + 4 <= Q:
+        begin_episode(&e0, t, q, N, action_cdf, Ap, action_logp, policy_of_task, u_start)
+        begin_episode(&e1, t, q + 1, N, action_cdf, Ap, action_logp, policy_of_task, u_start)
+        begin_episode(&e2, t, q + 2, N, action_cdf, Ap, action_logp, policy_of_task, u_start)
+        begin_episode(&e3, t, q + 3, N, action_cdf, Ap, action_logp, policy_of_task, u_start)
+        while last_prefetched <= e3.task + 1 and last_prefetched < T:
             last_prefetched += 1
             prefetch_task(t, last_prefetched)
         for step in range(H):
-            for g in range(GROUP):
-                k = (q + g) * H + step
-                row = acdf[g] + s[g] * Ap
-                a = count_le(row, Ap, u_act[k] * row[A - 1])
-                sa = s[g] * A + a
-                if kind == KIND_GAUSSIAN:
-                    r = rmean[g][sa] + std[g] * noise[k]
-                elif kind == KIND_BERNOULLI:
-                    r = 1.0 if noise[k] < rmean[g][sa] else 0.0
-                else:
-                    r = rmean[g][sa]
-                if stoch:
-                    row = tcdf[g] + sa * Lp
-                    s2 = count_le(row, Lp, u_next[k] * row[S - 1])
-                else:
-                    s2 = nstate[g][sa]
-                if kind == KIND_TRANSITION:
-                    r = rnext[g][sa * S + s2]
-                o_obs[k] = s[g]
-                o_act[k] = a
-                o_rew[k] = r
-                o_next[k] = s2
-                o_term[k] = 0
-                o_trunc[k] = step == H - 1
-                o_logp[k] = alogp[g][sa]
-                o_task[k] = task[g]
-                ret[g] += r
-                s[g] = s2
-        for g in range(GROUP):
-            out.episode_length[q + g] = H
-            out.episode_return[q + g] = ret[g]
-        q += GROUP
+            advance(&e0, A, Ap, Lp, S, kind, stoch, u_act, noise, u_next, o_obs, o_act, o_rew, o_next, o_logp)
+            advance(&e1, A, Ap, Lp, S, kind, stoch, u_act, noise, u_next, o_obs, o_act, o_rew, o_next, o_logp)
+            advance(&e2, A, Ap, Lp, S, kind, stoch, u_act, noise, u_next, o_obs, o_act, o_rew, o_next, o_logp)
+            advance(&e3, A, Ap, Lp, S, kind, stoch, u_act, noise, u_next, o_obs, o_act, o_rew, o_next, o_logp)
+        out.episode_return[q] = e0.ret
+        out.episode_return[q + 1] = e1.ret
+        out.episode_return[q + 2] = e2.ret
+        out.episode_return[q + 3] = e3.ret
+        q += 4
+    # the columns that do not depend on the draws, in bulk
+    memset(out.terminated, 0, q * H)
+    memset(out.truncated, 0, q * H)
+    for j in range(q):
+        out.truncated[j * H + H - 1] = 1
+        out.episode_length[j] = H
+    for j in range(q * H):
+        out.task_id[j] = j // (N * H)
     return q
 
 
@@ -406,10 +471,9 @@ def rollout(tables, action_cdf, action_logp, policy_of_task, n_episodes, rng):
     out.task_id = <int64_t*> cnp.PyArray_DATA(res["task_id"])
     out.episode_length = <int64_t*> cnp.PyArray_DATA(length)
     out.episode_return = <double*> cnp.PyArray_DATA(ret)
-    # +inf-padded copy of the action CDF rows for count_le (tiny: n_policies x S x 4k)
-    cdef intp_t A = t.n_actions, Ap = (A + 3) // 4 * 4
-    padded = np.full((action_cdf.shape[0], t.n_states, Ap), np.inf)
-    padded[:, :, :A] = action_cdf
+    # the action CDF rows laid out for count_le (tiny: n_policies x S x (4k + 1))
+    padded = padded_cdf_rows(action_cdf)
+    cdef intp_t Ap = padded.shape[2]
     cdef const double* cdf_p = _dptr(padded)
     cdef const double* logp_p = _dptr(action_logp)
     cdef const int64_t* pol_p = _iptr(policy_of_task)
