@@ -299,3 +299,17 @@ def test_fused_kernel_rejects_bad_optimizer_state(backend):
         pg.active.pg.tabular_pg_step(p, 3, 2, obs, actions, adv, None, 0.0, None, grad[:5], 0,
                                      np.zeros((2, 6)), good)
     np.testing.assert_array_equal(p, 0.0)
+
+
+KERNELS = ["discounted_returns", "gae", "tabular_policy_gradient", "linear_policy_gradient",
+           "clip_grad_norm", "sgd_update", "adam_update", "tabular_pg_step", "linear_pg_step",
+           "tabular_td_update", "linear_td_update", "truncated_importance_weights"]
+
+
+@needs_cython
+@pytest.mark.parametrize("name", KERNELS)
+def test_twins_share_kernel_names_and_signatures(name):
+    import inspect
+
+    assert str(inspect.signature(getattr(cy, name))) == str(inspect.signature(getattr(ref, name)))
+    assert (cy.OPT_SGD, cy.OPT_ADAM, cy.N_HYPER) == (ref.OPT_SGD, ref.OPT_ADAM, ref.N_HYPER)

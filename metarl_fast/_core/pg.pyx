@@ -21,6 +21,11 @@ from metarl_fast.reference import pg as _ref
 
 cnp.import_array()
 
+# Optimizer codes and hyper-parameter layout of the fused step, as in the reference.
+OPT_SGD = PG_OPT_SGD
+OPT_ADAM = PG_OPT_ADAM
+N_HYPER = {OPT_SGD: 3, OPT_ADAM: 5}
+
 # Dense loops of the linear policy, compiled twice (AVX2 and baseline) and picked at load time
 # like mf_exp.h: plain IEEE operations in a fixed order either way (no FMA: -ffp-contract=off).
 cdef extern from *:
