@@ -12,7 +12,7 @@ from libc.stdlib cimport free, malloc
 from libc.string cimport memset
 from numpy.random cimport bitgen_t
 
-from metarl_fast._core.mf_exp cimport mf_exp_nonpos
+from metarl_fast._core.mf_exp cimport mf_exp_nonpos_block
 from metarl_fast._core.policy cimport MF_NO_MEMORY, MF_OK
 from metarl_fast._core.rng cimport bitgen_of, next_uniform
 
@@ -31,6 +31,7 @@ assert N_FEATURES == IC_N_FEATURES
 # this stride: posterior mean, posterior std, mean after a success, mean after a failure, count.
 cdef enum:
     N_STATS = 5
+    CHUNK_FEATURES = 4096  # doubles of features per chunk of tasks (32 KiB: stays in L1/L2)
 
 
 cdef inline void arm_stats(double s, double f, double* st) noexcept nogil:
@@ -102,8 +103,19 @@ cdef intp_t play_trials(const double* weights, const double* arm_means, intp_t n
     cdef double* logits
     cdef double* cum_score
     cdef double* score
+    cdef double* task_phi
+    cdef double* task_logits
     cdef int64_t* arms
-    cdef intp_t n_scratch = n_tasks * n_arms * (2 + N_STATS) + n_arms * F + n_arms + F
+    cdef intp_t start, n_chunk, ii
+    # Tasks go by chunks: features and shifted logits of a whole chunk first, then one vectorised
+    # exp over all of them (mf_exp_nonpos_block), then sampling in task order.
+    cdef intp_t chunk_tasks = CHUNK_FEATURES // (n_arms * F)
+    if chunk_tasks < 1:
+        chunk_tasks = 1
+    if chunk_tasks > n_tasks:
+        chunk_tasks = n_tasks if n_tasks > 0 else 1
+    cdef intp_t n_scratch = (n_tasks * n_arms * (2 + N_STATS) + chunk_tasks * n_arms * (F + 1)
+                             + F)
     if want_grad:
         n_scratch += n_tasks * F
     scratch = <double*> malloc(n_scratch * sizeof(double))
@@ -117,8 +129,8 @@ cdef intp_t play_trials(const double* weights, const double* arm_means, intp_t n
     failures = successes + n_tasks * n_arms
     stats = failures + n_tasks * n_arms
     phi = stats + n_tasks * n_arms * N_STATS
-    logits = phi + n_arms * F
-    score = logits + n_arms
+    logits = phi + chunk_tasks * n_arms * F
+    score = logits + chunk_tasks * n_arms
     cum_score = score + F  # used only when want_grad
     for i in range(n_tasks * n_arms):
         arm_stats(0.0, 0.0, stats + i * N_STATS)
@@ -131,39 +143,51 @@ cdef intp_t play_trials(const double* weights, const double* arm_means, intp_t n
     for t in range(n_pulls):
         n_remaining = <double> (n_pulls - t)
         # every task draws its arm (one uniform each, in task order) ...
-        for i in range(n_tasks):
-            features_from_stats(stats + i * n_arms * N_STATS, N_STATS, n_arms, n_remaining,
-                                n_total, phi)
-            lmax = -INFINITY
-            for a in range(n_arms):
-                # feature by feature in index order, as the reference sums them
-                acc = phi[a * F] * weights[0]
-                for j in range(1, F):
-                    acc = acc + phi[a * F + j] * weights[j]
-                logits[a] = acc
-                if acc > lmax:
-                    lmax = acc
-            total = 0.0
-            for a in range(n_arms):
-                logits[a] = mf_exp_nonpos(logits[a] - lmax)
-                total += logits[a]
-            # inverse CDF as in policy.sample_rows: the number of a < A-1 with cdf[a] <= target
-            target = next_uniform(bitgen) * total
-            acc = 0.0
-            count = 0
-            for a in range(n_arms - 1):
-                acc += logits[a]
-                count += acc <= target
-            arms[i] = count
-            if want_grad:
-                # score = phi[arm] - sum_b pi_b phi[b]  (d log pi(arm) / d weights)
-                for j in range(F):
-                    mean_phi = 0.0
-                    for a in range(n_arms):
-                        mean_phi += logits[a] * phi[a * F + j]
-                    score[j] = phi[count * F + j] - mean_phi / total
-                    cum_score[i * F + j] += score[j]
-                    score_sums[t * F + j] += score[j]
+        start = 0
+        while start < n_tasks:
+            n_chunk = chunk_tasks if n_tasks - start > chunk_tasks else n_tasks - start
+            for ii in range(n_chunk):
+                task_phi = phi + ii * n_arms * F
+                task_logits = logits + ii * n_arms
+                features_from_stats(stats + (start + ii) * n_arms * N_STATS, N_STATS, n_arms,
+                                    n_remaining, n_total, task_phi)
+                lmax = -INFINITY
+                for a in range(n_arms):
+                    # feature by feature in index order, as the reference sums them
+                    acc = task_phi[a * F] * weights[0]
+                    for j in range(1, F):
+                        acc = acc + task_phi[a * F + j] * weights[j]
+                    task_logits[a] = acc
+                    if acc > lmax:
+                        lmax = acc
+                for a in range(n_arms):
+                    task_logits[a] = task_logits[a] - lmax
+            mf_exp_nonpos_block(logits, logits, n_chunk * n_arms)
+            for ii in range(n_chunk):
+                i = start + ii
+                task_phi = phi + ii * n_arms * F
+                task_logits = logits + ii * n_arms  # now exp(logit - max)
+                total = 0.0
+                for a in range(n_arms):
+                    total += task_logits[a]
+                # inverse CDF as in policy.sample_rows: the number of a < A-1 with cdf[a] <= target
+                target = next_uniform(bitgen) * total
+                acc = 0.0
+                count = 0
+                for a in range(n_arms - 1):
+                    acc += task_logits[a]
+                    count += acc <= target
+                arms[i] = count
+                if want_grad:
+                    # score = phi[arm] - sum_b pi_b phi[b]  (d log pi(arm) / d weights)
+                    for j in range(F):
+                        mean_phi = 0.0
+                        for a in range(n_arms):
+                            mean_phi += task_logits[a] * task_phi[a * F + j]
+                        score[j] = task_phi[count * F + j] - mean_phi / total
+                        cum_score[i * F + j] += score[j]
+                        score_sums[t * F + j] += score[j]
+            start += n_chunk
         # ... then every task draws its reward (one uniform each, in task order)
         for i in range(n_tasks):
             arm = i * n_arms + arms[i]
