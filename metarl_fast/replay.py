@@ -554,20 +554,15 @@ class PrioritizedReplayBuffer(ReplayBuffer):
         with self._lock:
             batch_size = self._check_sample(batch_size, rng)
             beta = _validate.finite_float(beta, "beta", low=0.0)
-            indices = active.replay.tree_sample(self._tree_sum, batch_size, rng)
-            weights = self._weights(indices, beta)
+            indices, leaves = active.replay.tree_sample(self._tree_sum, batch_size, rng)
+            weights = ((leaves / self._tree_min[1]) ** -beta).astype(self.reward_dtype)
             return Batch(*active.replay.gather(self._store, indices), indices, weights)
 
     def sample_indices(self, batch_size, rng):
         """Slots drawn proportionally to priority, int64 (batch_size,)."""
         with self._lock:
             batch_size = self._check_sample(batch_size, rng)
-            return active.replay.tree_sample(self._tree_sum, batch_size, rng)
-
-    def _weights(self, indices, beta):
-        n = self._tree_sum.shape[0] // 2
-        leaves = self._tree_sum[n + indices]
-        return ((leaves / self._tree_min[1]) ** -beta).astype(self.reward_dtype)
+            return active.replay.tree_sample(self._tree_sum, batch_size, rng)[0]
 
     def update_priorities(self, indices, priorities):
         """Set the priorities of stored slots ``indices`` (int (n,)) to ``priorities`` ((n,),

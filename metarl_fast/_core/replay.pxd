@@ -59,7 +59,14 @@ cdef int sequence_starts(const char* episode, intp_t episode_stride, intp_t capa
                          int64_t length, bitgen_t* bitgen, intp_t n, int64_t* out) noexcept nogil
 cdef void tree_set_leaf(double* tree_sum, double* tree_min, intp_t n_leaves, intp_t leaf,
                         double value) noexcept nogil
+# Leaves `leaves[i]` = values[i] in order (the last repeated one wins); returns 0 or -2 (no memory).
+cdef int tree_set_leaves(double* tree_sum, double* tree_min, intp_t n_leaves, const int64_t* leaves,
+                         const double* values, intp_t n) noexcept nogil
 cdef void tree_fill_range(double* tree_sum, double* tree_min, intp_t n_leaves, intp_t first,
                           intp_t last, double value) noexcept nogil
-cdef void tree_sample_leaves(const double* tree_sum, intp_t n_leaves, bitgen_t* bitgen, intp_t n,
-                             int64_t* out) noexcept nogil
+# n leaves drawn proportionally to their value (n uniforms first, in order); 0 or -2 (no memory).
+cdef int tree_sample_leaves(const double* tree_sum, intp_t n_leaves, bitgen_t* bitgen, intp_t n,
+                            int64_t* out) noexcept nogil
+# Record-by-record gather when every field has the same row stride (the record size).
+cdef void gather_records(const char* const* srcs, const intp_t* row_bytes, intp_t n_fields,
+                         intp_t stride, const int64_t* idx, intp_t n, char* const* dsts) noexcept nogil

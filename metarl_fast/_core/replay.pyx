@@ -20,6 +20,20 @@ from metarl_fast.reference import replay as _ref
 
 cnp.import_array()
 
+cdef extern from *:
+    """
+    #if defined(__GNUC__) || defined(__clang__)
+    #define MF_PREFETCH(p) __builtin_prefetch((const void*) (p))
+    #else
+    #define MF_PREFETCH(p) ((void) 0)
+    #endif
+    """
+    void MF_PREFETCH(const void* p) noexcept nogil
+
+# Random rows are prefetched this many iterations ahead (their loads are independent, so many
+# cache/TLB misses overlap instead of being paid one after another).
+cdef intp_t PREFETCH_AHEAD = 12
+
 cdef int64_t MAX_TASKS = _ref.MAX_TASKS
 cdef int SEQUENCE_ROUNDS = _ref.SEQUENCE_ROUNDS
 
@@ -307,22 +321,82 @@ cdef void tree_fill_range(double* tree_sum, double* tree_min, intp_t n_leaves, i
             _tree_pull(tree_sum, tree_min, j)
 
 
-cdef void tree_sample_leaves(const double* tree_sum, intp_t n_leaves, bitgen_t* bitgen, intp_t n,
-                             int64_t* out) noexcept nogil:
-    cdef intp_t i, node, left
-    cdef double total = tree_sum[1], target, left_sum
+cdef int tree_sample_leaves(const double* tree_sum, intp_t n_leaves, bitgen_t* bitgen, intp_t n,
+                            int64_t* out) noexcept nogil:
+    """All n descents advance one level at a time, so the misses of different samples overlap."""
+    cdef intp_t i, left, ahead
+    cdef double total = tree_sum[1], left_sum
+    cdef double* target
+    cdef intp_t* node
+    if n == 0:
+        return 0
+    target = <double*> malloc(n * sizeof(double))
+    node = <intp_t*> malloc(n * sizeof(intp_t))
+    if target == NULL or node == NULL:
+        free(target)
+        free(node)
+        return -2
     for i in range(n):
-        target = next_uniform(bitgen) * total
-        node = 1
-        while node < n_leaves:
-            left = 2 * node
+        target[i] = next_uniform(bitgen) * total
+        node[i] = 1
+    while node[0] < n_leaves:
+        for i in range(n):
+            ahead = i + PREFETCH_AHEAD
+            if ahead < n:
+                MF_PREFETCH(tree_sum + 2 * node[ahead])
+            left = 2 * node[i]
             left_sum = tree_sum[left]
-            if target >= left_sum and tree_sum[left + 1] > 0:
-                target = target - left_sum
-                node = left + 1
+            if target[i] >= left_sum and tree_sum[left + 1] > 0:
+                target[i] = target[i] - left_sum
+                node[i] = left + 1
             else:
-                node = left
-        out[i] = node - n_leaves
+                node[i] = left
+    for i in range(n):
+        out[i] = node[i] - n_leaves
+    free(target)
+    free(node)
+    return 0
+
+
+cdef int tree_set_leaves(double* tree_sum, double* tree_min, intp_t n_leaves, const int64_t* leaves,
+                         const double* values, intp_t n) noexcept nogil:
+    """Set the leaves in order (the last of repeated ones wins), then recompute their ancestors
+    level by level (independent loads; recomputing a shared ancestor twice is harmless)."""
+    cdef intp_t i, node, ahead
+    cdef intp_t* nodes
+    if n == 0:
+        return 0
+    nodes = <intp_t*> malloc(n * sizeof(intp_t))
+    if nodes == NULL:
+        return -2
+    for i in range(n):
+        node = n_leaves + leaves[i]
+        tree_sum[node] = values[i]
+        tree_min[node] = values[i]
+        nodes[i] = node >> 1
+    while nodes[0] >= 1:
+        for i in range(n):
+            ahead = i + PREFETCH_AHEAD
+            if ahead < n:
+                MF_PREFETCH(tree_sum + 2 * nodes[ahead])
+                MF_PREFETCH(tree_min + 2 * nodes[ahead])
+            _tree_pull(tree_sum, tree_min, nodes[i])
+            nodes[i] >>= 1
+    free(nodes)
+    return 0
+
+
+cdef void gather_records(const char* const* srcs, const intp_t* row_bytes, intp_t n_fields,
+                         intp_t stride, const int64_t* idx, intp_t n, char* const* dsts) noexcept nogil:
+    cdef intp_t i, f, off, ahead
+    for i in range(n):
+        ahead = i + PREFETCH_AHEAD
+        if ahead < n:
+            MF_PREFETCH(srcs[0] + idx[ahead] * stride)
+            MF_PREFETCH(srcs[0] + idx[ahead] * stride + stride - 1)
+        off = idx[i] * stride
+        for f in range(n_fields):
+            _put(dsts[f] + i * row_bytes[f], srcs[f] + off, row_bytes[f])
 
 
 # ---------------------------------------------------------------------------------------------
@@ -768,6 +842,13 @@ def gather(tuple store, cnp.ndarray indices):
         row_bytes[f] = cnp.PyArray_ITEMSIZE(field) * (cnp.PyArray_SIZE(field) // cnp.PyArray_DIM(field, 0))
         strides[f] = cnp.PyArray_STRIDE(field, 0)
         result.append(out)
+    for f in range(1, N_FIELDS):
+        if strides[f] != strides[0]:
+            break
+    else:  # one record per transition: copy record by record, prefetching ahead
+        with nogil:
+            gather_records(<const char* const*> srcs, row_bytes, N_FIELDS, strides[0], ip, n, dsts)
+        return tuple(result)
     with nogil:
         for f in range(N_FIELDS):
             gather_rows(srcs[f], row_bytes[f], strides[f], ip, n, dsts[f])
@@ -776,16 +857,18 @@ def gather(tuple store, cnp.ndarray indices):
 
 def tree_set(cnp.ndarray tree_sum, cnp.ndarray tree_min, cnp.ndarray indices, cnp.ndarray values):
     """Set leaves (last wins).  See :func:`metarl_fast.reference.replay.tree_set`."""
-    cdef intp_t n_leaves = cnp.PyArray_DIM(tree_sum, 0) // 2, i, n = cnp.PyArray_DIM(indices, 0)
+    cdef intp_t n_leaves = cnp.PyArray_DIM(tree_sum, 0) // 2, n = cnp.PyArray_DIM(indices, 0)
     cdef double* s = <double*> cnp.PyArray_DATA(tree_sum)
     cdef double* m = <double*> cnp.PyArray_DATA(tree_min)
     cdef cnp.ndarray idx = np.ascontiguousarray(indices, dtype=np.int64)
     cdef cnp.ndarray val = np.ascontiguousarray(values, dtype=np.float64)
     cdef const int64_t* ip = <const int64_t*> cnp.PyArray_DATA(idx)
     cdef const double* vp = <const double*> cnp.PyArray_DATA(val)
+    cdef int status
     with nogil:
-        for i in range(n):
-            tree_set_leaf(s, m, n_leaves, ip[i], vp[i])
+        status = tree_set_leaves(s, m, n_leaves, ip, vp, n)
+    if status == -2:
+        raise MemoryError("metarl_fast: out of memory in update_priorities")
 
 
 def tree_fill(cnp.ndarray tree_sum, cnp.ndarray tree_min, intp_t start, intp_t count,
@@ -804,13 +887,25 @@ def tree_fill(cnp.ndarray tree_sum, cnp.ndarray tree_min, intp_t start, intp_t c
 
 
 def tree_sample(cnp.ndarray tree_sum, intp_t n, rng):
-    """Leaves proportional to their value.  See :func:`metarl_fast.reference.replay.tree_sample`."""
+    """Leaves proportional to their value, and their values.  See
+    :func:`metarl_fast.reference.replay.tree_sample`."""
     cdef cnp.npy_intp dim = n
     cdef cnp.ndarray out = cnp.PyArray_EMPTY(1, &dim, cnp.NPY_INT64, 0)
+    cdef cnp.ndarray values = cnp.PyArray_EMPTY(1, &dim, cnp.NPY_DOUBLE, 0)
     cdef bitgen_t* bitgen = _bitgen(rng)
+    cdef intp_t n_leaves = cnp.PyArray_DIM(tree_sum, 0) // 2, i
+    cdef const double* ts = <const double*> cnp.PyArray_DATA(tree_sum)
+    cdef const int64_t* op = <const int64_t*> cnp.PyArray_DATA(out)
+    cdef double* vp = <double*> cnp.PyArray_DATA(values)
+    cdef int status
     with rng.bit_generator.lock:
         with nogil:
-            tree_sample_leaves(<const double*> cnp.PyArray_DATA(tree_sum),
-                               cnp.PyArray_DIM(tree_sum, 0) // 2, bitgen, n,
-                               <int64_t*> cnp.PyArray_DATA(out))
-    return out
+            status = tree_sample_leaves(<const double*> cnp.PyArray_DATA(tree_sum),
+                                        cnp.PyArray_DIM(tree_sum, 0) // 2, bitgen, n,
+                                        <int64_t*> cnp.PyArray_DATA(out))
+    if status == -2:
+        raise MemoryError("metarl_fast: out of memory in prioritized sampling")
+    with nogil:  # the leaves were just read by the descent: cached
+        for i in range(n):
+            vp[i] = ts[n_leaves + op[i]]
+    return out, values

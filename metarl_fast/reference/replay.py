@@ -462,7 +462,9 @@ def tree_set(tree_sum, tree_min, indices, values):
 
 
 def tree_sample(tree_sum, n, rng):
-    """``n`` leaves drawn with probability ``leaf / total`` (with replacement).  int64 (n,).
+    """``n`` leaves drawn with probability ``leaf / total`` (with replacement).
+
+    Returns ``(indices, values)``: int64 (n,) leaf indices and float64 (n,) their leaf values.
 
     Per sample one ``rng.random()``: ``u * total`` descends from the root, going right (and
     subtracting the left sum) when it is >= the left child's sum, unless the right subtree is
@@ -477,7 +479,7 @@ def tree_sample(tree_sum, n, rng):
         right = (target >= left_sum) & (tree_sum[left + 1] > 0)
         target = np.where(right, target - left_sum, target)
         node = left + right
-    return node - n_leaves
+    return node - n_leaves, tree_sum[node]
 
 
 def tree_fill(tree_sum, tree_min, start, count, capacity, value):
