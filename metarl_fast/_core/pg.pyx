@@ -758,8 +758,9 @@ def adam_update(params, grad, exp_avg, exp_avg_sq, step_size, bias_correction2_s
                 beta1, beta2, eps, grad_scale=1.0):
     """One Adam step in place.  See :func:`metarl_fast.reference.pg.adam_update`."""
     cdef cnp.ndarray p, g
-    cdef double ss, bc2, b1, b2, ep, scale
+    cdef double ss, bc2, b1, b2, ep, scale = 0.0
     cdef double h[5]
+    cdef bint ok
     if (_update_ok(params, grad, exp_avg, exp_avg_sq) and _is_real(step_size)
             and _is_real(bias_correction2_sqrt) and _is_real(beta1) and _is_real(beta2)
             and _is_real(eps) and _is_real(grad_scale)):
