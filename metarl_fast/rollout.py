@@ -71,18 +71,19 @@ def action_tables(logits):
     rejected with a ValueError naming the policy and state.
     """
     x = np.asarray(logits, dtype=np.float64)
-    flat = x.reshape(-1, x.shape[-1])
-    bad = np.isnan(flat).any(axis=1) | np.isposinf(flat).any(axis=1) | np.all(flat == -np.inf, axis=1)
-    if bad.any():
-        row = int(np.flatnonzero(bad)[0])
-        p, s = divmod(row, x.shape[1])
-        err = _validate.logits_row_error(flat, row)
-        raise ValueError(f"policy {p}, state {s}: {err}")
+    if not np.isfinite(x).all():  # -inf (a forbidden action) is fine unless a whole row is -inf
+        flat = x.reshape(-1, x.shape[-1])
+        bad = np.isnan(flat).any(axis=1) | np.isposinf(flat).any(axis=1) | np.all(flat == -np.inf, axis=1)
+        if bad.any():
+            row = int(np.flatnonzero(bad)[0])
+            p, s = divmod(row, x.shape[1])
+            err = _validate.logits_row_error(flat, row)
+            raise ValueError(f"policy {p}, state {s}: {err}")
     z = x - x.max(axis=-1, keepdims=True)
     e = exp_nonpos(z)
-    cdf = np.ascontiguousarray(np.cumsum(e, axis=-1))
+    cdf = np.cumsum(e, axis=-1)
     with np.errstate(divide="ignore"):
-        logp = np.ascontiguousarray(z - np.log(e.sum(axis=-1, keepdims=True)))
+        logp = z - np.log(e.sum(axis=-1, keepdims=True))
     return cdf, logp
 
 

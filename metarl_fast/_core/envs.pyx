@@ -7,6 +7,7 @@ numbers in the documented order (bulk fills from the Generator's own BitGenerato
 cimport numpy as cnp
 from libc.stdint cimport int64_t, uint8_t
 from libc.stdlib cimport free, malloc
+from libc.math cimport INFINITY
 from libc.string cimport memset
 from numpy.random cimport bitgen_t
 from numpy.random.c_distributions cimport (random_standard_normal_fill,
@@ -18,7 +19,9 @@ import numpy as np
 
 from metarl_fast.reference.envs import (check_rollout_args, check_step_args, check_tables,
                                         check_vec_args)
-from metarl_fast.tasks import padded_cdf_rows
+from metarl_fast.tasks import EnvTables, padded_cdf_rows
+
+_Generator = np.random.Generator
 
 cnp.import_array()
 
@@ -441,9 +444,60 @@ cdef inline cnp.ndarray _empty(intp_t n, int typenum):
     return cnp.PyArray_EMPTY(1, &dim, typenum, 0)
 
 
+cdef inline bint _is_array(object x, int typenum, int ndim):
+    return (type(x) is cnp.ndarray and cnp.PyArray_TYPE(<cnp.ndarray> x) == typenum
+            and cnp.PyArray_NDIM(<cnp.ndarray> x) == ndim and cnp.PyArray_IS_C_CONTIGUOUS(<cnp.ndarray> x))
+
+
+cdef bint _rollout_args_ok(object tables, object action_cdf, object action_logp,
+                           object policy_of_task, object n_episodes, object rng):
+    """C-level fast path of check_rollout_args: True if every argument is valid as given."""
+    cdef intp_t n_pol, S, A, T, j, m
+    cdef const double* c
+    cdef const double* lp
+    cdef const int64_t* pot
+    if type(tables) is not EnvTables or type(n_episodes) is not int or not isinstance(rng, _Generator):
+        return False
+    if n_episodes < 1 or n_episodes > 2**40:
+        return False
+    if not (_is_array(action_cdf, cnp.NPY_DOUBLE, 3) and _is_array(action_logp, cnp.NPY_DOUBLE, 3)
+            and _is_array(policy_of_task, cnp.NPY_INT64, 1)):
+        return False
+    S, A, T = tables.n_states, tables.n_actions, tables.n_tasks
+    n_pol = cnp.PyArray_DIM(<cnp.ndarray> action_cdf, 0)
+    if (n_pol < 1 or cnp.PyArray_DIM(<cnp.ndarray> action_cdf, 1) != S
+            or cnp.PyArray_DIM(<cnp.ndarray> action_cdf, 2) != A
+            or cnp.PyArray_DIM(<cnp.ndarray> action_logp, 0) != n_pol
+            or cnp.PyArray_DIM(<cnp.ndarray> action_logp, 1) != S
+            or cnp.PyArray_DIM(<cnp.ndarray> action_logp, 2) != A
+            or cnp.PyArray_DIM(<cnp.ndarray> policy_of_task, 0) != T
+            or T * <intp_t> n_episodes * tables.horizon > (2**63 - 1) // 64):
+        return False
+    c = _dptr(action_cdf)
+    lp = _dptr(action_logp)
+    pot = _iptr(policy_of_task)
+    for j in range(T):
+        if pot[j] < 0 or pot[j] >= n_pol:
+            return False
+    for j in range(n_pol * S):
+        if not (c[j * A] >= 0.0 and c[j * A + A - 1] > 0.0 and c[j * A + A - 1] < INFINITY):
+            return False
+        for m in range(1, A):
+            if not (c[j * A + m] >= c[j * A + m - 1]):
+                return False
+    for j in range(n_pol * S * A):
+        if lp[j] != lp[j] or lp[j] == INFINITY:
+            return False
+    return True
+
+
 def rollout(tables, action_cdf, action_logp, policy_of_task, n_episodes, rng):
     """Fused rollout.  See :func:`metarl_fast.reference.envs.rollout`."""
-    cdef intp_t N = check_rollout_args(tables, action_cdf, action_logp, policy_of_task, n_episodes, rng)
+    cdef intp_t N
+    if _rollout_args_ok(tables, action_cdf, action_logp, policy_of_task, n_episodes, rng):
+        N = n_episodes
+    else:
+        N = check_rollout_args(tables, action_cdf, action_logp, policy_of_task, n_episodes, rng)
     cdef EnvTablesC t
     fill_tables(tables, &t)
     cdef intp_t T = t.n_tasks, H = t.horizon, cap = T * N * H, n_steps
@@ -527,12 +581,50 @@ def vec_reset(tables, task_of_env, state, elapsed, rng):
             vec_reset_kernel(&t, task_p, state_p, el_p, n, bitgen)
 
 
+cdef inline bint _in_range(object arr, intp_t n, int64_t low, int64_t high):
+    cdef const int64_t* p = _iptr(arr)
+    cdef intp_t j
+    for j in range(n):
+        if p[j] < low or p[j] >= high:
+            return False
+    return True
+
+
+cdef inline bint _is_out(object x, int typenum, intp_t n):
+    return (_is_array(x, typenum, 1) and cnp.PyArray_DIM(<cnp.ndarray> x, 0) == n
+            and cnp.PyArray_ISWRITEABLE(<cnp.ndarray> x))
+
+
+cdef bint _step_args_ok(object tables, object task_of_env, object state, object elapsed,
+                        object actions, object rng, object obs_out, object reward_out,
+                        object terminated_out, object truncated_out, object final_obs_out):
+    """C-level fast path of check_step_args: True if every argument is valid as given."""
+    cdef intp_t n
+    if type(tables) is not EnvTables or not isinstance(rng, _Generator):
+        return False
+    if not _is_array(task_of_env, cnp.NPY_INT64, 1):
+        return False
+    n = cnp.PyArray_DIM(<cnp.ndarray> task_of_env, 0)
+    if not (_is_out(state, cnp.NPY_INT64, n) and _is_out(elapsed, cnp.NPY_INT64, n)
+            and _is_array(actions, cnp.NPY_INT64, 1) and cnp.PyArray_DIM(<cnp.ndarray> actions, 0) == n
+            and _is_out(obs_out, cnp.NPY_INT64, n) and _is_out(reward_out, cnp.NPY_DOUBLE, n)
+            and _is_out(terminated_out, cnp.NPY_BOOL, n) and _is_out(truncated_out, cnp.NPY_BOOL, n)
+            and _is_out(final_obs_out, cnp.NPY_INT64, n)):
+        return False
+    return (_in_range(task_of_env, n, 0, tables.n_tasks) and _in_range(state, n, 0, tables.n_states)
+            and _in_range(elapsed, n, 0, tables.horizon) and _in_range(actions, n, 0, tables.n_actions))
+
+
 def vec_step(tables, task_of_env, state, elapsed, actions, rng, obs_out, reward_out,
              terminated_out, truncated_out, final_obs_out):
     """One step of every environment.  See :func:`metarl_fast.reference.envs.vec_step`."""
     cdef intp_t n
-    n, actions = check_step_args(tables, task_of_env, state, elapsed, actions, rng, obs_out,
-                                 reward_out, terminated_out, truncated_out, final_obs_out)
+    if _step_args_ok(tables, task_of_env, state, elapsed, actions, rng, obs_out, reward_out,
+                     terminated_out, truncated_out, final_obs_out):
+        n = cnp.PyArray_DIM(<cnp.ndarray> task_of_env, 0)
+    else:
+        n, actions = check_step_args(tables, task_of_env, state, elapsed, actions, rng, obs_out,
+                                     reward_out, terminated_out, truncated_out, final_obs_out)
     cdef EnvTablesC t
     fill_tables(tables, &t)
     cdef double* scratch = <double*> malloc((n if n > 0 else 1) * sizeof(double))
