@@ -128,7 +128,8 @@ class EnvTables:
     Attributes
     ----------
     n_tasks, n_states, n_actions, horizon : int
-    trans_cdf : float64 (n, S, A, S)   running sums of ``P`` along the last axis
+    trans_cdf : float64 (n, S, A, S)   running sums of ``P`` along the last axis (a (1, 1, 1, 1)
+        placeholder when ``stochastic_transitions`` is False)
     trans_cdf_padded : float64 (n, S, A, L + 1)  for the compiled kernel's blocked search: the
         first ``S - 1`` running sums, +inf up to ``L`` = ``S - 1`` rounded up to a multiple of 4
         (never <= a target), then the total at index ``L``
@@ -153,9 +154,11 @@ class EnvTables:
     def __init__(self, batch):
         n, S, A = batch.P.shape[:3]
         self.n_tasks, self.n_states, self.n_actions, self.horizon = n, S, A, batch.horizon
-        self.trans_cdf = np.cumsum(batch.P, axis=-1)
         det_trans, self.next_state = _certain_outcomes(batch.P)
         self.stochastic_transitions = not det_trans
+        # deterministic batches (e.g. GridNavigation) never search a CDF: keep no copy of P's size
+        self.trans_cdf = (np.cumsum(batch.P, axis=-1) if self.stochastic_transitions
+                          else np.ones((1, 1, 1, 1)))
         self.trans_cdf_padded = (padded_cdf_rows(self.trans_cdf) if self.stochastic_transitions
                                  else np.full((1, 1, 1, 1), np.inf))
         self.reward_mean = batch.R
@@ -234,7 +237,7 @@ class TaskBatch:
             if terminal.shape != (n, S):
                 raise ValueError(f"terminal must have shape {(n, S)}, got {terminal.shape}")
             terminal = terminal.copy()
-        if isinstance(reward_std, np.ndarray) and reward_std.ndim > 0:
+        if np.ndim(reward_std) > 0:
             reward_std = _float_table(reward_std, "reward_std", (n,))
             if reward_std.min() < 0:
                 raise ValueError("reward_std must be >= 0")

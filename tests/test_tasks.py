@@ -91,6 +91,8 @@ def test_custom_family_from_arrays_and_sampler():
     def sampler(n, rng):
         return dict(P=rng.dirichlet(np.ones(3), size=(n, 3, 2)), R=rng.normal(size=(n, 3, 2)), horizon=5)
 
+    listed = TabularFamily(P=P, R=R, horizon=4, reward_noise="gaussian", reward_std=[0.5, 2.0]).sample(20, 1)
+    assert set(listed.reward_std) == {0.5, 2.0}
     b2 = TabularFamily(sampler=sampler).sample(4, 2)
     assert b2.n_tasks == 4 and b2.horizon == 5
     with pytest.raises(ValueError, match="returned 3 tasks"):
