@@ -109,6 +109,8 @@ cdef void write_rows(Storage* st, const Columns* c) noexcept nogil:
     cdef const char* logp = c.logp
     cdef intp_t s_done = c.done_stride, s_trunc = c.truncated_stride, s_task = c.task_stride
     cdef intp_t s_logp = c.logp_stride
+    # tabular int64 observations and actions, float64 rewards: every value is 8 bytes
+    cdef bint all8 = b_obs == 8 and b_action == 8 and b_float == 8
     if n == 0:
         return
     # Only the last `capacity` rows survive a call; the skipped rows still count for episode ids.
@@ -152,11 +154,18 @@ cdef void write_rows(Storage* st, const Columns* c) noexcept nogil:
             open_task = -1
         else:
             open_task = t
-        _put(f_obs + off, obs + i * b_obs, b_obs)
-        _put(f_next + off, next_obs + i * b_obs, b_obs)
-        _put(f_action + off, action + i * b_action, b_action)
-        _put(f_reward + off, reward + i * b_float, b_float)
-        _put(f_logp + off, logp + i * s_logp, b_float)
+        if all8:  # loop-invariant: the compiler unswitches this into its own loop
+            (<int64_t*> (f_obs + off))[0] = (<const int64_t*> obs)[i]
+            (<int64_t*> (f_next + off))[0] = (<const int64_t*> next_obs)[i]
+            (<int64_t*> (f_action + off))[0] = (<const int64_t*> action)[i]
+            (<int64_t*> (f_reward + off))[0] = (<const int64_t*> reward)[i]
+            (<int64_t*> (f_logp + off))[0] = (<const int64_t*> (logp + i * s_logp))[0]
+        else:
+            _put(f_obs + off, obs + i * b_obs, b_obs)
+            _put(f_next + off, next_obs + i * b_obs, b_obs)
+            _put(f_action + off, action + i * b_action, b_action)
+            _put(f_reward + off, reward + i * b_float, b_float)
+            _put(f_logp + off, logp + i * s_logp, b_float)
         f_done[off] = done[i * s_done]
         f_trunc[off] = truncated[i * s_trunc]
         slot += 1
