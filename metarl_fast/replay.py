@@ -38,6 +38,7 @@ from metarl_fast.reference.replay import (
 )
 
 REPLAY_FORMAT_VERSION = 1
+_Generator = np.random.Generator
 
 __all__ = ["Batch", "ReplayBuffer", "PrioritizedReplayBuffer", "MAX_TASKS"]
 
@@ -308,8 +309,10 @@ class ReplayBuffer:
     # -- sampling ------------------------------------------------------------------------------
 
     def _check_sample(self, batch_size, rng):
-        batch_size = _validate.positive_int(batch_size, "batch_size")
-        _validate.check_rng(rng)
+        if type(batch_size) is not int or batch_size < 1:  # (exact int: the cheap common case)
+            batch_size = _validate.positive_int(batch_size, "batch_size")
+        if type(rng) is not _Generator:
+            _validate.check_rng(rng)
         if self._state[SIZE] == 0:
             raise ValueError("cannot sample from an empty replay buffer")
         return batch_size

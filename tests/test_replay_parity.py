@@ -227,3 +227,21 @@ def test_large_random_interleaving_identical(seed):
         _same(res[0], res[1])
         _same(bufs[0]._store, bufs[1]._store)
         _same(bufs[0]._tree_sum, bufs[1]._tree_sum)
+
+
+@needs_cython
+def test_gather_kernel_on_separate_arrays():
+    """The gather kernels also accept storage of separate (struct of arrays) field arrays."""
+    from metarl_fast._core import replay as cr
+    from metarl_fast.reference import replay as ref
+
+    rng = np.random.default_rng(0)
+    cap = 50
+    store = (rng.standard_normal((cap, 3)).astype(np.float32), rng.integers(0, 9, cap),
+             rng.standard_normal(cap), rng.standard_normal((cap, 3)).astype(np.float32),
+             rng.random(cap) < 0.5, rng.random(cap) < 0.5, rng.integers(0, 4, cap).astype(np.int32),
+             np.arange(cap, dtype=np.int64), rng.standard_normal(cap))
+    idx = rng.integers(0, cap, (7, 4))
+    _same(cr.gather(store, idx), ref.gather(store, idx))
+    starts = rng.integers(0, cap, 9)
+    _same(cr.window_indices(starts, 6, cap), ref.window_indices(starts, 6, cap))
