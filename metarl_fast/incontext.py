@@ -151,7 +151,7 @@ class InContextBanditLearner:
     # ------------------------------------------------------------------ meta-training
     def fit(self, n_arms, n_pulls, rng, *, n_iterations=100, batch_size=10_000,
             learning_rate=1.0, final_learning_rate=0.1, betas=(0.9, 0.999), eps=1e-8,
-            callback=None):
+            callback=None, checkpoint_path=None, checkpoint_every=10):
         """Meta-train the weights by policy-gradient ascent on the mean total reward of trials.
 
         Each iteration draws ``batch_size`` tasks from the prior (``rng.random((batch_size,
@@ -172,6 +172,10 @@ class InContextBanditLearner:
             Adam's moment decays and denominator guard.
         callback : callable(iteration, learner, totals) or None
             Called after every step (``totals`` float64 (batch_size,) of that iteration).
+        checkpoint_path : path or None
+            If given, the learner is saved there (atomically, :meth:`save`) every
+            ``checkpoint_every`` iterations and after the last one; a diverged step is never saved.
+        checkpoint_every : int >= 1
 
         Returns
         -------
@@ -200,6 +204,7 @@ class InContextBanditLearner:
         eps = _validate.finite_float(eps, "eps", low=0.0, low_open=True)
         if callback is not None and not callable(callback):
             raise TypeError(f"callback must be callable, got {type(callback).__name__}")
+        checkpoint_every = _validate.positive_int(checkpoint_every, "checkpoint_every")
 
         first_moment = np.zeros(N_FEATURES)
         second_moment = np.zeros(N_FEATURES)
@@ -220,9 +225,12 @@ class InContextBanditLearner:
                     f"non-finite or exceed {MAX_ABS_WEIGHT:g} (lower the learning rate); "
                     "the weights keep their values from before this iteration")
             self.weights[...] = new_weights
+            self.trained_on = (n_arms, n_pulls)
             if callback is not None:
                 callback(it, self, totals)
-        self.trained_on = (n_arms, n_pulls)
+            if checkpoint_path is not None and ((it + 1) % checkpoint_every == 0
+                                                or it + 1 == n_iterations):
+                self.save(checkpoint_path)
         return history
 
     # ------------------------------------------------------------------ persistence

@@ -355,6 +355,25 @@ def test_divergence_names_the_iteration_and_keeps_the_weights(backend, tmp_path)
     assert InContextBanditLearner.load(path) == learner
 
 
+def test_fit_checkpoints_and_never_saves_a_diverged_step(backend, tmp_path):
+    path = tmp_path / "ckpt.npz"
+    learner = InContextBanditLearner()
+    snapshots = {}
+    learner.fit(3, 4, np.random.default_rng(0), n_iterations=5, batch_size=100, checkpoint_path=path,
+                checkpoint_every=2, callback=lambda it, lrn, tot: snapshots.__setitem__(it, lrn.weights.copy()))
+    assert InContextBanditLearner.load(path) == learner  # saved after the last iteration
+    np.testing.assert_array_equal(learner.weights, snapshots[4])
+    diverging = InContextBanditLearner()
+    with pytest.raises(FloatingPointError, match="iteration"):
+        diverging.fit(3, 4, np.random.default_rng(0), n_iterations=50, batch_size=200,
+                      learning_rate=4e99, final_learning_rate=4e99, checkpoint_path=path,
+                      checkpoint_every=1)
+    saved = InContextBanditLearner.load(path)  # intact, the last valid weights
+    assert saved == diverging and np.all(np.abs(saved.weights) <= 1e100)
+    with pytest.raises(ValueError, match="checkpoint_every"):
+        learner.fit(3, 4, np.random.default_rng(0), checkpoint_every=0)
+
+
 def test_save_load_round_trip_and_bad_files(backend, tmp_path):
     learner = InContextBanditLearner(np.arange(N_FEATURES, dtype=np.float64))
     learner.trained_on = (5, 10)
