@@ -115,23 +115,29 @@ def check_step_args(tables, task_of_env, state, elapsed, actions, rng, obs_out, 
 def _inverse_cdf(cdf_rows, u):
     """Row-wise inverse CDF: (k, m) running sums and (k,) uniforms -> (k,) int64 outcomes."""
     target = u * cdf_rows[:, -1]
-    return np.count_nonzero(cdf_rows <= target[:, None], axis=1).astype(np.int64)
+    return np.add.reduce(cdf_rows <= target[:, None], axis=1, dtype=np.int64)
 
 
-def _rewards(t, task, s, a, noise):
-    """Observed rewards of (task, s, a) before the transition (``noise`` is the drawn block)."""
-    mean = t.reward_mean[task, s, a]
+def _flat_sa(t, task, s, a):
+    """Row index of (task, s, a) in the tables reshaped to (n * S * A, ...): one cheap gather
+    instead of a three-array fancy index."""
+    return (task * t.n_states + s) * t.n_actions + a
+
+
+def _rewards(t, task, sa, noise):
+    """Observed rewards of the flat (task, s, a) rows ``sa`` before the transition."""
+    mean = t.reward_mean.reshape(-1)[sa]
     if t.reward_kind == REWARD_GAUSSIAN:
         return mean + t.reward_std[task] * noise
     if t.reward_kind == REWARD_BERNOULLI:
         return np.where(noise < mean, 1.0, 0.0)
-    return mean.copy()
+    return mean
 
 
-def _next_states(t, task, s, a, u):
+def _next_states(t, sa, u):
     if t.stochastic_transitions:
-        return _inverse_cdf(t.trans_cdf[task, s, a], u)
-    return t.next_state[task, s, a]
+        return _inverse_cdf(t.trans_cdf.reshape(-1, t.n_states)[sa], u)
+    return t.next_state.reshape(-1)[sa]
 
 
 def _draw_noise(t, rng, shape):
@@ -166,6 +172,7 @@ def rollout(tables, action_cdf, action_logp, policy_of_task, n_episodes, rng):
     n_episodes = check_rollout_args(tables, action_cdf, action_logp, policy_of_task, n_episodes, rng)
     t = tables
     T, N, H = t.n_tasks, n_episodes, t.horizon
+    S, A = t.n_states, t.n_actions
     u_start = rng.random((T, N)) if t.stochastic_start else None
     u_act = rng.random((T, N, H))
     noise = _draw_noise(t, rng, (T, N, H))
@@ -189,28 +196,32 @@ def rollout(tables, action_cdf, action_logp, policy_of_task, n_episodes, rng):
             s = t.start_state.copy()
         live = tasks
         for step in range(H):
-            st = s[live]
-            pol = policy_of_task[live]
-            a = _inverse_cdf(action_cdf[pol, st], u_act[live, e, step])
-            r = _rewards(t, live, st, a, None if noise is None else noise[live, e, step])
-            s2 = _next_states(t, live, st, a, None if u_next is None else u_next[live, e, step])
+            # rows of the (T, N, H) arrays: a plain slice while every task is still running
+            rows = slice(None) if live.size == T else live
+            st = s[rows]
+            pol = policy_of_task[rows]
+            a = _inverse_cdf(action_cdf[pol, st], u_act[rows, e, step])
+            sa = _flat_sa(t, live, st, a)
+            r = _rewards(t, live, sa, None if noise is None else noise[rows, e, step])
+            s2 = _next_states(t, sa, None if u_next is None else u_next[rows, e, step])
             if t.reward_kind == REWARD_TRANSITION:
-                r = t.reward_next[live, st, a, s2]
-            ends = t.terminal[live, s2].astype(bool)
-            obs[live, e, step] = st
-            act[live, e, step] = a
-            rew[live, e, step] = r
-            nxt[live, e, step] = s2
-            term[live, e, step] = ends
-            trunc[live, e, step] = ~ends & (step == H - 1)
-            logp[live, e, step] = action_logp[pol, st, a]
-            valid[live, e, step] = True
-            ret[live, e] += r
-            length[live, e] += 1
-            s[live] = s2
-            live = live[~ends]
-            if live.size == 0:
-                break
+                r = t.reward_next.reshape(-1)[sa * S + s2]
+            ends = t.terminal.reshape(-1)[live * S + s2].astype(bool)
+            obs[rows, e, step] = st
+            act[rows, e, step] = a
+            rew[rows, e, step] = r
+            nxt[rows, e, step] = s2
+            term[rows, e, step] = ends
+            trunc[rows, e, step] = ~ends & (step == H - 1)
+            logp[rows, e, step] = action_logp.reshape(-1)[(pol * S + st) * A + a]
+            valid[rows, e, step] = True
+            ret[rows, e] += r
+            length[rows, e] += 1
+            s[rows] = s2
+            if ends.any():
+                live = live[~ends]
+                if live.size == 0:
+                    break
     task_id = np.broadcast_to(tasks[:, None, None], (T, N, H))
     return (obs[valid], act[valid], rew[valid], nxt[valid], term[valid], trunc[valid],
             logp[valid], task_id[valid], length, ret)
@@ -249,10 +260,11 @@ def vec_step(tables, task_of_env, state, elapsed, actions, rng, obs_out, reward_
     task, s, a = task_of_env, state, actions
     noise = _draw_noise(t, rng, n)
     u_next = rng.random(n) if t.stochastic_transitions else None
-    r = _rewards(t, task, s, a, noise)
-    s2 = _next_states(t, task, s, a, u_next)
+    sa = _flat_sa(t, task, s, a)
+    r = _rewards(t, task, sa, noise)
+    s2 = _next_states(t, sa, u_next)
     if t.reward_kind == REWARD_TRANSITION:
-        r = t.reward_next[task, s, a, s2]
+        r = t.reward_next.reshape(-1)[sa * t.n_states + s2]
     el = elapsed + 1
     ends = t.terminal[task, s2].astype(bool)
     trunc = ~ends & (el >= t.horizon)
