@@ -298,3 +298,36 @@ def test_from_gymnasium_rejects_non_discrete():
         FromGymnasium(lambda rng: NoModel()).sample(1, 0)
     with pytest.raises(TypeError, match="callable"):
         FromGymnasium(3)
+
+
+def test_gymnasium_env_matches_plain_env():
+    pytest.importorskip("gymnasium")
+    task = Chain(slip=0.3, horizon=6).sample(1, 0)[0]
+    plain, gym_env = task.make_env(), task.as_gymnasium()
+    for seed in (5, 6):
+        a, _ = plain.reset(seed=seed)
+        b, _ = gym_env.reset(seed=seed)  # gymnasium seeds Generator(PCG64(seed)), as default_rng does
+        assert a == b
+        for k in range(6):
+            assert plain.step(k % 2) == gym_env.step(k % 2)
+
+
+def test_from_gymnasium_rollout_matches_model(backend):
+    pytest.importorskip("gymnasium")
+    from metarl_fast.policy import TabularSoftmaxPolicy
+    from metarl_fast.rollout import rollout
+
+    batch = FromGymnasium(_frozen_lake, horizon=30).sample(1, 3)
+    model = batch[0].model()
+    theta = np.zeros((16, 4))
+    theta[:, [1, 2]] = 1.0  # prefer down and right
+    pi = np.exp(theta) / np.exp(theta).sum(1, keepdims=True)
+    V = np.zeros(16)
+    cont = model.P * (~model.terminal)[None, None, :]
+    for _ in range(model.horizon):
+        V = (pi * (model.R + cont @ V)).sum(1)
+    traj = rollout(TabularSoftmaxPolicy(16, 4, theta=theta), batch[np.zeros(500, dtype=np.int64)], 20, 4)
+    returns = traj.episode_return.reshape(-1)
+    assert set(np.unique(traj.reward)) <= {0.0, 1.0}
+    assert abs(returns.mean() - model.start @ V) < 4 * max(returns.std(), 1e-3) / np.sqrt(returns.size)
+    assert np.all(traj.terminated[traj.reward == 1.0])
