@@ -41,6 +41,7 @@ class Optimizer:
         self.params = _target_params(params)
         self.state = np.zeros((2, self.params.shape[0]), dtype=self.params.dtype)
         self.steps = 0
+        self._grad = np.empty_like(self.params)  # scratch gradient of the fused pg step
 
     def zero_state(self):
         """Forget the accumulated state (velocity / moments and step count)."""

@@ -72,6 +72,9 @@ def truncated_importance_weights(log_probs, behaviour_log_probs, rho_bar=1.0, ou
     return active.pg.truncated_importance_weights(log_probs, behaviour_log_probs, rho_bar, out)
 
 
+_LINEAR = {TabularSoftmaxPolicy: False, LinearSoftmaxPolicy: True}
+
+
 def _kind(policy):
     if isinstance(policy, TabularSoftmaxPolicy):
         return False
@@ -119,22 +122,23 @@ def policy_gradient_step(policy, optimizer, obs, actions, advantages, *, weights
     -------
     grad_norm : float, L2 norm of the gradient before clipping
     """
-    linear = _kind(policy)
+    linear = _LINEAR.get(type(policy))
+    if linear is None:
+        linear = _kind(policy)
     if not isinstance(optimizer, Optimizer):
         raise TypeError(f"optimizer must be an SGD or Adam optimizer, got {type(optimizer).__name__}")
-    if optimizer.params is not policy.params:
+    params = policy.params
+    if optimizer.params is not params:
         raise ValueError("optimizer does not update this policy's params (build it with the policy)")
     if grad_out is None:
-        grad_out = optimizer.__dict__.get("_grad")
-        if grad_out is None:
-            grad_out = optimizer._grad = np.empty_like(policy.params)
+        grad_out = optimizer._grad
     opt_kind, hyper = optimizer._fused_hyper()
     if linear:
-        norm = active.pg.linear_pg_step(policy.params, policy.n_features, policy.n_actions, obs,
+        norm = active.pg.linear_pg_step(params, policy.n_features, policy.n_actions, obs,
                                         actions, advantages, weights, entropy_coef, max_grad_norm,
                                         grad_out, opt_kind, optimizer.state, hyper)
     else:
-        norm = active.pg.tabular_pg_step(policy.params, policy.n_states, policy.n_actions, obs,
+        norm = active.pg.tabular_pg_step(params, policy.n_states, policy.n_actions, obs,
                                          actions, advantages, weights, entropy_coef, max_grad_norm,
                                          grad_out, opt_kind, optimizer.state, hyper)
     optimizer.steps += 1

@@ -313,3 +313,23 @@ def test_twins_share_kernel_names_and_signatures(name):
 
     assert str(inspect.signature(getattr(cy, name))) == str(inspect.signature(getattr(ref, name)))
     assert (cy.OPT_SGD, cy.OPT_ADAM, cy.N_HYPER) == (ref.OPT_SGD, ref.OPT_ADAM, ref.N_HYPER)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_non_finite_detected_at_every_position(backend, dtype):
+    # the Cython fast path scans with several vector accumulators: probe every lane and the tail
+    policy = LinearSoftmaxPolicy(7, 3, dtype=dtype)
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(9, 7)).astype(dtype)
+    actions, adv = rng.integers(0, 3, 9), rng.normal(size=9).astype(dtype)
+    for bad_value in (np.nan, np.inf, -np.inf):
+        for k in range(x.size):
+            bad = x.copy()
+            bad.flat[k] = bad_value
+            with pytest.raises(ValueError, match="obs contains NaN or inf"):
+                pg.policy_gradient(policy, bad, actions, adv)
+        for k in range(policy.n_params):
+            params = policy.params.copy()
+            params[k] = bad_value
+            with pytest.raises(ValueError, match="params contains NaN or inf"):
+                pg.active.pg.linear_policy_gradient(params, 7, 3, x, actions, adv)

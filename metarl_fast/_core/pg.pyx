@@ -48,33 +48,55 @@ cdef extern from *:
     MF_PG_CLONES static void mf_pg_rows_matmul(const double *x, const double *W, double *out,
                                                ptrdiff_t n, ptrdiff_t F, ptrdiff_t A)
     {
-        for (ptrdiff_t i = 0; i < n; i++) {
-            const double *xi = x + i * F;
-            double *o = out + i * A;
-            ptrdiff_t a = 0;
+        ptrdiff_t i = 0;
     #if MF_PG_VEC
+        /* two rows at a time: 8 independent accumulator chains hide the add latency */
+        for (; i + 2 <= n; i += 2) {
+            const double *xi = x + i * F, *xj = xi + F;
+            double *o = out + i * A, *q = o + A;
+            ptrdiff_t a = 0;
             for (; a + 16 <= A; a += 16) {
                 mf_v4 c0 = {0, 0, 0, 0}, c1 = c0, c2 = c0, c3 = c0;
+                mf_v4 d0 = c0, d1 = c0, d2 = c0, d3 = c0;
                 for (ptrdiff_t f = 0; f < F; f++) {
-                    const double xv = xi[f];
-                    const mf_v4 xf = {xv, xv, xv, xv};
+                    const double xv = xi[f], yv = xj[f];
+                    const mf_v4 xf = {xv, xv, xv, xv}, yf = {yv, yv, yv, yv};
                     const mf_v4 *w = (const mf_v4 *)(W + f * A + a);
-                    c0 += xf * w[0]; c1 += xf * w[1]; c2 += xf * w[2]; c3 += xf * w[3];
+                    const mf_v4 w0 = w[0], w1 = w[1], w2 = w[2], w3 = w[3];
+                    c0 += xf * w0; c1 += xf * w1; c2 += xf * w2; c3 += xf * w3;
+                    d0 += yf * w0; d1 += yf * w1; d2 += yf * w2; d3 += yf * w3;
                 }
-                mf_v4 *dst = (mf_v4 *)(o + a);
+                mf_v4 *dst = (mf_v4 *)(o + a), *dst2 = (mf_v4 *)(q + a);
                 dst[0] = c0; dst[1] = c1; dst[2] = c2; dst[3] = c3;
+                dst2[0] = d0; dst2[1] = d1; dst2[2] = d2; dst2[3] = d3;
             }
             for (; a + 4 <= A; a += 4) {
-                mf_v4 c0 = {0, 0, 0, 0};
+                mf_v4 c0 = {0, 0, 0, 0}, d0 = c0;
                 for (ptrdiff_t f = 0; f < F; f++) {
-                    const double xv = xi[f];
-                    const mf_v4 xf = {xv, xv, xv, xv};
-                    c0 += xf * *(const mf_v4 *)(W + f * A + a);
+                    const double xv = xi[f], yv = xj[f];
+                    const mf_v4 xf = {xv, xv, xv, xv}, yf = {yv, yv, yv, yv};
+                    const mf_v4 w0 = *(const mf_v4 *)(W + f * A + a);
+                    c0 += xf * w0;
+                    d0 += yf * w0;
                 }
                 *(mf_v4 *)(o + a) = c0;
+                *(mf_v4 *)(q + a) = d0;
             }
-    #endif
             for (; a < A; a++) {
+                double c = 0.0, d = 0.0;
+                for (ptrdiff_t f = 0; f < F; f++) {
+                    c += xi[f] * W[f * A + a];
+                    d += xj[f] * W[f * A + a];
+                }
+                o[a] = c;
+                q[a] = d;
+            }
+        }
+    #endif
+        for (; i < n; i++) {
+            const double *xi = x + i * F;
+            double *o = out + i * A;
+            for (ptrdiff_t a = 0; a < A; a++) {
                 double c = 0.0;
                 for (ptrdiff_t f = 0; f < F; f++) c += xi[f] * W[f * A + a];
                 o[a] = c;
@@ -87,9 +109,16 @@ cdef extern from *:
         ptrdiff_t i = 0;
         double s = 0.0;
     #if MF_PG_VEC
-        mf_v4 acc = {0, 0, 0, 0};
+        mf_v4 acc = {0, 0, 0, 0}, acc1 = acc, acc2 = acc, acc3 = acc;
         const mf_v4 zero = {0, 0, 0, 0};
+        for (; i + 16 <= n; i += 16) {
+            acc += *(const mf_v4 *)(x + i) * zero;
+            acc1 += *(const mf_v4 *)(x + i + 4) * zero;
+            acc2 += *(const mf_v4 *)(x + i + 8) * zero;
+            acc3 += *(const mf_v4 *)(x + i + 12) * zero;
+        }
         for (; i + 4 <= n; i += 4) acc += *(const mf_v4 *)(x + i) * zero;
+        acc += (acc1 + acc2) + acc3;
         s = (acc[0] + acc[1]) + (acc[2] + acc[3]);
     #endif
         for (; i < n; i++) s += x[i] * 0.0;
@@ -103,9 +132,14 @@ cdef extern from *:
         ptrdiff_t i = 0;
         float s = 0.0f;
     #if MF_PG_VEC
-        mf_v8f acc = {0, 0, 0, 0, 0, 0, 0, 0};
+        mf_v8f acc = {0, 0, 0, 0, 0, 0, 0, 0}, acc1 = acc;
         const mf_v8f zero = {0, 0, 0, 0, 0, 0, 0, 0};
+        for (; i + 16 <= n; i += 16) {
+            acc += *(const mf_v8f *)(x + i) * zero;
+            acc1 += *(const mf_v8f *)(x + i + 8) * zero;
+        }
         for (; i + 8 <= n; i += 8) acc += *(const mf_v8f *)(x + i) * zero;
+        acc += acc1;
         for (int k = 0; k < 8; k++) s += acc[k];
     #endif
         for (; i < n; i++) s += x[i] * 0.0f;
@@ -153,33 +187,54 @@ cdef extern from *:
     MF_PG_CLONES static void mf_pg_outer_acc(const double *x, const double *G, double *gW,
                                              ptrdiff_t n, ptrdiff_t F, ptrdiff_t A)
     {
-        for (ptrdiff_t f = 0; f < F; f++) {
-            double *o = gW + f * A;
-            ptrdiff_t a = 0;
+        ptrdiff_t f = 0;
     #if MF_PG_VEC
+        /* two features at a time: 8 independent accumulator chains */
+        for (; f + 2 <= F; f += 2) {
+            double *o = gW + f * A, *q = o + A;
+            ptrdiff_t a = 0;
             for (; a + 16 <= A; a += 16) {
-                mf_v4 *dst = (mf_v4 *)(o + a);
+                mf_v4 *dst = (mf_v4 *)(o + a), *dst2 = (mf_v4 *)(q + a);
                 mf_v4 c0 = dst[0], c1 = dst[1], c2 = dst[2], c3 = dst[3];
+                mf_v4 d0 = dst2[0], d1 = dst2[1], d2 = dst2[2], d3 = dst2[3];
                 for (ptrdiff_t i = 0; i < n; i++) {
-                    const double xv = x[i * F + f];
-                    const mf_v4 xf = {xv, xv, xv, xv};
+                    const double xv = x[i * F + f], yv = x[i * F + f + 1];
+                    const mf_v4 xf = {xv, xv, xv, xv}, yf = {yv, yv, yv, yv};
                     const mf_v4 *g = (const mf_v4 *)(G + i * A + a);
-                    c0 += xf * g[0]; c1 += xf * g[1]; c2 += xf * g[2]; c3 += xf * g[3];
+                    const mf_v4 g0 = g[0], g1 = g[1], g2 = g[2], g3 = g[3];
+                    c0 += xf * g0; c1 += xf * g1; c2 += xf * g2; c3 += xf * g3;
+                    d0 += yf * g0; d1 += yf * g1; d2 += yf * g2; d3 += yf * g3;
                 }
                 dst[0] = c0; dst[1] = c1; dst[2] = c2; dst[3] = c3;
+                dst2[0] = d0; dst2[1] = d1; dst2[2] = d2; dst2[3] = d3;
             }
             for (; a + 4 <= A; a += 4) {
-                mf_v4 *dst = (mf_v4 *)(o + a);
-                mf_v4 c0 = dst[0];
+                mf_v4 *dst = (mf_v4 *)(o + a), *dst2 = (mf_v4 *)(q + a);
+                mf_v4 c0 = dst[0], d0 = dst2[0];
                 for (ptrdiff_t i = 0; i < n; i++) {
-                    const double xv = x[i * F + f];
-                    const mf_v4 xf = {xv, xv, xv, xv};
-                    c0 += xf * *(const mf_v4 *)(G + i * A + a);
+                    const double xv = x[i * F + f], yv = x[i * F + f + 1];
+                    const mf_v4 xf = {xv, xv, xv, xv}, yf = {yv, yv, yv, yv};
+                    const mf_v4 g0 = *(const mf_v4 *)(G + i * A + a);
+                    c0 += xf * g0;
+                    d0 += yf * g0;
                 }
                 dst[0] = c0;
+                dst2[0] = d0;
             }
-    #endif
             for (; a < A; a++) {
+                double c = o[a], d = q[a];
+                for (ptrdiff_t i = 0; i < n; i++) {
+                    c += x[i * F + f] * G[i * A + a];
+                    d += x[i * F + f + 1] * G[i * A + a];
+                }
+                o[a] = c;
+                q[a] = d;
+            }
+        }
+    #endif
+        for (; f < F; f++) {
+            double *o = gW + f * A;
+            for (ptrdiff_t a = 0; a < A; a++) {
                 double c = o[a];
                 for (ptrdiff_t i = 0; i < n; i++) c += x[i * F + f] * G[i * A + a];
                 o[a] = c;
