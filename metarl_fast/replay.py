@@ -183,7 +183,7 @@ class ReplayBuffer:
         self._state = state
         self._tasks = TaskIndex()
         self._tasks.rebuild(store[6], state)
-        self._lock = threading.RLock()
+        self._lock = threading.Lock()
 
     def _open_task_reset(self):
         self._state[OPEN_TASK] = -1
@@ -261,7 +261,6 @@ class ReplayBuffer:
         with self._lock:
             active.replay.add_one(self._store, self._state, self._tasks, obs, action, reward,
                                   next_obs, done, truncated, task_id, logp)
-            self._after_write(1)
 
     def add_batch(self, obs, action, reward, next_obs, done, *, truncated=False, task_id=0, logp=0.0):
         """Append n transitions in one call (at most two block copies, without the GIL).
@@ -536,6 +535,14 @@ class PrioritizedReplayBuffer(ReplayBuffer):
         with self._lock:
             n = self._tree_sum.shape[0] // 2
             return self._tree_sum[n:n + self.capacity].copy()
+
+    def add(self, obs, action, reward, next_obs, done, *, truncated=False, task_id=0, logp=0.0):
+        """Append one transition with the largest priority seen so far.  See
+        :meth:`ReplayBuffer.add`."""
+        with self._lock:
+            active.replay.add_one(self._store, self._state, self._tasks, obs, action, reward,
+                                  next_obs, done, truncated, task_id, logp)
+            self._after_write(1)
 
     def _after_write(self, n):
         m = min(n, self.capacity)

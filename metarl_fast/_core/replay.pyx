@@ -449,9 +449,9 @@ cdef bint _all_finite(const char* data, int typenum, intp_t count) noexcept nogi
     return True
 
 
-cdef int _storage(Storage* st, tuple store, cnp.ndarray state, object tasks) except -1:
+cdef int _storage(Storage* st, tuple store, cnp.ndarray state, cnp.ndarray meta) except -1:
     cdef int f
-    cdef cnp.ndarray arr, meta
+    cdef cnp.ndarray arr
     for f in range(N_FIELDS):
         arr = <cnp.ndarray> store[f]
         st.field[f] = <char*> cnp.PyArray_DATA(arr)
@@ -459,34 +459,35 @@ cdef int _storage(Storage* st, tuple store, cnp.ndarray state, object tasks) exc
         st.stride[f] = cnp.PyArray_STRIDE(arr, 0)
     st.capacity = cnp.PyArray_DIM(<cnp.ndarray> store[0], 0)
     st.state = <int64_t*> cnp.PyArray_DATA(state)
-    meta = <cnp.ndarray> tasks.meta
     st.task_meta = <int64_t*> cnp.PyArray_DATA(meta)
     st.n_tasks = cnp.PyArray_DIM(meta, 0)
     return 0
 
 
 cdef int _reserve_tasks(Storage* st, object tasks, const Columns* c, int64_t max_task) except -1:
-    """Grow the task table and rings (Python bookkeeping) so write_rows never runs out of room."""
-    cdef intp_t i, skip = c.n - st.capacity if c.n > st.capacity else 0
+    """Grow the task table and rings (Python bookkeeping, only when needed) so that write_rows
+    never runs out of room: every ring must hold count + (new rows of its task)."""
+    cdef intp_t i, m = c.n - st.capacity if c.n > st.capacity else 0
     cdef int64_t k, t
     cdef int64_t* pushes
-    cdef int64_t* meta
-    cdef cnp.ndarray meta_arr
-    if max_task >= st.n_tasks:
-        tasks.reserve_tasks(max_task)
-    meta_arr = <cnp.ndarray> tasks.meta
-    st.task_meta = <int64_t*> cnp.PyArray_DATA(meta_arr)
-    st.n_tasks = cnp.PyArray_DIM(meta_arr, 0)
-    meta = st.task_meta
+    cdef int64_t* meta = st.task_meta
+    m = c.n - m  # rows actually stored (the last `capacity`)
     if c.task_stride == 0:
         t = _task_at(c, 0)
-        if meta[4 * t + 1] + (c.n - skip) > meta[4 * t + 2]:
-            tasks.reserve(t, meta[4 * t + 1] + (c.n - skip))
+        if t < st.n_tasks and meta[4 * t + 1] + m <= meta[4 * t + 2]:
+            return 0  # the common case: nothing to grow
+    if max_task >= st.n_tasks:
+        tasks.reserve_tasks(max_task)
+    meta = <int64_t*> cnp.PyArray_DATA(<cnp.ndarray> tasks.meta)
+    if c.task_stride == 0:
+        t = _task_at(c, 0)
+        if meta[4 * t + 1] + m > meta[4 * t + 2]:
+            tasks.reserve(t, meta[4 * t + 1] + m)
     else:
         pushes = <int64_t*> calloc(max_task + 1, sizeof(int64_t))
         if pushes == NULL:
             raise MemoryError("metarl_fast: out of memory in ReplayBuffer.add_batch")
-        for i in range(skip, c.n):
+        for i in range(c.n - m, c.n):
             pushes[_task_at(c, i)] += 1
         try:
             for k in range(max_task + 1):
@@ -494,8 +495,9 @@ cdef int _reserve_tasks(Storage* st, object tasks, const Columns* c, int64_t max
                     tasks.reserve(k, meta[4 * k + 1] + pushes[k])
         finally:
             free(pushes)
-    meta_arr = <cnp.ndarray> tasks.meta
+    meta_arr = <cnp.ndarray> tasks.meta  # (reserve may have replaced the table)
     st.task_meta = <int64_t*> cnp.PyArray_DATA(meta_arr)
+    st.n_tasks = cnp.PyArray_DIM(meta_arr, 0)
     return 0
 
 
@@ -531,12 +533,19 @@ cdef int64_t _max_task(const Columns* c) noexcept nogil:
     return hi
 
 
+# Below this many rows the write is cheaper than releasing and re-taking the GIL.
+cdef intp_t GIL_FREE_ROWS = 64
+
+
 cdef int _commit(tuple store, cnp.ndarray state, object tasks, Columns* c, int64_t max_task) except -1:
     cdef Storage st
-    _storage(&st, store, state, tasks)
+    _storage(&st, store, state, <cnp.ndarray> tasks.meta)
     _reserve_tasks(&st, tasks, c, max_task)
-    with nogil:
+    if c.n < GIL_FREE_ROWS:
         write_rows(&st, c)
+    else:
+        with nogil:
+            write_rows(&st, c)
     return 0
 
 
