@@ -30,8 +30,8 @@ from metarl_fast._backend import active
 from metarl_fast.reference import baselines as _ref
 from metarl_fast.reference.baselines import argmax_random_ties
 
-__all__ = ["argmax_random_ties", "BanditAgent", "RandomAgent", "PosteriorGreedyAgent", "EpsilonGreedyAgent", "UCB1Agent",
-           "ThompsonSamplingAgent", "bayes_optimal_value", "oracle_value", "mean_confidence_interval",
+__all__ = ["argmax_random_ties", "BanditAgent", "RandomAgent", "PosteriorGreedyAgent",
+           "EpsilonGreedyAgent", "UCB1Agent", "ThompsonSamplingAgent", "bayes_optimal_value", "oracle_value", "mean_confidence_interval",
            "sample_arm_means", "default_bandit_agents", "compare_bandit_agents"]
 
 

@@ -327,7 +327,8 @@ def test_learner_fit_improves_and_validates(backend):
     again = InContextBanditLearner()
     again.fit(3, 5, np.random.default_rng(0), n_iterations=25, batch_size=2000)
     np.testing.assert_array_equal(again.weights, learner.weights)  # reproducible from the seed
-    for kwargs, name in [({"learning_rate": 0.0}, "learning_rate"), ({"learning_rate": np.nan}, "learning_rate"),
+    for kwargs, name in [({"learning_rate": 0.0}, "learning_rate"),
+                         ({"learning_rate": np.nan}, "learning_rate"),
                          ({"final_learning_rate": -1.0}, "final_learning_rate"),
                          ({"n_iterations": 0}, "n_iterations"), ({"batch_size": 0}, "batch_size"),
                          ({"betas": (0.9, 1.0)}, "beta2"), ({"eps": 0.0}, "eps")]:
@@ -360,7 +361,8 @@ def test_fit_checkpoints_and_never_saves_a_diverged_step(backend, tmp_path):
     learner = InContextBanditLearner()
     snapshots = {}
     learner.fit(3, 4, np.random.default_rng(0), n_iterations=5, batch_size=100, checkpoint_path=path,
-                checkpoint_every=2, callback=lambda it, lrn, tot: snapshots.__setitem__(it, lrn.weights.copy()))
+                checkpoint_every=2,
+                callback=lambda it, lrn, tot: snapshots.__setitem__(it, lrn.weights.copy()))
     assert InContextBanditLearner.load(path) == learner  # saved after the last iteration
     np.testing.assert_array_equal(learner.weights, snapshots[4])
     diverging = InContextBanditLearner()
@@ -437,7 +439,8 @@ def test_learner_beats_thompson_and_greedy_on_longer_trials(meta_trained, n_pull
     # the weights were trained on 10-pull trials: the features carry the horizon
     n_eval = N_EVAL // 2 if n_pulls == 25 else N_EVAL // 5
     with mf.use_backend("cython"):
-        ours = bl.mean_confidence_interval(meta_trained.evaluate(5, n_pulls, n_eval, np.random.default_rng(1)))
+        ours = bl.mean_confidence_interval(
+            meta_trained.evaluate(5, n_pulls, n_eval, np.random.default_rng(1)))
     for agent in (bl.ThompsonSamplingAgent(), bl.PosteriorGreedyAgent()):
         theirs = bl.mean_confidence_interval(agent.evaluate(5, n_pulls, n_eval, np.random.default_rng(1)))
         assert ours[0] - ours[1] > theirs[0] + theirs[1], (agent, ours, theirs)
@@ -449,6 +452,7 @@ def test_learning_works_on_the_numpy_backend_too():
         learner = InContextBanditLearner()
         learner.fit(3, 6, np.random.default_rng(0), n_iterations=40, batch_size=2000)
         ours = bl.mean_confidence_interval(learner.evaluate(3, 6, 20_000, np.random.default_rng(1)))
-    thompson = bl.mean_confidence_interval(bl.ThompsonSamplingAgent().evaluate(3, 6, 20_000, np.random.default_rng(1)))
+    thompson = bl.mean_confidence_interval(
+        bl.ThompsonSamplingAgent().evaluate(3, 6, 20_000, np.random.default_rng(1)))
     assert ours[0] - ours[1] > thompson[0] + thompson[1]
     assert ours[0] - ours[1] <= bl.bayes_optimal_value(3, 6)  # the ceiling

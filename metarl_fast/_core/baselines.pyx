@@ -112,7 +112,10 @@ cdef intp_t play_agent(int agent, double parameter, const double* arm_means, int
 
 
 def run_agent_trials(agent, parameter, arm_means, n_pulls, rng):
-    """One trial per task with a baseline agent.  See :func:`metarl_fast.reference.baselines.run_agent_trials`."""
+    """One trial per task with a baseline agent.
+
+    See :func:`metarl_fast.reference.baselines.run_agent_trials`.
+    """
     code, param, p, n = check_agent_inputs(agent, parameter, arm_means, n_pulls, rng)
     cdef cnp.ndarray pa = p
     cdef intp_t n_tasks = pa.shape[0], n_arms = pa.shape[1], n_steps = n, status
