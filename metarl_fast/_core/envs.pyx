@@ -19,7 +19,7 @@ import numpy as np
 
 from metarl_fast.reference.envs import (check_rollout_args, check_step_args, check_tables,
                                         check_vec_args)
-from metarl_fast.tasks import EnvTables, padded_cdf_rows
+from metarl_fast.tasks import EnvTables
 
 _Generator = np.random.Generator
 
@@ -46,6 +46,9 @@ cdef extern from *:
 
 cdef extern from *:
     """
+    /* Number of c[0..n) that are <= target: branch-free, two-lane vector compares where the
+       compiler has GCC vector extensions.  mf_count_le_small switches on n so that each common
+       length gets a fully unrolled copy. */
     #if defined(__GNUC__) || defined(__clang__)
     typedef double mf_v2d __attribute__((vector_size(16), aligned(8), may_alias));
     typedef long long mf_v2i __attribute__((vector_size(16)));
@@ -53,12 +56,22 @@ cdef extern from *:
     {
         mf_v2d t = {target, target};
         mf_v2i acc = {0, 0};
-        for (Py_ssize_t j = 0; j < n; j += 4) {
+        Py_ssize_t j = 0, k;
+        for (; j + 4 <= n; j += 4) {
             mf_v2d lo = *(const mf_v2d *)(c + j);
             mf_v2d hi = *(const mf_v2d *)(c + j + 2);
             acc += (mf_v2i)(lo <= t) + (mf_v2i)(hi <= t);  /* true lanes are -1 */
         }
-        return (Py_ssize_t)-(acc[0] + acc[1]);
+        if (j + 2 <= n) {
+            mf_v2d lo = *(const mf_v2d *)(c + j);
+            acc += (mf_v2i)(lo <= t);
+            j += 2;
+        }
+        k = (Py_ssize_t)-(acc[0] + acc[1]);
+        if (j < n) {
+            k += c[j] <= target;
+        }
+        return k;
     }
     #else
     static inline Py_ssize_t mf_count_le(const double *c, Py_ssize_t n, double target)
@@ -68,8 +81,21 @@ cdef extern from *:
         return k;
     }
     #endif
+    #define MF_COUNT_CASE(m) case m: return mf_count_le(c, m, target);
+    static inline Py_ssize_t mf_count_le_small(const double *c, Py_ssize_t n, double target)
+    {
+        switch (n) {
+            case 0: return 0;
+            MF_COUNT_CASE(1) MF_COUNT_CASE(2) MF_COUNT_CASE(3) MF_COUNT_CASE(4)
+            MF_COUNT_CASE(5) MF_COUNT_CASE(6) MF_COUNT_CASE(7) MF_COUNT_CASE(8)
+            MF_COUNT_CASE(9) MF_COUNT_CASE(10) MF_COUNT_CASE(11) MF_COUNT_CASE(12)
+            MF_COUNT_CASE(13) MF_COUNT_CASE(14) MF_COUNT_CASE(15) MF_COUNT_CASE(16)
+            default: return mf_count_le(c, n, target);
+        }
+    }
     """
     intp_t mf_count_le(const double* c, intp_t n, double target) noexcept nogil
+    intp_t mf_count_le_small(const double* c, intp_t n, double target) noexcept nogil
 
 
 cdef inline const double* _dptr(cnp.ndarray a):
@@ -86,8 +112,6 @@ cdef int fill_tables(object tables, EnvTablesC* out) except -1:
     out.n_actions = tables.n_actions
     out.horizon = tables.horizon
     out.trans_cdf = _dptr(tables.trans_cdf)
-    out.trans_cdf_padded = _dptr(tables.trans_cdf_padded)
-    out.trans_stride = tables.trans_cdf_padded.shape[3]
     out.has_terminal = 1 if tables.has_terminal else 0
     out.next_state = _iptr(tables.next_state)
     out.stochastic_transitions = 1 if tables.stochastic_transitions else 0
@@ -115,12 +139,10 @@ cdef inline intp_t inverse_cdf(const double* cdf, intp_t m, double u) noexcept n
     return k
 
 
-cdef inline intp_t count_le(const double* c, intp_t padded_len, double target) noexcept nogil:
-    """Number of the first ``padded_len`` (a multiple of 4) entries of a row that are <= target.
-
-    Branch-free; two-lane vector compares where the compiler has vector extensions.
-    """
-    return mf_count_le(c, padded_len, target)
+cdef inline intp_t sample_row(const double* cdf, intp_t m, double u) noexcept nogil:
+    """Inverse CDF on one running-sum row of length m: the number of the first m - 1 entries
+    that are <= u * cdf[m-1] (the total itself never is, as u < 1)."""
+    return mf_count_le_small(cdf, m - 1, u * cdf[m - 1])
 
 
 cdef inline void prefetch_task(const EnvTablesC* t, intp_t i) noexcept nogil:
@@ -130,7 +152,7 @@ cdef inline void prefetch_task(const EnvTablesC* t, intp_t i) noexcept nogil:
     if i >= t.n_tasks:
         return
     if t.stochastic_transitions:
-        mf_prefetch_range(t.trans_cdf_padded + i * SA * t.trans_stride, SA * t.trans_stride * sizeof(double))
+        mf_prefetch_range(t.trans_cdf + i * SA * t.n_states, SA * t.n_states * sizeof(double))
     else:
         mf_prefetch_range(t.next_state + i * SA, SA * sizeof(int64_t))
     mf_prefetch_range(t.reward_mean + i * SA, SA * sizeof(double))
@@ -142,26 +164,26 @@ cdef inline intp_t first_state(const EnvTablesC* t, intp_t i, const double* u_st
     return t.start_state[i]
 
 
-cdef intp_t rollout_kernel(const EnvTablesC* t, const double* action_cdf, intp_t action_stride,
+cdef intp_t rollout_kernel(const EnvTablesC* t, const double* action_cdf,
                            const double* action_logp, const int64_t* policy_of_task,
                            intp_t n_episodes, const double* u_start, const double* u_act,
                            const double* noise, const double* u_next, RolloutOut* out) noexcept nogil:
     cdef intp_t q0 = 0
     if not t.has_terminal:
-        q0 = rollout_fixed_length(t, action_cdf, action_stride, action_logp, policy_of_task,
-                                  n_episodes, u_start, u_act, noise, u_next, out)
-    return rollout_general(t, action_cdf, action_stride, action_logp, policy_of_task, n_episodes,
-                           q0, u_start, u_act, noise, u_next, out)
+        q0 = rollout_fixed_length(t, action_cdf, action_logp, policy_of_task, n_episodes,
+                                  u_start, u_act, noise, u_next, out)
+    return rollout_general(t, action_cdf, action_logp, policy_of_task, n_episodes, q0,
+                           u_start, u_act, noise, u_next, out)
 
 
-cdef intp_t rollout_general(const EnvTablesC* t, const double* action_cdf, intp_t Ap,
+cdef intp_t rollout_general(const EnvTablesC* t, const double* action_cdf,
                             const double* action_logp, const int64_t* policy_of_task,
                             intp_t N, intp_t q0, const double* u_start, const double* u_act,
                             const double* noise, const double* u_next, RolloutOut* out) noexcept nogil:
     """Episodes q0 .. T*N-1 one after the other (any episode lengths); returns the total steps."""
     cdef intp_t T = t.n_tasks, H = t.horizon
-    cdef intp_t S = t.n_states, A = t.n_actions, Lp = t.trans_stride
-    cdef intp_t SA = S * A, La = Ap - 1, Lt = Lp - 1
+    cdef intp_t S = t.n_states, A = t.n_actions
+    cdef intp_t SA = S * A
     cdef int kind = t.reward_kind
     cdef bint stoch = t.stochastic_transitions
     cdef intp_t i, e, q, step, k, base, s, s2, a, sa
@@ -172,7 +194,6 @@ cdef intp_t rollout_general(const EnvTablesC* t, const double* action_cdf, intp_
     cdef const double* rmean
     cdef const double* rnext
     cdef const uint8_t* term
-    cdef const double* row
     cdef double std, r, ret
     cdef bint ended
     cdef int64_t* o_obs = out.obs
@@ -189,9 +210,9 @@ cdef intp_t rollout_general(const EnvTablesC* t, const double* action_cdf, intp_
         e = q - i * N
         if e == 0 or q == q0:
             prefetch_task(t, i + 1)
-        acdf = action_cdf + policy_of_task[i] * S * Ap
+        acdf = action_cdf + policy_of_task[i] * SA
         alogp = action_logp + policy_of_task[i] * SA
-        tcdf = t.trans_cdf_padded + i * SA * Lp
+        tcdf = t.trans_cdf + i * SA * S
         nstate = t.next_state + i * SA
         rmean = t.reward_mean + i * SA
         rnext = t.reward_next + i * SA * S
@@ -203,8 +224,7 @@ cdef intp_t rollout_general(const EnvTablesC* t, const double* action_cdf, intp_
         ended = False
         step = 0
         while step < H:
-            row = acdf + s * Ap
-            a = count_le(row, La, u_act[base + step] * row[La])
+            a = sample_row(acdf + s * A, A, u_act[base + step])
             sa = s * A + a
             if kind == KIND_GAUSSIAN:
                 r = rmean[sa] + std * noise[base + step]
@@ -213,8 +233,7 @@ cdef intp_t rollout_general(const EnvTablesC* t, const double* action_cdf, intp_
             else:
                 r = rmean[sa]
             if stoch:
-                row = tcdf + sa * Lp
-                s2 = count_le(row, Lt, u_next[base + step] * row[Lt])
+                s2 = sample_row(tcdf + sa * S, S, u_next[base + step])
             else:
                 s2 = nstate[sa]
             if kind == KIND_TRANSITION:
@@ -256,15 +275,15 @@ cdef struct Episode:
 
 
 cdef inline void begin_episode(Episode* ep, const EnvTablesC* t, intp_t q, intp_t N,
-                               const double* action_cdf, intp_t Ap, const double* action_logp,
+                               const double* action_cdf, const double* action_logp,
                                const int64_t* policy_of_task, const double* u_start) noexcept nogil:
     cdef intp_t i = q // N
     cdef intp_t S = t.n_states, SA = t.n_states * t.n_actions
     ep.task = i
     ep.k = q * t.horizon
-    ep.acdf = action_cdf + policy_of_task[i] * S * Ap
+    ep.acdf = action_cdf + policy_of_task[i] * SA
     ep.alogp = action_logp + policy_of_task[i] * SA
-    ep.tcdf = t.trans_cdf_padded + i * SA * t.trans_stride
+    ep.tcdf = t.trans_cdf + i * SA * S
     ep.nstate = t.next_state + i * SA
     ep.rmean = t.reward_mean + i * SA
     ep.rnext = t.reward_next + i * SA * S
@@ -273,28 +292,14 @@ cdef inline void begin_episode(Episode* ep, const EnvTablesC* t, intp_t q, intp_
     ep.ret = 0.0
 
 
-cdef inline intp_t count_fixed(const double* c, intp_t n, double target) noexcept nogil:
-    """count_le with the common lengths as constants, so the compiler unrolls them completely."""
-    if n == 4:
-        return mf_count_le(c, 4, target)
-    if n == 8:
-        return mf_count_le(c, 8, target)
-    if n == 12:
-        return mf_count_le(c, 12, target)
-    if n == 0:
-        return 0
-    return mf_count_le(c, n, target)
-
-
-cdef inline void advance(Episode* ep, intp_t A, intp_t Ap, intp_t Lp, intp_t S, int kind, bint stoch,
+cdef inline void advance(Episode* ep, intp_t A, intp_t S, int kind, bint stoch,
                          const double* u_act, const double* noise, const double* u_next,
                          int64_t* o_obs, int64_t* o_act, double* o_rew, int64_t* o_next,
                          double* o_logp) noexcept nogil:
     """One step of one fixed-length episode (terminated/truncated/task_id are filled in bulk)."""
     cdef intp_t k = ep.k, s = ep.s, a, sa, s2
-    cdef const double* row = ep.acdf + s * Ap
     cdef double r
-    a = count_fixed(row, Ap - 1, u_act[k] * row[Ap - 1])
+    a = sample_row(ep.acdf + s * A, A, u_act[k])
     sa = s * A + a
     if kind == KIND_GAUSSIAN:
         r = ep.rmean[sa] + ep.std * noise[k]
@@ -303,8 +308,7 @@ cdef inline void advance(Episode* ep, intp_t A, intp_t Ap, intp_t Lp, intp_t S, 
     else:
         r = ep.rmean[sa]
     if stoch:
-        row = ep.tcdf + sa * Lp
-        s2 = count_fixed(row, Lp - 1, u_next[k] * row[Lp - 1])
+        s2 = sample_row(ep.tcdf + sa * S, S, u_next[k])
     else:
         s2 = ep.nstate[sa]
     if kind == KIND_TRANSITION:
@@ -319,7 +323,35 @@ cdef inline void advance(Episode* ep, intp_t A, intp_t Ap, intp_t Lp, intp_t S, 
     ep.k = k + 1
 
 
-cdef intp_t rollout_fixed_length(const EnvTablesC* t, const double* action_cdf, intp_t Ap,
+cdef struct Prefetcher:
+    # walks the transition table of the tasks ahead of the running ones, a few lines per step,
+    # so that the requests never pile up (a burst of prefetches can be dropped by the core)
+    const char* cur
+    const char* end
+    intp_t task         # the task whose table cur walks
+
+
+cdef inline void prefetch_some(Prefetcher* pf, const EnvTablesC* t, intp_t ahead_of,
+                               intp_t n_lines) noexcept nogil:
+    cdef intp_t j, SA = t.n_states * t.n_actions, table_bytes
+    for j in range(n_lines):
+        if pf.cur >= pf.end:
+            if pf.task >= ahead_of + 2 or pf.task + 1 >= t.n_tasks:
+                return
+            pf.task += 1
+            if t.stochastic_transitions:
+                table_bytes = SA * t.n_states * sizeof(double)
+                pf.cur = <const char*> (t.trans_cdf + pf.task * SA * t.n_states)
+            else:
+                table_bytes = SA * sizeof(int64_t)
+                pf.cur = <const char*> (t.next_state + pf.task * SA)
+            pf.end = pf.cur + table_bytes
+            mf_prefetch_range(t.reward_mean + pf.task * SA, SA * sizeof(double))
+        mf_prefetch_range(pf.cur, 1)
+        pf.cur += 64
+
+
+cdef intp_t rollout_fixed_length(const EnvTablesC* t, const double* action_cdf,
                                  const double* action_logp, const int64_t* policy_of_task,
                                  intp_t N, const double* u_start, const double* u_act,
                                  const double* noise, const double* u_next, RolloutOut* out) noexcept nogil:
@@ -327,32 +359,32 @@ cdef intp_t rollout_fixed_length(const EnvTablesC* t, const double* action_cdf, 
     their serial chains (state -> action -> next state) interleave and hide each other's
     latencies.  Step k of episode q is written at q * H + k, as in rollout_general.  Returns the
     number of episodes done (a multiple of 4); the rest go to rollout_general."""
-    cdef intp_t T = t.n_tasks, H = t.horizon, Q = t.n_tasks * N
-    cdef intp_t S = t.n_states, A = t.n_actions, Lp = t.trans_stride
+    cdef intp_t H = t.horizon, Q = t.n_tasks * N
+    cdef intp_t S = t.n_states, A = t.n_actions
     cdef int kind = t.reward_kind
     cdef bint stoch = t.stochastic_transitions
-    cdef intp_t q, j, step, last_prefetched = 0
+    cdef intp_t q, j, step
     cdef Episode e0, e1, e2, e3
+    cdef Prefetcher pf
     cdef int64_t* o_obs = out.obs
     cdef int64_t* o_act = out.action
     cdef double* o_rew = out.reward
     cdef int64_t* o_next = out.next_obs
     cdef double* o_logp = out.logp
-    prefetch_task(t, 0)
+    pf.cur = pf.end = NULL
+    pf.task = 0
     q = 0
     while q + 4 <= Q:
-        begin_episode(&e0, t, q, N, action_cdf, Ap, action_logp, policy_of_task, u_start)
-        begin_episode(&e1, t, q + 1, N, action_cdf, Ap, action_logp, policy_of_task, u_start)
-        begin_episode(&e2, t, q + 2, N, action_cdf, Ap, action_logp, policy_of_task, u_start)
-        begin_episode(&e3, t, q + 3, N, action_cdf, Ap, action_logp, policy_of_task, u_start)
-        while last_prefetched <= e3.task + 1 and last_prefetched < T:
-            last_prefetched += 1
-            prefetch_task(t, last_prefetched)
+        begin_episode(&e0, t, q, N, action_cdf, action_logp, policy_of_task, u_start)
+        begin_episode(&e1, t, q + 1, N, action_cdf, action_logp, policy_of_task, u_start)
+        begin_episode(&e2, t, q + 2, N, action_cdf, action_logp, policy_of_task, u_start)
+        begin_episode(&e3, t, q + 3, N, action_cdf, action_logp, policy_of_task, u_start)
         for step in range(H):
-            advance(&e0, A, Ap, Lp, S, kind, stoch, u_act, noise, u_next, o_obs, o_act, o_rew, o_next, o_logp)
-            advance(&e1, A, Ap, Lp, S, kind, stoch, u_act, noise, u_next, o_obs, o_act, o_rew, o_next, o_logp)
-            advance(&e2, A, Ap, Lp, S, kind, stoch, u_act, noise, u_next, o_obs, o_act, o_rew, o_next, o_logp)
-            advance(&e3, A, Ap, Lp, S, kind, stoch, u_act, noise, u_next, o_obs, o_act, o_rew, o_next, o_logp)
+            prefetch_some(&pf, t, e3.task, 4)
+            advance(&e0, A, S, kind, stoch, u_act, noise, u_next, o_obs, o_act, o_rew, o_next, o_logp)
+            advance(&e1, A, S, kind, stoch, u_act, noise, u_next, o_obs, o_act, o_rew, o_next, o_logp)
+            advance(&e2, A, S, kind, stoch, u_act, noise, u_next, o_obs, o_act, o_rew, o_next, o_logp)
+            advance(&e3, A, S, kind, stoch, u_act, noise, u_next, o_obs, o_act, o_rew, o_next, o_logp)
         out.episode_return[q] = e0.ret
         out.episode_return[q + 1] = e1.ret
         out.episode_return[q + 2] = e2.ret
@@ -364,9 +396,15 @@ cdef intp_t rollout_fixed_length(const EnvTablesC* t, const double* action_cdf, 
     for j in range(q):
         out.truncated[j * H + H - 1] = 1
         out.episode_length[j] = H
-    for j in range(q * H):
-        out.task_id[j] = j // (N * H)
+    for j in range(q):
+        fill_int64(out.task_id + j * H, H, j // N)
     return q
+
+
+cdef inline void fill_int64(int64_t* p, intp_t n, int64_t value) noexcept nogil:
+    cdef intp_t j
+    for j in range(n):
+        p[j] = value
 
 
 cdef void vec_reset_kernel(const EnvTablesC* t, const int64_t* task_of_env, int64_t* state,
@@ -525,10 +563,7 @@ def rollout(tables, action_cdf, action_logp, policy_of_task, n_episodes, rng):
     out.task_id = <int64_t*> cnp.PyArray_DATA(res["task_id"])
     out.episode_length = <int64_t*> cnp.PyArray_DATA(length)
     out.episode_return = <double*> cnp.PyArray_DATA(ret)
-    # the action CDF rows laid out for count_le (tiny: n_policies x S x (4k + 1))
-    padded = padded_cdf_rows(action_cdf)
-    cdef intp_t Ap = padded.shape[2]
-    cdef const double* cdf_p = _dptr(padded)
+    cdef const double* cdf_p = _dptr(action_cdf)
     cdef const double* logp_p = _dptr(action_logp)
     cdef const int64_t* pol_p = _iptr(policy_of_task)
     cdef double* us = <double*> cnp.PyArray_DATA(u_start)
@@ -550,7 +585,7 @@ def rollout(tables, action_cdf, action_logp, policy_of_task, n_episodes, rng):
             if t.stochastic_transitions:
                 random_standard_uniform_fill(bitgen, cap, un)
     with nogil:
-        n_steps = rollout_kernel(&t, cdf_p, Ap, logp_p, pol_p, N,
+        n_steps = rollout_kernel(&t, cdf_p, logp_p, pol_p, N,
                                  us if t.stochastic_start else NULL, ua,
                                  nz if has_noise else NULL,
                                  un if t.stochastic_transitions else NULL, &out)
