@@ -78,6 +78,36 @@ def test_bayes_value_bounds_every_agent_and_monte_carlo_agrees(backend):
         assert mean - half <= optimum, agent
 
 
+def exact_greedy_value(k, n):
+    """Expected total of posterior-greedy with uniform tie-breaking under the uniform prior, by DP."""
+    memo = {}
+
+    def value(state, left):
+        if left == 0:
+            return 0.0
+        if state not in memo:
+            means = [(s + 1) / (s + f + 2) for s, f in state]
+            tied = [a for a in range(k) if means[a] == max(means)]
+            total = 0.0
+            for a in tied:
+                s, f = state[a]
+                win = state[:a] + ((s + 1, f),) + state[a + 1:]
+                loss = state[:a] + ((s, f + 1),) + state[a + 1:]
+                total += means[a] * (1 + value(win, left - 1)) + (1 - means[a]) * value(loss, left - 1)
+            memo[state] = total / len(tied)
+        return memo[state]
+
+    return value(((0, 0),) * k, n)
+
+
+def test_greedy_agent_matches_its_exact_value(backend):
+    exact = exact_greedy_value(3, 6)
+    assert exact < bayes_optimal_value(3, 6)
+    mean, half = mean_confidence_interval(
+        PosteriorGreedyAgent().evaluate(3, 6, 200_000, np.random.default_rng(8)))
+    assert abs(mean - exact) < 2 * half, (mean, half, exact)
+
+
 def test_bayes_value_bad_input(monkeypatch):
     with pytest.raises(ValueError, match="n_arms"):
         bayes_optimal_value(0, 3)
