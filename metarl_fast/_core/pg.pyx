@@ -183,6 +183,60 @@ cdef extern from *:
     }
     MF_PG_SUMSQ(mf_pg_sumsq_d, double)
     MF_PG_SUMSQ(mf_pg_sumsq_f, float)
+    /* Row sum with four interleaved partial sums (vectorisable; order fixed). */
+    static inline double mf_pg_row_sum(const double *x, ptrdiff_t A)
+    {
+        double s0 = 0.0, s1 = 0.0, s2 = 0.0, s3 = 0.0;
+        ptrdiff_t a = 0;
+        for (; a + 4 <= A; a += 4) {
+            s0 += x[a]; s1 += x[a + 1]; s2 += x[a + 2]; s3 += x[a + 3];
+        }
+        for (; a < A; a++) s0 += x[a];
+        return (s0 + s1) + (s2 + s3);
+    }
+    /* z[i, :] += b (if b), then z[i, :] -= max_a z[i, a], for n rows of A. */
+    MF_PG_CLONES static void mf_pg_shift_rows(double *z, const double *b, ptrdiff_t n, ptrdiff_t A)
+    {
+        for (ptrdiff_t i = 0; i < n; i++) {
+            double *zi = z + i * A;
+            if (b != NULL)
+                for (ptrdiff_t a = 0; a < A; a++) zi[a] = zi[a] + b[a];
+            double m = zi[0];
+            for (ptrdiff_t a = 1; a < A; a++) m = zi[a] > m ? zi[a] : m;
+            for (ptrdiff_t a = 0; a < A; a++) zi[a] = zi[a] - m;
+        }
+    }
+    /* dJ/dlogits for n rows: z = logits - row max, e = exp(z), coef[i] = w_i A_i / B;
+     * g = coef (onehot(a) - p) + ent_scale * (-p (log p + H)), p = e / sum(e). */
+    MF_PG_CLONES static void mf_pg_logit_grads(const double *z, const double *e, ptrdiff_t n,
+                                               ptrdiff_t A, const int64_t *actions,
+                                               const double *coef, double ent_scale, double *g)
+    {
+        for (ptrdiff_t i = 0; i < n; i++) {
+            const double *ei = e + i * A, *zi = z + i * A;
+            double *gi = g + i * A;
+            const double s = mf_pg_row_sum(ei, A);
+            const double c = coef[i];
+            for (ptrdiff_t a = 0; a < A; a++) gi[a] = (-(ei[a] / s)) * c;
+            const int64_t act = actions[i];
+            gi[act] = (1.0 - ei[act] / s) * c;
+            if (ent_scale != 0.0) {
+                const double ls = log(s);
+                double h0 = 0.0, h1 = 0.0;
+                ptrdiff_t a = 0;
+                for (; a + 2 <= A; a += 2) {
+                    h0 += (ei[a] / s) * (zi[a] - ls);
+                    h1 += (ei[a + 1] / s) * (zi[a + 1] - ls);
+                }
+                for (; a < A; a++) h0 += (ei[a] / s) * (zi[a] - ls);
+                const double h = -(h0 + h1);
+                for (a = 0; a < A; a++) {
+                    const double p = ei[a] / s;
+                    gi[a] = gi[a] + ent_scale * (-p * ((zi[a] - ls) + h));
+                }
+            }
+        }
+    }
     /* gW[f, a] += sum_i x[i, f] G[i, a], rows added in increasing order; x (n, F), G (n, A). */
     MF_PG_CLONES static void mf_pg_outer_acc(const double *x, const double *G, double *gW,
                                              ptrdiff_t n, ptrdiff_t F, ptrdiff_t A)
@@ -255,6 +309,10 @@ cdef extern from *:
                       double step_size, double bc2, double b1, double b2, double eps,
                       double scale) nogil
     double mf_pg_sumsq_d(const double* x, Py_ssize_t n) nogil
+    void mf_pg_shift_rows(double* z, const double* b, Py_ssize_t n, Py_ssize_t A) nogil
+    void mf_pg_logit_grads(const double* z, const double* e, Py_ssize_t n, Py_ssize_t A,
+                           const int64_t* actions, const double* coef, double ent_scale,
+                           double* g) nogil
     double mf_pg_sumsq_f(const float* x, Py_ssize_t n) nogil
 
 # Checks over more elements than this release the GIL.
@@ -297,33 +355,19 @@ cdef void gae_scan(const floating* rewards, const floating* values, const floati
 cdef inline void logit_grads(double* z, double* e, intp_t n_rows, intp_t n_actions,
                              const int64_t* actions, const floating* advantages,
                              const floating* weights, double entropy_coef, intp_t batch,
-                             double* g) noexcept nogil:
-    """z holds (n_rows, A) logits minus their row max, e = exp(z); writes dJ/dlogits into g."""
-    cdef intp_t i, a, k
-    cdef double s, p, coef, log_s, h, lp, ent_scale = entropy_coef / batch
+                             double* coef, double* g) noexcept nogil:
+    """z holds (n_rows, A) logits minus their row max, e = exp(z); writes dJ/dlogits into g.
+
+    ``coef`` is scratch space for n_rows doubles.
+    """
+    cdef intp_t i
+    cdef double c
     for i in range(n_rows):
-        k = i * n_actions
-        s = 0.0
-        for a in range(n_actions):
-            s += e[k + a]
-        coef = <double> advantages[i]
+        c = <double> advantages[i]
         if weights != NULL:
-            coef = coef * <double> weights[i]
-        coef = coef / batch
-        for a in range(n_actions):
-            g[k + a] = (-(e[k + a] / s)) * coef
-        a = actions[i]
-        g[k + a] = (1.0 - e[k + a] / s) * coef
-        if entropy_coef != 0.0:
-            log_s = log(s)
-            h = 0.0
-            for a in range(n_actions):
-                h += (e[k + a] / s) * (z[k + a] - log_s)
-            h = -h
-            for a in range(n_actions):
-                p = e[k + a] / s
-                lp = z[k + a] - log_s
-                g[k + a] = g[k + a] + ent_scale * (-p * (lp + h))
+            c = c * <double> weights[i]
+        coef[i] = c / batch
+    mf_pg_logit_grads(z, e, n_rows, n_actions, actions, coef, entropy_coef / batch, g)
 
 
 cdef intp_t tabular_grad(const floating* theta, intp_t n_states, intp_t n_actions,
@@ -337,6 +381,7 @@ cdef intp_t tabular_grad(const floating* theta, intp_t n_states, intp_t n_action
     cdef double* z
     cdef double* e
     cdef double* g
+    cdef double* coef
     cdef double* dst
     if batch == 0:
         return PG_OK
@@ -345,30 +390,27 @@ cdef intp_t tabular_grad(const floating* theta, intp_t n_states, intp_t n_action
         chunk_rows = 1
     if chunk_rows > batch:
         chunk_rows = batch
-    z = <double*> malloc(3 * chunk_rows * n_actions * sizeof(double))
+    z = <double*> malloc((3 * n_actions + 1) * chunk_rows * sizeof(double))
     if z == NULL:
         return PG_NO_MEMORY
     e = z + chunk_rows * n_actions
     g = e + chunk_rows * n_actions
+    coef = g + chunk_rows * n_actions
     start = 0
     while start < batch:
         n = chunk_rows if batch - start > chunk_rows else batch - start
         for i in range(n):
             row = theta + states[start + i] * n_actions
-            m = row[0]
-            for a in range(1, n_actions):
-                v = row[a]
-                if v > m:
-                    m = v
             k = i * n_actions
             for a in range(n_actions):
-                z[k + a] = <double> row[a] - m
+                z[k + a] = <double> row[a]
+        mf_pg_shift_rows(z, NULL, n, n_actions)
         mf_exp_nonpos_block(z, e, n * n_actions)
         wchunk = NULL
         if weights != NULL:
             wchunk = weights + start
         logit_grads(z, e, n, n_actions, actions + start, advantages + start, wchunk,
-                    entropy_coef, batch, g)
+                    entropy_coef, batch, coef, g)
         for i in range(n):
             dst = grad + states[start + i] * n_actions
             k = i * n_actions
@@ -393,6 +435,7 @@ cdef intp_t linear_grad(const floating* params, intp_t n_features, intp_t n_acti
     cdef double* z
     cdef double* e
     cdef double* g
+    cdef double* coef
     cdef double* gb = grad + n_w
     cdef const floating* xin
     cdef const floating* wchunk
@@ -403,7 +446,7 @@ cdef intp_t linear_grad(const floating* params, intp_t n_features, intp_t n_acti
         chunk_rows = 1
     if chunk_rows > batch:
         chunk_rows = batch
-    Wd = <double*> malloc((n_w + n_actions + chunk_rows * (n_features + 3 * n_actions))
+    Wd = <double*> malloc((n_w + n_actions + chunk_rows * (n_features + 3 * n_actions + 1))
                           * sizeof(double))
     if Wd == NULL:
         return PG_NO_MEMORY
@@ -417,6 +460,7 @@ cdef intp_t linear_grad(const floating* params, intp_t n_features, intp_t n_acti
     z = xbuf + chunk_rows * n_features
     e = z + chunk_rows * n_actions
     g = e + chunk_rows * n_actions
+    coef = g + chunk_rows * n_actions
     start = 0
     while start < batch:
         n = chunk_rows if batch - start > chunk_rows else batch - start
@@ -428,22 +472,13 @@ cdef intp_t linear_grad(const floating* params, intp_t n_features, intp_t n_acti
             for k in range(n * n_features):
                 x[k] = <double> xin[k]
         mf_pg_rows_matmul(x, Wsrc, z, n, n_features, n_actions)
-        for i in range(n):
-            k = i * n_actions
-            for a in range(n_actions):
-                z[k + a] = z[k + a] + Wsrc[n_w + a]
-            m = z[k]
-            for a in range(1, n_actions):
-                if z[k + a] > m:
-                    m = z[k + a]
-            for a in range(n_actions):
-                z[k + a] = z[k + a] - m
+        mf_pg_shift_rows(z, Wsrc + n_w, n, n_actions)
         mf_exp_nonpos_block(z, e, n * n_actions)
         wchunk = NULL
         if weights != NULL:
             wchunk = weights + start
         logit_grads(z, e, n, n_actions, actions + start, advantages + start, wchunk,
-                    entropy_coef, batch, g)
+                    entropy_coef, batch, coef, g)
         mf_pg_outer_acc(x, g, grad, n, n_features, n_actions)
         for i in range(n):
             k = i * n_actions
@@ -502,8 +537,11 @@ cdef double clip_and_step(floating* params, const double* grad, floating* grad_o
                           const double* hyper) noexcept nogil:
     cdef intp_t k
     cdef double norm, coef
-    for k in range(n):
-        grad_out[k] = <floating> grad[k]
+    if floating is double:
+        memcpy(grad_out, grad, n * sizeof(double))
+    else:
+        for k in range(n):
+            grad_out[k] = <floating> grad[k]
     coef = clip_coef(grad_out, n, max_norm, &norm)
     if opt_kind == PG_OPT_SGD:
         sgd_kernel(params, grad_out, state0, n, hyper[0], hyper[1], hyper[2] != 0.0, -coef)
