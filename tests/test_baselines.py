@@ -1,4 +1,6 @@
 """Baselines: the exact Bayes-optimal value, the bandit agents, the MDP oracle, summaries."""
+import math
+
 import numpy as np
 import pytest
 from hypothesis import given, settings
@@ -78,33 +80,91 @@ def test_bayes_value_bounds_every_agent_and_monte_carlo_agrees(backend):
         assert mean - half <= optimum, agent
 
 
-def exact_greedy_value(k, n):
-    """Expected total of posterior-greedy with uniform tie-breaking under the uniform prior, by DP."""
+def exact_agent_value(k, n, arm_probabilities):
+    """Expected total reward under the uniform prior of an agent that pulls arm ``a`` with
+    probability ``arm_probabilities(state)[a]`` (state: tuple of per-arm (s, f)), by DP."""
     memo = {}
 
     def value(state, left):
         if left == 0:
             return 0.0
         if state not in memo:
-            means = [(s + 1) / (s + f + 2) for s, f in state]
-            tied = [a for a in range(k) if means[a] == max(means)]
             total = 0.0
-            for a in tied:
+            for a, prob in enumerate(arm_probabilities(state)):
+                if prob == 0.0:
+                    continue
                 s, f = state[a]
+                p = (s + 1) / (s + f + 2)
                 win = state[:a] + ((s + 1, f),) + state[a + 1:]
                 loss = state[:a] + ((s, f + 1),) + state[a + 1:]
-                total += means[a] * (1 + value(win, left - 1)) + (1 - means[a]) * value(loss, left - 1)
-            memo[state] = total / len(tied)
+                total += prob * (p * (1 + value(win, left - 1)) + (1 - p) * value(loss, left - 1))
+            memo[state] = total
         return memo[state]
 
     return value(((0, 0),) * k, n)
 
 
-def test_greedy_agent_matches_its_exact_value(backend):
-    exact = exact_greedy_value(3, 6)
-    assert exact < bayes_optimal_value(3, 6)
-    mean, half = mean_confidence_interval(
-        PosteriorGreedyAgent().evaluate(3, 6, 200_000, np.random.default_rng(8)))
+def uniform_over_ties(scores):
+    scores = np.asarray(scores)
+    ties = scores == scores.max()
+    return ties / ties.sum()
+
+
+def greedy_probabilities(state):
+    return uniform_over_ties([(s + 1) / (s + f + 2) for s, f in state])
+
+
+def ucb1_probabilities(state, c=math.sqrt(2.0)):
+    t = sum(s + f for s, f in state)
+    # the agent's own formula and operation order, so float ties are the same ties
+    scores = [np.inf if s + f == 0 else s / (s + f) + c * np.sqrt(math.log(max(t, 1)) / (s + f))
+              for s, f in state]
+    return uniform_over_ties(scores)
+
+
+NODES, WEIGHTS = np.polynomial.legendre.leggauss(60)
+X = (NODES + 1) / 2  # Gauss-Legendre on [0, 1]: exact for polynomials of degree < 120
+
+
+def beta_pdf_cdf(a, b):
+    """Density and CDF of Beta(a, b), integer a, b, at the nodes X (both polynomials in x)."""
+    pdf = X ** (a - 1) * (1 - X) ** (b - 1) / (math.factorial(a - 1) * math.factorial(b - 1)
+                                                / math.factorial(a + b - 1))
+    cdf = sum(math.comb(a + b - 1, j) * X ** j * (1 - X) ** (a + b - 1 - j) for j in range(a, a + b))
+    return pdf, cdf
+
+
+def thompson_probabilities(state):
+    """P(arm a draws the largest of independent Beta(s + 1, f + 1)), by exact quadrature."""
+    dists = [beta_pdf_cdf(s + 1, f + 1) for s, f in state]
+    probs = []
+    for a, (pdf, _) in enumerate(dists):
+        integrand = pdf * np.prod([cdf for b, (_, cdf) in enumerate(dists) if b != a], axis=0)
+        probs.append(float(WEIGHTS @ integrand) / 2)
+    return np.array(probs)
+
+
+EXACT_POLICIES = {
+    "random": lambda state: np.full(len(state), 1 / len(state)),
+    "posterior-greedy": greedy_probabilities,
+    "epsilon-greedy": lambda state: 0.1 / len(state) + 0.9 * greedy_probabilities(state),
+    "ucb1": ucb1_probabilities,
+    "thompson": thompson_probabilities,
+}
+
+
+def test_thompson_quadrature_is_a_distribution():
+    for state in [((0, 0), (3, 1), (1, 4)), ((5, 0), (0, 5))]:
+        assert thompson_probabilities(state).sum() == pytest.approx(1.0, abs=1e-12)
+    # two arms: P(Beta(2, 1) > U) = 2/3
+    assert thompson_probabilities(((1, 0), (0, 0)))[0] == pytest.approx(2 / 3, abs=1e-12)
+
+
+@pytest.mark.parametrize("agent", AGENTS, ids=lambda a: a.name)
+def test_every_agent_matches_its_exact_value(backend, agent):
+    exact = exact_agent_value(3, 5, EXACT_POLICIES[agent.name])
+    assert exact <= bayes_optimal_value(3, 5) + 1e-12
+    mean, half = mean_confidence_interval(agent.evaluate(3, 5, 200_000, np.random.default_rng(8)))
     assert abs(mean - exact) < 2 * half, (mean, half, exact)
 
 
