@@ -29,7 +29,7 @@ from metarl_fast import _validate
 from metarl_fast._backend import active
 from metarl_fast.optim import Optimizer
 from metarl_fast.policy import LinearSoftmaxPolicy, TabularSoftmaxPolicy
-from metarl_fast.reference.pg import check_dones, check_vector
+from metarl_fast.reference.pg import check_dones, check_features, check_vector
 
 PGUpdate = namedtuple("PGUpdate", "grad advantages weights grad_norm")
 PGUpdate.__doc__ = """Result of an estimator.
@@ -247,7 +247,6 @@ class LinearCritic:
 
     def value(self, obs):
         """``phi @ w + c`` for features (B, F); returns (B,)."""
-        from metarl_fast.reference.pg import check_features
         x = check_features(obs, self.n_features, self.params.dtype, "obs")
         return x @ self.w + self.c[0]
 
