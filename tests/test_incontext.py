@@ -161,6 +161,39 @@ def test_reinforce_gradient_is_unbiased_against_the_exact_gradient(backend):
     assert np.abs(exact).max() > 10 * stderr.max()
 
 
+def test_trials_match_the_exact_value_of_the_policy_under_the_prior(backend):
+    # E[total] of the softmax policy over tasks p ~ U[0, 1]^k, by dynamic programming over the
+    # ordered counts (the reward probability of an arm is its posterior mean)
+    w, k, n = PRETRAINED_WEIGHTS / 4, 3, 5
+    memo = {}
+
+    def value(state):
+        left = n - sum(s + f for s, f in state)
+        if left == 0:
+            return 0.0
+        if state not in memo:
+            counts = np.array(state)
+            phi = ref.bandit_features(counts[None, :, 0], counts[None, :, 1], left, n)[0]
+            logits = phi @ w
+            pi = np.exp(logits - logits.max())
+            pi /= pi.sum()
+            total = 0.0
+            for a, (s, f) in enumerate(state):
+                p = (s + 1) / (s + f + 2)
+                win = value(state[:a] + ((s + 1, f),) + state[a + 1:])
+                loss = value(state[:a] + ((s, f + 1),) + state[a + 1:])
+                total += pi[a] * (p * (1 + win) + (1 - p) * loss)
+            memo[state] = total
+        return memo[state]
+
+    exact = value(((0, 0),) * k)
+    learner = InContextBanditLearner(w)
+    n_trials = 200_000 if backend == "cython" else 60_000  # the reference is slower
+    mean, half = bl.mean_confidence_interval(learner.evaluate(k, n, n_trials, np.random.default_rng(3)))
+    assert abs(mean - exact) < 2 * half, (mean, half, exact)
+    assert exact <= bl.bayes_optimal_value(k, n)
+
+
 def test_reinforce_sums_match_a_step_by_step_recomputation(backend):
     # replay the documented draw order (per pull: every task's arm uniform, then every task's
     # reward uniform) and recompute every score vector with the reference features and softmax
