@@ -28,8 +28,8 @@ LEARNER_FORMAT_VERSION = 1
 #     InContextBanditLearner().fit(5, 10, np.random.default_rng(0), n_iterations=100, batch_size=5000)
 # returns on the Cython backend (~2 s); tests/test_incontext.py re-runs that call and compares.
 # On 100k fresh trials they earn 99.8% of the Bayes-optimal value with 5 arms and 10 pulls, and the
-# same weights beat Thompson sampling and posterior-greedy with 25 and 50 pulls (the features are
-# normalised by the trial length, so one weight vector serves every horizon).
+# same weights beat Thompson sampling and posterior-greedy with 25 and 50 pulls (the features carry
+# the time left, so one weight vector serves every horizon).
 PRETRAINED_CALL = dict(n_arms=5, n_pulls=10, seed=0, n_iterations=100, batch_size=5000)
 PRETRAINED_WEIGHTS = np.array([
     8.348966160015287, -1.4727889195104098, 0.6523213835977704, 14.136091084276007,
