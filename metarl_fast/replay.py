@@ -7,8 +7,11 @@ transitions are overwritten.  It samples uniform batches (optionally of one task
 through per-task FIFO rings), time-ordered windows that stay inside one episode, and (in
 :class:`PrioritizedReplayBuffer`) batches proportional to ``priority ** alpha`` through a sum tree.
 
-The heavy work runs in the active backend's kernels (``metarl_fast._core.replay`` or
-``metarl_fast.reference.replay``); both sample identical indices for the same Generator state.
+Storage is one aligned record per transition (a NumPy structured array: array of structs), so a
+sampled transition costs one or two cache lines rather than one per field; each field is exposed
+as a read-only strided view (``buffer.obs`` ...).  The heavy work runs in the active backend's
+kernels (``metarl_fast._core.replay`` or ``metarl_fast.reference.replay``); both sample identical
+indices for the same Generator state.
 
 Thread safety
 -------------
@@ -17,6 +20,8 @@ without the GIL, but under this lock).  So one thread may add while others sampl
 atomic with respect to the others -- a sampled batch is a consistent snapshot (no half-written
 transition, no torn write position), and a Batch is a copy that later writes never alias.
 The Generator passed to the sampling methods is used under its own ``bit_generator.lock``.
+The storage views (``buffer.obs`` ...) and ``len(buffer)`` are read without the lock: read them
+from the writing thread, or use :meth:`ReplayBuffer.gather` for a consistent copy.
 """
 import os
 import threading
@@ -263,7 +268,8 @@ class ReplayBuffer:
                                   next_obs, done, truncated, task_id, logp)
 
     def add_batch(self, obs, action, reward, next_obs, done, *, truncated=False, task_id=0, logp=0.0):
-        """Append n transitions in one call (at most two block copies, without the GIL).
+        """Append n transitions in one call: one pass over at most two contiguous ranges of records
+        (the ring wraps at most once), without the GIL for n >= 64.
 
         Parameters
         ----------

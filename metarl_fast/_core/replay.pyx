@@ -32,7 +32,7 @@ cdef extern from *:
 
 # Random rows are prefetched this many iterations ahead (their loads are independent, so many
 # cache/TLB misses overlap instead of being paid one after another).
-cdef intp_t PREFETCH_AHEAD = 12
+cdef intp_t PREFETCH_AHEAD = 32
 
 cdef int64_t MAX_TASKS = _ref.MAX_TASKS
 cdef int SEQUENCE_ROUNDS = _ref.SEQUENCE_ROUNDS
