@@ -20,6 +20,18 @@ import numpy as np
 from metarl_fast import _validate
 from metarl_fast.mdp import MDPModel
 
+__all__ = [
+    "Episodes",
+    "softmax_policy",
+    "evaluate_policy",
+    "state_distributions",
+    "policy_value",
+    "policy_gradient_exact",
+    "optimal_value",
+    "sample_episodes",
+    "random_mdp",
+]
+
 Episodes = namedtuple("Episodes", "states actions rewards next_states dones log_probs time_steps "
                                   "episode_ids")
 Episodes.__doc__ = """Episodes laid out one after the other (a flat batch), all arrays of length B.

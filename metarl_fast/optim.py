@@ -14,6 +14,14 @@ from metarl_fast._backend import active
 from metarl_fast.policy import LinearSoftmaxPolicy, TabularSoftmaxPolicy
 from metarl_fast.reference.pg import OPT_ADAM, OPT_SGD
 
+__all__ = [
+    "Optimizer",
+    "SGD",
+    "Adam",
+    "save_checkpoint",
+    "load_checkpoint",
+]
+
 OPTIMIZER_FORMAT_VERSION = 1
 CHECKPOINT_FORMAT_VERSION = 1
 _CHECKPOINT_KIND = "PolicyOptimizerCheckpoint"

@@ -31,6 +31,24 @@ from metarl_fast.optim import Optimizer
 from metarl_fast.policy import LinearSoftmaxPolicy, TabularSoftmaxPolicy
 from metarl_fast.reference.pg import check_dones, check_features, check_vector
 
+__all__ = [
+    "PGUpdate",
+    "discounted_returns",
+    "gae",
+    "clip_grad_norm",
+    "truncated_importance_weights",
+    "policy_gradient",
+    "policy_gradient_step",
+    "episode_time_steps",
+    "count_episodes",
+    "TabularCritic",
+    "LinearCritic",
+    "reinforce_gradient",
+    "actor_critic_gradient",
+    "off_policy_gradient",
+    "per_decision_off_policy_gradient",
+]
+
 PGUpdate = namedtuple("PGUpdate", "grad advantages weights grad_norm")
 PGUpdate.__doc__ = """Result of an estimator.
 
