@@ -87,8 +87,8 @@ def _data_dtype(value, name):
         dtype = np.dtype(value)
     except TypeError as err:
         raise TypeError(f"{name} must be a NumPy integer or float dtype, got {value!r}") from err
-    if dtype.kind not in "iuf" or dtype.itemsize > 8:
-        raise TypeError(f"{name} must be a NumPy integer or float dtype, got {dtype}")
+    if dtype.kind not in "iuf" or dtype.itemsize > 8 or (dtype.kind == "f" and dtype.itemsize < 4):
+        raise TypeError(f"{name} must be a NumPy integer, float32 or float64 dtype, got {dtype}")
     return dtype.newbyteorder("=")
 
 

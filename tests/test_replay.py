@@ -373,6 +373,10 @@ def test_bad_construction():
         ReplayBuffer(2 ** 62)
     with pytest.raises(TypeError, match="obs_dtype"):
         ReplayBuffer(4, obs_dtype=object)
+    with pytest.raises(TypeError, match="obs_dtype"):
+        ReplayBuffer(4, obs_dtype=np.float16)
+    with pytest.raises(TypeError, match="action_dtype"):
+        ReplayBuffer(4, action_dtype=bool)
     with pytest.raises(TypeError, match="reward_dtype"):
         ReplayBuffer(4, reward_dtype=np.int32)
     with pytest.raises(ValueError, match="obs_shape"):
@@ -592,3 +596,69 @@ def test_concurrent_writer_and_samplers(backend):
         t.join(timeout=120)
     assert not errors, errors
     assert buf.n_added > 3000
+
+
+CIMPORT_EXAMPLE = """
+# distutils: language = c
+from libc.stdint cimport int64_t
+from numpy.random cimport bitgen_t
+from metarl_fast._core.rng cimport bitgen_of
+from metarl_fast._core.replay cimport uniform_indices, gather_rows
+import numpy as np
+
+def draw_and_gather(double[::1] column, int64_t n, rng):
+    cdef int64_t size = column.shape[0]
+    idx = np.empty(n, dtype=np.int64)
+    out = np.empty(n)
+    cdef int64_t[::1] i = idx
+    cdef double[::1] o = out
+    cdef bitgen_t* bitgen = bitgen_of(rng.bit_generator)
+    with rng.bit_generator.lock, nogil:
+        uniform_indices(bitgen, size, n, &i[0])
+        gather_rows(<const char*> &column[0], 8, 8, &i[0], n, <char*> &o[0])
+    return idx, out
+"""
+
+
+def test_downstream_cython_can_cimport_replay_kernels(tmp_path):
+    """The nogil replay kernels are reachable from other Cython code through replay.pxd."""
+    import os
+    import shutil
+    import subprocess
+    import sys
+    import sysconfig
+    import textwrap
+
+    from conftest import HAVE_CYTHON
+
+    if not HAVE_CYTHON:
+        pytest.skip("compiled extension not used in this run")
+    if shutil.which((sysconfig.get_config_var("CC") or "cc").split()[0]) is None:
+        pytest.skip("no C compiler")
+    pytest.importorskip("Cython")
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    (tmp_path / "downstream_replay.pyx").write_text(CIMPORT_EXAMPLE)
+    (tmp_path / "setup.py").write_text(textwrap.dedent(f"""
+        import numpy as np
+        from setuptools import setup, Extension
+        from Cython.Build import cythonize
+        ext = Extension("downstream_replay", ["downstream_replay.pyx"], include_dirs=[np.get_include()])
+        setup(ext_modules=cythonize([ext], include_path=[{root!r}], language_level=3),
+              script_args=["build_ext", "--inplace", "-q"])
+    """))
+    env = dict(os.environ, PYTHONPATH=root)
+    res = subprocess.run([sys.executable, "setup.py"], cwd=tmp_path, capture_output=True, text=True,
+                         env=env, timeout=300)
+    assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
+    check = textwrap.dedent("""
+        import numpy as np, downstream_replay
+        from metarl_fast.reference import replay as ref
+        column = np.arange(100, dtype=float) * 0.5
+        idx, out = downstream_replay.draw_and_gather(column, 50, np.random.default_rng(3))
+        assert (idx == ref.sample_indices(100, 50, np.random.default_rng(3))).all()
+        assert (out == column[idx]).all()
+        print("ok")
+    """)
+    res = subprocess.run([sys.executable, "-c", check], cwd=tmp_path, capture_output=True, text=True,
+                         env=dict(env, PYTHONPATH=os.pathsep.join([str(tmp_path), root])), timeout=120)
+    assert res.returncode == 0 and "ok" in res.stdout, res.stdout[-3000:] + res.stderr[-3000:]
