@@ -33,8 +33,8 @@ per-state logits table, applied forwards (``jvp``) and backwards (``vjp``).
 import numpy as np
 
 from metarl_fast import _validate
+from metarl_fast._backend import active
 from metarl_fast.optim import SGD, Adam
-from metarl_fast.pg import discounted_returns
 from metarl_fast.policy import LinearSoftmaxPolicy, TabularSoftmaxPolicy, softmax
 
 METHODS = ("reptile", "fomaml", "maml", "multitask")
@@ -170,77 +170,46 @@ class SampledPolicyProblem:
         self.gamma = _validate.finite_float(gamma, "gamma", low=0.0, high=1.0)
         self.env_steps = 0  # environment steps sampled so far
 
-    def _policies(self, theta):
-        pols = []
-        for row in theta:
-            p = self.policy.copy()
-            p.params[...] = row
-            pols.append(p)
-        return pols
-
     def sample(self, theta, rng):
-        from metarl_fast.rollout import rollout
+        """Episodes of every task under its own parameters, in one fused rollout call."""
+        from metarl_fast.rollout import Trajectories, action_tables
 
-        traj = rollout(self._policies(theta), self.tasks, self.n_episodes, rng, features=self.features)
+        logits = self.map.jvp(np.asarray(theta, dtype=np.float64))        # (T, S, A)
+        cdf, logp = action_tables(logits)
+        policy_of_task = np.arange(self.n_tasks, dtype=np.int64)
+        traj = Trajectories(*active.envs.rollout(self.tasks.tables, cdf, logp, policy_of_task,
+                                                  self.n_episodes, rng))
         self.env_steps += traj.n_steps
-        return self._prepare(theta, traj)
+        return self._prepare(logits, traj)
 
-    def _prepare(self, theta, traj):
+    def _prepare(self, logits, traj):
         """Per-step quantities shared by ``grad`` and ``hvp`` (computed once per batch)."""
         S, A = self.map.n_states, self.map.n_actions
-        logits = self.map.jvp(theta.astype(np.float64))
+        probs_table = softmax(np.ascontiguousarray(logits.reshape(-1, A)))
         key = traj.task_id * S + traj.obs
-        probs = softmax(np.ascontiguousarray(logits.reshape(-1, A)[key]))
-        t = traj.step_in_episode
-        returns = discounted_returns(traj.reward.astype(np.float64), traj.done, self.gamma)
-        horizon = int(t.max()) + 1 if t.size else 1
-        slot = traj.task_id * horizon + t
-        counts = np.bincount(slot, minlength=self.n_tasks * horizon)
-        sums = np.bincount(slot, weights=returns, minlength=self.n_tasks * horizon)
-        # per-time-step baseline over the episodes that reached step t (mean of G_t)
-        baseline = (sums / np.maximum(counts, 1))[slot]
-        coef = self.gamma ** t * (returns - baseline) / self.n_episodes
-        return {"traj": traj, "key": key, "probs": probs, "coef": coef,
-                "episode": _episode_index(traj)}
+        n = traj.n_steps
+        probs, coef = np.empty((n, A)), np.empty(n)
+        active.meta.pg_prepare(probs_table, key, traj.action, np.ascontiguousarray(traj.reward, dtype=np.float64),
+                               traj.done, traj.step_in_episode, traj.task_id, self.n_tasks, self.gamma,
+                               self.n_episodes, probs, coef)
+        return {"traj": traj, "key": key, "probs": probs, "coef": coef, "episode": _episode_index(traj)}
 
-    def _scatter(self, key, per_step):
-        """Sum (n, A) per-step logits gradients into per-task tables, then map to parameters."""
-        S, A = self.map.n_states, self.map.n_actions
-        size = self.n_tasks * S
-        table = np.empty((size, A))
-        for a in range(A):
-            table[:, a] = np.bincount(key, weights=per_step[:, a], minlength=size)
-        return self.map.vjp(table.reshape(self.n_tasks, S, A))
+    def _table(self):
+        return np.empty((self.n_tasks * self.map.n_states, self.map.n_actions))
 
     def grad(self, theta, data):
-        traj, probs, coef = data["traj"], data["probs"], data["coef"]
-        per_step = -probs * coef[:, None]
-        per_step[np.arange(traj.n_steps), traj.action] += coef
-        return self._scatter(data["key"], per_step)
+        table = self._table()
+        active.meta.score_table(data["key"], data["traj"].action, data["probs"], data["coef"], table)
+        return self.map.vjp(table.reshape(self.n_tasks, self.map.n_states, self.map.n_actions))
 
     def hvp(self, theta, data, v):
         """``(d E[g]/d theta)^T v``: Hessian of the surrogate plus the score-function term."""
-        traj, probs, coef, key = data["traj"], data["probs"], data["coef"], data["key"]
-        S, A, N = self.map.n_states, self.map.n_actions, self.n_episodes
-        n = traj.n_steps
-        rows = np.arange(n)
-        dl = self.map.jvp(np.asarray(v, dtype=np.float64)).reshape(-1, A)[key]  # (n, A) logits direction
-        pd = (probs * dl).sum(axis=1)
-        dlogp = dl[rows, traj.action] - pd  # directional derivative of log pi(a_t|s_t)
-        # (1) Hessian of sum_t coef_t log pi(a_t|s_t):  -coef_t (diag pi - pi pi^T) dl
-        per_step = -coef[:, None] * (probs * dl - probs * pd[:, None])
-        # (2) score-function term: (F_tau . v) * grad log P(tau), F_tau = N sum_t coef_t grad log pi,
-        #     with a leave-one-out mean of F . v over the task's other episodes as control variate
-        fv = np.bincount(data["episode"], weights=N * coef * dlogp, minlength=traj.episode_length.size)
-        fv = fv.reshape(self.n_tasks, N)
-        if N > 1:
-            kappa = fv - (fv.sum(axis=1, keepdims=True) - fv) / (N - 1)
-        else:
-            kappa = fv
-        k_step = kappa.reshape(-1)[data["episode"]] / N
-        score = -probs * k_step[:, None]
-        score[rows, traj.action] += k_step
-        return self._scatter(key, per_step + score)
+        S, A = self.map.n_states, self.map.n_actions
+        dl = np.ascontiguousarray(self.map.jvp(np.asarray(v, dtype=np.float64)).reshape(-1, A))
+        table = self._table()
+        active.meta.hvp_table(data["key"], data["traj"].action, data["probs"], data["coef"], data["episode"],
+                              self.n_tasks, self.n_episodes, dl, table)
+        return self.map.vjp(table.reshape(self.n_tasks, S, A))
 
     def value(self, theta, data):
         """Mean undiscounted episode return per task in ``data``, (T,)."""

@@ -1,0 +1,38 @@
+"""Meta-iterations per second: meta-batch 20 tasks, 20 episodes per task, K = 1, Cython vs NumPy.
+
+The second-order MAML step must cost at most 3x the first-order (FOMAML) one: compare the
+``maml`` and ``fomaml`` rows of the same group/backend.
+
+    pytest benches/bench_meta.py --benchmark-only --benchmark-group-by=group \
+        --benchmark-json=meta.json && python benches/ratios.py meta.json
+"""
+import numpy as np
+import pytest
+
+import metarl_fast as mf
+
+from conftest import grid
+
+FAMILIES = {
+    "TabularMDPs()": lambda: mf.TabularMDPs(),
+    "GridNavigation(7)": lambda: mf.GridNavigation(size=7),
+}
+CASES = grid([(f, m, e) for f in FAMILIES for m in ("reptile", "fomaml", "maml") for e in ("sampled",)]
+             + [(f, m, "exact") for f in FAMILIES for m in ("fomaml", "maml")],
+             [("GridNavigation(7)", "maml", "sampled"), ("TabularMDPs()", "reptile", "sampled"),
+              ("TabularMDPs()", "maml", "exact")])
+
+
+@pytest.mark.parametrize("family,method,estimator", CASES)
+def test_meta_iteration(benchmark, backend, family, method, estimator):
+    dist = FAMILIES[family]()
+    tasks = dist.sample(20, 0)
+    probe = tasks[0]
+    policy = mf.TabularSoftmaxPolicy(probe.n_states, probe.n_actions)
+    learner = mf.MetaLearner(policy, method, inner_lr=0.5, inner_steps=1, episodes_per_task=20,
+                             estimator=estimator)
+    rng = np.random.default_rng(0)
+    benchmark.group = f"meta-iteration {family} {method} {estimator}"
+    benchmark.extra_info.update(rows=1, backend=backend)
+    stats = benchmark(learner.meta_step, tasks, rng)
+    assert np.isfinite(stats["pre_return"])
