@@ -61,3 +61,16 @@ from metarl_fast.rollout import Trajectories, VecEnv, rollout  # noqa: E402,F401
 from metarl_fast import exact  # noqa: E402,F401
 from metarl_fast.meta import FOMAML, MAML, MetaLearner, MultiTask, Reptile  # noqa: E402,F401
 from metarl_fast.trainer import MetaTrainer, TrainConfig, evaluate  # noqa: E402,F401
+from metarl_fast.incontext import InContextBanditLearner  # noqa: E402,F401
+from metarl_fast.baselines import (  # noqa: E402,F401
+    EpsilonGreedyAgent,
+    PosteriorGreedyAgent,
+    RandomAgent,
+    ThompsonSamplingAgent,
+    UCB1Agent,
+    bayes_optimal_value,
+    compare_bandit_agents,
+    mean_confidence_interval,
+    oracle_value,
+)
+from metarl_fast import baselines, incontext, meta, tasks  # noqa: E402,F401

@@ -30,7 +30,12 @@ def float_array(x, name, ndim=None, dtype=None):
     Lists and other array-likes are converted (to float64 unless ``dtype`` says otherwise).
     """
     if not isinstance(x, np.ndarray):
-        x = np.asarray(x, dtype=dtype if dtype is not None else None)
+        try:
+            x = np.asarray(x, dtype=dtype if dtype is not None else None)
+        except (ValueError, TypeError) as err:
+            raise TypeError(f"{name} must be a float32 or float64 array ({err})") from err
+        if x.dtype.kind not in "fiub":
+            raise TypeError(f"{name} must be a float32 or float64 array, got dtype {x.dtype}")
         if x.dtype.kind in "iub" and dtype is None:
             raise TypeError(f"{name} must be a float32 or float64 array, got dtype {x.dtype}")
         if dtype is None and x.dtype not in FLOAT_DTYPES:
