@@ -492,6 +492,9 @@ class PrioritizedReplayBuffer(ReplayBuffer):
 
     New transitions get the largest ``(p + eps) ** alpha`` seen so far (1 initially).  A float64
     sum tree (and min tree) gives O(log capacity) per sampled index and per priority update.
+    Uniform per-task sampling and :meth:`sample_sequences` are inherited unchanged
+    (``ReplayBuffer.sample(buffer, n, rng, task_id=k)`` samples task k uniformly); prioritized
+    :meth:`sample` draws over all tasks.
     """
 
     _kind = "PrioritizedReplayBuffer"
