@@ -31,3 +31,31 @@ def test_policy_kernel(benchmark, backend, kernel, n_rows, n_actions):
     else:
         result = benchmark(fn, logits)
     assert result.shape[0] == n_rows
+
+
+def _idiomatic_softmax(logits):
+    z = logits - logits.max(axis=1, keepdims=True)
+    e = np.exp(z)
+    return e / e.sum(axis=1, keepdims=True)
+
+
+def _idiomatic_sample(logits, rng):
+    cdf = np.cumsum(_idiomatic_softmax(logits), axis=1)
+    u = rng.random(logits.shape[0])[:, None]
+    return np.minimum((u >= cdf).sum(axis=1), logits.shape[1] - 1)
+
+
+@pytest.mark.parametrize("kernel", ["sample_actions", "softmax"])
+@pytest.mark.parametrize("n_rows,n_actions", SIZES)
+def test_policy_kernel_idiomatic_numpy(benchmark, kernel, n_rows, n_actions):
+    """What a user would write in plain NumPy (np.exp, no validation): a second yardstick beside
+    the reference, whose exact, validated exponential costs more than np.exp."""
+    rng = np.random.default_rng(0)
+    logits = rng.standard_normal((n_rows, n_actions))
+    benchmark.group = f"{kernel} B={n_rows} A={n_actions}"
+    benchmark.extra_info.update(rows=n_rows, backend="idiomatic")
+    if kernel == "sample_actions":
+        result = benchmark(_idiomatic_sample, logits, rng)
+    else:
+        result = benchmark(_idiomatic_softmax, logits)
+    assert result.shape[0] == n_rows

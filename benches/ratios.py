@@ -23,17 +23,24 @@ def main(path):
     groups = defaultdict(dict)
     rows = {}
     for bench in data["benchmarks"]:
-        backend = bench["params"].get("backend") or bench.get("extra_info", {}).get("backend")
+        backend = bench.get("extra_info", {}).get("backend") or bench["params"].get("backend")
         groups[bench["group"]][backend] = bench["stats"]["median"]
         rows[bench["group"]] = bench.get("extra_info", {}).get("rows")
-    print(f"| group | cython | numpy | per item (cython) | cython / numpy speed-up |")
-    print("|---|---|---|---|---|")
+    extra = sorted({b for times in groups.values() for b in times} - {"cython", "numpy"})
+    head = "| group | cython | numpy reference | per item (cython) | speed-up vs reference |"
+    head += "".join(f" {b} | speed-up vs {b} |" for b in extra)
+    print(head)
+    print("|---" * (5 + 2 * len(extra)) + "|")
     for group in sorted(groups):
         times = groups[group]
         cy, npy = times.get("cython"), times.get("numpy")
         per = fmt_time(cy / rows[group]) if cy and rows.get(group) else ""
         ratio = f"{npy / cy:.1f}x" if cy and npy else ""
-        print(f"| {group} | {fmt_time(cy) if cy else ''} | {fmt_time(npy) if npy else ''} | {per} | {ratio} |")
+        line = f"| {group} | {fmt_time(cy) if cy else ''} | {fmt_time(npy) if npy else ''} | {per} | {ratio} |"
+        for b in extra:
+            t = times.get(b)
+            line += f" {fmt_time(t) if t else ''} | {f'{t / cy:.1f}x' if t and cy else ''} |"
+        print(line)
 
 
 if __name__ == "__main__":
