@@ -111,6 +111,19 @@ def _certain_outcomes(probs):
     return deterministic, nonzero.argmax(axis=-1).astype(np.int64)
 
 
+def padded_cdf_rows(cdf):
+    """Running-sum rows (..., m) laid out for the compiled kernels' blocked search: (..., L + 1)
+    holding the first m - 1 sums, +inf up to L = m - 1 rounded up to a multiple of 4 (never <= a
+    target), then the total at index L.  Read-only float64."""
+    m = cdf.shape[-1]
+    L = (m - 1 + 3) // 4 * 4
+    out = np.full(cdf.shape[:-1] + (L + 1,), np.inf)
+    out[..., :m - 1] = cdf[..., :m - 1]
+    out[..., L] = cdf[..., m - 1]
+    out.setflags(write=False)
+    return out
+
+
 class EnvTables:
     """Kernel-facing, read-only tables of a :class:`TaskBatch` (built once per batch).
 
@@ -119,6 +132,8 @@ class EnvTables:
     n_tasks, n_states, n_actions, horizon : int
     trans_cdf : float64 (n, S, A, S)   running sums of ``P`` along the last axis (a (1, 1, 1, 1)
         placeholder when ``stochastic_transitions`` is False)
+    trans_cdf_padded : float64 (n, S, A, L + 1)  ``padded_cdf_rows(trans_cdf)`` for the compiled
+        kernels
     has_terminal : bool                False if no task has a terminal state (fixed-length episodes)
     next_state : int64 (n, S, A)       the certain next state (used when ``stochastic_transitions`` is False)
     stochastic_transitions : bool      False if every row of ``P`` has exactly one non-zero entry
@@ -132,8 +147,8 @@ class EnvTables:
     terminal : uint8 (n, S)
     """
 
-    __slots__ = ("n_tasks", "n_states", "n_actions", "horizon", "trans_cdf", "has_terminal",
-                 "next_state",
+    __slots__ = ("n_tasks", "n_states", "n_actions", "horizon", "trans_cdf", "trans_cdf_padded",
+                 "has_terminal", "next_state",
                  "stochastic_transitions", "reward_mean", "reward_kind", "reward_std", "reward_next",
                  "start_cdf", "start_state", "stochastic_start", "terminal")
 
@@ -145,6 +160,7 @@ class EnvTables:
         # deterministic batches (e.g. GridNavigation) never search a CDF: keep no copy of P's size
         self.trans_cdf = (np.cumsum(batch.P, axis=-1) if self.stochastic_transitions
                           else np.ones((1, 1, 1, 1)))
+        self.trans_cdf_padded = padded_cdf_rows(self.trans_cdf)
         self.reward_mean = batch.R
         self.reward_kind = REWARD_NOISES.index(batch.reward_noise)
         self.reward_std = batch.reward_std

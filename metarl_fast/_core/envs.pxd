@@ -26,6 +26,8 @@ cdef struct EnvTablesC:
     intp_t n_actions
     intp_t horizon
     const double* trans_cdf
+    const double* trans_cdf_padded     # (n, S, A, trans_stride): tasks.padded_cdf_rows(trans_cdf)
+    intp_t trans_stride
     int has_terminal
     const int64_t* next_state
     int stochastic_transitions
@@ -56,9 +58,10 @@ cdef int fill_tables(object tables, EnvTablesC* out) except -1
 
 # Runs N episodes on each task from pre-drawn random blocks (u_start (T, N) or NULL, u_act
 # (T, N, H), noise (T, N, H) or NULL, u_next (T, N, H) or NULL); returns the number of steps written.
-# ``action_cdf`` holds the running sums and ``action_logp`` the log-probabilities of each
-# policy's actions, both (n_policies, S, A).
-cdef intp_t rollout_kernel(const EnvTablesC* t, const double* action_cdf,
+# ``action_cdf`` (n_policies, S, action_stride) holds the running sums of each policy's action
+# weights laid out by metarl_fast.tasks.padded_cdf_rows; ``action_logp`` (n_policies, S, A)
+# the log-probabilities.
+cdef intp_t rollout_kernel(const EnvTablesC* t, const double* action_cdf, intp_t action_stride,
                            const double* action_logp, const int64_t* policy_of_task,
                            intp_t n_episodes,
                            const double* u_start, const double* u_act, const double* noise,

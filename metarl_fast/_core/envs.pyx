@@ -19,7 +19,7 @@ import numpy as np
 
 from metarl_fast.reference.envs import (check_rollout_args, check_step_args, check_tables,
                                         check_vec_args)
-from metarl_fast.tasks import EnvTables
+from metarl_fast.tasks import EnvTables, padded_cdf_rows
 
 _Generator = np.random.Generator
 
@@ -52,7 +52,8 @@ cdef extern from *:
     #if defined(__GNUC__) || defined(__clang__)
     typedef double mf_v2d __attribute__((vector_size(16), aligned(8), may_alias));
     typedef long long mf_v2i __attribute__((vector_size(16)));
-    static inline Py_ssize_t mf_count_le(const double *c, Py_ssize_t n, double target)
+    static inline __attribute__((always_inline))
+    Py_ssize_t mf_count_le(const double *c, Py_ssize_t n, double target)
     {
         mf_v2d t = {target, target};
         mf_v2i acc = {0, 0};
@@ -82,7 +83,12 @@ cdef extern from *:
     }
     #endif
     #define MF_COUNT_CASE(m) case m: return mf_count_le(c, m, target);
-    static inline Py_ssize_t mf_count_le_small(const double *c, Py_ssize_t n, double target)
+    #if defined(__GNUC__) || defined(__clang__)
+    static inline __attribute__((always_inline))
+    #else
+    static inline
+    #endif
+    Py_ssize_t mf_count_le_small(const double *c, Py_ssize_t n, double target)
     {
         switch (n) {
             case 0: return 0;
@@ -112,6 +118,8 @@ cdef int fill_tables(object tables, EnvTablesC* out) except -1:
     out.n_actions = tables.n_actions
     out.horizon = tables.horizon
     out.trans_cdf = _dptr(tables.trans_cdf)
+    out.trans_cdf_padded = _dptr(tables.trans_cdf_padded)
+    out.trans_stride = tables.trans_cdf_padded.shape[3]
     out.has_terminal = 1 if tables.has_terminal else 0
     out.next_state = _iptr(tables.next_state)
     out.stochastic_transitions = 1 if tables.stochastic_transitions else 0
@@ -139,10 +147,19 @@ cdef inline intp_t inverse_cdf(const double* cdf, intp_t m, double u) noexcept n
     return k
 
 
-cdef inline intp_t sample_row(const double* cdf, intp_t m, double u) noexcept nogil:
-    """Inverse CDF on one running-sum row of length m: the number of the first m - 1 entries
-    that are <= u * cdf[m-1] (the total itself never is, as u < 1)."""
-    return mf_count_le_small(cdf, m - 1, u * cdf[m - 1])
+cdef inline intp_t sample_row(const double* row, intp_t L, double u) noexcept nogil:
+    """Inverse CDF on one row laid out by tasks.padded_cdf_rows (L a multiple of 4, the total at
+    row[L]): the number of the first L entries that are <= u * total."""
+    cdef double target = u * row[L]
+    if L == 4:
+        return mf_count_le(row, 4, target)
+    if L == 8:
+        return mf_count_le(row, 8, target)
+    if L == 12:
+        return mf_count_le(row, 12, target)
+    if L == 0:
+        return 0
+    return mf_count_le(row, L, target)
 
 
 cdef inline void prefetch_task(const EnvTablesC* t, intp_t i) noexcept nogil:
@@ -152,7 +169,7 @@ cdef inline void prefetch_task(const EnvTablesC* t, intp_t i) noexcept nogil:
     if i >= t.n_tasks:
         return
     if t.stochastic_transitions:
-        mf_prefetch_range(t.trans_cdf + i * SA * t.n_states, SA * t.n_states * sizeof(double))
+        mf_prefetch_range(t.trans_cdf_padded + i * SA * t.trans_stride, SA * t.trans_stride * sizeof(double))
     else:
         mf_prefetch_range(t.next_state + i * SA, SA * sizeof(int64_t))
     mf_prefetch_range(t.reward_mean + i * SA, SA * sizeof(double))
@@ -164,25 +181,25 @@ cdef inline intp_t first_state(const EnvTablesC* t, intp_t i, const double* u_st
     return t.start_state[i]
 
 
-cdef intp_t rollout_kernel(const EnvTablesC* t, const double* action_cdf,
+cdef intp_t rollout_kernel(const EnvTablesC* t, const double* action_cdf, intp_t action_stride,
                            const double* action_logp, const int64_t* policy_of_task,
                            intp_t n_episodes, const double* u_start, const double* u_act,
                            const double* noise, const double* u_next, RolloutOut* out) noexcept nogil:
     cdef intp_t q0 = 0
     if not t.has_terminal:
-        q0 = rollout_fixed_length(t, action_cdf, action_logp, policy_of_task, n_episodes,
-                                  u_start, u_act, noise, u_next, out)
-    return rollout_general(t, action_cdf, action_logp, policy_of_task, n_episodes, q0,
-                           u_start, u_act, noise, u_next, out)
+        q0 = rollout_fixed_length(t, action_cdf, action_stride, action_logp, policy_of_task,
+                                  n_episodes, u_start, u_act, noise, u_next, out)
+    return rollout_general(t, action_cdf, action_stride, action_logp, policy_of_task, n_episodes,
+                           q0, u_start, u_act, noise, u_next, out)
 
 
-cdef intp_t rollout_general(const EnvTablesC* t, const double* action_cdf,
+cdef intp_t rollout_general(const EnvTablesC* t, const double* action_cdf, intp_t Ap,
                             const double* action_logp, const int64_t* policy_of_task,
                             intp_t N, intp_t q0, const double* u_start, const double* u_act,
                             const double* noise, const double* u_next, RolloutOut* out) noexcept nogil:
     """Episodes q0 .. T*N-1 one after the other (any episode lengths); returns the total steps."""
     cdef intp_t T = t.n_tasks, H = t.horizon
-    cdef intp_t S = t.n_states, A = t.n_actions
+    cdef intp_t S = t.n_states, A = t.n_actions, Lp = t.trans_stride
     cdef intp_t SA = S * A
     cdef int kind = t.reward_kind
     cdef bint stoch = t.stochastic_transitions
@@ -210,9 +227,9 @@ cdef intp_t rollout_general(const EnvTablesC* t, const double* action_cdf,
         e = q - i * N
         if e == 0 or q == q0:
             prefetch_task(t, i + 1)
-        acdf = action_cdf + policy_of_task[i] * SA
+        acdf = action_cdf + policy_of_task[i] * S * Ap
         alogp = action_logp + policy_of_task[i] * SA
-        tcdf = t.trans_cdf + i * SA * S
+        tcdf = t.trans_cdf_padded + i * SA * Lp
         nstate = t.next_state + i * SA
         rmean = t.reward_mean + i * SA
         rnext = t.reward_next + i * SA * S
@@ -224,7 +241,7 @@ cdef intp_t rollout_general(const EnvTablesC* t, const double* action_cdf,
         ended = False
         step = 0
         while step < H:
-            a = sample_row(acdf + s * A, A, u_act[base + step])
+            a = sample_row(acdf + s * Ap, Ap - 1, u_act[base + step])
             sa = s * A + a
             if kind == KIND_GAUSSIAN:
                 r = rmean[sa] + std * noise[base + step]
@@ -233,7 +250,7 @@ cdef intp_t rollout_general(const EnvTablesC* t, const double* action_cdf,
             else:
                 r = rmean[sa]
             if stoch:
-                s2 = sample_row(tcdf + sa * S, S, u_next[base + step])
+                s2 = sample_row(tcdf + sa * Lp, Lp - 1, u_next[base + step])
             else:
                 s2 = nstate[sa]
             if kind == KIND_TRANSITION:
@@ -275,15 +292,15 @@ cdef struct Episode:
 
 
 cdef inline void begin_episode(Episode* ep, const EnvTablesC* t, intp_t q, intp_t N,
-                               const double* action_cdf, const double* action_logp,
+                               const double* action_cdf, intp_t Ap, const double* action_logp,
                                const int64_t* policy_of_task, const double* u_start) noexcept nogil:
     cdef intp_t i = q // N
     cdef intp_t S = t.n_states, SA = t.n_states * t.n_actions
     ep.task = i
     ep.k = q * t.horizon
-    ep.acdf = action_cdf + policy_of_task[i] * SA
+    ep.acdf = action_cdf + policy_of_task[i] * S * Ap
     ep.alogp = action_logp + policy_of_task[i] * SA
-    ep.tcdf = t.trans_cdf + i * SA * S
+    ep.tcdf = t.trans_cdf_padded + i * SA * t.trans_stride
     ep.nstate = t.next_state + i * SA
     ep.rmean = t.reward_mean + i * SA
     ep.rnext = t.reward_next + i * SA * S
@@ -292,14 +309,14 @@ cdef inline void begin_episode(Episode* ep, const EnvTablesC* t, intp_t q, intp_
     ep.ret = 0.0
 
 
-cdef inline void advance(Episode* ep, intp_t A, intp_t S, int kind, bint stoch,
+cdef inline void advance(Episode* ep, intp_t A, intp_t Ap, intp_t Lp, intp_t S, int kind, bint stoch,
                          const double* u_act, const double* noise, const double* u_next,
                          int64_t* o_obs, int64_t* o_act, double* o_rew, int64_t* o_next,
                          double* o_logp) noexcept nogil:
     """One step of one fixed-length episode (terminated/truncated/task_id are filled in bulk)."""
     cdef intp_t k = ep.k, s = ep.s, a, sa, s2
     cdef double r
-    a = sample_row(ep.acdf + s * A, A, u_act[k])
+    a = sample_row(ep.acdf + s * Ap, Ap - 1, u_act[k])
     sa = s * A + a
     if kind == KIND_GAUSSIAN:
         r = ep.rmean[sa] + ep.std * noise[k]
@@ -308,7 +325,7 @@ cdef inline void advance(Episode* ep, intp_t A, intp_t S, int kind, bint stoch,
     else:
         r = ep.rmean[sa]
     if stoch:
-        s2 = sample_row(ep.tcdf + sa * S, S, u_next[k])
+        s2 = sample_row(ep.tcdf + sa * Lp, Lp - 1, u_next[k])
     else:
         s2 = ep.nstate[sa]
     if kind == KIND_TRANSITION:
@@ -340,8 +357,8 @@ cdef inline void prefetch_some(Prefetcher* pf, const EnvTablesC* t, intp_t ahead
                 return
             pf.task += 1
             if t.stochastic_transitions:
-                table_bytes = SA * t.n_states * sizeof(double)
-                pf.cur = <const char*> (t.trans_cdf + pf.task * SA * t.n_states)
+                table_bytes = SA * t.trans_stride * sizeof(double)
+                pf.cur = <const char*> (t.trans_cdf_padded + pf.task * SA * t.trans_stride)
             else:
                 table_bytes = SA * sizeof(int64_t)
                 pf.cur = <const char*> (t.next_state + pf.task * SA)
@@ -351,7 +368,7 @@ cdef inline void prefetch_some(Prefetcher* pf, const EnvTablesC* t, intp_t ahead
         pf.cur += 64
 
 
-cdef intp_t rollout_fixed_length(const EnvTablesC* t, const double* action_cdf,
+cdef intp_t rollout_fixed_length(const EnvTablesC* t, const double* action_cdf, intp_t Ap,
                                  const double* action_logp, const int64_t* policy_of_task,
                                  intp_t N, const double* u_start, const double* u_act,
                                  const double* noise, const double* u_next, RolloutOut* out) noexcept nogil:
@@ -360,7 +377,7 @@ cdef intp_t rollout_fixed_length(const EnvTablesC* t, const double* action_cdf,
     latencies.  Step k of episode q is written at q * H + k, as in rollout_general.  Returns the
     number of episodes done (a multiple of 4); the rest go to rollout_general."""
     cdef intp_t H = t.horizon, Q = t.n_tasks * N
-    cdef intp_t S = t.n_states, A = t.n_actions
+    cdef intp_t S = t.n_states, A = t.n_actions, Lp = t.trans_stride
     cdef int kind = t.reward_kind
     cdef bint stoch = t.stochastic_transitions
     cdef intp_t q, j, step
@@ -375,16 +392,16 @@ cdef intp_t rollout_fixed_length(const EnvTablesC* t, const double* action_cdf,
     pf.task = 0
     q = 0
     while q + 4 <= Q:
-        begin_episode(&e0, t, q, N, action_cdf, action_logp, policy_of_task, u_start)
-        begin_episode(&e1, t, q + 1, N, action_cdf, action_logp, policy_of_task, u_start)
-        begin_episode(&e2, t, q + 2, N, action_cdf, action_logp, policy_of_task, u_start)
-        begin_episode(&e3, t, q + 3, N, action_cdf, action_logp, policy_of_task, u_start)
+        begin_episode(&e0, t, q, N, action_cdf, Ap, action_logp, policy_of_task, u_start)
+        begin_episode(&e1, t, q + 1, N, action_cdf, Ap, action_logp, policy_of_task, u_start)
+        begin_episode(&e2, t, q + 2, N, action_cdf, Ap, action_logp, policy_of_task, u_start)
+        begin_episode(&e3, t, q + 3, N, action_cdf, Ap, action_logp, policy_of_task, u_start)
         for step in range(H):
             prefetch_some(&pf, t, e3.task, 4)
-            advance(&e0, A, S, kind, stoch, u_act, noise, u_next, o_obs, o_act, o_rew, o_next, o_logp)
-            advance(&e1, A, S, kind, stoch, u_act, noise, u_next, o_obs, o_act, o_rew, o_next, o_logp)
-            advance(&e2, A, S, kind, stoch, u_act, noise, u_next, o_obs, o_act, o_rew, o_next, o_logp)
-            advance(&e3, A, S, kind, stoch, u_act, noise, u_next, o_obs, o_act, o_rew, o_next, o_logp)
+            advance(&e0, A, Ap, Lp, S, kind, stoch, u_act, noise, u_next, o_obs, o_act, o_rew, o_next, o_logp)
+            advance(&e1, A, Ap, Lp, S, kind, stoch, u_act, noise, u_next, o_obs, o_act, o_rew, o_next, o_logp)
+            advance(&e2, A, Ap, Lp, S, kind, stoch, u_act, noise, u_next, o_obs, o_act, o_rew, o_next, o_logp)
+            advance(&e3, A, Ap, Lp, S, kind, stoch, u_act, noise, u_next, o_obs, o_act, o_rew, o_next, o_logp)
         out.episode_return[q] = e0.ret
         out.episode_return[q + 1] = e1.ret
         out.episode_return[q + 2] = e2.ret
@@ -563,7 +580,9 @@ def rollout(tables, action_cdf, action_logp, policy_of_task, n_episodes, rng):
     out.task_id = <int64_t*> cnp.PyArray_DATA(res["task_id"])
     out.episode_length = <int64_t*> cnp.PyArray_DATA(length)
     out.episode_return = <double*> cnp.PyArray_DATA(ret)
-    cdef const double* cdf_p = _dptr(action_cdf)
+    padded = padded_cdf_rows(action_cdf)  # tiny: n_policies x S x (4k + 1)
+    cdef intp_t Ap = padded.shape[2]
+    cdef const double* cdf_p = _dptr(padded)
     cdef const double* logp_p = _dptr(action_logp)
     cdef const int64_t* pol_p = _iptr(policy_of_task)
     cdef double* us = <double*> cnp.PyArray_DATA(u_start)
@@ -585,7 +604,7 @@ def rollout(tables, action_cdf, action_logp, policy_of_task, n_episodes, rng):
             if t.stochastic_transitions:
                 random_standard_uniform_fill(bitgen, cap, un)
     with nogil:
-        n_steps = rollout_kernel(&t, cdf_p, logp_p, pol_p, N,
+        n_steps = rollout_kernel(&t, cdf_p, Ap, logp_p, pol_p, N,
                                  us if t.stochastic_start else NULL, ua,
                                  nz if has_noise else NULL,
                                  un if t.stochastic_transitions else NULL, &out)
