@@ -375,7 +375,6 @@ cdef intp_t tabular_grad(const floating* theta, intp_t n_states, intp_t n_action
                          const floating* weights, double entropy_coef, intp_t batch,
                          double* grad) noexcept nogil:
     cdef intp_t i, a, start, n, chunk_rows, k
-    cdef double m, v
     cdef const floating* row
     cdef const floating* wchunk
     cdef double* z
@@ -427,7 +426,6 @@ cdef intp_t linear_grad(const floating* params, intp_t n_features, intp_t n_acti
                         double entropy_coef, intp_t batch, double* grad) noexcept nogil:
     cdef intp_t i, a, f, start, n, chunk_rows, k
     cdef intp_t n_w = n_features * n_actions
-    cdef double m
     cdef double* Wd
     cdef const double* Wsrc
     cdef double* x
