@@ -246,26 +246,34 @@ cdef int sequence_starts(const char* episode, intp_t episode_stride, intp_t capa
     cdef double dcand = <double> n_cand
     cdef intp_t n_pending = n, kept, j, r
     cdef int64_t* pending
+    cdef int64_t* cand
     cdef int64_t* valid
     if oldest < 0:
         oldest += capacity
     if length > size:
         return -1
-    pending = <int64_t*> malloc((n if n > 0 else 1) * sizeof(int64_t))
+    pending = <int64_t*> malloc(2 * (n if n > 0 else 1) * sizeof(int64_t))
     if pending == NULL:
         return -2
+    cand = pending + (n if n > 0 else 1)
     for j in range(n):
         pending[j] = j
     for r in range(SEQUENCE_ROUNDS):
         if n_pending == 0:
             break
-        kept = 0
-        for j in range(n_pending):
+        for j in range(n_pending):  # this round's draws, in order
             s = <int64_t> (next_uniform(bitgen) * dcand)
             if s >= n_cand:
                 s = n_cand - 1
-            a = (oldest + s) % capacity
-            b = (oldest + s + length - 1) % capacity
+            cand[j] = s
+        kept = 0
+        for j in range(n_pending):  # then the checks, prefetching the episode ids ahead
+            if j + PREFETCH_AHEAD < n_pending:
+                s = oldest + cand[j + PREFETCH_AHEAD]
+                MF_PREFETCH(episode + (s % capacity) * episode_stride)
+                MF_PREFETCH(episode + ((s + length - 1) % capacity) * episode_stride)
+            a = (oldest + cand[j]) % capacity
+            b = (oldest + cand[j] + length - 1) % capacity
             if _episode_at(episode, episode_stride, a) == _episode_at(episode, episode_stride, b):
                 out[pending[j]] = a
             else:
@@ -787,7 +795,12 @@ def sample_task_indices(tasks, int64_t task, intp_t n, rng):
                 k = <int64_t> (next_uniform(bitgen) * dcount)
                 if k >= count:
                     k = count - 1
-                p[i] = ring[(front + k) & mask]
+                p[i] = (front + k) & mask
+    with nogil:  # ring positions -> slots, prefetching ahead (a large ring misses the cache)
+        for i in range(n):
+            if i + PREFETCH_AHEAD < n:
+                MF_PREFETCH(ring + p[i + PREFETCH_AHEAD])
+            p[i] = ring[p[i]]
     return out
 
 
