@@ -12,7 +12,7 @@ import numpy as np
 from metarl_fast import _validate, io
 from metarl_fast._backend import active
 from metarl_fast.policy import LinearSoftmaxPolicy, TabularSoftmaxPolicy
-from metarl_fast.reference.pg import OPT_ADAM, OPT_SGD
+from metarl_fast.reference.pg import OPT_ADAM, OPT_SGD, adam_corrections
 
 __all__ = [
     "Optimizer",
@@ -39,6 +39,37 @@ def _target_params(params):
     return arr
 
 
+class _Hyper:
+    """A hyper-parameter kept in the optimizer's float64 ``_hyper`` array, which the fused kernel
+    reads as is (so a step costs no array construction); validated on assignment."""
+
+    def __init__(self, index, check, as_type=float):
+        self.index, self.check, self.as_type = index, check, as_type
+
+    def __set_name__(self, owner, name):
+        self.name = name
+
+    def __get__(self, obj, owner=None):
+        if obj is None:
+            return self
+        return self.as_type(obj._hyper[self.index])
+
+    def __set__(self, obj, value):
+        obj._hyper[self.index] = self.check(value, self.name)
+
+
+def _non_negative(value, name):
+    return _validate.finite_float(value, name, low=0.0)
+
+
+def _beta(value, name):
+    return _validate.finite_float(value, name, low=0.0, high=1.0, high_open=True)
+
+
+def _positive(value, name):
+    return _validate.finite_float(value, name, low=0.0, low_open=True)
+
+
 class Optimizer:
     """Base class.  ``params`` is the flat array updated in place; ``state`` is (2, P) of its dtype."""
 
@@ -50,6 +81,7 @@ class Optimizer:
         self.state = np.zeros((2, self.params.shape[0]), dtype=self.params.dtype)
         self.steps = 0
         self._grad = np.empty_like(self.params)  # scratch gradient of the fused pg step
+        self._hyper = np.zeros(len(self._hyper_names) + (1 if self.kind == "Adam" else 0))
 
     def zero_state(self):
         """Forget the accumulated state (velocity / moments and step count)."""
@@ -92,7 +124,8 @@ class Optimizer:
         if steps < 0 or not np.all(np.isfinite(state)):
             raise ValueError("state_dict holds a negative step count or non-finite state")
         probe = self.__class__.__new__(self.__class__)
-        probe._set_hyper(**hyper)  # validates
+        probe._hyper = self._hyper.copy()
+        probe._set_hyper(**hyper)  # validates, leaves self unchanged on error
         self._set_hyper(**hyper)
         self.state[...] = state
         self.steps = steps
@@ -127,10 +160,13 @@ class SGD(Optimizer):
         super().__init__(params)
         self._set_hyper(lr, momentum, nesterov)
 
+    lr = _Hyper(0, _non_negative)
+    momentum = _Hyper(1, _non_negative)
+    nesterov = _Hyper(2, lambda value, name: 1.0 if value else 0.0, bool)
+
     def _set_hyper(self, lr, momentum, nesterov):
-        lr = _validate.finite_float(lr, "lr", low=0.0)
-        momentum = _validate.finite_float(momentum, "momentum", low=0.0)
-        nesterov = bool(nesterov)
+        lr = _non_negative(lr, "lr")
+        momentum = _non_negative(momentum, "momentum")
         if nesterov and momentum == 0.0:
             raise ValueError("nesterov momentum requires momentum > 0")
         self.lr, self.momentum, self.nesterov = lr, momentum, nesterov
@@ -142,13 +178,7 @@ class SGD(Optimizer):
         self.steps += 1
 
     def _fused_hyper(self):
-        h = self.__dict__.get("_hyper")
-        if h is None:
-            h = self._hyper = np.empty(3)
-        h[0] = self.lr
-        h[1] = self.momentum
-        h[2] = 1.0 if self.nesterov else 0.0
-        return OPT_SGD, h
+        return OPT_SGD, self._hyper
 
     def __repr__(self):
         return f"SGD(lr={self.lr}, momentum={self.momentum}, nesterov={self.nesterov})"
@@ -177,18 +207,22 @@ class Adam(Optimizer):
             raise ValueError(f"betas must be a pair (beta1, beta2), got {betas!r}") from err
         self._set_hyper(lr, beta1, beta2, eps)
 
+    lr = _Hyper(0, _non_negative)
+    beta1 = _Hyper(1, _beta)
+    beta2 = _Hyper(2, _beta)
+    eps = _Hyper(3, _positive)
+
     def _set_hyper(self, lr, beta1, beta2, eps):
-        self.lr = _validate.finite_float(lr, "lr", low=0.0)
-        self.beta1 = _validate.finite_float(beta1, "beta1", low=0.0, high=1.0, high_open=True)
-        self.beta2 = _validate.finite_float(beta2, "beta2", low=0.0, high=1.0, high_open=True)
-        self.eps = _validate.finite_float(eps, "eps", low=0.0, low_open=True)
+        values = (_non_negative(lr, "lr"), _beta(beta1, "beta1"), _beta(beta2, "beta2"),
+                  _positive(eps, "eps"))
+        self.lr, self.beta1, self.beta2, self.eps = values
 
     @property
     def betas(self):
         return (self.beta1, self.beta2)
 
     def _corrections(self, t):
-        return self.lr / (1.0 - self.beta1 ** t), (1.0 - self.beta2 ** t) ** 0.5
+        return adam_corrections(self.lr, self.beta1, self.beta2, t)
 
     def step(self, grad, grad_scale=1.0):
         """One Adam step along ``-grad_scale * grad`` (see the class doc)."""
@@ -198,17 +232,9 @@ class Adam(Optimizer):
         self.steps += 1
 
     def _fused_hyper(self):
-        # a reused buffer: building a new array costs more than the kernel on small batches
-        h = self.__dict__.get("_hyper")
-        if h is None:
-            h = self._hyper = np.empty(5)
-        t = self.steps + 1
-        h[0] = self.lr / (1.0 - self.beta1 ** t)
-        h[1] = (1.0 - self.beta2 ** t) ** 0.5
-        h[2] = self.beta1
-        h[3] = self.beta2
-        h[4] = self.eps
-        return OPT_ADAM, h
+        # the kernel reads [lr, beta1, beta2, eps, t]; only the step number changes per call
+        self._hyper[4] = self.steps + 1
+        return OPT_ADAM, self._hyper
 
     def __repr__(self):
         return f"Adam(lr={self.lr}, betas=({self.beta1}, {self.beta2}), eps={self.eps})"

@@ -203,6 +203,14 @@ def test_hyper_parameter_validation():
         Adam(np.zeros(3, dtype=np.int64))
     with pytest.raises(ValueError, match="params"):
         Adam(np.zeros((3, 2)))
+    opt = Adam(p, lr=0.1)
+    with pytest.raises(ValueError, match="lr"):
+        opt.lr = -1.0
+    with pytest.raises(ValueError, match="beta2"):
+        opt.beta2 = 1.0
+    assert opt.lr == 0.1 and opt.betas == (0.9, 0.999)
+    opt.lr = 0.5
+    assert opt.lr == 0.5
 
 
 def test_rejected_step_changes_nothing(backend):

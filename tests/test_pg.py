@@ -310,3 +310,16 @@ def test_episode_helpers():
     assert pg.count_episodes(dones) == 4
     assert pg.count_episodes(dones[:6]) == 3
     assert pg.count_episodes(np.zeros(0, bool)) == 0
+
+
+def test_fused_step_sees_hyper_parameter_changes(backend, rng):
+    pa = TabularSoftmaxPolicy(3, 2, theta=rng.normal(size=(3, 2)))
+    pb = pa.copy()
+    oa, ob = Adam(pa, lr=0.01), Adam(pb, lr=0.01)
+    s, a, adv = rng.integers(0, 3, 16), rng.integers(0, 2, 16), rng.normal(size=16)
+    for lr, betas in [(0.01, (0.9, 0.999)), (0.3, (0.5, 0.9)), (0.05, (0.0, 0.99))]:
+        oa.lr, (oa.beta1, oa.beta2) = lr, betas
+        ob.lr, (ob.beta1, ob.beta2) = lr, betas
+        pg.policy_gradient_step(pa, oa, s, a, adv)
+        ob.step(-pg.policy_gradient(pb, s, a, adv))
+        np.testing.assert_allclose(pa.params, pb.params, rtol=1e-13, atol=1e-15)

@@ -58,14 +58,19 @@ def test_policy_gradient_twins(seed, linear, dtype, n_rows, n_actions, batch, wi
        max_norm=st.sampled_from([None, 0.0, 0.01, 10.0]), steps=st.integers(1, 3))
 def test_fused_step_twins(seed, linear, dtype, n_rows, n_actions, batch, opt_kind, max_norm, steps):
     params, obs, actions, adv, w = _batch(seed, linear, dtype, n_rows, n_actions, batch, True)
+    # SGD: [lr, momentum, nesterov]; Adam: [lr, beta1, beta2, eps, t]
     hyper = (np.array([0.1, 0.9, 1.0]) if opt_kind == ref.OPT_SGD
-             else np.array([0.01 / (1 - 0.9), np.sqrt(1 - 0.999), 0.9, 0.999, 1e-8]))
+             else np.array([0.01, 0.9, 0.999, 1e-8, 0.0]))
     results = []
     for mod in (cy, ref):
         p, state, grad = params.copy(), np.zeros((2, params.size), dtype), np.empty_like(params)
         name = "linear_pg_step" if linear else "tabular_pg_step"
-        norms = [getattr(mod, name)(p, n_rows, n_actions, obs, actions, adv, w, 0.05, max_norm,
-                                    grad, opt_kind, state, hyper) for _ in range(steps)]
+        norms = []
+        for t in range(1, steps + 1):
+            if opt_kind == ref.OPT_ADAM:
+                hyper[4] = t
+            norms.append(getattr(mod, name)(p, n_rows, n_actions, obs, actions, adv, w, 0.05,
+                                            max_norm, grad, opt_kind, state, hyper))
         results.append((p, state, grad, norms))
     (p1, s1, g1, n1), (p2, s2, g2, n2) = results
     tol = _tol(dtype)
@@ -295,6 +300,12 @@ def test_fused_kernel_rejects_bad_optimizer_state(backend):
     with pytest.raises(ValueError, match="lr"):
         pg.active.pg.tabular_pg_step(p, 3, 2, obs, actions, adv, None, 0.0, None, grad, 0,
                                      np.zeros((2, 6)), np.array([-0.1, 0.0, 0.0]))
+    for bad in ([0.01, 0.9, 0.999, 1e-8, 0.0], [0.01, 0.9, 0.999, 1e-8, 1.5],
+                [0.01, 1.0, 0.999, 1e-8, 1.0], [0.01, 0.9, 0.999, 0.0, 1.0],
+                [np.nan, 0.9, 0.999, 1e-8, 1.0]):
+        with pytest.raises(ValueError):
+            pg.active.pg.tabular_pg_step(p, 3, 2, obs, actions, adv, None, 0.0, None, grad, 1,
+                                         np.zeros((2, 6)), np.array(bad))
     with pytest.raises(ValueError, match="grad_out must have shape"):
         pg.active.pg.tabular_pg_step(p, 3, 2, obs, actions, adv, None, 0.0, None, grad[:5], 0,
                                      np.zeros((2, 6)), good)

@@ -42,6 +42,7 @@ cdef void adam_kernel(floating* params, const floating* grad, floating* exp_avg,
                       floating* exp_avg_sq, intp_t n, double step_size, double bc2_sqrt,
                       double beta1, double beta2, double eps, double scale) noexcept nogil
 # grad_out = (floating) grad; clip (max_norm > 0); optimizer step ascending; returns the norm.
+# hyper: SGD [lr, momentum, nesterov 0/1]; Adam [lr, beta1, beta2, eps, t (step number >= 1)].
 cdef double clip_and_step(floating* params, const double* grad, floating* grad_out, intp_t n,
                           double max_norm, int opt_kind, floating* state0, floating* state1,
                           const double* hyper) noexcept nogil

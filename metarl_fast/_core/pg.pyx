@@ -7,7 +7,7 @@ dtype/layout (range and NaN checks are C loops); anything else goes through the 
 written before validation has passed.
 """
 cimport numpy as cnp
-from libc.math cimport exp, log, sqrt
+from libc.math cimport exp, floor, log, pow, sqrt
 from libc.stdint cimport int64_t, uint8_t, uint64_t
 from libc.stdlib cimport calloc, free, malloc
 from libc.string cimport memcpy
@@ -543,9 +543,9 @@ cdef double clip_and_step(floating* params, const double* grad, floating* grad_o
     coef = clip_coef(grad_out, n, max_norm, &norm)
     if opt_kind == PG_OPT_SGD:
         sgd_kernel(params, grad_out, state0, n, hyper[0], hyper[1], hyper[2] != 0.0, -coef)
-    else:
-        adam_kernel(params, grad_out, state0, state1, n, hyper[0], hyper[1], hyper[2], hyper[3],
-                    hyper[4], -coef)
+    else:  # hyper = [lr, beta1, beta2, eps, t]; PyTorch's bias corrections
+        adam_kernel(params, grad_out, state0, state1, n, hyper[0] / (1.0 - pow(hyper[1], hyper[4])),
+                    sqrt(1.0 - pow(hyper[2], hyper[4])), hyper[1], hyper[2], hyper[3], -coef)
     return norm
 
 
@@ -857,7 +857,9 @@ def adam_update(params, grad, exp_avg, exp_avg_sq, step_size, bias_correction2_s
             and _is_real(eps) and _is_real(grad_scale)):
         h[0], h[1], h[2], h[3], h[4] = step_size, bias_correction2_sqrt, beta1, beta2, eps
         scale = grad_scale
-        ok = _hyper_ok(PG_OPT_ADAM, h) and scale - scale == 0.0
+        ok = (h[0] >= 0.0 and 0.0 < h[1] <= 1.0 and 0.0 <= h[2] < 1.0 and 0.0 <= h[3] < 1.0
+              and h[4] > 0.0 and h[0] - h[0] == 0.0 and h[4] - h[4] == 0.0
+              and scale - scale == 0.0)
     else:
         ok = False
     if ok:
@@ -889,8 +891,9 @@ cdef inline bint _hyper_ok(int kind, const double* h) noexcept:
             return False
     if kind == PG_OPT_SGD:
         return h[0] >= 0.0 and h[1] >= 0.0
-    return (h[0] >= 0.0 and 0.0 < h[1] <= 1.0 and 0.0 <= h[2] < 1.0 and 0.0 <= h[3] < 1.0
-            and h[4] > 0.0)
+    # [lr, beta1, beta2, eps, t]
+    return (h[0] >= 0.0 and 0.0 <= h[1] < 1.0 and 0.0 <= h[2] < 1.0 and h[3] > 0.0
+            and h[4] >= 1.0 and h[4] == floor(h[4]))
 
 
 cdef object _step(tuple checked, bint linear, object max_grad_norm, object grad_out,

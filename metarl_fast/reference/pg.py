@@ -14,6 +14,8 @@ Conventions shared by both backends
   rejected call writes nothing.  The helpers ``check_*`` here are also the slow path of the
   Cython twin, so both backends raise the same errors.
 """
+import math
+
 import numpy as np
 
 from metarl_fast import _validate
@@ -23,8 +25,13 @@ OPT_SGD = 0
 OPT_ADAM = 1
 # Layout of ``opt_hyper`` (float64) for the fused step:
 #   SGD : [lr, momentum, nesterov (0/1)]
-#   Adam: [step_size = lr / (1 - beta1**t), sqrt(1 - beta2**t), beta1, beta2, eps]
+#   Adam: [lr, beta1, beta2, eps, t (the number of this step, 1, 2, ...)]
 N_HYPER = {OPT_SGD: 3, OPT_ADAM: 5}
+
+
+def adam_corrections(lr, beta1, beta2, t):
+    """PyTorch's bias corrections at step ``t``: ``(lr / (1 - beta1**t), sqrt(1 - beta2**t))``."""
+    return lr / (1.0 - beta1 ** t), math.sqrt(1.0 - beta2 ** t)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -539,7 +546,9 @@ def _fused(params, grad64, grad_out, max_grad_norm, opt_kind, opt_state, hyper):
     if opt_kind == OPT_SGD:
         _sgd(params, g, opt_state[0], hyper[0], hyper[1], hyper[2] != 0.0)
     else:
-        _adam(params, g, opt_state[0], opt_state[1], *hyper)
+        lr, beta1, beta2, eps, t = hyper
+        step_size, bc2 = adam_corrections(lr, beta1, beta2, t)
+        _adam(params, g, opt_state[0], opt_state[1], step_size, bc2, beta1, beta2, eps)
     return norm
 
 
@@ -553,7 +562,11 @@ def _check_fused(params, grad_out, max_grad_norm, opt_kind, opt_state, opt_hyper
         if hyper[0] < 0 or hyper[1] < 0:
             raise ValueError("opt_hyper: lr and momentum must be >= 0")
     else:
-        hyper = np.array(_check_adam_hyper(*hyper))
+        lr, beta1, beta2, eps, t = hyper
+        _validate.finite_float(lr, "opt_hyper lr", low=0.0)
+        _check_adam_hyper(0.0, 1.0, beta1, beta2, eps)
+        if t < 1 or t != math.floor(t):
+            raise ValueError(f"opt_hyper step number must be an integer >= 1, got {t}")
     return max_grad_norm, hyper
 
 
