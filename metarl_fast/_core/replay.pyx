@@ -341,8 +341,8 @@ cdef void tree_fill_range(double* tree_sum, double* tree_min, intp_t n_leaves, i
 cdef int tree_sample_leaves(const double* tree_sum, intp_t n_leaves, bitgen_t* bitgen, intp_t n,
                             int64_t* out) noexcept nogil:
     """All n descents advance one level at a time, so the misses of different samples overlap."""
-    cdef intp_t i, left, ahead
-    cdef double total = tree_sum[1], left_sum
+    cdef intp_t i, left, ahead, right
+    cdef double total = tree_sum[1], left_sum, t
     cdef double* target
     cdef intp_t* node
     if n == 0:
@@ -361,13 +361,15 @@ cdef int tree_sample_leaves(const double* tree_sum, intp_t n_leaves, bitgen_t* b
             ahead = i + PREFETCH_AHEAD
             if ahead < n:
                 MF_PREFETCH(tree_sum + 2 * node[ahead])
+            # Branch-free: the direction is a coin flip that a branch would mispredict half the
+            # time.  t - left_sum * 0.0 == t exactly (no FMA contraction), so this rounds like the
+            # reference's np.where(right, t - left_sum, t).
             left = 2 * node[i]
             left_sum = tree_sum[left]
-            if target[i] >= left_sum and tree_sum[left + 1] > 0:
-                target[i] = target[i] - left_sum
-                node[i] = left + 1
-            else:
-                node[i] = left
+            t = target[i]
+            right = (t >= left_sum) & (tree_sum[left + 1] > 0)
+            target[i] = t - left_sum * <double> right
+            node[i] = left + right
     for i in range(n):
         out[i] = node[i] - n_leaves
     free(target)
