@@ -38,7 +38,7 @@ cdef struct TablesView:
 
 # Empirical and optimistic Q-values of one task's statistics: count, reward_sum (S, A), trans
 # (S, A, S), seen_terminal (S,) -> q_emp, q_opt (horizon, S, A) ([h - 1] for h steps left);
-# scratch holds 2 * S doubles.
+# scratch holds 2 * S + 2 * S * A doubles.
 cdef void empirical_q_task(const double* count, const double* reward_sum, const double* trans,
                            const uint8_t* seen_terminal, intp_t S, intp_t A, intp_t horizon,
                            double* q_emp, double* q_opt, double* scratch) noexcept nogil

@@ -34,13 +34,18 @@ assert N_FEATURES == ICM_N_FEATURES
 cdef void empirical_q_task(const double* count, const double* reward_sum, const double* trans,
                            const uint8_t* seen_terminal, intp_t S, intp_t A, intp_t horizon,
                            double* q_emp, double* q_opt, double* scratch) noexcept nogil:
+    cdef intp_t h, sa, s, s2, a, SA = S * A
     cdef double* v = scratch
     cdef double* vo = scratch + S
-    cdef double vo_max = 0.0, acc, acc_o, d, best, best_o
+    cdef double* denom = scratch + 2 * S
+    cdef double* bonus = denom + SA
+    cdef double vo_max = 0.0, acc, acc_o, best, best_o
     cdef const double* row
     cdef double* qe
     cdef double* qo
-    cdef intp_t h, sa, s, s2, a, SA = S * A
+    for sa in range(SA):  # once per call, as the reference computes them
+        denom[sa] = count[sa] + 1.0
+        bonus[sa] = 1.0 / sqrt(denom[sa])
     for s in range(S):
         v[s] = 0.0
         vo[s] = 0.0
@@ -54,9 +59,8 @@ cdef void empirical_q_task(const double* count, const double* reward_sum, const 
             for s2 in range(S):  # sequential over s', as the reference sums
                 acc = acc + row[s2] * v[s2]
                 acc_o = acc_o + row[s2] * vo[s2]
-            d = count[sa] + 1.0
-            qe[sa] = acc / d
-            qo[sa] = (acc_o + vo_max) / d + 1.0 / sqrt(d)
+            qe[sa] = acc / denom[sa]
+            qo[sa] = (acc_o + vo_max) / denom[sa] + bonus[sa]
         for s in range(S):
             if seen_terminal[s]:
                 v[s] = 0.0
@@ -100,7 +104,7 @@ cdef intp_t play_mdp_trials(const TablesView* t, const double* weights, intp_t n
     cdef const double* qo
     cdef double* phi_a
     cdef bint ends
-    cdef intp_t n_scratch = 3 * SA + SA * S + S + 2 * H * SA + 2 * S + A * F + 2 * A + F
+    cdef intp_t n_scratch = 3 * SA + SA * S + S + 2 * H * SA + 2 * S + 2 * SA + A * F + 2 * A + F
     cdef double* scratch = <double*> malloc(n_scratch * sizeof(double))
     cdef uint8_t* seen = <uint8_t*> malloc(S * sizeof(uint8_t))
     if scratch == NULL or seen == NULL:
@@ -114,7 +118,7 @@ cdef intp_t play_mdp_trials(const TablesView* t, const double* weights, intp_t n
     cdef double* q_emp = visits + S
     cdef double* q_opt = q_emp + H * SA
     cdef double* vi_scratch = q_opt + H * SA
-    cdef double* phi = vi_scratch + 2 * S
+    cdef double* phi = vi_scratch + 2 * S + 2 * SA
     cdef double* logits = phi + A * F
     cdef double* ex = logits + A
     cdef double* cum_score = ex + A
@@ -260,7 +264,7 @@ def empirical_q(count, reward_sum, trans, seen_terminal, horizon):
     cdef cnp.ndarray ta = np.ascontiguousarray(term.view(np.uint8))
     cdef intp_t n = ca.shape[0], S = ca.shape[1], A = ca.shape[2], h = H, i
     cdef cnp.ndarray q_emp = np.empty((n, h, S, A)), q_opt = np.empty((n, h, S, A))
-    cdef cnp.ndarray scratch = np.empty(2 * S)
+    cdef cnp.ndarray scratch = np.empty(2 * S + 2 * S * A)
     cdef const double* cp = _dptr(ca)
     cdef const double* rp = _dptr(ra)
     cdef const double* pp = _dptr(pa)
