@@ -6,7 +6,7 @@ floats, task ids in range); anything else goes through the reference module's va
 convert or raise exactly as the NumPy backend does.  Copies and draws run without the GIL.
 """
 cimport numpy as cnp
-from libc.math cimport INFINITY, isfinite
+from libc.math cimport isfinite
 from libc.stdint cimport int32_t, int64_t, uint8_t
 from libc.stdlib cimport calloc, free, malloc
 from libc.string cimport memcpy

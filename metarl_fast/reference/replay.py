@@ -31,7 +31,6 @@ import numbers
 
 import numpy as np
 
-from metarl_fast import _validate
 
 FIELDS = ("obs", "action", "reward", "next_obs", "done", "truncated", "task_id", "episode_id", "logp")
 STATE_FIELDS = ("pos", "size", "next_episode", "open_task", "n_added")
