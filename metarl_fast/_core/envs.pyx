@@ -341,31 +341,52 @@ cdef inline void advance(Episode* ep, intp_t A, intp_t Ap, intp_t Lp, intp_t S, 
 
 
 cdef struct Prefetcher:
-    # walks the transition table of the tasks ahead of the running ones, a few lines per step,
-    # so that the requests never pile up (a burst of prefetches can be dropped by the core)
-    const char* cur
-    const char* end
-    intp_t task         # the task whose table cur walks
+    # Walks the per-task tables (transitions, mean rewards) a little ahead of the running tasks,
+    # a few lines per step, so that requests never pile up (a burst can be dropped by the core).
+    const char* cur         # next line of the transition tables to request
+    const char* end         # end of all transition tables
+    const char* rcur        # same for the mean-reward tables
+    const char* rend
+    intp_t table_bytes      # bytes of one task's transition table
+    intp_t rtable_bytes
+    intp_t lines            # lines of transition table requested per lockstep step
+    intp_t rlines
 
 
-cdef inline void prefetch_some(Prefetcher* pf, const EnvTablesC* t, intp_t ahead_of,
-                               intp_t n_lines) noexcept nogil:
-    cdef intp_t j, SA = t.n_states * t.n_actions, table_bytes
-    for j in range(n_lines):
-        if pf.cur >= pf.end:
-            if pf.task >= ahead_of + 2 or pf.task + 1 >= t.n_tasks:
-                return
-            pf.task += 1
-            if t.stochastic_transitions:
-                table_bytes = SA * t.trans_stride * sizeof(double)
-                pf.cur = <const char*> (t.trans_cdf_padded + pf.task * SA * t.trans_stride)
-            else:
-                table_bytes = SA * sizeof(int64_t)
-                pf.cur = <const char*> (t.next_state + pf.task * SA)
-            pf.end = pf.cur + table_bytes
-            mf_prefetch_range(t.reward_mean + pf.task * SA, SA * sizeof(double))
-        mf_prefetch_range(pf.cur, 1)
-        pf.cur += 64
+cdef inline void prefetch_init(Prefetcher* pf, const EnvTablesC* t, intp_t N) noexcept nogil:
+    cdef intp_t SA = t.n_states * t.n_actions
+    cdef intp_t steps_per_task = (N * t.horizon + 3) // 4  # lockstep steps spent on one task
+    if t.stochastic_transitions:
+        pf.cur = <const char*> t.trans_cdf_padded
+        pf.table_bytes = SA * t.trans_stride * sizeof(double)
+    else:
+        pf.cur = <const char*> t.next_state
+        pf.table_bytes = SA * sizeof(int64_t)
+    pf.end = pf.cur + t.n_tasks * pf.table_bytes
+    pf.rcur = <const char*> t.reward_mean
+    pf.rtable_bytes = SA * sizeof(double)
+    pf.rend = pf.rcur + t.n_tasks * pf.rtable_bytes
+    # keep pace with the tasks (plus headroom), at most 16 lines a step; a task with fewer steps
+    # than its table has lines reads only part of it, so fetching it all would waste bandwidth
+    pf.lines = min(16, pf.table_bytes // (64 * steps_per_task) + 2)
+    pf.rlines = min(16, pf.rtable_bytes // (64 * steps_per_task) + 1)
+    if N * t.horizon < pf.table_bytes // 64:
+        pf.end = pf.cur
+    if N * t.horizon < pf.rtable_bytes // 64:
+        pf.rend = pf.rcur
+
+
+cdef inline void prefetch_step(Prefetcher* pf, const EnvTablesC* t, intp_t last_task) noexcept nogil:
+    """Request the next few lines of the tables of the tasks up to two past last_task."""
+    cdef intp_t ahead = t.n_tasks - last_task - 3
+    cdef const char* limit = pf.end - ahead * pf.table_bytes
+    if pf.cur < limit:
+        mf_prefetch_range(pf.cur, pf.lines * 64)
+        pf.cur += pf.lines * 64
+    limit = pf.rend - ahead * pf.rtable_bytes
+    if pf.rcur < limit:
+        mf_prefetch_range(pf.rcur, pf.rlines * 64)
+        pf.rcur += pf.rlines * 64
 
 
 cdef intp_t rollout_fixed_length(const EnvTablesC* t, const double* action_cdf, intp_t Ap,
@@ -388,8 +409,7 @@ cdef intp_t rollout_fixed_length(const EnvTablesC* t, const double* action_cdf, 
     cdef double* o_rew = out.reward
     cdef int64_t* o_next = out.next_obs
     cdef double* o_logp = out.logp
-    pf.cur = pf.end = NULL
-    pf.task = 0
+    prefetch_init(&pf, t, N)
     q = 0
     while q + 4 <= Q:
         begin_episode(&e0, t, q, N, action_cdf, Ap, action_logp, policy_of_task, u_start)
@@ -397,7 +417,7 @@ cdef intp_t rollout_fixed_length(const EnvTablesC* t, const double* action_cdf, 
         begin_episode(&e2, t, q + 2, N, action_cdf, Ap, action_logp, policy_of_task, u_start)
         begin_episode(&e3, t, q + 3, N, action_cdf, Ap, action_logp, policy_of_task, u_start)
         for step in range(H):
-            prefetch_some(&pf, t, e3.task, 4)
+            prefetch_step(&pf, t, e3.task)
             advance(&e0, A, Ap, Lp, S, kind, stoch, u_act, noise, u_next, o_obs, o_act, o_rew, o_next, o_logp)
             advance(&e1, A, Ap, Lp, S, kind, stoch, u_act, noise, u_next, o_obs, o_act, o_rew, o_next, o_logp)
             advance(&e2, A, Ap, Lp, S, kind, stoch, u_act, noise, u_next, o_obs, o_act, o_rew, o_next, o_logp)
