@@ -197,6 +197,12 @@ def _logits(phi, w):
 
 
 def _play(w, tables, n_episodes, rng, want_grad, actions_out):
+    # overflowing rewards end in FloatingPointError below; numpy's own warnings add nothing
+    with np.errstate(over="ignore", invalid="ignore"):
+        return _play_trials(w, tables, n_episodes, rng, want_grad, actions_out)
+
+
+def _play_trials(w, tables, n_episodes, rng, want_grad, actions_out):
     t = tables
     T, N, H, S, A = t.n_tasks, n_episodes, t.horizon, t.n_states, t.n_actions
     K = N * H
