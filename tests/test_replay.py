@@ -662,3 +662,26 @@ def test_downstream_cython_can_cimport_replay_kernels(tmp_path):
     res = subprocess.run([sys.executable, "-c", check], cwd=tmp_path, capture_output=True, text=True,
                          env=dict(env, PYTHONPATH=os.pathsep.join([str(tmp_path), root])), timeout=120)
     assert res.returncode == 0 and "ok" in res.stdout, res.stdout[-3000:] + res.stderr[-3000:]
+
+
+def test_rollouts_fill_episodes_and_windows(backend):
+    """Trajectories from the fused rollout land as whole episodes: one buffer episode id per
+    rollout episode, and sampled windows lie inside one rollout episode."""
+    rollout_mod = pytest.importorskip("metarl_fast.rollout")
+    tasks = pytest.importorskip("metarl_fast.tasks")
+    from metarl_fast.policy import TabularSoftmaxPolicy
+
+    batch = tasks.TabularMDPs().sample(3, 0)
+    buf = ReplayBuffer(10_000)
+    traj = rollout_mod.rollout(TabularSoftmaxPolicy(10, 5), batch, 6, 2, buffer=buf)
+    n = traj.n_steps
+    got = stored_in_time_order(buf)
+    episode_of_step = np.repeat(np.arange(traj.episode_length.size), traj.episode_length.reshape(-1))
+    np.testing.assert_array_equal(got.episode_id, episode_of_step)
+    np.testing.assert_array_equal(got.obs, traj.obs)
+    np.testing.assert_array_equal(got.logp, traj.logp)
+    length = int(traj.episode_length.min())
+    win = buf.sample_sequences(200, length, np.random.default_rng(0))
+    assert np.all(win.episode_id == win.episode_id[:, :1])
+    np.testing.assert_array_equal(win.obs[:, 1:], win.next_obs[:, :-1])  # consecutive steps
+    assert len(buf) == n
