@@ -17,8 +17,7 @@ from metarl_fast._core.rng cimport bitgen_of, next_uniform
 
 import numpy as np
 
-from metarl_fast.reference.envs import (check_rollout_args, check_step_args, check_tables,
-                                        check_vec_args)
+from metarl_fast.reference.envs import check_rollout_args, check_step_args, check_vec_args
 from metarl_fast.tasks import EnvTables, padded_cdf_rows
 
 _Generator = np.random.Generator
@@ -47,8 +46,7 @@ cdef extern from *:
 cdef extern from *:
     """
     /* Number of c[0..n) that are <= target: branch-free, two-lane vector compares where the
-       compiler has GCC vector extensions.  mf_count_le_small switches on n so that each common
-       length gets a fully unrolled copy. */
+       compiler has GCC vector extensions; always inlined, so a constant n unrolls completely. */
     #if defined(__GNUC__) || defined(__clang__)
     typedef double mf_v2d __attribute__((vector_size(16), aligned(8), may_alias));
     typedef long long mf_v2i __attribute__((vector_size(16)));
@@ -82,26 +80,8 @@ cdef extern from *:
         return k;
     }
     #endif
-    #define MF_COUNT_CASE(m) case m: return mf_count_le(c, m, target);
-    #if defined(__GNUC__) || defined(__clang__)
-    static inline __attribute__((always_inline))
-    #else
-    static inline
-    #endif
-    Py_ssize_t mf_count_le_small(const double *c, Py_ssize_t n, double target)
-    {
-        switch (n) {
-            case 0: return 0;
-            MF_COUNT_CASE(1) MF_COUNT_CASE(2) MF_COUNT_CASE(3) MF_COUNT_CASE(4)
-            MF_COUNT_CASE(5) MF_COUNT_CASE(6) MF_COUNT_CASE(7) MF_COUNT_CASE(8)
-            MF_COUNT_CASE(9) MF_COUNT_CASE(10) MF_COUNT_CASE(11) MF_COUNT_CASE(12)
-            MF_COUNT_CASE(13) MF_COUNT_CASE(14) MF_COUNT_CASE(15) MF_COUNT_CASE(16)
-            default: return mf_count_le(c, n, target);
-        }
-    }
     """
     intp_t mf_count_le(const double* c, intp_t n, double target) noexcept nogil
-    intp_t mf_count_le_small(const double* c, intp_t n, double target) noexcept nogil
 
 
 cdef inline const double* _dptr(cnp.ndarray a):
