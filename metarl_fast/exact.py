@@ -27,6 +27,8 @@ __all__ = [
     "state_distributions",
     "policy_value",
     "policy_gradient_exact",
+    "linear_policy_value",
+    "linear_policy_gradient_exact",
     "optimal_value",
     "sample_episodes",
     "random_mdp",
@@ -150,6 +152,48 @@ def policy_gradient_exact(mdp, theta):
     disc = mdp.gamma ** np.arange(mdp.horizon)
     adv = Q - V[:-1, :, None]
     return np.einsum("t,ts,sa,tsa->sa", disc, d, pi, adv)
+
+
+def _linear_logits(mdp, features, params):
+    phi = np.asarray(features)
+    if phi.dtype.kind not in "fiu":
+        raise TypeError(f"features must be a real array, got dtype {phi.dtype}")
+    phi = np.asarray(phi, dtype=np.float64)
+    if phi.ndim != 2 or phi.shape[0] != mdp.n_states:
+        raise ValueError(f"features must have shape ({mdp.n_states}, F), got {phi.shape}")
+    F, A = phi.shape[1], mdp.n_actions
+    p = np.asarray(params, dtype=np.float64)
+    if p.shape != (F * A + A,):
+        raise ValueError(f"params must have shape {(F * A + A,)} (W then b), got {p.shape}")
+    if not (np.all(np.isfinite(phi)) and np.all(np.isfinite(p))):
+        raise ValueError("features and params must be finite")
+    return phi, phi @ p[:F * A].reshape(F, A) + p[F * A:]
+
+
+def linear_policy_value(mdp, features, params):
+    """``J`` of the linear softmax policy ``softmax(features[s] @ W + b)`` (``LinearSoftmaxPolicy``).
+
+    Parameters
+    ----------
+    features : real (S, F), the feature vector of each state
+    params : real (F * A + A,), ``W`` (row-major) then ``b``, as ``LinearSoftmaxPolicy.params``
+    """
+    _check_mdp(mdp)
+    _, logits = _linear_logits(mdp, features, params)
+    return policy_value(mdp, logits)
+
+
+def linear_policy_gradient_exact(mdp, features, params):
+    """Exact ``dJ/dparams`` of :func:`linear_policy_value`, flat (F * A + A,) like ``params``.
+
+    The chain rule through ``logits = features @ W + b``: with ``G = policy_gradient_exact(mdp,
+    logits)`` (the gradient w.r.t. the table of logits), ``dW = features^T G`` and
+    ``db = sum_s G[s]``.
+    """
+    _check_mdp(mdp)
+    phi, logits = _linear_logits(mdp, features, params)
+    G = policy_gradient_exact(mdp, logits)
+    return np.concatenate([(phi.T @ G).reshape(-1), G.sum(axis=0)])
 
 
 def optimal_value(mdp):

@@ -154,3 +154,26 @@ def test_exact_rejects_bad_input():
         exact.sample_episodes(mdp, np.zeros((3, 2)), 3, 42)
     # flat theta is accepted
     assert exact.policy_value(mdp, np.zeros(6)) == exact.policy_value(mdp, np.zeros((3, 2)))
+
+
+def test_linear_policy_gradient_matches_central_differences():
+    mdp = _mdp(2, 6, 4, 10, 0.95, 1)
+    rng = np.random.default_rng(8)
+    features = rng.normal(size=(6, 3))
+    params = rng.normal(size=3 * 4 + 4)
+    grad = exact.linear_policy_gradient_exact(mdp, features, params)
+    assert grad.shape == params.shape
+    h = 1e-5
+    fd = np.array([(exact.linear_policy_value(mdp, features, params + h * e)
+                    - exact.linear_policy_value(mdp, features, params - h * e)) / (2 * h)
+                   for e in np.eye(params.size)])
+    assert np.linalg.norm(fd - grad) / np.linalg.norm(grad) < 1e-6
+    # one-hot features reproduce the tabular policy (W = theta, b = 0)
+    theta = rng.normal(size=(6, 4))
+    flat = np.concatenate([theta.reshape(-1), np.zeros(4)])
+    assert exact.linear_policy_value(mdp, np.eye(6), flat) == pytest.approx(
+        exact.policy_value(mdp, theta), rel=1e-12)
+    with pytest.raises(ValueError, match="params must have shape"):
+        exact.linear_policy_gradient_exact(mdp, features, params[:-1])
+    with pytest.raises(ValueError, match="features must have shape"):
+        exact.linear_policy_value(mdp, features[:5], params)

@@ -260,3 +260,18 @@ def test_off_policy_actor_critic_from_replay_learns_seed_example(backend):
         np.testing.assert_allclose(res.weights, np.minimum(1.0, np.exp(log_pi - batch.logp)),
                                    rtol=1e-12)
     np.testing.assert_array_equal(policy.theta.argmax(axis=1), rewarded)
+
+
+def test_reinforce_linear_policy_is_unbiased(backend):
+    from metarl_fast.policy import LinearSoftmaxPolicy
+
+    mdp = exact.random_mdp(np.random.default_rng(9), 5, 3, 7, 0.9)
+    rng = np.random.default_rng(10)
+    features = rng.normal(size=(5, 4))
+    policy = LinearSoftmaxPolicy(4, 3, W=rng.normal(size=(4, 3)), b=rng.normal(size=3))
+    logits = features @ policy.W + policy.b
+    ep = exact.sample_episodes(mdp, logits, N_EPISODES, np.random.default_rng(11))
+    est = _group_estimates(ep, lambda sl: pg.reinforce_gradient(
+        policy, features[ep.states[sl]], ep.actions[sl], ep.rewards[sl], ep.dones[sl], 0.9,
+        baseline="mean", discount_states=True, per_episode=True).grad)
+    _assert_mean_matches(est, exact.linear_policy_gradient_exact(mdp, features, policy.params))
