@@ -98,10 +98,14 @@ with open(os.path.join("metarl_fast", "_build_info.py"), "w") as fh:
     fh.write(f"DEBUG = {DEBUG!r}\n")
     fh.write(f"BUILT_WITH_NUMPY = {np.__version__!r}\n")
 
+JOBS = max(1, os.cpu_count() or 1)
 setup(
     ext_modules=cythonize(
         extensions,
         compiler_directives=DIRECTIVES,
         include_path=[os.path.dirname(os.path.abspath(__file__))],
+        nthreads=JOBS if JOBS > 1 else 0,
     ),
+    # compile the extension modules in parallel (one C file per job)
+    options={"build_ext": {"parallel": JOBS}},
 )
