@@ -8,7 +8,7 @@ cimport numpy as cnp
 from libc.stdint cimport int64_t, uint8_t
 from libc.stdlib cimport free, malloc
 from libc.math cimport INFINITY
-from libc.string cimport memset
+from libc.string cimport memmove, memset
 from numpy.random cimport bitgen_t
 from numpy.random.c_distributions cimport (random_standard_normal_fill,
                                            random_standard_uniform_fill)
@@ -165,19 +165,25 @@ cdef intp_t rollout_kernel(const EnvTablesC* t, const double* action_cdf, intp_t
                            const double* action_logp, const int64_t* policy_of_task,
                            intp_t n_episodes, const double* u_start, const double* u_act,
                            const double* noise, const double* u_next, RolloutOut* out) noexcept nogil:
-    cdef intp_t q0 = 0
+    cdef intp_t q0 = 0, k0 = 0
     if not t.has_terminal:
         q0 = rollout_fixed_length(t, action_cdf, action_stride, action_logp, policy_of_task,
                                   n_episodes, u_start, u_act, noise, u_next, out)
+        k0 = q0 * t.horizon
+    else:
+        q0 = rollout_lockstep(t, action_cdf, action_stride, action_logp, policy_of_task,
+                              n_episodes, u_start, u_act, noise, u_next, out, &k0)
     return rollout_general(t, action_cdf, action_stride, action_logp, policy_of_task, n_episodes,
-                           q0, u_start, u_act, noise, u_next, out)
+                           q0, k0, u_start, u_act, noise, u_next, out)
 
 
 cdef intp_t rollout_general(const EnvTablesC* t, const double* action_cdf, intp_t Ap,
                             const double* action_logp, const int64_t* policy_of_task,
-                            intp_t N, intp_t q0, const double* u_start, const double* u_act,
-                            const double* noise, const double* u_next, RolloutOut* out) noexcept nogil:
-    """Episodes q0 .. T*N-1 one after the other (any episode lengths); returns the total steps."""
+                            intp_t N, intp_t q0, intp_t k0, const double* u_start,
+                            const double* u_act, const double* noise, const double* u_next,
+                            RolloutOut* out) noexcept nogil:
+    """Episodes q0 .. T*N-1 one after the other (any episode lengths), their steps written from
+    k0 on; returns the total number of steps."""
     cdef intp_t T = t.n_tasks, H = t.horizon
     cdef intp_t S = t.n_states, A = t.n_actions, Lp = t.trans_stride
     cdef intp_t SA = S * A
@@ -201,7 +207,7 @@ cdef intp_t rollout_general(const EnvTablesC* t, const double* action_cdf, intp_
     cdef uint8_t* o_trunc = out.truncated
     cdef double* o_logp = out.logp
     cdef int64_t* o_task = out.task_id
-    k = q0 * H  # episodes before q0 all had H steps
+    k = k0
     for q in range(q0, T * N):
         i = q // N
         e = q - i * N
@@ -269,6 +275,9 @@ cdef struct Episode:
     const double* rnext
     double std
     double ret
+    const uint8_t* term  # terminal flags of the task's states
+    intp_t length       # steps taken
+    bint alive          # not yet terminated (lockstep with terminal states)
 
 
 cdef inline void begin_episode(Episode* ep, const EnvTablesC* t, intp_t q, intp_t N,
@@ -287,6 +296,9 @@ cdef inline void begin_episode(Episode* ep, const EnvTablesC* t, intp_t q, intp_
     ep.std = t.reward_std[i]
     ep.s = first_state(t, i, u_start, q)
     ep.ret = 0.0
+    ep.term = t.terminal + i * S
+    ep.length = 0
+    ep.alive = True
 
 
 cdef inline void advance(Episode* ep, intp_t A, intp_t Ap, intp_t Lp, intp_t S, int kind, bint stoch,
@@ -422,6 +434,85 @@ cdef inline void fill_int64(int64_t* p, intp_t n, int64_t value) noexcept nogil:
     cdef intp_t j
     for j in range(n):
         p[j] = value
+
+
+cdef inline void advance_live(Episode* ep, intp_t A, intp_t Ap, intp_t Lp, intp_t S, int kind,
+                              bint stoch, const double* u_act, const double* noise,
+                              const double* u_next, int64_t* o_obs, int64_t* o_act, double* o_rew,
+                              int64_t* o_next, double* o_logp) noexcept nogil:
+    """advance() for an episode that may end in a terminal state; a finished one stays put."""
+    if ep.alive:
+        advance(ep, A, Ap, Lp, S, kind, stoch, u_act, noise, u_next, o_obs, o_act, o_rew, o_next, o_logp)
+        ep.length += 1
+        if ep.term[ep.s]:
+            ep.alive = False
+
+
+cdef inline intp_t settle(Episode* ep, intp_t q, intp_t H, intp_t k_out, RolloutOut* out) noexcept nogil:
+    """Move episode q's steps from its slot q * H down to k_out (the steps of the episodes before
+    it end there) and write its constant columns; returns the new k_out."""
+    cdef intp_t n = ep.length, src = q * H
+    if src != k_out:
+        memmove(out.obs + k_out, out.obs + src, n * sizeof(int64_t))
+        memmove(out.action + k_out, out.action + src, n * sizeof(int64_t))
+        memmove(out.reward + k_out, out.reward + src, n * sizeof(double))
+        memmove(out.next_obs + k_out, out.next_obs + src, n * sizeof(int64_t))
+        memmove(out.logp + k_out, out.logp + src, n * sizeof(double))
+    memset(out.terminated + k_out, 0, n)
+    memset(out.truncated + k_out, 0, n)
+    if ep.alive:
+        out.truncated[k_out + n - 1] = 1
+    else:
+        out.terminated[k_out + n - 1] = 1
+    fill_int64(out.task_id + k_out, n, ep.task)
+    out.episode_length[q] = n
+    out.episode_return[q] = ep.ret
+    return k_out + n
+
+
+cdef intp_t rollout_lockstep(const EnvTablesC* t, const double* action_cdf, intp_t Ap,
+                             const double* action_logp, const int64_t* policy_of_task,
+                             intp_t N, const double* u_start, const double* u_act,
+                             const double* noise, const double* u_next, RolloutOut* out,
+                             intp_t* k_end) noexcept nogil:
+    """rollout_fixed_length for tasks with terminal states: four episodes in lockstep, each
+    written to its slot q * H and moved down next to its predecessor once the four are done
+    (while the data is still in cache).  Sets k_end to the steps written and returns the
+    number of episodes done (a multiple of 4)."""
+    cdef intp_t H = t.horizon, Q = t.n_tasks * N
+    cdef intp_t S = t.n_states, A = t.n_actions, Lp = t.trans_stride
+    cdef int kind = t.reward_kind
+    cdef bint stoch = t.stochastic_transitions
+    cdef intp_t q, step, k_out = 0
+    cdef Episode e0, e1, e2, e3
+    cdef Prefetcher pf
+    cdef int64_t* o_obs = out.obs
+    cdef int64_t* o_act = out.action
+    cdef double* o_rew = out.reward
+    cdef int64_t* o_next = out.next_obs
+    cdef double* o_logp = out.logp
+    prefetch_init(&pf, t, N)
+    q = 0
+    while q + 4 <= Q:
+        begin_episode(&e0, t, q, N, action_cdf, Ap, action_logp, policy_of_task, u_start)
+        begin_episode(&e1, t, q + 1, N, action_cdf, Ap, action_logp, policy_of_task, u_start)
+        begin_episode(&e2, t, q + 2, N, action_cdf, Ap, action_logp, policy_of_task, u_start)
+        begin_episode(&e3, t, q + 3, N, action_cdf, Ap, action_logp, policy_of_task, u_start)
+        for step in range(H):
+            prefetch_step(&pf, t, e3.task)
+            advance_live(&e0, A, Ap, Lp, S, kind, stoch, u_act, noise, u_next, o_obs, o_act, o_rew, o_next, o_logp)
+            advance_live(&e1, A, Ap, Lp, S, kind, stoch, u_act, noise, u_next, o_obs, o_act, o_rew, o_next, o_logp)
+            advance_live(&e2, A, Ap, Lp, S, kind, stoch, u_act, noise, u_next, o_obs, o_act, o_rew, o_next, o_logp)
+            advance_live(&e3, A, Ap, Lp, S, kind, stoch, u_act, noise, u_next, o_obs, o_act, o_rew, o_next, o_logp)
+            if not (e0.alive or e1.alive or e2.alive or e3.alive):
+                break
+        k_out = settle(&e0, q, H, k_out, out)
+        k_out = settle(&e1, q + 1, H, k_out, out)
+        k_out = settle(&e2, q + 2, H, k_out, out)
+        k_out = settle(&e3, q + 3, H, k_out, out)
+        q += 4
+    k_end[0] = k_out
+    return q
 
 
 cdef void vec_reset_kernel(const EnvTablesC* t, const int64_t* task_of_env, int64_t* state,
