@@ -119,7 +119,14 @@ def _train(args):
         print(f"\nheld-out evaluation on {evaluation['n_tasks']} test tasks "
               f"(stopped by {evaluation['stopped_by']} after {evaluation['iterations']} iterations):")
         print(format_table(evaluation))
-        print(f"\nrun directory: {out}")
+        totals = {}
+        with open(os.path.join(out, "timings.jsonl")) as fh:
+            for line in fh:
+                for key, value in json.loads(line).items():
+                    if key.endswith("_s"):
+                        totals[key[:-2]] = totals.get(key[:-2], 0.0) + value
+        print("\ntime per phase (s): " + ", ".join(f"{k.replace('_', ' ')} {v:.2f}" for k, v in sorted(totals.items())))
+        print(f"run directory: {out}")
     return 0
 
 

@@ -30,6 +30,8 @@ Both policy problems work for :class:`TabularSoftmaxPolicy` and :class:`LinearSo
 latter over a feature table ``phi[s]``): all that differs is the linear map from parameters to the
 per-state logits table, applied forwards (``jvp``) and backwards (``vjp``).
 """
+import time
+
 import numpy as np
 
 from metarl_fast import _validate
@@ -169,17 +171,20 @@ class SampledPolicyProblem:
         self.n_episodes = _validate.positive_int(n_episodes, "n_episodes")
         self.gamma = _validate.finite_float(gamma, "gamma", low=0.0, high=1.0)
         self.env_steps = 0  # environment steps sampled so far
+        self.sampling_time = 0.0  # seconds spent in the rollouts
 
     def sample(self, theta, rng):
         """Episodes of every task under its own parameters, in one fused rollout call."""
         from metarl_fast.rollout import Trajectories, action_tables
 
+        start = time.perf_counter()
         logits = self.map.jvp(np.asarray(theta, dtype=np.float64))        # (T, S, A)
         cdf, logp = action_tables(logits)
         policy_of_task = np.arange(self.n_tasks, dtype=np.int64)
         traj = Trajectories(*active.envs.rollout(self.tasks.tables, cdf, logp, policy_of_task,
                                                   self.n_episodes, rng))
         self.env_steps += traj.n_steps
+        self.sampling_time += time.perf_counter() - start
         return self._prepare(logits, traj)
 
     def _prepare(self, logits, traj):
@@ -314,26 +319,44 @@ def meta_gradient(problem, params, method, inner_lr, inner_steps, rng):
     if method not in METHODS:
         raise ValueError(f"method must be one of {METHODS}, got {method!r}")
     params = np.asarray(params, dtype=np.float64)
+    clock = time.perf_counter
+    sampling0 = getattr(problem, "sampling_time", 0.0)
+    t0 = clock()
     if method == "multitask":
         theta = np.broadcast_to(params, (problem.n_tasks, problem.n_params)).copy()
         data = problem.sample(theta, rng)
         value = problem.value(theta, data)
-        return problem.grad(theta, data), None, {"pre": value, "post": value}
+        direction = problem.grad(theta, data)
+        return direction, None, {"pre": value, "post": value,
+                                 "time": _phase_times(problem, sampling0, clock() - t0, 0.0)}
     theta_K, thetas, datas, grads = adapt(problem, params, inner_lr, inner_steps, rng)
+    t_inner = clock() - t0
     pre = problem.value(thetas[0], datas[0])
     if method == "reptile":
         post = problem.value(theta_K, None) if datas[0] is None else None
-        return theta_K - params, None, {"pre": pre, "post": post}
+        return theta_K - params, None, {"pre": pre, "post": post,
+                                        "time": _phase_times(problem, sampling0, t_inner, 0.0)}
+    sampling_inner = getattr(problem, "sampling_time", 0.0)
+    t1 = clock()
     data_out = problem.sample(theta_K, rng)
     v = problem.grad(theta_K, data_out)
     info = {"pre": pre, "post": problem.value(theta_K, data_out)}
-    if method == "fomaml":
-        return v, None, info
-    lr_grad = np.zeros_like(v)
-    for k in range(inner_steps - 1, -1, -1):
-        lr_grad += v * grads[k]
-        v = v + problem.hvp(thetas[k], datas[k], inner_lr * v)
+    lr_grad = None
+    if method == "maml":
+        lr_grad = np.zeros_like(v)
+        for k in range(inner_steps - 1, -1, -1):
+            lr_grad += v * grads[k]
+            v = v + problem.hvp(thetas[k], datas[k], inner_lr * v)
+    info["time"] = _phase_times(problem, sampling0, t_inner, clock() - t1, sampling_inner)
     return v, lr_grad, info
+
+
+def _phase_times(problem, sampling0, inner, outer, sampling_inner=None):
+    """Seconds spent sampling episodes, in the inner loop and in the outer step (excl. sampling)."""
+    sampling = getattr(problem, "sampling_time", 0.0) - sampling0
+    inner_sampling = sampling if sampling_inner is None else sampling_inner - sampling0
+    return {"sampling": sampling, "inner": max(inner - inner_sampling, 0.0),
+            "outer": max(outer - (sampling - inner_sampling), 0.0)}
 
 
 # ---------------------------------------------------------------------------------------------
@@ -445,6 +468,7 @@ class MetaLearner:
             "post_return": None if info["post"] is None else float(np.mean(info["post"])),
             "direction_norm": float(np.linalg.norm(mean_dir)),
             "env_steps": int(getattr(problem, "env_steps", 0)),
+            "time": info["time"],
         }
 
     def _rollback(self, saved):

@@ -422,7 +422,7 @@ class MetaTrainer:
                 t2 = time.perf_counter()
                 self.iteration = it + 1
                 steps = stats["env_steps"]
-                record = {"iteration": self.iteration, "pre_return": stats["pre_return"],
+                record = {"iteration": self.iteration, "seed": cfg.seed, "pre_return": stats["pre_return"],
                           "post_return": stats["post_return"], "direction_norm": stats["direction_norm"],
                           "env_steps": steps}
                 evaluation = None
@@ -436,7 +436,11 @@ class MetaTrainer:
                 else:
                     t_eval = 0.0
                 self._append("metrics.jsonl", record)
+                phases = stats.get("time", {})
                 self._append("timings.jsonl", {"iteration": self.iteration, "meta_step_s": t1 - t0,
+                                                "sampling_s": phases.get("sampling", 0.0),
+                                                "inner_s": phases.get("inner", 0.0),
+                                                "outer_s": phases.get("outer", 0.0),
                                                 "multitask_baseline_s": t2 - t1, "evaluation_s": t_eval,
                                                 "steps_per_s": steps / max(t1 - t0, 1e-12)})
                 if self.iteration % cfg.checkpoint_every == 0 or self.iteration == cfg.iterations:
