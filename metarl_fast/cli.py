@@ -123,7 +123,7 @@ def _train(args):
         with open(os.path.join(out, "timings.jsonl")) as fh:
             for line in fh:
                 for key, value in json.loads(line).items():
-                    if key.endswith("_s"):
+                    if key.endswith("_s") and key != "steps_per_s":
                         totals[key[:-2]] = totals.get(key[:-2], 0.0) + value
         print("\ntime per phase (s): " + ", ".join(f"{k.replace('_', ' ')} {v:.2f}" for k, v in sorted(totals.items())))
         print(f"run directory: {out}")
