@@ -245,3 +245,19 @@ def test_gather_kernel_on_separate_arrays():
     _same(cr.gather(store, idx), ref.gather(store, idx))
     starts = rng.integers(0, cap, 9)
     _same(cr.window_indices(starts, 6, cap), ref.window_indices(starts, 6, cap))
+
+
+@needs_cython
+def test_compiled_write_refuses_separate_arrays():
+    """write_rows needs record storage; other layouts are refused, never written out of bounds."""
+    from metarl_fast._core import replay as cr
+    from metarl_fast.reference.replay import TaskIndex
+
+    store = (np.zeros(4, np.int64), np.zeros(4, np.int64), np.zeros(4), np.zeros(4, np.int64),
+             np.zeros(4, bool), np.zeros(4, bool), np.zeros(4, np.int32), np.zeros(4, np.int64),
+             np.zeros(4))
+    state = np.array([0, 0, 0, -1, 0], dtype=np.int64)
+    with pytest.raises(ValueError, match="record"):
+        cr.add_batch(store, state, TaskIndex(), np.arange(2), np.arange(2), np.zeros(2), np.arange(2),
+                     np.zeros(2, bool), False, 0, 0.0)
+    assert state.tolist() == [0, 0, 0, -1, 0]

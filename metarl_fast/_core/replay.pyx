@@ -469,6 +469,8 @@ cdef int _storage(Storage* st, tuple store, cnp.ndarray state, cnp.ndarray meta)
         st.field[f] = <char*> cnp.PyArray_DATA(arr)
         st.row_bytes[f] = cnp.PyArray_ITEMSIZE(arr) * (cnp.PyArray_SIZE(arr) // cnp.PyArray_DIM(arr, 0))
         st.stride[f] = cnp.PyArray_STRIDE(arr, 0)
+        if st.stride[f] != st.stride[0]:
+            raise ValueError("store must be the field views of one record array (equal row strides)")
     st.capacity = cnp.PyArray_DIM(<cnp.ndarray> store[0], 0)
     st.state = <int64_t*> cnp.PyArray_DATA(state)
     st.task_meta = <int64_t*> cnp.PyArray_DATA(meta)

@@ -7,7 +7,9 @@ called by that class (under its lock) and are not meant to be called directly.  
     a tuple of 9 preallocated arrays in :data:`FIELDS` order, each with first dimension
     ``capacity``: ``obs`` (C, *obs_shape), ``action`` (C, *action_shape), ``reward`` (C,) float,
     ``next_obs`` (C, *obs_shape), ``done`` (C,) bool, ``truncated`` (C,) bool, ``task_id`` (C,)
-    int32, ``episode_id`` (C,) int64, ``logp`` (C,) float (same dtype as ``reward``);
+    int32, ``episode_id`` (C,) int64, ``logp`` (C,) float (same dtype as ``reward``).  In a
+    ReplayBuffer they are strided views of one record array (one aligned record per transition);
+    the compiled ``write_rows`` relies on that (every field has the record size as row stride);
 ``state``
     int64 array ``[pos, size, next_episode, open_task, n_added]``: the next slot to write, the
     number of stored transitions, the episode id the next transition gets, the task of the open
@@ -30,7 +32,6 @@ Random draws (identical in both backends): ``sample_indices`` draws ``rng.random
 import numbers
 
 import numpy as np
-
 
 FIELDS = ("obs", "action", "reward", "next_obs", "done", "truncated", "task_id", "episode_id", "logp")
 STATE_FIELDS = ("pos", "size", "next_episode", "open_task", "n_added")
