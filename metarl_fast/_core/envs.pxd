@@ -12,7 +12,6 @@ ctypedef Py_ssize_t intp_t
 
 cdef enum:
     ENVS_OK = -1
-    ENVS_NO_MEMORY = -2
     # reward kinds: the index of the name in metarl_fast.tasks.REWARD_NOISES
     KIND_NONE = 0
     KIND_GAUSSIAN = 1
@@ -57,7 +56,9 @@ cdef struct RolloutOut:
 cdef int fill_tables(object tables, EnvTablesC* out) except -1
 
 # Runs N episodes on each task from pre-drawn random blocks (u_start (T, N) or NULL, u_act
-# (T, N, H), noise (T, N, H) or NULL, u_next (T, N, H) or NULL); returns the number of steps written.
+# (T, N, H), noise (T, N, H) or NULL, u_next (T, N, H) or NULL); returns the number of steps
+# written (the step arrays of ``out`` need capacity T * N * H: episodes run in slots of H steps
+# and are then packed one after the other).
 # ``action_cdf`` (n_policies, S, action_stride) holds the running sums of each policy's action
 # weights laid out by metarl_fast.tasks.padded_cdf_rows; ``action_logp`` (n_policies, S, A)
 # the log-probabilities.
