@@ -331,3 +331,15 @@ def test_from_gymnasium_rollout_matches_model(backend):
     assert set(np.unique(traj.reward)) <= {0.0, 1.0}
     assert abs(returns.mean() - model.start @ V) < 4 * max(returns.std(), 1e-3) / np.sqrt(returns.size)
     assert np.all(traj.terminated[traj.reward == 1.0])
+
+
+def test_as_gymnasium_without_gymnasium(monkeypatch):
+    import sys
+
+    import metarl_fast.tasks as tasks
+
+    monkeypatch.setattr(tasks, "_GYM_CLASS", None)
+    monkeypatch.setitem(sys.modules, "gymnasium", None)
+    with pytest.raises(ImportError, match="pip install gymnasium"):
+        TabularMDPs().sample(1, 0)[0].as_gymnasium()
+    assert TabularMDPs().sample(1, 0)[0].make_env().reset(seed=0)[0] == 0  # the plain env needs nothing
