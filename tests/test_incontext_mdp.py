@@ -2,6 +2,12 @@
 transcription and the rollout kernel, the REINFORCE estimator against the exact gradient, twin
 parity, bad input, persistence, and the issue's bar against random, from-scratch and the oracle."""
 import itertools
+import os
+import shutil
+import subprocess
+import sys
+import sysconfig
+import textwrap
 
 import numpy as np
 import pytest
@@ -637,3 +643,100 @@ def test_learning_works_on_the_numpy_backend_too():
         ours = bl.mean_confidence_interval(learner.evaluate(tasks, 3, np.random.default_rng(1)))
         rand = bl.mean_confidence_interval(InContextMDPLearner().evaluate(tasks, 3, np.random.default_rng(1)))
     assert ours[0] - ours[1] > rand[0] + rand[1]
+
+
+# ------------------------------------------------------------------ downstream cimport of the .pxd
+DOWNSTREAM = '''
+# distutils: language = c
+from libc.stdint cimport int64_t, uint8_t
+from metarl_fast._core.incontext_mdp cimport (ICM_N_FEATURES, TablesView, empirical_q_task,
+                                              fill_view, play_mdp_trials)
+import numpy as np
+
+def trials(tables, double[::1] weights, Py_ssize_t n_episodes, double[::1] u_start,
+           double[::1] u_act, double[::1] noise, double[::1] u_next):
+    """Trials from pre-drawn blocks, in one nogil block of downstream code."""
+    cdef TablesView t
+    fill_view(tables, &t)
+    returns = np.empty((t.n_tasks, n_episodes))
+    actions = np.empty((t.n_tasks, n_episodes, t.horizon), dtype=np.int64)
+    cdef double[:, ::1] r = returns
+    cdef int64_t[:, :, ::1] a = actions
+    cdef Py_ssize_t status
+    with nogil:
+        status = play_mdp_trials(&t, &weights[0], n_episodes,
+                                 &u_start[0] if t.stochastic_start else NULL, &u_act[0],
+                                 &noise[0] if noise.shape[0] > 1 else NULL,
+                                 &u_next[0] if t.stochastic_transitions else NULL,
+                                 &r[0, 0], &a[0, 0, 0], NULL, NULL, NULL)
+    assert status == -1
+    return returns, actions
+
+def q_values(double[:, ::1] count, double[:, ::1] reward_sum, double[:, :, ::1] trans,
+             uint8_t[::1] seen, Py_ssize_t horizon):
+    cdef Py_ssize_t S = count.shape[0], A = count.shape[1]
+    q_emp, q_opt = np.empty((horizon, S, A)), np.empty((horizon, S, A))
+    scratch = np.empty(2 * S + 2 * S * A)
+    cdef double[:, :, ::1] qe = q_emp, qo = q_opt
+    cdef double[::1] sc = scratch
+    with nogil:
+        empirical_q_task(&count[0, 0], &reward_sum[0, 0], &trans[0, 0, 0], &seen[0], S, A,
+                         horizon, &qe[0, 0, 0], &qo[0, 0, 0], &sc[0])
+    return q_emp, q_opt
+'''
+
+CHECK = '''
+import numpy as np, downstream
+from metarl_fast.tasks import TaskBatch
+from metarl_fast.reference import incontext_mdp
+rng = np.random.default_rng(0)
+n, S, A, H, N = 20, 4, 3, 5, 3
+P = rng.dirichlet(np.ones(S), size=(n, S, A)); P /= P.sum(axis=-1, keepdims=True)
+start = rng.dirichlet(np.ones(S), size=n); start /= start.sum(axis=-1, keepdims=True)
+batch = TaskBatch(P, rng.random((n, S, A)), H, start=start, terminal=rng.random((n, S)) < 0.3,
+                  reward_noise="bernoulli")
+w = np.array([2.0, -1.0, 0.5, 3.0, 1.0, 0.7, -0.4, 0.9])
+probe = np.random.default_rng(5)
+blocks = [probe.random(n * N), probe.random(n * N * H), probe.random(n * N * H), probe.random(n * N * H)]
+returns, actions = downstream.trials(batch.tables, w, N, *blocks)
+expected_actions = np.empty((n, N, H), dtype=np.int64)
+expected = incontext_mdp.run_trials(w, batch.tables, N, np.random.default_rng(5), expected_actions)
+assert (returns == expected).all() and (actions == expected_actions).all()
+trans = rng.integers(0, 4, size=(S, A, S)).astype(float)
+count = trans.sum(axis=-1)
+reward_sum = rng.normal(size=(S, A)) * count
+seen = rng.random(S) < 0.3
+q_emp, q_opt = downstream.q_values(count, reward_sum, trans, seen.astype(np.uint8), H)
+ref_emp, ref_opt = incontext_mdp.empirical_q(count[None], reward_sum[None], trans[None], seen[None], H)
+assert (q_emp == ref_emp[0]).all() and (q_opt == ref_opt[0]).all()
+print("ok")
+'''
+
+
+@needs_cython
+def test_downstream_extension_can_cimport_the_kernels(tmp_path):
+    cc = (sysconfig.get_config_var("CC") or "cc").split()[0]
+    if shutil.which(cc) is None:
+        pytest.skip("no C compiler")
+    pytest.importorskip("Cython")
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    (tmp_path / "downstream.pyx").write_text(DOWNSTREAM)
+    numpy_random_lib = os.path.join(os.path.dirname(np.__file__), "random", "lib")
+    (tmp_path / "setup.py").write_text(textwrap.dedent(f'''
+        import numpy as np
+        from setuptools import setup, Extension
+        from Cython.Build import cythonize
+        ext = Extension("downstream", ["downstream.pyx"],
+                        include_dirs=[np.get_include(), {os.path.join(root, "metarl_fast", "_core")!r}],
+                        library_dirs=[{numpy_random_lib!r}], libraries=["npyrandom", "m"],
+                        extra_compile_args=["-O0", "-ffp-contract=off"])  # compiles fast; same IEEE ops
+        setup(ext_modules=cythonize([ext], include_path=[{root!r}], language_level=3),
+              script_args=["build_ext", "--inplace", "-q"])
+    '''))
+    env = dict(os.environ, PYTHONPATH=root)
+    res = subprocess.run([sys.executable, "setup.py"], cwd=tmp_path, capture_output=True, text=True,
+                         env=env, timeout=300)
+    assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
+    res = subprocess.run([sys.executable, "-c", CHECK], cwd=tmp_path, capture_output=True, text=True,
+                         env=env, timeout=120)
+    assert res.returncode == 0 and "ok" in res.stdout, res.stderr

@@ -1,6 +1,7 @@
 # In-context MDP learner kernels, for other Cython code to cimport:
 #
-#     from metarl_fast._core.incontext_mdp cimport TablesView, play_mdp_trials, empirical_q_task
+#     from metarl_fast._core.incontext_mdp cimport (TablesView, fill_view, play_mdp_trials,
+#                                                   empirical_q_task)
 #
 # noexcept nogil, trusting their input (see metarl_fast.reference.incontext_mdp for the semantics,
 # the feature table and the boundary checks).  Return codes as in policy.pxd: MF_OK (-1) success,
@@ -35,6 +36,9 @@ cdef struct TablesView:
     const int64_t* start_state
     int stochastic_start
     const uint8_t* terminal
+
+# Fill ``out`` from a validated metarl_fast.tasks.EnvTables (the object must outlive its use).
+cdef int fill_view(object tables, TablesView* out) except -1
 
 # Empirical and optimistic Q-values of one task's statistics: count, reward_sum (S, A), trans
 # (S, A, S), seen_terminal (S,) -> q_emp, q_opt (horizon, S, A) ([h - 1] for h steps left);
