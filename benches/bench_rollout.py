@@ -3,7 +3,8 @@
 ``TabularMDPs()`` (10 states, 5 actions, horizon 10, Gaussian rewards, Dirichlet transitions) with
 a tabular softmax policy; one task (a single environment running episodes one after another) and
 1024 tasks.  Every call of a group does the same work on both backends, so the time ratio is the
-speed ratio; ``extra_info["steps"]`` gives the steps per call.
+speed ratio; ``extra_info["steps"]`` gives the steps per call.  A GridNavigation group times the
+path for episodes of varying length (terminal goal states).
 
     pytest benches/bench_rollout.py --benchmark-only --benchmark-columns=min,mean,median
 """
@@ -13,7 +14,7 @@ import pytest
 from conftest import QUICK, grid
 from metarl_fast.policy import TabularSoftmaxPolicy
 from metarl_fast.rollout import VecEnv, rollout
-from metarl_fast.tasks import TabularMDPs
+from metarl_fast.tasks import GridNavigation, TabularMDPs
 
 # (n_tasks, n_episodes per task)
 ROLLOUTS = grid([(1, 100), (1024, 10)], [(1, 3), (64, 2)])
@@ -47,3 +48,19 @@ def test_vecenv_step_tabular_mdps(benchmark, backend, n_tasks):
     benchmark.extra_info.update(backend=backend, steps=n_tasks)
     obs, rewards, terminated, truncated = benchmark(venv.step, actions, rng)
     assert obs.shape == (n_tasks,)
+
+
+@pytest.mark.parametrize("n_tasks", grid([1024], [16]))
+def test_rollout_grid_navigation(benchmark, backend, n_tasks):
+    """Episodes that end at the goal (terminal states): the variable-length path."""
+    batch = GridNavigation().sample(n_tasks, 0)
+    batch.tables
+    policy = TabularSoftmaxPolicy(49, 5, theta=np.random.default_rng(1).normal(size=(49, 5)))
+    rng = np.random.default_rng(2)
+    benchmark.group = f"rollout GridNavigation(7) {n_tasks} tasks x 10 episodes"
+    benchmark.extra_info.update(backend=backend)
+    if backend == "numpy" and not QUICK:
+        benchmark.pedantic(rollout, (policy, batch, 10, rng), rounds=3, iterations=1)
+    else:
+        traj = benchmark(rollout, policy, batch, 10, rng)
+        assert traj.n_tasks == n_tasks
