@@ -195,7 +195,8 @@ class TaskBatch:
     name : str, a label for ``repr``
 
     All arrays are copied to read-only float64/bool arrays.  ``batch[i]`` is a :class:`Task`;
-    ``batch[indices]`` (a slice or an integer array) is a sub-batch.
+    ``batch[indices]`` (a slice or an integer array) is a sub-batch.  ``batch.info`` holds
+    per-task parameters of the family that drew it (e.g. ``info["goal"]`` of GridNavigation).
     """
 
     def __init__(self, P, R, horizon, *, start=None, terminal=None, reward_noise="none",
@@ -248,6 +249,9 @@ class TaskBatch:
         self.P, self.R, self.start, self.terminal, self.reward_std = P, R, start, terminal, reward_std
         self.reward_next = reward_next
         self.horizon, self.reward_noise, self.name = horizon, reward_noise, str(name)
+        # per-task parameters of the family that drew the batch (first axis n_tasks), e.g.
+        # GridNavigation's "goal" (n, 2) or Chain's "good_action" (n, S); sub-batches keep them
+        self.info = {}
         for arr in (P, R, start, terminal, reward_std, reward_next):
             if arr is not None:
                 arr.setflags(write=False)
@@ -288,11 +292,13 @@ class TaskBatch:
             idx = idx % self.n_tasks
         if idx.size == 0:
             raise ValueError("a TaskBatch needs at least one task")
-        return TaskBatch(self.P[idx], self.R[idx], self.horizon, start=self.start[idx],
-                         terminal=self.terminal[idx], reward_noise=self.reward_noise,
-                         reward_std=self.reward_std[idx],
-                         reward_next=None if self.reward_next is None else self.reward_next[idx],
-                         name=self.name)
+        sub = TaskBatch(self.P[idx], self.R[idx], self.horizon, start=self.start[idx],
+                        terminal=self.terminal[idx], reward_noise=self.reward_noise,
+                        reward_std=self.reward_std[idx],
+                        reward_next=None if self.reward_next is None else self.reward_next[idx],
+                        name=self.name)
+        sub.info = {key: value[idx] for key, value in self.info.items()}
+        return sub
 
     def __iter__(self):
         return (Task(self, i) for i in range(self.n_tasks))
@@ -565,7 +571,8 @@ class GridNavigation(TaskDistribution):
     its square with ``squared=True``) from the cell reached to the goal, so moving onto the goal
     pays 0 and ends the episode (the goal is terminal); otherwise it ends after ``horizon`` steps
     (default ``2 * size``).  The goal of each task is drawn uniformly from ``goals`` (a list of
-    ``(row, col)``; default every cell except the centre) with ``rng.integers(len(goals), size=n)``.
+    ``(row, col)``; default every cell except the centre) with ``rng.integers(len(goals), size=n)``;
+    the batch keeps them in ``batch.info["goal"]`` (int64 (n, 2)).
     """
 
     N_ACTIONS = 5
@@ -618,7 +625,7 @@ class GridNavigation(TaskDistribution):
         terminal[np.arange(n), goal[:, 0] * size + goal[:, 1]] = True
         batch = TaskBatch(P, R, self.horizon, start=start, terminal=terminal, reward_noise="none",
                           name=f"GridNavigation(size={size})")
-        batch.goal = goal
+        batch.info["goal"] = goal
         return batch
 
     def __repr__(self):
@@ -628,7 +635,8 @@ class GridNavigation(TaskDistribution):
 class Chain(TaskDistribution):
     """A chain of ``n_states`` states whose rewarded action in each state varies between tasks.
 
-    Each task draws ``good[s] = rng.integers(n_actions, size=(n, n_states))``.  In state ``s`` the
+    Each task draws ``good = rng.integers(n_actions, size=(n, n_states))`` (kept in
+    ``batch.info["good_action"]``).  In state ``s`` the
     rewarded action ``good[s]`` pays 1 and moves one step right (the last state stays put); any
     other action pays 0 and returns to state 0.  With probability ``slip`` the move goes the other
     way (the rewarded action falls back to state 0, another action advances); the reward depends
@@ -657,7 +665,7 @@ class Chain(TaskDistribution):
         R = is_good.astype(np.float64)
         batch = TaskBatch(P, R, self.horizon, reward_noise="none",
                           name=f"Chain(n_states={S}, n_actions={A})")
-        batch.good_action = good
+        batch.info["good_action"] = good
         return batch
 
     def __repr__(self):

@@ -48,7 +48,7 @@ def test_grid_navigation_geometry():
     centre = 2 * 5 + 2
     assert np.all(batch.start[:, centre] == 1.0)
     i = 0
-    gr, gc = batch.goal[i]
+    gr, gc = batch.info["goal"][i]
     assert batch.terminal[i].sum() == 1 and batch.terminal[i, gr * 5 + gc]
     m = batch[i].model()
     # moves: up from row 0 stays, right from the centre goes to col 3
@@ -63,7 +63,7 @@ def test_grid_navigation_geometry():
 def test_chain_rewarded_action_varies():
     batch = Chain().sample(50, 5)
     assert batch.P.shape == (50, 4, 2, 4)
-    good = batch.good_action
+    good = batch.info["good_action"]
     assert len({tuple(g) for g in good}) > 1
     for i in range(3):
         m = batch[i].model()
@@ -72,7 +72,7 @@ def test_chain_rewarded_action_varies():
             assert m.R[s, g] == 1.0 and m.R[s, 1 - g] == 0.0
             assert m.P[s, g, min(s + 1, 3)] == 1.0 and m.P[s, 1 - g, 0] == 1.0
     slip = Chain(slip=0.25).sample(1, 0)[0].model()
-    g = batch.good_action[0, 0]
+    g = batch.info["good_action"][0, 0]
     assert slip.P[0].max() == 0.75
 
 
@@ -103,6 +103,8 @@ def test_batch_indexing():
     batch = TabularMDPs().sample(6, 0)
     sub = batch[[4, 1]]
     np.testing.assert_array_equal(sub.P, batch.P[[4, 1]])
+    grid = GridNavigation(size=4).sample(5, 0)
+    np.testing.assert_array_equal(grid[1:3].info["goal"], grid.info["goal"][1:3])
     assert batch[2:4].n_tasks == 2 and batch[-1].index == 5 and len(list(batch)) == 6
     with pytest.raises(IndexError):
         batch[6]
