@@ -424,7 +424,7 @@ cdef intp_t linear_grad(const floating* params, intp_t n_features, intp_t n_acti
                         const floating* features, const int64_t* actions,
                         const floating* advantages, const floating* weights,
                         double entropy_coef, intp_t batch, double* grad) noexcept nogil:
-    cdef intp_t i, a, f, start, n, chunk_rows, k
+    cdef intp_t i, a, start, n, chunk_rows, k
     cdef intp_t n_w = n_features * n_actions
     cdef double* Wd
     cdef const double* Wsrc
