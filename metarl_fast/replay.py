@@ -602,6 +602,8 @@ class PrioritizedReplayBuffer(ReplayBuffer):
             leaves = (p + self._eps) ** self._alpha
             if leaves.size and leaves.min() <= 0:
                 raise ValueError("priorities + eps must be > 0 (use eps > 0 for zero priorities)")
+            if leaves.size and not np.isfinite(leaves).all():
+                raise ValueError("priorities too large: (priorities + eps) ** alpha overflows float64")
             active.replay.tree_set(self._tree_sum, self._tree_min, idx, leaves)
             if leaves.size:  # the values that won (with repeated indices the last one does)
                 n = self._tree_sum.shape[0] // 2

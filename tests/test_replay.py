@@ -514,6 +514,10 @@ def test_bad_sampling_arguments(backend):
         pbuf.update_priorities(np.array([0, 1]), np.array([1.0]))
     with pytest.raises(ValueError, match="beta"):
         pbuf.sample(2, rng, beta=float("nan"))
+    big = PrioritizedReplayBuffer(5, alpha=2.0)
+    big.add_batch(**tabular_batch(3))
+    with pytest.raises(ValueError, match="priorities too large"):
+        big.update_priorities(np.array([0]), np.array([1e200]))
     assert_unchanged(pbuf, snap)
 
 
