@@ -599,7 +599,8 @@ class PrioritizedReplayBuffer(ReplayBuffer):
             p = p.astype(np.float64)
             if p.size and (not np.isfinite(p).all() or p.min() < 0):
                 raise ValueError("priorities must be finite and >= 0")
-            leaves = (p + self._eps) ** self._alpha
+            with np.errstate(over="ignore"):  # an overflow is reported below, by name
+                leaves = (p + self._eps) ** self._alpha
             if leaves.size and leaves.min() <= 0:
                 raise ValueError("priorities + eps must be > 0 (use eps > 0 for zero priorities)")
             if leaves.size and not np.isfinite(leaves).all():
