@@ -81,6 +81,80 @@ cdef void empirical_q_task(const double* count, const double* reward_sum, const 
                 vo_max = vo[s]
 
 
+cdef void empirical_q_sparse(const double* count, const double* reward_sum, const double* trans,
+                             const intp_t* successors, const intp_t* n_successors,
+                             const uint8_t* seen_terminal, intp_t S, intp_t A, intp_t horizon,
+                             double* q_emp, double* q_opt, double* scratch) noexcept nogil:
+    """empirical_q_task, bit for bit, visiting only the observed successors of each (s, a)
+    (``successors[sa * S : sa * S + n_successors[sa]]``, ascending).
+
+    The skipped terms are ``0 * v``: adding them changes nothing while every value is finite
+    (the running sum is never -0.0), so the sparse sum is the dense one.  If a value overflows, the
+    dense loop runs, to give the same NaNs as the reference.
+    """
+    cdef intp_t h, sa, s, s2, a, k, SA = S * A
+    cdef double* v = scratch
+    cdef double* vo = scratch + S
+    cdef double* denom = scratch + 2 * S
+    cdef double* bonus = denom + SA
+    cdef double vo_max = 0.0, acc, acc_o, best, best_o
+    cdef const double* row
+    cdef const intp_t* succ
+    cdef double* qe
+    cdef double* qo
+    cdef bint finite = True
+    for sa in range(SA):
+        denom[sa] = count[sa] + 1.0
+        bonus[sa] = 1.0 / sqrt(denom[sa])
+    for s in range(S):
+        v[s] = 0.0
+        vo[s] = 0.0
+    for h in range(horizon):
+        qe = q_emp + h * SA
+        qo = q_opt + h * SA
+        for sa in range(SA):
+            acc = reward_sum[sa]
+            acc_o = reward_sum[sa]
+            row = trans + sa * S
+            if finite:
+                succ = successors + sa * S
+                for k in range(n_successors[sa]):
+                    s2 = succ[k]
+                    acc = acc + row[s2] * v[s2]
+                    acc_o = acc_o + row[s2] * vo[s2]
+            else:
+                for s2 in range(S):
+                    acc = acc + row[s2] * v[s2]
+                    acc_o = acc_o + row[s2] * vo[s2]
+            if denom[sa] == 1.0:  # unvisited: x / 1.0 is exactly x, skip the slow division
+                qe[sa] = acc
+                qo[sa] = (acc_o + vo_max) + bonus[sa]
+            else:
+                qe[sa] = acc / denom[sa]
+                qo[sa] = (acc_o + vo_max) / denom[sa] + bonus[sa]
+        for s in range(S):
+            if seen_terminal[s]:
+                v[s] = 0.0
+                vo[s] = 0.0
+                continue
+            best = qe[s * A]
+            best_o = qo[s * A]
+            for a in range(1, A):
+                if qe[s * A + a] > best:
+                    best = qe[s * A + a]
+                if qo[s * A + a] > best_o:
+                    best_o = qo[s * A + a]
+            v[s] = best
+            vo[s] = best_o
+        vo_max = vo[0]
+        for s in range(1, S):
+            if vo[s] > vo_max:
+                vo_max = vo[s]
+        for s in range(S):
+            if not (v[s] - v[s] == 0.0 and vo[s] - vo[s] == 0.0):
+                finite = False
+
+
 cdef inline intp_t count_le(const double* cdf, intp_t m, double u) noexcept nogil:
     """Inverse CDF: the number of the first m - 1 running sums that are <= u * cdf[m - 1]."""
     cdef double target = u * cdf[m - 1]
@@ -88,6 +162,16 @@ cdef inline intp_t count_le(const double* cdf, intp_t m, double u) noexcept nogi
     for j in range(m - 1):
         k += cdf[j] <= target
     return k
+
+
+cdef inline void add_successor(intp_t* succ, intp_t* n, intp_t s2) noexcept nogil:
+    """Insert the new successor s2 into the ascending list succ[0 .. n)."""
+    cdef intp_t k = n[0]
+    while k > 0 and succ[k - 1] > s2:
+        succ[k] = succ[k - 1]
+        k -= 1
+    succ[k] = s2
+    n[0] += 1
 
 
 cdef intp_t play_mdp_trials(const TablesView* t, const double* weights, intp_t n_episodes,
@@ -107,10 +191,15 @@ cdef intp_t play_mdp_trials(const TablesView* t, const double* weights, intp_t n
     cdef intp_t n_scratch = 3 * SA + SA * S + S + 2 * H * SA + 2 * S + 2 * SA + A * F + 2 * A + F
     cdef double* scratch = <double*> malloc(n_scratch * sizeof(double))
     cdef uint8_t* seen = <uint8_t*> malloc(S * sizeof(uint8_t))
-    if scratch == NULL or seen == NULL:
+    # the observed successors of each (s, a), ascending, and their number
+    cdef intp_t* successors = <intp_t*> malloc((SA * S + SA) * sizeof(intp_t))
+    cdef intp_t* n_successors
+    if scratch == NULL or seen == NULL or successors == NULL:
         free(scratch)
         free(seen)
+        free(successors)
         return MF_NO_MEMORY
+    n_successors = successors + SA * S
     cdef double* count = scratch
     cdef double* reward_sum = count + SA
     cdef double* trans = reward_sum + SA
@@ -129,6 +218,7 @@ cdef intp_t play_mdp_trials(const TablesView* t, const double* weights, intp_t n
     for i in range(T):
         memset(count, 0, (2 * SA + SA * S + S) * sizeof(double))
         memset(seen, 0, S * sizeof(uint8_t))
+        memset(n_successors, 0, SA * sizeof(intp_t))
         memset(cum_score, 0, F * sizeof(double))
         if actions_out != NULL:
             for j in range(N * H):
@@ -136,7 +226,8 @@ cdef intp_t play_mdp_trials(const TablesView* t, const double* weights, intp_t n
         for e in range(N):
             returns[i * N + e] = 0.0
         for e in range(N):
-            empirical_q_task(count, reward_sum, trans, seen, S, A, H, q_emp, q_opt, vi_scratch)
+            empirical_q_sparse(count, reward_sum, trans, successors, n_successors, seen, S, A, H,
+                               q_emp, q_opt, vi_scratch)
             if t.stochastic_start:
                 s = count_le(t.start_cdf + i * S, S, u_start[i * N + e])
             else:
@@ -173,6 +264,7 @@ cdef intp_t play_mdp_trials(const TablesView* t, const double* weights, intp_t n
                     if not (acc - acc == 0.0):  # NaN or inf
                         free(scratch)
                         free(seen)
+                        free(successors)
                         return ICM_NONFINITE
                     logits[a] = acc
                     if acc > lmax:
@@ -204,6 +296,8 @@ cdef intp_t play_mdp_trials(const TablesView* t, const double* weights, intp_t n
                 ends = t.terminal[i * S + s2] != 0
                 count[base + act] += 1.0
                 reward_sum[base + act] += r
+                if trans[(base + act) * S + s2] == 0.0:
+                    add_successor(successors + (base + act) * S, n_successors + base + act, s2)
                 trans[(base + act) * S + s2] += 1.0
                 visits[s] += 1.0
                 if ends:
@@ -227,6 +321,7 @@ cdef intp_t play_mdp_trials(const TablesView* t, const double* weights, intp_t n
                     break
     free(scratch)
     free(seen)
+    free(successors)
     return MF_OK
 
 
