@@ -481,6 +481,13 @@ def test_learner_fit_improves_reproducibly_and_validates(backend):
     fixed = family.sample(20, 1)
     learner.fit(fixed, 2, np.random.default_rng(0), n_iterations=2, batch_size=50)
     assert learner.trained_on == (3, 2, 4, 2)
+    learner.fit(None, 1, np.random.default_rng(0), n_iterations=1, batch_size=5)  # TabularMDPs()
+    assert learner.trained_on == (10, 5, 10, 1)
+    # integer counts are accepted by empirical_q and give the same values as float counts
+    count, reward_sum, trans, seen = random_statistics(np.random.default_rng(3), 2, 3, 2)
+    for a, b in zip(empirical_q(count.astype(np.int64), reward_sum, trans.astype(np.int64), seen, 3),
+                    empirical_q(count, reward_sum, trans, seen, 3)):
+        np.testing.assert_array_equal(a, b)
 
 
 def test_evaluate_on_a_family_or_a_batch(backend):
