@@ -51,7 +51,8 @@ serves step ``t`` of episode ``e`` of task ``i``; entries after an episode ended
 4. ``rng.random((T, N, H))``  next states, only if some transition is random.
 
 So with zero weights (the uniform policy) a trial takes exactly the actions and rewards of
-``rollout`` with a uniform tabular policy.
+``rollout`` with a uniform tabular policy.  The blocks are held for the whole call: up to three
+float64 per step slot (``T * N * H``), as in ``rollout``.
 """
 import numpy as np
 
