@@ -332,10 +332,11 @@ class ReplayBuffer:
             raise ValueError(f"the replay buffer holds no transitions of task {task_id}")
         return task_id
 
-    def _indices(self, batch_size, rng, task_id):
+    def _indices(self, batch_size, rng, task_id, store=None):
         if task_id is None:
-            return active.replay.sample_indices(int(self._state[SIZE]), batch_size, rng)
-        return active.replay.sample_task_indices(self._tasks, self._task_arg(task_id), batch_size, rng)
+            return active.replay.sample_indices(int(self._state[SIZE]), batch_size, rng, store)
+        return active.replay.sample_task_indices(self._tasks, self._task_arg(task_id), batch_size,
+                                                 rng, store)
 
     def sample_indices(self, batch_size, rng, *, task_id=None):
         """Storage slots drawn uniformly with replacement, int64 (batch_size,).
@@ -357,7 +358,7 @@ class ReplayBuffer:
         """
         with self._lock:
             batch_size = self._check_sample(batch_size, rng)
-            indices = self._indices(batch_size, rng, task_id)
+            indices = self._indices(batch_size, rng, task_id, self._store)
             return Batch(*active.replay.gather(self._store, indices), indices)
 
     def sample_sequences(self, batch_size, length, rng):

@@ -772,19 +772,46 @@ cdef inline bitgen_t* _bitgen(object rng) except NULL:
     return bitgen_of(rng.bit_generator)
 
 
-def sample_indices(int64_t size, intp_t n, rng):
-    """Uniform slots.  See :func:`metarl_fast.reference.replay.sample_indices`."""
+cdef inline int _record_span(object store, const char** base, intp_t* stride) except -1:
+    """First field's data and row stride of a record store (for prefetching), or NULL."""
+    cdef cnp.ndarray first
+    base[0] = NULL
+    stride[0] = 0
+    if store is not None:
+        first = <cnp.ndarray> (<tuple> store)[0]
+        base[0] = <const char*> cnp.PyArray_DATA(first)
+        stride[0] = cnp.PyArray_STRIDE(first, 0)
+    return 0
+
+
+def sample_indices(int64_t size, intp_t n, rng, store=None):
+    """Uniform slots.  See :func:`metarl_fast.reference.replay.sample_indices`.
+
+    With ``store``, each drawn record is prefetched at once, so the memory latency of the later
+    gather overlaps the drawing."""
     cdef cnp.npy_intp dim = n
     cdef cnp.ndarray out = cnp.PyArray_EMPTY(1, &dim, cnp.NPY_INT64, 0)
     cdef bitgen_t* bitgen = _bitgen(rng)
     cdef int64_t* p = <int64_t*> cnp.PyArray_DATA(out)
+    cdef const char* base
+    cdef intp_t stride, i
+    cdef int64_t k
+    cdef double dsize = <double> size
+    _record_span(store, &base, &stride)
     with rng.bit_generator.lock:
         with nogil:
-            uniform_indices(bitgen, size, n, p)
+            if base == NULL:
+                uniform_indices(bitgen, size, n, p)
+            else:
+                for i in range(n):  # uniform_indices, prefetching each record as it is drawn
+                    k = <int64_t> (next_uniform(bitgen) * dsize)
+                    k = k if k < size else size - 1
+                    p[i] = k
+                    MF_PREFETCH(base + k * stride)
     return out
 
 
-def sample_task_indices(tasks, int64_t task, intp_t n, rng):
+def sample_task_indices(tasks, int64_t task, intp_t n, rng, store=None):
     """Uniform slots of one task.  See :func:`metarl_fast.reference.replay.sample_task_indices`."""
     cdef cnp.npy_intp dim = n
     cdef cnp.ndarray out = cnp.PyArray_EMPTY(1, &dim, cnp.NPY_INT64, 0)
@@ -802,11 +829,16 @@ def sample_task_indices(tasks, int64_t task, intp_t n, rng):
                 if k >= count:
                     k = count - 1
                 p[i] = (front + k) & mask
+    cdef const char* base
+    cdef intp_t stride
+    _record_span(store, &base, &stride)
     with nogil:  # ring positions -> slots, prefetching ahead (a large ring misses the cache)
         for i in range(n):
             if i + PREFETCH_AHEAD < n:
                 MF_PREFETCH(ring + p[i + PREFETCH_AHEAD])
             p[i] = ring[p[i]]
+            if base != NULL:
+                MF_PREFETCH(base + p[i] * stride)
     return out
 
 

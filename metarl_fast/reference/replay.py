@@ -351,20 +351,22 @@ def end_episode(state):
 # Sampling
 # ---------------------------------------------------------------------------------------------
 
-def sample_indices(size, n, rng):
+def sample_indices(size, n, rng, store=None):
     """``n`` slots drawn uniformly with replacement from a buffer holding ``size`` transitions.
 
     One ``rng.random()`` per index, in order; slot = ``floor(u * size)``.  int64 (n,).
+    ``store`` (optional) lets the compiled twin prefetch the drawn records; unused here.
     """
     u = rng.random(n)
     return np.minimum((u * size).astype(np.int64), size - 1)
 
 
-def sample_task_indices(tasks, task, n, rng):
+def sample_task_indices(tasks, task, n, rng, store=None):
     """``n`` slots drawn uniformly with replacement among task ``task``'s stored transitions.
 
     The caller guarantees the task has at least one.  One ``rng.random()`` per index: the
-    ``floor(u * count)``-th oldest slot of the task.  int64 (n,).
+    ``floor(u * count)``-th oldest slot of the task.  int64 (n,).  ``store``: as in
+    :func:`sample_indices`.
     """
     front, count, cap = (int(v) for v in tasks.meta[task, :3])
     u = rng.random(n)
