@@ -300,7 +300,8 @@ def run_trials(weights, tables, n_episodes, rng, actions_out=None):
     Raises
     ------
     FloatingPointError
-        If a logit is not finite (weights far too large for the task's rewards).
+        If a logit is not finite (weights far too large for the task's rewards).  Raised mid-trial:
+        ``rng`` has been advanced and ``actions_out`` may be partly written.
     """
     w, n_episodes = check_trial_inputs(weights, tables, n_episodes, rng)
     if actions_out is not None:
