@@ -545,6 +545,17 @@ def test_accepts_convertible_inputs(backend):
     np.testing.assert_array_equal(buf.task_id[:5], [2, 1, 0, 1, 2])
     with pytest.raises(ValueError):
         buf.obs[0, 0] = 5  # the storage views are read-only
+    # byte-swapped and unaligned inputs are converted, never reinterpreted
+    swapped = ReplayBuffer(4)
+    raw = np.zeros(8 * 3 + 1, dtype=np.uint8)[1:].view(np.float64)  # unaligned
+    raw[:] = [1.5, 2.5, 3.5]
+    swapped.add_batch(np.arange(3, dtype=">i8"), np.arange(3, dtype=">i8"), raw, np.arange(3),
+                      np.zeros(3, bool), logp=np.array([-1.0, -2.0, -3.0], dtype=">f8"))
+    np.testing.assert_array_equal(swapped.obs[:3], [0, 1, 2])
+    np.testing.assert_array_equal(swapped.reward[:3], [1.5, 2.5, 3.5])
+    np.testing.assert_array_equal(swapped.logp[:3], [-1.0, -2.0, -3.0])
+    swapped.add(np.array(7, dtype=">i8"), 1, 0.5, 8, False)
+    assert swapped.obs[3] == 7
 
 
 # ---------------------------------------------------------------------------------------------

@@ -427,10 +427,11 @@ cdef void gather_records(const char* const* srcs, const intp_t* row_bytes, intp_
 _Generator = np.random.Generator
 
 cdef inline bint _exact(object x, int typenum, int ndim) noexcept:
-    """x is a C-contiguous ndarray of exactly this type and ndim."""
+    """x is a C-contiguous, aligned, native-byte-order ndarray of exactly this type and ndim."""
     return (type(x) is cnp.ndarray and cnp.PyArray_TYPE(<cnp.ndarray> x) == typenum
             and cnp.PyArray_NDIM(<cnp.ndarray> x) == ndim
-            and cnp.PyArray_IS_C_CONTIGUOUS(<cnp.ndarray> x))
+            and cnp.PyArray_IS_C_CONTIGUOUS(<cnp.ndarray> x)
+            and cnp.PyArray_ISBEHAVED_RO(<cnp.ndarray> x))
 
 
 cdef inline bint _rows_match(object x, cnp.ndarray field, intp_t n) noexcept:
