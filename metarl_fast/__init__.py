@@ -62,6 +62,7 @@ from metarl_fast import exact  # noqa: E402,F401
 from metarl_fast.meta import FOMAML, MAML, MetaLearner, MultiTask, Reptile  # noqa: E402,F401
 from metarl_fast.trainer import MetaTrainer, TrainConfig, evaluate  # noqa: E402,F401
 from metarl_fast.incontext import InContextBanditLearner  # noqa: E402,F401
+from metarl_fast.incontext_mdp import InContextMDPLearner  # noqa: E402,F401
 from metarl_fast.baselines import (  # noqa: E402,F401
     EpsilonGreedyAgent,
     PosteriorGreedyAgent,
@@ -73,4 +74,4 @@ from metarl_fast.baselines import (  # noqa: E402,F401
     mean_confidence_interval,
     oracle_value,
 )
-from metarl_fast import baselines, incontext, meta, tasks  # noqa: E402,F401
+from metarl_fast import baselines, incontext, incontext_mdp, meta, tasks  # noqa: E402,F401

@@ -12,4 +12,4 @@ from metarl_fast.reference.policy import (  # noqa: F401
     sample_actions,
     softmax,
 )
-from metarl_fast.reference import baselines, envs, incontext, meta, pg, policy, replay  # noqa: E402,F401
+from metarl_fast.reference import baselines, envs, incontext, incontext_mdp, meta, pg, policy, replay  # noqa: E402,F401
