@@ -145,8 +145,8 @@ class ReplayBuffer:
     capacity : int >= 1
         Number of transitions held; when full the oldest are overwritten.
     obs_shape : tuple of int, default ()  (``()``: scalar, e.g. tabular states)
-    obs_dtype : integer or float dtype, default int64
-    action_dtype : integer or float dtype, default int64
+    obs_dtype : integer, float32 or float64 dtype, default int64
+    action_dtype : integer, float32 or float64 dtype, default int64
     action_shape : tuple of int, default ()
     reward_dtype : float32 or float64, default float64 (also the dtype of ``logp``)
 
