@@ -700,3 +700,43 @@ def test_rollouts_fill_episodes_and_windows(backend):
     assert np.all(win.episode_id == win.episode_id[:, :1])
     np.testing.assert_array_equal(win.obs[:, 1:], win.next_obs[:, :-1])  # consecutive steps
     assert len(buf) == n
+
+
+def test_prioritized_concurrent_add_sample_update(backend):
+    """A writer thread adds while another samples and updates priorities: no errors, and the
+    sum tree still equals its leaves afterwards."""
+    buf = PrioritizedReplayBuffer(300, alpha=0.7)
+    buf.add_batch(**tabular_batch(50))
+    stop = threading.Event()
+    errors = []
+
+    def writer():
+        try:
+            for i in range(400):
+                buf.add_batch(**tabular_batch(1 + i % 9, start=100 + i))
+        except Exception as err:  # pragma: no cover - reported below
+            errors.append(err)
+        finally:
+            stop.set()
+
+    def learner():
+        rng = np.random.default_rng(0)
+        try:
+            while not stop.is_set():
+                batch = buf.sample(32, rng, beta=0.5)
+                if not (np.all(batch.weights > 0) and np.all(batch.weights <= 1)):
+                    errors.append(AssertionError("importance weights outside (0, 1]"))
+                    return
+                buf.update_priorities(batch.indices, rng.random(32) * 5)
+        except Exception as err:  # pragma: no cover
+            errors.append(err)
+
+    threads = [threading.Thread(target=writer), threading.Thread(target=learner)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=120)
+    assert not errors, errors
+    leaves = buf.priorities()
+    np.testing.assert_allclose(buf.total_priority, leaves.sum(), rtol=1e-9)
+    assert np.all(leaves[:len(buf)] > 0)
