@@ -55,6 +55,7 @@ class TrainConfig:
     time_budget: float = 0.0         # seconds; 0: none
     target: float = float("nan")     # stop when the held-out post-adaptation return reaches it
     eval_every: int = 250
+    trial_episodes: int = 5          # in-context learner on MDP tasks: episodes per trial
     checkpoint_every: int = 25
     eval_tasks: int = 200
     seed: int = 0
@@ -66,12 +67,11 @@ class TrainConfig:
             raise ValueError(f"unknown task family {self.tasks!r}; choose one of {', '.join(TASK_FAMILIES)}")
         if self.algo not in ALGOS:
             raise ValueError(f"unknown algorithm {self.algo!r}; choose one of {', '.join(ALGOS)}")
-        if self.algo == "in-context" and self.tasks != "bandits":
-            raise ValueError("--algo in-context runs on --tasks bandits (the in-context learner is a bandit explorer)")
         if self.estimator not in meta.ESTIMATORS:
             raise ValueError(f"estimator must be one of {meta.ESTIMATORS}, got {self.estimator!r}")
         for name in ("grid_size", "n_states", "n_actions", "n_arms", "meta_batch", "inner_steps",
-                     "episodes_per_task", "iterations", "eval_every", "checkpoint_every", "eval_tasks"):
+                     "episodes_per_task", "iterations", "eval_every", "checkpoint_every", "eval_tasks",
+                     "trial_episodes"):
             _validate.positive_int(getattr(self, name), name.replace("_", "-"))
         _validate.positive_int(self.horizon, "horizon", minimum=0)
         for name in ("seed", "eval_seed"):
@@ -207,21 +207,32 @@ def evaluate(config, params, test_tasks, *, baselines=True, multitask_params=Non
 
 
 class InContextTraining:
-    """Meta-training of an :class:`~metarl_fast.incontext.InContextBanditLearner` with the
-    trainer's interface: one REINFORCE + Adam step on whole trials of a meta-batch of bandit tasks."""
+    """Meta-training of an in-context learner with the trainer's interface: one REINFORCE + Adam
+    step on whole trials of a meta-batch of tasks.  Bandit tasks use
+    :class:`~metarl_fast.incontext.InContextBanditLearner` (a trial is one episode of
+    ``horizon`` pulls); MDP tasks use :class:`~metarl_fast.incontext_mdp.InContextMDPLearner`
+    (a trial is ``trial_episodes`` episodes of one task)."""
 
     def __init__(self, config):
         from metarl_fast.incontext import InContextBanditLearner
+        from metarl_fast.incontext_mdp import InContextMDPLearner
         from metarl_fast.optim import Adam
 
-        self.learner = InContextBanditLearner()
+        self.bandits = config.tasks == "bandits"
+        self.trial_episodes = config.trial_episodes
+        self.learner = InContextBanditLearner() if self.bandits else InContextMDPLearner()
         self.params = self.learner.weights
         self.optimizer = Adam(self.params, lr=config.meta_lr)
         self.iteration = 0
 
     def meta_step(self, task_batch, rng):
-        arm_means = np.ascontiguousarray(task_batch.R[:, 0, :])
-        grad, totals = self.learner.policy_gradient(arm_means, task_batch.horizon, rng)
+        if self.bandits:
+            arm_means = np.ascontiguousarray(task_batch.R[:, 0, :])
+            grad, totals = self.learner.policy_gradient(arm_means, task_batch.horizon, rng)
+            slots = arm_means.shape[0] * task_batch.horizon
+        else:
+            grad, totals = self.learner.policy_gradient(task_batch, self.trial_episodes, rng)
+            slots = task_batch.n_tasks * self.trial_episodes * task_batch.horizon
         saved = (self.params.copy(), self.optimizer.state_dict())
         self.iteration += 1
         self.optimizer.step(-grad)
@@ -231,7 +242,7 @@ class InContextTraining:
             self.iteration -= 1
             raise meta.DivergenceError(f"meta-iteration {self.iteration + 1}: weights became non-finite (rolled back)")
         return {"pre_return": float(totals.mean()), "post_return": None,
-                "direction_norm": float(np.linalg.norm(grad)), "env_steps": int(arm_means.shape[0] * task_batch.horizon)}
+                "direction_norm": float(np.linalg.norm(grad)), "env_steps": int(slots)}
 
     def state_dict(self):
         d = {"params": self.params.copy(), "iteration": np.array(self.iteration, dtype=np.int64)}
@@ -277,6 +288,41 @@ def evaluate_bandits(config, weights, test_tasks, *, baselines=True):
             rows["Bayes-optimal (exact, prior mean)"] = {"mean": value, "std": 0.0, "ci95": 0.0}
     return {"n_tasks": int(test_tasks.n_tasks), "inner_steps": 0, "eval_seed": config.eval_seed,
             "results": rows}
+
+
+def evaluate_incontext_mdp(config, weights, test_tasks, *, baselines=True):
+    """In-context MDP learner vs baselines on the same held-out tasks: total reward of a trial of
+    ``trial_episodes`` episodes per task.
+
+    Baselines: the uniform random policy; a from-scratch learner (a tabular softmax policy per
+    task starting uniform, one REINFORCE step of ``inner_lr`` after every 2 episodes, per-step
+    baseline); the oracle that knows each MDP (``trial_episodes`` x its optimal value).
+    """
+    from metarl_fast.incontext_mdp import oracle_trial_values, run_trials
+
+    E = config.trial_episodes
+
+    def rng():
+        return np.random.default_rng(np.random.SeedSequence(config.eval_seed, spawn_key=(1,)))
+
+    rows = {"in-context (meta-learned)": mean_ci(run_trials(weights, test_tasks, E, rng()).sum(axis=1))}
+    if baselines:
+        rows["random policy"] = mean_ci(run_trials(np.zeros_like(weights), test_tasks, E, rng()).sum(axis=1))
+        probe = TabularSoftmaxPolicy(test_tasks.n_states, test_tasks.n_actions)
+        learner = meta.SampledPolicyProblem(probe, test_tasks, 2, config.gamma)
+        theta = np.zeros((test_tasks.n_tasks, probe.n_params))
+        totals = np.zeros(test_tasks.n_tasks)
+        generator = rng()
+        for _ in range((E + 1) // 2):
+            data = learner.sample(theta, generator)
+            totals += data["traj"].episode_return.sum(axis=1)
+            theta = theta + config.inner_lr * learner.grad(theta, data)
+        if E % 2:  # an odd trial length: the last batch's second episode is not part of the trial
+            totals -= data["traj"].episode_return[:, 1]
+        rows["from scratch (REINFORCE)"] = mean_ci(totals)
+        rows["oracle (knows the MDP)"] = mean_ci(oracle_trial_values(test_tasks, E))
+    return {"n_tasks": int(test_tasks.n_tasks), "inner_steps": 0, "eval_seed": config.eval_seed,
+            "trial_episodes": E, "results": rows}
 
 
 def format_table(evaluation):
@@ -474,7 +520,9 @@ class MetaTrainer:
     def evaluate(self, baselines=True):
         """The evaluation protocol on this run's held-out tasks (see :func:`evaluate`)."""
         if self.config.algo == "in-context":
-            return evaluate_bandits(self.config, self.params, self.test_tasks, baselines=baselines)
+            if self.config.tasks == "bandits":
+                return evaluate_bandits(self.config, self.params, self.test_tasks, baselines=baselines)
+            return evaluate_incontext_mdp(self.config, self.params, self.test_tasks, baselines=baselines)
         multitask = None if self.multitask is None else self.multitask.policy.params
         return evaluate(self.config, self.params, self.test_tasks, baselines=baselines, multitask_params=multitask)
 

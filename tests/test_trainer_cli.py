@@ -68,7 +68,7 @@ def test_train_writes_every_run_file_and_eval_plot_bench_work(tmp_path):
         assert (out / "learning_curve.png").exists() and (out / "adaptation_curve.png").exists()
 
 
-def test_in_context_learner_trains_and_is_compared_with_bandit_baselines(tmp_path):
+def test_in_context_learners_train_and_are_compared_with_baselines(tmp_path):
     out = tmp_path / "bandits"
     res = cli("train", "--tasks", "bandits", "--algo", "in-context", "--meta-batch", "2000",
               "--iterations", "30", "--meta-lr", "0.3", "--eval-tasks", "4000", "--eval-every", "10",
@@ -82,8 +82,16 @@ def test_in_context_learner_trains_and_is_compared_with_bandit_baselines(tmp_pat
     assert learned["mean"] <= rows["Bayes-optimal (exact, prior mean)"]["mean"] + 3 * learned["ci95"]
     res = cli("eval", str(out), "--json", *backend_args())
     assert res.returncode == 0, res.stderr
-    bad = cli("train", "--tasks", "gridnav", "--algo", "in-context", "--out", str(tmp_path / "x"))
-    assert bad.returncode == 2 and "runs on --tasks bandits" in bad.stderr
+    res = cli("train", "--tasks", "tabular-mdp", "--n-states", "5", "--n-actions", "3", "--algo", "in-context",
+              "--meta-batch", "300", "--iterations", "20", "--meta-lr", "0.1", "--eval-tasks", "600",
+              "--eval-every", "10", "--trial-episodes", "4", "--out", str(tmp_path / "mdp"), "--json", *backend_args())
+    assert res.returncode == 0, res.stderr
+    rows = json.loads(res.stdout)["results"]
+    assert set(rows) == {"in-context (meta-learned)", "random policy", "from scratch (REINFORCE)",
+                         "oracle (knows the MDP)"}
+    learned, rand, oracle = rows["in-context (meta-learned)"], rows["random policy"], rows["oracle (knows the MDP)"]
+    assert learned["mean"] - learned["ci95"] > rand["mean"] + rand["ci95"]
+    assert learned["mean"] < oracle["mean"]
 
 
 def test_same_seed_gives_identical_metrics(tmp_path):
