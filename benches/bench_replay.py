@@ -1,4 +1,4 @@
-"""Replay buffer: Cython vs NumPy reference (and cpprb, when installed) in the same run.
+"""Replay buffer: Cython vs NumPy reference (plus a plain NumPy ring, and cpprb when installed).
 
     pytest benches/bench_replay.py --benchmark-only --benchmark-group-by=group \
         --benchmark-json=replay.json && python benches/ratios.py replay.json
@@ -116,6 +116,65 @@ def test_prioritized_sample_update(benchmark, backend, kind):
     _group(benchmark, backend, "prioritized sample(256) + update_priorities(256)", kind, 256)
     batch = benchmark(step)
     assert batch.weights.shape == (256,)
+
+
+# ---------------------------------------------------------------------------------------------
+# A plain NumPy ring (one array per field, the usual hand-written buffer), for scale
+# ---------------------------------------------------------------------------------------------
+
+class NumpyRing:
+    """The straightforward NumPy replay ring: 9 separate arrays, slice writes, fancy-index reads."""
+
+    def __init__(self, capacity, kind):
+        shape, dtype = ((8,), np.float32) if kind == "vec8" else ((), np.int64)
+        fdtype = np.float32 if kind == "vec8" else np.float64
+        self.fields = [np.zeros((capacity,) + shape, dtype), np.zeros(capacity, np.int64),
+                       np.zeros(capacity, fdtype), np.zeros((capacity,) + shape, dtype),
+                       np.zeros(capacity, bool), np.zeros(capacity, bool),
+                       np.zeros(capacity, np.int32), np.zeros(capacity, np.int64),
+                       np.zeros(capacity, fdtype)]
+        self.capacity, self.pos, self.size = capacity, 0, 0
+
+    def add(self, *values):
+        for arr, v in zip(self.fields, values):
+            arr[self.pos] = v
+        self.pos = (self.pos + 1) % self.capacity
+        self.size = min(self.size + 1, self.capacity)
+
+    def add_batch(self, *columns):
+        n = len(columns[2])
+        idx = (self.pos + np.arange(n)) % self.capacity
+        for arr, col in zip(self.fields, columns):
+            arr[idx] = col
+        self.pos = (self.pos + n) % self.capacity
+        self.size = min(self.size + n, self.capacity)
+
+    def sample(self, n, rng):
+        idx = rng.integers(0, self.size, n)
+        return [arr[idx] for arr in self.fields]
+
+
+@pytest.mark.parametrize("op", ["add", "add_batch(1024)", "sample(256)"])
+@pytest.mark.parametrize("kind", OBS)
+def test_numpy_ring(benchmark, kind, op):
+    capacity = capacity_for(benchmark)
+    ring = NumpyRing(capacity, kind)
+    obs, action, reward, next_obs, done = rows(kind, 1024)
+    zeros = np.zeros(1024)
+    cols = (obs, action, reward, next_obs, done, done, zeros.astype(np.int32), zeros.astype(np.int64), reward)
+    for _ in range(capacity // 1024 + 1):
+        ring.add_batch(*cols)
+    name = {"add": "add (one transition from Python)"}.get(op, op)
+    benchmark.group = f"replay.{name} obs={kind} capacity=1e6"
+    benchmark.extra_info.update(rows={"add": 1, "add_batch(1024)": 1024, "sample(256)": 256}[op],
+                                backend="numpy-ring")
+    rng = np.random.default_rng(0)
+    if op == "add":
+        benchmark(ring.add, obs[0], 1, 0.5, next_obs[0], False, False, 1, 7, -1.0)
+    elif op == "add_batch(1024)":
+        benchmark(ring.add_batch, *cols)
+    else:
+        benchmark(ring.sample, 256, rng)
 
 
 # ---------------------------------------------------------------------------------------------
