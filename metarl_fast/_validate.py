@@ -40,6 +40,8 @@ def float_array(x, name, ndim=None, dtype=None):
             raise TypeError(f"{name} must be a float32 or float64 array, got dtype {x.dtype}")
         if dtype is None and x.dtype not in FLOAT_DTYPES:
             x = x.astype(np.float64)
+    if x.dtype.kind == "f" and not x.dtype.isnative:  # byte-swapped input: convert, never misread
+        x = x.astype(x.dtype.newbyteorder("="))
     if dtype is not None:
         dtype = np.dtype(dtype)
         if x.dtype != dtype:
@@ -48,8 +50,8 @@ def float_array(x, name, ndim=None, dtype=None):
         raise TypeError(f"{name} must be a float32 or float64 array, got dtype {x.dtype}")
     if ndim is not None and x.ndim != ndim:
         raise ValueError(f"{name} must be {ndim}-D, got shape {x.shape}")
-    if not x.flags.c_contiguous:
-        x = np.ascontiguousarray(x)
+    if not x.flags.c_contiguous or not x.flags.aligned:
+        x = np.array(x, order="C", copy=True)
     return x
 
 
@@ -72,7 +74,8 @@ def int_array(x, name, ndim=1, length=None, low=None, high=None):
                 raise ValueError(f"{name} out of range: found {lo}, must be >= {low}")
             if high is not None and hi >= high:
                 raise ValueError(f"{name} out of range: found {hi}, must be < {high}")
-    return np.ascontiguousarray(arr, dtype=np.int64)
+    arr = np.ascontiguousarray(arr, dtype=np.int64)
+    return arr if arr.flags.aligned else arr.copy()
 
 
 def check_out(out, shape, dtype, name="out"):

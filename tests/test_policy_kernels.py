@@ -192,6 +192,22 @@ def test_bad_actions_rng_and_out(backend, rng):
         mf.softmax(logits, out=np.empty((4, 3)).T)
 
 
+def test_byte_swapped_and_unaligned_input_is_converted_not_misread(backend, rng):
+    logits = rng.standard_normal((7, 3))
+    expected = naive_softmax(logits)
+    swapped = logits.astype(">f8")
+    np.testing.assert_allclose(mf.softmax(swapped), expected, atol=1e-14)
+    raw = np.zeros(logits.nbytes + 1, dtype=np.uint8)
+    unaligned = raw[1:].view(np.float64).reshape(7, 3)
+    unaligned[...] = logits
+    assert not unaligned.flags.aligned
+    np.testing.assert_allclose(mf.softmax(unaligned), expected, atol=1e-14)
+    actions = np.array([0, 1, 2, 0, 1, 2, 0], dtype=">i8")
+    np.testing.assert_allclose(mf.log_prob(logits, actions), np.log(expected[np.arange(7), actions]), atol=1e-14)
+    np.testing.assert_array_equal(mf.sample_actions(swapped, np.random.default_rng(3)),
+                                  mf.sample_actions(logits, np.random.default_rng(3)))
+
+
 def test_non_contiguous_and_list_input_is_copied_once(backend, rng):
     base = rng.standard_normal((6, 8))
     view = base[:, ::2]

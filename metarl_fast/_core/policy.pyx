@@ -182,6 +182,7 @@ cdef inline cnp.ndarray _logits(object logits):
         arr = <cnp.ndarray> logits
         typenum = cnp.PyArray_TYPE(arr)
         if (cnp.PyArray_NDIM(arr) == 2 and cnp.PyArray_IS_C_CONTIGUOUS(arr)
+                and cnp.PyArray_ISBEHAVED_RO(arr)  # aligned, native byte order
                 and (typenum == cnp.NPY_DOUBLE or typenum == cnp.NPY_FLOAT)
                 and cnp.PyArray_DIM(arr, 1) >= 1):
             return arr
@@ -195,6 +196,7 @@ cdef inline cnp.ndarray _actions(object actions, intp_t n_rows, intp_t n_actions
     if (type(actions) is cnp.ndarray and cnp.PyArray_TYPE(<cnp.ndarray> actions) == cnp.NPY_INT64
             and cnp.PyArray_NDIM(<cnp.ndarray> actions) == 1
             and cnp.PyArray_IS_C_CONTIGUOUS(<cnp.ndarray> actions)
+            and cnp.PyArray_ISBEHAVED_RO(<cnp.ndarray> actions)
             and cnp.PyArray_DIM(<cnp.ndarray> actions, 0) == n_rows):
         arr = <cnp.ndarray> actions
         p = <const int64_t*> cnp.PyArray_DATA(arr)
