@@ -59,6 +59,7 @@ _TRAIN_OPTIONS = [
     ("--horizon", "horizon", int, "episode length (0: the family's default)"),
     ("--algo", "algo", str, "maml, fomaml, reptile, multitask, or in-context"),
     ("--estimator", "estimator", str, "sampled, or exact (dynamic programming on the task models)"),
+    ("--inner-estimator", "inner_estimator", str, "advantages of the inner steps: reinforce or actor-critic"),
     ("--meta-batch", "meta_batch", int, "tasks per meta-iteration"),
     ("--inner-steps", "inner_steps", int, "adaptation steps K"),
     ("--inner-lr", "inner_lr", float, "adaptation step size alpha"),

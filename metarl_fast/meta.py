@@ -37,9 +37,11 @@ import numpy as np
 from metarl_fast import _validate
 from metarl_fast._backend import active
 from metarl_fast.optim import SGD, Adam
+from metarl_fast.pg import discounted_returns
 from metarl_fast.policy import LinearSoftmaxPolicy, TabularSoftmaxPolicy, softmax
 
 METHODS = ("reptile", "fomaml", "maml", "multitask")
+ADVANTAGES = ("reinforce", "actor-critic")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -158,9 +160,12 @@ class SampledPolicyProblem:
     episodes).  Episodes come from :func:`metarl_fast.rollout.rollout` (one call for all tasks).
     """
 
-    def __init__(self, policy, task_batch, n_episodes, gamma=1.0, features=None):
+    def __init__(self, policy, task_batch, n_episodes, gamma=1.0, features=None, advantage="reinforce"):
         from metarl_fast.rollout import rollout  # noqa: F401  (fail early if unavailable)
 
+        if advantage not in ADVANTAGES:
+            raise ValueError(f"advantage must be one of {ADVANTAGES}, got {advantage!r}")
+        self.advantage = advantage
         self.policy, self.tasks = policy, task_batch
         self.n_tasks = task_batch.n_tasks
         if policy.n_actions != task_batch.n_actions:
@@ -194,10 +199,28 @@ class SampledPolicyProblem:
         key = traj.task_id * S + traj.obs
         n = traj.n_steps
         probs, coef = np.empty((n, A)), np.empty(n)
-        active.meta.pg_prepare(probs_table, key, traj.action, np.ascontiguousarray(traj.reward, dtype=np.float64),
-                               traj.done, traj.step_in_episode, traj.task_id, self.n_tasks, self.gamma,
-                               self.n_episodes, probs, coef)
+        rewards = np.ascontiguousarray(traj.reward, dtype=np.float64)
+        active.meta.pg_prepare(probs_table, key, traj.action, rewards, traj.done, traj.step_in_episode,
+                               traj.task_id, self.n_tasks, self.gamma, self.n_episodes, probs, coef)
+        if self.advantage == "actor-critic":
+            coef = self._actor_critic_coef(traj, key, rewards)
         return {"traj": traj, "key": key, "probs": probs, "coef": coef, "episode": _episode_index(traj)}
+
+    def _actor_critic_coef(self, traj, key, rewards):
+        """``gamma^t (r + gamma (1 - terminated) V(s') - V(s)) / N``: TD(0) advantages with a tabular
+        critic per task, fitted to this batch (V(s) = mean discounted return-to-go observed from s).
+
+        Biased like every actor-critic (the critic is approximate and time-independent), lower
+        variance than REINFORCE; the Hessian and score-function terms treat it as constant.
+        """
+        S = self.map.n_states
+        size = self.n_tasks * S
+        returns = discounted_returns(rewards, traj.done, self.gamma)
+        counts = np.bincount(key, minlength=size)
+        values = np.bincount(key, weights=returns, minlength=size) / np.maximum(counts, 1)
+        next_key = traj.task_id * S + traj.next_obs
+        td = rewards + self.gamma * (~traj.terminated) * (~traj.truncated) * values[next_key] - values[key]
+        return self.gamma ** traj.step_in_episode.astype(np.float64) * td / self.n_episodes
 
     def _table(self):
         return np.empty((self.n_tasks * self.map.n_states, self.map.n_actions))
@@ -391,6 +414,9 @@ class MetaLearner:
     estimator : {"sampled", "exact"}
         ``"exact"`` computes every gradient and Hessian-vector product by dynamic programming on
         the tasks' models: a noise-free meta-gradient.
+    inner_estimator : {"reinforce", "actor-critic"}
+        Advantages of the inner policy-gradient steps (sampled estimator): return-to-go minus a
+        per-time-step baseline, or TD(0) errors of a per-task tabular critic.
     learn_inner_lr : bool
         Meta-SGD: learn one step size per parameter (MAML only), with its own Adam at ``meta_lr``.
     features : float (S, F), optional
@@ -399,13 +425,16 @@ class MetaLearner:
 
     def __init__(self, policy, method, *, inner_lr=0.1, inner_steps=1, meta_lr=None,
                  meta_optimizer="adam", episodes_per_task=20, gamma=1.0, estimator="sampled",
-                 learn_inner_lr=False, features=None):
+                 learn_inner_lr=False, features=None, inner_estimator="reinforce"):
         if not isinstance(policy, (TabularSoftmaxPolicy, LinearSoftmaxPolicy)):
             raise TypeError(f"policy must be a TabularSoftmaxPolicy or LinearSoftmaxPolicy, got {type(policy).__name__}")
         if method not in METHODS:
             raise ValueError(f"method must be one of {METHODS}, got {method!r}")
         if estimator not in ESTIMATORS:
             raise ValueError(f"estimator must be one of {ESTIMATORS}, got {estimator!r}")
+        if inner_estimator not in ADVANTAGES:
+            raise ValueError(f"inner_estimator must be one of {ADVANTAGES}, got {inner_estimator!r}")
+        self.inner_estimator = inner_estimator
         if meta_optimizer not in ("adam", "sgd"):
             raise ValueError(f"meta_optimizer must be 'adam' or 'sgd', got {meta_optimizer!r}")
         self.policy, self.method, self.estimator = policy, method, estimator
@@ -431,7 +460,8 @@ class MetaLearner:
         """The inner problem of this learner on ``task_batch`` (sampled or exact)."""
         if self.estimator == "exact":
             return ExactPolicyProblem(self.policy, task_batch, self.gamma, self.features)
-        return SampledPolicyProblem(self.policy, task_batch, self.episodes_per_task, self.gamma, self.features)
+        return SampledPolicyProblem(self.policy, task_batch, self.episodes_per_task, self.gamma, self.features,
+                                    advantage=self.inner_estimator)
 
     def _alpha(self):
         return self.inner_lrs if self.learn_inner_lr else self.inner_lr

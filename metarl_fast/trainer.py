@@ -44,6 +44,7 @@ class TrainConfig:
     horizon: int = 0                 # 0: the family's default
     algo: str = "maml"
     estimator: str = "sampled"
+    inner_estimator: str = "reinforce"
     meta_batch: int = 20
     inner_steps: int = 1
     inner_lr: float = 1.0
@@ -67,6 +68,8 @@ class TrainConfig:
             raise ValueError(f"unknown task family {self.tasks!r}; choose one of {', '.join(TASK_FAMILIES)}")
         if self.algo not in ALGOS:
             raise ValueError(f"unknown algorithm {self.algo!r}; choose one of {', '.join(ALGOS)}")
+        if self.inner_estimator not in meta.ADVANTAGES:
+            raise ValueError(f"inner-estimator must be one of {meta.ADVANTAGES}, got {self.inner_estimator!r}")
         if self.estimator not in meta.ESTIMATORS:
             raise ValueError(f"estimator must be one of {meta.ESTIMATORS}, got {self.estimator!r}")
         for name in ("grid_size", "n_states", "n_actions", "n_arms", "meta_batch", "inner_steps",
@@ -160,7 +163,8 @@ def make_learner(config, policy):
     return meta.MetaLearner(
         policy, config.algo, inner_lr=config.inner_lr, inner_steps=config.inner_steps,
         meta_lr=config.meta_lr, meta_optimizer=config.meta_optimizer,
-        episodes_per_task=config.episodes_per_task, gamma=config.gamma, estimator=config.estimator)
+        episodes_per_task=config.episodes_per_task, gamma=config.gamma, estimator=config.estimator,
+        inner_estimator=config.inner_estimator)
 
 
 def evaluate(config, params, test_tasks, *, baselines=True, multitask_params=None):
@@ -182,7 +186,8 @@ def evaluate(config, params, test_tasks, *, baselines=True, multitask_params=Non
     evaluator = meta.ExactPolicyProblem(probe, test_tasks, gamma=config.gamma)
 
     def adapted(name, init):
-        sampled = meta.SampledPolicyProblem(probe, test_tasks, config.episodes_per_task, config.gamma)
+        sampled = meta.SampledPolicyProblem(probe, test_tasks, config.episodes_per_task, config.gamma,
+                                            advantage=config.inner_estimator)
         rng = np.random.default_rng(np.random.SeedSequence(config.eval_seed, spawn_key=(1,)))
         theta = np.broadcast_to(np.asarray(init, dtype=np.float64), (test_tasks.n_tasks, probe.n_params)).copy()
         steps = [evaluator.value(theta)]

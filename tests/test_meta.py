@@ -236,13 +236,38 @@ def test_maml_and_reptile_initialisations_adapt_better_on_grid_navigation():
             assert mean - ci > ref_mean + ref_ci, results  # non-overlapping 95% intervals
 
 
+def test_actor_critic_inner_loop_adapts_and_meta_learns(backend):
+    from metarl_fast.tasks import GridNavigation
+
+    dist = GridNavigation(size=5)
+    held_out = dist.sample(200, np.random.default_rng(999))
+    policy = mf.TabularSoftmaxPolicy(25, 5)
+
+    def adapted(params):
+        sampled = meta.SampledPolicyProblem(policy, held_out, n_episodes=20, advantage="actor-critic")
+        theta, _, _, _ = meta.adapt(sampled, params, 1.0, 1, np.random.default_rng(5))
+        values = meta.ExactPolicyProblem(policy, held_out).value(theta)
+        return values.mean(), 1.96 * values.std(ddof=1) / np.sqrt(values.size)
+
+    before = meta.ExactPolicyProblem(policy, held_out).value(np.zeros((200, 125))).mean()
+    scratch, scratch_ci = adapted(np.zeros(125))
+    assert scratch > before + 5  # one actor-critic step from the uniform policy already helps
+    learner = meta.MAML(policy, inner_lr=1.0, meta_lr=0.05, inner_estimator="actor-critic")
+    rng = np.random.default_rng(0)
+    for _ in range(300):
+        learner.meta_step(dist.sample(20, rng), rng)
+    learned, learned_ci = adapted(policy.params)
+    assert learned - learned_ci > scratch + scratch_ci, (learned, scratch)
+
+
 # ------------------------------------------------------------------ bad input
 def test_bad_hyper_parameters_and_shapes():
     policy = mf.TabularSoftmaxPolicy(3, 2)
     for kw, match in [({"inner_lr": 0.0}, "inner_lr"), ({"inner_lr": float("nan")}, "inner_lr"),
                       ({"meta_lr": -1.0}, "meta_lr"), ({"meta_lr": float("inf")}, "meta_lr"),
                       ({"inner_steps": 0}, "inner_steps"), ({"episodes_per_task": 0}, "episodes_per_task"),
-                      ({"estimator": "magic"}, "estimator"), ({"gamma": 1.5}, "gamma")]:
+                      ({"estimator": "magic"}, "estimator"), ({"gamma": 1.5}, "gamma"),
+                      ({"inner_estimator": "td(5)"}, "inner_estimator")]:
         with pytest.raises(ValueError, match=match):
             meta.MAML(policy, **kw)
     with pytest.raises(ValueError, match="method must be one of"):
