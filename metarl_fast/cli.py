@@ -12,6 +12,7 @@ import sys
 import time
 
 EXIT_USAGE = 2
+EXIT_DIVERGED = 3
 EXIT_INTERRUPTED = 130
 
 
@@ -286,6 +287,10 @@ def main(argv=None):
             raise
         print(f"metarl-fast: error: {err}", file=sys.stderr)
         return EXIT_USAGE
+    except FloatingPointError as err:  # meta.DivergenceError and the in-context learners' divergence
+        print(f"metarl-fast: error: training diverged ({err}); no checkpoint was written for that "
+              f"iteration, the last one is intact", file=sys.stderr)
+        return EXIT_DIVERGED
     except KeyboardInterrupt:
         print("metarl-fast: interrupted", file=sys.stderr)
         return EXIT_INTERRUPTED

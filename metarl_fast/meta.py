@@ -270,7 +270,8 @@ class ExactPolicyProblem:
 
     def _solve(self, logits):
         """(J (T,), dJ/dlogits (T, S, A)) by DP; complex ``logits`` propagate through."""
-        z = logits - logits.real.max(axis=2, keepdims=True)
+        with np.errstate(over="ignore"):  # huge logits: x - max may reach -inf, i.e. probability 0
+            z = logits - logits.real.max(axis=2, keepdims=True)
         e = np.exp(z)
         pi = e / e.sum(axis=2, keepdims=True)
         Tn, S, A = pi.shape
@@ -326,7 +327,10 @@ def adapt(problem, params, inner_lr, inner_steps, rng):
         thetas.append(theta)
         datas.append(data)
         grads.append(g)
-        theta = theta + inner_lr * g
+        with np.errstate(over="ignore", invalid="ignore"):
+            theta = theta + inner_lr * g
+        if not np.all(np.isfinite(theta)):
+            raise DivergenceError(f"inner step {len(thetas)} produced non-finite parameters")
     return theta, thetas, datas, grads
 
 
@@ -476,8 +480,11 @@ class MetaLearner:
         _validate.check_rng(rng)
         problem = self.problem(task_batch)
         phi = self.policy.params.astype(np.float64)
-        direction, lr_grad, info = meta_gradient(problem, phi, self.method, self._alpha(),
-                                                 self.inner_steps, rng)
+        try:
+            direction, lr_grad, info = meta_gradient(problem, phi, self.method, self._alpha(),
+                                                     self.inner_steps, rng)
+        except DivergenceError as err:
+            raise DivergenceError(f"meta-iteration {self.iteration + 1}: {err} (nothing was updated)") from None
         mean_dir = direction.mean(axis=0)
         saved = (self.policy.params.copy(), self.optimizer.state_dict(), self.inner_lrs.copy(),
                  None if self.lr_optimizer is None else self.lr_optimizer.state_dict())

@@ -79,7 +79,8 @@ def action_tables(logits):
             p, s = divmod(row, x.shape[1])
             err = _validate.logits_row_error(flat, row)
             raise ValueError(f"policy {p}, state {s}: {err}")
-    z = x - x.max(axis=-1, keepdims=True)
+    with np.errstate(over="ignore"):  # huge logits: x - max may reach -inf, i.e. probability 0
+        z = x - x.max(axis=-1, keepdims=True)
     e = exp_nonpos(z)
     cdf = np.cumsum(e, axis=-1)
     with np.errstate(divide="ignore"):

@@ -172,6 +172,19 @@ def test_bad_checkpoints_and_options_give_one_line_errors(tmp_path):
         assert message in lines[0], (message, lines[0])
 
 
+def test_divergence_stops_with_one_line_and_an_intact_checkpoint(tmp_path):
+    out = tmp_path / "div"
+    res = cli("train", "--tasks", "gridnav", "--grid-size", "4", "--iterations", "40", "--meta-batch", "4",
+              "--episodes", "8", "--eval-tasks", "10", "--checkpoint-every", "1", "--inner-lr", "1e308",
+              "--out", str(out), *backend_args())
+    assert res.returncode == 3, res.stderr
+    lines = res.stderr.strip().splitlines()
+    assert "training diverged" in lines[-1] and "meta-iteration" in lines[-1] and "Traceback" not in res.stderr
+    if (out / "checkpoint.npz").exists():  # every checkpoint written before the divergence loads
+        _, arrays = MetaTrainer.read_checkpoint(out / "checkpoint.npz")
+        assert np.all(np.isfinite(arrays["learner_params"]))
+
+
 @needs_cython
 def test_checkpoint_from_one_backend_evaluates_on_the_other(tmp_path):
     out = tmp_path / "run"
