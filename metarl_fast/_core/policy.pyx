@@ -29,6 +29,9 @@ cdef enum Op:
 # Rows are processed in chunks of about this many elements, so the shifted logits and their
 # exponentials stay in L1/L2 while one long vectorised exp loop runs over the whole chunk.
 cdef intp_t CHUNK_ELEMS = 2048
+# Below this many logits the kernel runs with the GIL held: releasing and re-taking it costs more
+# than the work (an agent loop calling with B=1), and no other thread could use the gap.
+cdef intp_t NOGIL_MIN_ELEMS = 512
 DEF SMALL_SCRATCH = 256
 
 
@@ -208,13 +211,27 @@ cdef inline cnp.ndarray _actions(object actions, intp_t n_rows, intp_t n_actions
     return _validate.check_actions(actions, n_rows, n_actions)
 
 
+cdef inline bint _out_ok(object out, int ndim, cnp.npy_intp d0, cnp.npy_intp d1, int typenum):
+    """Fast acceptance of a caller's ``out``: exact type, dtype, shape, C order, writeable, aligned."""
+    cdef cnp.ndarray arr
+    if type(out) is not cnp.ndarray:
+        return False
+    arr = <cnp.ndarray> out
+    return (cnp.PyArray_TYPE(arr) == typenum and cnp.PyArray_NDIM(arr) == ndim
+            and cnp.PyArray_DIM(arr, 0) == d0 and (ndim == 1 or cnp.PyArray_DIM(arr, 1) == d1)
+            and cnp.PyArray_ISCARRAY(arr))  # C-contiguous, aligned, writeable, native byte order
+
+
 cdef inline cnp.ndarray _out(object out, tuple shape, cnp.ndarray like):
     """``out`` checked, or a new C-contiguous array of ``shape`` with the dtype of ``like``."""
     cdef cnp.npy_intp dims[2]
+    cdef int ndim = len(shape)
+    dims[0] = shape[0]
+    dims[1] = shape[1] if ndim == 2 else 0
     if out is None:
-        dims[0] = shape[0]
-        dims[1] = shape[1] if len(shape) == 2 else 0
-        return cnp.PyArray_EMPTY(len(shape), dims, cnp.PyArray_TYPE(like), 0)
+        return cnp.PyArray_EMPTY(ndim, dims, cnp.PyArray_TYPE(like), 0)
+    if _out_ok(out, ndim, dims[0], dims[1], cnp.PyArray_TYPE(like)):
+        return <cnp.ndarray> out
     return _validate.check_out(out, shape, like.dtype)
 
 
@@ -225,111 +242,93 @@ cdef inline void _raise(intp_t status, cnp.ndarray logits) except *:
         raise _validate.logits_row_error(logits, status)
 
 
+cdef intp_t _apply_any(bint dbl, const void* data, intp_t n_rows, intp_t n_actions, Op op,
+                       const int64_t* actions, bitgen_t* bitgen, void* fout,
+                       int64_t* iout) noexcept nogil:
+    if dbl:
+        return _apply(<const double*> data, n_rows, n_actions, op, actions, bitgen, <double*> fout, iout)
+    return _apply(<const float*> data, n_rows, n_actions, op, actions, bitgen, <float*> fout, iout)
+
+
+cdef intp_t _run(Op op, cnp.ndarray x, cnp.ndarray acts, bitgen_t* bitgen, cnp.ndarray res) except? -3:
+    """Run kernel ``op`` on validated ``x``; the GIL is released only for enough work to pay for it."""
+    cdef intp_t n_rows = x.shape[0], n_actions = x.shape[1], status
+    cdef bint dbl = cnp.PyArray_TYPE(x) == cnp.NPY_DOUBLE
+    cdef const void* data = cnp.PyArray_DATA(x)
+    cdef const int64_t* a = NULL if acts is None else <const int64_t*> cnp.PyArray_DATA(acts)
+    cdef void* fout = NULL
+    cdef int64_t* iout = NULL
+    if op == OP_SAMPLE:
+        iout = <int64_t*> cnp.PyArray_DATA(res)
+    else:
+        fout = cnp.PyArray_DATA(res)
+    if n_rows * n_actions > NOGIL_MIN_ELEMS:
+        with nogil:
+            status = _apply_any(dbl, data, n_rows, n_actions, op, a, bitgen, fout, iout)
+    else:
+        status = _apply_any(dbl, data, n_rows, n_actions, op, a, bitgen, fout, iout)
+    _raise(status, x)
+    return status
+
+
 def softmax(logits, out=None):
     """Row-wise softmax.  See :func:`metarl_fast.reference.policy.softmax`."""
     cdef cnp.ndarray x = _logits(logits)
-    cdef intp_t n_rows = x.shape[0], n_actions = x.shape[1], status
-    cdef cnp.ndarray res = _out(out, (n_rows, n_actions), x)
-    if cnp.PyArray_TYPE(x) == cnp.NPY_DOUBLE:
-        with nogil:
-            status = softmax_rows(<const double*> cnp.PyArray_DATA(x), n_rows, n_actions,
-                                  <double*> cnp.PyArray_DATA(res))
-    else:
-        with nogil:
-            status = softmax_rows(<const float*> cnp.PyArray_DATA(x), n_rows, n_actions,
-                                  <float*> cnp.PyArray_DATA(res))
-    _raise(status, x)
+    cdef cnp.ndarray res = _out(out, (x.shape[0], x.shape[1]), x)
+    _run(OP_SOFTMAX, x, None, NULL, res)
     return res
 
 
 def log_softmax(logits, out=None):
     """Row-wise log-softmax.  See :func:`metarl_fast.reference.policy.log_softmax`."""
     cdef cnp.ndarray x = _logits(logits)
-    cdef intp_t n_rows = x.shape[0], n_actions = x.shape[1], status
-    cdef cnp.ndarray res = _out(out, (n_rows, n_actions), x)
-    if cnp.PyArray_TYPE(x) == cnp.NPY_DOUBLE:
-        with nogil:
-            status = log_softmax_rows(<const double*> cnp.PyArray_DATA(x), n_rows, n_actions,
-                                      <double*> cnp.PyArray_DATA(res))
-    else:
-        with nogil:
-            status = log_softmax_rows(<const float*> cnp.PyArray_DATA(x), n_rows, n_actions,
-                                      <float*> cnp.PyArray_DATA(res))
-    _raise(status, x)
+    cdef cnp.ndarray res = _out(out, (x.shape[0], x.shape[1]), x)
+    _run(OP_LOG_SOFTMAX, x, None, NULL, res)
     return res
 
 
 def entropy(logits, out=None):
     """Entropy of each row's softmax.  See :func:`metarl_fast.reference.policy.entropy`."""
     cdef cnp.ndarray x = _logits(logits)
-    cdef intp_t n_rows = x.shape[0], n_actions = x.shape[1], status
-    cdef cnp.ndarray res = _out(out, (n_rows,), x)
-    if cnp.PyArray_TYPE(x) == cnp.NPY_DOUBLE:
-        with nogil:
-            status = entropy_rows(<const double*> cnp.PyArray_DATA(x), n_rows, n_actions,
-                                  <double*> cnp.PyArray_DATA(res))
-    else:
-        with nogil:
-            status = entropy_rows(<const float*> cnp.PyArray_DATA(x), n_rows, n_actions,
-                                  <float*> cnp.PyArray_DATA(res))
-    _raise(status, x)
+    cdef cnp.ndarray res = _out(out, (x.shape[0],), x)
+    _run(OP_ENTROPY, x, None, NULL, res)
     return res
 
 
 def log_prob(logits, actions, out=None):
     """log pi(a_i | row i).  See :func:`metarl_fast.reference.policy.log_prob`."""
     cdef cnp.ndarray x = _logits(logits)
-    cdef intp_t n_rows = x.shape[0], n_actions = x.shape[1], status
-    cdef cnp.ndarray acts = _actions(actions, n_rows, n_actions)
-    cdef cnp.ndarray res = _out(out, (n_rows,), x)
-    cdef const int64_t* a = <const int64_t*> cnp.PyArray_DATA(acts)
-    if cnp.PyArray_TYPE(x) == cnp.NPY_DOUBLE:
-        with nogil:
-            status = log_prob_rows(<const double*> cnp.PyArray_DATA(x), a, n_rows, n_actions,
-                                   <double*> cnp.PyArray_DATA(res))
-    else:
-        with nogil:
-            status = log_prob_rows(<const float*> cnp.PyArray_DATA(x), a, n_rows, n_actions,
-                                   <float*> cnp.PyArray_DATA(res))
-    _raise(status, x)
+    cdef cnp.ndarray acts = _actions(actions, x.shape[0], x.shape[1])
+    cdef cnp.ndarray res = _out(out, (x.shape[0],), x)
+    _run(OP_LOG_PROB, x, acts, NULL, res)
     return res
 
 
 def grad_log_prob(logits, actions, out=None):
     """d log pi(a_i) / d logits_i = onehot(a_i) - pi_i.  See the reference."""
     cdef cnp.ndarray x = _logits(logits)
-    cdef intp_t n_rows = x.shape[0], n_actions = x.shape[1], status
-    cdef cnp.ndarray acts = _actions(actions, n_rows, n_actions)
-    cdef cnp.ndarray res = _out(out, (n_rows, n_actions), x)
-    cdef const int64_t* a = <const int64_t*> cnp.PyArray_DATA(acts)
-    if cnp.PyArray_TYPE(x) == cnp.NPY_DOUBLE:
-        with nogil:
-            status = grad_log_prob_rows(<const double*> cnp.PyArray_DATA(x), a, n_rows, n_actions,
-                                        <double*> cnp.PyArray_DATA(res))
-    else:
-        with nogil:
-            status = grad_log_prob_rows(<const float*> cnp.PyArray_DATA(x), a, n_rows, n_actions,
-                                        <float*> cnp.PyArray_DATA(res))
-    _raise(status, x)
+    cdef cnp.ndarray acts = _actions(actions, x.shape[0], x.shape[1])
+    cdef cnp.ndarray res = _out(out, (x.shape[0], x.shape[1]), x)
+    _run(OP_GRAD, x, acts, NULL, res)
     return res
 
 
 def sample_actions(logits, rng, out=None):
     """Sample one action per row by inverse CDF.  See :func:`metarl_fast.reference.policy.sample_actions`."""
     cdef cnp.ndarray x = _logits(logits)
-    cdef intp_t n_rows = x.shape[0], n_actions = x.shape[1], status = MF_OK
+    cdef intp_t n_rows = x.shape[0]
     cdef cnp.ndarray res
     cdef bitgen_t* bitgen
-    cdef int64_t* acts
     if not isinstance(rng, _Generator):
         _validate.check_rng(rng)
     if out is None:
         res = cnp.PyArray_EMPTY(1, <cnp.npy_intp*> &n_rows, cnp.NPY_INT64, 0)
+    elif _out_ok(out, 1, n_rows, 0, cnp.NPY_INT64):
+        res = <cnp.ndarray> out
     else:
         res = _validate.check_out(out, (n_rows,), np.int64)
     if n_rows == 0:
         return res
-    acts = <int64_t*> cnp.PyArray_DATA(res)
     bit_generator = rng.bit_generator
     bitgen = bitgen_of(bit_generator)
     lock = bit_generator.lock
@@ -337,15 +336,7 @@ def sample_actions(logits, rng, out=None):
     # the whole kernel at B=1
     lock.acquire()
     try:
-        if cnp.PyArray_TYPE(x) == cnp.NPY_DOUBLE:
-            with nogil:
-                status = sample_rows(<const double*> cnp.PyArray_DATA(x), n_rows, n_actions,
-                                     bitgen, acts)
-        else:
-            with nogil:
-                status = sample_rows(<const float*> cnp.PyArray_DATA(x), n_rows, n_actions,
-                                     bitgen, acts)
+        _run(OP_SAMPLE, x, None, bitgen, res)
     finally:
         lock.release()
-    _raise(status, x)
     return res
