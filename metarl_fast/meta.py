@@ -142,7 +142,7 @@ class QuadraticProblem:
         return -np.einsum("tpq,tq->tp", A, v)
 
     def value(self, theta, data=None):
-        idx = np.arange(self.n_tasks)
+        """Mean objective over the minibatches, per task, (T,)."""
         d = theta[:, None, :] - self.centers
         return -0.5 * np.einsum("tmp,tmpq,tmq->tm", d, self.hessians, d).mean(axis=1)
 
@@ -207,7 +207,7 @@ class SampledPolicyProblem:
         return {"traj": traj, "key": key, "probs": probs, "coef": coef, "episode": _episode_index(traj)}
 
     def _actor_critic_coef(self, traj, key, rewards):
-        """``gamma^t (r + gamma (1 - terminated) V(s') - V(s)) / N``: TD(0) advantages with a tabular
+        """``gamma^t (r + gamma (1 - done) V(s') - V(s)) / N``: TD(0) advantages with a tabular
         critic per task, fitted to this batch (V(s) = mean discounted return-to-go observed from s).
 
         Biased like every actor-critic (the critic is approximate and time-independent), lower
