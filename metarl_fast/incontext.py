@@ -74,7 +74,103 @@ def baselined_gradient(weighted_score, score_sums, reward_sums, n_tasks):
     return (weighted_score - (baseline[:, None] * score_sums).sum(axis=0)) / n_tasks
 
 
-class InContextBanditLearner:
+class InContextLearnerBase:
+    """What the in-context learners share: Adam meta-training on a trial-level policy gradient,
+    persistence (atomic ``.npz``, no pickle) and equality.  Subclasses set ``_kind``,
+    ``n_features`` and ``_trained_on_len`` and provide ``fit`` (which builds the per-iteration step)."""
+
+    _kind = None
+    n_features = None
+    _trained_on_len = None
+
+    def _adam_fit(self, step, n_iterations, batch_size, learning_rate, final_learning_rate, betas,
+                  eps, callback, checkpoint_path, checkpoint_every):
+        """The meta-training loop; ``step(batch_size) -> (grad, totals, trained_on)`` draws a batch
+        of tasks, plays one trial on each and returns the REINFORCE gradient."""
+        n_iterations = _validate.positive_int(n_iterations, "n_iterations")
+        batch_size = _validate.positive_int(batch_size, "batch_size")
+        lr0 = _validate.finite_float(learning_rate, "learning_rate", low=0.0, low_open=True)
+        lr1 = _validate.finite_float(final_learning_rate, "final_learning_rate", low=0.0, low_open=True)
+        try:
+            beta1, beta2 = betas
+        except (TypeError, ValueError) as err:
+            raise ValueError(f"betas must be a pair (beta1, beta2), got {betas!r}") from err
+        beta1 = _validate.finite_float(beta1, "beta1", low=0.0, high=1.0, high_open=True)
+        beta2 = _validate.finite_float(beta2, "beta2", low=0.0, high=1.0, high_open=True)
+        eps = _validate.finite_float(eps, "eps", low=0.0, low_open=True)
+        if callback is not None and not callable(callback):
+            raise TypeError(f"callback must be callable, got {type(callback).__name__}")
+        checkpoint_every = _validate.positive_int(checkpoint_every, "checkpoint_every")
+
+        first_moment = np.zeros(self.n_features)
+        second_moment = np.zeros(self.n_features)
+        history = np.empty(n_iterations)
+        decay = (lr1 / lr0) ** (1.0 / n_iterations)
+        for it in range(n_iterations):
+            try:
+                grad, totals, trained_on = step(batch_size)
+            except FloatingPointError as err:
+                raise FloatingPointError(f"meta-training diverged at iteration {it}: {err}; "
+                                         "the weights keep their values from before this "
+                                         "iteration") from err
+            history[it] = totals.mean()
+            first_moment = beta1 * first_moment + (1.0 - beta1) * grad
+            second_moment = beta2 * second_moment + (1.0 - beta2) * grad * grad
+            step_size = lr0 * decay ** it / (1.0 - beta1 ** (it + 1))
+            denom = np.sqrt(second_moment / (1.0 - beta2 ** (it + 1))) + eps
+            new_weights = self.weights + step_size * first_moment / denom
+            if not np.all(np.isfinite(new_weights)) or np.abs(new_weights).max() > MAX_ABS_WEIGHT:
+                raise FloatingPointError(
+                    f"meta-training diverged at iteration {it}: the weights would become "
+                    f"non-finite or exceed {MAX_ABS_WEIGHT:g} (lower the learning rate); "
+                    "the weights keep their values from before this iteration")
+            self.weights[...] = new_weights
+            self.trained_on = trained_on
+            if callback is not None:
+                callback(it, self, totals)
+            if checkpoint_path is not None and ((it + 1) % checkpoint_every == 0
+                                                or it + 1 == n_iterations):
+                self.save(checkpoint_path)
+        return history
+
+    # ------------------------------------------------------------------ persistence
+    def save(self, path):
+        """Write the learner atomically to ``path`` (.npz via :mod:`metarl_fast.io`, no pickle)."""
+        trained_on = np.asarray(self.trained_on if self.trained_on is not None else (), dtype=np.int64)
+        arrays = {"weights": self.weights, "trained_on": trained_on,
+                  "n_features": np.array(self.n_features, dtype=np.int64)}
+        return io.save_npz(path, arrays, kind=self._kind, version=LEARNER_FORMAT_VERSION)
+
+    @classmethod
+    def load(cls, path):
+        """Read a learner written by :meth:`save`; raises ``CheckpointError`` on a bad file."""
+        arrays, _ = io.load_npz(path, kind=cls._kind, versions={LEARNER_FORMAT_VERSION})
+        try:
+            weights, trained_on = arrays["weights"], arrays["trained_on"]
+            if int(arrays["n_features"]) != cls.n_features:
+                raise ValueError(f"{int(arrays['n_features'])} features, this version has {cls.n_features}")
+            if weights.dtype != np.float64:
+                raise ValueError(f"weights of dtype {weights.dtype}")
+            learner = cls(weights)
+            if trained_on.dtype != np.int64 or trained_on.shape not in ((0,), (cls._trained_on_len,)):
+                raise ValueError(f"trained_on of shape {trained_on.shape}")
+            if trained_on.size and trained_on.min() < 1:
+                raise ValueError(f"trained_on values must be >= 1, got {trained_on.tolist()}")
+        except KeyError as err:
+            raise io.CheckpointError(f"{path}: missing array {err}") from err
+        except (ValueError, TypeError) as err:
+            raise io.CheckpointError(f"{path}: inconsistent learner file ({err})") from err
+        learner.trained_on = tuple(int(v) for v in trained_on) or None
+        return learner
+
+    def __eq__(self, other):
+        return (type(self) is type(other) and self.trained_on == other.trained_on
+                and np.array_equal(self.weights, other.weights))
+
+    __hash__ = None
+
+
+class InContextBanditLearner(InContextLearnerBase):
     """Linear softmax over per-arm posterior features, meta-trained to explore Bernoulli bandits.
 
     Parameters
@@ -100,6 +196,7 @@ class InContextBanditLearner:
     _kind = "InContextBanditLearner"
     feature_names = FEATURE_NAMES
     n_features = N_FEATURES
+    _trained_on_len = 2
 
     def __init__(self, weights=None):
         self.weights = np.zeros(N_FEATURES) if weights is None else check_weights(weights).copy()
@@ -191,81 +288,14 @@ class InContextBanditLearner:
         n_arms = _validate.positive_int(n_arms, "n_arms")
         n_pulls = _validate.positive_int(n_pulls, "n_pulls")
         _validate.check_rng(rng)
-        n_iterations = _validate.positive_int(n_iterations, "n_iterations")
-        batch_size = _validate.positive_int(batch_size, "batch_size")
-        lr0 = _validate.finite_float(learning_rate, "learning_rate", low=0.0, low_open=True)
-        lr1 = _validate.finite_float(final_learning_rate, "final_learning_rate", low=0.0, low_open=True)
-        try:
-            beta1, beta2 = betas
-        except (TypeError, ValueError) as err:
-            raise ValueError(f"betas must be a pair (beta1, beta2), got {betas!r}") from err
-        beta1 = _validate.finite_float(beta1, "beta1", low=0.0, high=1.0, high_open=True)
-        beta2 = _validate.finite_float(beta2, "beta2", low=0.0, high=1.0, high_open=True)
-        eps = _validate.finite_float(eps, "eps", low=0.0, low_open=True)
-        if callback is not None and not callable(callback):
-            raise TypeError(f"callback must be callable, got {type(callback).__name__}")
-        checkpoint_every = _validate.positive_int(checkpoint_every, "checkpoint_every")
 
-        first_moment = np.zeros(N_FEATURES)
-        second_moment = np.zeros(N_FEATURES)
-        history = np.empty(n_iterations)
-        decay = (lr1 / lr0) ** (1.0 / n_iterations)
-        for it in range(n_iterations):
+        def step(batch_size):
             arm_means = rng.random((batch_size, n_arms))
             grad, totals = self.policy_gradient(arm_means, n_pulls, rng)
-            history[it] = totals.mean()
-            first_moment = beta1 * first_moment + (1.0 - beta1) * grad
-            second_moment = beta2 * second_moment + (1.0 - beta2) * grad * grad
-            step_size = lr0 * decay ** it / (1.0 - beta1 ** (it + 1))
-            denom = np.sqrt(second_moment / (1.0 - beta2 ** (it + 1))) + eps
-            new_weights = self.weights + step_size * first_moment / denom
-            if not np.all(np.isfinite(new_weights)) or np.abs(new_weights).max() > MAX_ABS_WEIGHT:
-                raise FloatingPointError(
-                    f"meta-training diverged at iteration {it}: the weights would become "
-                    f"non-finite or exceed {MAX_ABS_WEIGHT:g} (lower the learning rate); "
-                    "the weights keep their values from before this iteration")
-            self.weights[...] = new_weights
-            self.trained_on = (n_arms, n_pulls)
-            if callback is not None:
-                callback(it, self, totals)
-            if checkpoint_path is not None and ((it + 1) % checkpoint_every == 0
-                                                or it + 1 == n_iterations):
-                self.save(checkpoint_path)
-        return history
+            return grad, totals, (n_arms, n_pulls)
 
-    # ------------------------------------------------------------------ persistence
-    def save(self, path):
-        """Write the learner atomically to ``path`` (.npz via :mod:`metarl_fast.io`, no pickle)."""
-        trained_on = np.asarray(self.trained_on if self.trained_on is not None else (), dtype=np.int64)
-        arrays = {"weights": self.weights, "trained_on": trained_on,
-                  "n_features": np.array(N_FEATURES, dtype=np.int64)}
-        return io.save_npz(path, arrays, kind=self._kind, version=LEARNER_FORMAT_VERSION)
-
-    @classmethod
-    def load(cls, path):
-        """Read a learner written by :meth:`save`; raises ``CheckpointError`` on a bad file."""
-        arrays, _ = io.load_npz(path, kind=cls._kind, versions={LEARNER_FORMAT_VERSION})
-        try:
-            weights, trained_on = arrays["weights"], arrays["trained_on"]
-            if int(arrays["n_features"]) != N_FEATURES:
-                raise ValueError(f"{int(arrays['n_features'])} features, this version has {N_FEATURES}")
-            if weights.dtype != np.float64:
-                raise ValueError(f"weights of dtype {weights.dtype}")
-            learner = cls(weights)
-            if trained_on.dtype != np.int64 or trained_on.shape not in ((0,), (2,)):
-                raise ValueError(f"trained_on of shape {trained_on.shape}")
-        except KeyError as err:
-            raise io.CheckpointError(f"{path}: missing array {err}") from err
-        except (ValueError, TypeError) as err:
-            raise io.CheckpointError(f"{path}: inconsistent learner file ({err})") from err
-        learner.trained_on = tuple(int(v) for v in trained_on) or None
-        return learner
-
-    def __eq__(self, other):
-        return (type(self) is type(other) and self.trained_on == other.trained_on
-                and np.array_equal(self.weights, other.weights))
-
-    __hash__ = None
+        return self._adam_fit(step, n_iterations, batch_size, learning_rate, final_learning_rate,
+                              betas, eps, callback, checkpoint_path, checkpoint_every)
 
     def __repr__(self):
         return f"InContextBanditLearner(trained_on={self.trained_on})"

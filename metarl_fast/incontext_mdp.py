@@ -16,12 +16,11 @@ the GIL in the Cython backend; Python is touched once per meta-iteration.
 """
 import numpy as np
 
-from metarl_fast import _validate, io
+from metarl_fast import _validate
 from metarl_fast._backend import active
 from metarl_fast.baselines import oracle_value
-from metarl_fast.incontext import baselined_gradient
-from metarl_fast.reference.incontext_mdp import (FEATURE_NAMES, MAX_ABS_WEIGHT, N_FEATURES,
-                                                 check_weights)
+from metarl_fast.incontext import InContextLearnerBase, baselined_gradient
+from metarl_fast.reference.incontext_mdp import FEATURE_NAMES, N_FEATURES, check_weights
 from metarl_fast.tasks import TabularMDPs, TaskBatch, TaskDistribution
 
 __all__ = ["InContextMDPLearner", "empirical_q", "run_trials", "reinforce_trials",
@@ -87,7 +86,7 @@ def _draw_tasks(source, n, rng):
     return source.sample(n, rng)
 
 
-class InContextMDPLearner:
+class InContextMDPLearner(InContextLearnerBase):
     """Linear softmax over per-action statistics of the trial, meta-trained to explore tabular MDPs.
 
     Parameters
@@ -114,6 +113,7 @@ class InContextMDPLearner:
     """
 
     _kind = "InContextMDPLearner"
+    _trained_on_len = 4
     feature_names = FEATURE_NAMES
     n_features = N_FEATURES
 
@@ -209,88 +209,14 @@ class InContextMDPLearner:
         source = _task_source(tasks)
         n_episodes = _validate.positive_int(n_episodes, "n_episodes")
         _validate.check_rng(rng)
-        n_iterations = _validate.positive_int(n_iterations, "n_iterations")
-        batch_size = _validate.positive_int(batch_size, "batch_size")
-        lr0 = _validate.finite_float(learning_rate, "learning_rate", low=0.0, low_open=True)
-        lr1 = _validate.finite_float(final_learning_rate, "final_learning_rate", low=0.0, low_open=True)
-        try:
-            beta1, beta2 = betas
-        except (TypeError, ValueError) as err:
-            raise ValueError(f"betas must be a pair (beta1, beta2), got {betas!r}") from err
-        beta1 = _validate.finite_float(beta1, "beta1", low=0.0, high=1.0, high_open=True)
-        beta2 = _validate.finite_float(beta2, "beta2", low=0.0, high=1.0, high_open=True)
-        eps = _validate.finite_float(eps, "eps", low=0.0, low_open=True)
-        if callback is not None and not callable(callback):
-            raise TypeError(f"callback must be callable, got {type(callback).__name__}")
-        checkpoint_every = _validate.positive_int(checkpoint_every, "checkpoint_every")
 
-        first_moment = np.zeros(N_FEATURES)
-        second_moment = np.zeros(N_FEATURES)
-        history = np.empty(n_iterations)
-        decay = (lr1 / lr0) ** (1.0 / n_iterations)
-        for it in range(n_iterations):
+        def step(batch_size):
             batch = _draw_tasks(source, batch_size, rng)
-            try:
-                grad, totals = self.policy_gradient(batch, n_episodes, rng)
-            except FloatingPointError as err:
-                raise FloatingPointError(f"meta-training diverged at iteration {it}: {err}; "
-                                         "the weights keep their values from before this "
-                                         "iteration") from err
-            history[it] = totals.mean()
-            first_moment = beta1 * first_moment + (1.0 - beta1) * grad
-            second_moment = beta2 * second_moment + (1.0 - beta2) * grad * grad
-            step_size = lr0 * decay ** it / (1.0 - beta1 ** (it + 1))
-            denom = np.sqrt(second_moment / (1.0 - beta2 ** (it + 1))) + eps
-            new_weights = self.weights + step_size * first_moment / denom
-            if not np.all(np.isfinite(new_weights)) or np.abs(new_weights).max() > MAX_ABS_WEIGHT:
-                raise FloatingPointError(
-                    f"meta-training diverged at iteration {it}: the weights would become "
-                    f"non-finite or exceed {MAX_ABS_WEIGHT:g} (lower the learning rate); "
-                    "the weights keep their values from before this iteration")
-            self.weights[...] = new_weights
-            self.trained_on = (batch.n_states, batch.n_actions, batch.horizon, n_episodes)
-            if callback is not None:
-                callback(it, self, totals)
-            if checkpoint_path is not None and ((it + 1) % checkpoint_every == 0
-                                                or it + 1 == n_iterations):
-                self.save(checkpoint_path)
-        return history
+            grad, totals = self.policy_gradient(batch, n_episodes, rng)
+            return grad, totals, (batch.n_states, batch.n_actions, batch.horizon, n_episodes)
 
-    # ------------------------------------------------------------------ persistence
-    def save(self, path):
-        """Write the learner atomically to ``path`` (.npz via :mod:`metarl_fast.io`, no pickle)."""
-        trained_on = np.asarray(self.trained_on if self.trained_on is not None else (), dtype=np.int64)
-        arrays = {"weights": self.weights, "trained_on": trained_on,
-                  "n_features": np.array(N_FEATURES, dtype=np.int64)}
-        return io.save_npz(path, arrays, kind=self._kind, version=LEARNER_FORMAT_VERSION)
-
-    @classmethod
-    def load(cls, path):
-        """Read a learner written by :meth:`save`; raises ``CheckpointError`` on a bad file."""
-        arrays, _ = io.load_npz(path, kind=cls._kind, versions={LEARNER_FORMAT_VERSION})
-        try:
-            weights, trained_on = arrays["weights"], arrays["trained_on"]
-            if int(arrays["n_features"]) != N_FEATURES:
-                raise ValueError(f"{int(arrays['n_features'])} features, this version has {N_FEATURES}")
-            if weights.dtype != np.float64:
-                raise ValueError(f"weights of dtype {weights.dtype}")
-            learner = cls(weights)
-            if trained_on.dtype != np.int64 or trained_on.shape not in ((0,), (4,)):
-                raise ValueError(f"trained_on of shape {trained_on.shape}")
-            if trained_on.size and trained_on.min() < 1:
-                raise ValueError(f"trained_on values must be >= 1, got {trained_on.tolist()}")
-        except KeyError as err:
-            raise io.CheckpointError(f"{path}: missing array {err}") from err
-        except (ValueError, TypeError) as err:
-            raise io.CheckpointError(f"{path}: inconsistent learner file ({err})") from err
-        learner.trained_on = tuple(int(v) for v in trained_on) or None
-        return learner
-
-    def __eq__(self, other):
-        return (type(self) is type(other) and self.trained_on == other.trained_on
-                and np.array_equal(self.weights, other.weights))
-
-    __hash__ = None
+        return self._adam_fit(step, n_iterations, batch_size, learning_rate, final_learning_rate,
+                              betas, eps, callback, checkpoint_path, checkpoint_every)
 
     def __repr__(self):
         return f"InContextMDPLearner(trained_on={self.trained_on})"
