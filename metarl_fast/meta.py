@@ -161,8 +161,6 @@ class SampledPolicyProblem:
     """
 
     def __init__(self, policy, task_batch, n_episodes, gamma=1.0, features=None, advantage="reinforce"):
-        from metarl_fast.rollout import rollout  # noqa: F401  (fail early if unavailable)
-
         if advantage not in ADVANTAGES:
             raise ValueError(f"advantage must be one of {ADVANTAGES}, got {advantage!r}")
         self.advantage = advantage

@@ -1,16 +1,8 @@
 """Downstream Cython code can cimport the nogil kernels (the README's example, compiled for real)."""
-import os
-import shutil
-import subprocess
-import sys
-import sysconfig
 import textwrap
 
-import pytest
-
+from downstream import build_and_check
 from conftest import needs_cython
-
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 README_EXAMPLE = textwrap.dedent('''
     # distutils: language = c
@@ -35,24 +27,7 @@ README_EXAMPLE = textwrap.dedent('''
 ''')
 
 
-@needs_cython
-def test_downstream_extension_can_cimport_kernels(tmp_path):
-    cc = (sysconfig.get_config_var("CC") or "cc").split()[0]
-    if shutil.which(cc) is None:
-        pytest.skip("no C compiler")
-    pytest.importorskip("Cython")
-    (tmp_path / "downstream.pyx").write_text(README_EXAMPLE)
-    (tmp_path / "setup.py").write_text(textwrap.dedent(f'''
-        import numpy as np
-        from setuptools import setup, Extension
-        from Cython.Build import cythonize
-        ext = Extension("downstream", ["downstream.pyx"], include_dirs=[np.get_include()])
-        setup(ext_modules=cythonize([ext], include_path=[{ROOT!r}], language_level=3), script_args=["build_ext", "--inplace", "-q"])
-    '''))
-    env = dict(os.environ, PYTHONPATH=ROOT)
-    res = subprocess.run([sys.executable, "setup.py"], cwd=tmp_path, capture_output=True, text=True, env=env, timeout=300)
-    assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
-    check = textwrap.dedent('''
+CHECK = """
         import numpy as np, downstream, metarl_fast as mf
         logits = np.random.default_rng(0).standard_normal((500, 4))
         acts, probs = downstream.greedy_mass(logits, np.random.default_rng(7))
@@ -60,6 +35,9 @@ def test_downstream_extension_can_cimport_kernels(tmp_path):
             assert (acts == mf.sample_actions(logits, np.random.default_rng(7))).all()
             assert np.allclose(probs, mf.softmax(logits))
         print("ok")
-    ''')
-    res = subprocess.run([sys.executable, "-c", check], cwd=tmp_path, capture_output=True, text=True, env=env, timeout=120)
-    assert res.returncode == 0 and "ok" in res.stdout, res.stderr
+"""
+
+
+@needs_cython
+def test_downstream_extension_can_cimport_kernels(tmp_path):
+    build_and_check(tmp_path, "downstream", README_EXAMPLE, CHECK)

@@ -2,12 +2,6 @@
 transcription and the rollout kernel, the REINFORCE estimator against the exact gradient, twin
 parity, bad input, persistence, and the issue's bar against random, from-scratch and the oracle."""
 import itertools
-import os
-import shutil
-import subprocess
-import sys
-import sysconfig
-import textwrap
 
 import numpy as np
 import pytest
@@ -26,6 +20,7 @@ from metarl_fast.reference import incontext_mdp as ref
 from metarl_fast.reference._math import exp_nonpos
 from metarl_fast.tasks import GridNavigation, TabularMDPs, TaskBatch
 
+from downstream import build_and_check
 from conftest import HAVE_CYTHON, needs_cython
 
 if HAVE_CYTHON:
@@ -722,28 +717,4 @@ print("ok")
 
 @needs_cython
 def test_downstream_extension_can_cimport_the_kernels(tmp_path):
-    cc = (sysconfig.get_config_var("CC") or "cc").split()[0]
-    if shutil.which(cc) is None:
-        pytest.skip("no C compiler")
-    pytest.importorskip("Cython")
-    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    (tmp_path / "downstream.pyx").write_text(DOWNSTREAM)
-    numpy_random_lib = os.path.join(os.path.dirname(np.__file__), "random", "lib")
-    (tmp_path / "setup.py").write_text(textwrap.dedent(f'''
-        import numpy as np
-        from setuptools import setup, Extension
-        from Cython.Build import cythonize
-        ext = Extension("downstream", ["downstream.pyx"],
-                        include_dirs=[np.get_include(), {os.path.join(root, "metarl_fast", "_core")!r}],
-                        library_dirs=[{numpy_random_lib!r}], libraries=["npyrandom", "m"],
-                        extra_compile_args=["-O0", "-ffp-contract=off"])  # compiles fast; same IEEE ops
-        setup(ext_modules=cythonize([ext], include_path=[{root!r}], language_level=3),
-              script_args=["build_ext", "--inplace", "-q"])
-    '''))
-    env = dict(os.environ, PYTHONPATH=root)
-    res = subprocess.run([sys.executable, "setup.py"], cwd=tmp_path, capture_output=True, text=True,
-                         env=env, timeout=300)
-    assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
-    res = subprocess.run([sys.executable, "-c", CHECK], cwd=tmp_path, capture_output=True, text=True,
-                         env=env, timeout=120)
-    assert res.returncode == 0 and "ok" in res.stdout, res.stderr
+    build_and_check(tmp_path, "downstream", DOWNSTREAM, CHECK, numpy_random=True)

@@ -6,7 +6,7 @@ import pytest
 
 import metarl_fast as mf
 from metarl_fast import meta
-from metarl_fast.tasks import TaskBatch, TabularMDPs
+from metarl_fast.tasks import TabularMDPs
 
 
 def random_spd(rng, n, scale=1.0):

@@ -1,16 +1,8 @@
 """Downstream Cython code can cimport the nogil pg kernels declared in ``_core/pg.pxd``."""
-import os
-import shutil
-import subprocess
-import sys
-import sysconfig
 import textwrap
 
-import pytest
-
+from downstream import build_and_check
 from conftest import needs_cython
-
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 DOWNSTREAM = textwrap.dedent('''
     from libc.stdint cimport int64_t, uint8_t
@@ -43,26 +35,7 @@ DOWNSTREAM = textwrap.dedent('''
 ''')
 
 
-@needs_cython
-def test_downstream_extension_can_cimport_pg_kernels(tmp_path):
-    cc = (sysconfig.get_config_var("CC") or "cc").split()[0]
-    if shutil.which(cc) is None:
-        pytest.skip("no C compiler")
-    pytest.importorskip("Cython")
-    (tmp_path / "pg_downstream.pyx").write_text(DOWNSTREAM)
-    (tmp_path / "setup.py").write_text(textwrap.dedent(f'''
-        import numpy as np
-        from setuptools import setup, Extension
-        from Cython.Build import cythonize
-        ext = Extension("pg_downstream", ["pg_downstream.pyx"], include_dirs=[np.get_include()])
-        setup(ext_modules=cythonize([ext], include_path=[{ROOT!r}], language_level=3),
-              script_args=["build_ext", "--inplace", "-q"])
-    '''))
-    env = dict(os.environ, PYTHONPATH=ROOT)
-    res = subprocess.run([sys.executable, "setup.py"], cwd=tmp_path, capture_output=True, text=True,
-                         env=env, timeout=300)
-    assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
-    check = textwrap.dedent('''
+CHECK = """
         import numpy as np, pg_downstream
         from metarl_fast.reference import pg as ref
         rng = np.random.default_rng(0)
@@ -78,7 +51,9 @@ def test_downstream_extension_can_cimport_pg_kernels(tmp_path):
         r, d = rng.normal(size=30), (rng.random(30) < 0.2).astype(np.uint8)
         assert np.array_equal(pg_downstream.returns(r, d, 0.9), ref.discounted_returns(r, d, 0.9))
         print("ok")
-    ''')
-    res = subprocess.run([sys.executable, "-c", check], cwd=tmp_path, capture_output=True,
-                         text=True, env=env, timeout=120)
-    assert res.returncode == 0 and "ok" in res.stdout, res.stderr
+"""
+
+
+@needs_cython
+def test_downstream_extension_can_cimport_pg_kernels(tmp_path):
+    build_and_check(tmp_path, "pg_downstream", DOWNSTREAM, CHECK)

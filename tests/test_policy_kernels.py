@@ -10,7 +10,7 @@ from metarl_fast._core import policy as core  # noqa: F401  (import error => ext
 from metarl_fast.reference import policy as ref
 from metarl_fast.reference._math import exp_nonpos
 
-from conftest import HAVE_CYTHON, needs_cython
+from conftest import needs_cython
 
 DTYPES = [np.float32, np.float64]
 TOL = {np.float32: 2e-6, np.float64: 1e-13}

@@ -635,37 +635,7 @@ def draw_and_gather(double[::1] column, int64_t n, rng):
 """
 
 
-def test_downstream_cython_can_cimport_replay_kernels(tmp_path):
-    """The nogil replay kernels are reachable from other Cython code through replay.pxd."""
-    import os
-    import shutil
-    import subprocess
-    import sys
-    import sysconfig
-    import textwrap
-
-    from conftest import HAVE_CYTHON
-
-    if not HAVE_CYTHON:
-        pytest.skip("compiled extension not used in this run")
-    if shutil.which((sysconfig.get_config_var("CC") or "cc").split()[0]) is None:
-        pytest.skip("no C compiler")
-    pytest.importorskip("Cython")
-    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    (tmp_path / "downstream_replay.pyx").write_text(CIMPORT_EXAMPLE)
-    (tmp_path / "setup.py").write_text(textwrap.dedent(f"""
-        import numpy as np
-        from setuptools import setup, Extension
-        from Cython.Build import cythonize
-        ext = Extension("downstream_replay", ["downstream_replay.pyx"], include_dirs=[np.get_include()])
-        setup(ext_modules=cythonize([ext], include_path=[{root!r}], language_level=3),
-              script_args=["build_ext", "--inplace", "-q"])
-    """))
-    env = dict(os.environ, PYTHONPATH=root)
-    res = subprocess.run([sys.executable, "setup.py"], cwd=tmp_path, capture_output=True, text=True,
-                         env=env, timeout=300)
-    assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
-    check = textwrap.dedent("""
+CIMPORT_CHECK = '''
         import numpy as np, downstream_replay
         from metarl_fast.reference import replay as ref
         column = np.arange(100, dtype=float) * 0.5
@@ -673,10 +643,17 @@ def test_downstream_cython_can_cimport_replay_kernels(tmp_path):
         assert (idx == ref.sample_indices(100, 50, np.random.default_rng(3))).all()
         assert (out == column[idx]).all()
         print("ok")
-    """)
-    res = subprocess.run([sys.executable, "-c", check], cwd=tmp_path, capture_output=True, text=True,
-                         env=dict(env, PYTHONPATH=os.pathsep.join([str(tmp_path), root])), timeout=120)
-    assert res.returncode == 0 and "ok" in res.stdout, res.stdout[-3000:] + res.stderr[-3000:]
+'''
+
+
+def test_downstream_cython_can_cimport_replay_kernels(tmp_path):
+    """The nogil replay kernels are reachable from other Cython code through replay.pxd."""
+    from conftest import HAVE_CYTHON
+    from downstream import build_and_check
+
+    if not HAVE_CYTHON:
+        pytest.skip("compiled extension not used in this run")
+    build_and_check(tmp_path, "downstream_replay", CIMPORT_EXAMPLE, CIMPORT_CHECK)
 
 
 def test_rollouts_fill_episodes_and_windows(backend):

@@ -7,9 +7,6 @@ import sys
 import time
 
 import numpy as np
-import pytest
-
-from metarl_fast import io
 from metarl_fast.trainer import MetaTrainer, TrainConfig
 
 from conftest import needs_cython
