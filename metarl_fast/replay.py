@@ -188,7 +188,15 @@ class ReplayBuffer:
         self._state = state
         self._tasks = TaskIndex()
         self._tasks.rebuild(store[6], state)
-        self._lock = threading.Lock()
+        kernels = active.replay
+        if hasattr(kernels, "Writer"):
+            # Compiled backend: a lock that C code takes without a Python call, and (for this
+            # class's own add) a C method bound over `add`, so one transition is one C call.
+            self._lock = kernels.BufferLock()
+            if type(self).add is ReplayBuffer.add:
+                self.add = kernels.Writer(store, state, self._tasks, self._lock).add
+        else:
+            self._lock = threading.Lock()
 
     def _open_task_reset(self):
         self._state[OPEN_TASK] = -1
@@ -262,6 +270,10 @@ class ReplayBuffer:
 
         Raises TypeError/ValueError (naming the argument) for a wrong shape or dtype, a NaN/inf
         reward or logp, or a negative task_id; the buffer is then unchanged.
+
+        With the Cython backend active when the buffer is made (or loaded), the instance's
+        ``add`` is this method compiled (:class:`metarl_fast._core.replay.Writer`): same checks,
+        same result, one C call.
         """
         with self._lock:
             active.replay.add_one(self._store, self._state, self._tasks, obs, action, reward,

@@ -717,3 +717,90 @@ def test_prioritized_concurrent_add_sample_update(backend):
     leaves = buf.priorities()
     np.testing.assert_allclose(buf.total_priority, leaves.sum(), rtol=1e-9)
     assert np.all(leaves[:len(buf)] > 0)
+
+
+# ---------------------------------------------------------------------------------------------
+# The compiled single-transition path (ReplayBuffer.add bound to _core.replay.Writer.add)
+# ---------------------------------------------------------------------------------------------
+
+def test_single_adds_equal_one_batch_across_table_growth(backend):
+    """Many tasks (the task table grows past its first 8 rows) and long runs (rings grow past 64
+    entries), wrapping twice: one add at a time must store exactly what add_batch stores."""
+    rng = np.random.default_rng(7)
+    n, capacity = 900, 377
+    obs = rng.integers(0, 50, n)
+    task = np.concatenate([np.full(200, 3), rng.integers(0, 40, n - 200)]).astype(np.int32)
+    done = rng.random(n) < 0.05
+    truncated = rng.random(n) < 0.02
+    reward = rng.normal(size=n)
+    logp = -rng.random(n)
+    one, batch = ReplayBuffer(capacity), ReplayBuffer(capacity)
+    for i in range(n):
+        one.add(int(obs[i]), int(obs[i] % 4), float(reward[i]), int(obs[i] + 1), bool(done[i]),
+                truncated=bool(truncated[i]), task_id=int(task[i]), logp=float(logp[i]))
+    batch.add_batch(obs, obs % 4, reward, obs + 1, done, truncated=truncated, task_id=task, logp=logp)
+    for field in ("obs", "action", "reward", "next_obs", "done", "truncated", "task_id",
+                  "episode_id", "logp"):
+        np.testing.assert_array_equal(getattr(one, field), getattr(batch, field), err_msg=field)
+    assert (one.write_position, len(one), one.next_episode_id, one.n_added) == \
+        (batch.write_position, len(batch), batch.next_episode_id, batch.n_added)
+    for k in range(41):
+        assert one.task_count(k) == batch.task_count(k)
+        np.testing.assert_array_equal(one._tasks.slots(k), batch._tasks.slots(k))
+    np.testing.assert_array_equal(one.sample_indices(64, np.random.default_rng(1), task_id=3),
+                                  batch.sample_indices(64, np.random.default_rng(1), task_id=3))
+
+
+def test_add_is_compiled_only_where_it_can_be(backend):
+    buf, pbuf = ReplayBuffer(4), PrioritizedReplayBuffer(4)
+    compiled = backend == "cython"
+    assert (type(getattr(buf.add, "__self__", None)).__name__ == "Writer") == compiled
+    assert "add" not in vars(pbuf)  # the prioritized buffer keeps its own add (it sets priorities)
+    assert (type(buf._lock).__name__ == "BufferLock") == compiled
+    buf.add(1, 0, 1.0, 2, False)
+    pbuf.add(1, 0, 1.0, 2, False)
+    assert len(buf) == len(pbuf) == 1
+
+
+def test_buffer_lock_semantics():
+    pytest.importorskip("metarl_fast._core.replay")
+    from metarl_fast._core.replay import BufferLock
+
+    lock = BufferLock()
+    assert not lock.locked()
+    assert lock.acquire() is True and lock.locked()
+    assert lock.acquire(blocking=False) is False  # not reentrant
+    lock.release()
+    assert not lock.locked()
+    with pytest.raises(RuntimeError, match="unlocked"):
+        lock.release()
+    with lock:
+        assert lock.locked()
+    assert not lock.locked()
+    with pytest.raises(KeyError):
+        with lock:
+            raise KeyError("x")
+    assert not lock.locked()
+
+    # a waiter blocks (without the GIL) until the holder releases
+    order = []
+    lock.acquire()
+    waiter = threading.Thread(target=lambda: (lock.acquire(), order.append("waiter"), lock.release()))
+    waiter.start()
+    waiter.join(0.2)
+    order.append("holder")
+    lock.release()
+    waiter.join(5)
+    assert order == ["holder", "waiter"] and not lock.locked()
+
+
+def test_add_waits_for_a_held_buffer_lock(backend):
+    buf = ReplayBuffer(8)
+    buf._lock.acquire()
+    writer = threading.Thread(target=buf.add, args=(1, 0, 1.0, 2, False))
+    writer.start()
+    writer.join(0.2)
+    assert len(buf) == 0  # still waiting
+    buf._lock.release()
+    writer.join(5)
+    assert len(buf) == 1

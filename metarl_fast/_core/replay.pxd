@@ -7,6 +7,8 @@
 # draw random numbers need the caller to hold the BitGenerator's lock; they draw exactly the
 # uniforms the reference draws with ``rng.random()``, in the same order.
 from libc.stdint cimport int32_t, int64_t
+cimport numpy as cnp
+from cpython.pythread cimport PyThread_type_lock
 from numpy.random cimport bitgen_t
 
 ctypedef Py_ssize_t intp_t
@@ -70,3 +72,20 @@ cdef int tree_sample_leaves(const double* tree_sum, intp_t n_leaves, bitgen_t* b
 # Record-by-record gather when every field has the same row stride (the record size).
 cdef void gather_records(const char* const* srcs, const intp_t* row_bytes, intp_t n_fields,
                          intp_t stride, const int64_t* idx, intp_t n, char* const* dsts) noexcept nogil
+
+
+cdef class BufferLock:
+    cdef PyThread_type_lock handle
+    cdef bint held
+    cdef int take(self) except -1
+    cdef void give(self) noexcept
+
+
+cdef class Writer:
+    cdef tuple store
+    cdef cnp.ndarray state
+    cdef object tasks
+    cdef readonly BufferLock lock
+    cdef Storage st
+    cdef object meta
+    cdef int commit_one(self, const Columns* c) except -1

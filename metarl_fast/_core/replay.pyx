@@ -7,7 +7,7 @@ convert or raise exactly as the NumPy backend does.  Copies and draws run withou
 """
 cimport numpy as cnp
 from libc.math cimport isfinite
-from libc.stdint cimport int32_t, int64_t, uint8_t
+from libc.stdint cimport INT64_MIN, int32_t, int64_t, uint8_t
 from libc.stdlib cimport calloc, free, malloc
 from libc.string cimport memcpy
 from numpy.random cimport bitgen_t
@@ -17,6 +17,11 @@ from metarl_fast._core.rng cimport bitgen_of, next_uniform
 import numpy as np
 
 from metarl_fast.reference import replay as _ref
+
+from cpython.long cimport PyLong_AsLongLongAndOverflow
+from cpython.pythread cimport (NOWAIT_LOCK, WAIT_LOCK, PyThread_acquire_lock,
+                               PyThread_allocate_lock, PyThread_free_lock,
+                               PyThread_release_lock)
 
 cnp.import_array()
 
@@ -673,16 +678,17 @@ cdef inline bint _scalar_row(object x, cnp.ndarray field, char* buf, const char*
     cdef int nd = cnp.PyArray_NDIM(field), d
     cdef cnp.ndarray a
     cdef double v
+    cdef long long iv
+    cdef int overflow
     if nd == 1:
         if type(x) is int:
+            iv = PyLong_AsLongLongAndOverflow(x, &overflow)
+            if overflow or iv == INT64_MIN:  # (INT64_MIN: also the reference's out-of-range)
+                return False
             if typenum == cnp.NPY_INT64:
-                if not (-9223372036854775807 <= x <= 9223372036854775807):
-                    return False
-                (<int64_t*> buf)[0] = x
-            elif typenum == cnp.NPY_INT32:
-                if not (-2147483648 <= x <= 2147483647):
-                    return False
-                (<int32_t*> buf)[0] = x
+                (<int64_t*> buf)[0] = iv
+            elif typenum == cnp.NPY_INT32 and -2147483648 <= iv <= 2147483647:
+                (<int32_t*> buf)[0] = <int32_t> iv
             else:
                 return False
             out[0] = buf
@@ -717,6 +723,13 @@ cdef inline bint _scalar_row(object x, cnp.ndarray field, char* buf, const char*
 def add_one(tuple store, cnp.ndarray state, tasks, obs, action, reward, next_obs, done,
             truncated, task_id, logp):
     """Validate and append one transition.  See :func:`metarl_fast.reference.replay.add_one`."""
+    return _add_one(store, state, tasks, obs, action, reward, next_obs, done, truncated, task_id,
+                    logp, None)
+
+
+cdef int _add_one(tuple store, cnp.ndarray state, object tasks, object obs, object action,
+                  object reward, object next_obs, object done, object truncated, object task_id,
+                  object logp, Writer writer) except -1:
     cdef Columns c
     cdef Scalars sc
     cdef char obs_buf[8]
@@ -754,8 +767,154 @@ def add_one(tuple store, cnp.ndarray state, tasks, obs, action, reward, next_obs
     if not fast:
         cols = _ref.check_one(store, obs, action, reward, next_obs, done, truncated, task_id, logp)
         _columns_from(&c, cols)
-    _commit(store, state, tasks, &c, _task_at(&c, 0))
+    if writer is None:
+        _commit(store, state, tasks, &c, _task_at(&c, 0))
+    else:
+        writer.commit_one(&c)
     return 1
+
+
+cdef void write_one(Storage* st, const Columns* c) noexcept nogil:
+    """write_rows for one row (c.n == 1), without its loops and modulo divisions."""
+    cdef int64_t* state = st.state
+    cdef int64_t* meta = st.task_meta
+    cdef int64_t* row
+    cdef int64_t pos = state[S_POS], size0 = state[S_SIZE], capacity = st.capacity
+    cdef int64_t next_ep = state[S_NEXT_EPISODE], open_task = state[S_OPEN_TASK]
+    cdef int64_t t = _task_at(c, 0), old
+    cdef intp_t off = pos * st.stride[0], b_float = st.row_bytes[F_REWARD]
+    if size0 == capacity or pos < size0:  # the slot's old transition leaves its task's ring
+        old = (<int32_t*> (st.field[F_TASK] + off))[0]
+        row = meta + 4 * old
+        row[0] = (row[0] + 1) & (row[2] - 1)
+        row[1] -= 1
+    if open_task >= 0 and t != open_task:
+        next_ep += 1
+    (<int64_t*> (st.field[F_EPISODE] + off))[0] = next_ep
+    (<int32_t*> (st.field[F_TASK] + off))[0] = <int32_t> t
+    if c.done[0] != 0 or c.truncated[0] != 0:
+        next_ep += 1
+        open_task = -1
+    else:
+        open_task = t
+    _put(st.field[F_OBS] + off, c.obs, st.row_bytes[F_OBS])
+    _put(st.field[F_NEXT_OBS] + off, c.next_obs, st.row_bytes[F_OBS])
+    _put(st.field[F_ACTION] + off, c.action, st.row_bytes[F_ACTION])
+    _put(st.field[F_REWARD] + off, c.reward, b_float)
+    _put(st.field[F_LOGP] + off, c.logp, b_float)
+    st.field[F_DONE][off] = c.done[0]
+    st.field[F_TRUNCATED][off] = c.truncated[0]
+    row = meta + 4 * t
+    (<int64_t*> row[3])[(row[0] + row[1]) & (row[2] - 1)] = pos
+    row[1] += 1
+    state[S_POS] = pos + 1 if pos + 1 < capacity else 0
+    state[S_SIZE] = size0 + 1 if size0 < capacity else capacity
+    state[S_NEXT_EPISODE] = next_ep
+    state[S_OPEN_TASK] = open_task
+    state[S_N_ADDED] += 1
+
+
+# ---------------------------------------------------------------------------------------------
+# The buffer's lock and its single-transition fast path
+# ---------------------------------------------------------------------------------------------
+
+cdef class BufferLock:
+    """A non-reentrant lock, usable from Python (``with lock:``, ``acquire``/``release``) and
+    taken from C by :class:`Writer` without a Python call.
+
+    Blocking waits release the GIL, so a thread holding the lock while it copies without the GIL
+    is never deadlocked by a waiter.
+    """
+
+    def __cinit__(self):
+        self.handle = PyThread_allocate_lock()
+        if self.handle == NULL:
+            raise MemoryError("metarl_fast: could not allocate a lock")
+        self.held = False
+
+    def __dealloc__(self):
+        if self.handle != NULL:
+            PyThread_free_lock(self.handle)
+
+    cdef int take(self) except -1:
+        if not PyThread_acquire_lock(self.handle, NOWAIT_LOCK):
+            with nogil:
+                PyThread_acquire_lock(self.handle, WAIT_LOCK)
+        self.held = True
+        return 0
+
+    cdef void give(self) noexcept:
+        self.held = False
+        PyThread_release_lock(self.handle)
+
+    def acquire(self, blocking=True):
+        """Take the lock; with ``blocking=False`` return False at once if it is held."""
+        if blocking:
+            self.take()
+            return True
+        if PyThread_acquire_lock(self.handle, NOWAIT_LOCK):
+            self.held = True
+            return True
+        return False
+
+    def release(self):
+        """Release the lock (RuntimeError if it is not held)."""
+        if not self.held:
+            raise RuntimeError("release unlocked lock")
+        self.give()
+
+    def locked(self):
+        """True while some thread holds the lock."""
+        return self.held
+
+    def __enter__(self):
+        self.take()
+        return self
+
+    def __exit__(self, exc_type, exc, tb):
+        self.give()
+        return False
+
+
+cdef class Writer:
+    """``ReplayBuffer.add`` compiled: the buffer binds its ``add`` to :meth:`Writer.add`, so one
+    transition costs one C method call (lock, validation, write) instead of a Python frame, a
+    ``with`` block and a kernel call.  Same checks and semantics as
+    :func:`metarl_fast.reference.replay.add_one` under the buffer's lock.
+    """
+
+    def __init__(self, tuple store, cnp.ndarray state, tasks, BufferLock lock):
+        self.store = store
+        self.state = state
+        self.tasks = tasks
+        self.lock = lock
+        self.meta = tasks.meta
+        _storage(&self.st, store, state, <cnp.ndarray> self.meta)
+
+    cdef int commit_one(self, const Columns* c) except -1:
+        """Write one validated row through the cached storage pointers."""
+        cdef int64_t t = _task_at(c, 0)
+        cdef int64_t* m
+        meta = self.tasks.meta
+        if meta is not self.meta:  # the task table was grown or cleared since the last call
+            self.meta = meta
+            self.st.task_meta = <int64_t*> cnp.PyArray_DATA(<cnp.ndarray> meta)
+            self.st.n_tasks = cnp.PyArray_DIM(<cnp.ndarray> meta, 0)
+        m = self.st.task_meta
+        if not (t < self.st.n_tasks and m[4 * t + 1] < m[4 * t + 2]):
+            _reserve_tasks(&self.st, self.tasks, c, t)
+            self.meta = self.tasks.meta
+        write_one(&self.st, c)
+        return 0
+
+    def add(self, obs, action, reward, next_obs, done, *, truncated=False, task_id=0, logp=0.0):
+        """Append one transition.  See :meth:`metarl_fast.replay.ReplayBuffer.add`."""
+        self.lock.take()
+        try:
+            _add_one(self.store, self.state, self.tasks, obs, action, reward, next_obs, done,
+                     truncated, task_id, logp, self)
+        finally:
+            self.lock.give()
 
 
 def end_episode(cnp.ndarray state):

@@ -56,6 +56,8 @@ class TaskIndex:
         ``rings[k][(front + j) & (cap - 1)]`` is the slot of task k's j-th oldest transition.
     """
 
+    __slots__ = ("meta", "rings")  # (compiled writers read ``meta`` on every add)
+
     def __init__(self):
         self.meta = np.zeros((0, 4), dtype=np.int64)
         self.rings = []
