@@ -278,3 +278,64 @@ def test_thread_safe_sampling_shares_the_generator_lock():
     ref_g = np.random.default_rng(0)
     ref_g.random(200 * 1000)
     assert g.bit_generator.state == ref_g.bit_generator.state
+
+
+# ------------------------------------------------------------------ specialised row loops (Cython)
+@needs_cython
+def test_block_exponential_is_bit_identical_to_the_reference():
+    rng = np.random.default_rng(11)
+    special = np.array([0.0, -0.0, -np.inf, -708.0, np.nextafter(-708.0, 0), np.nextafter(-708.0, -1),
+                        -709.0, -1e300, -1e-300, -5e-324, -0.5 * np.log(2), -745.2, -1e-17])
+    for n in list(range(0, 70)) + [127, 128, 129, 2045, 2048]:
+        x = -np.abs(rng.standard_normal(n)) * rng.choice([1e-3, 1.0, 30.0, 800.0], size=n)
+        mask = rng.random(n) < 0.2
+        x[mask] = rng.choice(special, size=int(mask.sum()))
+        got, want = core._exp_nonpos_block(x), exp_nonpos(x)
+        assert got.view(np.uint64).tolist() == want.view(np.uint64).tolist(), n
+
+
+@needs_cython
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("n_actions", list(range(1, 11)) + [16, 33])
+def test_sampling_agrees_with_the_reference_for_every_specialised_width(dtype, n_actions):
+    # widths 2..8 have their own unrolled C loops; 3000 rows cross several scratch chunks
+    rng = np.random.default_rng(n_actions)
+    logits = (rng.standard_normal((3000, n_actions)) * 3).astype(dtype)
+    logits[rng.random(logits.shape) < 0.2] = -np.inf
+    rows = np.arange(3000)
+    logits[rows, rng.integers(n_actions, size=3000)] = rng.standard_normal(3000)  # one allowed action
+    logits[7] = 1e300 if dtype == np.float64 else 1e38   # all-equal huge row
+    logits[8] = -np.inf
+    logits[8, -1] = -3.0                                 # only the last action allowed
+    g1, g2 = np.random.default_rng(5), np.random.default_rng(5)
+    np.testing.assert_array_equal(core.sample_actions(logits, g1), ref.sample_actions(logits, g2))
+    assert g1.bit_generator.state == g2.bit_generator.state
+    for name in ("softmax", "log_softmax", "entropy"):
+        np.testing.assert_allclose(getattr(core, name)(logits), getattr(ref, name)(logits),
+                                   rtol=1e-6 if dtype == np.float32 else 1e-12, atol=1e-12)
+
+
+@needs_cython
+@pytest.mark.parametrize("n_actions", [1, 2, 5, 8, 9])
+@pytest.mark.parametrize("bad", ["nan", "+inf", "all -inf"])
+def test_bad_row_in_a_late_chunk_is_named_and_nothing_is_drawn(n_actions, bad):
+    logits = np.random.default_rng(0).standard_normal((5000, n_actions))
+    if n_actions > 1:
+        logits[100:4000:7, 0] = -np.inf  # masked entries in valid rows before the bad one
+    row = 4321
+    if bad == "nan":
+        logits[row, n_actions - 1] = np.nan
+    elif bad == "+inf":
+        logits[row, 0] = np.inf
+    else:
+        logits[row] = -np.inf
+    g = np.random.default_rng(3)
+    state = g.bit_generator.state
+    out = np.full(5000, -7, dtype=np.int64)
+    for kernel in (core, ref):
+        with pytest.raises(ValueError, match=f"row {row} "):
+            kernel.sample_actions(logits, g, out=out)
+        with pytest.raises(ValueError, match=f"row {row} "):
+            kernel.softmax(logits)
+    assert g.bit_generator.state == state
+    assert np.all(out == -7)

@@ -9,8 +9,7 @@ from libc.stdint cimport int64_t
 from libc.stdlib cimport free, malloc
 from numpy.random cimport bitgen_t
 
-from metarl_fast._core.mf_exp cimport mf_exp_nonpos_block
-from metarl_fast._core.rng cimport bitgen_of, next_uniform
+from metarl_fast._core.rng cimport bitgen_of
 
 import numpy as np
 
@@ -56,64 +55,83 @@ cdef intp_t row_max(const floating* logits, intp_t n_rows, intp_t n_actions,
     return MF_OK
 
 
+cdef extern from "policy_kernels.h" nogil:
+    ctypedef double (*mf_pk_next_double_t)(void* state) noexcept nogil
+    intp_t mf_pk_check_f64(const double* x, intp_t n_rows, intp_t n_actions)
+    intp_t mf_pk_check_f32(const float* x, intp_t n_rows, intp_t n_actions)
+    void mf_pk_shift_rows_f64(const double* x, intp_t n_rows, intp_t n_actions, double* z)
+    void mf_pk_shift_rows_f32(const float* x, intp_t n_rows, intp_t n_actions, double* z)
+    # bit for bit mf_exp_nonpos_block, with more vectors in flight
+    void mf_pk_exp_block(const double* x, double* y, intp_t n)
+    void mf_pk_sample_rows(const double* e, intp_t n_rows, intp_t n_actions,
+                           mf_pk_next_double_t next_double, void* state, int64_t* actions)
+
+
+cdef inline intp_t _check(const floating* logits, intp_t n_rows, intp_t n_actions) noexcept nogil:
+    """MF_OK, or the first row with NaN/+inf or all -inf."""
+    if floating is double:
+        return mf_pk_check_f64(logits, n_rows, n_actions)
+    else:
+        return mf_pk_check_f32(logits, n_rows, n_actions)
+
+
+cdef inline void _shift(const floating* logits, intp_t n_rows, intp_t n_actions,
+                        double* z) noexcept nogil:
+    """z = logits - row max, in float64, for valid rows."""
+    if floating is double:
+        mf_pk_shift_rows_f64(logits, n_rows, n_actions, z)
+    else:
+        mf_pk_shift_rows_f32(logits, n_rows, n_actions, z)
+
+
 cdef intp_t _apply(const floating* logits, intp_t n_rows, intp_t n_actions, Op op,
                    const int64_t* actions, bitgen_t* bitgen,
                    floating* fout, int64_t* iout) noexcept nogil:
     """Shared driver: validate every row first, then shift, exponentiate and reduce by chunks."""
-    cdef intp_t i, a, start, n, k, chunk_rows, status, count
-    cdef double s, acc, target, p
-    cdef double* maxes
+    cdef intp_t i, a, start, n, k, chunk_rows, status
+    cdef double s, acc, p
     cdef double* z
     cdef double* e
-    cdef const floating* row
     cdef double small[SMALL_SCRATCH]
     cdef bint on_heap
+    cdef intp_t n_buffers = 1 if op == OP_SAMPLE else 2
     if n_rows == 0:
         return MF_OK
+    # every row is checked before anything is written or drawn
+    status = _check(logits, n_rows, n_actions)
+    if status != MF_OK:
+        return status
     chunk_rows = CHUNK_ELEMS // n_actions
     if chunk_rows < 1:
         chunk_rows = 1
     if chunk_rows > n_rows:
         chunk_rows = n_rows
     # small calls (B=1 from an agent loop) use the stack: no malloc on the latency path
-    on_heap = n_rows + 2 * chunk_rows * n_actions > SMALL_SCRATCH
+    on_heap = n_buffers * chunk_rows * n_actions > SMALL_SCRATCH
     if on_heap:
-        maxes = <double*> malloc((n_rows + 2 * chunk_rows * n_actions) * sizeof(double))
-        if maxes == NULL:
+        z = <double*> malloc(n_buffers * chunk_rows * n_actions * sizeof(double))
+        if z == NULL:
             return MF_NO_MEMORY
     else:
-        maxes = small
-    status = row_max(logits, n_rows, n_actions, maxes)
-    if status != MF_OK:
-        if on_heap:
-            free(maxes)
-        return status
-    z = maxes + n_rows
-    e = z + chunk_rows * n_actions
+        z = small
+    # sampling needs only the exponentials: exponentiate in place
+    e = z if op == OP_SAMPLE else z + chunk_rows * n_actions
     start = 0
     while start < n_rows:
         n = chunk_rows if n_rows - start > chunk_rows else n_rows - start
-        for i in range(n):
-            row = logits + (start + i) * n_actions
-            for a in range(n_actions):
-                z[i * n_actions + a] = <double> row[a] - maxes[start + i]
-        mf_exp_nonpos_block(z, e, n * n_actions)
+        _shift(logits + start * n_actions, n, n_actions, z)
+        mf_pk_exp_block(z, e, n * n_actions)
+        if op == OP_SAMPLE:
+            mf_pk_sample_rows(e, n, n_actions, <mf_pk_next_double_t> bitgen.next_double,
+                              bitgen.state, iout + start)
+            start += n
+            continue
         for i in range(n):
             k = i * n_actions
             s = 0.0
             for a in range(n_actions):
                 s += e[k + a]
-            if op == OP_SAMPLE:
-                # first a with target < cdf[a] == number of a with cdf[a] <= target (branch-free:
-                # a data-dependent early exit mispredicts on every other row)
-                target = next_uniform(bitgen) * s
-                acc = 0.0
-                count = 0
-                for a in range(n_actions - 1):
-                    acc += e[k + a]
-                    count += acc <= target
-                iout[start + i] = count
-            elif op == OP_SOFTMAX:
+            if op == OP_SOFTMAX:
                 for a in range(n_actions):
                     fout[(start + i) * n_actions + a] = <floating> (e[k + a] / s)
             elif op == OP_LOG_SOFTMAX:
@@ -136,7 +154,7 @@ cdef intp_t _apply(const floating* logits, intp_t n_rows, intp_t n_actions, Op o
                 fout[(start + i) * n_actions + a] = <floating> (1.0 - e[k + a] / s)
         start += n
     if on_heap:
-        free(maxes)
+        free(z)
     return MF_OK
 
 
@@ -339,4 +357,19 @@ def sample_actions(logits, rng, out=None):
         _run(OP_SAMPLE, x, None, bitgen, res)
     finally:
         lock.release()
+    return res
+
+
+def _exp_nonpos_block(x):
+    """exp of a 1-D float64 array of values <= 0 (or -inf, no NaN) by the sampling kernels' own
+    block exponential; for tests: it must equal :func:`metarl_fast.reference._math.exp_nonpos`
+    bit for bit.  Returns a new float64 array."""
+    cdef cnp.ndarray src = np.ascontiguousarray(x, dtype=np.float64)
+    if src.ndim != 1:
+        raise ValueError("x must be 1-D")
+    if np.isnan(src).any() or (src > 0).any():
+        raise ValueError("x must hold values <= 0, no NaN")
+    cdef cnp.ndarray res = np.empty_like(src)
+    mf_pk_exp_block(<const double*> cnp.PyArray_DATA(src), <double*> cnp.PyArray_DATA(res),
+                    src.shape[0])
     return res
