@@ -12,6 +12,7 @@ ctypedef Py_ssize_t intp_t
 
 cdef enum:
     ENVS_OK = -1
+    ENVS_NO_MEMORY = -2
     # reward kinds: the index of the name in metarl_fast.tasks.REWARD_NOISES
     KIND_NONE = 0
     KIND_GAUSSIAN = 1
@@ -61,12 +62,21 @@ cdef int fill_tables(object tables, EnvTablesC* out) except -1
 # and are then packed one after the other).
 # ``action_cdf`` (n_policies, S, action_stride) holds the running sums of each policy's action
 # weights laid out by metarl_fast.tasks.padded_cdf_rows; ``action_logp`` (n_policies, S, A)
-# the log-probabilities.
+# the log-probabilities.  The blocks may live in the output arrays they are consumed into (every
+# entry is read before its slot is written): u_start in out.episode_return, u_act in out.logp,
+# noise in out.reward.
 cdef intp_t rollout_kernel(const EnvTablesC* t, const double* action_cdf, intp_t action_stride,
                            const double* action_logp, const int64_t* policy_of_task,
                            intp_t n_episodes,
                            const double* u_start, const double* u_act, const double* noise,
                            const double* u_next, RolloutOut* out) noexcept nogil
+
+# rollout_kernel drawing its random blocks itself, in the documented order, from ``bitgen``
+# (the caller holds its lock): the same result as filling the blocks first.  Returns the number
+# of steps, or ENVS_NO_MEMORY.
+cdef intp_t rollout_draw_kernel(const EnvTablesC* t, const double* action_cdf, intp_t action_stride,
+                                const double* action_logp, const int64_t* policy_of_task,
+                                intp_t n_episodes, bitgen_t* bitgen, RolloutOut* out) noexcept nogil
 
 # One step of n environments with same-step auto-reset; the caller holds the BitGenerator's lock.
 # ``scratch`` holds n doubles.  Returns ENVS_OK.

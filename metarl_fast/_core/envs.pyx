@@ -83,6 +83,28 @@ cdef extern from *:
     """
     intp_t mf_count_le(const double* c, intp_t n, double target) noexcept nogil
 
+cdef extern from *:
+    """
+    /* mf_count_le for n a multiple of 4 (rows of tasks.padded_cdf_rows): no tail handling. */
+    #if defined(__GNUC__) || defined(__clang__)
+    static inline __attribute__((always_inline))
+    Py_ssize_t mf_count_le4(const double *c, Py_ssize_t n, double target)
+    {
+        mf_v2d t = {target, target};
+        mf_v2i acc = {0, 0};
+        for (Py_ssize_t j = 0; j < n; j += 4) {
+            mf_v2d lo = *(const mf_v2d *)(c + j);
+            mf_v2d hi = *(const mf_v2d *)(c + j + 2);
+            acc += (mf_v2i)(lo <= t) + (mf_v2i)(hi <= t);
+        }
+        return (Py_ssize_t)-(acc[0] + acc[1]);
+    }
+    #else
+    #define mf_count_le4 mf_count_le
+    #endif
+    """
+    intp_t mf_count_le4(const double* c, intp_t n, double target) noexcept nogil
+
 
 cdef inline const double* _dptr(cnp.ndarray a):
     return <const double*> cnp.PyArray_DATA(a)
@@ -161,26 +183,92 @@ cdef inline intp_t first_state(const EnvTablesC* t, intp_t i, const double* u_st
     return t.start_state[i]
 
 
+cdef struct NextDraws:
+    # Where the next-state uniforms come from: the pre-drawn (T, N, H) block ``pre``, or
+    # ``bitgen`` (its lock held), a group of episodes at a time into ``chunk`` (room for
+    # 4 * H values).  Groups are taken in episode order, so the stream is the same.
+    const double* pre
+    bitgen_t* bitgen
+    double* chunk
+
+
+cdef inline const double* next_draws(NextDraws* nd, intp_t q, intp_t n_episodes, intp_t H) noexcept nogil:
+    """Next-state uniforms of episodes q .. q + n_episodes - 1 (episode q + j, step s at
+    [j * H + s]); NULL when transitions are not random."""
+    if nd.pre != NULL:
+        return nd.pre + q * H
+    if nd.bitgen == NULL:
+        return NULL
+    random_standard_uniform_fill(nd.bitgen, n_episodes * H, nd.chunk)
+    return nd.chunk
+
+
 cdef intp_t rollout_kernel(const EnvTablesC* t, const double* action_cdf, intp_t action_stride,
                            const double* action_logp, const int64_t* policy_of_task,
                            intp_t n_episodes, const double* u_start, const double* u_act,
                            const double* noise, const double* u_next, RolloutOut* out) noexcept nogil:
+    cdef NextDraws nd
+    nd.pre = u_next if t.stochastic_transitions else NULL
+    nd.bitgen = NULL
+    nd.chunk = NULL
+    return run_episodes(t, action_cdf, action_stride, action_logp, policy_of_task, n_episodes,
+                        u_start, u_act, noise, &nd, out)
+
+
+cdef intp_t rollout_draw_kernel(const EnvTablesC* t, const double* action_cdf, intp_t action_stride,
+                                const double* action_logp, const int64_t* policy_of_task,
+                                intp_t n_episodes, bitgen_t* bitgen, RolloutOut* out) noexcept nogil:
+    cdef intp_t T = t.n_tasks, H = t.horizon, cap = T * n_episodes * H, n_steps
+    cdef double* u_start = NULL
+    cdef double* noise = NULL
+    cdef NextDraws nd
+    nd.pre = NULL
+    nd.bitgen = NULL
+    nd.chunk = NULL
+    if t.stochastic_transitions:
+        nd.chunk = <double*> malloc(4 * H * sizeof(double))
+        if nd.chunk == NULL:
+            return ENVS_NO_MEMORY
+        nd.bitgen = bitgen
+    # The random blocks live in output arrays until they are consumed (each entry is read before
+    # its own slot is written): start uniforms in episode_return, action uniforms in logp, reward
+    # noise in reward.
+    if t.stochastic_start:
+        u_start = out.episode_return
+        random_standard_uniform_fill(bitgen, T * n_episodes, u_start)
+    random_standard_uniform_fill(bitgen, cap, out.logp)
+    if t.reward_kind == KIND_GAUSSIAN:
+        noise = out.reward
+        random_standard_normal_fill(bitgen, cap, noise)
+    elif t.reward_kind == KIND_BERNOULLI:
+        noise = out.reward
+        random_standard_uniform_fill(bitgen, cap, noise)
+    n_steps = run_episodes(t, action_cdf, action_stride, action_logp, policy_of_task, n_episodes,
+                           u_start, out.logp, noise, &nd, out)
+    free(nd.chunk)
+    return n_steps
+
+
+cdef intp_t run_episodes(const EnvTablesC* t, const double* action_cdf, intp_t action_stride,
+                         const double* action_logp, const int64_t* policy_of_task,
+                         intp_t n_episodes, const double* u_start, const double* u_act,
+                         const double* noise, NextDraws* nd, RolloutOut* out) noexcept nogil:
     cdef intp_t q0 = 0, k0 = 0
     if not t.has_terminal:
         q0 = rollout_fixed_length(t, action_cdf, action_stride, action_logp, policy_of_task,
-                                  n_episodes, u_start, u_act, noise, u_next, out)
+                                  n_episodes, u_start, u_act, noise, nd, out)
         k0 = q0 * t.horizon
     else:
         q0 = rollout_lockstep(t, action_cdf, action_stride, action_logp, policy_of_task,
-                              n_episodes, u_start, u_act, noise, u_next, out, &k0)
+                              n_episodes, u_start, u_act, noise, nd, out, &k0)
     return rollout_general(t, action_cdf, action_stride, action_logp, policy_of_task, n_episodes,
-                           q0, k0, u_start, u_act, noise, u_next, out)
+                           q0, k0, u_start, u_act, noise, nd, out)
 
 
 cdef intp_t rollout_general(const EnvTablesC* t, const double* action_cdf, intp_t Ap,
                             const double* action_logp, const int64_t* policy_of_task,
                             intp_t N, intp_t q0, intp_t k0, const double* u_start,
-                            const double* u_act, const double* noise, const double* u_next,
+                            const double* u_act, const double* noise, NextDraws* nd,
                             RolloutOut* out) noexcept nogil:
     """Episodes q0 .. T*N-1 one after the other (any episode lengths), their steps written from
     k0 on; returns the total number of steps."""
@@ -197,6 +285,7 @@ cdef intp_t rollout_general(const EnvTablesC* t, const double* action_cdf, intp_
     cdef const double* rmean
     cdef const double* rnext
     cdef const uint8_t* term
+    cdef const double* u_next
     cdef double std, r, ret
     cdef bint ended
     cdef int64_t* o_obs = out.obs
@@ -222,6 +311,7 @@ cdef intp_t rollout_general(const EnvTablesC* t, const double* action_cdf, intp_
         term = t.terminal + i * S
         std = t.reward_std[i]
         base = q * H
+        u_next = next_draws(nd, q, 1, H)
         s = first_state(t, i, u_start, q)
         ret = 0.0
         ended = False
@@ -236,7 +326,7 @@ cdef intp_t rollout_general(const EnvTablesC* t, const double* action_cdf, intp_
             else:
                 r = rmean[sa]
             if stoch:
-                s2 = sample_row(tcdf + sa * Lp, Lp - 1, u_next[base + step])
+                s2 = sample_row(tcdf + sa * Lp, Lp - 1, u_next[step])
             else:
                 s2 = nstate[sa]
             if kind == KIND_TRANSITION:
@@ -273,6 +363,7 @@ cdef struct Episode:
     const int64_t* nstate
     const double* rmean
     const double* rnext
+    const double* un    # next-state uniforms of this episode, by step
     double std
     double ret
     const uint8_t* term  # terminal flags of the task's states
@@ -282,7 +373,8 @@ cdef struct Episode:
 
 cdef inline void begin_episode(Episode* ep, const EnvTablesC* t, intp_t q, intp_t N,
                                const double* action_cdf, intp_t Ap, const double* action_logp,
-                               const int64_t* policy_of_task, const double* u_start) noexcept nogil:
+                               const int64_t* policy_of_task, const double* u_start,
+                               const double* un) noexcept nogil:
     cdef intp_t i = q // N
     cdef intp_t S = t.n_states, SA = t.n_states * t.n_actions
     ep.task = i
@@ -293,43 +385,13 @@ cdef inline void begin_episode(Episode* ep, const EnvTablesC* t, intp_t q, intp_
     ep.nstate = t.next_state + i * SA
     ep.rmean = t.reward_mean + i * SA
     ep.rnext = t.reward_next + i * SA * S
+    ep.un = un
     ep.std = t.reward_std[i]
     ep.s = first_state(t, i, u_start, q)
     ep.ret = 0.0
     ep.term = t.terminal + i * S
     ep.length = 0
     ep.alive = True
-
-
-cdef inline void advance(Episode* ep, intp_t A, intp_t Ap, intp_t Lp, intp_t S, int kind, bint stoch,
-                         const double* u_act, const double* noise, const double* u_next,
-                         int64_t* o_obs, int64_t* o_act, double* o_rew, int64_t* o_next,
-                         double* o_logp) noexcept nogil:
-    """One step of one fixed-length episode (terminated/truncated/task_id are filled in bulk)."""
-    cdef intp_t k = ep.k, s = ep.s, a, sa, s2
-    cdef double r
-    a = sample_row(ep.acdf + s * Ap, Ap - 1, u_act[k])
-    sa = s * A + a
-    if kind == KIND_GAUSSIAN:
-        r = ep.rmean[sa] + ep.std * noise[k]
-    elif kind == KIND_BERNOULLI:
-        r = 1.0 if noise[k] < ep.rmean[sa] else 0.0
-    else:
-        r = ep.rmean[sa]
-    if stoch:
-        s2 = sample_row(ep.tcdf + sa * Lp, Lp - 1, u_next[k])
-    else:
-        s2 = ep.nstate[sa]
-    if kind == KIND_TRANSITION:
-        r = ep.rnext[sa * S + s2]
-    o_obs[k] = s
-    o_act[k] = a
-    o_rew[k] = r
-    o_next[k] = s2
-    o_logp[k] = ep.alogp[sa]
-    ep.ret += r
-    ep.s = s2
-    ep.k = k + 1
 
 
 cdef struct Prefetcher:
@@ -381,19 +443,77 @@ cdef inline void prefetch_step(Prefetcher* pf, const EnvTablesC* t, intp_t last_
         pf.rcur += pf.rlines * 64
 
 
-cdef intp_t rollout_fixed_length(const EnvTablesC* t, const double* action_cdf, intp_t Ap,
-                                 const double* action_logp, const int64_t* policy_of_task,
-                                 intp_t N, const double* u_start, const double* u_act,
-                                 const double* noise, const double* u_next, RolloutOut* out) noexcept nogil:
-    """Without terminal states every episode has H steps, so four episodes advance in lockstep:
-    their serial chains (state -> action -> next state) interleave and hide each other's
-    latencies.  Step k of episode q is written at q * H + k, as in rollout_general.  Returns the
-    number of episodes done (a multiple of 4); the rest go to rollout_general."""
+# Compile-time rules for the specialised lockstep loops: fused-type tags (never instantiated), so
+# each (reward rule, next-state rule) pair compiles to its own loop without per-step dispatch.
+cdef struct NoNoise:
+    char unused
+cdef struct GaussianNoise:
+    char unused
+cdef struct BernoulliNoise:
+    char unused
+cdef struct TransitionReward:
+    char unused
+cdef struct RandomNext:
+    char unused
+cdef struct FixedNext:
+    char unused
+
+ctypedef fused RewardRule:
+    NoNoise
+    GaussianNoise
+    BernoulliNoise
+    TransitionReward
+
+ctypedef fused NextRule:
+    RandomNext
+    FixedNext
+
+
+cdef inline void lane_step(Episode* ep, intp_t step, intp_t A, intp_t La, intp_t Lt, intp_t S,
+                           const double* u_act, const double* noise,
+                           int64_t* o_obs, int64_t* o_act, double* o_rew, int64_t* o_next,
+                           double* o_logp, RewardRule* reward_rule, NextRule* next_rule) noexcept nogil:
+    """Step ``step`` of one lockstep episode under the given rules, written at ep.k
+    (terminated/truncated/task_id are written by the caller).  u_act may be o_logp and noise
+    may be o_rew: each entry is read before its slot is overwritten."""
+    cdef intp_t k = ep.k, s = ep.s, a, sa, s2
+    cdef const double* row = ep.acdf + s * (La + 1)
+    cdef double r
+    a = mf_count_le4(row, La, u_act[k] * row[La])
+    sa = s * A + a
+    if RewardRule is GaussianNoise:
+        r = ep.rmean[sa] + ep.std * noise[k]
+    elif RewardRule is BernoulliNoise:
+        r = 1.0 if noise[k] < ep.rmean[sa] else 0.0
+    else:
+        r = ep.rmean[sa]
+    if NextRule is RandomNext:
+        row = ep.tcdf + sa * (Lt + 1)
+        s2 = mf_count_le4(row, Lt, ep.un[step] * row[Lt])
+    else:
+        s2 = ep.nstate[sa]
+    if RewardRule is TransitionReward:
+        r = ep.rnext[sa * S + s2]
+    o_obs[k] = s
+    o_act[k] = a
+    o_rew[k] = r
+    o_next[k] = s2
+    o_logp[k] = ep.alogp[sa]
+    ep.ret += r
+    ep.s = s2
+    ep.k = k + 1
+
+
+cdef intp_t fixed_length_groups(const EnvTablesC* t, const double* action_cdf, intp_t Ap,
+                                const double* action_logp, const int64_t* policy_of_task,
+                                intp_t N, const double* u_start, const double* u_act,
+                                const double* noise, NextDraws* nd, RolloutOut* out,
+                                RewardRule* reward_rule, NextRule* next_rule) noexcept nogil:
+    """rollout_fixed_length's loop for one pair of rules."""
     cdef intp_t H = t.horizon, Q = t.n_tasks * N
-    cdef intp_t S = t.n_states, A = t.n_actions, Lp = t.trans_stride
-    cdef int kind = t.reward_kind
-    cdef bint stoch = t.stochastic_transitions
-    cdef intp_t q, j, step
+    cdef intp_t S = t.n_states, A = t.n_actions, La = Ap - 1, Lt = t.trans_stride - 1
+    cdef intp_t q, step
+    cdef const double* un = NULL
     cdef Episode e0, e1, e2, e3
     cdef Prefetcher pf
     cdef int64_t* o_obs = out.obs
@@ -404,21 +524,54 @@ cdef intp_t rollout_fixed_length(const EnvTablesC* t, const double* action_cdf, 
     prefetch_init(&pf, t, N)
     q = 0
     while q + 4 <= Q:
-        begin_episode(&e0, t, q, N, action_cdf, Ap, action_logp, policy_of_task, u_start)
-        begin_episode(&e1, t, q + 1, N, action_cdf, Ap, action_logp, policy_of_task, u_start)
-        begin_episode(&e2, t, q + 2, N, action_cdf, Ap, action_logp, policy_of_task, u_start)
-        begin_episode(&e3, t, q + 3, N, action_cdf, Ap, action_logp, policy_of_task, u_start)
+        if NextRule is RandomNext:
+            un = next_draws(nd, q, 4, H)
+        begin_episode(&e0, t, q, N, action_cdf, Ap, action_logp, policy_of_task, u_start, un)
+        begin_episode(&e1, t, q + 1, N, action_cdf, Ap, action_logp, policy_of_task, u_start, un + H if un != NULL else NULL)
+        begin_episode(&e2, t, q + 2, N, action_cdf, Ap, action_logp, policy_of_task, u_start, un + 2 * H if un != NULL else NULL)
+        begin_episode(&e3, t, q + 3, N, action_cdf, Ap, action_logp, policy_of_task, u_start, un + 3 * H if un != NULL else NULL)
         for step in range(H):
             prefetch_step(&pf, t, e3.task)
-            advance(&e0, A, Ap, Lp, S, kind, stoch, u_act, noise, u_next, o_obs, o_act, o_rew, o_next, o_logp)
-            advance(&e1, A, Ap, Lp, S, kind, stoch, u_act, noise, u_next, o_obs, o_act, o_rew, o_next, o_logp)
-            advance(&e2, A, Ap, Lp, S, kind, stoch, u_act, noise, u_next, o_obs, o_act, o_rew, o_next, o_logp)
-            advance(&e3, A, Ap, Lp, S, kind, stoch, u_act, noise, u_next, o_obs, o_act, o_rew, o_next, o_logp)
+            lane_step(&e0, step, A, La, Lt, S, u_act, noise, o_obs, o_act, o_rew, o_next, o_logp, reward_rule, next_rule)
+            lane_step(&e1, step, A, La, Lt, S, u_act, noise, o_obs, o_act, o_rew, o_next, o_logp, reward_rule, next_rule)
+            lane_step(&e2, step, A, La, Lt, S, u_act, noise, o_obs, o_act, o_rew, o_next, o_logp, reward_rule, next_rule)
+            lane_step(&e3, step, A, La, Lt, S, u_act, noise, o_obs, o_act, o_rew, o_next, o_logp, reward_rule, next_rule)
         out.episode_return[q] = e0.ret
         out.episode_return[q + 1] = e1.ret
         out.episode_return[q + 2] = e2.ret
         out.episode_return[q + 3] = e3.ret
         q += 4
+    return q
+
+
+cdef intp_t rollout_fixed_length(const EnvTablesC* t, const double* action_cdf, intp_t Ap,
+                                 const double* action_logp, const int64_t* policy_of_task,
+                                 intp_t N, const double* u_start, const double* u_act,
+                                 const double* noise, NextDraws* nd, RolloutOut* out) noexcept nogil:
+    """Without terminal states every episode has H steps, so four episodes advance in lockstep:
+    their serial chains (state -> action -> next state) interleave and hide each other's
+    latencies.  Step k of episode q is written at q * H + k, as in rollout_general.  Returns the
+    number of episodes done (a multiple of 4); the rest go to rollout_general."""
+    cdef intp_t H = t.horizon, q, j
+    cdef int kind = t.reward_kind
+    if t.stochastic_transitions:
+        if kind == KIND_GAUSSIAN:
+            q = fixed_length_groups(t, action_cdf, Ap, action_logp, policy_of_task, N, u_start, u_act, noise, nd, out, <GaussianNoise*> NULL, <RandomNext*> NULL)
+        elif kind == KIND_BERNOULLI:
+            q = fixed_length_groups(t, action_cdf, Ap, action_logp, policy_of_task, N, u_start, u_act, noise, nd, out, <BernoulliNoise*> NULL, <RandomNext*> NULL)
+        elif kind == KIND_TRANSITION:
+            q = fixed_length_groups(t, action_cdf, Ap, action_logp, policy_of_task, N, u_start, u_act, noise, nd, out, <TransitionReward*> NULL, <RandomNext*> NULL)
+        else:
+            q = fixed_length_groups(t, action_cdf, Ap, action_logp, policy_of_task, N, u_start, u_act, noise, nd, out, <NoNoise*> NULL, <RandomNext*> NULL)
+    else:
+        if kind == KIND_GAUSSIAN:
+            q = fixed_length_groups(t, action_cdf, Ap, action_logp, policy_of_task, N, u_start, u_act, noise, nd, out, <GaussianNoise*> NULL, <FixedNext*> NULL)
+        elif kind == KIND_BERNOULLI:
+            q = fixed_length_groups(t, action_cdf, Ap, action_logp, policy_of_task, N, u_start, u_act, noise, nd, out, <BernoulliNoise*> NULL, <FixedNext*> NULL)
+        elif kind == KIND_TRANSITION:
+            q = fixed_length_groups(t, action_cdf, Ap, action_logp, policy_of_task, N, u_start, u_act, noise, nd, out, <TransitionReward*> NULL, <FixedNext*> NULL)
+        else:
+            q = fixed_length_groups(t, action_cdf, Ap, action_logp, policy_of_task, N, u_start, u_act, noise, nd, out, <NoNoise*> NULL, <FixedNext*> NULL)
     # the columns that do not depend on the draws, in bulk
     memset(out.terminated, 0, q * H)
     memset(out.truncated, 0, q * H)
@@ -436,16 +589,40 @@ cdef inline void fill_int64(int64_t* p, intp_t n, int64_t value) noexcept nogil:
         p[j] = value
 
 
-cdef inline void advance_live(Episode* ep, intp_t A, intp_t Ap, intp_t Lp, intp_t S, int kind,
-                              bint stoch, const double* u_act, const double* noise,
-                              const double* u_next, int64_t* o_obs, int64_t* o_act, double* o_rew,
+cdef inline void advance_live(Episode* ep, intp_t step, intp_t A, intp_t Ap, intp_t Lp, intp_t S,
+                              int kind, bint stoch, const double* u_act, const double* noise,
+                              int64_t* o_obs, int64_t* o_act, double* o_rew,
                               int64_t* o_next, double* o_logp) noexcept nogil:
-    """advance() for an episode that may end in a terminal state; a finished one stays put."""
-    if ep.alive:
-        advance(ep, A, Ap, Lp, S, kind, stoch, u_act, noise, u_next, o_obs, o_act, o_rew, o_next, o_logp)
-        ep.length += 1
-        if ep.term[ep.s]:
-            ep.alive = False
+    """One step of an episode that may end in a terminal state; a finished one stays put."""
+    cdef intp_t k = ep.k, s = ep.s, a, sa, s2
+    cdef double r
+    if not ep.alive:
+        return
+    a = sample_row(ep.acdf + s * Ap, Ap - 1, u_act[k])
+    sa = s * A + a
+    if kind == KIND_GAUSSIAN:
+        r = ep.rmean[sa] + ep.std * noise[k]
+    elif kind == KIND_BERNOULLI:
+        r = 1.0 if noise[k] < ep.rmean[sa] else 0.0
+    else:
+        r = ep.rmean[sa]
+    if stoch:
+        s2 = sample_row(ep.tcdf + sa * Lp, Lp - 1, ep.un[step])
+    else:
+        s2 = ep.nstate[sa]
+    if kind == KIND_TRANSITION:
+        r = ep.rnext[sa * S + s2]
+    o_obs[k] = s
+    o_act[k] = a
+    o_rew[k] = r
+    o_next[k] = s2
+    o_logp[k] = ep.alogp[sa]
+    ep.ret += r
+    ep.s = s2
+    ep.k = k + 1
+    ep.length += 1
+    if ep.term[s2]:
+        ep.alive = False
 
 
 cdef inline intp_t settle(Episode* ep, intp_t q, intp_t H, intp_t k_out, RolloutOut* out) noexcept nogil:
@@ -473,7 +650,7 @@ cdef inline intp_t settle(Episode* ep, intp_t q, intp_t H, intp_t k_out, Rollout
 cdef intp_t rollout_lockstep(const EnvTablesC* t, const double* action_cdf, intp_t Ap,
                              const double* action_logp, const int64_t* policy_of_task,
                              intp_t N, const double* u_start, const double* u_act,
-                             const double* noise, const double* u_next, RolloutOut* out,
+                             const double* noise, NextDraws* nd, RolloutOut* out,
                              intp_t* k_end) noexcept nogil:
     """rollout_fixed_length for tasks with terminal states: four episodes in lockstep, each
     written to its slot q * H and moved down next to its predecessor once the four are done
@@ -484,6 +661,7 @@ cdef intp_t rollout_lockstep(const EnvTablesC* t, const double* action_cdf, intp
     cdef int kind = t.reward_kind
     cdef bint stoch = t.stochastic_transitions
     cdef intp_t q, step, k_out = 0
+    cdef const double* un = NULL
     cdef Episode e0, e1, e2, e3
     cdef Prefetcher pf
     cdef int64_t* o_obs = out.obs
@@ -494,16 +672,17 @@ cdef intp_t rollout_lockstep(const EnvTablesC* t, const double* action_cdf, intp
     prefetch_init(&pf, t, N)
     q = 0
     while q + 4 <= Q:
-        begin_episode(&e0, t, q, N, action_cdf, Ap, action_logp, policy_of_task, u_start)
-        begin_episode(&e1, t, q + 1, N, action_cdf, Ap, action_logp, policy_of_task, u_start)
-        begin_episode(&e2, t, q + 2, N, action_cdf, Ap, action_logp, policy_of_task, u_start)
-        begin_episode(&e3, t, q + 3, N, action_cdf, Ap, action_logp, policy_of_task, u_start)
+        un = next_draws(nd, q, 4, H)
+        begin_episode(&e0, t, q, N, action_cdf, Ap, action_logp, policy_of_task, u_start, un)
+        begin_episode(&e1, t, q + 1, N, action_cdf, Ap, action_logp, policy_of_task, u_start, un + H if un != NULL else NULL)
+        begin_episode(&e2, t, q + 2, N, action_cdf, Ap, action_logp, policy_of_task, u_start, un + 2 * H if un != NULL else NULL)
+        begin_episode(&e3, t, q + 3, N, action_cdf, Ap, action_logp, policy_of_task, u_start, un + 3 * H if un != NULL else NULL)
         for step in range(H):
             prefetch_step(&pf, t, e3.task)
-            advance_live(&e0, A, Ap, Lp, S, kind, stoch, u_act, noise, u_next, o_obs, o_act, o_rew, o_next, o_logp)
-            advance_live(&e1, A, Ap, Lp, S, kind, stoch, u_act, noise, u_next, o_obs, o_act, o_rew, o_next, o_logp)
-            advance_live(&e2, A, Ap, Lp, S, kind, stoch, u_act, noise, u_next, o_obs, o_act, o_rew, o_next, o_logp)
-            advance_live(&e3, A, Ap, Lp, S, kind, stoch, u_act, noise, u_next, o_obs, o_act, o_rew, o_next, o_logp)
+            advance_live(&e0, step, A, Ap, Lp, S, kind, stoch, u_act, noise, o_obs, o_act, o_rew, o_next, o_logp)
+            advance_live(&e1, step, A, Ap, Lp, S, kind, stoch, u_act, noise, o_obs, o_act, o_rew, o_next, o_logp)
+            advance_live(&e2, step, A, Ap, Lp, S, kind, stoch, u_act, noise, o_obs, o_act, o_rew, o_next, o_logp)
+            advance_live(&e3, step, A, Ap, Lp, S, kind, stoch, u_act, noise, o_obs, o_act, o_rew, o_next, o_logp)
             if not (e0.alive or e1.alive or e2.alive or e3.alive):
                 break
         k_out = settle(&e0, q, H, k_out, out)
@@ -647,11 +826,6 @@ def rollout(tables, action_cdf, action_logp, policy_of_task, n_episodes, rng):
     cdef EnvTablesC t
     fill_tables(tables, &t)
     cdef intp_t T = t.n_tasks, H = t.horizon, cap = T * N * H, n_steps
-    cdef cnp.ndarray u_start = _empty(T * N if t.stochastic_start else 0, cnp.NPY_DOUBLE)
-    cdef cnp.ndarray u_act = _empty(cap, cnp.NPY_DOUBLE)
-    cdef bint has_noise = t.reward_kind == KIND_GAUSSIAN or t.reward_kind == KIND_BERNOULLI
-    cdef cnp.ndarray noise = _empty(cap if has_noise else 0, cnp.NPY_DOUBLE)
-    cdef cnp.ndarray u_next = _empty(cap if t.stochastic_transitions else 0, cnp.NPY_DOUBLE)
     cdef RolloutOut out
     cdef dict res = {}
     for name, typenum in (("obs", cnp.NPY_INT64), ("action", cnp.NPY_INT64),
@@ -676,29 +850,14 @@ def rollout(tables, action_cdf, action_logp, policy_of_task, n_episodes, rng):
     cdef const double* cdf_p = _dptr(padded)
     cdef const double* logp_p = _dptr(action_logp)
     cdef const int64_t* pol_p = _iptr(policy_of_task)
-    cdef double* us = <double*> cnp.PyArray_DATA(u_start)
-    cdef double* ua = <double*> cnp.PyArray_DATA(u_act)
-    cdef double* nz = <double*> cnp.PyArray_DATA(noise)
-    cdef double* un = <double*> cnp.PyArray_DATA(u_next)
     cdef bitgen_t* bitgen
     bit_generator = rng.bit_generator
     bitgen = bitgen_of(bit_generator)
     with bit_generator.lock:
         with nogil:
-            if t.stochastic_start:
-                random_standard_uniform_fill(bitgen, T * N, us)
-            random_standard_uniform_fill(bitgen, cap, ua)
-            if t.reward_kind == KIND_GAUSSIAN:
-                random_standard_normal_fill(bitgen, cap, nz)
-            elif t.reward_kind == KIND_BERNOULLI:
-                random_standard_uniform_fill(bitgen, cap, nz)
-            if t.stochastic_transitions:
-                random_standard_uniform_fill(bitgen, cap, un)
-    with nogil:
-        n_steps = rollout_kernel(&t, cdf_p, Ap, logp_p, pol_p, N,
-                                 us if t.stochastic_start else NULL, ua,
-                                 nz if has_noise else NULL,
-                                 un if t.stochastic_transitions else NULL, &out)
+            n_steps = rollout_draw_kernel(&t, cdf_p, Ap, logp_p, pol_p, N, bitgen, &out)
+    if n_steps == ENVS_NO_MEMORY:
+        raise MemoryError("metarl_fast: out of memory in rollout")
     names = ("obs", "action", "reward", "next_obs", "terminated", "truncated", "logp", "task_id")
     if n_steps < cap:
         arrays = tuple(res[name][:n_steps].copy() for name in names)
