@@ -189,12 +189,15 @@ class ReplayBuffer:
         self._tasks = TaskIndex()
         self._tasks.rebuild(store[6], state)
         kernels = active.replay
-        if hasattr(kernels, "Writer"):
-            # Compiled backend: a lock that C code takes without a Python call, and (for this
-            # class's own add) a C method bound over `add`, so one transition is one C call.
+        if hasattr(kernels, "CompiledBuffer"):
+            # Compiled backend: a lock that C code takes without a Python call, and (where this
+            # class's own methods are not overridden) C methods bound over `add` and `sample`.
             self._lock = kernels.BufferLock()
+            compiled = kernels.CompiledBuffer(store, state, self._tasks, self._lock, Batch)
             if type(self).add is ReplayBuffer.add:
-                self.add = kernels.Writer(store, state, self._tasks, self._lock).add
+                self.add = compiled.add
+            if type(self).sample is ReplayBuffer.sample:
+                self.sample = compiled.sample
         else:
             self._lock = threading.Lock()
 
@@ -272,8 +275,8 @@ class ReplayBuffer:
         reward or logp, or a negative task_id; the buffer is then unchanged.
 
         With the Cython backend active when the buffer is made (or loaded), the instance's
-        ``add`` is this method compiled (:class:`metarl_fast._core.replay.Writer`): same checks,
-        same result, one C call.
+        ``add`` is this method compiled (:class:`metarl_fast._core.replay.CompiledBuffer`): same
+        checks, same result, one C call.  So is ``sample``.
         """
         with self._lock:
             active.replay.add_one(self._store, self._state, self._tasks, obs, action, reward,
@@ -328,6 +331,8 @@ class ReplayBuffer:
     def _check_sample(self, batch_size, rng):
         if type(batch_size) is not int or batch_size < 1:  # (exact int: the cheap common case)
             batch_size = _validate.positive_int(batch_size, "batch_size")
+        if batch_size > 2 ** 40:
+            raise ValueError(f"batch_size={batch_size} is too large to allocate")
         if type(rng) is not _Generator:
             _validate.check_rng(rng)
         if self._state[SIZE] == 0:

@@ -483,6 +483,10 @@ def test_bad_sampling_arguments(backend):
         buf.sample(0, rng)
     with pytest.raises(TypeError, match="batch_size"):
         buf.sample(2.0, rng)
+    with pytest.raises(ValueError, match="batch_size"):
+        buf.sample(10 ** 30, rng)
+    with pytest.raises(TypeError, match="task_id"):
+        buf.sample(2, rng, task_id=True)
     with pytest.raises(TypeError, match="rng"):
         buf.sample(2, 42)
     with pytest.raises(ValueError, match="task_id"):
@@ -754,7 +758,7 @@ def test_single_adds_equal_one_batch_across_table_growth(backend):
 def test_add_is_compiled_only_where_it_can_be(backend):
     buf, pbuf = ReplayBuffer(4), PrioritizedReplayBuffer(4)
     compiled = backend == "cython"
-    assert (type(getattr(buf.add, "__self__", None)).__name__ == "Writer") == compiled
+    assert (type(getattr(buf.add, "__self__", None)).__name__ == "CompiledBuffer") == compiled
     assert "add" not in vars(pbuf)  # the prioritized buffer keeps its own add (it sets priorities)
     assert (type(buf._lock).__name__ == "BufferLock") == compiled
     buf.add(1, 0, 1.0, 2, False)

@@ -71,7 +71,8 @@ cdef int tree_sample_leaves(const double* tree_sum, intp_t n_leaves, bitgen_t* b
                             int64_t* out) noexcept nogil
 # Record-by-record gather when every field has the same row stride (the record size).
 cdef void gather_records(const char* const* srcs, const intp_t* row_bytes, intp_t n_fields,
-                         intp_t stride, const int64_t* idx, intp_t n, char* const* dsts) noexcept nogil
+                         intp_t stride, const int64_t* idx, intp_t n, char* const* dsts,
+                         bint prefetch=*) noexcept nogil
 
 
 cdef class BufferLock:
@@ -81,11 +82,12 @@ cdef class BufferLock:
     cdef void give(self) noexcept
 
 
-cdef class Writer:
+cdef class CompiledBuffer:
     cdef tuple store
     cdef cnp.ndarray state
     cdef object tasks
     cdef readonly BufferLock lock
     cdef Storage st
     cdef object meta
+    cdef type batch_type
     cdef int commit_one(self, const Columns* c) except -1

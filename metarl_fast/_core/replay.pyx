@@ -16,9 +16,13 @@ from metarl_fast._core.rng cimport bitgen_of, next_uniform
 
 import numpy as np
 
+from metarl_fast import _validate
+
 from metarl_fast.reference import replay as _ref
 
 from cpython.long cimport PyLong_AsLongLongAndOverflow
+from cpython.ref cimport Py_INCREF
+from cpython.tuple cimport PyTuple_New, PyTuple_SET_ITEM
 from cpython.pythread cimport (NOWAIT_LOCK, WAIT_LOCK, PyThread_acquire_lock,
                                PyThread_allocate_lock, PyThread_free_lock,
                                PyThread_release_lock)
@@ -410,19 +414,75 @@ cdef int tree_set_leaves(double* tree_sum, double* tree_min, intp_t n_leaves, co
     return 0
 
 
-cdef void gather_records(const char* const* srcs, const intp_t* row_bytes, intp_t n_fields,
-                         intp_t stride, const int64_t* idx, intp_t n, char* const* dsts) noexcept nogil:
-    """The first field's pass prefetches whole records ahead; the other fields then hit the cache
-    in tight per-field loops."""
-    cdef intp_t i, f, ahead
+# The default record (int64 obs/action scalars, float64 reward/logp): field sizes and offsets
+# (aligned struct, FIELDS order).
+cdef intp_t DEFAULT_SIZES[N_FIELDS]
+cdef intp_t DEFAULT_OFFSETS[N_FIELDS]
+DEFAULT_SIZES[:] = [8, 8, 8, 8, 1, 1, 4, 8, 8]
+DEFAULT_OFFSETS[:] = [0, 8, 16, 24, 32, 33, 36, 40, 48]
+
+
+cdef inline bint _is_default_layout(const char* const* srcs, const intp_t* row_bytes,
+                                    intp_t n_fields) noexcept nogil:
+    cdef intp_t f
+    if n_fields != N_FIELDS:
+        return False
+    for f in range(N_FIELDS):
+        if row_bytes[f] != DEFAULT_SIZES[f] or srcs[f] - srcs[0] != DEFAULT_OFFSETS[f]:
+            return False
+    return True
+
+
+cdef void gather_default_records(const char* base, intp_t stride, const int64_t* idx, intp_t n,
+                                 char* const* dsts) noexcept nogil:
+    """Records -> columns for the default layout in one pass: the field sizes and offsets are
+    constants, so each field is one load and one store (the generic path runs a loop per field)."""
+    cdef int64_t* obs = <int64_t*> dsts[0]
+    cdef int64_t* action = <int64_t*> dsts[1]
+    cdef int64_t* reward = <int64_t*> dsts[2]  # (the float64 bits)
+    cdef int64_t* next_obs = <int64_t*> dsts[3]
+    cdef char* done = dsts[4]
+    cdef char* truncated = dsts[5]
+    cdef int32_t* task = <int32_t*> dsts[6]
+    cdef int64_t* episode = <int64_t*> dsts[7]
+    cdef int64_t* logp = <int64_t*> dsts[8]
+    cdef const char* r
+    cdef intp_t i
     for i in range(n):
-        ahead = i + PREFETCH_AHEAD
-        if ahead < n:
-            MF_PREFETCH(srcs[0] + idx[ahead] * stride)
-            MF_PREFETCH(srcs[0] + idx[ahead] * stride + stride - 1)
-        _put(dsts[0] + i * row_bytes[0], srcs[0] + idx[i] * stride, row_bytes[0])
-    for f in range(1, n_fields):
+        r = base + idx[i] * stride
+        obs[i] = (<const int64_t*> r)[0]
+        action[i] = (<const int64_t*> (r + 8))[0]
+        reward[i] = (<const int64_t*> (r + 16))[0]
+        next_obs[i] = (<const int64_t*> (r + 24))[0]
+        done[i] = r[32]
+        truncated[i] = r[33]
+        task[i] = (<const int32_t*> (r + 36))[0]
+        episode[i] = (<const int64_t*> (r + 40))[0]
+        logp[i] = (<const int64_t*> (r + 48))[0]
+
+
+cdef void gather_records(const char* const* srcs, const intp_t* row_bytes, intp_t n_fields,
+                         intp_t stride, const int64_t* idx, intp_t n, char* const* dsts,
+                         bint prefetch=True) noexcept nogil:
+    """The first field's pass prefetches whole records ahead (unless the caller already did);
+    the other fields then hit the cache in tight per-field loops."""
+    cdef intp_t i, f, ahead
+    if not prefetch and _is_default_layout(srcs, row_bytes, n_fields):
+        gather_default_records(srcs[0], stride, idx, n, dsts)
+        return
+    if prefetch:
+        for i in range(n):
+            ahead = i + PREFETCH_AHEAD
+            if ahead < n:
+                MF_PREFETCH(srcs[0] + idx[ahead] * stride)
+                MF_PREFETCH(srcs[0] + idx[ahead] * stride + stride - 1)
+            _put(dsts[0] + i * row_bytes[0], srcs[0] + idx[i] * stride, row_bytes[0])
+        f = 1
+    else:
+        f = 0
+    while f < n_fields:
         gather_rows(srcs[f], row_bytes[f], stride, idx, n, dsts[f])
+        f += 1
 
 
 # ---------------------------------------------------------------------------------------------
@@ -729,7 +789,7 @@ def add_one(tuple store, cnp.ndarray state, tasks, obs, action, reward, next_obs
 
 cdef int _add_one(tuple store, cnp.ndarray state, object tasks, object obs, object action,
                   object reward, object next_obs, object done, object truncated, object task_id,
-                  object logp, Writer writer) except -1:
+                  object logp, CompiledBuffer writer) except -1:
     cdef Columns c
     cdef Scalars sc
     cdef char obs_buf[8]
@@ -876,14 +936,18 @@ cdef class BufferLock:
         return False
 
 
-cdef class Writer:
-    """``ReplayBuffer.add`` compiled: the buffer binds its ``add`` to :meth:`Writer.add`, so one
-    transition costs one C method call (lock, validation, write) instead of a Python frame, a
-    ``with`` block and a kernel call.  Same checks and semantics as
-    :func:`metarl_fast.reference.replay.add_one` under the buffer's lock.
+cdef class CompiledBuffer:
+    """``ReplayBuffer.add`` and ``ReplayBuffer.sample`` compiled.
+
+    A buffer made under the Cython backend binds its ``add`` and ``sample`` to these methods, so
+    one transition, or one sampled batch, costs one C method call (lock, validation, kernel,
+    result) instead of a Python frame, a ``with`` block and several kernel calls.  Same checks,
+    errors and results as the Python methods, under the buffer's lock.
     """
 
-    def __init__(self, tuple store, cnp.ndarray state, tasks, BufferLock lock):
+    def __init__(self, tuple store, cnp.ndarray state, tasks, BufferLock lock, type batch_type):
+        """batch_type: the named tuple class of sampled batches (``metarl_fast.replay.Batch``)."""
+        self.batch_type = batch_type
         self.store = store
         self.state = state
         self.tasks = tasks
@@ -916,6 +980,41 @@ cdef class Writer:
         finally:
             self.lock.give()
 
+    def sample(self, batch_size, rng, *, task_id=None):
+        """A Batch of batch_size transitions.  See :meth:`metarl_fast.replay.ReplayBuffer.sample`."""
+        cdef intp_t n
+        cdef int64_t size, task
+        cdef int64_t* m
+        if type(batch_size) is not int or batch_size < 1:
+            batch_size = _validate.positive_int(batch_size, "batch_size")
+        if batch_size > 2 ** 40:
+            raise ValueError(f"batch_size={batch_size} is too large to allocate")
+        n = batch_size
+        if type(rng) is not _Generator:
+            _validate.check_rng(rng)
+        self.lock.take()
+        try:
+            size = self.st.state[S_SIZE]
+            if size == 0:
+                raise ValueError("cannot sample from an empty replay buffer")
+            if task_id is None:
+                indices = _sample_indices(size, n, rng, self.store)
+            else:
+                if type(task_id) is not int:
+                    if isinstance(task_id, (bool, np.bool_)) or not isinstance(task_id, (int, np.integer)):
+                        raise TypeError(f"task_id must be an int or None, got {type(task_id).__name__}")
+                    task_id = int(task_id)
+                if task_id < 0:
+                    raise ValueError(f"task_id must be >= 0, got {task_id}")
+                meta = self.tasks.meta
+                if task_id >= cnp.PyArray_DIM(<cnp.ndarray> meta, 0) or \
+                        (<int64_t*> cnp.PyArray_DATA(<cnp.ndarray> meta))[4 * <int64_t> task_id + 1] == 0:
+                    raise ValueError(f"the replay buffer holds no transitions of task {task_id}")
+                indices = _sample_task_indices(self.tasks, task_id, n, rng, self.store)
+            return tuple.__new__(self.batch_type, _gather(self.store, indices, False) + (indices, None))
+        finally:
+            self.lock.give()
+
 
 def end_episode(cnp.ndarray state):
     """Close the open episode.  See :func:`metarl_fast.reference.replay.end_episode`."""
@@ -927,7 +1026,6 @@ def end_episode(cnp.ndarray state):
 
 cdef inline bitgen_t* _bitgen(object rng) except NULL:
     if not isinstance(rng, _Generator):
-        from metarl_fast import _validate
         _validate.check_rng(rng)
     return bitgen_of(rng.bit_generator)
 
@@ -949,6 +1047,10 @@ def sample_indices(int64_t size, intp_t n, rng, store=None):
 
     With ``store``, each drawn record is prefetched at once, so the memory latency of the later
     gather overlaps the drawing."""
+    return _sample_indices(size, n, rng, store)
+
+
+cdef cnp.ndarray _sample_indices(int64_t size, intp_t n, object rng, object store):
     cdef cnp.npy_intp dim = n
     cdef cnp.ndarray out = cnp.PyArray_EMPTY(1, &dim, cnp.NPY_INT64, 0)
     cdef bitgen_t* bitgen = _bitgen(rng)
@@ -968,11 +1070,16 @@ def sample_indices(int64_t size, intp_t n, rng, store=None):
                     k = k if k < size else size - 1
                     p[i] = k
                     MF_PREFETCH(base + k * stride)
+                    MF_PREFETCH(base + k * stride + stride - 1)
     return out
 
 
 def sample_task_indices(tasks, int64_t task, intp_t n, rng, store=None):
     """Uniform slots of one task.  See :func:`metarl_fast.reference.replay.sample_task_indices`."""
+    return _sample_task_indices(tasks, task, n, rng, store)
+
+
+cdef cnp.ndarray _sample_task_indices(object tasks, int64_t task, intp_t n, object rng, object store):
     cdef cnp.npy_intp dim = n
     cdef cnp.ndarray out = cnp.PyArray_EMPTY(1, &dim, cnp.NPY_INT64, 0)
     cdef bitgen_t* bitgen = _bitgen(rng)
@@ -999,6 +1106,7 @@ def sample_task_indices(tasks, int64_t task, intp_t n, rng, store=None):
             p[i] = ring[p[i]]
             if base != NULL:
                 MF_PREFETCH(base + p[i] * stride)
+                MF_PREFETCH(base + p[i] * stride + stride - 1)
     return out
 
 
@@ -1045,6 +1153,11 @@ def window_indices(cnp.ndarray starts, intp_t length, intp_t capacity):
 
 def gather(tuple store, cnp.ndarray indices):
     """Copies of every field at ``indices``.  See :func:`metarl_fast.reference.replay.gather`."""
+    return _gather(store, indices, True)
+
+
+cdef tuple _gather(tuple store, cnp.ndarray indices, bint prefetch):
+    """(prefetch=False when the records were prefetched as the indices were drawn.)"""
     cdef cnp.ndarray idx = indices if (cnp.PyArray_TYPE(indices) == cnp.NPY_INT64
                                        and cnp.PyArray_IS_C_CONTIGUOUS(indices)) \
         else np.ascontiguousarray(indices, dtype=np.int64)
@@ -1057,7 +1170,7 @@ def gather(tuple store, cnp.ndarray indices):
     cdef char* dsts[N_FIELDS]
     cdef intp_t row_bytes[N_FIELDS]
     cdef intp_t strides[N_FIELDS]
-    result = []
+    cdef tuple result = PyTuple_New(N_FIELDS)
     for d in range(nd_idx):
         dims[d] = cnp.PyArray_DIM(idx, d)
     for f in range(N_FIELDS):
@@ -1070,18 +1183,28 @@ def gather(tuple store, cnp.ndarray indices):
         dsts[f] = <char*> cnp.PyArray_DATA(out)
         row_bytes[f] = cnp.PyArray_ITEMSIZE(field) * (cnp.PyArray_SIZE(field) // cnp.PyArray_DIM(field, 0))
         strides[f] = cnp.PyArray_STRIDE(field, 0)
-        result.append(out)
+        Py_INCREF(out)
+        PyTuple_SET_ITEM(result, f, out)
     for f in range(1, N_FIELDS):
         if strides[f] != strides[0]:
             break
-    else:  # one record per transition: copy record by record, prefetching ahead
-        with nogil:
-            gather_records(<const char* const*> srcs, row_bytes, N_FIELDS, strides[0], ip, n, dsts)
-        return tuple(result)
+    else:  # one record per transition: copy record by record
+        if n < GIL_FREE_GATHER:
+            gather_records(<const char* const*> srcs, row_bytes, N_FIELDS, strides[0], ip, n, dsts,
+                           prefetch)
+        else:
+            with nogil:
+                gather_records(<const char* const*> srcs, row_bytes, N_FIELDS, strides[0], ip, n,
+                               dsts, prefetch)
+        return result
     with nogil:
         for f in range(N_FIELDS):
             gather_rows(srcs[f], row_bytes[f], strides[f], ip, n, dsts[f])
-    return tuple(result)
+    return result
+
+
+# Below this many rows a gather keeps the GIL: releasing and re-taking it would cost more.
+cdef intp_t GIL_FREE_GATHER = 2048
 
 
 def tree_set(cnp.ndarray tree_sum, cnp.ndarray tree_min, cnp.ndarray indices, cnp.ndarray values):
