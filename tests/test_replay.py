@@ -808,3 +808,35 @@ def test_add_waits_for_a_held_buffer_lock(backend):
     buf._lock.release()
     writer.join(5)
     assert len(buf) == 1
+
+
+@pytest.mark.parametrize("capacity", [1, 5, 64, 301])
+def test_one_task_batches_equal_single_adds(backend, capacity):
+    """add_batch with one scalar task_id per call (its specialised path): chunks of random
+    length and task, wrapping the ring many times, store exactly what single adds store."""
+    rng = np.random.default_rng(capacity)
+    batch, one = ReplayBuffer(capacity), ReplayBuffer(capacity)
+    step = 0
+    for _ in range(60):
+        n = int(rng.integers(0, capacity + 1))
+        task = int(rng.integers(0, 11))
+        obs = np.arange(step, step + n, dtype=np.int64)
+        done = rng.random(n) < 0.1
+        truncated = rng.random(n) < 0.05
+        logp = -rng.random(n)
+        batch.add_batch(obs, obs % 3, obs * 0.25, obs + 1, done, truncated=truncated,
+                        task_id=task, logp=logp)
+        for i in range(n):
+            one.add(int(obs[i]), int(obs[i] % 3), float(obs[i] * 0.25), int(obs[i] + 1),
+                    bool(done[i]), truncated=bool(truncated[i]), task_id=task, logp=float(logp[i]))
+        if rng.random() < 0.2:
+            batch.end_episode()
+            one.end_episode()
+        step += n
+        for field in ("obs", "action", "reward", "next_obs", "done", "truncated", "task_id",
+                      "episode_id", "logp"):
+            np.testing.assert_array_equal(getattr(batch, field), getattr(one, field), err_msg=field)
+        assert (batch.write_position, len(batch), batch.next_episode_id, batch.n_added) == \
+            (one.write_position, len(one), one.next_episode_id, one.n_added)
+        for k in range(11):
+            np.testing.assert_array_equal(batch._tasks.slots(k), one._tasks.slots(k))

@@ -85,6 +85,103 @@ cdef inline int64_t _task_at(const Columns* c, intp_t i) noexcept nogil:
     return (<const int32_t*> (c.task + i * c.task_stride))[0]
 
 
+cdef void _pop_overwritten(Storage* st, int64_t pos, intp_t n) noexcept nogil:
+    """Pop the slots [pos, pos + n) (mod capacity) that hold a transition from their tasks'
+    rings (each is its task's oldest entry), by runs of equal task."""
+    cdef intp_t i, stride = st.stride[0]
+    cdef int64_t slot = pos, capacity = st.capacity, size0 = st.state[S_SIZE]
+    cdef int64_t old, run_task = -1, run = 0
+    cdef int64_t* row
+    cdef const char* f_task = st.field[F_TASK]
+    cdef bint full0 = size0 == capacity
+    for i in range(n):
+        if full0 or slot < size0:
+            old = (<const int32_t*> (f_task + slot * stride))[0]
+            if old != run_task:
+                if run:
+                    row = st.task_meta + 4 * run_task
+                    row[0] = (row[0] + run) & (row[2] - 1)
+                    row[1] -= run
+                run_task = old
+                run = 0
+            run += 1
+        slot += 1
+        if slot == capacity:
+            slot = 0
+    if run:
+        row = st.task_meta + 4 * run_task
+        row[0] = (row[0] + run) & (row[2] - 1)
+        row[1] -= run
+
+
+cdef void _write_one_task_all8(Storage* st, const Columns* c) noexcept nogil:
+    """write_rows for its most common call: one task for every row (task stride 0), 8-byte obs,
+    action and reward, n <= capacity.  Separate passes with no per-row task logic: pops of the
+    overwritten slots, records (in at most two contiguous ranges), then one run of ring pushes."""
+    cdef intp_t n = c.n, i, k, first, stride = st.stride[0]
+    cdef int64_t* state = st.state
+    cdef int64_t pos = state[S_POS], capacity = st.capacity, size0 = state[S_SIZE]
+    cdef int64_t next_ep = state[S_NEXT_EPISODE], open_task = state[S_OPEN_TASK]
+    cdef int64_t t = _task_at(c, 0), slot, front, count, mask
+    cdef int64_t* row
+    cdef int64_t* ring
+    cdef const int64_t* obs = <const int64_t*> c.obs
+    cdef const int64_t* next_obs = <const int64_t*> c.next_obs
+    cdef const int64_t* action = <const int64_t*> c.action
+    cdef const int64_t* reward = <const int64_t*> c.reward
+    cdef const char* done = c.done
+    cdef const char* truncated = c.truncated
+    cdef const char* logp = c.logp
+    cdef intp_t s_done = c.done_stride, s_trunc = c.truncated_stride, s_logp = c.logp_stride
+    cdef char* rec
+    cdef char end = 0
+    cdef int32_t t32 = <int32_t> t
+    cdef intp_t o_obs = st.field[F_OBS] - st.field[F_OBS], o_action = st.field[F_ACTION] - st.field[F_OBS]
+    cdef intp_t o_reward = st.field[F_REWARD] - st.field[F_OBS], o_next = st.field[F_NEXT_OBS] - st.field[F_OBS]
+    cdef intp_t o_done = st.field[F_DONE] - st.field[F_OBS], o_trunc = st.field[F_TRUNCATED] - st.field[F_OBS]
+    cdef intp_t o_task = st.field[F_TASK] - st.field[F_OBS], o_episode = st.field[F_EPISODE] - st.field[F_OBS]
+    cdef intp_t o_logp = st.field[F_LOGP] - st.field[F_OBS]
+    _pop_overwritten(st, pos, n)
+    if open_task >= 0 and t != open_task:
+        next_ep += 1
+    first = capacity - pos if n > capacity - pos else n
+    rec = st.field[F_OBS] + pos * stride
+    k = 0
+    for i in range(n):
+        if i == first:
+            rec = st.field[F_OBS]
+        (<int64_t*> (rec + o_obs))[0] = obs[i]
+        (<int64_t*> (rec + o_next))[0] = next_obs[i]
+        (<int64_t*> (rec + o_action))[0] = action[i]
+        (<int64_t*> (rec + o_reward))[0] = reward[i]
+        (<int64_t*> (rec + o_logp))[0] = (<const int64_t*> (logp + i * s_logp))[0]
+        (<int64_t*> (rec + o_episode))[0] = next_ep
+        (<int32_t*> (rec + o_task))[0] = t32
+        rec[o_done] = done[i * s_done]
+        rec[o_trunc] = truncated[i * s_trunc]
+        end = (done[i * s_done] != 0) | (truncated[i * s_trunc] != 0)
+        next_ep += end
+        rec += stride
+    open_task = -1 if end else t
+    row = st.task_meta + 4 * t
+    front = row[0]
+    count = row[1]
+    mask = row[2] - 1
+    ring = <int64_t*> row[3]
+    slot = pos
+    for i in range(n):
+        ring[(front + count + i) & mask] = slot
+        slot += 1
+        if slot == capacity:
+            slot = 0
+    row[1] = count + n
+    state[S_POS] = slot
+    state[S_SIZE] = capacity if size0 + n > capacity else size0 + n
+    state[S_NEXT_EPISODE] = next_ep
+    state[S_OPEN_TASK] = open_task
+    state[S_N_ADDED] += n
+
+
 cdef void write_rows(Storage* st, const Columns* c) noexcept nogil:
     # Everything is read into locals first: the stores below go through casted pointers that the
     # compiler must assume may alias the structs.
@@ -121,6 +218,9 @@ cdef void write_rows(Storage* st, const Columns* c) noexcept nogil:
     # tabular int64 observations and actions, float64 rewards: every value is 8 bytes
     cdef bint all8 = b_obs == 8 and b_action == 8 and b_float == 8
     if n == 0:
+        return
+    if all8 and c.task_stride == 0 and n <= capacity:
+        _write_one_task_all8(st, c)
         return
     # Only the last `capacity` rows survive a call; the skipped rows still count for episode ids.
     skip = n - capacity if n > capacity else 0
