@@ -126,3 +126,27 @@ def test_kernels_validate_env_state(backend):
         active.envs.vec_step(t, task, state, elapsed, [1, 0], rng, outs[0], outs[0], *outs[2:])
     with pytest.raises(TypeError, match="state"):
         active.envs.vec_reset(t, task, state.astype(np.int32), elapsed, rng)
+
+
+@needs_cython
+@pytest.mark.parametrize("S,A", [(2, 1), (5, 5), (9, 6), (10, 5), (13, 9), (17, 2), (21, 12)])
+@pytest.mark.parametrize("noise", REWARD_NOISES)
+def test_rollout_twins_identical_for_every_row_width(S, A, noise):
+    """The compiled kernel has separate loops for the CDF row widths (4, 8, 12, 16, other) of
+    actions and next states; each equals the reference."""
+    rng = np.random.default_rng(S * 100 + A)
+    n = 6
+    P = rng.dirichlet(np.ones(S), size=(n, S, A))
+    R = rng.random((n, S, A)) if noise == "bernoulli" else rng.normal(size=(n, S, A))
+    kwargs = dict(reward_noise=noise, reward_std=rng.random(n) + 0.5)
+    if noise == "transition":
+        kwargs["reward_next"] = rng.normal(size=(n, S, A, S))
+    batch = TaskBatch(P, R, 7, **kwargs)
+    pol = TabularSoftmaxPolicy(S, A, theta=rng.normal(size=(S, A)))
+    out = []
+    for be in ("cython", "numpy"):
+        with mf.use_backend(be):
+            out.append(rollout(pol, batch, 3, np.random.default_rng(11)))
+    for name in Trajectories._FIELDS:
+        np.testing.assert_array_equal(getattr(out[0], name), getattr(out[1], name), err_msg=name)
+    np.testing.assert_array_equal(out[0].episode_return, out[1].episode_return)

@@ -85,17 +85,28 @@ cdef extern from *:
 
 cdef extern from *:
     """
-    /* mf_count_le for n a multiple of 4 (rows of tasks.padded_cdf_rows): no tail handling. */
+    /* mf_count_le for n a multiple of 4 (rows of tasks.padded_cdf_rows): a jump into a straight
+       run of compares for n <= 16 (n is the same for every row of a rollout, so the jump is
+       predicted), a loop beyond. */
     #if defined(__GNUC__) || defined(__clang__)
+    #define MF_LE4(j) do { \
+            mf_v2d lo_ = *(const mf_v2d *)(c + (j)); \
+            mf_v2d hi_ = *(const mf_v2d *)(c + (j) + 2); \
+            acc += (mf_v2i)(lo_ <= t) + (mf_v2i)(hi_ <= t); \
+        } while (0)
     static inline __attribute__((always_inline))
     Py_ssize_t mf_count_le4(const double *c, Py_ssize_t n, double target)
     {
         mf_v2d t = {target, target};
         mf_v2i acc = {0, 0};
-        for (Py_ssize_t j = 0; j < n; j += 4) {
-            mf_v2d lo = *(const mf_v2d *)(c + j);
-            mf_v2d hi = *(const mf_v2d *)(c + j + 2);
-            acc += (mf_v2i)(lo <= t) + (mf_v2i)(hi <= t);
+        switch (n) {
+        case 16: MF_LE4(12); /* fall through */
+        case 12: MF_LE4(8);  /* fall through */
+        case 8:  MF_LE4(4);  /* fall through */
+        case 4:  MF_LE4(0);  /* fall through */
+        case 0:  break;
+        default:
+            for (Py_ssize_t j = 0; j < n; j += 4) MF_LE4(j);
         }
         return (Py_ssize_t)-(acc[0] + acc[1]);
     }
@@ -444,7 +455,9 @@ cdef inline void prefetch_step(Prefetcher* pf, const EnvTablesC* t, intp_t last_
 
 
 # Compile-time rules for the specialised lockstep loops: fused-type tags (never instantiated), so
-# each (reward rule, next-state rule) pair compiles to its own loop without per-step dispatch.
+# each combination compiles to its own loop, without per-step dispatch and with the CDF searches
+# unrolled for the common row widths (rows of tasks.padded_cdf_rows: L = 4, 8, 12 or 16
+# compared entries; "Any" searches a width known only at run time).
 cdef struct NoNoise:
     char unused
 cdef struct GaussianNoise:
@@ -453,9 +466,21 @@ cdef struct BernoulliNoise:
     char unused
 cdef struct TransitionReward:
     char unused
-cdef struct RandomNext:
-    char unused
 cdef struct FixedNext:
+    char unused
+cdef struct RandomNext4:
+    char unused
+cdef struct RandomNext8:
+    char unused
+cdef struct RandomNext12:
+    char unused
+cdef struct RandomNext16:
+    char unused
+cdef struct RandomNextAny:
+    char unused
+cdef struct Actions4:
+    char unused
+cdef struct ActionsAny:
     char unused
 
 ctypedef fused RewardRule:
@@ -465,21 +490,35 @@ ctypedef fused RewardRule:
     TransitionReward
 
 ctypedef fused NextRule:
-    RandomNext
     FixedNext
+    RandomNext4
+    RandomNext8
+    RandomNext12
+    RandomNext16
+    RandomNextAny
+
+ctypedef fused ActionRule:
+    Actions4
+    ActionsAny
 
 
 cdef inline void lane_step(Episode* ep, intp_t step, intp_t A, intp_t La, intp_t Lt, intp_t S,
                            const double* u_act, const double* noise,
                            int64_t* o_obs, int64_t* o_act, double* o_rew, int64_t* o_next,
-                           double* o_logp, RewardRule* reward_rule, NextRule* next_rule) noexcept nogil:
+                           double* o_logp, RewardRule* reward_rule, NextRule* next_rule,
+                           ActionRule* action_rule) noexcept nogil:
     """Step ``step`` of one lockstep episode under the given rules, written at ep.k
     (terminated/truncated/task_id are written by the caller).  u_act may be o_logp and noise
     may be o_rew: each entry is read before its slot is overwritten."""
     cdef intp_t k = ep.k, s = ep.s, a, sa, s2
-    cdef const double* row = ep.acdf + s * (La + 1)
+    cdef const double* row
     cdef double r
-    a = mf_count_le4(row, La, u_act[k] * row[La])
+    if ActionRule is Actions4:
+        row = ep.acdf + s * 5
+        a = mf_count_le(row, 4, u_act[k] * row[4])
+    else:
+        row = ep.acdf + s * (La + 1)
+        a = mf_count_le4(row, La, u_act[k] * row[La])
     sa = s * A + a
     if RewardRule is GaussianNoise:
         r = ep.rmean[sa] + ep.std * noise[k]
@@ -487,11 +526,23 @@ cdef inline void lane_step(Episode* ep, intp_t step, intp_t A, intp_t La, intp_t
         r = 1.0 if noise[k] < ep.rmean[sa] else 0.0
     else:
         r = ep.rmean[sa]
-    if NextRule is RandomNext:
+    if NextRule is FixedNext:
+        s2 = ep.nstate[sa]
+    elif NextRule is RandomNext4:
+        row = ep.tcdf + sa * 5
+        s2 = mf_count_le(row, 4, ep.un[step] * row[4])
+    elif NextRule is RandomNext8:
+        row = ep.tcdf + sa * 9
+        s2 = mf_count_le(row, 8, ep.un[step] * row[8])
+    elif NextRule is RandomNext12:
+        row = ep.tcdf + sa * 13
+        s2 = mf_count_le(row, 12, ep.un[step] * row[12])
+    elif NextRule is RandomNext16:
+        row = ep.tcdf + sa * 17
+        s2 = mf_count_le(row, 16, ep.un[step] * row[16])
+    else:
         row = ep.tcdf + sa * (Lt + 1)
         s2 = mf_count_le4(row, Lt, ep.un[step] * row[Lt])
-    else:
-        s2 = ep.nstate[sa]
     if RewardRule is TransitionReward:
         r = ep.rnext[sa * S + s2]
     o_obs[k] = s
@@ -508,8 +559,9 @@ cdef intp_t fixed_length_groups(const EnvTablesC* t, const double* action_cdf, i
                                 const double* action_logp, const int64_t* policy_of_task,
                                 intp_t N, const double* u_start, const double* u_act,
                                 const double* noise, NextDraws* nd, RolloutOut* out,
-                                RewardRule* reward_rule, NextRule* next_rule) noexcept nogil:
-    """rollout_fixed_length's loop for one pair of rules."""
+                                RewardRule* reward_rule, NextRule* next_rule,
+                                ActionRule* action_rule) noexcept nogil:
+    """rollout_fixed_length's loop for one combination of rules."""
     cdef intp_t H = t.horizon, Q = t.n_tasks * N
     cdef intp_t S = t.n_states, A = t.n_actions, La = Ap - 1, Lt = t.trans_stride - 1
     cdef intp_t q, step
@@ -524,7 +576,7 @@ cdef intp_t fixed_length_groups(const EnvTablesC* t, const double* action_cdf, i
     prefetch_init(&pf, t, N)
     q = 0
     while q + 4 <= Q:
-        if NextRule is RandomNext:
+        if NextRule is not FixedNext:
             un = next_draws(nd, q, 4, H)
         begin_episode(&e0, t, q, N, action_cdf, Ap, action_logp, policy_of_task, u_start, un)
         begin_episode(&e1, t, q + 1, N, action_cdf, Ap, action_logp, policy_of_task, u_start, un + H if un != NULL else NULL)
@@ -532,16 +584,53 @@ cdef intp_t fixed_length_groups(const EnvTablesC* t, const double* action_cdf, i
         begin_episode(&e3, t, q + 3, N, action_cdf, Ap, action_logp, policy_of_task, u_start, un + 3 * H if un != NULL else NULL)
         for step in range(H):
             prefetch_step(&pf, t, e3.task)
-            lane_step(&e0, step, A, La, Lt, S, u_act, noise, o_obs, o_act, o_rew, o_next, o_logp, reward_rule, next_rule)
-            lane_step(&e1, step, A, La, Lt, S, u_act, noise, o_obs, o_act, o_rew, o_next, o_logp, reward_rule, next_rule)
-            lane_step(&e2, step, A, La, Lt, S, u_act, noise, o_obs, o_act, o_rew, o_next, o_logp, reward_rule, next_rule)
-            lane_step(&e3, step, A, La, Lt, S, u_act, noise, o_obs, o_act, o_rew, o_next, o_logp, reward_rule, next_rule)
+            lane_step(&e0, step, A, La, Lt, S, u_act, noise, o_obs, o_act, o_rew, o_next, o_logp, reward_rule, next_rule, action_rule)
+            lane_step(&e1, step, A, La, Lt, S, u_act, noise, o_obs, o_act, o_rew, o_next, o_logp, reward_rule, next_rule, action_rule)
+            lane_step(&e2, step, A, La, Lt, S, u_act, noise, o_obs, o_act, o_rew, o_next, o_logp, reward_rule, next_rule, action_rule)
+            lane_step(&e3, step, A, La, Lt, S, u_act, noise, o_obs, o_act, o_rew, o_next, o_logp, reward_rule, next_rule, action_rule)
         out.episode_return[q] = e0.ret
         out.episode_return[q + 1] = e1.ret
         out.episode_return[q + 2] = e2.ret
         out.episode_return[q + 3] = e3.ret
         q += 4
     return q
+
+
+cdef intp_t groups_for_actions(const EnvTablesC* t, const double* action_cdf, intp_t Ap,
+                               const double* action_logp, const int64_t* policy_of_task,
+                               intp_t N, const double* u_start, const double* u_act,
+                               const double* noise, NextDraws* nd, RolloutOut* out,
+                               RewardRule* reward_rule, NextRule* next_rule) noexcept nogil:
+    if Ap == 5:
+        return fixed_length_groups(t, action_cdf, Ap, action_logp, policy_of_task, N, u_start, u_act,
+                                   noise, nd, out, reward_rule, next_rule, <Actions4*> NULL)
+    return fixed_length_groups(t, action_cdf, Ap, action_logp, policy_of_task, N, u_start, u_act,
+                               noise, nd, out, reward_rule, next_rule, <ActionsAny*> NULL)
+
+
+cdef intp_t groups_for_next(const EnvTablesC* t, const double* action_cdf, intp_t Ap,
+                            const double* action_logp, const int64_t* policy_of_task,
+                            intp_t N, const double* u_start, const double* u_act,
+                            const double* noise, NextDraws* nd, RolloutOut* out,
+                            RewardRule* reward_rule) noexcept nogil:
+    cdef intp_t Lt = t.trans_stride - 1
+    if not t.stochastic_transitions:
+        return groups_for_actions(t, action_cdf, Ap, action_logp, policy_of_task, N, u_start, u_act,
+                                  noise, nd, out, reward_rule, <FixedNext*> NULL)
+    if Lt == 4:
+        return groups_for_actions(t, action_cdf, Ap, action_logp, policy_of_task, N, u_start, u_act,
+                                  noise, nd, out, reward_rule, <RandomNext4*> NULL)
+    if Lt == 8:
+        return groups_for_actions(t, action_cdf, Ap, action_logp, policy_of_task, N, u_start, u_act,
+                                  noise, nd, out, reward_rule, <RandomNext8*> NULL)
+    if Lt == 12:
+        return groups_for_actions(t, action_cdf, Ap, action_logp, policy_of_task, N, u_start, u_act,
+                                  noise, nd, out, reward_rule, <RandomNext12*> NULL)
+    if Lt == 16:
+        return groups_for_actions(t, action_cdf, Ap, action_logp, policy_of_task, N, u_start, u_act,
+                                  noise, nd, out, reward_rule, <RandomNext16*> NULL)
+    return groups_for_actions(t, action_cdf, Ap, action_logp, policy_of_task, N, u_start, u_act,
+                              noise, nd, out, reward_rule, <RandomNextAny*> NULL)
 
 
 cdef intp_t rollout_fixed_length(const EnvTablesC* t, const double* action_cdf, intp_t Ap,
@@ -554,24 +643,14 @@ cdef intp_t rollout_fixed_length(const EnvTablesC* t, const double* action_cdf, 
     number of episodes done (a multiple of 4); the rest go to rollout_general."""
     cdef intp_t H = t.horizon, q, j
     cdef int kind = t.reward_kind
-    if t.stochastic_transitions:
-        if kind == KIND_GAUSSIAN:
-            q = fixed_length_groups(t, action_cdf, Ap, action_logp, policy_of_task, N, u_start, u_act, noise, nd, out, <GaussianNoise*> NULL, <RandomNext*> NULL)
-        elif kind == KIND_BERNOULLI:
-            q = fixed_length_groups(t, action_cdf, Ap, action_logp, policy_of_task, N, u_start, u_act, noise, nd, out, <BernoulliNoise*> NULL, <RandomNext*> NULL)
-        elif kind == KIND_TRANSITION:
-            q = fixed_length_groups(t, action_cdf, Ap, action_logp, policy_of_task, N, u_start, u_act, noise, nd, out, <TransitionReward*> NULL, <RandomNext*> NULL)
-        else:
-            q = fixed_length_groups(t, action_cdf, Ap, action_logp, policy_of_task, N, u_start, u_act, noise, nd, out, <NoNoise*> NULL, <RandomNext*> NULL)
+    if kind == KIND_GAUSSIAN:
+        q = groups_for_next(t, action_cdf, Ap, action_logp, policy_of_task, N, u_start, u_act, noise, nd, out, <GaussianNoise*> NULL)
+    elif kind == KIND_BERNOULLI:
+        q = groups_for_next(t, action_cdf, Ap, action_logp, policy_of_task, N, u_start, u_act, noise, nd, out, <BernoulliNoise*> NULL)
+    elif kind == KIND_TRANSITION:
+        q = groups_for_next(t, action_cdf, Ap, action_logp, policy_of_task, N, u_start, u_act, noise, nd, out, <TransitionReward*> NULL)
     else:
-        if kind == KIND_GAUSSIAN:
-            q = fixed_length_groups(t, action_cdf, Ap, action_logp, policy_of_task, N, u_start, u_act, noise, nd, out, <GaussianNoise*> NULL, <FixedNext*> NULL)
-        elif kind == KIND_BERNOULLI:
-            q = fixed_length_groups(t, action_cdf, Ap, action_logp, policy_of_task, N, u_start, u_act, noise, nd, out, <BernoulliNoise*> NULL, <FixedNext*> NULL)
-        elif kind == KIND_TRANSITION:
-            q = fixed_length_groups(t, action_cdf, Ap, action_logp, policy_of_task, N, u_start, u_act, noise, nd, out, <TransitionReward*> NULL, <FixedNext*> NULL)
-        else:
-            q = fixed_length_groups(t, action_cdf, Ap, action_logp, policy_of_task, N, u_start, u_act, noise, nd, out, <NoNoise*> NULL, <FixedNext*> NULL)
+        q = groups_for_next(t, action_cdf, Ap, action_logp, policy_of_task, N, u_start, u_act, noise, nd, out, <NoNoise*> NULL)
     # the columns that do not depend on the draws, in bulk
     memset(out.terminated, 0, q * H)
     memset(out.truncated, 0, q * H)
