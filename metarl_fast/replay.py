@@ -191,11 +191,15 @@ class ReplayBuffer:
         kernels = active.replay
         if hasattr(kernels, "CompiledBuffer"):
             # Compiled backend: a lock that C code takes without a Python call, and (where this
-            # class's own methods are not overridden) C methods bound over `add` and `sample`.
+            # class's own methods are not overridden) C methods bound over `add`, `add_batch`
+            # and `sample`.
             self._lock = kernels.BufferLock()
             compiled = kernels.CompiledBuffer(store, state, self._tasks, self._lock, Batch)
             if type(self).add is ReplayBuffer.add:
                 self.add = compiled.add
+            if (type(self).add_batch is ReplayBuffer.add_batch
+                    and type(self)._after_write is ReplayBuffer._after_write):
+                self.add_batch = compiled.add_batch
             if type(self).sample is ReplayBuffer.sample:
                 self.sample = compiled.sample
         else:
@@ -276,7 +280,7 @@ class ReplayBuffer:
 
         With the Cython backend active when the buffer is made (or loaded), the instance's
         ``add`` is this method compiled (:class:`metarl_fast._core.replay.CompiledBuffer`): same
-        checks, same result, one C call.  So is ``sample``.
+        checks, same result, one C call.  So are ``add_batch`` and ``sample``.
         """
         with self._lock:
             active.replay.add_one(self._store, self._state, self._tasks, obs, action, reward,

@@ -758,8 +758,11 @@ def test_single_adds_equal_one_batch_across_table_growth(backend):
 def test_add_is_compiled_only_where_it_can_be(backend):
     buf, pbuf = ReplayBuffer(4), PrioritizedReplayBuffer(4)
     compiled = backend == "cython"
-    assert (type(getattr(buf.add, "__self__", None)).__name__ == "CompiledBuffer") == compiled
-    assert "add" not in vars(pbuf)  # the prioritized buffer keeps its own add (it sets priorities)
+    for method in ("add", "add_batch", "sample"):
+        bound = type(getattr(getattr(buf, method), "__self__", None)).__name__ == "CompiledBuffer"
+        assert bound == compiled, method
+        # the prioritized buffer keeps its own methods (they maintain the priorities)
+        assert method not in vars(pbuf)
     assert (type(buf._lock).__name__ == "BufferLock") == compiled
     buf.add(1, 0, 1.0, 2, False)
     pbuf.add(1, 0, 1.0, 2, False)

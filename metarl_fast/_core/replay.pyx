@@ -752,6 +752,13 @@ cdef inline int _flag(object x, uint8_t* out) noexcept:
 def add_batch(tuple store, cnp.ndarray state, tasks, obs, action, reward, next_obs, done,
               truncated, task_id, logp):
     """Validate and append n transitions.  See :func:`metarl_fast.reference.replay.add_batch`."""
+    return _add_batch(store, state, tasks, obs, action, reward, next_obs, done, truncated, task_id,
+                      logp)
+
+
+cdef intp_t _add_batch(tuple store, cnp.ndarray state, object tasks, object obs, object action,
+                       object reward, object next_obs, object done, object truncated,
+                       object task_id, object logp) except -1:
     cdef Columns c
     cdef Scalars sc
     cdef cnp.ndarray field_reward = <cnp.ndarray> store[F_REWARD]
@@ -1077,6 +1084,15 @@ cdef class CompiledBuffer:
         try:
             _add_one(self.store, self.state, self.tasks, obs, action, reward, next_obs, done,
                      truncated, task_id, logp, self)
+        finally:
+            self.lock.give()
+
+    def add_batch(self, obs, action, reward, next_obs, done, *, truncated=False, task_id=0, logp=0.0):
+        """Append n transitions.  See :meth:`metarl_fast.replay.ReplayBuffer.add_batch`."""
+        self.lock.take()
+        try:
+            return _add_batch(self.store, self.state, self.tasks, obs, action, reward, next_obs,
+                              done, truncated, task_id, logp)
         finally:
             self.lock.give()
 
