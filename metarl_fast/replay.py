@@ -15,8 +15,9 @@ indices for the same Generator state.
 
 Thread safety
 -------------
-Every public method holds the buffer's lock for its whole duration (the Cython kernels copy
-without the GIL, but under this lock).  So one thread may add while others sample: each call is
+Every public method holds the buffer's lock for its whole duration (the Cython kernels release
+the GIL for large copies, but hold this lock; a thread waiting for the lock waits without the
+GIL).  So one thread may add while others sample: each call is
 atomic with respect to the others -- a sampled batch is a consistent snapshot (no half-written
 transition, no torn write position), and a Batch is a copy that later writes never alias.
 The Generator passed to the sampling methods is used under its own ``bit_generator.lock``.
