@@ -11,7 +11,6 @@ import numpy as np
 from metarl_fast import _validate
 from metarl_fast._backend import active
 from metarl_fast.policy import LinearSoftmaxPolicy, TabularSoftmaxPolicy
-from metarl_fast.reference._math import exp_nonpos
 from metarl_fast.tasks import Discrete, Task, TaskBatch, as_generator
 
 
@@ -67,25 +66,15 @@ def action_tables(logits):
 
     Returns ``(cdf, logp)``: the running sums (left to right) of ``exp_nonpos(z)``, ``z`` = logits
     minus the row max -- the exact table :func:`metarl_fast.sample_actions` builds for a row --
-    and the log-probabilities ``z - log(sum(exp(z)))``.  Rows with NaN, +inf or only -inf are
-    rejected with a ValueError naming the policy and state.
+    and the log-probabilities ``z - log(total)``, ``total`` the last running sum.  Rows with NaN,
+    +inf or only -inf are rejected with a ValueError naming the policy and state.
     """
-    x = np.asarray(logits, dtype=np.float64)
-    if not np.isfinite(x).all():  # -inf (a forbidden action) is fine unless a whole row is -inf
-        flat = x.reshape(-1, x.shape[-1])
-        bad = np.isnan(flat).any(axis=1) | np.isposinf(flat).any(axis=1) | np.all(flat == -np.inf, axis=1)
-        if bad.any():
-            row = int(np.flatnonzero(bad)[0])
-            p, s = divmod(row, x.shape[1])
-            err = _validate.logits_row_error(flat, row)
-            raise ValueError(f"policy {p}, state {s}: {err}")
-    with np.errstate(over="ignore"):  # huge logits: x - max may reach -inf, i.e. probability 0
-        z = x - x.max(axis=-1, keepdims=True)
-    e = exp_nonpos(z)
-    cdf = np.cumsum(e, axis=-1)
-    with np.errstate(divide="ignore"):
-        logp = z - np.log(e.sum(axis=-1, keepdims=True))
-    return cdf, logp
+    x = np.ascontiguousarray(logits, dtype=np.float64)
+    if x.ndim != 3:
+        raise ValueError(f"logits must have shape (n_policies, n_states, n_actions), got {x.shape}")
+    cdf, z = active.envs.action_cdf(x)
+    # one numpy log for both backends (the compiled one never calls its own log)
+    return cdf, np.subtract(z, np.log(cdf[..., -1:]), out=z)
 
 
 # ---------------------------------------------------------------------------------------------

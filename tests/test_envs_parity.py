@@ -150,3 +150,41 @@ def test_rollout_twins_identical_for_every_row_width(S, A, noise):
     for name in Trajectories._FIELDS:
         np.testing.assert_array_equal(getattr(out[0], name), getattr(out[1], name), err_msg=name)
     np.testing.assert_array_equal(out[0].episode_return, out[1].episode_return)
+
+
+@needs_cython
+@settings(max_examples=60, deadline=None)
+@given(n_pol=st.integers(1, 3), S=st.integers(1, 5), A=st.integers(1, 12),
+       scale=st.sampled_from([1.0, 30.0, 1e300]), seed=st.integers(0, 2**32 - 1))
+def test_action_cdf_twins_identical(n_pol, S, A, scale, seed):
+    from metarl_fast._core import envs as core_envs
+    from metarl_fast.reference import envs as ref_envs
+
+    rng = np.random.default_rng(seed)
+    x = rng.normal(size=(n_pol, S, A)) * scale
+    if A > 1:
+        x[rng.random(x.shape) < 0.2] = -np.inf
+        x[np.all(x == -np.inf, axis=-1), 0] = rng.normal()
+    cdf_c, z_c = core_envs.action_cdf(x)
+    cdf_r, z_r = ref_envs.action_cdf(x)
+    np.testing.assert_array_equal(cdf_c, cdf_r)
+    np.testing.assert_array_equal(z_c, z_r)
+    assert np.all(cdf_c[..., -1] >= 1.0)
+
+
+@needs_cython
+@pytest.mark.parametrize("value,match", [(np.nan, "policy 1, state 2: .*NaN"),
+                                         (np.inf, "policy 1, state 2: .*[+]inf"),
+                                         (-np.inf, "policy 1, state 2: .*all -inf")])
+def test_action_cdf_rejects_bad_rows_like_the_reference(value, match):
+    from metarl_fast._core import envs as core_envs
+    from metarl_fast.reference import envs as ref_envs
+
+    x = np.zeros((2, 3, 4))
+    x[1, 2, :] = -np.inf
+    x[1, 2, 1] = value
+    for module in (core_envs, ref_envs):
+        with pytest.raises(ValueError, match=match):
+            module.action_cdf(x)
+    with pytest.raises(TypeError, match="logits"):
+        core_envs.action_cdf(x.astype(np.float32))

@@ -13,12 +13,14 @@ from numpy.random cimport bitgen_t
 from numpy.random.c_distributions cimport (random_standard_normal_fill,
                                            random_standard_uniform_fill)
 
+from metarl_fast._core.mf_exp cimport mf_exp_nonpos
 from metarl_fast._core.rng cimport bitgen_of, next_uniform
 
 import numpy as np
 
+from metarl_fast.reference import envs as _reference
 from metarl_fast.reference.envs import check_rollout_args, check_step_args, check_vec_args
-from metarl_fast.tasks import EnvTables, padded_cdf_rows
+from metarl_fast.tasks import EnvTables
 
 _Generator = np.random.Generator
 
@@ -895,6 +897,51 @@ cdef bint _rollout_args_ok(object tables, object action_cdf, object action_logp,
     return True
 
 
+cdef bint action_cdf_kernel(const double* x, double* cdf, double* z, intp_t n_rows,
+                            intp_t A) noexcept nogil:
+    """Rows of z = x - row max and cdf = running sums of mf_exp_nonpos(z), as the reference
+    computes them; False (nothing trusted) if a row has NaN or +inf or is all -inf."""
+    cdef intp_t j, m
+    cdef double mx, acc, v
+    for j in range(n_rows):
+        mx = -INFINITY
+        for m in range(A):
+            v = x[j * A + m]
+            if not (v < INFINITY):  # NaN or +inf
+                return False
+            if v > mx:
+                mx = v
+        if mx == -INFINITY:
+            return False
+        acc = 0.0
+        for m in range(A):
+            v = x[j * A + m] - mx
+            z[j * A + m] = v
+            acc = acc + mf_exp_nonpos(v) if m else mf_exp_nonpos(v)
+            cdf[j * A + m] = acc
+    return True
+
+
+def action_cdf(logits):
+    """Action sampling tables ``(cdf, z)``.  See :func:`metarl_fast.reference.envs.action_cdf`."""
+    cdef cnp.ndarray x = logits
+    if not _is_array(logits, cnp.NPY_DOUBLE, 3):
+        raise TypeError("logits must be a C-contiguous float64 array (n_policies, n_states, n_actions)")
+    cdef intp_t A = cnp.PyArray_DIM(x, 2)
+    cdef intp_t n_rows = cnp.PyArray_DIM(x, 0) * cnp.PyArray_DIM(x, 1)
+    cdef cnp.ndarray cdf = cnp.PyArray_EMPTY(3, cnp.PyArray_DIMS(x), cnp.NPY_DOUBLE, 0)
+    cdef cnp.ndarray z = cnp.PyArray_EMPTY(3, cnp.PyArray_DIMS(x), cnp.NPY_DOUBLE, 0)
+    cdef bint ok
+    if A == 0:
+        return cdf, z
+    # tiny (one row per policy and state): not worth releasing the GIL
+    ok = action_cdf_kernel(_dptr(x), <double*> cnp.PyArray_DATA(cdf), <double*> cnp.PyArray_DATA(z),
+                           n_rows, A)
+    if not ok:
+        return _reference.action_cdf(logits)  # raises the reference's error
+    return cdf, z
+
+
 def rollout(tables, action_cdf, action_logp, policy_of_task, n_episodes, rng):
     """Fused rollout.  See :func:`metarl_fast.reference.envs.rollout`."""
     cdef intp_t N
@@ -924,9 +971,17 @@ def rollout(tables, action_cdf, action_logp, policy_of_task, n_episodes, rng):
     out.task_id = <int64_t*> cnp.PyArray_DATA(res["task_id"])
     out.episode_length = <int64_t*> cnp.PyArray_DATA(length)
     out.episode_return = <double*> cnp.PyArray_DATA(ret)
-    padded = padded_cdf_rows(action_cdf)  # tiny: n_policies x S x (4k + 1)
-    cdef intp_t Ap = padded.shape[2]
-    cdef const double* cdf_p = _dptr(padded)
+    # the layout of tasks.padded_cdf_rows, built here (tiny: n_policies x S x (4k + 1))
+    cdef intp_t A = t.n_actions, n_rows = cnp.PyArray_DIM(<cnp.ndarray> action_cdf, 0) * t.n_states
+    cdef intp_t Ap = (A - 1 + 3) // 4 * 4 + 1, j, m
+    cdef cnp.ndarray padded = _empty(n_rows * Ap, cnp.NPY_DOUBLE)
+    cdef double* pad_p = <double*> cnp.PyArray_DATA(padded)
+    cdef const double* src_p = _dptr(action_cdf)
+    for j in range(n_rows):
+        for m in range(Ap - 1):
+            pad_p[j * Ap + m] = src_p[j * A + m] if m < A - 1 else INFINITY
+        pad_p[j * Ap + Ap - 1] = src_p[j * A + A - 1]
+    cdef const double* cdf_p = pad_p
     cdef const double* logp_p = _dptr(action_logp)
     cdef const int64_t* pol_p = _iptr(policy_of_task)
     cdef bitgen_t* bitgen

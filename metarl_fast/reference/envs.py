@@ -23,6 +23,7 @@ one ``random()`` per environment whose episode just ended, in env order, for its
 import numpy as np
 
 from metarl_fast import _validate
+from metarl_fast.reference._math import exp_nonpos
 from metarl_fast.tasks import REWARD_BERNOULLI, REWARD_GAUSSIAN, REWARD_TRANSITION, EnvTables
 
 
@@ -111,6 +112,28 @@ def check_step_args(tables, task_of_env, state, elapsed, actions, rng, obs_out, 
 # ---------------------------------------------------------------------------------------------
 # Kernels
 # ---------------------------------------------------------------------------------------------
+
+def action_cdf(logits):
+    """Action sampling tables of float64 logits (n_policies, S, A), C-contiguous.
+
+    Returns ``(cdf, z)``, both float64 (n_policies, S, A): ``z`` = logits minus the row max and
+    ``cdf`` the running sums (left to right) of ``exp_nonpos(z)`` -- the exact table
+    :func:`metarl_fast.sample_actions` builds for a row.  A row with NaN, +inf or only -inf is
+    rejected with a ValueError naming the policy and state.
+    """
+    x = logits
+    if not np.isfinite(x).all():  # -inf (a forbidden action) is fine unless a whole row is -inf
+        flat = x.reshape(-1, x.shape[-1])
+        bad = np.isnan(flat).any(axis=1) | np.isposinf(flat).any(axis=1) | np.all(flat == -np.inf, axis=1)
+        if bad.any():
+            row = int(np.flatnonzero(bad)[0])
+            p, s = divmod(row, x.shape[1])
+            err = _validate.logits_row_error(flat, row)
+            raise ValueError(f"policy {p}, state {s}: {err}")
+    with np.errstate(over="ignore"):  # huge logits: x - max may reach -inf, i.e. probability 0
+        z = x - x.max(axis=-1, keepdims=True)
+    return np.cumsum(exp_nonpos(z), axis=-1), z
+
 
 def _inverse_cdf(cdf_rows, u):
     """Row-wise inverse CDF: (k, m) running sums and (k,) uniforms -> (k,) int64 outcomes."""
