@@ -109,8 +109,7 @@ class Trajectories:
         self.obs, self.action, self.reward, self.next_obs = obs, action, reward, next_obs
         self.terminated, self.truncated, self.logp, self.task_id = terminated, truncated, logp, task_id
         self.episode_length, self.episode_return = episode_length, episode_return
-        self.episode_start = np.zeros(episode_length.size + 1, dtype=np.int64)
-        np.cumsum(episode_length.reshape(-1), out=self.episode_start[1:])
+        self.episode_start = active.envs.episode_offsets(episode_length)
 
     @property
     def done(self):

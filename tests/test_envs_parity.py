@@ -188,3 +188,14 @@ def test_action_cdf_rejects_bad_rows_like_the_reference(value, match):
             module.action_cdf(x)
     with pytest.raises(TypeError, match="logits"):
         core_envs.action_cdf(x.astype(np.float32))
+
+
+def test_episode_offsets(backend):
+    from metarl_fast._backend import active
+
+    length = np.array([[3, 0, 2], [1, 4, 5]], dtype=np.int64)
+    np.testing.assert_array_equal(active.envs.episode_offsets(length), [0, 3, 3, 5, 6, 10, 15])
+    assert active.envs.episode_offsets(length).dtype == np.int64
+    # any layout or integer dtype: the same offsets
+    np.testing.assert_array_equal(active.envs.episode_offsets(length.T.astype(np.int32)),
+                                  [0, 3, 4, 4, 8, 10, 15])

@@ -942,6 +942,22 @@ def action_cdf(logits):
     return cdf, z
 
 
+def episode_offsets(episode_length):
+    """Episode start offsets.  See :func:`metarl_fast.reference.envs.episode_offsets`."""
+    if not (type(episode_length) is cnp.ndarray
+            and cnp.PyArray_TYPE(<cnp.ndarray> episode_length) == cnp.NPY_INT64
+            and cnp.PyArray_IS_C_CONTIGUOUS(<cnp.ndarray> episode_length)):
+        return _reference.episode_offsets(episode_length)
+    cdef intp_t n = cnp.PyArray_SIZE(<cnp.ndarray> episode_length), j
+    cdef cnp.ndarray start = _empty(n + 1, cnp.NPY_INT64)
+    cdef const int64_t* length_p = _iptr(episode_length)
+    cdef int64_t* start_p = <int64_t*> cnp.PyArray_DATA(start)
+    start_p[0] = 0
+    for j in range(n):
+        start_p[j + 1] = start_p[j] + length_p[j]
+    return start
+
+
 def rollout(tables, action_cdf, action_logp, policy_of_task, n_episodes, rng):
     """Fused rollout.  See :func:`metarl_fast.reference.envs.rollout`."""
     cdef intp_t N

@@ -135,6 +135,14 @@ def action_cdf(logits):
     return np.cumsum(exp_nonpos(z), axis=-1), z
 
 
+def episode_offsets(episode_length):
+    """Start offsets of the episodes in the flat step arrays: int64 (n + 1,) for the int64
+    episode lengths (T, N) (C-contiguous, non-negative): 0 then the running sums."""
+    start = np.zeros(episode_length.size + 1, dtype=np.int64)
+    np.cumsum(episode_length.reshape(-1), out=start[1:])
+    return start
+
+
 def _inverse_cdf(cdf_rows, u):
     """Row-wise inverse CDF: (k, m) running sums and (k,) uniforms -> (k,) int64 outcomes."""
     target = u * cdf_rows[:, -1]
