@@ -77,6 +77,28 @@ def test_add(benchmark, backend, kind):
     assert len(buf) == buf.capacity
 
 
+class _EmptyAdd:
+    def add(self, obs, action, reward, next_obs, done, *, truncated=False, task_id=0, logp=0.0):
+        pass
+
+
+@pytest.mark.parametrize("kind", OBS)
+def test_add_floor_bare_python_method(benchmark, kind):
+    """The floor under any single add: a bare Python method with add's signature that does
+    nothing, called in the same loop (the issue quotes about 60 ns for it on its machine)."""
+    obs, action, reward, next_obs, done = rows(kind, 1)
+    o, a, r, no = (int(obs[0]), 1, 0.5, int(next_obs[0])) if kind == "tabular" else (obs[0], 1, 0.5, next_obs[0])
+    benchmark.group = f"replay.{ADD_GROUP} obs={kind} capacity=1e6"
+    benchmark.extra_info.update(rows=ADD_LOOP, backend="bare-python-call")
+    add, loop = _EmptyAdd().add, range(ADD_LOOP)
+
+    def adds():
+        for _ in loop:
+            add(o, a, r, no, False, task_id=1, logp=-1.0)
+
+    benchmark(adds)
+
+
 @pytest.mark.parametrize("kind", OBS)
 def test_add_batch(benchmark, backend, kind):
     buf = make_buffer(kind, capacity_for(benchmark))
