@@ -384,11 +384,22 @@ cdef struct Episode:
     bint alive          # not yet terminated (lockstep with terminal states)
 
 
-cdef inline void begin_episode(Episode* ep, const EnvTablesC* t, intp_t q, intp_t N,
+cdef inline void group_tasks(intp_t q, intp_t N, intp_t* task_of) noexcept nogil:
+    """The tasks of episodes q .. q + 3 (one division for the four)."""
+    cdef intp_t i = q // N, e = q - i * N, j
+    for j in range(4):
+        if e == N:
+            i += 1
+            e = 0
+        task_of[j] = i
+        e += 1
+
+
+cdef inline void begin_episode(Episode* ep, const EnvTablesC* t, intp_t q, intp_t i,
                                const double* action_cdf, intp_t Ap, const double* action_logp,
                                const int64_t* policy_of_task, const double* u_start,
                                const double* un) noexcept nogil:
-    cdef intp_t i = q // N
+    """Episode q (of task i) starts: its table pointers, start state and output slot q * H."""
     cdef intp_t S = t.n_states, SA = t.n_states * t.n_actions
     ep.task = i
     ep.k = q * t.horizon
@@ -569,6 +580,7 @@ cdef intp_t fixed_length_groups(const EnvTablesC* t, const double* action_cdf, i
     cdef intp_t q, step
     cdef const double* un = NULL
     cdef Episode e0, e1, e2, e3
+    cdef intp_t task_of[4]
     cdef Prefetcher pf
     cdef int64_t* o_obs = out.obs
     cdef int64_t* o_act = out.action
@@ -580,10 +592,11 @@ cdef intp_t fixed_length_groups(const EnvTablesC* t, const double* action_cdf, i
     while q + 4 <= Q:
         if NextRule is not FixedNext:
             un = next_draws(nd, q, 4, H)
-        begin_episode(&e0, t, q, N, action_cdf, Ap, action_logp, policy_of_task, u_start, un)
-        begin_episode(&e1, t, q + 1, N, action_cdf, Ap, action_logp, policy_of_task, u_start, un + H if un != NULL else NULL)
-        begin_episode(&e2, t, q + 2, N, action_cdf, Ap, action_logp, policy_of_task, u_start, un + 2 * H if un != NULL else NULL)
-        begin_episode(&e3, t, q + 3, N, action_cdf, Ap, action_logp, policy_of_task, u_start, un + 3 * H if un != NULL else NULL)
+        group_tasks(q, N, task_of)
+        begin_episode(&e0, t, q, task_of[0], action_cdf, Ap, action_logp, policy_of_task, u_start, un)
+        begin_episode(&e1, t, q + 1, task_of[1], action_cdf, Ap, action_logp, policy_of_task, u_start, un + H if un != NULL else NULL)
+        begin_episode(&e2, t, q + 2, task_of[2], action_cdf, Ap, action_logp, policy_of_task, u_start, un + 2 * H if un != NULL else NULL)
+        begin_episode(&e3, t, q + 3, task_of[3], action_cdf, Ap, action_logp, policy_of_task, u_start, un + 3 * H if un != NULL else NULL)
         for step in range(H):
             prefetch_step(&pf, t, e3.task)
             lane_step(&e0, step, A, La, Lt, S, u_act, noise, o_obs, o_act, o_rew, o_next, o_logp, reward_rule, next_rule, action_rule)
@@ -744,6 +757,7 @@ cdef intp_t rollout_lockstep(const EnvTablesC* t, const double* action_cdf, intp
     cdef intp_t q, step, k_out = 0
     cdef const double* un = NULL
     cdef Episode e0, e1, e2, e3
+    cdef intp_t task_of[4]
     cdef Prefetcher pf
     cdef int64_t* o_obs = out.obs
     cdef int64_t* o_act = out.action
@@ -754,10 +768,11 @@ cdef intp_t rollout_lockstep(const EnvTablesC* t, const double* action_cdf, intp
     q = 0
     while q + 4 <= Q:
         un = next_draws(nd, q, 4, H)
-        begin_episode(&e0, t, q, N, action_cdf, Ap, action_logp, policy_of_task, u_start, un)
-        begin_episode(&e1, t, q + 1, N, action_cdf, Ap, action_logp, policy_of_task, u_start, un + H if un != NULL else NULL)
-        begin_episode(&e2, t, q + 2, N, action_cdf, Ap, action_logp, policy_of_task, u_start, un + 2 * H if un != NULL else NULL)
-        begin_episode(&e3, t, q + 3, N, action_cdf, Ap, action_logp, policy_of_task, u_start, un + 3 * H if un != NULL else NULL)
+        group_tasks(q, N, task_of)
+        begin_episode(&e0, t, q, task_of[0], action_cdf, Ap, action_logp, policy_of_task, u_start, un)
+        begin_episode(&e1, t, q + 1, task_of[1], action_cdf, Ap, action_logp, policy_of_task, u_start, un + H if un != NULL else NULL)
+        begin_episode(&e2, t, q + 2, task_of[2], action_cdf, Ap, action_logp, policy_of_task, u_start, un + 2 * H if un != NULL else NULL)
+        begin_episode(&e3, t, q + 3, task_of[3], action_cdf, Ap, action_logp, policy_of_task, u_start, un + 3 * H if un != NULL else NULL)
         for step in range(H):
             prefetch_step(&pf, t, e3.task)
             advance_live(&e0, step, A, Ap, Lp, S, kind, stoch, u_act, noise, o_obs, o_act, o_rew, o_next, o_logp)
