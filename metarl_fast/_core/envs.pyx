@@ -429,6 +429,8 @@ cdef struct Prefetcher:
     intp_t rtable_bytes
     intp_t lines            # lines of transition table requested per lockstep step
     intp_t rlines
+    const char* limit       # cursor limits for the current lockstep group (prefetch_group)
+    const char* rlimit
 
 
 cdef inline void prefetch_init(Prefetcher* pf, const EnvTablesC* t, intp_t N) noexcept nogil:
@@ -454,15 +456,20 @@ cdef inline void prefetch_init(Prefetcher* pf, const EnvTablesC* t, intp_t N) no
         pf.rend = pf.rcur
 
 
-cdef inline void prefetch_step(Prefetcher* pf, const EnvTablesC* t, intp_t last_task) noexcept nogil:
-    """Request the next few lines of the tables of the tasks up to two past last_task."""
+cdef inline void prefetch_group(Prefetcher* pf, const EnvTablesC* t, intp_t last_task) noexcept nogil:
+    """Before a lockstep group whose last episode runs task last_task: the prefetch cursors may
+    run up to the end of the tables of task last_task + 2."""
     cdef intp_t ahead = t.n_tasks - last_task - 3
-    cdef const char* limit = pf.end - ahead * pf.table_bytes
-    if pf.cur < limit:
+    pf.limit = pf.end - ahead * pf.table_bytes
+    pf.rlimit = pf.rend - ahead * pf.rtable_bytes
+
+
+cdef inline void prefetch_step(Prefetcher* pf) noexcept nogil:
+    """Request the next few lines of the tables, up to the limits set by prefetch_group."""
+    if pf.cur < pf.limit:
         mf_prefetch_range(pf.cur, pf.lines * 64)
         pf.cur += pf.lines * 64
-    limit = pf.rend - ahead * pf.rtable_bytes
-    if pf.rcur < limit:
+    if pf.rcur < pf.rlimit:
         mf_prefetch_range(pf.rcur, pf.rlines * 64)
         pf.rcur += pf.rlines * 64
 
@@ -597,8 +604,9 @@ cdef intp_t fixed_length_groups(const EnvTablesC* t, const double* action_cdf, i
         begin_episode(&e1, t, q + 1, task_of[1], action_cdf, Ap, action_logp, policy_of_task, u_start, un + H if un != NULL else NULL)
         begin_episode(&e2, t, q + 2, task_of[2], action_cdf, Ap, action_logp, policy_of_task, u_start, un + 2 * H if un != NULL else NULL)
         begin_episode(&e3, t, q + 3, task_of[3], action_cdf, Ap, action_logp, policy_of_task, u_start, un + 3 * H if un != NULL else NULL)
+        prefetch_group(&pf, t, e3.task)
         for step in range(H):
-            prefetch_step(&pf, t, e3.task)
+            prefetch_step(&pf)
             lane_step(&e0, step, A, La, Lt, S, u_act, noise, o_obs, o_act, o_rew, o_next, o_logp, reward_rule, next_rule, action_rule)
             lane_step(&e1, step, A, La, Lt, S, u_act, noise, o_obs, o_act, o_rew, o_next, o_logp, reward_rule, next_rule, action_rule)
             lane_step(&e2, step, A, La, Lt, S, u_act, noise, o_obs, o_act, o_rew, o_next, o_logp, reward_rule, next_rule, action_rule)
@@ -773,8 +781,9 @@ cdef intp_t rollout_lockstep(const EnvTablesC* t, const double* action_cdf, intp
         begin_episode(&e1, t, q + 1, task_of[1], action_cdf, Ap, action_logp, policy_of_task, u_start, un + H if un != NULL else NULL)
         begin_episode(&e2, t, q + 2, task_of[2], action_cdf, Ap, action_logp, policy_of_task, u_start, un + 2 * H if un != NULL else NULL)
         begin_episode(&e3, t, q + 3, task_of[3], action_cdf, Ap, action_logp, policy_of_task, u_start, un + 3 * H if un != NULL else NULL)
+        prefetch_group(&pf, t, e3.task)
         for step in range(H):
-            prefetch_step(&pf, t, e3.task)
+            prefetch_step(&pf)
             advance_live(&e0, step, A, Ap, Lp, S, kind, stoch, u_act, noise, o_obs, o_act, o_rew, o_next, o_logp)
             advance_live(&e1, step, A, Ap, Lp, S, kind, stoch, u_act, noise, o_obs, o_act, o_rew, o_next, o_logp)
             advance_live(&e2, step, A, Ap, Lp, S, kind, stoch, u_act, noise, o_obs, o_act, o_rew, o_next, o_logp)
