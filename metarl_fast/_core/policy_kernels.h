@@ -111,7 +111,12 @@ static void mf_pk_exp_block(const double *x, double *y, ptrdiff_t n)
         MF_PK_EXP_POLY(MF_PK_H1)
         MF_PK_EXP_STORE(0)
     }
-    mf_exp_nonpos_block(x + i, y + i, n - i);
+    for (; i < n; i++) y[i] = mf_exp_nonpos(x[i]);
+}
+/* mf_exp_nonpos_block is not needed on this path; the reference keeps -Wunused-function quiet */
+static inline void mf_pk_exp_block_fallback_(const double *x, double *y, ptrdiff_t n)
+{
+    mf_exp_nonpos_block(x, y, n);
 }
 #else
 #define mf_pk_exp_block mf_exp_nonpos_block
