@@ -33,6 +33,24 @@ def test_policy_kernel(benchmark, backend, kernel, n_rows, n_actions):
     assert result.shape[0] == n_rows
 
 
+MASKED_SIZES = grid([(1024, 5), (65536, 5), (65536, 16)], [(1024, 5)])
+
+
+@pytest.mark.parametrize("n_rows,n_actions", MASKED_SIZES)
+def test_sample_actions_masked(benchmark, backend, n_rows, n_actions):
+    """Action masks: 30% of the logits are -inf (forbidden), which takes the per-row all--inf
+    check that unmasked logits skip."""
+    rng = np.random.default_rng(0)
+    logits = rng.standard_normal((n_rows, n_actions))
+    logits[rng.random(logits.shape) < 0.3] = -np.inf
+    logits[:, 0] = 0.0  # every row keeps one allowed action
+    out = np.empty(n_rows, dtype=np.int64)
+    benchmark.group = f"sample_actions masked B={n_rows} A={n_actions}"
+    benchmark.extra_info.update(rows=n_rows, backend=backend)
+    result = benchmark(mf.sample_actions, logits, rng, out)
+    assert result.shape[0] == n_rows
+
+
 def _idiomatic_softmax(logits):
     z = logits - logits.max(axis=1, keepdims=True)
     e = np.exp(z)
