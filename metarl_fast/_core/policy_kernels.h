@@ -57,8 +57,9 @@
  * product; p lies in [0.7, 1.5] there, so p * 0.0 is the same +0.0 as the masked product. */
 #include "mf_exp.h"
 #if defined(__GNUC__) && !defined(__clang__) && defined(__x86_64__) && defined(__linux__)
-typedef double mf_pk_v4d __attribute__((vector_size(32), aligned(8)));
-typedef uint64_t mf_pk_v4u __attribute__((vector_size(32), aligned(8)));
+/* unaligned (aligned(8)) and may_alias: they load and store the caller's double arrays */
+typedef double mf_pk_v4d __attribute__((vector_size(32), aligned(8), may_alias));
+typedef uint64_t mf_pk_v4u __attribute__((vector_size(32), aligned(8), may_alias));
 
 /* One group of 4 values, lane k: load and range reduction; Horner step with coefficient c;
  * scale and store.  Variables of lane k carry the suffix k. */
