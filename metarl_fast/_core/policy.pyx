@@ -102,6 +102,10 @@ cdef intp_t _apply(const floating* logits, intp_t n_rows, intp_t n_actions, Op o
     if status != MF_OK:
         return status
     chunk_rows = CHUNK_ELEMS // n_actions
+    if chunk_rows >= 32:
+        # a multiple of 32 rows is a multiple of 32 values: the block exp then runs only its
+        # 8-vector loop, whose leftovers are latency-bound one vector at a time
+        chunk_rows -= chunk_rows % 32
     if chunk_rows < 1:
         chunk_rows = 1
     if chunk_rows > n_rows:
