@@ -689,8 +689,10 @@ cdef intp_t rollout_fixed_length(const EnvTablesC* t, const double* action_cdf, 
     for j in range(q):
         out.truncated[j * H + H - 1] = 1
         out.episode_length[j] = H
-    for j in range(q):
-        fill_int64(out.task_id + j * H, H, j // N)
+    j = 0  # task_id: one run of N * H steps per task
+    while j * N < q:
+        fill_int64(out.task_id + j * N * H, min(N, q - j * N) * H, j)
+        j += 1
     return q
 
 
