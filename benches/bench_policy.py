@@ -77,3 +77,38 @@ def test_policy_kernel_idiomatic_numpy(benchmark, kernel, n_rows, n_actions):
     else:
         result = benchmark(_idiomatic_softmax, logits)
     assert result.shape[0] == n_rows
+
+
+# B=1 from an agent loop: the per-call cost, timed in a Python loop of LOOP calls (per item = one
+# call) so that pytest-benchmark's own call overhead is not counted; a bare ``rng.random()`` (one
+# Python-to-C call drawing the same uniform) is the floor beside it.
+LOOP = 1000
+
+
+def _loop(fn, *args):
+    calls = range(LOOP)
+
+    def run():
+        for _ in calls:
+            fn(*args)
+    return run
+
+
+@pytest.mark.parametrize("n_actions", grid([2, 5, 16], [5]))
+def test_sample_actions_b1_loop(benchmark, backend, n_actions):
+    rng = np.random.default_rng(0)
+    logits = rng.standard_normal((1, n_actions))
+    out = np.empty(1, dtype=np.int64)
+    benchmark.group = f"sample_actions B=1 A={n_actions} (loop of {LOOP} calls, out= given)"
+    benchmark.extra_info.update(rows=LOOP, backend=backend)
+    sample = mf.sample_actions
+    benchmark(_loop(sample, logits, rng, out))
+    assert 0 <= out[0] < n_actions
+
+
+@pytest.mark.parametrize("n_actions", grid([2, 5, 16], [5]))
+def test_sample_actions_b1_loop_floor(benchmark, n_actions):
+    rng = np.random.default_rng(0)
+    benchmark.group = f"sample_actions B=1 A={n_actions} (loop of {LOOP} calls, out= given)"
+    benchmark.extra_info.update(rows=LOOP, backend="bare-rng.random()")
+    benchmark(_loop(rng.random))
