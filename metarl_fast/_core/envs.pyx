@@ -19,8 +19,10 @@ from libc.stdlib cimport free, malloc
 from libc.math cimport INFINITY
 from libc.string cimport memmove, memset
 from numpy.random cimport bitgen_t
-from numpy.random.c_distributions cimport (random_standard_normal_fill,
-                                           random_standard_uniform_fill)
+from numpy.random.c_distributions cimport random_standard_uniform_fill
+
+# rng.standard_normal()'s values, without NumPy's mispredicted sign branch (see normal.pyx)
+from metarl_fast._core.normal cimport standard_normal_fill
 
 from metarl_fast._core.mf_exp cimport mf_exp_nonpos
 from metarl_fast._core.rng cimport bitgen_of, next_uniform
@@ -261,7 +263,7 @@ cdef intp_t rollout_draw_kernel(const EnvTablesC* t, const double* action_cdf, i
     random_standard_uniform_fill(bitgen, cap, out.logp)
     if t.reward_kind == KIND_GAUSSIAN:
         noise = out.reward
-        random_standard_normal_fill(bitgen, cap, noise)
+        standard_normal_fill(bitgen, cap, noise)
     elif t.reward_kind == KIND_BERNOULLI:
         noise = out.reward
         random_standard_uniform_fill(bitgen, cap, noise)
@@ -834,7 +836,7 @@ cdef intp_t vec_step_kernel(const EnvTablesC* t, const int64_t* task_of_env, int
     cdef bint ended, trunc
     # Draw order: reward noise block, next-state block, then one start draw per ended episode.
     if kind == KIND_GAUSSIAN:
-        random_standard_normal_fill(bitgen, n, reward_out)
+        standard_normal_fill(bitgen, n, reward_out)
     elif kind == KIND_BERNOULLI:
         random_standard_uniform_fill(bitgen, n, reward_out)
     if t.stochastic_transitions:

@@ -14,8 +14,10 @@ from libc.stdint cimport int64_t, uint8_t
 from libc.stdlib cimport free, malloc
 from libc.string cimport memset
 from numpy.random cimport bitgen_t
-from numpy.random.c_distributions cimport (random_standard_normal_fill,
-                                           random_standard_uniform_fill)
+from numpy.random.c_distributions cimport random_standard_uniform_fill
+
+# rng.standard_normal()'s values, without NumPy's mispredicted sign branch (see normal.pyx)
+from metarl_fast._core.normal cimport standard_normal_fill
 
 from metarl_fast._core.mf_exp cimport mf_exp_nonpos
 from metarl_fast._core.policy cimport MF_NO_MEMORY, MF_OK
@@ -420,7 +422,7 @@ cdef object _play(object weights, object tables, object n_episodes, object rng, 
                 random_standard_uniform_fill(bitgen, T * N, us)
             random_standard_uniform_fill(bitgen, cap, ua)
             if t.reward_kind == ICM_REWARD_GAUSSIAN:
-                random_standard_normal_fill(bitgen, cap, nz)
+                standard_normal_fill(bitgen, cap, nz)
             elif t.reward_kind == ICM_REWARD_BERNOULLI:
                 random_standard_uniform_fill(bitgen, cap, nz)
             if t.stochastic_transitions:
