@@ -44,3 +44,28 @@ def test_negative_zero_and_sign():
     expected = theirs.standard_normal(out.size)
     assert np.array_equal(np.signbit(out), np.signbit(expected))
     assert 0.45 < np.mean(np.signbit(out)) < 0.55
+
+
+DOWNSTREAM = '''
+from numpy.random cimport bitgen_t
+from metarl_fast._core.rng cimport bitgen_of
+from metarl_fast._core.normal cimport standard_normal_fill
+
+def fill(rng, double[::1] out):
+    cdef bitgen_t* bitgen = bitgen_of(rng.bit_generator)
+    with rng.bit_generator.lock:
+        standard_normal_fill(bitgen, out.shape[0], &out[0])
+'''
+
+CHECK = '''
+import numpy as np, normal_downstream
+out = np.empty(50_000)
+normal_downstream.fill(np.random.default_rng(4), out)
+assert np.array_equal(out, np.random.default_rng(4).standard_normal(50_000))
+print("ok")
+'''
+
+
+def test_downstream_extension_can_cimport_the_normal_fill(tmp_path):
+    from downstream import build_and_check
+    build_and_check(tmp_path, "normal_downstream", DOWNSTREAM, CHECK, numpy_random=True)
