@@ -129,12 +129,20 @@ cdef struct Probe:
     int n_double         # next_double calls made (a rejection step ran)
 
 
+# Probe inputs after the first few calls vary (a Weyl sequence), so that even a NumPy whose
+# normal sampler works differently terminates here; its values then fail the check and the
+# module falls back to NumPy's fill.
+cdef uint64_t WEYL = 0x9E3779B97F4A7C15
+
+
 cdef uint64_t _probe_u64(void* st) noexcept nogil:
     cdef Probe* p = <Probe*> st
     p.n_u64 += 1
     if p.n_u64 == 1:
         return p.first
-    return <uint64_t> 128  # later words: layer 128, magnitude 0, which any table accepts
+    if p.n_u64 < 8:
+        return <uint64_t> 128  # layer 128, magnitude 0: accepted at once by the ziggurat
+    return <uint64_t> p.n_u64 * WEYL
 
 
 cdef uint32_t _probe_u32(void* st) noexcept nogil:
@@ -144,7 +152,9 @@ cdef uint32_t _probe_u32(void* st) noexcept nogil:
 cdef double _probe_double(void* st) noexcept nogil:
     cdef Probe* p = <Probe*> st
     p.n_double += 1
-    return 0.5  # ends the tail loop at once, and any wedge test
+    if p.n_double < 8:
+        return 0.5  # ends the ziggurat's tail loop at once, and decides any wedge test
+    return <double> ((<uint64_t> p.n_double * WEYL) >> 11) * (1.0 / 9007199254740992.0)
 
 
 cdef uint64_t _probe_raw(void* st) noexcept nogil:
