@@ -843,3 +843,30 @@ def test_one_task_batches_equal_single_adds(backend, capacity):
             (one.write_position, len(one), one.next_episode_id, one.n_added)
         for k in range(11):
             np.testing.assert_array_equal(batch._tasks.slots(k), one._tasks.slots(k))
+
+
+def test_single_adds_follow_task_tables_grown_or_cleared_elsewhere(backend):
+    """add_batch with new, larger task ids replaces the task table, and clear() empties it,
+    between single adds: the adds must follow (the compiled add caches the table)."""
+    rng = np.random.default_rng(5)
+    mixed, batched = ReplayBuffer(97), ReplayBuffer(97)
+    step = 0
+    for round_ in range(40):
+        if round_ == 25:
+            mixed.clear()
+            batched.clear()
+        n = int(rng.integers(1, 30))
+        obs = np.arange(step, step + n, dtype=np.int64)
+        task = rng.integers(0, 8 * (round_ + 1), n).astype(np.int32)  # ids keep growing
+        if round_ % 2:
+            mixed.add_batch(obs, obs % 3, obs * 1.0, obs + 1, obs % 9 == 0, task_id=task)
+        else:
+            for i in range(n):
+                mixed.add(int(obs[i]), int(obs[i] % 3), float(obs[i]), int(obs[i] + 1),
+                          bool(obs[i] % 9 == 0), task_id=int(task[i]))
+        batched.add_batch(obs, obs % 3, obs * 1.0, obs + 1, obs % 9 == 0, task_id=task)
+        step += n
+        for field in ("obs", "task_id", "episode_id", "done"):
+            np.testing.assert_array_equal(getattr(mixed, field), getattr(batched, field))
+        for k in range(8 * (round_ + 1)):
+            np.testing.assert_array_equal(mixed._tasks.slots(k), batched._tasks.slots(k))

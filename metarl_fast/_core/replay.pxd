@@ -89,5 +89,8 @@ cdef class CompiledBuffer:
     cdef readonly BufferLock lock
     cdef Storage st
     cdef object meta
+    cdef object version_array  # TaskIndex.version: bumped whenever its meta table is replaced
+    cdef int64_t* version
+    cdef int64_t seen_version
     cdef type batch_type
     cdef int commit_one(self, const Columns* c) except -1

@@ -906,6 +906,19 @@ def add_one(tuple store, cnp.ndarray state, tasks, obs, action, reward, next_obs
                     logp, None)
 
 
+cdef inline bint _task_scalar(object x, int64_t* out) noexcept:
+    """x is a Python int in [0, MAX_TASKS), written to out (no Python-level comparisons)."""
+    cdef int overflow = 0
+    cdef long long v
+    if type(x) is not int:
+        return False
+    v = PyLong_AsLongLongAndOverflow(x, &overflow)
+    if overflow or v < 0 or v >= MAX_TASKS:
+        return False
+    out[0] = v
+    return True
+
+
 cdef int _add_one(tuple store, cnp.ndarray state, object tasks, object obs, object action,
                   object reward, object next_obs, object done, object truncated, object task_id,
                   object logp, CompiledBuffer writer) except -1:
@@ -922,7 +935,7 @@ cdef int _add_one(tuple store, cnp.ndarray state, object tasks, object obs, obje
                       and _scalar_row(action, <cnp.ndarray> store[F_ACTION], act_buf, &c.action)
                       and (type(reward) is float or type(reward) is int)
                       and (type(logp) is float or type(logp) is int)
-                      and type(task_id) is int and 0 <= task_id < MAX_TASKS
+                      and _task_scalar(task_id, &sc.task)
                       and _flag(done, &sc.done) and _flag(truncated, &sc.truncated))
     if fast:
         reward_d = reward
@@ -937,7 +950,6 @@ cdef int _add_one(tuple store, cnp.ndarray state, object tasks, object obs, obje
             c.reward = <const char*> &reward_f
             c.logp = <const char*> &logp_f
             fast = isfinite(reward_f) and isfinite(logp_f)
-        sc.task = task_id
         c.task, c.task_stride, c.task_is64 = <const char*> &sc.task, 0, True
         c.done, c.done_stride = <const char*> &sc.done, 0
         c.truncated, c.truncated_stride = <const char*> &sc.truncated, 0
@@ -1072,21 +1084,26 @@ cdef class CompiledBuffer:
         self.tasks = tasks
         self.lock = lock
         self.meta = tasks.meta
+        self.version_array = tasks.version
+        self.version = <int64_t*> cnp.PyArray_DATA(<cnp.ndarray> self.version_array)
+        self.seen_version = self.version[0]
         _storage(&self.st, store, state, <cnp.ndarray> self.meta)
 
     cdef int commit_one(self, const Columns* c) except -1:
         """Write one validated row through the cached storage pointers."""
         cdef int64_t t = _task_at(c, 0)
         cdef int64_t* m
-        meta = self.tasks.meta
-        if meta is not self.meta:  # the task table was grown or cleared since the last call
+        if self.version[0] != self.seen_version:  # the task table was grown or cleared
+            meta = self.tasks.meta
             self.meta = meta
+            self.seen_version = self.version[0]
             self.st.task_meta = <int64_t*> cnp.PyArray_DATA(<cnp.ndarray> meta)
             self.st.n_tasks = cnp.PyArray_DIM(<cnp.ndarray> meta, 0)
         m = self.st.task_meta
         if not (t < self.st.n_tasks and m[4 * t + 1] < m[4 * t + 2]):
             _reserve_tasks(&self.st, self.tasks, c, t)
             self.meta = self.tasks.meta
+            self.seen_version = self.version[0]
         write_one(&self.st, c)
         return 0
 

@@ -56,9 +56,12 @@ class TaskIndex:
         ``rings[k][(front + j) & (cap - 1)]`` is the slot of task k's j-th oldest transition.
     """
 
-    __slots__ = ("meta", "rings")  # (compiled writers read ``meta`` on every add)
+    __slots__ = ("meta", "rings", "version")
 
     def __init__(self):
+        # version[0] counts replacements of ``meta`` (growth, clear): compiled writers keep a
+        # pointer to it and re-read ``meta`` only when it moved
+        self.version = np.zeros(1, dtype=np.int64)
         self.meta = np.zeros((0, 4), dtype=np.int64)
         self.rings = []
 
@@ -74,6 +77,7 @@ class TaskIndex:
         meta[:n] = self.meta
         self.rings.extend(np.zeros(0, dtype=np.int64) for _ in range(new_n - n))
         self.meta = meta
+        self.version[0] += 1
 
     def reserve(self, task, needed):
         """Make task ``task``'s ring hold at least ``needed`` entries (linearising it)."""
@@ -105,6 +109,7 @@ class TaskIndex:
 
     def clear(self):
         self.meta = np.zeros((0, 4), dtype=np.int64)
+        self.version[0] += 1
         self.rings = []
 
     def rebuild(self, task_store, state):
