@@ -727,6 +727,18 @@ def test_prioritized_concurrent_add_sample_update(backend):
 # The compiled single-transition path (ReplayBuffer.add bound to _core.replay.Writer.add)
 # ---------------------------------------------------------------------------------------------
 
+def assert_same_contents(a, b, n_tasks):
+    """Two buffers hold the same transitions, write position, counters and per-task rings."""
+    for field in ("obs", "action", "reward", "next_obs", "done", "truncated", "task_id",
+                  "episode_id", "logp"):
+        np.testing.assert_array_equal(getattr(a, field), getattr(b, field), err_msg=field)
+    assert (a.write_position, len(a), a.next_episode_id, a.n_added) == \
+        (b.write_position, len(b), b.next_episode_id, b.n_added)
+    for k in range(n_tasks):
+        assert a.task_count(k) == b.task_count(k)
+        np.testing.assert_array_equal(a._tasks.slots(k), b._tasks.slots(k))
+
+
 def test_single_adds_equal_one_batch_across_table_growth(backend):
     """Many tasks (the task table grows past its first 8 rows) and long runs (rings grow past 64
     entries), wrapping twice: one add at a time must store exactly what add_batch stores."""
@@ -743,14 +755,7 @@ def test_single_adds_equal_one_batch_across_table_growth(backend):
         one.add(int(obs[i]), int(obs[i] % 4), float(reward[i]), int(obs[i] + 1), bool(done[i]),
                 truncated=bool(truncated[i]), task_id=int(task[i]), logp=float(logp[i]))
     batch.add_batch(obs, obs % 4, reward, obs + 1, done, truncated=truncated, task_id=task, logp=logp)
-    for field in ("obs", "action", "reward", "next_obs", "done", "truncated", "task_id",
-                  "episode_id", "logp"):
-        np.testing.assert_array_equal(getattr(one, field), getattr(batch, field), err_msg=field)
-    assert (one.write_position, len(one), one.next_episode_id, one.n_added) == \
-        (batch.write_position, len(batch), batch.next_episode_id, batch.n_added)
-    for k in range(41):
-        assert one.task_count(k) == batch.task_count(k)
-        np.testing.assert_array_equal(one._tasks.slots(k), batch._tasks.slots(k))
+    assert_same_contents(one, batch, n_tasks=41)
     np.testing.assert_array_equal(one.sample_indices(64, np.random.default_rng(1), task_id=3),
                                   batch.sample_indices(64, np.random.default_rng(1), task_id=3))
 
@@ -836,13 +841,7 @@ def test_one_task_batches_equal_single_adds(backend, capacity):
             batch.end_episode()
             one.end_episode()
         step += n
-        for field in ("obs", "action", "reward", "next_obs", "done", "truncated", "task_id",
-                      "episode_id", "logp"):
-            np.testing.assert_array_equal(getattr(batch, field), getattr(one, field), err_msg=field)
-        assert (batch.write_position, len(batch), batch.next_episode_id, batch.n_added) == \
-            (one.write_position, len(one), one.next_episode_id, one.n_added)
-        for k in range(11):
-            np.testing.assert_array_equal(batch._tasks.slots(k), one._tasks.slots(k))
+        assert_same_contents(batch, one, n_tasks=11)
 
 
 def test_single_adds_follow_task_tables_grown_or_cleared_elsewhere(backend):
@@ -866,7 +865,4 @@ def test_single_adds_follow_task_tables_grown_or_cleared_elsewhere(backend):
                           bool(obs[i] % 9 == 0), task_id=int(task[i]))
         batched.add_batch(obs, obs % 3, obs * 1.0, obs + 1, obs % 9 == 0, task_id=task)
         step += n
-        for field in ("obs", "task_id", "episode_id", "done"):
-            np.testing.assert_array_equal(getattr(mixed, field), getattr(batched, field))
-        for k in range(8 * (round_ + 1)):
-            np.testing.assert_array_equal(mixed._tasks.slots(k), batched._tasks.slots(k))
+        assert_same_contents(mixed, batched, n_tasks=8 * (round_ + 1))
