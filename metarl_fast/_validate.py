@@ -138,3 +138,18 @@ def check_logits(logits, name="logits"):
 
 def check_actions(actions, n_rows, n_actions, name="actions"):
     return int_array(actions, name, ndim=1, length=n_rows, low=0, high=n_actions)
+
+
+def weight_vector(weights, n_features, name="weights", max_abs=1e100):
+    """``weights`` as a C-contiguous float64 (n_features,) array, finite and ``|w| <= max_abs``."""
+    arr = np.asarray(weights)
+    if arr.dtype.kind != "f":
+        raise TypeError(f"{name} must be a float array, got dtype {arr.dtype}")
+    w = float_array(arr, name, ndim=1).astype(np.float64, copy=False)
+    if w.shape != (n_features,):
+        raise ValueError(f"{name} must have shape ({n_features},), got {w.shape}")
+    if not np.all(np.isfinite(w)):
+        raise ValueError(f"{name} contains NaN or inf")
+    if np.abs(w).max() > max_abs:
+        raise ValueError(f"{name} must satisfy |w| <= {max_abs:g}, got {np.abs(w).max()!r}")
+    return w

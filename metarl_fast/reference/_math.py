@@ -35,3 +35,12 @@ def exp_nonpos(x):
     y = p * scale
     y[x < EXP_LOWEST] = 0.0
     return y
+
+
+def linear_logits(phi, w):
+    """``phi @ w`` over the last axis, feature by feature in index order (the Cython kernels sum
+    in the same order, so the logits are bit-identical)."""
+    logits = phi[..., 0] * w[0]
+    for j in range(1, w.shape[0]):
+        logits = logits + phi[..., j] * w[j]
+    return logits

@@ -37,6 +37,7 @@ import numpy as np
 
 from metarl_fast import _validate
 from metarl_fast.reference import policy as _policy
+from metarl_fast.reference._math import linear_logits
 
 N_FEATURES = 8
 FEATURE_NAMES = ("mean", "std", "std_x_remaining", "knowledge_gradient", "kg_x_pulls_left",
@@ -48,17 +49,7 @@ MAX_ABS_WEIGHT = 1e100
 # ------------------------------------------------------------------ boundary checks (both backends)
 def check_weights(weights, name="weights"):
     """``weights`` as a C-contiguous float64 (N_FEATURES,) array, finite and ``|w| <= 1e100``."""
-    arr = np.asarray(weights)
-    if arr.dtype.kind != "f":
-        raise TypeError(f"{name} must be a float array, got dtype {arr.dtype}")
-    w = _validate.float_array(arr, name, ndim=1).astype(np.float64, copy=False)
-    if w.shape != (N_FEATURES,):
-        raise ValueError(f"{name} must have shape ({N_FEATURES},), got {w.shape}")
-    if not np.all(np.isfinite(w)):
-        raise ValueError(f"{name} contains NaN or inf")
-    if np.abs(w).max() > MAX_ABS_WEIGHT:
-        raise ValueError(f"{name} must satisfy |w| <= {MAX_ABS_WEIGHT:g}, got {np.abs(w).max()!r}")
-    return w
+    return _validate.weight_vector(weights, N_FEATURES, name, MAX_ABS_WEIGHT)
 
 
 def check_arm_means(arm_means, name="arm_means"):
@@ -141,12 +132,7 @@ def _features(s, f, n_remaining, n_pulls):
     return phi
 
 
-def _logits(phi, w):
-    # feature by feature, in index order: the Cython kernel sums in the same order (bit-identical)
-    logits = phi[..., 0] * w[0]
-    for j in range(1, N_FEATURES):
-        logits = logits + phi[..., j] * w[j]
-    return logits
+_logits = linear_logits  # (feature by feature: bit-identical to the Cython kernel's sums)
 
 
 def bandit_features(successes, failures, n_remaining, n_pulls):

@@ -57,7 +57,7 @@ float64 per step slot (``T * N * H``), as in ``rollout``.
 import numpy as np
 
 from metarl_fast import _validate
-from metarl_fast.reference._math import exp_nonpos
+from metarl_fast.reference._math import exp_nonpos, linear_logits
 from metarl_fast.reference.envs import (_draw_noise, _flat_sa, _inverse_cdf, _next_states,
                                         _rewards, check_tables)
 from metarl_fast.tasks import REWARD_TRANSITION
@@ -74,17 +74,7 @@ NONFINITE_MESSAGE = ("non-finite logits in the in-context MDP trial: the weights
 # ------------------------------------------------------------------ boundary checks (both backends)
 def check_weights(weights, name="weights"):
     """``weights`` as a C-contiguous float64 (N_FEATURES,) array, finite and ``|w| <= 1e100``."""
-    arr = np.asarray(weights)
-    if arr.dtype.kind != "f":
-        raise TypeError(f"{name} must be a float array, got dtype {arr.dtype}")
-    w = _validate.float_array(arr, name, ndim=1).astype(np.float64, copy=False)
-    if w.shape != (N_FEATURES,):
-        raise ValueError(f"{name} must have shape ({N_FEATURES},), got {w.shape}")
-    if not np.all(np.isfinite(w)):
-        raise ValueError(f"{name} contains NaN or inf")
-    if np.abs(w).max() > MAX_ABS_WEIGHT:
-        raise ValueError(f"{name} must satisfy |w| <= {MAX_ABS_WEIGHT:g}, got {np.abs(w).max()!r}")
-    return w
+    return _validate.weight_vector(weights, N_FEATURES, name, MAX_ABS_WEIGHT)
 
 
 def check_trial_inputs(weights, tables, n_episodes, rng):
@@ -189,12 +179,7 @@ def _step_features(cnt, rs, visits, qe, qo, rho):
     return phi
 
 
-def _logits(phi, w):
-    # feature by feature, in index order: the Cython kernel sums in the same order (bit-identical)
-    logits = phi[..., 0] * w[0]
-    for j in range(1, N_FEATURES):
-        logits = logits + phi[..., j] * w[j]
-    return logits
+_logits = linear_logits  # (feature by feature: bit-identical to the Cython kernel's sums)
 
 
 def _play(w, tables, n_episodes, rng, want_grad, actions_out):
