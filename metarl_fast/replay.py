@@ -41,6 +41,8 @@ from metarl_fast.reference.replay import (
     POS,
     SIZE,
     TaskIndex,
+    check_sample_args,
+    check_sample_task,
 )
 
 REPLAY_FORMAT_VERSION = 1
@@ -334,30 +336,15 @@ class ReplayBuffer:
     # -- sampling ------------------------------------------------------------------------------
 
     def _check_sample(self, batch_size, rng):
-        if type(batch_size) is not int or batch_size < 1:  # (exact int: the cheap common case)
-            batch_size = _validate.positive_int(batch_size, "batch_size")
-        if batch_size > 2 ** 40:
-            raise ValueError(f"batch_size={batch_size} is too large to allocate")
-        if type(rng) is not _Generator:
-            _validate.check_rng(rng)
+        batch_size = check_sample_args(batch_size, rng)
         if self._state[SIZE] == 0:
             raise ValueError("cannot sample from an empty replay buffer")
         return batch_size
 
-    def _task_arg(self, task_id):
-        if isinstance(task_id, (bool, np.bool_)) or not isinstance(task_id, (int, np.integer)):
-            raise TypeError(f"task_id must be an int or None, got {type(task_id).__name__}")
-        task_id = int(task_id)
-        if task_id < 0:
-            raise ValueError(f"task_id must be >= 0, got {task_id}")
-        if self._tasks.count(task_id) == 0:
-            raise ValueError(f"the replay buffer holds no transitions of task {task_id}")
-        return task_id
-
     def _indices(self, batch_size, rng, task_id, store=None):
         if task_id is None:
             return active.replay.sample_indices(int(self._state[SIZE]), batch_size, rng, store)
-        return active.replay.sample_task_indices(self._tasks, self._task_arg(task_id), batch_size,
+        return active.replay.sample_task_indices(self._tasks, check_sample_task(self._tasks, task_id), batch_size,
                                                  rng, store)
 
     def sample_indices(self, batch_size, rng, *, task_id=None):

@@ -44,6 +44,7 @@ cdef extern from *:
 cdef intp_t PREFETCH_AHEAD = 32
 
 cdef int64_t MAX_TASKS = _ref.MAX_TASKS
+cdef int64_t MAX_BATCH = _ref.MAX_BATCH
 cdef int SEQUENCE_ROUNDS = _ref.SEQUENCE_ROUNDS
 
 cdef enum:
@@ -1128,15 +1129,11 @@ cdef class CompiledBuffer:
     def sample(self, batch_size, rng, *, task_id=None):
         """A Batch of batch_size transitions.  See :meth:`metarl_fast.replay.ReplayBuffer.sample`."""
         cdef intp_t n
-        cdef int64_t size, task
-        cdef int64_t* m
-        if type(batch_size) is not int or batch_size < 1:
-            batch_size = _validate.positive_int(batch_size, "batch_size")
-        if batch_size > 2 ** 40:
-            raise ValueError(f"batch_size={batch_size} is too large to allocate")
-        n = batch_size
-        if type(rng) is not _Generator:
-            _validate.check_rng(rng)
+        cdef int64_t size
+        cdef int overflow = 0
+        n = PyLong_AsLongLongAndOverflow(batch_size, &overflow) if type(batch_size) is int else 0
+        if overflow or not (1 <= n <= MAX_BATCH) or type(rng) is not _Generator:
+            n = _ref.check_sample_args(batch_size, rng)
         self.lock.take()
         try:
             size = self.st.state[S_SIZE]
@@ -1145,17 +1142,8 @@ cdef class CompiledBuffer:
             if task_id is None:
                 indices = _sample_indices(size, n, rng, self.store)
             else:
-                if type(task_id) is not int:
-                    if isinstance(task_id, (bool, np.bool_)) or not isinstance(task_id, (int, np.integer)):
-                        raise TypeError(f"task_id must be an int or None, got {type(task_id).__name__}")
-                    task_id = int(task_id)
-                if task_id < 0:
-                    raise ValueError(f"task_id must be >= 0, got {task_id}")
-                meta = self.tasks.meta
-                if task_id >= cnp.PyArray_DIM(<cnp.ndarray> meta, 0) or \
-                        (<int64_t*> cnp.PyArray_DATA(<cnp.ndarray> meta))[4 * <int64_t> task_id + 1] == 0:
-                    raise ValueError(f"the replay buffer holds no transitions of task {task_id}")
-                indices = _sample_task_indices(self.tasks, task_id, n, rng, self.store)
+                indices = _sample_task_indices(self.tasks, _ref.check_sample_task(self.tasks, task_id),
+                                               n, rng, self.store)
             return tuple.__new__(self.batch_type, _gather(self.store, indices, True) + (indices, None))
         finally:
             self.lock.give()

@@ -33,6 +33,8 @@ import numbers
 
 import numpy as np
 
+from metarl_fast import _validate
+
 FIELDS = ("obs", "action", "reward", "next_obs", "done", "truncated", "task_id", "episode_id", "logp")
 STATE_FIELDS = ("pos", "size", "next_episode", "open_task", "n_added")
 POS, SIZE, NEXT_EPISODE, OPEN_TASK, N_ADDED = range(5)
@@ -41,6 +43,34 @@ MAX_TASKS = 1 << 20
 # Rejection rounds of sample_sequence_starts before the exact (scanning) fallback.
 SEQUENCE_ROUNDS = 32
 _MIN_RING = 64
+
+
+# Largest batch a sampling call accepts (larger ones could not be allocated anyway).
+MAX_BATCH = 1 << 40
+
+
+def check_sample_args(batch_size, rng):
+    """batch_size as an int in [1, MAX_BATCH]; rng a numpy.random.Generator (shared by both
+    backends' sampling methods)."""
+    if type(batch_size) is not int or batch_size < 1:  # (exact int: the cheap common case)
+        batch_size = _validate.positive_int(batch_size, "batch_size")
+    if batch_size > MAX_BATCH:
+        raise ValueError(f"batch_size={batch_size} is too large to allocate")
+    if type(rng) is not np.random.Generator:
+        _validate.check_rng(rng)
+    return batch_size
+
+
+def check_sample_task(tasks, task_id):
+    """task_id as an int >= 0 with stored transitions in ``tasks`` (a TaskIndex)."""
+    if isinstance(task_id, (bool, np.bool_)) or not isinstance(task_id, (int, np.integer)):
+        raise TypeError(f"task_id must be an int or None, got {type(task_id).__name__}")
+    task_id = int(task_id)
+    if task_id < 0:
+        raise ValueError(f"task_id must be >= 0, got {task_id}")
+    if tasks.count(task_id) == 0:
+        raise ValueError(f"the replay buffer holds no transitions of task {task_id}")
+    return task_id
 
 
 class TaskIndex:
