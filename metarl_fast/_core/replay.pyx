@@ -762,6 +762,19 @@ cdef inline int _flag(object x, uint8_t* out) noexcept:
     return 0
 
 
+cdef inline bint _task_scalar(object x, int64_t* out) noexcept:
+    """x is a Python int in [0, MAX_TASKS), written to out (no Python-level comparisons)."""
+    cdef int overflow = 0
+    cdef long long v
+    if type(x) is not int:
+        return False
+    v = PyLong_AsLongLongAndOverflow(x, &overflow)
+    if overflow or v < 0 or v >= MAX_TASKS:
+        return False
+    out[0] = v
+    return True
+
+
 def add_batch(tuple store, cnp.ndarray state, tasks, obs, action, reward, next_obs, done,
               truncated, task_id, logp):
     """Validate and append n transitions.  See :func:`metarl_fast.reference.replay.add_batch`."""
@@ -803,8 +816,7 @@ cdef intp_t _add_batch(tuple store, cnp.ndarray state, object tasks, object obs,
             c.truncated, c.truncated_stride = <const char*> cnp.PyArray_DATA(<cnp.ndarray> truncated), 1
         else:
             fast = False
-        if type(task_id) is int and 0 <= task_id < MAX_TASKS:
-            sc.task = task_id
+        if _task_scalar(task_id, &sc.task):
             c.task, c.task_stride, c.task_is64 = <const char*> &sc.task, 0, True
         elif (_exact(task_id, cnp.NPY_INT64, 1) or _exact(task_id, cnp.NPY_INT32, 1)) \
                 and cnp.PyArray_DIM(<cnp.ndarray> task_id, 0) == n:
@@ -905,19 +917,6 @@ def add_one(tuple store, cnp.ndarray state, tasks, obs, action, reward, next_obs
     """Validate and append one transition.  See :func:`metarl_fast.reference.replay.add_one`."""
     return _add_one(store, state, tasks, obs, action, reward, next_obs, done, truncated, task_id,
                     logp, None)
-
-
-cdef inline bint _task_scalar(object x, int64_t* out) noexcept:
-    """x is a Python int in [0, MAX_TASKS), written to out (no Python-level comparisons)."""
-    cdef int overflow = 0
-    cdef long long v
-    if type(x) is not int:
-        return False
-    v = PyLong_AsLongLongAndOverflow(x, &overflow)
-    if overflow or v < 0 or v >= MAX_TASKS:
-        return False
-    out[0] = v
-    return True
 
 
 cdef int _add_one(tuple store, cnp.ndarray state, object tasks, object obs, object action,
