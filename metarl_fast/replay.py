@@ -17,7 +17,10 @@ Thread safety
 -------------
 Every public method holds the buffer's lock for its whole duration (the Cython kernels release
 the GIL for large copies, but hold this lock; a thread waiting for the lock waits without the
-GIL).  So one thread may add while others sample: each call is
+GIL).  The one exception is the compiled single ``add``: while nobody holds the lock it writes
+without taking it, because its whole write is C code that runs under the GIL and calls no Python
+code, so no other thread can run meanwhile.  In free-threaded CPython builds it always takes
+the lock.  So one thread may add while others sample: each call is
 atomic with respect to the others -- a sampled batch is a consistent snapshot (no half-written
 transition, no torn write position), and a Batch is a copy that later writes never alias.
 The Generator passed to the sampling methods is used under its own ``bit_generator.lock``.

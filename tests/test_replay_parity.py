@@ -261,3 +261,41 @@ def test_compiled_write_refuses_separate_arrays():
         cr.add_batch(store, state, TaskIndex(), np.arange(2), np.arange(2), np.zeros(2), np.arange(2),
                      np.zeros(2, bool), False, 0, 0.0)
     assert state.tolist() == [0, 0, 0, -1, 0]
+
+
+# Python ints around every width the compiled add reads directly (one 30-bit digit) or converts
+# (more digits, overflow), and the float reward/logp cases it takes or hands to the reference.
+INT_EDGES = [0, 1, -1, 7, 2 ** 30 - 1, 2 ** 30, -(2 ** 30), 2 ** 31, 2 ** 53 + 1, 2 ** 62,
+             -(2 ** 62), 2 ** 63 - 1, -(2 ** 63) + 1, -(2 ** 63), 2 ** 63, 2 ** 64, -(2 ** 70)]
+
+
+@pytest.mark.parametrize("obs_dtype", [np.int64, np.int32])
+@pytest.mark.parametrize("value", INT_EDGES)
+def test_single_add_int_edges_match_the_reference(obs_dtype, value):
+    """add(obs=v, action=v, task_id=v, reward=v, logp=-|v|) stores or rejects exactly as the
+    NumPy backend does, for ints of one digit, several digits and past 64 bits."""
+    bufs = []
+    with mf.use_backend("cython"):
+        bufs.append(ReplayBuffer(4, obs_dtype=obs_dtype))
+    with mf.use_backend("numpy"):
+        bufs.append(ReplayBuffer(4, obs_dtype=obs_dtype))
+    calls = [dict(obs=value), dict(action=value), dict(next_obs=value), dict(reward=value),
+             dict(logp=-abs(value)), dict(task_id=value if 0 <= value < 64 else 1)]
+    for change in calls:
+        args = dict(obs=1, action=0, reward=0.5, next_obs=2, done=False, task_id=0, logp=-1.0)
+        args.update(change)
+        out = []
+        for backend, buf in zip(("cython", "numpy"), bufs):
+            with mf.use_backend(backend):
+                try:
+                    buf.add(args["obs"], args["action"],
+                            args["reward"], args["next_obs"], args["done"],
+                            task_id=args["task_id"], logp=args["logp"])
+                    out.append(None)
+                except (ValueError, TypeError, OverflowError) as err:
+                    out.append(type(err))
+        assert out[0] == out[1], (change, out)
+    for field in ("obs", "action", "reward", "next_obs", "task_id", "logp"):
+        np.testing.assert_array_equal(getattr(bufs[0], field), getattr(bufs[1], field),
+                                      err_msg=field)
+    assert len(bufs[0]) == len(bufs[1])

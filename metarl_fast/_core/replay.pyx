@@ -5,6 +5,7 @@ check their input with cheap C-level tests on the fast path (exact dtypes, C ord
 floats, task ids in range); anything else goes through the reference module's validators, which
 convert or raise exactly as the NumPy backend does.  Copies and draws run without the GIL.
 """
+cimport cython
 cimport numpy as cnp
 from libc.math cimport isfinite
 from libc.stdint cimport INT64_MIN, int32_t, int64_t, uint8_t, uint32_t, uint64_t
@@ -20,6 +21,7 @@ from metarl_fast import _validate
 
 from metarl_fast.reference import replay as _ref
 
+from cpython.float cimport PyFloat_AS_DOUBLE
 from cpython.long cimport PyLong_AsLongLongAndOverflow
 from cpython.ref cimport Py_INCREF
 from cpython.tuple cimport PyTuple_New, PyTuple_SET_ITEM
@@ -38,6 +40,38 @@ cdef extern from *:
     #endif
     """
     void MF_PREFETCH(const void* p) noexcept nogil
+
+cdef extern from *:
+    """
+    /* The value of an exact Python int if it fits in a long long (1), else 0.  Ints of one
+       digit (|x| < 2**30, nearly every state, action and task id) are read straight from the
+       object, without PyLong_AsLongLongAndOverflow's call. */
+    static inline int mf_int_value(PyObject* x, long long* out) {
+    #if PY_VERSION_HEX >= 0x030C0000
+        if (PyUnstable_Long_IsCompact((PyLongObject*) x)) {
+            *out = (long long) PyUnstable_Long_CompactValue((PyLongObject*) x);
+            return 1;
+        }
+    #else
+        Py_ssize_t size = Py_SIZE(x);
+        if (size >= -1 && size <= 1) {
+            *out = size * (long long) ((PyLongObject*) x)->ob_digit[0];
+            return 1;
+        }
+    #endif
+        int overflow = 0;
+        *out = PyLong_AsLongLongAndOverflow(x, &overflow);
+        return !overflow;
+    }
+    /* True where the GIL serialises C code (every build but free-threaded CPython). */
+    #ifdef Py_GIL_DISABLED
+    #define MF_GIL_SERIALISES 0
+    #else
+    #define MF_GIL_SERIALISES 1
+    #endif
+    """
+    bint mf_int_value(object x, long long* out) noexcept
+    bint MF_GIL_SERIALISES
 
 # Random rows are prefetched this many iterations ahead (their loads are independent, so many
 # cache/TLB misses overlap instead of being paid one after another).
@@ -764,12 +798,10 @@ cdef inline int _flag(object x, uint8_t* out) noexcept:
 
 cdef inline bint _task_scalar(object x, int64_t* out) noexcept:
     """x is a Python int in [0, MAX_TASKS), written to out (no Python-level comparisons)."""
-    cdef int overflow = 0
     cdef long long v
     if type(x) is not int:
         return False
-    v = PyLong_AsLongLongAndOverflow(x, &overflow)
-    if overflow or v < 0 or v >= MAX_TASKS:
+    if not mf_int_value(x, &v) or v < 0 or v >= MAX_TASKS:
         return False
     out[0] = v
     return True
@@ -871,11 +903,9 @@ cdef inline bint _scalar_row(object x, cnp.ndarray field, char* buf, const char*
     cdef cnp.ndarray a
     cdef double v
     cdef long long iv
-    cdef int overflow
     if nd == 1:
         if type(x) is int:
-            iv = PyLong_AsLongLongAndOverflow(x, &overflow)
-            if overflow or iv == INT64_MIN:  # (INT64_MIN: also the reference's out-of-range)
+            if not mf_int_value(x, &iv) or iv == INT64_MIN:  # (INT64_MIN: also the reference's out-of-range)
                 return False
             if typenum == cnp.NPY_INT64:
                 (<int64_t*> buf)[0] = iv
@@ -919,49 +949,72 @@ def add_one(tuple store, cnp.ndarray state, tasks, obs, action, reward, next_obs
                     logp, None)
 
 
+cdef inline bint _float_scalar(object x, double* out) noexcept:
+    """x is a Python float, or an int of at most 53 bits (exactly a double), written to out."""
+    cdef long long iv
+    if type(x) is float:
+        out[0] = PyFloat_AS_DOUBLE(x)
+        return True
+    if type(x) is int and mf_int_value(x, &iv) and -(1LL << 53) <= iv <= (1LL << 53):
+        out[0] = <double> iv
+        return True
+    return False
+
+
+cdef struct OneRow:
+    # One transition as Columns, with the scalars it points at.
+    Columns c
+    Scalars sc
+    char obs_buf[8]
+    char next_buf[8]
+    char act_buf[8]
+    double reward_d
+    double logp_d
+    float reward_f
+    float logp_f
+
+
+cdef bint _parse_one(OneRow* r, tuple store, object obs, object action, object reward,
+                     object next_obs, object done, object truncated, object task_id,
+                     object logp) noexcept:
+    """Fill r from the arguments of add if they are in their fast forms (C-level checks only: no
+    Python code runs, so the GIL is never given up here).  False: use the reference checks."""
+    cdef int ftype = cnp.PyArray_TYPE(<cnp.ndarray> store[F_REWARD])
+    cdef Columns* c = &r.c
+    if not (_scalar_row(obs, <cnp.ndarray> store[F_OBS], r.obs_buf, &c.obs)
+            and _scalar_row(next_obs, <cnp.ndarray> store[F_NEXT_OBS], r.next_buf, &c.next_obs)
+            and _scalar_row(action, <cnp.ndarray> store[F_ACTION], r.act_buf, &c.action)
+            and _float_scalar(reward, &r.reward_d) and _float_scalar(logp, &r.logp_d)
+            and _task_scalar(task_id, &r.sc.task)
+            and _flag(done, &r.sc.done) and _flag(truncated, &r.sc.truncated)):
+        return False
+    c.task, c.task_stride, c.task_is64 = <const char*> &r.sc.task, 0, True
+    c.done, c.done_stride = <const char*> &r.sc.done, 0
+    c.truncated, c.truncated_stride = <const char*> &r.sc.truncated, 0
+    c.logp_stride = 0
+    c.n = 1
+    if ftype == cnp.NPY_DOUBLE:
+        c.reward = <const char*> &r.reward_d
+        c.logp = <const char*> &r.logp_d
+        return isfinite(r.reward_d) and isfinite(r.logp_d)
+    r.reward_f = <float> r.reward_d
+    r.logp_f = <float> r.logp_d
+    c.reward = <const char*> &r.reward_f
+    c.logp = <const char*> &r.logp_f
+    return isfinite(r.reward_f) and isfinite(r.logp_f)
+
+
 cdef int _add_one(tuple store, cnp.ndarray state, object tasks, object obs, object action,
                   object reward, object next_obs, object done, object truncated, object task_id,
                   object logp, CompiledBuffer writer) except -1:
-    cdef Columns c
-    cdef Scalars sc
-    cdef char obs_buf[8]
-    cdef char next_buf[8]
-    cdef char act_buf[8]
-    cdef double reward_d, logp_d
-    cdef float reward_f, logp_f
-    cdef int ftype = cnp.PyArray_TYPE(<cnp.ndarray> store[F_REWARD])
-    cdef bint fast = (_scalar_row(obs, <cnp.ndarray> store[F_OBS], obs_buf, &c.obs)
-                      and _scalar_row(next_obs, <cnp.ndarray> store[F_NEXT_OBS], next_buf, &c.next_obs)
-                      and _scalar_row(action, <cnp.ndarray> store[F_ACTION], act_buf, &c.action)
-                      and (type(reward) is float or type(reward) is int)
-                      and (type(logp) is float or type(logp) is int)
-                      and _task_scalar(task_id, &sc.task)
-                      and _flag(done, &sc.done) and _flag(truncated, &sc.truncated))
-    if fast:
-        reward_d = reward
-        logp_d = logp
-        if ftype == cnp.NPY_DOUBLE:
-            c.reward = <const char*> &reward_d
-            c.logp = <const char*> &logp_d
-            fast = isfinite(reward_d) and isfinite(logp_d)
-        else:
-            reward_f = <float> reward_d
-            logp_f = <float> logp_d
-            c.reward = <const char*> &reward_f
-            c.logp = <const char*> &logp_f
-            fast = isfinite(reward_f) and isfinite(logp_f)
-        c.task, c.task_stride, c.task_is64 = <const char*> &sc.task, 0, True
-        c.done, c.done_stride = <const char*> &sc.done, 0
-        c.truncated, c.truncated_stride = <const char*> &sc.truncated, 0
-        c.logp_stride = 0
-        c.n = 1
-    if not fast:
+    cdef OneRow r
+    if not _parse_one(&r, store, obs, action, reward, next_obs, done, truncated, task_id, logp):
         cols = _ref.check_one(store, obs, action, reward, next_obs, done, truncated, task_id, logp)
-        _columns_from(&c, cols)
+        _columns_from(&r.c, cols)
     if writer is None:
-        _commit(store, state, tasks, &c, _task_at(&c, 0))
+        _commit(store, state, tasks, &r.c, _task_at(&r.c, 0))
     else:
-        writer.commit_one(&c)
+        writer.commit_one(&r.c)
     return 1
 
 
@@ -1011,7 +1064,9 @@ cdef void write_one(Storage* st, const Columns* c) noexcept nogil:
 
 cdef class BufferLock:
     """A non-reentrant lock, usable from Python (``with lock:``, ``acquire``/``release``) and
-    taken from C by :class:`Writer` without a Python call.
+    taken from C by :class:`CompiledBuffer` without a Python call.  `held` is True from just
+    after the lock is taken until just before it is released (set and cleared under the GIL):
+    :meth:`CompiledBuffer.add` writes without the lock only while it is False.
 
     Blocking waits release the GIL, so a thread holding the lock while it copies without the GIL
     is never deadlocked by a waiter.
@@ -1107,8 +1162,31 @@ cdef class CompiledBuffer:
         write_one(&self.st, c)
         return 0
 
+    # A plain C method (binding=False): calling it skips the bound-method object of a Cython
+    # function.  Its docstring carries the signature in CPython's text-signature form, so
+    # inspect.signature and help() still show it
+    # (that form needs the "--" line unindented).
+    @cython.binding(False)
+    @cython.embedsignature(False)
     def add(self, obs, action, reward, next_obs, done, *, truncated=False, task_id=0, logp=0.0):
-        """Append one transition.  See :meth:`metarl_fast.replay.ReplayBuffer.add`."""
+        """add($self, /, obs, action, reward, next_obs, done, *, truncated=False, task_id=0, logp=0.0)
+--
+
+Append one transition.  See :meth:`metarl_fast.replay.ReplayBuffer.add`."""
+        cdef OneRow r
+        cdef int64_t* m
+        # Without the lock when nobody holds it: everything from the check of `held` to the
+        # end of write_one is C code that runs no Python code, so no other thread can run
+        # meanwhile -- the GIL excludes them as the lock would.  A holder sets `held` (under the
+        # GIL) before it touches the buffer and clears it after, so a writer or sampler that
+        # copies without the GIL is never overlapped.  Anything unusual takes the locked path.
+        if MF_GIL_SERIALISES and not self.lock.held and self.version[0] == self.seen_version:
+            if _parse_one(&r, self.store, obs, action, reward, next_obs, done, truncated,
+                          task_id, logp):
+                m = self.st.task_meta + 4 * r.sc.task
+                if r.sc.task < self.st.n_tasks and m[1] < m[2]:
+                    write_one(&self.st, &r.c)
+                    return
         self.lock.take()
         try:
             _add_one(self.store, self.state, self.tasks, obs, action, reward, next_obs, done,
