@@ -950,3 +950,44 @@ def test_single_adds_follow_task_tables_grown_or_cleared_elsewhere(backend):
         batched.add_batch(obs, obs % 3, obs * 1.0, obs + 1, obs % 9 == 0, task_id=task)
         step += n
         assert_same_contents(mixed, batched, n_tasks=8 * (round_ + 1))
+
+
+def test_large_one_task_batches_equal_the_reference():
+    """Rings of at least 8 MiB get one-task batches of >= 256 rows written with streaming
+    stores, and overwritten slots popped from their task's ring without reading the record:
+    the storage, counters and task rings must equal the NumPy reference's, call after call,
+    across wraps, task switches, episode ends and truncations."""
+    import metarl_fast as mf
+
+    pytest.importorskip("metarl_fast._core.replay")
+    capacity = 150_001  # 56-byte records: 8.4 MB
+    rng = np.random.default_rng(11)
+    bufs = {}
+    for backend in ("cython", "numpy"):
+        with mf.use_backend(backend):
+            bufs[backend] = ReplayBuffer(capacity)
+    step = 0
+    for call in range(30):
+        n = int(rng.integers(256, 40_000)) if call % 7 else int(rng.integers(1, 256))
+        obs = np.arange(step, step + n, dtype=np.int64)
+        done = rng.random(n) < 0.01
+        truncated = rng.random(n) < 0.005
+        logp = -rng.random(n) if call % 2 else float(-rng.random())
+        task = int(rng.integers(0, 6)) if call % 5 else rng.integers(0, 6, n).astype(np.int32)
+        for backend, buf in bufs.items():
+            with mf.use_backend(backend):
+                buf.add_batch(obs, obs % 5, obs * 0.5, obs + 1, done, truncated=truncated,
+                              task_id=task, logp=logp)
+        step += n
+        if call % 6 == 5:
+            assert_same_contents(bufs["cython"], bufs["numpy"], n_tasks=6)
+    assert step > 2 * capacity
+    assert_same_contents(bufs["cython"], bufs["numpy"], n_tasks=6)
+    rng_a, rng_b = np.random.default_rng(3), np.random.default_rng(3)
+    for k in range(6):
+        a = bufs["cython"].sample(64, rng_a, task_id=k)
+        with mf.use_backend("numpy"):
+            b = bufs["numpy"].sample(64, rng_b, task_id=k)
+        assert np.all(a.task_id == k)
+        for field in Batch._fields:
+            np.testing.assert_array_equal(getattr(a, field), getattr(b, field), err_msg=field)

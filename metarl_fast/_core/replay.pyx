@@ -8,7 +8,7 @@ convert or raise exactly as the NumPy backend does.  Copies and draws run withou
 cimport cython
 cimport numpy as cnp
 from libc.math cimport isfinite
-from libc.stdint cimport INT64_MIN, int32_t, int64_t, uint8_t, uint32_t, uint64_t
+from libc.stdint cimport INT64_MIN, int32_t, int64_t, uint8_t, uint32_t, uint64_t, uintptr_t
 from libc.stdlib cimport calloc, free, malloc
 from libc.string cimport memcpy
 from numpy.random cimport bitgen_t
@@ -73,6 +73,35 @@ cdef extern from *:
     bint mf_int_value(object x, long long* out) noexcept
     bint MF_GIL_SERIALISES
 
+cdef extern from *:
+    """
+    /* Streaming (non-temporal) 8-byte stores: they write whole cache lines to memory without
+       first reading them into the cache, so a large ring is written with half the memory
+       traffic.  Plain stores where the instruction set has none. */
+    #if defined(__x86_64__) || defined(_M_X64)
+    #include <emmintrin.h>
+    #define MF_HAVE_STREAM 1
+    static inline void mf_put64(void* p, int64_t v, int stream) {
+        if (stream) _mm_stream_si64((long long*) p, (long long) v);
+        else *(int64_t*) p = v;
+    }
+    static inline void mf_store_fence(void) { _mm_sfence(); }
+    #else
+    #define MF_HAVE_STREAM 0
+    static inline void mf_put64(void* p, int64_t v, int stream) { (void) stream; *(int64_t*) p = v; }
+    static inline void mf_store_fence(void) {}
+    #endif
+    """
+    bint MF_HAVE_STREAM
+    void mf_put64(void* p, int64_t v, bint stream) noexcept nogil
+    void mf_store_fence() noexcept nogil
+
+# Records are written with streaming stores when the record array is at least this large (it
+# cannot stay in the cache anyway) and the batch this long: smaller rings stay cache-resident,
+# where plain stores are faster and leave the rows in cache for the next sample.
+cdef intp_t STREAM_MIN_BYTES = 8 << 20
+cdef intp_t STREAM_MIN_ROWS = 256
+
 # Random rows are prefetched this many iterations ahead (their loads are independent, so many
 # cache/TLB misses overlap instead of being paid one after another).
 cdef intp_t PREFETCH_AHEAD = 32
@@ -120,46 +149,107 @@ cdef inline int64_t _task_at(const Columns* c, intp_t i) noexcept nogil:
     return (<const int32_t*> (c.task + i * c.task_stride))[0]
 
 
-cdef void _pop_overwritten(Storage* st, int64_t pos, intp_t n) noexcept nogil:
-    """Pop the slots [pos, pos + n) (mod capacity) that hold a transition from their tasks'
-    rings (each is its task's oldest entry), by runs of equal task."""
-    cdef intp_t i, stride = st.stride[0]
-    cdef int64_t slot = pos, capacity = st.capacity, size0 = st.state[S_SIZE]
-    cdef int64_t old, run_task = -1, run = 0
+cdef inline int64_t _ring_run(const int64_t* ring, int64_t front, int64_t mask, int64_t count,
+                              int64_t slot, int64_t limit) noexcept nogil:
+    """How many of the slots slot, slot + 1, ... (at most limit, no wrap past the capacity) are
+    the ring's next entries from front: the largest L with ring[(front + j) & mask] == slot + j
+    for every j < L.
+
+    A ring lists its task's slots oldest first, so from the oldest overwritten slot on its
+    entries increase until the write position wraps.  Then ring[front + j] == slot + j implies
+    the j entries before it are exactly slot .. slot + j - 1 (j distinct increasing values in j
+    places): the test is monotone in j, and L is found by galloping and bisection in O(log L)
+    reads of the ring, not one per slot."""
+    cdef int64_t lo = 1, hi, step = 1, j
+    if limit > count:
+        limit = count
+    if limit <= 0 or ring[front & mask] != slot:
+        return 0
+    # invariant: entries 0 .. lo - 1 match; entry hi (when hi < limit) does not
+    hi = limit
+    while True:
+        j = lo + step - 1
+        if j >= limit:
+            j = limit - 1
+            if ring[(front + j) & mask] == slot + j:
+                return limit
+            hi = j
+            break
+        if ring[(front + j) & mask] != slot + j:
+            hi = j
+            break
+        lo = j + 1
+        step *= 2
+    while lo < hi:
+        j = (lo + hi) // 2
+        if ring[(front + j) & mask] == slot + j:
+            lo = j + 1
+        else:
+            hi = j
+    return lo
+
+
+cdef void _pop_range(Storage* st, int64_t slot, int64_t stop) noexcept nogil:
+    """Pop the occupied slots [slot, stop) (no wrap) from their tasks' rings, a run of equal
+    task at a time: the record is read only for the first slot of each run (its task id)."""
+    cdef int64_t t, run
     cdef int64_t* row
+    cdef intp_t stride = st.stride[0]
     cdef const char* f_task = st.field[F_TASK]
-    cdef bint full0 = size0 == capacity
-    for i in range(n):
-        if full0 or slot < size0:
-            old = (<const int32_t*> (f_task + slot * stride))[0]
-            if old != run_task:
-                if run:
-                    row = st.task_meta + 4 * run_task
-                    row[0] = (row[0] + run) & (row[2] - 1)
-                    row[1] -= run
-                run_task = old
-                run = 0
-            run += 1
-        slot += 1
-        if slot == capacity:
-            slot = 0
-    if run:
-        row = st.task_meta + 4 * run_task
+    while slot < stop:
+        t = (<const int32_t*> (f_task + slot * stride))[0]
+        row = st.task_meta + 4 * t
+        run = _ring_run(<const int64_t*> row[3], row[0], row[2] - 1, row[1], slot, stop - slot)
+        if run == 0:  # (cannot happen while the rings are consistent; never loop forever)
+            run = 1
         row[0] = (row[0] + run) & (row[2] - 1)
         row[1] -= run
+        slot += run
+
+
+cdef void _pop_overwritten(Storage* st, int64_t pos, intp_t n) noexcept nogil:
+    """Pop the slots [pos, pos + n) (mod capacity, n <= capacity) that hold a transition from
+    their tasks' rings (each is its task's oldest entry)."""
+    cdef int64_t capacity = st.capacity, size0 = st.state[S_SIZE]
+    cdef int64_t stop = pos + n, occupied
+    occupied = capacity if size0 == capacity else size0  # slots [0, occupied) hold transitions
+    _pop_range(st, pos, stop if stop < occupied else occupied)
+    if stop > capacity:
+        stop -= capacity
+        _pop_range(st, 0, stop if stop < occupied else occupied)
+
+
+cdef void _push_slots(int64_t* row, int64_t slot, int64_t n, int64_t capacity) noexcept nogil:
+    """Append the slots slot, slot + 1, ... (n of them, mod capacity) to the ring of task-table
+    row `row` (which has room), in contiguous pieces the compiler vectorises."""
+    cdef int64_t* ring = <int64_t*> row[3]
+    cdef int64_t mask = row[2] - 1, at = row[0] + row[1], start, piece, j
+    row[1] += n
+    while n > 0:
+        start = at & mask
+        piece = mask + 1 - start  # up to the ring's end
+        if piece > n:
+            piece = n
+        if piece > capacity - slot:  # up to the storage's end
+            piece = capacity - slot
+        for j in range(piece):
+            ring[start + j] = slot + j
+        at += piece
+        slot += piece
+        if slot == capacity:
+            slot = 0
+        n -= piece
 
 
 cdef void _write_one_task_all8(Storage* st, const Columns* c) noexcept nogil:
     """write_rows for its most common call: one task for every row (task stride 0), 8-byte obs,
     action and reward, n <= capacity.  Separate passes with no per-row task logic: pops of the
     overwritten slots, records (in at most two contiguous ranges), then one run of ring pushes."""
-    cdef intp_t n = c.n, i, k, first, stride = st.stride[0]
+    cdef intp_t n = c.n, i, first, stride = st.stride[0]
     cdef int64_t* state = st.state
     cdef int64_t pos = state[S_POS], capacity = st.capacity, size0 = state[S_SIZE]
     cdef int64_t next_ep = state[S_NEXT_EPISODE], open_task = state[S_OPEN_TASK]
-    cdef int64_t t = _task_at(c, 0), slot, front, count, mask
-    cdef int64_t* row
-    cdef int64_t* ring
+    cdef int64_t t = _task_at(c, 0), slot
     cdef const int64_t* obs = <const int64_t*> c.obs
     cdef const int64_t* next_obs = <const int64_t*> c.next_obs
     cdef const int64_t* action = <const int64_t*> c.action
@@ -171,6 +261,8 @@ cdef void _write_one_task_all8(Storage* st, const Columns* c) noexcept nogil:
     cdef char* rec
     cdef char end = 0
     cdef int32_t t32 = <int32_t> t
+    cdef uint8_t d, tr
+    cdef uint64_t flags_task
     cdef intp_t o_obs = st.field[F_OBS] - st.field[F_OBS], o_action = st.field[F_ACTION] - st.field[F_OBS]
     cdef intp_t o_reward = st.field[F_REWARD] - st.field[F_OBS], o_next = st.field[F_NEXT_OBS] - st.field[F_OBS]
     cdef intp_t o_done = st.field[F_DONE] - st.field[F_OBS], o_trunc = st.field[F_TRUNCATED] - st.field[F_OBS]
@@ -181,36 +273,48 @@ cdef void _write_one_task_all8(Storage* st, const Columns* c) noexcept nogil:
         next_ep += 1
     first = capacity - pos if n > capacity - pos else n
     rec = st.field[F_OBS] + pos * stride
-    k = 0
-    for i in range(n):
-        if i == first:
-            rec = st.field[F_OBS]
-        (<int64_t*> (rec + o_obs))[0] = obs[i]
-        (<int64_t*> (rec + o_next))[0] = next_obs[i]
-        (<int64_t*> (rec + o_action))[0] = action[i]
-        (<int64_t*> (rec + o_reward))[0] = reward[i]
-        (<int64_t*> (rec + o_logp))[0] = (<const int64_t*> (logp + i * s_logp))[0]
-        (<int64_t*> (rec + o_episode))[0] = next_ep
-        (<int32_t*> (rec + o_task))[0] = t32
-        rec[o_done] = done[i * s_done]
-        rec[o_trunc] = truncated[i * s_trunc]
-        end = (done[i * s_done] != 0) | (truncated[i * s_trunc] != 0)
-        next_ep += end
-        rec += stride
+    if (MF_HAVE_STREAM and n >= STREAM_MIN_ROWS and capacity * stride >= STREAM_MIN_BYTES
+            and stride == 56 and (<uintptr_t> st.field[F_OBS]) % 8 == 0
+            and _is_default_layout(<const char* const*> st.field, st.row_bytes, N_FIELDS)):
+        # The default record as 7 words, streamed; word 4 is done, truncated, 2 padding bytes
+        # (written 0) and the task id (this path is x86-64 only: little-endian).
+        flags_task = (<uint64_t> <uint32_t> t32) << 32
+        for i in range(n):
+            if i == first:
+                rec = st.field[F_OBS]
+            d = <uint8_t> done[i * s_done]
+            tr = <uint8_t> truncated[i * s_trunc]
+            mf_put64(rec, obs[i], True)
+            mf_put64(rec + 8, action[i], True)
+            mf_put64(rec + 16, reward[i], True)
+            mf_put64(rec + 24, next_obs[i], True)
+            mf_put64(rec + 32, <int64_t> (flags_task | d | (<uint64_t> tr << 8)), True)
+            mf_put64(rec + 40, next_ep, True)
+            mf_put64(rec + 48, (<const int64_t*> (logp + i * s_logp))[0], True)
+            end = (d != 0) | (tr != 0)
+            next_ep += end
+            rec += 56
+        mf_store_fence()  # the streamed rows are visible before the lock is released
+    else:
+        for i in range(n):
+            if i == first:
+                rec = st.field[F_OBS]
+            (<int64_t*> (rec + o_obs))[0] = obs[i]
+            (<int64_t*> (rec + o_next))[0] = next_obs[i]
+            (<int64_t*> (rec + o_action))[0] = action[i]
+            (<int64_t*> (rec + o_reward))[0] = reward[i]
+            (<int64_t*> (rec + o_logp))[0] = (<const int64_t*> (logp + i * s_logp))[0]
+            (<int64_t*> (rec + o_episode))[0] = next_ep
+            (<int32_t*> (rec + o_task))[0] = t32
+            rec[o_done] = done[i * s_done]
+            rec[o_trunc] = truncated[i * s_trunc]
+            end = (done[i * s_done] != 0) | (truncated[i * s_trunc] != 0)
+            next_ep += end
+            rec += stride
     open_task = -1 if end else t
-    row = st.task_meta + 4 * t
-    front = row[0]
-    count = row[1]
-    mask = row[2] - 1
-    ring = <int64_t*> row[3]
-    slot = pos
-    for i in range(n):
-        ring[(front + count + i) & mask] = slot
-        slot += 1
-        if slot == capacity:
-            slot = 0
-    row[1] = count + n
-    state[S_POS] = slot
+    _push_slots(st.task_meta + 4 * t, pos, n, capacity)
+    slot = pos + n
+    state[S_POS] = slot - capacity if slot >= capacity else slot
     state[S_SIZE] = capacity if size0 + n > capacity else size0 + n
     state[S_NEXT_EPISODE] = next_ep
     state[S_OPEN_TASK] = open_task
@@ -220,15 +324,15 @@ cdef void _write_one_task_all8(Storage* st, const Columns* c) noexcept nogil:
 cdef void write_rows(Storage* st, const Columns* c) noexcept nogil:
     # Everything is read into locals first: the stores below go through casted pointers that the
     # compiler must assume may alias the structs.
-    cdef intp_t n = c.n, capacity = st.capacity, skip, i, slot, run, off, stride = st.stride[0]
+    cdef intp_t n = c.n, capacity = st.capacity, skip, i, slot, off, stride = st.stride[0]
     cdef int64_t* state = st.state
     cdef int64_t* meta = st.task_meta
     cdef int64_t* row
     cdef int64_t* ring
     cdef int64_t pos = state[S_POS], size0 = state[S_SIZE]
     cdef int64_t next_ep = state[S_NEXT_EPISODE], open_task = state[S_OPEN_TASK]
-    cdef int64_t t, old, run_task, front, count, mask
-    cdef bint full0 = size0 == capacity, end, task64 = c.task_is64
+    cdef int64_t t, run_task, front, count, mask
+    cdef bint end, task64 = c.task_is64
     cdef char* f_obs = st.field[F_OBS]
     cdef char* f_action = st.field[F_ACTION]
     cdef char* f_reward = st.field[F_REWARD]
@@ -269,25 +373,14 @@ cdef void write_rows(Storage* st, const Columns* c) noexcept nogil:
         else:
             open_task = t
 
-    # One pass over the records.  An overwritten slot is its old task's oldest entry: it is
-    # popped from that task's ring (by runs of equal task; pops and pushes touch opposite ends of
-    # a ring, so popping here and pushing in the next pass equals interleaving them row by row).
+    # The overwritten slots leave their old tasks' rings first (each is its task's oldest entry;
+    # pops and pushes touch opposite ends of a ring, so popping all before the pushes of the
+    # last pass equals interleaving them row by row).  Then one pass over the records.
     slot = (pos + skip) % capacity
-    run = 0
-    run_task = -1
+    _pop_overwritten(st, slot, n - skip)
     for i in range(skip, n):
         off = slot * stride
         t = (<const int64_t*> (task + i * s_task))[0] if task64 else (<const int32_t*> (task + i * s_task))[0]
-        if full0 or slot < size0:
-            old = (<int32_t*> (f_task + off))[0]
-            if old != run_task:
-                if run:
-                    row = meta + 4 * run_task
-                    row[0] = (row[0] + run) & (row[2] - 1)
-                    row[1] -= run
-                run_task = old
-                run = 0
-            run += 1
         if open_task >= 0 and t != open_task:
             next_ep += 1
         (<int64_t*> (f_episode + off))[0] = next_ep
@@ -315,10 +408,6 @@ cdef void write_rows(Storage* st, const Columns* c) noexcept nogil:
         slot += 1
         if slot == capacity:
             slot = 0
-    if run:
-        row = meta + 4 * run_task
-        row[0] = (row[0] + run) & (row[2] - 1)
-        row[1] -= run
 
     # Push the new slots onto their tasks' rings (in time order), by runs of equal task.
     slot = (pos + skip) % capacity
@@ -388,7 +477,7 @@ cdef int sequence_starts(const char* episode, intp_t episode_stride, intp_t capa
     cdef int64_t oldest = (pos - size) % capacity
     cdef int64_t n_cand = size - length + 1, s, a, b, n_valid, k
     cdef double dcand = <double> n_cand
-    cdef intp_t n_pending = n, kept, j, r
+    cdef intp_t n_pending = n, kept, j
     cdef int64_t* pending
     cdef int64_t* cand
     cdef int64_t* valid

@@ -118,8 +118,10 @@ class TaskIndex:
         while new_cap < needed:
             new_cap *= 2
         ring = np.zeros(new_cap, dtype=np.int64)
-        if count:
-            ring[:count] = self.rings[task][(front + np.arange(count)) & (cap - 1)]
+        if count:  # the live entries, oldest first: at most two contiguous pieces of the old ring
+            old, head = self.rings[task], min(count, cap - front)
+            ring[:head] = old[front:front + head]
+            ring[head:count] = old[:count - head]
         self.rings[task] = ring
         self.meta[task] = (0, count, new_cap, ring.ctypes.data)
 
