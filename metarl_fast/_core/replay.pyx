@@ -192,17 +192,24 @@ cdef inline int64_t _ring_run(const int64_t* ring, int64_t front, int64_t mask, 
 cdef void _pop_range(Storage* st, int64_t slot, int64_t stop) noexcept nogil:
     """Pop the occupied slots [slot, stop) (no wrap) from their tasks' rings, a run of equal
     task at a time: the record is read only for the first slot of each run (its task id)."""
-    cdef int64_t t, run
+    cdef int64_t t, run, front, mask
     cdef int64_t* row
+    cdef const int64_t* ring
     cdef intp_t stride = st.stride[0]
     cdef const char* f_task = st.field[F_TASK]
     while slot < stop:
         t = (<const int32_t*> (f_task + slot * stride))[0]
         row = st.task_meta + 4 * t
-        run = _ring_run(<const int64_t*> row[3], row[0], row[2] - 1, row[1], slot, stop - slot)
-        if run == 0:  # (cannot happen while the rings are consistent; never loop forever)
-            run = 1
-        row[0] = (row[0] + run) & (row[2] - 1)
+        front = row[0]
+        mask = row[2] - 1
+        ring = <const int64_t*> row[3]
+        if stop - slot == 1 or row[1] == 1 or ring[(front + 1) & mask] != slot + 1:
+            run = 1  # (rows of interleaved tasks: one slot, the task's oldest)
+        else:
+            run = _ring_run(ring, front, mask, row[1], slot, stop - slot)
+            if run == 0:  # (cannot happen while the rings are consistent; never loop forever)
+                run = 1
+        row[0] = (front + run) & mask
         row[1] -= run
         slot += run
 
