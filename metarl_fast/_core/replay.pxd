@@ -93,4 +93,5 @@ cdef class CompiledBuffer:
     cdef int64_t* version
     cdef int64_t seen_version
     cdef type batch_type
+    cdef bint has_room(self, int64_t t) noexcept nogil
     cdef int commit_one(self, const Columns* c) except -1

@@ -91,9 +91,20 @@ cdef extern from *:
     static inline void mf_put64(void* p, int64_t v, int stream) { (void) stream; *(int64_t*) p = v; }
     static inline void mf_store_fence(void) {}
     #endif
+    /* Bytes 32..39 of the default record as one word: done, truncated, 2 padding bytes
+       (written 0), the int32 task id -- in memory order on any byte order (the compiler
+       turns the copies into shifts). */
+    static inline int64_t mf_flags_word(uint8_t done, uint8_t truncated, int32_t task) {
+        unsigned char bytes[8] = {done, truncated, 0, 0, 0, 0, 0, 0};
+        int64_t word;
+        memcpy(bytes + 4, &task, 4);
+        memcpy(&word, bytes, 8);
+        return word;
+    }
     """
     bint MF_HAVE_STREAM
     void mf_put64(void* p, int64_t v, bint stream) noexcept nogil
+    int64_t mf_flags_word(uint8_t done, uint8_t truncated, int32_t task) noexcept nogil
     void mf_store_fence() noexcept nogil
 
 # Records are written with streaming stores when the record array is at least this large (it
@@ -249,9 +260,10 @@ cdef void _push_slots(int64_t* row, int64_t slot, int64_t n, int64_t capacity) n
 
 
 cdef void _write_one_task_all8(Storage* st, const Columns* c) noexcept nogil:
-    """write_rows for its most common call: one task for every row (task stride 0), 8-byte obs,
-    action and reward, n <= capacity.  Separate passes with no per-row task logic: pops of the
-    overwritten slots, records (in at most two contiguous ranges), then one run of ring pushes."""
+    """write_rows for its most common call: the default record (8-byte obs, action and reward;
+    see DEFAULT_OFFSETS), one task for every row (task stride 0), n <= capacity.  Separate
+    passes with no per-row task logic: pops of the overwritten slots, records (in at most two
+    contiguous ranges), then one run of ring pushes."""
     cdef intp_t n = c.n, i, first, stride = st.stride[0]
     cdef int64_t* state = st.state
     cdef int64_t pos = state[S_POS], capacity = st.capacity, size0 = state[S_SIZE]
@@ -267,57 +279,35 @@ cdef void _write_one_task_all8(Storage* st, const Columns* c) noexcept nogil:
     cdef intp_t s_done = c.done_stride, s_trunc = c.truncated_stride, s_logp = c.logp_stride
     cdef char* rec
     cdef char end = 0
-    cdef int32_t t32 = <int32_t> t
     cdef uint8_t d, tr
-    cdef uint64_t flags_task
-    cdef intp_t o_obs = st.field[F_OBS] - st.field[F_OBS], o_action = st.field[F_ACTION] - st.field[F_OBS]
-    cdef intp_t o_reward = st.field[F_REWARD] - st.field[F_OBS], o_next = st.field[F_NEXT_OBS] - st.field[F_OBS]
-    cdef intp_t o_done = st.field[F_DONE] - st.field[F_OBS], o_trunc = st.field[F_TRUNCATED] - st.field[F_OBS]
-    cdef intp_t o_task = st.field[F_TASK] - st.field[F_OBS], o_episode = st.field[F_EPISODE] - st.field[F_OBS]
-    cdef intp_t o_logp = st.field[F_LOGP] - st.field[F_OBS]
+    cdef int32_t t32 = <int32_t> t
+    # Streaming stores for large rings (x86-64; elsewhere MF_HAVE_STREAM is 0).  Loop-invariant:
+    # the compiler unswitches the loop on it.
+    cdef bint stream = (MF_HAVE_STREAM and n >= STREAM_MIN_ROWS
+                        and capacity * stride >= STREAM_MIN_BYTES
+                        and (<uintptr_t> st.field[F_OBS]) % 8 == 0)
     _pop_overwritten(st, pos, n)
     if open_task >= 0 and t != open_task:
         next_ep += 1
     first = capacity - pos if n > capacity - pos else n
     rec = st.field[F_OBS] + pos * stride
-    if (MF_HAVE_STREAM and n >= STREAM_MIN_ROWS and capacity * stride >= STREAM_MIN_BYTES
-            and stride == 56 and (<uintptr_t> st.field[F_OBS]) % 8 == 0
-            and _is_default_layout(<const char* const*> st.field, st.row_bytes, N_FIELDS)):
-        # The default record as 7 words, streamed; word 4 is done, truncated, 2 padding bytes
-        # (written 0) and the task id (this path is x86-64 only: little-endian).
-        flags_task = (<uint64_t> <uint32_t> t32) << 32
-        for i in range(n):
-            if i == first:
-                rec = st.field[F_OBS]
-            d = <uint8_t> done[i * s_done]
-            tr = <uint8_t> truncated[i * s_trunc]
-            mf_put64(rec, obs[i], True)
-            mf_put64(rec + 8, action[i], True)
-            mf_put64(rec + 16, reward[i], True)
-            mf_put64(rec + 24, next_obs[i], True)
-            mf_put64(rec + 32, <int64_t> (flags_task | d | (<uint64_t> tr << 8)), True)
-            mf_put64(rec + 40, next_ep, True)
-            mf_put64(rec + 48, (<const int64_t*> (logp + i * s_logp))[0], True)
-            end = (d != 0) | (tr != 0)
-            next_ep += end
-            rec += 56
+    for i in range(n):
+        if i == first:
+            rec = st.field[F_OBS]
+        d = <uint8_t> done[i * s_done]
+        tr = <uint8_t> truncated[i * s_trunc]
+        mf_put64(rec, obs[i], stream)
+        mf_put64(rec + 8, action[i], stream)
+        mf_put64(rec + 16, reward[i], stream)
+        mf_put64(rec + 24, next_obs[i], stream)
+        mf_put64(rec + 32, mf_flags_word(d, tr, t32), stream)
+        mf_put64(rec + 40, next_ep, stream)
+        mf_put64(rec + 48, (<const int64_t*> (logp + i * s_logp))[0], stream)
+        end = (d != 0) | (tr != 0)
+        next_ep += end
+        rec += 56
+    if stream:
         mf_store_fence()  # the streamed rows are visible before the lock is released
-    else:
-        for i in range(n):
-            if i == first:
-                rec = st.field[F_OBS]
-            (<int64_t*> (rec + o_obs))[0] = obs[i]
-            (<int64_t*> (rec + o_next))[0] = next_obs[i]
-            (<int64_t*> (rec + o_action))[0] = action[i]
-            (<int64_t*> (rec + o_reward))[0] = reward[i]
-            (<int64_t*> (rec + o_logp))[0] = (<const int64_t*> (logp + i * s_logp))[0]
-            (<int64_t*> (rec + o_episode))[0] = next_ep
-            (<int32_t*> (rec + o_task))[0] = t32
-            rec[o_done] = done[i * s_done]
-            rec[o_trunc] = truncated[i * s_trunc]
-            end = (done[i * s_done] != 0) | (truncated[i * s_trunc] != 0)
-            next_ep += end
-            rec += stride
     open_task = -1 if end else t
     _push_slots(st.task_meta + 4 * t, pos, n, capacity)
     slot = pos + n
@@ -365,7 +355,8 @@ cdef void write_rows(Storage* st, const Columns* c) noexcept nogil:
     cdef bint all8 = b_obs == 8 and b_action == 8 and b_float == 8
     if n == 0:
         return
-    if all8 and c.task_stride == 0 and n <= capacity:
+    if (all8 and c.task_stride == 0 and n <= capacity and stride == 56
+            and _is_default_layout(<const char* const*> st.field, st.row_bytes, N_FIELDS)):
         _write_one_task_all8(st, c)
         return
     # Only the last `capacity` rows survive a call; the skipped rows still count for episode ids.
@@ -1240,18 +1231,20 @@ cdef class CompiledBuffer:
         self.seen_version = self.version[0]
         _storage(&self.st, store, state, <cnp.ndarray> self.meta)
 
+    cdef bint has_room(self, int64_t t) noexcept nogil:
+        """Task t is in the cached task table and its ring can take one more slot."""
+        return t < self.st.n_tasks and self.st.task_meta[4 * t + 1] < self.st.task_meta[4 * t + 2]
+
     cdef int commit_one(self, const Columns* c) except -1:
         """Write one validated row through the cached storage pointers."""
         cdef int64_t t = _task_at(c, 0)
-        cdef int64_t* m
         if self.version[0] != self.seen_version:  # the task table was grown or cleared
             meta = self.tasks.meta
             self.meta = meta
             self.seen_version = self.version[0]
             self.st.task_meta = <int64_t*> cnp.PyArray_DATA(<cnp.ndarray> meta)
             self.st.n_tasks = cnp.PyArray_DIM(<cnp.ndarray> meta, 0)
-        m = self.st.task_meta
-        if not (t < self.st.n_tasks and m[4 * t + 1] < m[4 * t + 2]):
+        if not self.has_room(t):
             _reserve_tasks(&self.st, self.tasks, c, t)
             self.meta = self.tasks.meta
             self.seen_version = self.version[0]
@@ -1270,7 +1263,6 @@ cdef class CompiledBuffer:
 
 Append one transition.  See :meth:`metarl_fast.replay.ReplayBuffer.add`."""
         cdef OneRow r
-        cdef int64_t* m
         # Without the lock when nobody holds it: everything from the check of `held` to the
         # end of write_one is C code that runs no Python code, so no other thread can run
         # meanwhile -- the GIL excludes them as the lock would.  A holder sets `held` (under the
@@ -1278,11 +1270,9 @@ Append one transition.  See :meth:`metarl_fast.replay.ReplayBuffer.add`."""
         # copies without the GIL is never overlapped.  Anything unusual takes the locked path.
         if MF_GIL_SERIALISES and not self.lock.held and self.version[0] == self.seen_version:
             if _parse_one(&r, self.store, obs, action, reward, next_obs, done, truncated,
-                          task_id, logp):
-                m = self.st.task_meta + 4 * r.sc.task
-                if r.sc.task < self.st.n_tasks and m[1] < m[2]:
-                    write_one(&self.st, &r.c)
-                    return
+                          task_id, logp) and self.has_room(r.sc.task):
+                write_one(&self.st, &r.c)
+                return
         self.lock.take()
         try:
             _add_one(self.store, self.state, self.tasks, obs, action, reward, next_obs, done,
