@@ -568,6 +568,20 @@ def test_accepts_convertible_inputs(backend):
 # Threads
 # ---------------------------------------------------------------------------------------------
 
+def _thread(errors, body, *args, then=None):
+    """A thread running body(*args): whatever it raises goes to `errors` (each test asserts
+    that it stays empty), and the event `then` is set when it ends, however it ends."""
+    def run():
+        try:
+            body(*args)
+        except Exception as err:  # pragma: no cover - reported by the test
+            errors.append(err)
+        finally:
+            if then is not None:
+                then.set()
+    return threading.Thread(target=run)
+
+
 def test_concurrent_writer_and_samplers(backend):
     """One thread writes while two sample: every sampled transition is a whole one."""
     buf = ReplayBuffer(257, obs_shape=(4,), obs_dtype=np.int64)
@@ -577,47 +591,33 @@ def test_concurrent_writer_and_samplers(backend):
     errors = []
 
     def writer():
-        try:
-            for i in range(1, 3000):
-                n = 1 + i % 37
-                base = np.arange(i * 100, i * 100 + n)
-                obs = np.repeat(base[:, None], 4, axis=1)
-                buf.add_batch(obs, base, base.astype(float), obs + 1, base % 7 == 0,
-                              task_id=i % 3)
-                if i % 5 == 0:
-                    buf.add(obs[0], int(base[0]), float(base[0]), obs[0] + 1, False, task_id=0)
-        except Exception as err:  # pragma: no cover - reported below
-            errors.append(err)
-        finally:
-            stop.set()
+        for i in range(1, 3000):
+            n = 1 + i % 37
+            base = np.arange(i * 100, i * 100 + n)
+            obs = np.repeat(base[:, None], 4, axis=1)
+            buf.add_batch(obs, base, base.astype(float), obs + 1, base % 7 == 0, task_id=i % 3)
+            if i % 5 == 0:
+                buf.add(obs[0], int(base[0]), float(base[0]), obs[0] + 1, False, task_id=0)
 
     def sampler(seed):
         rng = np.random.default_rng(seed)
-        try:
-            while not stop.is_set():
-                b = buf.sample(64, rng)
-                ok = (np.all(b.obs == b.obs[:, :1]) and np.all(b.next_obs == b.obs + 1)
-                      and np.all(b.action == b.obs[:, 0]) and np.all(b.reward == b.obs[:, 0]))
-                if not ok:
-                    errors.append(AssertionError("torn transition in a sampled batch"))
-                    return
-                if len(buf) > 50:
-                    s = buf.sample_sequences(8, 2, rng)
-                    if not np.all(s.episode_id[:, 0] == s.episode_id[:, 1]):
-                        errors.append(AssertionError("sequence crossed an episode"))
-                        return
-        except Exception as err:  # pragma: no cover
-            errors.append(err)
+        while not stop.is_set():
+            b = buf.sample(64, rng)
+            if not (np.all(b.obs == b.obs[:, :1]) and np.all(b.next_obs == b.obs + 1)
+                    and np.all(b.action == b.obs[:, 0]) and np.all(b.reward == b.obs[:, 0])):
+                raise AssertionError("torn transition in a sampled batch")
+            if len(buf) > 50:
+                s = buf.sample_sequences(8, 2, rng)
+                if not np.all(s.episode_id[:, 0] == s.episode_id[:, 1]):
+                    raise AssertionError("sequence crossed an episode")
 
-    threads = [threading.Thread(target=writer)] + [threading.Thread(target=sampler, args=(s,))
-                                                   for s in (1, 2)]
+    threads = [_thread(errors, writer, then=stop)] + [_thread(errors, sampler, s) for s in (1, 2)]
     for t in threads:
         t.start()
     for t in threads:
         t.join(timeout=120)
     assert not errors, errors
     assert buf.n_added > 3000
-
 
 
 def test_single_adds_racing_batches_and_samples(backend):
@@ -633,48 +633,35 @@ def test_single_adds_racing_batches_and_samples(backend):
     batches_done = threading.Event()
 
     def singles():
-        i = 0
-        try:
-            while not batches_done.is_set():
-                buf.add(i, i % 4, float(i), i + 1, i % 50 == 49, task_id=0, logp=-1.0)
-                i += 1
-        except Exception as err:  # pragma: no cover - reported below
-            errors.append(err)
-        n_single[0] = i
+        i = n_single[0]
+        while not batches_done.is_set():
+            buf.add(i, i % 4, float(i), i + 1, i % 50 == 49, task_id=0, logp=-1.0)
+            i = n_single[0] = i + 1
 
     def batches():
-        try:
-            for j in range(n_batches):
-                obs = np.arange(10 ** 6 + j * batch, 10 ** 6 + (j + 1) * batch)
-                buf.add_batch(obs, obs % 4, obs.astype(float), obs + 1, obs % 100 == 0,
-                              task_id=1 + j % 2, logp=np.full(batch, -2.0))
-        except Exception as err:  # pragma: no cover
-            errors.append(err)
-        finally:
-            batches_done.set()
+        for j in range(n_batches):
+            obs = np.arange(10 ** 6 + j * batch, 10 ** 6 + (j + 1) * batch)
+            buf.add_batch(obs, obs % 4, obs.astype(float), obs + 1, obs % 100 == 0,
+                          task_id=1 + j % 2, logp=np.full(batch, -2.0))
 
     def sampler():
         rng = np.random.default_rng(5)
-        try:
-            while not stop.is_set():
-                if len(buf) == 0:
+        while not stop.is_set():
+            if len(buf) == 0:
+                continue
+            for k in (0, 1):
+                try:
+                    b = buf.sample(64, rng, task_id=k)
+                except ValueError as err:  # all of task k overwritten meanwhile: fine
+                    if "no transitions of task" not in str(err):
+                        raise
                     continue
-                for k in (0, 1):
-                    try:
-                        b = buf.sample(64, rng, task_id=k)
-                    except ValueError as err:  # all of task k overwritten meanwhile: fine
-                        if "no transitions of task" not in str(err):
-                            raise
-                        continue
-                    if not (np.all(b.task_id == k) and np.all(b.next_obs == b.obs + 1)
-                            and np.all(b.reward == b.obs) and np.all(b.action == b.obs % 4)):
-                        errors.append(AssertionError(f"torn or misfiled row for task {k}"))
-                        return
-        except Exception as err:  # pragma: no cover
-            errors.append(err)
+                if not (np.all(b.task_id == k) and np.all(b.next_obs == b.obs + 1)
+                        and np.all(b.reward == b.obs) and np.all(b.action == b.obs % 4)):
+                    raise AssertionError(f"torn or misfiled row for task {k}")
 
-    workers = [threading.Thread(target=singles), threading.Thread(target=batches)]
-    watcher = threading.Thread(target=sampler)
+    workers = [_thread(errors, singles), _thread(errors, batches, then=batches_done)]
+    watcher = _thread(errors, sampler)
     interval = sys.getswitchinterval()
     sys.setswitchinterval(1e-5)  # many more thread switches
     try:
@@ -773,27 +760,18 @@ def test_prioritized_concurrent_add_sample_update(backend):
     errors = []
 
     def writer():
-        try:
-            for i in range(400):
-                buf.add_batch(**tabular_batch(1 + i % 9, start=100 + i))
-        except Exception as err:  # pragma: no cover - reported below
-            errors.append(err)
-        finally:
-            stop.set()
+        for i in range(400):
+            buf.add_batch(**tabular_batch(1 + i % 9, start=100 + i))
 
     def learner():
         rng = np.random.default_rng(0)
-        try:
-            while not stop.is_set():
-                batch = buf.sample(32, rng, beta=0.5)
-                if not (np.all(batch.weights > 0) and np.all(batch.weights <= 1)):
-                    errors.append(AssertionError("importance weights outside (0, 1]"))
-                    return
-                buf.update_priorities(batch.indices, rng.random(32) * 5)
-        except Exception as err:  # pragma: no cover
-            errors.append(err)
+        while not stop.is_set():
+            batch = buf.sample(32, rng, beta=0.5)
+            if not (np.all(batch.weights > 0) and np.all(batch.weights <= 1)):
+                raise AssertionError("importance weights outside (0, 1]")
+            buf.update_priorities(batch.indices, rng.random(32) * 5)
 
-    threads = [threading.Thread(target=writer), threading.Thread(target=learner)]
+    threads = [_thread(errors, writer, then=stop), _thread(errors, learner)]
     for t in threads:
         t.start()
     for t in threads:
@@ -805,7 +783,7 @@ def test_prioritized_concurrent_add_sample_update(backend):
 
 
 # ---------------------------------------------------------------------------------------------
-# The compiled single-transition path (ReplayBuffer.add bound to _core.replay.Writer.add)
+# The compiled single-transition path (ReplayBuffer.add bound to _core.replay.CompiledBuffer.add)
 # ---------------------------------------------------------------------------------------------
 
 def assert_same_contents(a, b, n_tasks):
