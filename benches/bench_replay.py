@@ -109,6 +109,21 @@ def test_add_batch(benchmark, backend, kind):
     assert n == 1024
 
 
+def test_add_batch_interleaved_tasks(benchmark, backend):
+    """add_batch(1024) as a vectorised env writes it: one row per task, 64 tasks interleaved
+    (every overwritten slot starts a new run of its task; no long runs to pop or push)."""
+    capacity = capacity_for(benchmark)
+    buf = ReplayBuffer(capacity)
+    obs, action, reward, next_obs, done = rows("tabular", 1024)
+    task = (np.arange(1024) % 64).astype(np.int32)
+    logp = np.full(1024, -1.0)
+    for _ in range(capacity // 1024 + 1):  # fill and wrap with the same interleaving
+        buf.add_batch(obs, action, reward, next_obs, done, task_id=task, logp=logp)
+    _group(benchmark, backend, "add_batch(1024), 64 interleaved tasks", "tabular", 1024)
+    n = benchmark(buf.add_batch, obs, action, reward, next_obs, done, task_id=task, logp=logp)
+    assert n == 1024 and buf.task_count(63) > 0
+
+
 @pytest.mark.parametrize("kind", OBS)
 def test_sample(benchmark, backend, kind):
     buf = make_buffer(kind, capacity_for(benchmark))
