@@ -15,12 +15,22 @@ backward recursion ``v_K = g(theta_K)`` on fresh data, ``v_k = v_{k+1} + H_k^T (
 ``(I + alpha H)^T`` chained through every inner step (O(P + batch * A) memory, whatever K).
 FOMAML stops at ``v_K``; Reptile uses ``theta_K - theta_0`` (Nichol et al., 2018).
 
+What the sampled MAML meta-gradient estimates: by default (``hessian_data="fresh"``) each
+``H_k^T`` is estimated on its own fresh episodes at ``theta_k``, independent of the episodes that
+took the inner step, so that given the inner path ``theta_0 .. theta_K`` the expectation of the
+estimate is exactly ``prod_k (I + alpha nabla^2 J(theta_k))^T nabla J(theta_K)`` (independent
+batches for the step, the Hessian and the outer gradient, as in Fallah et al., 2020).  With
+``hessian_data="shared"`` the HVP reuses the inner step's episodes (no extra sampling, as the
+LVC / ProMP implementations do): the Hessian estimate is then correlated with the step it
+differentiates, a bias of order ``alpha^2 / N``.
+
 Problems provided here:
 
 - :class:`SampledPolicyProblem`: tabular tasks (``metarl_fast.tasks``), episodes from the fused
-  ``rollout``, REINFORCE with discounted return-to-go and a per-time-step baseline; the HVP uses
-  the closed-form Hessian of the softmax ``-(diag pi - pi pi^T)`` per visited state plus the
-  score-function term, with a leave-one-out control variate;
+  ``rollout``, REINFORCE with discounted return-to-go and a leave-one-out per-time-step baseline
+  (unbiased for every number of episodes N >= 1); the HVP uses the closed-form Hessian of the
+  softmax ``-(diag pi - pi pi^T)`` per visited state plus the score-function term, with a
+  leave-one-out control variate (unbiased for ``nabla^2 J v``, N >= 1);
 - :class:`ExactPolicyProblem`: the same objective computed by dynamic programming on each task's
   model: zero-variance gradients, and Hessian-vector products by complex-step differentiation of
   the DP gradient (exact to rounding: ``Im(g(theta + i h v)) / h`` has no cancellation);
@@ -42,6 +52,9 @@ from metarl_fast.policy import LinearSoftmaxPolicy, TabularSoftmaxPolicy, softma
 
 METHODS = ("reptile", "fomaml", "maml", "multitask")
 ADVANTAGES = ("reinforce", "actor-critic")
+BASELINES = ("leave-one-out", "mean", "none")
+_BASELINE_CODES = {"none": 0, "leave-one-out": 1, "mean": 2}  # pg_prepare's codes
+HESSIAN_DATA = ("fresh", "shared")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -156,14 +169,27 @@ class SampledPolicyProblem:
 
     ``J_t(theta) = E[sum_t gamma^t r_t]``.  The gradient estimate is REINFORCE:
     ``1/N sum_episodes sum_t gamma^t (G_t - b_t) grad log pi(a_t | s_t)`` with the discounted
-    return-to-go ``G_t`` and the per-time-step baseline ``b_t`` (mean of ``G_t`` over the task's N
-    episodes).  Episodes come from :func:`metarl_fast.rollout.rollout` (one call for all tasks).
+    return-to-go ``G_t`` and a per-time-step baseline ``b_t`` (``baseline``):
+
+    - ``"leave-one-out"`` (default): the mean of ``G_t`` over the task's *other* episodes that
+      reached step ``t`` (none: no baseline).  It does not depend on the episode it is applied to,
+      so ``grad`` is unbiased for ``dJ/dtheta`` and ``hvp`` for ``nabla^2 J v`` for every N >= 1
+      (at N = 1 it is plain REINFORCE).
+    - ``"mean"``: the mean over all N episodes, the episode's own return included: the expectation
+      is ``(1 - 1/N)`` times the gradient (when every episode reaches every step; exactly zero at
+      N = 1).  Kept for comparison only.
+    - ``"none"``: ``b_t = 0`` (unbiased, higher variance).
+
+    Episodes come from :func:`metarl_fast.rollout.rollout` (one call for all tasks).
     """
 
-    def __init__(self, policy, task_batch, n_episodes, gamma=1.0, features=None, advantage="reinforce"):
+    def __init__(self, policy, task_batch, n_episodes, gamma=1.0, features=None, advantage="reinforce",
+                 baseline="leave-one-out"):
         if advantage not in ADVANTAGES:
             raise ValueError(f"advantage must be one of {ADVANTAGES}, got {advantage!r}")
-        self.advantage = advantage
+        if baseline not in BASELINES:
+            raise ValueError(f"baseline must be one of {BASELINES}, got {baseline!r}")
+        self.advantage, self.baseline = advantage, baseline
         self.policy, self.tasks = policy, task_batch
         self.n_tasks = task_batch.n_tasks
         if policy.n_actions != task_batch.n_actions:
@@ -199,7 +225,8 @@ class SampledPolicyProblem:
         probs, coef = np.empty((n, A)), np.empty(n)
         rewards = np.ascontiguousarray(traj.reward, dtype=np.float64)
         active.meta.pg_prepare(probs_table, key, traj.action, rewards, traj.done, traj.step_in_episode,
-                               traj.task_id, self.n_tasks, self.gamma, self.n_episodes, probs, coef)
+                               traj.task_id, self.n_tasks, self.gamma, self.n_episodes,
+                               _BASELINE_CODES[self.baseline], probs, coef)
         if self.advantage == "actor-critic":
             coef = self._actor_critic_coef(traj, key, rewards)
         return {"traj": traj, "key": key, "probs": probs, "coef": coef, "episode": _episode_index(traj)}
@@ -332,17 +359,22 @@ def adapt(problem, params, inner_lr, inner_steps, rng):
     return theta, thetas, datas, grads
 
 
-def meta_gradient(problem, params, method, inner_lr, inner_steps, rng):
+def meta_gradient(problem, params, method, inner_lr, inner_steps, rng, hessian_data="fresh"):
     """Ascent direction of the meta-objective for each task, (T, P), and diagnostics.
 
     ``method``: ``"reptile"`` (theta_K - params), ``"fomaml"`` (g at theta_K on fresh data),
     ``"maml"`` (the full second-order meta-gradient), ``"multitask"`` (g at params: joint training
-    without adaptation, the pre-training baseline).  Returns ``(direction, inner_lr_grad, info)``;
+    without adaptation, the pre-training baseline).  ``hessian_data``: ``"fresh"`` episodes for each
+    Hessian-vector product (unbiased given the inner path) or the inner step's own (``"shared"``;
+    see the module docstring).  Returns ``(direction, inner_lr_grad, info)``;
     ``inner_lr_grad`` (T, P) is the gradient w.r.t. a per-parameter step size (Meta-SGD) for MAML,
-    else None.  ``info`` holds the pre- and post-adaptation values estimated on the way.
+    else None.  ``info`` holds the pre- and post-adaptation values estimated on the way and, for
+    FOMAML and MAML, the inner ``path`` ``[theta_0, ..., theta_K]`` (each (T, P)).
     """
     if method not in METHODS:
         raise ValueError(f"method must be one of {METHODS}, got {method!r}")
+    if hessian_data not in HESSIAN_DATA:
+        raise ValueError(f"hessian_data must be one of {HESSIAN_DATA}, got {hessian_data!r}")
     params = np.asarray(params, dtype=np.float64)
     clock = time.perf_counter
     sampling0 = getattr(problem, "sampling_time", 0.0)
@@ -365,13 +397,14 @@ def meta_gradient(problem, params, method, inner_lr, inner_steps, rng):
     t1 = clock()
     data_out = problem.sample(theta_K, rng)
     v = problem.grad(theta_K, data_out)
-    info = {"pre": pre, "post": problem.value(theta_K, data_out)}
+    info = {"pre": pre, "post": problem.value(theta_K, data_out), "path": thetas + [theta_K]}
     lr_grad = None
     if method == "maml":
         lr_grad = np.zeros_like(v)
         for k in range(inner_steps - 1, -1, -1):
             lr_grad += v * grads[k]
-            v = v + problem.hvp(thetas[k], datas[k], inner_lr * v)
+            data_h = datas[k] if hessian_data == "shared" else problem.sample(thetas[k], rng)
+            v = v + problem.hvp(thetas[k], data_h, inner_lr * v)
     info["time"] = _phase_times(problem, sampling0, t_inner, clock() - t1, sampling_inner)
     return v, lr_grad, info
 
@@ -419,6 +452,12 @@ class MetaLearner:
     inner_estimator : {"reinforce", "actor-critic"}
         Advantages of the inner policy-gradient steps (sampled estimator): return-to-go minus a
         per-time-step baseline, or TD(0) errors of a per-task tabular critic.
+    baseline : {"leave-one-out", "mean", "none"}
+        Per-time-step baseline of the sampled REINFORCE estimates (see
+        :class:`SampledPolicyProblem`): leave-one-out is unbiased for every ``episodes_per_task``.
+    hessian_data : {"fresh", "shared"}
+        MAML's Hessian-vector products on fresh episodes (default; unbiased given the inner path)
+        or on the inner step's own episodes (no extra sampling, biased; see the module docstring).
     learn_inner_lr : bool
         Meta-SGD: learn one step size per parameter (MAML only), with its own Adam at ``meta_lr``.
     features : float (S, F), optional
@@ -427,7 +466,8 @@ class MetaLearner:
 
     def __init__(self, policy, method, *, inner_lr=0.1, inner_steps=1, meta_lr=None,
                  meta_optimizer="adam", episodes_per_task=20, gamma=1.0, estimator="sampled",
-                 learn_inner_lr=False, features=None, inner_estimator="reinforce"):
+                 learn_inner_lr=False, features=None, inner_estimator="reinforce",
+                 baseline="leave-one-out", hessian_data="fresh"):
         if not isinstance(policy, (TabularSoftmaxPolicy, LinearSoftmaxPolicy)):
             raise TypeError(f"policy must be a TabularSoftmaxPolicy or LinearSoftmaxPolicy, got {type(policy).__name__}")
         if method not in METHODS:
@@ -437,6 +477,11 @@ class MetaLearner:
         if inner_estimator not in ADVANTAGES:
             raise ValueError(f"inner_estimator must be one of {ADVANTAGES}, got {inner_estimator!r}")
         self.inner_estimator = inner_estimator
+        if baseline not in BASELINES:
+            raise ValueError(f"baseline must be one of {BASELINES}, got {baseline!r}")
+        if hessian_data not in HESSIAN_DATA:
+            raise ValueError(f"hessian_data must be one of {HESSIAN_DATA}, got {hessian_data!r}")
+        self.baseline, self.hessian_data = baseline, hessian_data
         if meta_optimizer not in ("adam", "sgd"):
             raise ValueError(f"meta_optimizer must be 'adam' or 'sgd', got {meta_optimizer!r}")
         self.policy, self.method, self.estimator = policy, method, estimator
@@ -463,7 +508,7 @@ class MetaLearner:
         if self.estimator == "exact":
             return ExactPolicyProblem(self.policy, task_batch, self.gamma, self.features)
         return SampledPolicyProblem(self.policy, task_batch, self.episodes_per_task, self.gamma, self.features,
-                                    advantage=self.inner_estimator)
+                                    advantage=self.inner_estimator, baseline=self.baseline)
 
     def _alpha(self):
         return self.inner_lrs if self.learn_inner_lr else self.inner_lr
@@ -480,7 +525,7 @@ class MetaLearner:
         phi = self.policy.params.astype(np.float64)
         try:
             direction, lr_grad, info = meta_gradient(problem, phi, self.method, self._alpha(),
-                                                     self.inner_steps, rng)
+                                                     self.inner_steps, rng, self.hessian_data)
         except DivergenceError as err:
             raise DivergenceError(f"meta-iteration {self.iteration + 1}: {err} (nothing was updated)") from None
         mean_dir = direction.mean(axis=0)

@@ -79,7 +79,8 @@ def test_expected_directions_match_nichol_et_al_taylor_expansion(k):
         seqs = list(itertools.product(range(M), repeat=k))
         for seq in seqs:
             prob = _Enumerated(hessians, centers, seq)
-            d, _, _ = meta.meta_gradient(prob, phi, method, alpha, steps, rng)
+            # Nichol et al.'s setting: each Hessian on the minibatch of its own step
+            d, _, _ = meta.meta_gradient(prob, phi, method, alpha, steps, rng, hessian_data="shared")
             total += d[0]
         out = total / len(seqs)
         return out / alpha if method == "reptile" else out
@@ -156,26 +157,109 @@ def replicated(task_batch, copies):
     return task_batch[idx]
 
 
-@pytest.mark.parametrize("kind", ["tabular", "linear"])
-def test_sampled_gradient_and_hvp_are_unbiased(backend, kind):
+REPS = 20_000  # replications of one task, run as one task batch (one rollout call)
+
+
+def unbiased_setup(kind, reps=REPS, seed=2):
+    """One small MDP replicated ``reps`` times, a policy, parameters and a direction."""
     base = small_tasks(11, n_tasks=1, S=3, A=3, horizon=4)
-    reps = 400
     tasks = replicated(base, reps)
-    rng = np.random.default_rng(2)
+    rng = np.random.default_rng(seed)
     features = None
     policy = mf.TabularSoftmaxPolicy(3, 3)
     if kind == "linear":
         features = rng.standard_normal((3, 2))
         policy = mf.LinearSoftmaxPolicy(2, 3)
-    sampled = meta.SampledPolicyProblem(policy, tasks, n_episodes=50, gamma=0.9, features=features)
-    exact = meta.ExactPolicyProblem(policy, tasks, gamma=0.9, features=features)
-    theta = np.broadcast_to(0.7 * rng.standard_normal(sampled.n_params), (reps, sampled.n_params)).copy()
-    v = np.broadcast_to(rng.standard_normal(sampled.n_params), theta.shape).copy()
+    n_params = policy.n_params
+    theta = np.broadcast_to(0.7 * rng.standard_normal(n_params), (reps, n_params)).copy()
+    v = np.broadcast_to(rng.standard_normal(n_params), theta.shape).copy()
+    return tasks, policy, features, theta, v, rng
+
+
+def assert_mean_is(estimates, target, label, n_se=4.0):
+    """Every component of the replications' mean within ``n_se`` standard errors of ``target``
+    (per replication (R, P), or one (P,) vector), and the ratio along the target's mean direction
+    within ``n_se`` standard errors of 1."""
+    diff = estimates - target
+    se = diff.std(axis=0, ddof=1) / np.sqrt(diff.shape[0])
+    z = np.abs(diff.mean(axis=0)) / np.maximum(se, 1e-12)
+    assert np.all(z < n_se), f"{label}: component z-scores {np.round(z, 2)}"
+    mean_target = np.broadcast_to(target, estimates.shape).mean(axis=0)
+    u = mean_target / np.linalg.norm(mean_target)
+    along, along_target = estimates @ u, np.broadcast_to(target, estimates.shape) @ u
+    ratio = along.mean() / along_target.mean()
+    ratio_se = (along - along_target).std(ddof=1) / np.sqrt(along.size) / abs(along_target.mean())
+    assert abs(ratio - 1.0) < n_se * ratio_se, f"{label}: E[estimate]/exact = {ratio:.4f} +- {ratio_se:.4f}"
+
+
+@pytest.mark.parametrize("n_episodes", [1, 2, 5])
+@pytest.mark.parametrize("kind", ["tabular", "linear"])
+def test_sampled_gradient_and_hvp_are_unbiased_for_few_episodes(backend, kind, n_episodes):
+    tasks, policy, features, theta, v, rng = unbiased_setup(kind)
+    sampled = meta.SampledPolicyProblem(policy, tasks, n_episodes=n_episodes, gamma=0.9, features=features)
+    exact = meta.ExactPolicyProblem(policy, tasks[:1], gamma=0.9, features=features)
     data = sampled.sample(theta, rng)
-    for est, ref in ((sampled.grad(theta, data), exact.grad(theta)), (sampled.hvp(theta, data, v), exact.hvp(theta, None, v))):
-        mean, se = est.mean(axis=0), est.std(axis=0, ddof=1) / np.sqrt(reps)
-        z = np.abs(mean - ref[0]) / np.maximum(se, 1e-12)
-        assert np.all(z < 4.5), z
+    assert_mean_is(sampled.grad(theta, data), exact.grad(theta[:1])[0], f"grad N={n_episodes}")
+    assert_mean_is(sampled.hvp(theta, data, v), exact.hvp(theta[:1], None, v[:1])[0], f"hvp N={n_episodes}")
+
+
+@pytest.mark.parametrize("n_episodes", [2, 5])
+def test_mean_baseline_is_biased_by_one_minus_one_over_n(backend, n_episodes):
+    """The documented bias of ``baseline="mean"`` (all episodes reach every step here)."""
+    tasks, policy, features, theta, v, rng = unbiased_setup("tabular")
+    sampled = meta.SampledPolicyProblem(policy, tasks, n_episodes=n_episodes, gamma=0.9, baseline="mean")
+    exact = meta.ExactPolicyProblem(policy, tasks[:1], gamma=0.9)
+    data = sampled.sample(theta, rng)
+    assert_mean_is(sampled.grad(theta, data), (1 - 1 / n_episodes) * exact.grad(theta[:1])[0], "mean baseline")
+
+
+def test_one_episode_gives_a_nonzero_gradient_and_meta_gradient(backend):
+    tasks, policy, _, theta, _, rng = unbiased_setup("tabular", reps=8)
+    exact = meta.ExactPolicyProblem(policy, tasks, gamma=0.9)
+    assert np.linalg.norm(exact.grad(theta)[0]) > 0.05
+    sampled = meta.SampledPolicyProblem(policy, tasks, n_episodes=1, gamma=0.9)
+    assert np.all(np.linalg.norm(sampled.grad(theta, sampled.sample(theta, rng)), axis=1) > 0)
+    learner = mf.MAML(policy, inner_lr=0.5, episodes_per_task=1, gamma=0.9)
+    before = policy.params.copy()
+    stats = learner.meta_step(tasks, rng)
+    assert stats["direction_norm"] > 0 and not np.array_equal(policy.params, before)
+
+
+def exact_chain(exact, path, alpha):
+    """``prod_k (I + alpha H(theta_k))^T grad J(theta_K)`` by DP along each replication's path."""
+    v = exact.grad(path[-1])
+    for k in range(len(path) - 2, -1, -1):
+        v = v + exact.hvp(path[k], None, alpha * v)
+    return v
+
+
+@pytest.mark.parametrize("n_episodes", [1, 2, 5])
+@pytest.mark.parametrize("inner_steps", [1, 2])
+def test_sampled_maml_meta_gradient_is_unbiased_given_the_inner_path(backend, inner_steps, n_episodes):
+    """E[MAML estimate | theta_0..theta_K] = prod_k (I + alpha nabla^2 J(theta_k))^T nabla J(theta_K):
+    checked against DP along each replication's own sampled path (paired, so the path's own
+    randomness cancels), for as few as one episode per task."""
+    tasks, policy, _, theta, _, rng = unbiased_setup("tabular")
+    alpha = 1.0
+    sampled = meta.SampledPolicyProblem(policy, tasks, n_episodes=n_episodes, gamma=0.9)
+    direction, _, info = meta.meta_gradient(sampled, theta[0], "maml", alpha, inner_steps, rng)
+    target = exact_chain(meta.ExactPolicyProblem(policy, tasks, gamma=0.9), info["path"], alpha)
+    assert_mean_is(direction, target, f"MAML K={inner_steps} N={n_episodes}")
+    fomaml, _, info = meta.meta_gradient(sampled, theta[0], "fomaml", alpha, inner_steps, rng)
+    target = meta.ExactPolicyProblem(policy, tasks, gamma=0.9).grad(info["path"][-1])
+    assert_mean_is(fomaml, target, f"FOMAML K={inner_steps} N={n_episodes}")
+
+
+def test_shared_hessian_data_is_biased():
+    """Reusing the inner step's episodes for the HVP correlates the Hessian estimate with the step
+    it differentiates: the documented reason for ``hessian_data="fresh"``."""
+    tasks, policy, _, theta, _, rng = unbiased_setup("tabular")
+    sampled = meta.SampledPolicyProblem(policy, tasks, n_episodes=1, gamma=0.9)
+    direction, _, info = meta.meta_gradient(sampled, theta[0], "maml", 1.0, 1, rng, hessian_data="shared")
+    target = exact_chain(meta.ExactPolicyProblem(policy, tasks, gamma=0.9), info["path"], 1.0)
+    diff = direction - target
+    z = np.abs(diff.mean(axis=0)) / (diff.std(axis=0, ddof=1) / np.sqrt(diff.shape[0]))
+    assert z.max() > 6, z
 
 
 def test_sampled_maml_converges_to_exact_and_fomaml_does_not():

@@ -27,8 +27,8 @@ def random_batch(rng, n_tasks, n_states, n_actions, n_episodes, horizon):
 @needs_cython
 @settings(max_examples=40, deadline=None)
 @given(st.integers(1, 4), st.integers(1, 5), st.integers(1, 4), st.integers(1, 6), st.integers(1, 6),
-       st.floats(0.0, 1.0), st.integers(0, 2**31))
-def test_twins_agree(n_tasks, n_states, n_actions, n_episodes, horizon, gamma, seed):
+       st.floats(0.0, 1.0), st.integers(0, 2**31), st.sampled_from([0, 1, 2]))
+def test_twins_agree(n_tasks, n_states, n_actions, n_episodes, horizon, gamma, seed, baseline):
     from metarl_fast._core import meta as core
 
     rng = np.random.default_rng(seed)
@@ -38,7 +38,7 @@ def test_twins_agree(n_tasks, n_states, n_actions, n_episodes, horizon, gamma, s
     for name, mod in (("core", core), ("ref", ref)):
         probs, coef = np.empty((n, n_actions)), np.empty(n)
         mod.pg_prepare(probs_table, key, traj.action, traj.reward.astype(np.float64), traj.done,
-                       traj.step_in_episode, traj.task_id, n_tasks, gamma, n_episodes, probs, coef)
+                       traj.step_in_episode, traj.task_id, n_tasks, gamma, n_episodes, baseline, probs, coef)
         g = np.empty_like(probs_table)
         mod.score_table(key, traj.action, probs, coef, g)
         dl = np.random.default_rng(seed + 1).standard_normal(probs_table.shape)
@@ -59,10 +59,13 @@ def test_kernels_reject_inconsistent_input():
     probs, coef = np.empty((n, 2)), np.empty(n)
     with pytest.raises(ValueError, match="key out of range"):
         core.pg_prepare(probs_table, key + 100, traj.action, traj.reward, traj.done, traj.step_in_episode,
-                        traj.task_id, 2, 1.0, 3, probs, coef)
+                        traj.task_id, 2, 1.0, 3, 1, probs, coef)
     with pytest.raises(ValueError, match="same length"):
         core.pg_prepare(probs_table, key[:-1], traj.action, traj.reward, traj.done, traj.step_in_episode,
-                        traj.task_id, 2, 1.0, 3, probs, coef)
+                        traj.task_id, 2, 1.0, 3, 1, probs, coef)
+    with pytest.raises(ValueError, match="baseline must be"):
+        core.pg_prepare(probs_table, key, traj.action, traj.reward, traj.done, traj.step_in_episode,
+                        traj.task_id, 2, 1.0, 3, 7, probs, coef)
     g = np.empty_like(probs_table)
     with pytest.raises(ValueError, match="actions out of range"):
         core.score_table(key, traj.action + 5, probs, coef, g)

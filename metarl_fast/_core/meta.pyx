@@ -29,9 +29,10 @@ cdef void _scatter_zero(double* table, intp_t rows, intp_t A) noexcept nogil:
 
 def pg_prepare(const double[:, ::1] probs_table, const long long[::1] key, const long long[::1] actions,
                const double[::1] rewards, dones, const long long[::1] steps, const long long[::1] task_id,
-               Py_ssize_t n_tasks, double gamma, Py_ssize_t n_episodes,
+               Py_ssize_t n_tasks, double gamma, Py_ssize_t n_episodes, int baseline,
                double[:, ::1] probs_out, double[::1] coef_out):
-    """Per-step probabilities and REINFORCE coefficients (see the reference)."""
+    """Per-step probabilities and REINFORCE coefficients (see the reference): ``baseline`` 0 none,
+    1 leave-one-out, 2 mean over the task's episodes (own episode included)."""
     cdef intp_t n = key.shape[0], A = probs_table.shape[1], i, a, slot, horizon = 1
     cdef const unsigned char[::1] done = np.ascontiguousarray(dones, dtype=np.uint8)
     if done.shape[0] != n or actions.shape[0] != n or rewards.shape[0] != n or steps.shape[0] != n \
@@ -46,7 +47,9 @@ def pg_prepare(const double[:, ::1] probs_table, const long long[::1] key, const
     cdef double[::1] sums = np.zeros(n_tasks * horizon)
     cdef double[::1] counts = np.zeros(n_tasks * horizon)
     cdef double[::1] returns = np.empty(n)
-    cdef double running = 0.0, disc
+    cdef double running = 0.0, disc, b, others
+    if baseline not in (0, 1, 2):
+        raise ValueError(f"baseline must be 0 (none), 1 (leave-one-out) or 2 (mean), got {baseline}")
     with nogil:
         for i in range(n - 1, -1, -1):
             running = rewards[i] + (0.0 if done[i] else gamma * running)
@@ -59,7 +62,14 @@ def pg_prepare(const double[:, ::1] probs_table, const long long[::1] key, const
                 probs_out[i, a] = probs_table[key[i], a]
             slot = task_id[i] * horizon + steps[i]
             disc = gamma ** steps[i]
-            coef_out[i] = disc * (returns[i] - sums[slot] / counts[slot]) / n_episodes
+            if baseline == 1:
+                others = counts[slot] - 1.0
+                b = (sums[slot] - returns[i]) / others if others > 0 else 0.0
+            elif baseline == 2:
+                b = sums[slot] / counts[slot]
+            else:
+                b = 0.0
+            coef_out[i] = disc * (returns[i] - b) / n_episodes
 
 
 def score_table(const long long[::1] key, const long long[::1] actions, const double[:, ::1] probs,

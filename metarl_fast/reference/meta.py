@@ -5,8 +5,13 @@ All work on flat batches of ``n`` steps from ``T`` tasks whose policies are per-
 ``T * S`` rows (row ``key[i] = task_id[i] * S + obs[i]``):
 
 - :func:`pg_prepare`: per-step action probabilities and REINFORCE coefficients
-  ``coef_i = gamma^t_i (G_i - b_i) / N`` (discounted return-to-go ``G``, per-time-step baseline
-  ``b`` = mean of ``G`` over the task's episodes that reached step ``t``, N episodes per task);
+  ``coef_i = gamma^t_i (G_i - b_i) / N`` (discounted return-to-go ``G``, N episodes per task) with
+  a per-time-step baseline ``b_i`` chosen by ``baseline``: ``BASELINE_LOO`` (1), the mean of ``G_t``
+  over the task's *other* episodes that reached step ``t`` (0 when none did): independent of the
+  episode it is applied to, so the estimate is unbiased for every N >= 1; ``BASELINE_MEAN`` (2),
+  the mean over *all* the task's episodes that reached ``t``, own episode included: biased, the
+  expectation is ``(1 - 1/N)`` times the gradient when every episode reaches ``t`` (exactly 0 at
+  N = 1); ``BASELINE_NONE`` (0): ``b = 0``;
 - :func:`score_table`: ``sum_i coef_i (onehot(a_i) - pi_i)`` accumulated into the rows ``key[i]``
   (the gradient w.r.t. the logits table);
 - :func:`hvp_table`: ``(d E[g] / d logits)^T dl`` for a direction ``dl`` of the logits table: the
@@ -19,8 +24,11 @@ import numpy as np
 from metarl_fast.reference.pg import discounted_returns
 
 
+BASELINE_NONE, BASELINE_LOO, BASELINE_MEAN = 0, 1, 2
+
+
 def pg_prepare(probs_table, key, actions, rewards, dones, steps, task_id, n_tasks, gamma, n_episodes,
-               probs_out, coef_out):
+               baseline, probs_out, coef_out):
     """Fill ``probs_out`` (n, A) and ``coef_out`` (n,) (see the module docstring)."""
     n = key.shape[0]
     probs_out[...] = probs_table[key]
@@ -29,8 +37,14 @@ def pg_prepare(probs_table, key, actions, rewards, dones, steps, task_id, n_task
     slot = task_id * horizon + steps
     counts = np.bincount(slot, minlength=n_tasks * horizon)
     sums = np.bincount(slot, weights=returns, minlength=n_tasks * horizon)
-    baseline = (sums / np.maximum(counts, 1))[slot]
-    coef_out[...] = gamma ** steps.astype(np.float64) * (returns - baseline) / n_episodes
+    if baseline == BASELINE_LOO:
+        others = counts[slot] - 1.0
+        b = np.where(others > 0, (sums[slot] - returns) / np.maximum(others, 1.0), 0.0)
+    elif baseline == BASELINE_MEAN:
+        b = sums[slot] / counts[slot]
+    else:
+        b = 0.0
+    coef_out[...] = gamma ** steps.astype(np.float64) * (returns - b) / n_episodes
 
 
 def score_table(key, actions, probs, coef, table_out):
