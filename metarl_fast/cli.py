@@ -61,6 +61,9 @@ _TRAIN_OPTIONS = [
     ("--algo", "algo", str, "maml, fomaml, reptile, multitask, or in-context"),
     ("--estimator", "estimator", str, "sampled, or exact (dynamic programming on the task models)"),
     ("--inner-estimator", "inner_estimator", str, "advantages of the inner steps: reinforce or actor-critic"),
+    ("--baseline", "baseline", str, "per-step baseline of sampled gradients: leave-one-out (unbiased), mean (biased), none"),
+    ("--hessian-data", "hessian_data", str, "MAML's Hessian-vector products on fresh episodes (unbiased) or shared"),
+    ("--held-out-goals", "held_out_goals", int, "gridnav: withhold this many goal cells from training and test on them"),
     ("--meta-batch", "meta_batch", int, "tasks per meta-iteration"),
     ("--inner-steps", "inner_steps", int, "adaptation steps K"),
     ("--inner-lr", "inner_lr", float, "adaptation step size alpha"),
@@ -121,6 +124,9 @@ def _train(args):
     else:
         print(f"\nheld-out evaluation on {evaluation['n_tasks']} test tasks "
               f"(stopped by {evaluation['stopped_by']} after {evaluation['iterations']} iterations):")
+        goals = _goals_line(evaluation)
+        if goals:
+            print(goals)
         print(format_table(evaluation))
         totals = {}
         with open(os.path.join(out, "timings.jsonl")) as fh:
@@ -130,6 +136,47 @@ def _train(args):
                         totals[key[:-2]] = totals.get(key[:-2], 0.0) + value
         print("\ntime per phase (s): " + ", ".join(f"{k.replace('_', ' ')} {v:.2f}" for k, v in sorted(totals.items())))
         print(f"run directory: {out}")
+    return 0
+
+
+def _goals_line(evaluation):
+    goals = evaluation.get("goals")
+    if goals is None:
+        return ""
+    if goals["test_goals_seen_in_training"]:
+        return f"test goals drawn from all {len(goals['test'])} goals, every one also a training goal"
+    return f"test goals: the {len(goals['test'])} goals withheld from training ({len(goals['train'])} trained on)"
+
+
+def _compare(args):
+    import metarl_fast
+    from metarl_fast.trainer import compare, format_comparison
+
+    config = _config_from_args(args)
+    metarl_fast.set_backend(args.backend or config.backend)
+    algos = [a.strip() for a in args.algos.split(",") if a.strip()]
+    try:
+        seeds = [int(x) for x in args.seeds.split(",") if x.strip()]
+    except ValueError:
+        raise UserError(f"--seeds must be comma-separated integers, got {args.seeds!r}") from None
+    if not algos or len(seeds) < 2:
+        raise UserError("compare needs at least one algorithm (--algos) and two seeds (--seeds)")
+    out = args.out or os.path.join("runs", "compare-" + time.strftime("%Y%m%d-%H%M%S"))
+    if not args.json:
+        print(f"metarl-fast compare: {', '.join(algos)} on {config.tasks}, seeds {args.seeds}, "
+              f"{config.iterations} meta-iterations each -> {out}", file=sys.stderr)
+    with open(os.devnull, "w") as quiet:
+        result = compare(config, algos, seeds, out, log=quiet, progress=None if args.json else sys.stderr)
+    if args.json:
+        print(json.dumps(result, indent=2, sort_keys=True))
+    else:
+        where = ""
+        if "test_goals_seen_in_training" in result:
+            where = ("; test goals also seen in training" if result["test_goals_seen_in_training"]
+                     else f"; test goals: {result['held_out_goals']} withheld from training")
+        print(f"\n{result['n_tasks']} held-out tasks (eval seed {result['eval_seed']}){where}; "
+              f"{len(seeds)} training seeds:")
+        print(format_comparison(result))
     return 0
 
 
@@ -156,6 +203,9 @@ def _eval(args):
         print(json.dumps(evaluation, indent=2, sort_keys=True))
     else:
         print(f"evaluation of {path} on {evaluation['n_tasks']} fresh test tasks (eval seed {eval_seed}):")
+        goals = _goals_line(evaluation)
+        if goals:
+            print(goals)
         print(format_table(evaluation))
     return 0
 
@@ -245,6 +295,18 @@ def build_parser():
     p.add_argument("--config", help="TOML file with the settings (options given on the command line win)")
     p.add_argument("--json", action="store_true", help="print the final evaluation as JSON")
     p.set_defaults(func=_train)
+
+    p = sub.add_parser("compare", parents=[common],
+                       help="train several algorithms over several seeds; table with CIs across seeds")
+    for flag, field, typ, help_text in _TRAIN_OPTIONS:
+        if field not in ("algo", "seed"):
+            p.add_argument(flag, dest=field, type=typ, default=None, help=help_text)
+    p.add_argument("--algos", default="maml,fomaml,reptile", help="comma-separated algorithms (default maml,fomaml,reptile)")
+    p.add_argument("--seeds", default="0,1,2", help="comma-separated training seeds (default 0,1,2)")
+    p.add_argument("--out", help="directory of the runs (default runs/compare-<timestamp>)")
+    p.add_argument("--config", help="TOML file with the settings (options given on the command line win)")
+    p.add_argument("--json", action="store_true", help="print the comparison as JSON")
+    p.set_defaults(func=_compare)
 
     p = sub.add_parser("eval", parents=[common], help="re-evaluate a run on fresh held-out tasks")
     p.add_argument("run", metavar="RUN_DIR_OR_CHECKPOINT")

@@ -45,6 +45,9 @@ class TrainConfig:
     algo: str = "maml"
     estimator: str = "sampled"
     inner_estimator: str = "reinforce"
+    baseline: str = "leave-one-out"  # per-step baseline of the sampled estimates (meta.BASELINES)
+    hessian_data: str = "fresh"      # MAML's HVPs on fresh episodes or the inner step's (meta.HESSIAN_DATA)
+    held_out_goals: int = 0          # gridnav: goal cells withheld from training, the test tasks' goals
     meta_batch: int = 20
     inner_steps: int = 1
     inner_lr: float = 1.0
@@ -70,6 +73,18 @@ class TrainConfig:
             raise ValueError(f"unknown algorithm {self.algo!r}; choose one of {', '.join(ALGOS)}")
         if self.inner_estimator not in meta.ADVANTAGES:
             raise ValueError(f"inner-estimator must be one of {meta.ADVANTAGES}, got {self.inner_estimator!r}")
+        if self.baseline not in meta.BASELINES:
+            raise ValueError(f"baseline must be one of {meta.BASELINES}, got {self.baseline!r}")
+        if self.hessian_data not in meta.HESSIAN_DATA:
+            raise ValueError(f"hessian-data must be one of {meta.HESSIAN_DATA}, got {self.hessian_data!r}")
+        _validate.positive_int(self.held_out_goals, "held-out-goals", minimum=0)
+        if self.held_out_goals:
+            n_goals = self.grid_size * self.grid_size - 1
+            if self.tasks != "gridnav":
+                raise ValueError("held-out-goals applies to --tasks gridnav only")
+            if self.held_out_goals >= n_goals:
+                raise ValueError(f"held-out-goals must leave a training goal: at most {n_goals - 1} "
+                                 f"of the {n_goals} goals of a {self.grid_size}x{self.grid_size} grid")
         if self.estimator not in meta.ESTIMATORS:
             raise ValueError(f"estimator must be one of {meta.ESTIMATORS}, got {self.estimator!r}")
         for name in ("grid_size", "n_states", "n_actions", "n_arms", "meta_batch", "inner_steps",
@@ -87,12 +102,34 @@ class TrainConfig:
             raise ValueError(f"target must be finite, got {self.target}")
         return self
 
-    def distribution(self):
+    def goal_split(self):
+        """GridNavigation's goal cells ``(training goals, held-out goals)``, int64 (n, 2) each.
+
+        With ``held_out_goals = k > 0``, k of the cells (all but the start) are withheld from
+        training, chosen by ``SeedSequence(seed, spawn_key=(2**30,))`` (a key no iteration uses):
+        the split belongs to the training run, so ``metarl-fast eval`` with another eval seed still
+        tests on goals the run never trained on.  With k = 0 both are every goal.
+        """
+        size = self.grid_size
+        centre = (size // 2) * size + size // 2
+        cells = np.array([c for c in range(size * size) if c != centre], dtype=np.int64)
+        goals = np.stack(np.divmod(cells, size), axis=1)
+        if not self.held_out_goals:
+            return goals, goals
+        rng = np.random.default_rng(np.random.SeedSequence(self.seed, spawn_key=(2**30,)))
+        withheld = np.zeros(cells.size, dtype=bool)
+        withheld[rng.choice(cells.size, size=self.held_out_goals, replace=False)] = True
+        return goals[~withheld], goals[withheld]
+
+    def distribution(self, held_out=False):
+        """The training task distribution, or (``held_out``) the one the test tasks come from: the
+        same, except for GridNavigation with ``held_out_goals`` (the withheld goals only)."""
         from metarl_fast import tasks
 
         h = {} if self.horizon == 0 else {"horizon": self.horizon}
         if self.tasks == "gridnav":
-            return tasks.GridNavigation(size=self.grid_size, **h)
+            goals = self.goal_split()[1 if held_out else 0] if self.held_out_goals else None
+            return tasks.GridNavigation(size=self.grid_size, goals=goals, **h)
         if self.tasks == "tabular-mdp":
             return tasks.TabularMDPs(n_states=self.n_states, n_actions=self.n_actions, **h)
         if self.tasks == "bandits":
@@ -164,7 +201,7 @@ def make_learner(config, policy):
         policy, config.algo, inner_lr=config.inner_lr, inner_steps=config.inner_steps,
         meta_lr=config.meta_lr, meta_optimizer=config.meta_optimizer,
         episodes_per_task=config.episodes_per_task, gamma=config.gamma, estimator=config.estimator,
-        inner_estimator=config.inner_estimator)
+        inner_estimator=config.inner_estimator, baseline=config.baseline, hessian_data=config.hessian_data)
 
 
 def evaluate(config, params, test_tasks, *, baselines=True, multitask_params=None):
@@ -187,7 +224,7 @@ def evaluate(config, params, test_tasks, *, baselines=True, multitask_params=Non
 
     def adapted(name, init):
         sampled = meta.SampledPolicyProblem(probe, test_tasks, config.episodes_per_task, config.gamma,
-                                            advantage=config.inner_estimator)
+                                            advantage=config.inner_estimator, baseline=config.baseline)
         rng = np.random.default_rng(np.random.SeedSequence(config.eval_seed, spawn_key=(1,)))
         theta = np.broadcast_to(np.asarray(init, dtype=np.float64), (test_tasks.n_tasks, probe.n_params)).copy()
         steps = [evaluator.value(theta)]
@@ -207,8 +244,13 @@ def evaluate(config, params, test_tasks, *, baselines=True, multitask_params=Non
         oracle = [float(exact.optimal_value(test_tasks[i].model(gamma=config.gamma))[0][0]
                         @ test_tasks.start[i]) for i in range(test_tasks.n_tasks)]
         rows["oracle (knows the MDP)"] = mean_ci(oracle)
-    return {"n_tasks": int(test_tasks.n_tasks), "inner_steps": config.inner_steps,
-            "eval_seed": config.eval_seed, "results": rows}
+    out = {"n_tasks": int(test_tasks.n_tasks), "inner_steps": config.inner_steps,
+           "eval_seed": config.eval_seed, "results": rows}
+    if config.tasks == "gridnav":
+        train_goals, test_goals = config.goal_split()
+        out["goals"] = {"train": train_goals.tolist(), "test": test_goals.tolist(),
+                        "test_goals_seen_in_training": not config.held_out_goals}
+    return out
 
 
 class InContextTraining:
@@ -344,6 +386,107 @@ def format_table(evaluation):
     return "\n".join(lines)
 
 
+# two-sided 95% quantiles of Student's t with 1..30 degrees of freedom (then the normal's 1.96)
+_T95 = (12.706, 4.303, 3.182, 2.776, 2.571, 2.447, 2.365, 2.306, 2.262, 2.228, 2.201, 2.179, 2.160,
+        2.145, 2.131, 2.120, 2.110, 2.101, 2.093, 2.086, 2.080, 2.074, 2.069, 2.064, 2.060, 2.056,
+        2.052, 2.048, 2.045, 2.042)
+
+
+def mean_ci_t(values):
+    """Mean and Student-t 95% confidence half-width of a small sample (e.g. one value per seed)."""
+    values = np.asarray(values, dtype=np.float64)
+    n = values.size
+    if n < 2:
+        return {"mean": float(values.mean()), "ci95": float("nan"), "values": values.tolist()}
+    t = _T95[n - 2] if n - 1 <= len(_T95) else 1.96
+    return {"mean": float(values.mean()), "ci95": float(t * values.std(ddof=1) / math.sqrt(n)),
+            "values": values.tolist()}
+
+
+def compare(config, algos, seeds, out_dir, *, log=None, progress=None):
+    """Train ``config`` once per (algorithm, training seed) and compare across seeds.
+
+    Every run has the same held-out tasks (``eval_seed``); the per-run numbers are the mean
+    exact returns over those tasks after 0 and K adaptation steps.  For each method: the mean over
+    seeds with a Student-t 95% CI *across seeds* (the training seed's variability, which one run
+    cannot show), and its paired difference to the from-scratch learner after K steps (same seed,
+    same tasks); ``verdict`` says whether that CI excludes zero.  Run directories:
+    ``out_dir/<algo>-seed<N>``.  ``log`` receives the runs' progress bars, ``progress`` one line
+    per finished run.
+    """
+    per_run = {}
+    for algo in algos:
+        for seed in seeds:
+            cfg = dataclasses.replace(config, algo=algo, seed=seed).validate()
+            if algo == "in-context":
+                raise ValueError("compare handles the gradient-based learners (maml, fomaml, reptile, multitask)")
+            trainer = MetaTrainer(cfg, os.path.join(out_dir, f"{algo}-seed{seed}"), log=log)
+            per_run[(algo, seed)] = trainer.run()
+            if per_run[(algo, seed)] is None:
+                raise KeyboardInterrupt
+            if progress is not None:
+                row = per_run[(algo, seed)]["results"][f"{algo} (meta-learned)"]
+                progress.write(f"{algo} seed {seed}: {row['mean']:.3f} after {cfg.inner_steps} step(s)\n")
+                progress.flush()
+    rows = {}
+
+    def add(name, values_before, values_after, scratch_after=None):
+        row = {"before": mean_ci_t(values_before), "after": mean_ci_t(values_after)}
+        if scratch_after is not None:
+            diff = mean_ci_t(np.asarray(values_after) - np.asarray(scratch_after))
+            lo, hi = diff["mean"] - diff["ci95"], diff["mean"] + diff["ci95"]
+            row["vs_scratch"] = diff
+            row["verdict"] = ("helps" if lo > 0 else "hurts" if hi < 0 else "no significant difference")
+        rows[name] = row
+
+    def steps(result, name):
+        r = result["results"][name]["after_steps"]
+        return r[0]["mean"], r[-1]["mean"]
+
+    first = per_run[(algos[0], seeds[0])]
+    for algo in algos:
+        runs = [per_run[(algo, seed)] for seed in seeds]
+        scratch = [steps(r, "from scratch")[1] for r in runs]
+        meta_name = f"{algo} (meta-learned)"
+        b, a = zip(*(steps(r, meta_name) for r in runs))
+        add(meta_name, b, a, scratch)
+        if "multi-task pre-trained" in first["results"] and algo == algos[0]:
+            b, a = zip(*(steps(r, "multi-task pre-trained") for r in runs))
+            add("multi-task pre-trained", b, a, scratch)
+    b, a = zip(*(steps(per_run[(algos[0], seed)], "from scratch") for seed in seeds))
+    add("from scratch", b, a)
+    for name in ("random policy", "oracle (knows the MDP)"):
+        v = [per_run[(algos[0], seed)]["results"][name]["mean"] for seed in seeds]
+        rows[name] = {"before": mean_ci_t(v), "after": None}
+    out = {"algos": list(algos), "seeds": list(seeds), "inner_steps": config.inner_steps,
+           "n_tasks": first["n_tasks"], "eval_seed": config.eval_seed, "rows": rows}
+    if "goals" in first:
+        out["test_goals_seen_in_training"] = first["goals"]["test_goals_seen_in_training"]
+        out["held_out_goals"] = config.held_out_goals
+    return out
+
+
+def format_comparison(result):
+    """:func:`compare`'s result as a Markdown table."""
+    k = result["inner_steps"]
+    lines = [f"| method | before adaptation | after {k} step{'s' if k > 1 else ''} (mean over seeds ± 95% CI) "
+             f"| per seed | vs from scratch after {k} (paired) |",
+             "|---|---|---|---|---|"]
+    for name, row in result["rows"].items():
+        before = row["before"]
+        if row["after"] is None:
+            lines.append(f"| {name} | {before['mean']:.1f} | — | — | — |")
+            continue
+        after = row["after"]
+        seeds = " / ".join(f"{v:.1f}" for v in after["values"])
+        versus = "—"
+        if "vs_scratch" in row:
+            d = row["vs_scratch"]
+            versus = f"{d['mean']:+.1f} ± {d['ci95']:.1f}: {row['verdict']}"
+        lines.append(f"| {name} | {before['mean']:.1f} | {after['mean']:.1f} ± {after['ci95']:.1f} | {seeds} | {versus} |")
+    return "\n".join(lines)
+
+
 class _Progress:
     """A live progress bar on a terminal, plain periodic lines otherwise."""
 
@@ -393,7 +536,7 @@ class MetaTrainer:
         if config.algo not in ("multitask", "in-context"):
             mt_cfg = dataclasses.replace(config, algo="multitask")
             self.multitask = make_learner(mt_cfg, TabularSoftmaxPolicy(self.n_states, self.n_actions))
-        self.test_tasks = self.dist.sample(
+        self.test_tasks = config.distribution(held_out=True).sample(
             config.eval_tasks, np.random.default_rng(np.random.SeedSequence(config.eval_seed, spawn_key=(0,))))
         self.iteration = 0
         self.best = None
@@ -457,7 +600,7 @@ class MetaTrainer:
             for name in ("metrics.jsonl", "timings.jsonl"):
                 open(os.path.join(self.out_dir, name), "w").close()
         previous = signal.signal(signal.SIGINT, self._request_stop) if _main_thread() else None
-        progress = _Progress(cfg.iterations)
+        progress = _Progress(cfg.iterations, stream=self.log)
         t_start = time.perf_counter()
         stopped_by = "iterations"
         try:

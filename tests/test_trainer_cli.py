@@ -7,6 +7,7 @@ import sys
 import time
 
 import numpy as np
+import pytest
 from metarl_fast.trainer import MetaTrainer, TrainConfig
 
 from conftest import needs_cython
@@ -192,3 +193,65 @@ def test_checkpoint_from_one_backend_evaluates_on_the_other(tmp_path):
     ra, rb = json.loads(a.stdout)["results"], json.loads(b.stdout)["results"]
     for name in ra:
         assert abs(ra[name]["mean"] - rb[name]["mean"]) < 1e-9, name
+
+
+def test_one_episode_per_task_trains(tmp_path, backend):
+    """With one episode per task the leave-one-out baseline is no baseline: plain REINFORCE, not 0."""
+    cfg = TrainConfig(tasks="gridnav", grid_size=4, iterations=150, meta_batch=10, episodes_per_task=1,
+                      eval_every=150, eval_tasks=100, algo="multitask", meta_lr=0.1, backend=backend)
+    result = MetaTrainer(cfg, tmp_path / "mt").run()
+    rows = result["results"]
+    assert rows["multitask (meta-learned)"]["after_steps"][0]["mean"] > rows["random policy"]["mean"] + 1.0
+    cfg = TrainConfig(tasks="gridnav", grid_size=4, iterations=5, meta_batch=4, episodes_per_task=1,
+                      eval_every=5, eval_tasks=10, backend=backend)
+    trainer = MetaTrainer(cfg, tmp_path / "maml")
+    trainer.run()
+    assert np.abs(trainer.params).max() > 0
+
+
+def test_held_out_goals_are_never_trained_on(tmp_path):
+    cfg = TrainConfig(tasks="gridnav", grid_size=5, held_out_goals=6, iterations=3, meta_batch=50,
+                      eval_every=3, eval_tasks=40, seed=3)
+    train_goals, test_goals = cfg.goal_split()
+    assert len(train_goals) == 18 and len(test_goals) == 6
+    as_set = lambda goals: {tuple(g) for g in np.asarray(goals).tolist()}
+    assert not as_set(train_goals) & as_set(test_goals)
+    assert as_set(train_goals) | as_set(test_goals) == {(r, c) for r in range(5) for c in range(5)} - {(2, 2)}
+    trainer = MetaTrainer(cfg, tmp_path / "run")
+    assert as_set(trainer.test_tasks.info["goal"]) <= as_set(test_goals)
+    for it in range(3):
+        batch = trainer.dist.sample(cfg.meta_batch, np.random.default_rng(it))
+        assert not as_set(batch.info["goal"]) & as_set(test_goals)
+    result = trainer.run()
+    assert result["goals"]["test_goals_seen_in_training"] is False
+    assert as_set(result["goals"]["test"]) == as_set(test_goals)
+    # the split belongs to the training run: another eval seed keeps it
+    import dataclasses
+    assert np.array_equal(dataclasses.replace(cfg, eval_seed=5).goal_split()[1], test_goals)
+    res = cli("train", "--grid-size", "5", "--held-out-goals", "24", *backend_args(), "--out", str(tmp_path / "x"))
+    assert res.returncode == 2 and "held-out-goals" in res.stderr
+    res = cli("train", "--tasks", "chain", "--held-out-goals", "2", *backend_args(), "--out", str(tmp_path / "y"))
+    assert res.returncode == 2 and "gridnav only" in res.stderr
+
+
+def test_compare_reports_means_and_cis_across_seeds(tmp_path):
+    from metarl_fast.trainer import compare, format_comparison, mean_ci_t
+
+    assert mean_ci_t([1.0, 3.0])["ci95"] == pytest.approx(12.706 * np.sqrt(2.0) / np.sqrt(2))
+    cfg = TrainConfig(tasks="gridnav", grid_size=4, iterations=4, meta_batch=4, episodes_per_task=4,
+                      eval_every=4, eval_tasks=16)
+    result = compare(cfg, ["maml", "reptile"], [0, 1, 2], str(tmp_path))
+    rows = result["rows"]
+    assert list(rows) == ["maml (meta-learned)", "multi-task pre-trained", "reptile (meta-learned)",
+                          "from scratch", "random policy", "oracle (knows the MDP)"]
+    for seed in (0, 1, 2):
+        ev = json.loads((tmp_path / f"maml-seed{seed}" / "eval.json").read_text())
+        assert rows["maml (meta-learned)"]["after"]["values"][seed] == ev["results"]["maml (meta-learned)"]["mean"]
+    maml = rows["maml (meta-learned)"]
+    diffs = np.array(maml["after"]["values"]) - np.array(rows["from scratch"]["after"]["values"])
+    assert maml["vs_scratch"]["mean"] == pytest.approx(diffs.mean())
+    assert maml["vs_scratch"]["ci95"] == pytest.approx(4.303 * diffs.std(ddof=1) / np.sqrt(3))
+    lo, hi = maml["vs_scratch"]["mean"] - maml["vs_scratch"]["ci95"], maml["vs_scratch"]["mean"] + maml["vs_scratch"]["ci95"]
+    assert maml["verdict"] == ("helps" if lo > 0 else "hurts" if hi < 0 else "no significant difference")
+    table = format_comparison(result)
+    assert table.count("\n") == 2 + len(rows) - 1 and "after 1 step" in table
