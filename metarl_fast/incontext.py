@@ -32,8 +32,8 @@ LEARNER_FORMAT_VERSION = 1
 # the time left, so one weight vector serves every horizon).
 PRETRAINED_CALL = dict(n_arms=5, n_pulls=10, seed=0, n_iterations=100, batch_size=5000)
 PRETRAINED_WEIGHTS = np.array([
-    8.348966160015287, -1.4727889195104098, 0.6523213835977704, 14.136091084276007,
-    14.281806846113831, 8.615382068252558, 0.6470934000536922, 8.430203303961598])
+    8.348966176459916, -1.4728021787387962, 0.6523095331550189, 14.136077051766092,
+    14.28179836889924, 8.615382139757118, 0.6471098439498495, 8.43020332554525])
 PRETRAINED_WEIGHTS.setflags(write=False)
 
 
@@ -64,14 +64,32 @@ def reinforce_trials(weights, arm_means, n_pulls, rng):
 def baselined_gradient(weighted_score, score_sums, reward_sums, n_tasks):
     """The policy gradient of the mean total reward from :func:`reinforce_trials`'s sums.
 
-    The baseline at pull ``t`` is the batch's mean reward-to-go ``b[t] = sum_{t' >= t}
-    reward_sums[t'] / n_tasks`` (it depends on the batch only through an ``O(1 / n_tasks)`` term).
-    Returns float64 (N_FEATURES,).
+    Unbiased, with a leave-one-out baseline: for trial ``i`` at pull (step slot) ``t`` the
+    baseline is the mean reward-to-go of the batch's *other* trials,
+    ``b_i[t] = (RS[t] - G_i[t]) / (n - 1)`` with ``RS[t] = sum_{t' >= t} reward_sums[t']`` the
+    batch's total reward-to-go, ``G_i[t]`` trial ``i``'s own and ``n = n_tasks``.  It does not
+    depend on trial ``i``'s actions, so (the trials being independent) the estimate's
+    expectation is the gradient.  (The batch *mean* ``RS[t] / n`` includes the trial's own
+    reward-to-go, and its estimate has expectation ``(1 - 1/n)`` times the gradient.)
+
+    Derivation from the sums alone: with ``score_i[t]`` the score of trial ``i`` at ``t``,
+    ``W = weighted_score = sum_{i,t} G_i[t] score_i[t]`` and ``SS = score_sums``,
+    ``sum_i b_i[t] score_i[t] = (RS[t] SS[t] - sum_i G_i[t] score_i[t]) / (n - 1)``, so with
+    ``M = sum_t RS[t] SS[t]``::
+
+        grad = (W - (M - W) / (n - 1)) / n = (W - M / n) / (n - 1)
+
+    which is exactly ``n / (n - 1)`` times the mean-baseline gradient ``(W - M / n) / n``.  With
+    ``n == 1`` there is no other trial: ``b = 0`` and ``grad = W``.  Returns float64 (N_FEATURES,).
     """
-    baseline = np.cumsum(reward_sums[::-1])[::-1] / n_tasks
+    weighted_score = np.asarray(weighted_score, dtype=np.float64)
+    if n_tasks == 1:
+        return weighted_score.copy()
+    reward_to_go = np.cumsum(reward_sums[::-1])[::-1]
     # an elementwise product and a row-by-row sum rather than BLAS: the same bits on every machine,
     # so a seed reproduces the trained weights exactly (see PRETRAINED_WEIGHTS)
-    return (weighted_score - (baseline[:, None] * score_sums).sum(axis=0)) / n_tasks
+    mean_baselined = weighted_score - (reward_to_go[:, None] * score_sums).sum(axis=0) / n_tasks
+    return mean_baselined / (n_tasks - 1)
 
 
 class InContextLearnerBase:

@@ -159,7 +159,8 @@ class InContextMDPLearner(InContextLearnerBase):
         """REINFORCE estimate of d mean-total-trial-reward / d weights on the given tasks.
 
         Returns ``(grad float64 (N_FEATURES,), totals float64 (n_tasks,))``; the baseline is the
-        batch's mean reward-to-go at each step slot (:func:`metarl_fast.incontext.baselined_gradient`).
+        mean reward-to-go of the batch's *other* trials at each step slot (leave-one-out, so the
+        estimate is unbiased; :func:`metarl_fast.incontext.baselined_gradient`).
         """
         returns, weighted, score_sums, reward_sums = reinforce_trials(
             self.weights, tasks, n_episodes, rng)

@@ -10,8 +10,9 @@ beginning of an episode (for ``time_steps``/``per_episode``).
 
 Estimators (each one call, returning a :class:`PGUpdate`):
 
-- :func:`reinforce_gradient`: return-to-go with a baseline (batch mean, a constant, per-step
-  values, or a learned critic fitted to the returns);
+- :func:`reinforce_gradient`: return-to-go with a baseline (by default leave-one-out: the mean
+  return-to-go at the same step of the batch's *other* episodes; or none, a constant, per-step
+  values, a learned critic fitted to the returns, or the biased batch mean ``"mean"``);
 - :func:`actor_critic_gradient`: TD(0) advantage ``r + gamma V(s') (1 - done) - V(s)`` with a
   :class:`TabularCritic` or :class:`LinearCritic` trained by TD(0);
 - :func:`off_policy_gradient`: replayed samples weighted by truncated importance ratios
@@ -43,6 +44,7 @@ __all__ = [
     "count_episodes",
     "TabularCritic",
     "LinearCritic",
+    "leave_one_out_baseline",
     "reinforce_gradient",
     "actor_critic_gradient",
     "off_policy_gradient",
@@ -314,7 +316,27 @@ def _episode_weights(dones, batch, gamma, discount_states, per_episode, dtype):
     return w.astype(dtype)
 
 
-def reinforce_gradient(policy, obs, actions, rewards, dones, gamma, *, baseline="mean",
+def leave_one_out_baseline(returns, dones):
+    """Per-sample leave-one-out baseline over a flat batch of episodes; float64 (B,).
+
+    For the sample at step ``t`` of episode ``e``: the mean of ``returns`` at step ``t`` over the
+    batch's *other* episodes that reached step ``t``, or 0 when no other episode did.  Episodes are
+    delimited by ``dones`` and the batch starts at an episode start (see
+    :func:`episode_time_steps`).  It depends only on the other episodes, so subtracting it leaves
+    the policy-gradient estimate unbiased when the episodes are independent.
+    """
+    g = np.asarray(returns, dtype=np.float64)
+    t = episode_time_steps(dones)
+    if g.shape != t.shape:
+        raise ValueError(f"returns has length {g.shape[0] if g.ndim else 0}, expected {t.shape[0]}")
+    if t.shape[0] == 0:
+        return np.zeros(0)
+    sums = np.bincount(t, weights=g)[t]
+    others = np.bincount(t)[t] - 1
+    return np.where(others > 0, (sums - g) / np.maximum(others, 1), 0.0)
+
+
+def reinforce_gradient(policy, obs, actions, rewards, dones, gamma, *, baseline="leave-one-out",
                        entropy_coef=0.0, discount_states=False, per_episode=False,
                        optimizer=None, max_grad_norm=None):
     """REINFORCE: ``A_t = G_t - b_t`` with the discounted return-to-go ``G_t``.
@@ -323,18 +345,47 @@ def reinforce_gradient(policy, obs, actions, rewards, dones, gamma, *, baseline=
     ----------
     policy : softmax policy;  obs, actions : the batch (see :func:`policy_gradient`)
     rewards : float (B,);  dones : 0/1 (B,);  gamma : float in [0, 1]
-    baseline : None | "mean" (batch mean of ``G``) | float | float (B,) per-step values |
-        a :class:`TabularCritic`/:class:`LinearCritic` (``V(s_t)``, then fitted to ``G`` by one
-        regression step after the advantages are computed)
+    baseline : "leave-one-out" (default) | None | float | float (B,) | critic | "mean"
+        - ``"leave-one-out"``: at step ``t`` of episode ``e``, the mean of ``G_t`` over the batch's
+          *other* episodes that reached step ``t`` (0 if none did; so with one episode in the
+          batch there is no baseline).  See :func:`leave_one_out_baseline`.
+        - ``None``: no baseline (``A_t = G_t``).
+        - a number: a constant baseline.
+        - float (B,): per-step values ``b_i`` given by the caller.
+        - a :class:`TabularCritic`/:class:`LinearCritic`: ``V(s_t)`` read *before* the critic is
+          fitted to ``G`` (one regression step, taken after the advantages are computed).
+        - ``"mean"``: the mean of ``G`` over every step of the batch, *including the episode's
+          own steps*, which makes it depend on the episode's actions: the estimate is **biased**,
+          by ``O(1/N)`` with ``N`` episodes in the batch.  With ``N`` episodes of equal length
+          ``T`` (``discount_states`` and ``per_episode`` on) its expectation is
+          ``dJ/dtheta - E[(sum_t gamma^t score_t) * mean_t G_t] / N`` (``score_t = d log
+          pi(a_t|s_t) / d theta``, one episode); for one-step episodes that is exactly
+          ``(1 - 1/N) dJ/dtheta``, and with ``N = T = 1`` the advantage, and so the gradient, is
+          exactly zero.  Kept for comparison and for callers that ask for it.
     discount_states : bool
-        Weight step ``t`` of each episode by ``gamma**t``: with it (and ``per_episode``) the
-        estimate is unbiased for ``dJ/dtheta`` of the discounted objective.  Without it (the
-        common practice) every step counts fully.
+        Weight step ``t`` of each episode by ``gamma**t``.  Without it (the common practice) every
+        step counts fully and, for ``gamma < 1``, the estimate is not the gradient of the discounted
+        objective.
     per_episode : bool
-        Normalise by the number of episodes instead of the number of steps.
+        Normalise by the number of episodes ``N`` instead of the number of steps ``B``.  Without
+        it the sum is divided by ``B``: ``1/T`` times the per-episode estimate when every episode
+        has ``T`` steps, a ratio estimate (biased) when the lengths vary.
     optimizer : SGD/Adam bound to ``policy``, optional
         If given, the update is applied (ascent) by the fused kernel.
     max_grad_norm : float, optional, clipping for the fused update
+
+    Notes
+    -----
+    Unbiasedness: for a batch of independent whole episodes of the current policy (the batch
+    starting at an episode start) and ``entropy_coef=0``, the result is an unbiased estimate of
+    ``dJ/dtheta`` of the discounted objective ``J = E[sum_t gamma^t r_t]``
+    (:func:`metarl_fast.exact.policy_gradient_exact`) when ``discount_states=True`` and
+    ``per_episode=True`` together with a baseline that is ``None``, a constant,
+    ``"leave-one-out"``, a per-step array that does not depend on the batch's actions (e.g. a
+    function of the state and step, or computed from other batches), or a critic (its values
+    are taken before it is fitted to this batch).  Every other combination is biased:
+    ``"mean"`` (above), ``discount_states=False`` with ``gamma < 1``, ``per_episode=False``
+    (scaled by ``1/T``, or a ratio estimate).
 
     Returns
     -------
@@ -347,10 +398,13 @@ def reinforce_gradient(policy, obs, actions, rewards, dones, gamma, *, baseline=
     if baseline is None:
         advantages = returns
     elif isinstance(baseline, str):
-        if baseline != "mean":
-            raise ValueError(f"baseline must be None, 'mean', a number, an array or a critic, "
-                             f"got {baseline!r}")
-        advantages = returns - (returns.mean(dtype=np.float64) if batch else 0.0)
+        if baseline == "leave-one-out":
+            advantages = returns - leave_one_out_baseline(returns, dones)
+        elif baseline == "mean":
+            advantages = returns - (returns.mean(dtype=np.float64) if batch else 0.0)
+        else:
+            raise ValueError(f"baseline must be None, 'leave-one-out', 'mean', a number, an array "
+                             f"or a critic, got {baseline!r}")
     elif isinstance(baseline, (TabularCritic, LinearCritic)):
         critic = baseline
         advantages = returns - critic.value(obs)

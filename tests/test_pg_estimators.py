@@ -46,11 +46,11 @@ def test_reinforce_is_unbiased_and_baseline_reduces_variance(backend, case):
             baseline=baseline, discount_states=True, per_episode=True).grad
 
     plain = _group_estimates(ep, estimator(None))
-    with_mean = _group_estimates(ep, estimator("mean"))
+    leave_one_out = _group_estimates(ep, estimator("leave-one-out"))
     _assert_mean_matches(plain, truth)
-    _assert_mean_matches(with_mean, truth)
+    _assert_mean_matches(leave_one_out, truth)
     # rewards are in [0, 1): centring the returns lowers the total variance
-    assert with_mean.var(axis=0).sum() < plain.var(axis=0).sum()
+    assert leave_one_out.var(axis=0).sum() < plain.var(axis=0).sum()
 
 
 def test_reinforce_learned_baseline(backend):
@@ -90,6 +90,11 @@ def test_reinforce_baseline_forms(backend, rng):
     np.testing.assert_allclose(res.grad, 0.0, atol=1e-15)
     res = pg.reinforce_gradient(policy, s, a, r, d, 0.9, baseline="mean")
     np.testing.assert_allclose(res.advantages, g - g.mean())
+    # the default: at step t, the mean of G_t over the other episodes (three of length 4)
+    by_step = g.reshape(3, 4)
+    loo = (by_step.sum(axis=0) - by_step) / 2
+    res = pg.reinforce_gradient(policy, s, a, r, d, 0.9)
+    np.testing.assert_allclose(res.advantages, (by_step - loo).ravel(), rtol=1e-12)
     with pytest.raises(ValueError, match="baseline"):
         pg.reinforce_gradient(policy, s, a, r, d, 0.9, baseline="median")
     with pytest.raises(ValueError, match="baseline has length"):
@@ -273,5 +278,5 @@ def test_reinforce_linear_policy_is_unbiased(backend):
     ep = exact.sample_episodes(mdp, logits, N_EPISODES, np.random.default_rng(11))
     est = _group_estimates(ep, lambda sl: pg.reinforce_gradient(
         policy, features[ep.states[sl]], ep.actions[sl], ep.rewards[sl], ep.dones[sl], 0.9,
-        baseline="mean", discount_states=True, per_episode=True).grad)
+        discount_states=True, per_episode=True).grad)
     _assert_mean_matches(est, exact.linear_policy_gradient_exact(mdp, features, policy.params))

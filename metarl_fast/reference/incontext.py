@@ -224,8 +224,9 @@ def reinforce_trials(weights, arm_means, n_pulls, rng):
 
         grad = (weighted_score - sum_t b[t] * score_sums[t]) / n_tasks
 
-    for any baseline ``b[t]`` that does not depend on the trials' actions (e.g. the mean
-    reward-to-go ``reward_sums[t:].sum() / n_tasks``).
+    for any baseline ``b[t]`` that does not depend on the trials' actions.  (The batch mean
+    reward-to-go ``reward_sums[t:].sum() / n_tasks`` does, through each trial's own share:
+    :func:`metarl_fast.incontext.baselined_gradient` uses the other trials' mean instead.)
 
     Returns
     -------
