@@ -1,7 +1,9 @@
 """Meta-iterations per second: meta-batch 20 tasks, 20 episodes per task, K = 1, Cython vs NumPy.
 
 The second-order MAML step must cost at most 3x the first-order (FOMAML) one: compare the
-``maml`` and ``fomaml`` rows of the same group/backend.
+``maml`` and ``fomaml`` rows of the same group/backend.  ``maml-shared`` is MAML with
+``hessian_data="shared"`` (no fresh episodes for the Hessian-vector product): the cost of the
+unbiased default.
 
     pytest benches/bench_meta.py --benchmark-only --benchmark-group-by=group \
         --benchmark-json=meta.json && python benches/ratios.py meta.json
@@ -17,9 +19,11 @@ FAMILIES = {
     "TabularMDPs()": lambda: mf.TabularMDPs(),
     "GridNavigation(7)": lambda: mf.GridNavigation(size=7),
 }
-CASES = grid([(f, m, e) for f in FAMILIES for m in ("reptile", "fomaml", "maml") for e in ("sampled",)]
+CASES = grid([(f, m, e) for f in FAMILIES for m in ("reptile", "fomaml", "maml", "maml-shared")
+              for e in ("sampled",)]
              + [(f, m, "exact") for f in FAMILIES for m in ("fomaml", "maml")],
-             [("GridNavigation(7)", "maml", "sampled"), ("TabularMDPs()", "reptile", "sampled"),
+             [("GridNavigation(7)", "maml", "sampled"), ("GridNavigation(7)", "maml-shared", "sampled"),
+              ("TabularMDPs()", "reptile", "sampled"),
               ("TabularMDPs()", "maml", "exact")])
 
 
@@ -29,8 +33,9 @@ def test_meta_iteration(benchmark, backend, family, method, estimator):
     tasks = dist.sample(20, 0)
     probe = tasks[0]
     policy = mf.TabularSoftmaxPolicy(probe.n_states, probe.n_actions)
-    learner = mf.MetaLearner(policy, method, inner_lr=0.5, inner_steps=1, episodes_per_task=20,
-                             estimator=estimator)
+    # "maml-shared": the Hessian-vector products on the inner step's episodes (no fresh rollout)
+    learner = mf.MetaLearner(policy, method.split("-")[0], inner_lr=0.5, inner_steps=1, episodes_per_task=20,
+                             estimator=estimator, hessian_data="shared" if method.endswith("shared") else "fresh")
     rng = np.random.default_rng(0)
     benchmark.group = f"meta-iteration {family} {method} {estimator}"
     benchmark.extra_info.update(rows=1, backend=backend)
