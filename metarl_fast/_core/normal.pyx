@@ -3,7 +3,7 @@ mispredicted branch.
 
 NumPy draws a standard normal with a 256-layer ziggurat: one 64-bit draw ``r`` gives the layer
 ``idx`` (low 8 bits), a sign bit and a 52-bit magnitude ``rabs``; ``x = rabs * w[idx]`` is
-returned (negated if the sign bit is set) whenever ``rabs < k[idx]`` -- about 99.3% of draws --
+returned (negated if the sign bit is set) whenever ``rabs < k[idx]`` -- about 98.5% of draws --
 and otherwise a rejection step (wedge or tail) draws more numbers.  Its compiled sign test is a
 branch that mispredicts on half of all draws (about 7 ns each on this project's machine, half
 the cost of a draw).
@@ -228,6 +228,59 @@ cdef bint _matches_numpy(intp_t n) except -1:
         if a.random_raw(4).tolist() != b.random_raw(4).tolist():  # same position in the stream
             return False
     return True
+
+
+cdef struct Scripted:
+    uint64_t first       # the first word returned by next_uint64; then a Weyl sequence
+    int n_u64            # next_uint64 calls made
+    int n_double         # next_double calls made
+
+
+cdef uint64_t _scripted_u64(void* st) noexcept nogil:
+    cdef Scripted* s = <Scripted*> st
+    s.n_u64 += 1
+    return s.first if s.n_u64 == 1 else <uint64_t> s.n_u64 * WEYL
+
+
+cdef double _scripted_double(void* st) noexcept nogil:
+    cdef Scripted* s = <Scripted*> st
+    s.n_double += 1
+    return <double> ((<uint64_t> s.n_double * WEYL) >> 11) * (1.0 / 9007199254740992.0)
+
+
+cdef double _draw_scripted(uint64_t word, bint ours, Scripted* s):
+    cdef bitgen_t bg
+    cdef double out
+    s.first = word
+    s.n_u64 = 0
+    s.n_double = 0
+    bg.state = s
+    bg.next_uint64 = _scripted_u64
+    bg.next_uint32 = _probe_u32
+    bg.next_double = _scripted_double
+    bg.next_raw = _probe_raw
+    if ours:
+        standard_normal_fill(&bg, 1, &out)
+    else:
+        out = random_standard_normal(&bg)
+    return out
+
+
+def _first_draw_from_word(uint64_t word):
+    """For tests: one draw of ``standard_normal_fill`` and one of NumPy's own
+    ``random_standard_normal`` from a stream that starts with ``word`` (then fixed words), as
+    ``((value, u64 words used, doubles used) ours, (...) NumPy's)``: they must be equal for every
+    word, those at the acceptance boundary ``k[idx]`` of each layer included."""
+    cdef Scripted a, b
+    x = _draw_scripted(word, True, &a)
+    y = _draw_scripted(word, False, &b)
+    return (x, a.n_u64, a.n_double), (y, b.n_u64, b.n_double)
+
+
+def _tables():
+    """For tests: the ziggurat tables read off NumPy, ``(k (256,) uint64, w (256,) float64)``."""
+    return (np.array([KI[i] for i in range(256)], dtype=np.uint64),
+            np.array([WI[i] for i in range(256)], dtype=np.float64))
 
 
 def _init():
