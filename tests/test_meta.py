@@ -351,7 +351,8 @@ def test_bad_hyper_parameters_and_shapes():
                       ({"meta_lr": -1.0}, "meta_lr"), ({"meta_lr": float("inf")}, "meta_lr"),
                       ({"inner_steps": 0}, "inner_steps"), ({"episodes_per_task": 0}, "episodes_per_task"),
                       ({"estimator": "magic"}, "estimator"), ({"gamma": 1.5}, "gamma"),
-                      ({"inner_estimator": "td(5)"}, "inner_estimator")]:
+                      ({"inner_estimator": "td(5)"}, "inner_estimator"), ({"baseline": "median"}, "baseline"),
+                      ({"hessian_data": "stale"}, "hessian_data")]:
         with pytest.raises(ValueError, match=match):
             meta.MAML(policy, **kw)
     with pytest.raises(ValueError, match="method must be one of"):
@@ -368,6 +369,11 @@ def test_bad_hyper_parameters_and_shapes():
         learner.meta_step(small_tasks(1), np.random.default_rng(0))
     with pytest.raises(TypeError, match="rng must be"):
         learner.meta_step(small_tasks(1), 3.5)
+    with pytest.raises(ValueError, match="baseline must be one of"):
+        meta.SampledPolicyProblem(policy, small_tasks(1), 2, baseline="median")
+    with pytest.raises(ValueError, match="hessian_data must be one of"):
+        meta.meta_gradient(meta.QuadraticProblem(np.eye(2)[None], np.zeros((1, 2))), np.zeros(2), "maml", 0.1, 1,
+                           np.random.default_rng(0), hessian_data="stale")
 
 
 def test_divergence_is_reported_and_rolled_back(monkeypatch):

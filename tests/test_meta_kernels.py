@@ -71,5 +71,5 @@ def test_kernels_reject_inconsistent_input():
         core.score_table(key, traj.action + 5, probs, coef, g)
     with pytest.raises(ValueError, match="episode out of range"):
         core.hvp_table(key, traj.action, probs, coef, episode + 100, 2, 3, probs_table, g)
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match="dtype mismatch"):
         core.score_table(key, traj.action, probs.astype(np.float32), coef, g)
