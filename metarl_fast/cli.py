@@ -193,7 +193,8 @@ def _eval(args):
     if args.backend:
         metarl_fast.set_backend(args.backend)
     eval_seed = args.eval_seed if args.eval_seed is not None else config.eval_seed + 1
-    config = dc.replace(config, eval_seed=eval_seed, eval_tasks=args.eval_tasks or config.eval_tasks)
+    eval_tasks = args.eval_tasks if args.eval_tasks is not None else config.eval_tasks
+    config = dc.replace(config, eval_seed=eval_seed, eval_tasks=eval_tasks)
     trainer = MetaTrainer(config, os.path.dirname(os.path.abspath(path)))
     trainer.load_checkpoint(path)
     evaluation = trainer.evaluate()

@@ -7,10 +7,13 @@ every ``eval_every`` iterations evaluate on held-out tasks -> checkpoint; until 
 reached.
 
 Reproducibility: every random number of iteration ``i`` comes from
-``SeedSequence(seed, spawn_key=(i,))`` (tasks from its child 0, episodes from its child 1), the
-held-out tasks from ``SeedSequence(eval_seed)``.  The RNG state of the run is therefore determined by
-``(seed, iteration)``: a checkpoint stores both, with the parameters and the optimizer state, and a
-resumed run continues bit-identically.  ``metrics.jsonl`` holds no wall-clock values (the same seed
+``SeedSequence(seed, spawn_key=(i,))`` (tasks from its child 0, episodes from its child 1; the
+multi-task baseline's episodes from ``SeedSequence(seed, spawn_key=(i, 2))``), the held-out tasks
+from ``SeedSequence(eval_seed, spawn_key=(0,))`` and the evaluation's adaptation episodes from
+``SeedSequence(eval_seed, spawn_key=(1,))`` (a fresh generator for every initialisation
+evaluated).  The RNG state of the run is therefore determined by ``(seed, iteration)``: a
+checkpoint stores both, with the parameters and the optimizer state, and a resumed run continues
+bit-identically.  ``metrics.jsonl`` holds no wall-clock values (the same seed
 writes the same file); timings per phase go to ``timings.jsonl``.
 """
 import dataclasses
@@ -603,6 +606,7 @@ class MetaTrainer:
         progress = _Progress(cfg.iterations, stream=self.log)
         t_start = time.perf_counter()
         stopped_by = "iterations"
+        saved_at = self.iteration if resume else None  # the iteration checkpoint.npz holds
         try:
             while self.iteration < cfg.iterations:
                 it = self.iteration
@@ -639,6 +643,7 @@ class MetaTrainer:
                                                 "steps_per_s": steps / max(t1 - t0, 1e-12)})
                 if self.iteration % cfg.checkpoint_every == 0 or self.iteration == cfg.iterations:
                     self.save_checkpoint()
+                    saved_at = self.iteration
                 shown = stats["post_return"] if stats["post_return"] is not None else stats["pre_return"]
                 progress.update(self.iteration, shown, steps / max(t1 - t0, 1e-12))
                 if evaluation is not None and not math.isnan(cfg.target) and record["eval_return"] >= cfg.target:
@@ -650,7 +655,7 @@ class MetaTrainer:
                 if self._stop:
                     stopped_by = "interrupt"
                     break
-            if stopped_by != "iterations" or self.iteration % cfg.checkpoint_every:
+            if saved_at != self.iteration:  # stopped early between checkpoints (never twice the same)
                 self.save_checkpoint()
         finally:
             progress.close()
@@ -681,8 +686,7 @@ class MetaTrainer:
             return
         with open(path) as fh:
             kept = [line for line in fh if line.strip() and json.loads(line)["iteration"] <= last_iteration]
-        with open(path, "w") as fh:
-            fh.writelines(kept)
+        _write_atomic(path, lambda fh: fh.writelines(kept))  # a Ctrl-C here must not lose the kept lines
 
     def _append(self, name, record):
         with open(os.path.join(self.out_dir, name), "a") as fh:
@@ -696,9 +700,22 @@ def _main_thread():
 
 
 def _write_json_atomic(path, obj):
+    _write_atomic(path, lambda fh: json.dump(obj, fh, indent=2, sort_keys=True))
+
+
+def _write_atomic(path, write):
+    """``write(fh)`` into a temporary file beside ``path``, fsync it, rename it over ``path``: a
+    failure or Ctrl-C at any point leaves the previous file intact and no temporary file."""
     tmp = path + ".tmp"
-    with open(tmp, "w") as fh:
-        json.dump(obj, fh, indent=2, sort_keys=True)
-        fh.flush()
-        os.fsync(fh.fileno())
-    os.replace(tmp, path)
+    try:
+        with open(tmp, "w") as fh:
+            write(fh)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except OSError:
+            pass
+        raise

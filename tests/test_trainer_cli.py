@@ -160,7 +160,7 @@ def test_bad_checkpoints_and_options_give_one_line_errors(tmp_path):
     data = bytearray(raw)
     data[raw.find(arrays["learner_params"].tobytes()) + 3] ^= 0xFF  # corrupt the stored parameters
     (tmp_path / "flip.npz").write_bytes(bytes(data))
-    cases.append((["eval", str(tmp_path / "flip.npz")], ""))
+    cases.append((["eval", str(tmp_path / "flip.npz")], "Bad CRC-32"))
     for args, message in cases:
         res = cli(*args)
         assert res.returncode == 2, (args, res.stderr)
@@ -255,3 +255,141 @@ def test_compare_reports_means_and_cis_across_seeds(tmp_path):
     assert maml["verdict"] == ("helps" if lo > 0 else "hurts" if hi < 0 else "no significant difference")
     table = format_comparison(result)
     assert table.count("\n") == 2 + len(rows) - 1 and "after 1 step" in table
+
+
+# ------------------------------------------------------------------ the CLI in this process (fast)
+IN_PROCESS = ["--tasks", "gridnav", "--grid-size", "4", "--iterations", "6", "--meta-batch", "3",
+              "--episodes", "3", "--eval-every", "3", "--eval-tasks", "6", "--checkpoint-every", "2",
+              "--inner-lr", "0.5", "--gamma", "0.9", "--seed", "3"]
+
+
+@pytest.fixture
+def main(monkeypatch, capsys):
+    """``metarl-fast ARGS`` run in this process: (exit code, stdout, stderr); the backend restored."""
+    import metarl_fast as mf
+    from metarl_fast import cli
+
+    monkeypatch.delenv("METARL_FAST_TRACEBACK", raising=False)
+
+    def run(*args):
+        with mf.use_backend(mf.get_backend()):
+            code = cli.main([*args, *backend_args()] if args[0] in ("train", "eval", "compare") else list(args))
+        out, err = capsys.readouterr()
+        return code, out, err
+    return run
+
+
+def one_line_error(err, message):
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("metarl-fast: error:") and message in lines[0], err
+
+
+def test_cli_usage_errors_exit_2_and_never_overwrite_a_run(tmp_path, main):
+    out = tmp_path / "run"
+    code, _, _ = main("train", *IN_PROCESS, "--out", str(out))
+    assert code == 0
+    before = {p.name: p.read_bytes() for p in out.iterdir()}
+    code, _, err = main("train", *IN_PROCESS, "--iterations", "8", "--out", str(out))
+    assert code == 2
+    one_line_error(err, f"{out} already holds a run; use --resume")
+    assert {p.name: p.read_bytes() for p in out.iterdir()} == before
+    code, _, err = main("eval", str(out), "--eval-tasks", "0")
+    assert code == 2
+    one_line_error(err, "eval-tasks must be >= 1")
+    code, _, err = main("train", "--resume")
+    assert code == 2
+    one_line_error(err, "--resume needs --out RUN_DIR")
+    code, _, err = main("train", *IN_PROCESS, "--threads", "2", "--out", str(tmp_path / "t"))
+    assert code == 2 and not (tmp_path / "t").exists()
+    one_line_error(err, "--threads 2: the kernels are single-threaded")
+    small = IN_PROCESS[:IN_PROCESS.index("--seed")] + ["--iterations", "1", "--algos", "maml"]
+    code, _, err = main("compare", *small, "--seeds", "0", "--out", str(tmp_path / "c"))
+    assert code == 2
+    one_line_error(err, "two seeds")
+    code, _, err = main("compare", "--seeds", "0,x", "--out", str(tmp_path / "c"))
+    assert code == 2
+    one_line_error(err, "--seeds must be comma-separated integers")
+
+
+def test_cli_divergence_exits_3_and_interrupt_exits_130_with_a_resumable_checkpoint(tmp_path, main, monkeypatch):
+    from metarl_fast import meta
+
+    code, _, err = main("train", *IN_PROCESS, "--inner-lr", "1e308", "--out", str(tmp_path / "div"))
+    assert code == 3
+    assert "training diverged" in err.strip().splitlines()[-1] and "Traceback" not in err
+
+    code, _, _ = main("train", *IN_PROCESS, "--out", str(tmp_path / "full"))
+    assert code == 0
+    step, calls = meta.MetaLearner.meta_step, [0]
+
+    def meta_step(self, *args):
+        calls[0] += 1
+        if calls[0] == 5:  # the meta-learner's step of iteration 3 (the multi-task learner steps too)
+            os.kill(os.getpid(), signal.SIGINT)
+        return step(self, *args)
+
+    monkeypatch.setattr(meta.MetaLearner, "meta_step", meta_step)
+    part = tmp_path / "part"
+    code, _, err = main("train", *IN_PROCESS, "--out", str(part))
+    assert code == 130
+    assert "interrupted after iteration 3" in err and f"metarl-fast train --resume --out {part}" in err
+    monkeypatch.undo()
+    assert int(MetaTrainer.read_checkpoint(part / "checkpoint.npz")[1]["iteration"]) == 3
+    # --resume takes every setting from the checkpoint (none given here)
+    code, out, _ = main("train", "--resume", "--out", str(part), "--json")
+    assert code == 0
+    assert json.loads(out) == json.loads((tmp_path / "full" / "eval.json").read_text())
+    for name in ("metrics.jsonl", "eval.json", "config.toml"):
+        assert (part / name).read_bytes() == (tmp_path / "full" / name).read_bytes(), name
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(MetaTrainer, "evaluate", interrupted)
+    code, _, err = main("eval", str(part))
+    assert code == 130 and err.strip() == "metarl-fast: interrupted"
+
+
+def test_cli_config_file_and_overrides_reach_the_run(tmp_path, main):
+    import dataclasses
+
+    cfg = dataclasses.replace(TrainConfig(), tasks="gridnav", grid_size=4, iterations=99, meta_batch=3,
+                              episodes_per_task=3, eval_every=3, eval_tasks=6, checkpoint_every=2, seed=21)
+    (tmp_path / "c.toml").write_text(cfg.to_toml())
+    code, _, _ = main("train", "--config", str(tmp_path / "c.toml"), "--iterations", "3", "--out", str(tmp_path / "r"))
+    assert code == 0
+    written = TrainConfig.from_toml(tmp_path / "r" / "config.toml")
+    assert written.iterations == 3 and written.seed == 21 and written.grid_size == 4 and written.meta_batch == 3
+    assert json.loads((tmp_path / "r" / "eval.json").read_text())["iterations"] == 3
+
+
+def test_cli_eval_reports_the_adapted_checkpoint_on_fresh_tasks(tmp_path, main):
+    import dataclasses
+
+    from test_trainer_meaning import adapted_values, assert_adapted_row, held_out_tasks
+
+    run = tmp_path / "run"
+    assert main("train", *IN_PROCESS, "--held-out-goals", "3", "--out", str(run))[0] == 0
+    config, arrays = MetaTrainer.read_checkpoint(run / "checkpoint.npz")
+    code, out, _ = main("eval", str(run), "--json")
+    assert code == 0
+    evaluation = json.loads(out)
+    assert evaluation["eval_seed"] == config.eval_seed + 1 and evaluation["iterations"] == 6
+    assert evaluation["checkpoint"] == str(run / "checkpoint.npz")
+    fresh = dataclasses.replace(config, eval_seed=config.eval_seed + 1)
+    batch = held_out_tasks(fresh)
+    rows = evaluation["results"]
+    assert_adapted_row(rows["maml (meta-learned)"], adapted_values(fresh, batch, arrays["learner_params"]))
+    assert_adapted_row(rows["multi-task pre-trained"], adapted_values(fresh, batch, arrays["multitask_params"]))
+    assert evaluation["goals"]["test"] == json.loads((run / "eval.json").read_text())["goals"]["test"]
+    code, out, _ = main("eval", str(run / "checkpoint.npz"), "--eval-seed", "5", "--eval-tasks", "4")
+    assert code == 0
+    assert "on 4 fresh test tasks (eval seed 5)" in out
+    assert "test goals: the 3 goals withheld from training (12 trained on)" in out
+    fifth = dataclasses.replace(config, eval_seed=5, eval_tasks=4)
+    headline = adapted_values(fifth, held_out_tasks(fifth), arrays["learner_params"])[-1].mean()
+    line = next(x for x in out.splitlines() if x.startswith("maml (meta-learned)"))
+    assert float(line.split()[2]) == pytest.approx(headline, abs=5e-4)
+    code, out, _ = main("train", *IN_PROCESS, "--iterations", "1", "--out", str(tmp_path / "all"))
+    assert code == 0 and "test goals drawn from all 15 goals, every one also a training goal" in out
+    assert "time per phase (s):" in out and f"run directory: {tmp_path / 'all'}" in out
