@@ -102,6 +102,10 @@ def _train(args):
     if args.resume:
         if not args.out:
             raise UserError("--resume needs --out RUN_DIR (the run to continue)")
+        given = [flag for flag, field, _, _ in _TRAIN_OPTIONS if getattr(args, field, None) is not None]
+        if given or args.config:
+            raise UserError(f"--resume continues the run with the settings in its checkpoint; "
+                            f"drop {', '.join(given + (['--config'] if args.config else []))}")
         config, _ = MetaTrainer.read_checkpoint(os.path.join(args.out, "checkpoint.npz"))
     else:
         config = _config_from_args(args)

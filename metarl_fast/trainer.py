@@ -573,9 +573,20 @@ class MetaTrainer:
             raise io.CheckpointError(f"{path}: inconsistent checkpoint ({err})") from err
         return config, arrays
 
+    # settings that do not change what is trained: a checkpoint may be evaluated or continued with others
+    _NOT_TRAINING = frozenset({"iterations", "time_budget", "target", "eval_every", "eval_tasks", "eval_seed",
+                               "checkpoint_every", "backend"})
+
     def load_checkpoint(self, path=None):
         path = path or self.checkpoint_path
-        _, arrays = self.read_checkpoint(path)
+        saved, arrays = self.read_checkpoint(path)
+        differ = [f.name for f in dataclasses.fields(TrainConfig) if f.name not in self._NOT_TRAINING
+                  and getattr(saved, f.name) != getattr(self.config, f.name)
+                  and not (isinstance(getattr(saved, f.name), float) and math.isnan(getattr(saved, f.name))
+                           and math.isnan(getattr(self.config, f.name)))]
+        if differ:
+            raise io.CheckpointError(f"{path}: trained with other settings than this trainer's "
+                                     f"({', '.join(f'{n}={getattr(saved, n)!r}' for n in differ)})")
         try:
             self.learner.load_state_dict({k[8:]: v for k, v in arrays.items() if k.startswith("learner_")})
             if self.multitask is not None:

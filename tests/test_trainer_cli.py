@@ -393,3 +393,17 @@ def test_cli_eval_reports_the_adapted_checkpoint_on_fresh_tasks(tmp_path, main):
     code, out, _ = main("train", *IN_PROCESS, "--iterations", "1", "--out", str(tmp_path / "all"))
     assert code == 0 and "test goals drawn from all 15 goals, every one also a training goal" in out
     assert "time per phase (s):" in out and f"run directory: {tmp_path / 'all'}" in out
+
+
+def test_resume_takes_its_settings_from_the_checkpoint_only(tmp_path):
+    out = tmp_path / "run"
+    assert cli("train", *TINY, *backend_args(), "--out", str(out)).returncode == 0
+    res = cli("train", "--resume", "--out", str(out), "--iterations", "40", *backend_args())
+    assert res.returncode == 2 and "drop --iterations" in res.stderr
+    cfg = TrainConfig(tasks="gridnav", grid_size=4, iterations=12, meta_batch=4, episodes_per_task=8,
+                      eval_every=6, eval_tasks=20, checkpoint_every=4, seed=1)
+    from metarl_fast.io import CheckpointError
+    with pytest.raises(CheckpointError, match=r"trained with other settings than this trainer's \(seed=0\)"):
+        MetaTrainer(cfg, out).load_checkpoint()
+    import dataclasses
+    MetaTrainer(dataclasses.replace(cfg, seed=0, eval_tasks=7, eval_seed=3), out).load_checkpoint()
