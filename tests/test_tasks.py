@@ -345,3 +345,103 @@ def test_as_gymnasium_without_gymnasium(monkeypatch):
     with pytest.raises(ImportError, match="pip install gymnasium"):
         TabularMDPs().sample(1, 0)[0].as_gymnasium()
     assert TabularMDPs().sample(1, 0)[0].make_env().reset(seed=0)[0] == 0  # the plain env needs nothing
+
+
+# ---------------------------------------------------------------------------------------------
+# The families' documented semantics, entry by entry
+# ---------------------------------------------------------------------------------------------
+
+def test_family_draws_are_the_documented_ones():
+    """Each family draws exactly what its docstring says, in that order."""
+    rng = np.random.default_rng(3)
+    np.testing.assert_array_equal(BernoulliBandits(n_arms=3).sample(4, 3).R[:, 0, :], rng.random((4, 3)))
+    batch = TabularMDPs(n_states=3, n_actions=2).sample(5, 4)
+    rng = np.random.default_rng(4)
+    np.testing.assert_array_equal(batch.R, rng.normal(1.0, 1.0, (5, 3, 2)))
+    P = rng.dirichlet(np.ones(3), size=(5, 3, 2))
+    np.testing.assert_allclose(batch.P, P / P.sum(axis=-1, keepdims=True), rtol=1e-15)
+    goals = [(0, 0), (3, 1), (2, 4)]
+    grid = GridNavigation(size=5, goals=goals).sample(6, 5)
+    np.testing.assert_array_equal(grid.info["goal"], np.array(goals)[np.random.default_rng(5).integers(3, size=6)])
+    chain = Chain(n_states=4, n_actions=3).sample(7, 6)
+    np.testing.assert_array_equal(chain.info["good_action"], np.random.default_rng(6).integers(3, size=(7, 4)))
+
+
+@pytest.mark.parametrize("slip", [0.0, 0.25, 1.0])
+def test_chain_dynamics_entry_by_entry(slip):
+    """Rewarded action good[s]: pays 1, advances with probability 1 - slip (the last state stays),
+    else back to 0; any other action: pays 0, back to 0 with probability 1 - slip, else advances."""
+    S, A = 4, 3
+    batch = Chain(n_states=S, n_actions=A, slip=slip).sample(5, 1)
+    good = batch.info["good_action"]
+    for i in range(5):
+        for s in range(S):
+            for a in range(A):
+                want = np.zeros(S)
+                p_advance = 1.0 - slip if a == good[i, s] else slip
+                want[min(s + 1, S - 1)] += p_advance
+                want[0] += 1.0 - p_advance
+                np.testing.assert_allclose(batch.P[i, s, a], want, atol=1e-15, err_msg=(i, s, a))
+                assert batch.R[i, s, a] == float(a == good[i, s])
+    assert np.all(batch.start[:, 0] == 1.0) and not batch.terminal.any()
+
+
+@pytest.mark.parametrize("squared", [False, True])
+def test_grid_navigation_dynamics_entry_by_entry(squared):
+    size = 4
+    batch = GridNavigation(size=size, horizon=5, squared=squared).sample(6, 2)
+    moves = {0: (-1, 0), 1: (1, 0), 2: (0, -1), 3: (0, 1), 4: (0, 0)}
+    for i, (gr, gc) in enumerate(batch.info["goal"]):
+        terminal = np.zeros(size * size, dtype=bool)
+        terminal[gr * size + gc] = True
+        np.testing.assert_array_equal(batch.terminal[i], terminal)
+        for s in range(size * size):
+            r, c = divmod(s, size)
+            for a, (dr, dc) in moves.items():
+                nr, nc = min(max(r + dr, 0), size - 1), min(max(c + dc, 0), size - 1)
+                assert batch.P[i, s, a, nr * size + nc] == 1.0
+                d2 = (nr - gr) ** 2 + (nc - gc) ** 2
+                assert batch.R[i, s, a] == pytest.approx(-(d2 if squared else np.sqrt(d2)), rel=1e-15)
+        centre = (size // 2) * size + size // 2
+        np.testing.assert_array_equal(batch.start[i], np.eye(size * size)[centre])
+        assert (gr, gc) != (size // 2, size // 2)
+
+
+def test_env_tables_certain_and_random_outcomes():
+    """A batch is stochastic as soon as one row has two possible outcomes; certain rows still give
+    their state."""
+    P = np.zeros((2, 2, 2, 2))
+    P[..., 1] = 1.0
+    det = TaskBatch(P, np.zeros((2, 2, 2)), 3, start=np.array([[0.0, 1.0], [1.0, 0.0]]))
+    t = det.tables
+    assert not t.stochastic_transitions and not t.stochastic_start and not t.has_terminal
+    np.testing.assert_array_equal(t.next_state, np.ones((2, 2, 2)))
+    np.testing.assert_array_equal(t.start_state, [1, 0])
+    P[1, 0, 1] = [0.5, 0.5]
+    mixed = TaskBatch(P, np.zeros((2, 2, 2)), 3, start=np.array([[0.0, 1.0], [0.5, 0.5]]),
+                      terminal=np.array([[False, False], [False, True]]))
+    t = mixed.tables
+    assert t.stochastic_transitions and t.stochastic_start and t.has_terminal
+    np.testing.assert_array_equal(t.trans_cdf[1, 0, 1], [0.5, 1.0])
+
+
+def test_single_env_boundaries():
+    """TabularEnv: a terminal state entered at the last step is terminated, not truncated; a
+    transition of probability zero is never taken, even for u = 0 or u on a running sum."""
+    env = GridNavigation(size=3, horizon=2, goals=[(0, 2)]).sample(1, 0)[0].make_env()
+    env.reset(seed=0)
+    assert env.step(0)[2:4] == (False, False)       # up: (0, 1)
+    assert env.step(3)[1:4] == (0.0, True, False)   # right: the goal, at the horizon
+    env.reset()
+    env.step(4)
+    assert env.step(4)[2:4] == (False, True)        # horizon in a non-terminal state
+    P = np.zeros((1, 3, 1, 3))
+    P[0, :, 0] = [0.25, 0.0, 0.75]
+    env = TaskBatch(P, np.zeros((1, 3, 1)), 1, start=np.array([[0.0, 0.5, 0.5]]))[0].make_env()
+    from test_envs_edges import scripted_rng  # a Generator whose random() values are chosen
+
+    rng = scripted_rng([0.0, 0.0, 0.5, 0.25])
+    assert env.reset(seed=rng)[0] == 1            # u = 0: not the impossible state 0
+    assert env.step(0)[0] == 0                    # u = 0: state 0 (probability .25)
+    assert env.reset()[0] == 2                    # u = .5 on the running sum .5: state 2
+    assert env.step(0)[0] == 2                    # u = .25 on the running sum .25: past state 1
