@@ -174,7 +174,8 @@ def main(argv=None):
     parser.add_argument("--list", action="store_true")
     parser.add_argument("--jobs", type=int, default=1)
     parser.add_argument("--timeout", type=int, default=900, help="seconds per mutation (a hang counts as killed)")
-    parser.add_argument("--no-record", action="store_true", help="do not write RESULTS.md / last_run.json")
+    parser.add_argument("--no-record", action="store_true",
+                        help="do not merge the results into last_run.json and RESULTS.md")
     args = parser.parse_args(argv)
     mutations = load_catalogue()
     if args.only:
@@ -202,14 +203,32 @@ def main(argv=None):
     shutil.rmtree(pristine, ignore_errors=True)
     table, total = summarise(results)
     print("\n" + table)
-    if not args.no_record and not args.only:
-        with open(os.path.join(HERE, "last_run.json"), "w") as fh:
-            json.dump(results, fh, indent=1)
-        with open(os.path.join(HERE, "RESULTS.md"), "w") as fh:
-            fh.write(f"# Mutation testing: last full run ({time.strftime('%Y-%m-%d')})\n\n"
-                     "Produced by `python tests/mutation/run.py` (see its docstring and tests/README.md).\n\n"
-                     + table + "\n")
+    if not args.no_record:
+        record(results)
     return 0 if total["survived"] == 0 and total["invalid"] == 0 else 1
+
+
+def record(results):
+    """Merge ``results`` into last_run.json (by id; entries no longer catalogued are dropped) and
+    rewrite RESULTS.md from it, so that a run of part of the catalogue updates its part."""
+    path = os.path.join(HERE, "last_run.json")
+    previous = json.load(open(path)) if os.path.exists(path) else []
+    current = {m.id for m in load_catalogue()}
+    merged = {r["id"]: r for r in previous if r["id"] in current}
+    stamp = time.strftime("%Y-%m-%d")
+    merged.update({r["id"]: dict(r, date=stamp) for r in results})
+    rows = sorted(merged.values(), key=lambda r: (r["module"], r["id"]))
+    with open(path, "w") as fh:
+        json.dump(rows, fh, indent=1)
+    table, _ = summarise(rows)
+    missing = sorted(current - set(merged))
+    dates = sorted({r.get("date", "?") for r in rows})
+    with open(os.path.join(HERE, "RESULTS.md"), "w") as fh:
+        fh.write("# Mutation testing: the latest result of every catalogued mutation\n\n"
+                 "Produced by `python tests/mutation/run.py` (see its docstring and tests/README.md); "
+                 f"runs of {', '.join(dates)}.\n\n" + table + "\n")
+        if missing:
+            fh.write("\nNot run yet: " + ", ".join(f"`{m}`" for m in missing) + "\n")
 
 
 if __name__ == "__main__":
