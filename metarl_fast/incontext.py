@@ -80,10 +80,11 @@ def baselined_gradient(weighted_score, score_sums, reward_sums, n_tasks):
         grad = (W - (M - W) / (n - 1)) / n = (W - M / n) / (n - 1)
 
     which is exactly ``n / (n - 1)`` times the mean-baseline gradient ``(W - M / n) / n``.  With
-    ``n == 1`` there is no other trial: ``b = 0`` and ``grad = W``.  Returns float64 (N_FEATURES,).
+    ``n == 1`` there is no other trial: ``b = 0`` and ``grad = W``; with ``n == 0`` (no trials,
+    ``W = 0``) the gradient is zero.  Returns float64 (N_FEATURES,).
     """
     weighted_score = np.asarray(weighted_score, dtype=np.float64)
-    if n_tasks == 1:
+    if n_tasks <= 1:
         return weighted_score.copy()
     reward_to_go = np.cumsum(reward_sums[::-1])[::-1]
     # an elementwise product and a row-by-row sum rather than BLAS: the same bits on every machine,

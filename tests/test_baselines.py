@@ -300,7 +300,6 @@ def test_kernel_bad_agent_codes(backend):
 
 # ------------------------------------------------------------------ MDP oracle
 def test_oracle_value_of_a_known_mdp():
-    pytest.importorskip("metarl_fast.exact")
     from metarl_fast.mdp import MDPModel
 
     # state 0: action 0 pays 1 and stays, action 1 pays 0 and moves to state 1 where every action

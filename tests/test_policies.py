@@ -7,6 +7,8 @@ import pytest
 import metarl_fast as mf
 from metarl_fast.io import CheckpointError
 
+TOL = {np.float32: 1e-5, np.float64: 1e-13}
+
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 def test_tabular_policy_views_and_kernels(backend, rng, dtype):
@@ -20,7 +22,11 @@ def test_tabular_policy_views_and_kernels(backend, rng, dtype):
     a = pol.act(obs, np.random.default_rng(1))
     np.testing.assert_array_equal(a, mf.sample_actions(pol.theta[obs], np.random.default_rng(1)))
     np.testing.assert_allclose(pol.log_prob(obs, a), mf.log_prob(pol.theta[obs], a))
-    assert pol.entropy(obs).shape == (4,)
+    z = pol.theta[obs].astype(np.float64)
+    p = np.exp(z - z.max(axis=1, keepdims=True))
+    p /= p.sum(axis=1, keepdims=True)
+    np.testing.assert_allclose(pol.entropy(obs), -(p * np.log(p)).sum(axis=1), rtol=TOL[dtype])
+    assert pol.entropy(obs).shape == (4,) and pol.entropy(obs).dtype == dtype
 
 
 def test_linear_policy_logits(backend, rng):

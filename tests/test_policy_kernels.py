@@ -103,10 +103,13 @@ def test_out_arguments_are_filled_in_place(backend, rng):
     out = np.empty_like(logits)
     assert mf.softmax(logits, out=out) is out
     np.testing.assert_allclose(out, naive_softmax(logits), atol=1e-14)
-    acts_out = np.empty(10, dtype=np.int64)
-    assert mf.sample_actions(logits, rng, out=acts_out) is acts_out
-    ent = np.empty(10)
+    acts_out = np.full(10, -1, dtype=np.int64)
+    assert mf.sample_actions(logits, np.random.default_rng(6), out=acts_out) is acts_out
+    np.testing.assert_array_equal(acts_out, mf.sample_actions(logits, np.random.default_rng(6)))
+    ent = np.full(10, np.nan)
     assert mf.entropy(logits, out=ent) is ent
+    p = naive_softmax(logits)
+    np.testing.assert_allclose(ent, -(p * np.log(p)).sum(axis=1), rtol=1e-13)
 
 
 def test_sample_frequencies_match_probabilities_chi_square(backend):
