@@ -1,7 +1,7 @@
 """Mutation testing: plant each catalogued bug in a copy of the tree, run its tests, count the kills.
 
     python tests/mutation/run.py                    # every mutation, results in tests/mutation/RESULTS.md
-    python tests/mutation/run.py --only replay      # the mutations whose id or file contains "replay"
+    python tests/mutation/run.py --only replay      # the mutations whose id or file name contains "replay"
     python tests/mutation/run.py --list             # what the catalogue holds
     python tests/mutation/run.py --jobs 2 --no-record
 
@@ -170,7 +170,7 @@ def summarise(results):
 
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--only", help="run the mutations whose id or path contains this")
+    parser.add_argument("--only", help="run the mutations whose id or file name contains this")
     parser.add_argument("--list", action="store_true")
     parser.add_argument("--jobs", type=int, default=1)
     parser.add_argument("--timeout", type=int, default=900, help="seconds per mutation (a hang counts as killed)")
@@ -179,7 +179,7 @@ def main(argv=None):
     args = parser.parse_args(argv)
     mutations = load_catalogue()
     if args.only:
-        mutations = [m for m in mutations if args.only in m.id or args.only in m.path]
+        mutations = [m for m in mutations if args.only in m.id or args.only in os.path.basename(m.path)]
     problems = [p for p in map(check, mutations) if p]
     if problems:
         raise SystemExit("catalogue does not apply to this tree:\n" + "\n".join(problems))
