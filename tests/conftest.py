@@ -7,8 +7,16 @@ import os
 
 import numpy as np
 import pytest
+from hypothesis import settings
 
 import metarl_fast as mf
+
+# CI runs the same hypothesis examples every time (a red CI is then a real regression, reproducible
+# by running with CI=true); locally hypothesis keeps exploring new inputs.  No deadline: a loaded
+# machine must not turn a slow example into a failure.
+settings.register_profile("ci", derandomize=True, deadline=None, print_blob=True)
+if os.environ.get("CI"):
+    settings.load_profile("ci")
 
 ONLY_NUMPY = os.environ.get("METARL_FAST_BACKEND", "").strip().lower() == "numpy"
 BACKENDS = ["numpy"] if ONLY_NUMPY or not mf.is_available("cython") else ["cython", "numpy"]
