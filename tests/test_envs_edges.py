@@ -426,5 +426,5 @@ def test_one_episode_per_task(backend, T):
     np.testing.assert_array_equal(traj.step_in_episode, np.zeros(T))
     for i in range(T):
         assert traj.episode(i, 0) == slice(i, i + 1)
-    with pytest.raises(IndexError):
+    with pytest.raises(IndexError, match=r"no episode \(0, 1\)"):
         traj.episode(0, 1)

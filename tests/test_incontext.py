@@ -420,7 +420,7 @@ def test_save_load_round_trip_and_bad_files(backend, tmp_path):
     raw = bytearray(open(path, "rb").read())
     raw[len(raw) // 2] ^= 0xFF
     (tmp_path / "corrupt.npz").write_bytes(bytes(raw))
-    with pytest.raises(io.CheckpointError):
+    with pytest.raises(io.CheckpointError, match="not a readable metarl_fast .npz file"):
         InContextBanditLearner.load(tmp_path / "corrupt.npz")
     io.save_npz(tmp_path / "other.npz", {"weights": np.zeros(3)}, kind="LinearSoftmaxPolicy", version=1)
     with pytest.raises(io.CheckpointError, match="LinearSoftmaxPolicy"):
@@ -430,7 +430,7 @@ def test_save_load_round_trip_and_bad_files(backend, tmp_path):
                 kind="InContextBanditLearner", version=1)
     with pytest.raises(io.CheckpointError, match="inconsistent"):
         InContextBanditLearner.load(tmp_path / "short.npz")
-    with pytest.raises(io.CheckpointError):
+    with pytest.raises(io.CheckpointError, match="no such file"):
         InContextBanditLearner.load(tmp_path / "missing.npz")
     with pytest.raises(ValueError, match="weights"):
         InContextBanditLearner(np.zeros(3))

@@ -143,7 +143,7 @@ def test_optimizer_save_load(tmp_path, backend):
     fresh = Adam(params.copy(), lr=0.5).load(path)
     assert fresh.lr == 0.02 and fresh.steps == 1
     np.testing.assert_array_equal(fresh.state, opt.state)
-    with pytest.raises(io.CheckpointError):
+    with pytest.raises(io.CheckpointError, match="holds a Adam, expected a SGD"):
         SGD(params.copy(), lr=0.1).load(path)
     with pytest.raises(io.CheckpointError, match="shape"):
         Adam(np.zeros(3), lr=0.1).load(path)
@@ -173,7 +173,7 @@ def test_checkpoint_policy_and_optimizer(tmp_path, backend, make_policy):
     data[len(data) // 2] ^= 0xFF
     bad = tmp_path / "bad.npz"
     bad.write_bytes(bytes(data))
-    with pytest.raises(io.CheckpointError):
+    with pytest.raises(io.CheckpointError, match="not a readable metarl_fast .npz file"):
         load_checkpoint(bad)
 
 

@@ -64,9 +64,9 @@ def test_plain_sgd_and_grad_scale(backend):
 
 def test_no_weight_decay_option():
     # PyTorch's weight_decay is not offered: the formulas above are the whole update
-    with pytest.raises(TypeError):
+    with pytest.raises(TypeError, match="weight_decay"):
         Adam(np.zeros(2), lr=0.1, weight_decay=0.01)
-    with pytest.raises(TypeError):
+    with pytest.raises(TypeError, match="weight_decay"):
         SGD(np.zeros(2), lr=0.1, weight_decay=0.01)
 
 

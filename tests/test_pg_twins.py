@@ -259,18 +259,18 @@ def test_rejected_fused_step_changes_nothing(backend, linear, make_opt):
     pg.policy_gradient_step(policy, opt, obs, actions, adv)
     params, state, steps = policy.params.copy(), opt.state.copy(), opt.steps
     bad_calls = [
-        dict(advantages=np.array([1.0, np.nan, 0.0, 0.0])),
-        dict(actions=np.array([0, 1, 5, 0])),
-        dict(actions=actions[:2]),
-        dict(max_grad_norm=-1.0),
-        dict(max_grad_norm=np.nan),
-        dict(weights=np.array([1.0, 1.0, np.inf, 1.0])),
+        (dict(advantages=np.array([1.0, np.nan, 0.0, 0.0])), "advantages"),
+        (dict(actions=np.array([0, 1, 5, 0])), "actions"),
+        (dict(actions=actions[:2]), "actions"),
+        (dict(max_grad_norm=-1.0), "max_grad_norm"),
+        (dict(max_grad_norm=np.nan), "max_grad_norm"),
+        (dict(weights=np.array([1.0, 1.0, np.inf, 1.0])), "weights"),
     ]
-    for bad in bad_calls:
+    for bad, match in bad_calls:
         kwargs = dict(obs=obs, actions=actions, advantages=adv)
         kwargs.update(bad)
         extra = {k: kwargs.pop(k) for k in ("max_grad_norm", "weights") if k in kwargs}
-        with pytest.raises(ValueError):
+        with pytest.raises(ValueError, match=match):
             pg.policy_gradient_step(policy, opt, kwargs["obs"], kwargs["actions"],
                                     kwargs["advantages"], **extra)
         np.testing.assert_array_equal(policy.params, params)
@@ -300,10 +300,10 @@ def test_fused_kernel_rejects_bad_optimizer_state(backend):
     with pytest.raises(ValueError, match="lr"):
         pg.active.pg.tabular_pg_step(p, 3, 2, obs, actions, adv, None, 0.0, None, grad, 0,
                                      np.zeros((2, 6)), np.array([-0.1, 0.0, 0.0]))
-    for bad in ([0.01, 0.9, 0.999, 1e-8, 0.0], [0.01, 0.9, 0.999, 1e-8, 1.5],
-                [0.01, 1.0, 0.999, 1e-8, 1.0], [0.01, 0.9, 0.999, 0.0, 1.0],
-                [np.nan, 0.9, 0.999, 1e-8, 1.0]):
-        with pytest.raises(ValueError):
+    for bad, match in (([0.01, 0.9, 0.999, 1e-8, 0.0], "step number"), ([0.01, 0.9, 0.999, 1e-8, 1.5], "step number"),
+                       ([0.01, 1.0, 0.999, 1e-8, 1.0], "beta1 must be < 1"), ([0.01, 0.9, 0.999, 0.0, 1.0], "eps must be > 0"),
+                       ([np.nan, 0.9, 0.999, 1e-8, 1.0], "opt_hyper contains NaN")):
+        with pytest.raises(ValueError, match=match):
             pg.active.pg.tabular_pg_step(p, 3, 2, obs, actions, adv, None, 0.0, None, grad, 1,
                                          np.zeros((2, 6)), np.array(bad))
     with pytest.raises(ValueError, match="grad_out must have shape"):

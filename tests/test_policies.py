@@ -79,7 +79,7 @@ def test_load_rejects_corrupt_truncated_and_foreign_files(tmp_path, rng):
     idx = data.find(np.zeros(6).tobytes())
     data[idx] = 1
     (tmp_path / "flip.npz").write_bytes(bytes(data))
-    with pytest.raises(CheckpointError):
+    with pytest.raises(CheckpointError, match="not a readable metarl_fast .npz file"):
         mf.TabularSoftmaxPolicy.load(tmp_path / "flip.npz")
 
 

@@ -331,12 +331,12 @@ def test_load_rejects_bad_files(backend, tmp_path):
     path = buf.save(tmp_path / "r.npz")
     raw = path.read_bytes() if hasattr(path, "read_bytes") else open(path, "rb").read()
     (tmp_path / "trunc.npz").write_bytes(raw[: len(raw) // 2])
-    with pytest.raises(CheckpointError):
+    with pytest.raises(CheckpointError, match="not a readable metarl_fast .npz file"):
         ReplayBuffer.load(tmp_path / "trunc.npz")
     corrupted = bytearray(raw)
     corrupted[len(raw) // 3] ^= 0xFF
     (tmp_path / "bad.npz").write_bytes(bytes(corrupted))
-    with pytest.raises(CheckpointError):
+    with pytest.raises(CheckpointError, match="not a readable metarl_fast .npz file"):
         ReplayBuffer.load(tmp_path / "bad.npz")
     with pytest.raises(CheckpointError, match="no such file"):
         ReplayBuffer.load(tmp_path / "missing.npz")
@@ -549,7 +549,7 @@ def test_accepts_convertible_inputs(backend):
     np.testing.assert_array_equal(buf.done[:2], [True, True])
     np.testing.assert_array_equal(buf.truncated[:2], [False, True])
     np.testing.assert_array_equal(buf.task_id[:5], [2, 1, 0, 1, 2])
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match="read-only"):
         buf.obs[0, 0] = 5  # the storage views are read-only
     # byte-swapped and unaligned inputs are converted, never reinterpreted
     swapped = ReplayBuffer(4)
@@ -851,7 +851,7 @@ def test_buffer_lock_semantics():
     with lock:
         assert lock.locked()
     assert not lock.locked()
-    with pytest.raises(KeyError):
+    with pytest.raises(KeyError, match="x"):
         with lock:
             raise KeyError("x")
     assert not lock.locked()

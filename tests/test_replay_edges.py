@@ -528,7 +528,7 @@ def test_stored_integers_equal_what_was_added(backend, dtype, values):
     np.testing.assert_array_equal(got.next_obs, np.array(values, dtype=dtype))
     np.testing.assert_array_equal(got.reward, np.array(values, dtype=np.float64))
     too_big = 2 ** 63 if dtype == np.int64 else 2 ** 31
-    with pytest.raises((ValueError, OverflowError, TypeError)):
+    with pytest.raises(ValueError, match="obs out of range for int"):
         buf.add(too_big, 0, 0.0, 0, False)
     assert len(buf) == len(values)
 

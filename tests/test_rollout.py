@@ -107,7 +107,7 @@ def test_trajectory_structure(backend):
             np.testing.assert_array_equal(traj.step_in_episode[sl], np.arange(sl.stop - sl.start))
     assert traj.terminated.any() and traj.truncated.any()
     assert np.all(traj.terminated & traj.truncated == False)  # noqa: E712
-    with pytest.raises(IndexError):
+    with pytest.raises(IndexError, match=r"no episode \(3, 0\)"):
         traj.episode(3, 0)
 
 

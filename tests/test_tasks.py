@@ -106,9 +106,9 @@ def test_batch_indexing():
     grid = GridNavigation(size=4).sample(5, 0)
     np.testing.assert_array_equal(grid[1:3].info["goal"], grid.info["goal"][1:3])
     assert batch[2:4].n_tasks == 2 and batch[-1].index == 5 and len(list(batch)) == 6
-    with pytest.raises(IndexError):
+    with pytest.raises(IndexError, match="task index 6 out of range"):
         batch[6]
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match="at least one task"):
         batch[np.array([], dtype=np.int64)]
     assert not batch.P.flags.writeable
 
@@ -189,7 +189,7 @@ def test_seeds_must_be_ints_or_generators(seed):
 def test_sample_count_checked():
     with pytest.raises(ValueError, match="n must be >= 1"):
         TabularMDPs().sample(0, 0)
-    with pytest.raises(TypeError):
+    with pytest.raises(TypeError, match="n must be an int"):
         TabularMDPs().sample(2.0, 0)
 
 
