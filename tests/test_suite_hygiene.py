@@ -10,6 +10,8 @@ def test_every_expected_exception_names_the_check_that_fired():
     """``pytest.raises(E)`` alone passes whichever check raised E; ``match=`` pins the one meant."""
     missing = []
     for path in sorted(glob.glob(os.path.join(HERE, "*.py"))):
+        if os.path.basename(path) == "test_suite_hygiene.py":
+            continue
         text = open(path, encoding="utf-8").read()
         for m in re.finditer(r"pytest\.raises\(", text):
             depth, i = 1, m.end()
