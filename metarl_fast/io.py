@@ -5,10 +5,18 @@ Every file metarl_fast writes (policies, optimizer state, replay buffers, checkp
 and fsync'ed, then renamed over the target, so a crash or Ctrl-C leaves either the old file or the
 new one, never a torn one.  :func:`load_npz` reads with ``allow_pickle=False`` and verifies the
 kind, the format version and a SHA-256 over every array's name, dtype, shape and bytes.
+
+The temporary file is ``.<name>.tmp-<pid>-<random>`` beside the target, created with mode 0666
+filtered by the process umask (like any file the user creates); temporaries left by a process
+that died mid-write (its pid no longer runs) are removed by the next save to the same target.
+A destination that exists and is not a regular file (a symbolic link, a device, a directory) is
+refused rather than replaced.  Any damage to a file -- a flipped bit anywhere, a truncation, a
+``.npy`` or another file under the name -- ends in :class:`CheckpointError`.
 """
 import hashlib
 import os
-import tempfile
+import secrets
+import stat
 import zipfile
 
 import numpy as np
@@ -52,7 +60,10 @@ def save_npz(path, arrays, *, kind, version):
     payload[_META_VERSION] = np.array(int(version), dtype=np.int64)
     payload[_META_CHECKSUM] = _checksum(payload)
     directory = os.path.dirname(os.path.abspath(path))
-    fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".npz", dir=directory)
+    _check_destination(path)
+    _remove_stale_temporaries(directory, os.path.basename(path))
+    tmp = os.path.join(directory, f".{os.path.basename(path)}.tmp-{os.getpid()}-{secrets.token_hex(4)}")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_CLOEXEC", 0), 0o666)
     try:
         with os.fdopen(fd, "wb") as fh:
             np.savez(fh, **payload)
@@ -76,6 +87,52 @@ def save_npz(path, arrays, *, kind, version):
     return path
 
 
+def _check_destination(path):
+    try:
+        st = os.lstat(path)
+    except FileNotFoundError:
+        return
+    if not stat.S_ISREG(st.st_mode):
+        what = "a symbolic link" if stat.S_ISLNK(st.st_mode) else "a directory" if stat.S_ISDIR(st.st_mode) \
+            else "not a regular file"
+        raise ValueError(f"{path} is {what}; refusing to replace it (save to a regular file path)")
+
+
+def _remove_stale_temporaries(directory, name):
+    """Remove ``.<name>.tmp-<pid>-*`` files whose writing process no longer runs."""
+    prefix = f".{name}.tmp-"
+    try:
+        entries = os.listdir(directory)
+    except OSError:
+        return
+    for entry in entries:
+        if not entry.startswith(prefix):
+            continue
+        try:
+            pid = int(entry[len(prefix):].split("-", 1)[0])
+        except ValueError:
+            continue
+        if pid == os.getpid() or _running(pid):
+            continue
+        try:
+            os.unlink(os.path.join(directory, entry))
+        except OSError:
+            pass
+
+
+def _running(pid):
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except (PermissionError, OverflowError, ValueError):
+        return True  # someone else's process, or not a pid we can ask about: leave its file alone
+    return True
+
+
+_NPY_MAGIC = b"\x93NUMPY"
+
+
 def load_npz(path, *, kind, versions):
     """Load a file written by :func:`save_npz`, checking kind, version (in ``versions``) and checksum.
 
@@ -85,10 +142,24 @@ def load_npz(path, *, kind, versions):
     path = os.fspath(path)
     if not os.path.exists(path):
         raise CheckpointError(f"{path}: no such file")
+    if not os.path.isfile(path):
+        raise CheckpointError(f"{path}: not a regular file")
+    try:
+        with open(path, "rb") as fh:
+            head = fh.read(len(_NPY_MAGIC))
+    except OSError as err:
+        raise CheckpointError(f"{path}: cannot be read ({err.strerror})") from err
+    if head == _NPY_MAGIC:
+        raise CheckpointError(f"{path}: a single-array .npy file, not a metarl_fast .npz archive")
+    if not zipfile.is_zipfile(path):
+        raise CheckpointError(f"{path}: not a readable metarl_fast .npz file (not a zip archive)")
     try:
         with np.load(path, allow_pickle=False) as npz:
             arrays = {name: npz[name] for name in npz.files}
-    except (OSError, ValueError, EOFError, zipfile.BadZipFile, KeyError) as err:
+    except MemoryError as err:  # a damaged header that claims a huge array
+        raise CheckpointError(f"{path}: not a readable metarl_fast .npz file (an entry claims more memory "
+                              f"than there is)") from err
+    except Exception as err:  # noqa: BLE001 -- zipfile and numpy raise many kinds on damaged input
         raise CheckpointError(f"{path}: not a readable metarl_fast .npz file ({err})") from err
     for meta in (_META_KIND, _META_VERSION, _META_CHECKSUM):
         if meta not in arrays:

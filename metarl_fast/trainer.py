@@ -696,7 +696,20 @@ class MetaTrainer:
             open(path, "w").close()
             return
         with open(path) as fh:
-            kept = [line for line in fh if line.strip() and json.loads(line)["iteration"] <= last_iteration]
+            lines = [line for line in fh if line.strip()]
+        kept = []
+        for number, line in enumerate(lines, 1):
+            try:
+                iteration = json.loads(line)["iteration"]
+            except (ValueError, KeyError, TypeError):
+                if number == len(lines):  # a line torn by a crash mid-write: dropped, it is written again
+                    self.log.write(f"metarl-fast: {path}: dropping its torn last line (line {number}); "
+                                   f"iterations after the checkpoint are run again\n")
+                    break
+                raise io.CheckpointError(f"{path}: line {number} is not a JSON record; the run directory "
+                                         f"is damaged") from None
+            if iteration <= last_iteration:
+                kept.append(line if line.endswith("\n") else line + "\n")
         _write_atomic(path, lambda fh: fh.writelines(kept))  # a Ctrl-C here must not lose the kept lines
 
     def _append(self, name, record):

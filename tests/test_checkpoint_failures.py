@@ -9,6 +9,7 @@
   SHA-256 -- over each entry's bytes, dtype, shape and name; kind, version, missing metadata,
   pickles and inconsistent checkpoints each by their own check (every ``pytest.raises`` names it).
 """
+import dataclasses
 import io as _io
 import json
 import os
@@ -30,7 +31,7 @@ def payload(scale=1.0):
 
 
 def leftovers(directory):
-    return sorted(p for p in os.listdir(directory) if p.startswith(".tmp-") or p.endswith(".tmp"))
+    return sorted(p for p in os.listdir(directory) if ".tmp" in p)
 
 
 def assert_loads_as(path, expected):
@@ -398,3 +399,105 @@ def test_trainer_checkpoint_kind_version_and_consistency_checks(tmp_path):
         MetaTrainer.read_checkpoint(tmp_path / "tampered.npz")
     with pytest.raises(io.CheckpointError, match="checksum mismatch"):
         MetaTrainer(cfg, tmp_path / "x", log=_io.StringIO()).load_checkpoint(tmp_path / "tampered.npz")
+
+
+# ----------------------------------------------------------------------------- hostile files and destinations
+def test_every_single_bit_flip_ends_in_checkpoint_error(tmp_path):
+    """Each bit of a small file flipped in turn (headers, central directory and data alike): the
+    load succeeds only if the content is intact, else raises CheckpointError -- never another
+    exception (zipfile and numpy raise many kinds on damaged input)."""
+    path = tmp_path / "a.npz"
+    io.save_npz(path, payload(), kind=KIND, version=1)
+    raw = path.read_bytes()
+    bad = tmp_path / "flip.npz"
+    other = []
+    for byte in range(len(raw)):
+        for bit in (0, 3, 7):
+            data = bytearray(raw)
+            data[byte] ^= 1 << bit
+            bad.write_bytes(bytes(data))
+            try:
+                assert_loads_as(bad, payload())
+            except io.CheckpointError:
+                pass
+            except Exception as err:  # noqa: BLE001
+                other.append((byte, bit, type(err).__name__, str(err)[:80]))
+    assert not other, other[:5]
+
+
+def test_a_npy_file_under_the_name_is_named_as_such(tmp_path):
+    np.save(tmp_path / "w.npy", np.zeros(3))
+    os.replace(tmp_path / "w.npy", tmp_path / "w.npz")
+    with pytest.raises(io.CheckpointError, match="a single-array .npy file, not a metarl_fast .npz archive"):
+        io.load_npz(tmp_path / "w.npz", kind=KIND, versions={1})
+    (tmp_path / "t.npz").write_text("hello")
+    with pytest.raises(io.CheckpointError, match="not a zip archive"):
+        io.load_npz(tmp_path / "t.npz", kind=KIND, versions={1})
+    (tmp_path / "d.npz").mkdir()
+    with pytest.raises(io.CheckpointError, match="not a regular file"):
+        io.load_npz(tmp_path / "d.npz", kind=KIND, versions={1})
+
+
+def test_non_regular_destinations_are_refused_and_left_alone(tmp_path):
+    target = tmp_path / "real.npz"
+    io.save_npz(target, payload(), kind=KIND, version=1)
+    link = tmp_path / "link.npz"
+    os.symlink(target, link)
+    with pytest.raises(ValueError, match="is a symbolic link; refusing to replace it"):
+        io.save_npz(link, payload(2.0), kind=KIND, version=1)
+    assert os.path.islink(link)
+    assert_loads_as(target, payload())
+    (tmp_path / "dir.npz").mkdir()
+    with pytest.raises(ValueError, match="is a directory; refusing to replace it"):
+        io.save_npz(tmp_path / "dir.npz", payload(), kind=KIND, version=1)
+    assert leftovers(tmp_path) == []
+
+
+def test_saved_files_get_the_umask_mode(tmp_path):
+    old = os.umask(0o022)
+    try:
+        io.save_npz(tmp_path / "a.npz", payload(), kind=KIND, version=1)
+        os.umask(0o077)
+        io.save_npz(tmp_path / "b.npz", payload(), kind=KIND, version=1)
+    finally:
+        os.umask(old)
+    assert stat.S_IMODE(os.stat(tmp_path / "a.npz").st_mode) == 0o644
+    assert stat.S_IMODE(os.stat(tmp_path / "b.npz").st_mode) == 0o600
+
+
+def test_temporaries_of_dead_writers_are_removed_and_live_ones_kept(tmp_path):
+    import subprocess
+    import sys
+
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True,
+                          text=True).stdout.strip()
+    stale = tmp_path / f".a.npz.tmp-{dead}-abcd"
+    stale.write_bytes(b"half a file")
+    live = tmp_path / f".a.npz.tmp-{os.getppid()}-ef01"  # a running process (our parent) is writing
+    live.write_bytes(b"being written")
+    unrelated = tmp_path / f".b.npz.tmp-{dead}-abcd"
+    unrelated.write_bytes(b"another target's")
+    io.save_npz(tmp_path / "a.npz", payload(), kind=KIND, version=1)
+    assert not stale.exists() and live.exists() and unrelated.exists()
+    assert_loads_as(tmp_path / "a.npz", payload())
+
+
+def test_resume_drops_a_torn_last_log_line_and_refuses_a_damaged_middle(tmp_path):
+    cfg = TrainConfig(tasks="gridnav", grid_size=4, iterations=6, meta_batch=4, episodes_per_task=4,
+                      eval_every=3, eval_tasks=8, checkpoint_every=3)
+    straight = tmp_path / "straight"
+    MetaTrainer(cfg, straight, log=open(os.devnull, "w")).run()
+    run = tmp_path / "run"
+    MetaTrainer(dataclasses.replace(cfg, iterations=3), run, log=open(os.devnull, "w")).run()
+    with open(run / "metrics.jsonl", "a") as fh:
+        fh.write('{"iteration": 4, "pre_ret')  # a crash in the middle of writing line 4
+    log = _io.StringIO()
+    trainer = MetaTrainer(cfg, run, log=log)
+    trainer.run(resume=True)
+    assert "dropping its torn last line (line 4)" in log.getvalue()
+    assert (run / "metrics.jsonl").read_text() == (straight / "metrics.jsonl").read_text()
+    lines = (run / "metrics.jsonl").read_text().splitlines()
+    lines[1] = lines[1][:10]
+    (run / "metrics.jsonl").write_text("\n".join(lines) + "\n")
+    with pytest.raises(io.CheckpointError, match="line 2 is not a JSON record"):
+        MetaTrainer(cfg, run, log=open(os.devnull, "w")).run(resume=True)

@@ -152,4 +152,11 @@ MUTATIONS = [
              "eval.json renamed before its data is on disk"),
     Mutation("trainer-json-not-atomic", P, 'tmp = path + ".tmp"', "tmp = path", [FAILURES],
              "written in place: a failure leaves a torn eval.json"),
+    Mutation("trainer-torn-last-line-fails-resume", P, "                if number == len(lines):", "                if False:",
+             [FAILURES], "a line torn by a crash makes --resume fail with a JSON error"),
+    Mutation("trainer-damaged-middle-line-dropped", P, "                    break\n                raise io.CheckpointError",
+             "                    break\n                continue\n                raise io.CheckpointError", [FAILURES],
+             "a damaged line in the middle of the log is silently dropped"),
+    Mutation("trainer-checkpoint-settings-not-compared", P, "        if differ:\n", "        if False:\n",
+             ["tests/test_trainer_cli.py", "-k", "resume_takes"], "a checkpoint loads into a trainer with other settings"),
 ]
