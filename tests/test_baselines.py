@@ -45,7 +45,7 @@ def brute_force_bayes_value(k, n):
     return value(((0, 0),) * k, n)
 
 
-def test_bayes_value_closed_forms():
+def test_bayes_value_closed_forms(backend):
     # one arm: every pull pays 1/2 in expectation
     for n in (1, 2, 7):
         assert bayes_optimal_value(1, n) == pytest.approx(n / 2)
@@ -56,7 +56,7 @@ def test_bayes_value_closed_forms():
 
 
 @pytest.mark.parametrize("k,n", [(2, 5), (3, 5), (4, 4), (2, 8)])
-def test_bayes_value_matches_the_unreduced_dynamic_programme(k, n):
+def test_bayes_value_matches_the_unreduced_dynamic_programme(k, n, backend):
     assert bayes_optimal_value(k, n) == pytest.approx(brute_force_bayes_value(k, n), rel=1e-13)
 
 

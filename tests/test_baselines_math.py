@@ -52,14 +52,14 @@ def policy_tree_value(k, n, choices):
 
 
 @pytest.mark.parametrize("k,n", [(1, 3), (2, 1), (2, 2), (2, 3), (3, 2), (3, 3)])
-def test_bayes_value_is_the_best_of_every_policy_tree(k, n):
+def test_bayes_value_is_the_best_of_every_policy_tree(k, n, backend):
     n_nodes = 2 ** n - 1
     best = max(policy_tree_value(k, n, choices)
                for choices in itertools.product(range(k), repeat=n_nodes))
     assert bayes_optimal_value(k, n) == pytest.approx(best, rel=1e-13)
 
 
-def test_bayes_value_hand_case_two_arms_three_pulls():
+def test_bayes_value_hand_case_two_arms_three_pulls(backend):
     # pull arm 0 (1/2); after a win stay (2/3), after a loss switch (1/2): 7/12.  The third pull
     # takes the largest posterior mean: after W,W 3/4; W,L 1/2 (a tie); L,W 2/3; L,L 1/3, with
     # probabilities 1/2 * (2/3, 1/3) and 1/2 * (1/2, 1/2): 1/3 + 1/4 = 7/12.  Total 5/3.

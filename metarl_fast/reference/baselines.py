@@ -115,3 +115,116 @@ def run_agent_trials(agent, parameter, arm_means, n_pulls, rng):
         failures[rows, arms] += 1.0 - rewards
         totals += rewards
     return totals
+
+
+# ------------------------------------------------------------------ exact Bayes-optimal value
+# A belief state of the Bayes-optimal agent (independent Beta(1, 1) priors) is the multiset of the
+# per-arm (successes, failures) counts: the arms are exchangeable, so states that differ by a
+# permutation of the arms share one value.  Its total count t is the number of pulls made; the
+# pulls left are n_pulls - t.  The states with at least two pulls left (t = 0 .. n_pulls - 2) are
+# the ones the dynamic programme memoises; those with one pull left are valued greedily.
+def _check_bayes_inputs(n_arms, n_pulls):
+    n_arms = _validate.positive_int(n_arms, "n_arms")
+    if isinstance(n_pulls, (bool, np.bool_)) or not isinstance(n_pulls, (int, np.integer)):
+        raise TypeError(f"n_pulls must be an int, got {type(n_pulls).__name__}")
+    if n_pulls < 0:
+        raise ValueError(f"n_pulls must be >= 0, got {n_pulls}")
+    return n_arms, int(n_pulls)
+
+
+def bayes_state_counts(n_arms, n_levels, stop_above=None):
+    """Number of belief states (multisets of ``n_arms`` count pairs) of every total ``t < n_levels``.
+
+    Counting, no enumeration: an arm with ``w >= 1`` pulls has ``w + 1`` possible (s, f) pairs, so
+    the multisets of ``j`` pulled arms are counted by the coefficients of ``x^t y^j`` in
+    ``prod_{w >= 1} (1 - y x^w)^-(w + 1)``, built one weight ``w`` at a time (after weight ``w``
+    the counts of total ``w`` are final); the unpulled arms are all (0, 0), so a total ``t`` has
+    ``sum_{j <= n_arms} [x^t y^j]`` states.  Exact Python ints.
+
+    With ``stop_above``, the counting stops once the counts found so far sum to more than it; the
+    list is then shorter than ``n_levels``.
+    """
+    n_arms, n_levels = _check_bayes_inputs(n_arms, n_levels)
+    if n_levels == 0:
+        return []
+    n = n_levels - 1  # largest total
+    k = min(n_arms, n)  # at most t arms of a state of total t are pulled
+    cnt = np.zeros((k + 1, n + 1), dtype=object)
+    cnt[:] = 0
+    cnt[0, 0] = 1
+    levels = [1]  # total 0: every arm (0, 0)
+    found = 1
+    for w in range(1, n + 1):
+        if not (stop_above is not None and found > stop_above):
+            new = cnt.copy()
+            for j in range(1, k + 1):
+                for m in range(1, min(j, n // w) + 1):  # m arms of weight w: C(w + m, m) ways
+                    new[j, w * m:] += math.comb(w + m, m) * cnt[j - m, :n + 1 - w * m]
+            cnt = new
+            levels.append(int(cnt[:, w].sum()))
+            found += levels[-1]
+    return levels
+
+
+def bayes_state_count(n_arms, n_pulls, limit=None):
+    """``(count, exact)``: the belief states the dynamic programme memoises (two or more pulls left).
+
+    ``exact`` is False only when, with ``limit`` given, the count was cut short once it was known
+    to exceed ``limit`` (``count`` is then a lower bound above ``limit``).
+    """
+    n_arms, n_pulls = _check_bayes_inputs(n_arms, n_pulls)
+    levels = n_pulls - 1  # totals 0 .. n_pulls - 2
+    if levels <= 0:
+        return 0, True
+    if n_arms == 1 or levels * levels * min(n_arms, levels) <= 200_000:
+        if n_arms == 1:  # t + 1 states of total t
+            return levels * (levels + 1) // 2, True
+        return sum(bayes_state_counts(n_arms, levels)), True
+    if limit is not None:
+        if levels * (levels + 1) // 2 > limit:  # at least t + 1 states of total t
+            return levels * (levels + 1) // 2, False
+        first = 8
+        while first < levels:  # the first totals, more of them each time, until over the limit
+            counts = bayes_state_counts(n_arms, first, stop_above=limit)
+            if sum(counts) > limit:
+                return sum(counts), False
+            first *= 4
+    return sum(bayes_state_counts(n_arms, levels)), True
+
+
+def bayes_optimal_value(n_arms, n_pulls):
+    """Exact expected total reward of the Bayes-optimal agent (memoised recursion over beliefs).
+
+    ``V(state) = max_a p_a (1 + V(win_a)) + (1 - p_a) V(loss_a)`` with ``p_a = (s_a + 1) /
+    (s_a + f_a + 2)``; one pull left: ``max_a p_a``; none: 0.  No size limit here (the API layer
+    checks :func:`bayes_state_counts` first).
+    """
+    n_arms, n_pulls = _check_bayes_inputs(n_arms, n_pulls)
+    if n_pulls == 0:
+        return 0.0
+    cache = {}
+
+    def value(state, remaining):
+        if remaining == 1:  # the last pull is greedy
+            return max((s + 1) / (s + f + 2) for s, f in state)
+        v = cache.get(state)
+        if v is not None:
+            return v
+        best = 0.0
+        previous = None
+        for i, arm in enumerate(state):
+            if arm == previous:  # identical arms have identical values
+                continue
+            previous = arm
+            s, f = arm
+            p = (s + 1) / (s + f + 2)
+            rest = state[:i] + state[i + 1:]
+            win = tuple(sorted(rest + ((s + 1, f),)))
+            loss = tuple(sorted(rest + ((s, f + 1),)))
+            q = p * (1.0 + value(win, remaining - 1)) + (1.0 - p) * value(loss, remaining - 1)
+            if q > best:
+                best = q
+        cache[state] = best
+        return best
+
+    return value(((0, 0),) * n_arms, n_pulls)

@@ -1,7 +1,7 @@
 """Mutations of the bandit baselines (reference/baselines.py, _core/baselines.pyx, baselines.py)."""
 from run import Mutation
 
-T_BL = ["tests/test_baselines_math.py", "tests/test_baselines.py"]
+T_BL = ["tests/test_baselines_math.py", "tests/test_baselines.py", "tests/test_bayes_optimal.py"]
 REF = "metarl_fast/reference/baselines.py"
 CORE = "metarl_fast/_core/baselines.pyx"
 PY = "metarl_fast/baselines.py"
@@ -63,14 +63,14 @@ MUTATIONS = [
     Mutation("baselines-core-greedy-empirical-mean", CORE,
              "scores[a] = (s + 1.0) / (c + 2.0)", "scores[a] = (s + 1.0) / (c + 1.0)", T_BL),
     # ---------------------------------------------------------------- baselines.py
-    Mutation("baselines-bayes-wrong-posterior", PY,
+    Mutation("baselines-bayes-wrong-posterior", REF,
              "            p = (s + 1) / (s + f + 2)\n", "            p = (s + 1) / (s + f + 1)\n",
              T_BL),
-    Mutation("baselines-bayes-last-pull-first-arm", PY,
+    Mutation("baselines-bayes-last-pull-first-arm", REF,
              "return max((s + 1) / (s + f + 2) for s, f in state)",
              "return (state[0][0] + 1) / (state[0][0] + state[0][1] + 2)", T_BL,
              "the last pull takes the first arm instead of the best one"),
-    Mutation("baselines-bayes-unsorted-belief-states", PY,
+    Mutation("baselines-bayes-unsorted-belief-states", REF,
              "            win = tuple(sorted(rest + ((s + 1, f),)))\n"
              "            loss = tuple(sorted(rest + ((s, f + 1),)))\n",
              "            win = tuple(rest + ((s + 1, f),))\n"
@@ -93,4 +93,16 @@ MUTATIONS = [
              "    return float(mdp.start @ V[0])\n", "    return float(V[0].max())\n", T_BL),
     Mutation("baselines-ucb1-default-c-2", PY,
              "def __init__(self, c=math.sqrt(2.0)):", "def __init__(self, c=2.0):", T_BL),
+    # ---------------------------------------------------------------- compiled Bayes-optimal DP
+    Mutation("baselines-core-bayes-posterior", CORE,
+             "p = <double> (s + 1) / <double> (w + 2)", "p = <double> (s + 1) / <double> (w + 1)", T_BL),
+    Mutation("baselines-core-bayes-successors-swapped", CORE,
+             "q = p * (1.0 + bayes_next(c, i, w1 + s + 1)) + (1.0 - p) * bayes_next(c, i, w1 + s)",
+             "q = p * (1.0 + bayes_next(c, i, w1 + s)) + (1.0 - p) * bayes_next(c, i, w1 + s + 1)", T_BL,
+             "a success moves the belief as a failure would"),
+    Mutation("baselines-core-bayes-skips-distinct-arms", CORE,
+             "        if a == prev:  # identical arms have identical values", "        if a >= prev:", T_BL,
+             "only the first arm of a state is considered"),
+    Mutation("baselines-core-bayes-last-pull-not-greedy", CORE,
+             "q = p\n", "q = 0.0\n", T_BL, "the last pull earns nothing"),
 ]

@@ -109,7 +109,7 @@ MUTATIONS = [
              '            self.iteration = int(arrays["iteration"])\n', "", T,
              "resume restarts the iteration count (and seeds) at 0"),
     Mutation("trainer-truncate-drops-checkpoint-line", P,
-             'json.loads(line)["iteration"] <= last_iteration]', 'json.loads(line)["iteration"] < last_iteration]', T,
+             "            if iteration <= last_iteration:", "            if iteration < last_iteration:", T,
              "truncate_log keeps one line too few"),
     Mutation("trainer-resume-no-truncate", P,
              "                self._truncate_log(name, self.iteration)\n", "                pass\n", T,
