@@ -29,6 +29,8 @@ def float_array(x, name, ndim=None, dtype=None):
     ``dtype`` forces one of the two float dtypes; otherwise the input's own must be float32/64.
     Lists and other array-likes are converted (to float64 unless ``dtype`` says otherwise).
     """
+    if x is None:
+        raise TypeError(f"{name} must be a float32 or float64 array, got None")
     if not isinstance(x, np.ndarray):
         try:
             x = np.asarray(x, dtype=dtype if dtype is not None else None)
@@ -57,6 +59,8 @@ def float_array(x, name, ndim=None, dtype=None):
 
 def int_array(x, name, ndim=1, length=None, low=None, high=None):
     """Return ``x`` as a C-contiguous int64 ndarray, checking ``low <= x < high``."""
+    if x is None:
+        raise TypeError(f"{name} must be an integer array, got None")
     arr = np.asarray(x)
     if arr.dtype.kind not in "iu":
         if arr.size == 0 and arr.dtype.kind == "f":
@@ -142,6 +146,8 @@ def check_actions(actions, n_rows, n_actions, name="actions"):
 
 def weight_vector(weights, n_features, name="weights", max_abs=1e100):
     """``weights`` as a C-contiguous float64 (n_features,) array, finite and ``|w| <= max_abs``."""
+    if weights is None:
+        raise TypeError(f"{name} must be a float array, got None")
     arr = np.asarray(weights)
     if arr.dtype.kind != "f":
         raise TypeError(f"{name} must be a float array, got dtype {arr.dtype}")
