@@ -438,7 +438,7 @@ def test_single_env_boundaries():
     P = np.zeros((1, 3, 1, 3))
     P[0, :, 0] = [0.25, 0.0, 0.75]
     env = TaskBatch(P, np.zeros((1, 3, 1)), 1, start=np.array([[0.0, 0.5, 0.5]]))[0].make_env()
-    from test_envs_edges import scripted_rng  # a Generator whose random() values are chosen
+    from scripted import scripted_rng  # a Generator whose random() values are chosen
 
     rng = scripted_rng([0.0, 0.0, 0.5, 0.25])
     assert env.reset(seed=rng)[0] == 1            # u = 0: not the impossible state 0
