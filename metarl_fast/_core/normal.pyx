@@ -230,25 +230,20 @@ cdef bint _matches_numpy(intp_t n) except -1:
     return True
 
 
-cdef struct Scripted:
-    uint64_t first       # the first word returned by next_uint64; then a Weyl sequence
-    int n_u64            # next_uint64 calls made
-    int n_double         # next_double calls made
-
-
 cdef uint64_t _scripted_u64(void* st) noexcept nogil:
-    cdef Scripted* s = <Scripted*> st
+    cdef Probe* s = <Probe*> st
     s.n_u64 += 1
     return s.first if s.n_u64 == 1 else <uint64_t> s.n_u64 * WEYL
 
 
 cdef double _scripted_double(void* st) noexcept nogil:
-    cdef Scripted* s = <Scripted*> st
+    cdef Probe* s = <Probe*> st
     s.n_double += 1
     return <double> ((<uint64_t> s.n_double * WEYL) >> 11) * (1.0 / 9007199254740992.0)
 
 
-cdef double _draw_scripted(uint64_t word, bint ours, Scripted* s):
+cdef double _draw_scripted(uint64_t word, bint ours, Probe* s):
+    # a Probe's counters, with a stream that starts with ``word`` then runs a Weyl sequence
     cdef bitgen_t bg
     cdef double out
     s.first = word
@@ -271,7 +266,7 @@ def _first_draw_from_word(uint64_t word):
     ``random_standard_normal`` from a stream that starts with ``word`` (then fixed words), as
     ``((value, u64 words used, doubles used) ours, (...) NumPy's)``: they must be equal for every
     word, those at the acceptance boundary ``k[idx]`` of each layer included."""
-    cdef Scripted a, b
+    cdef Probe a, b
     x = _draw_scripted(word, True, &a)
     y = _draw_scripted(word, False, &b)
     return (x, a.n_u64, a.n_double), (y, b.n_u64, b.n_double)
