@@ -111,6 +111,12 @@ def _certain_outcomes(probs):
     return deterministic, nonzero.argmax(axis=-1).astype(np.int64)
 
 
+def _start_at_zero(n, S):
+    start = np.zeros((n, S))
+    start[:, 0] = 1.0
+    return start
+
+
 def padded_cdf_rows(cdf):
     """Running-sum rows (..., m) laid out for the compiled kernels' blocked search: (..., L + 1)
     holding the first m - 1 sums, +inf up to L = m - 1 rounded up to a multiple of 4 (never <= a
@@ -122,6 +128,17 @@ def padded_cdf_rows(cdf):
     out[..., L] = cdf[..., m - 1]
     out.setflags(write=False)
     return out
+
+
+def _read_only(arr):
+    arr.setflags(write=False)
+    return arr
+
+
+# placeholders of the tables a batch does not need (the kernels never read them)
+_NO_CDF = _read_only(np.ones((1, 1, 1, 1)))
+_NO_CDF_PADDED = padded_cdf_rows(_NO_CDF)
+_NO_REWARD_NEXT = _read_only(np.zeros((1, 1, 1, 1)))
 
 
 class EnvTables:
@@ -153,27 +170,36 @@ class EnvTables:
                  "start_cdf", "start_state", "stochastic_start", "terminal")
 
     def __init__(self, batch):
-        n, S, A = batch.P.shape[:3]
+        n, S, A = batch.n_tasks, batch.n_states, batch.n_actions
         self.n_tasks, self.n_states, self.n_actions, self.horizon = n, S, A, batch.horizon
-        det_trans, self.next_state = _certain_outcomes(batch.P)
+        if batch.next_state is not None:  # a next-state table: deterministic, no dense P is built
+            det_trans, self.next_state = True, batch.next_state
+        elif batch._stochastic:  # a family whose rows are stochastic by construction: no scan of P
+            det_trans, self.next_state = False, np.zeros((n, S, A), dtype=np.int64)
+        else:
+            det_trans, self.next_state = _certain_outcomes(batch.P)
         self.stochastic_transitions = not det_trans
         # deterministic batches (e.g. GridNavigation) never search a CDF: keep no copy of P's size
-        self.trans_cdf = (np.cumsum(batch.P, axis=-1) if self.stochastic_transitions
-                          else np.ones((1, 1, 1, 1)))
-        self.trans_cdf_padded = padded_cdf_rows(self.trans_cdf)
+        if self.stochastic_transitions:
+            from metarl_fast._backend import active  # here: the kernel modules import this one
+            self.trans_cdf, self.trans_cdf_padded = active.envs.transition_cdfs(batch.P)
+        else:
+            self.trans_cdf, self.trans_cdf_padded = _NO_CDF, _NO_CDF_PADDED
         self.reward_mean = batch.R
         self.reward_kind = REWARD_NOISES.index(batch.reward_noise)
         self.reward_std = batch.reward_std
-        self.reward_next = (batch.reward_next if batch.reward_next is not None
-                            else np.zeros((1, 1, 1, 1)))
+        self.reward_next = batch.reward_next if batch.reward_next is not None else _NO_REWARD_NEXT
         self.start_cdf = np.cumsum(batch.start, axis=-1)
-        det_start, self.start_state = _certain_outcomes(batch.start)
+        if batch._start_state is not None:  # a family's fixed start state, known by construction
+            det_start, self.start_state = True, batch._start_state
+        else:
+            det_start, self.start_state = _certain_outcomes(batch.start)
         self.stochastic_start = not det_start
-        self.terminal = batch.terminal.astype(np.uint8)
+        self.terminal = batch.terminal.view(np.uint8)  # bool and uint8 share their bytes
         self.has_terminal = bool(batch.terminal.any())
         for name in self.__slots__:
             value = getattr(self, name)
-            if isinstance(value, np.ndarray):
+            if isinstance(value, np.ndarray) and (value.flags.writeable or not value.flags.c_contiguous):
                 value = np.ascontiguousarray(value)
                 value.setflags(write=False)
                 setattr(self, name, value)
@@ -187,6 +213,10 @@ class TaskBatch:
     P : array (n, S, A, S)         transition probabilities; each row >= 0 and sums to 1 (tol 1e-8)
     R : array (n, S, A)            mean rewards (ignored and recomputed for ``reward_noise="transition"``)
     horizon : int >= 1
+    next_state : int array (n, S, A), optional
+                                   deterministic transitions as a next-state table, instead of ``P``
+                                   (give exactly one of the two); ``batch.P`` is then built on first
+                                   use (a one-hot (n, S, A, S) array) for code that asks for it
     start : array (n, S), optional initial distributions (default: state 0)
     terminal : bool array (n, S), optional (default: none)
     reward_noise : {"none", "gaussian", "bernoulli", "transition"}
@@ -194,28 +224,48 @@ class TaskBatch:
     reward_next : array (n, S, A, S), required for "transition"
     name : str, a label for ``repr``
 
-    All arrays are copied to read-only float64/bool arrays.  ``batch[i]`` is a :class:`Task`;
+    All arrays are copied to read-only float64/bool/int64 arrays.  ``batch[i]`` is a :class:`Task`;
     ``batch[indices]`` (a slice or an integer array) is a sub-batch.  ``batch.info`` holds
     per-task parameters of the family that drew it (e.g. ``info["goal"]`` of GridNavigation).
+    ``batch.next_state`` is the next-state table when every transition is deterministic and the
+    batch was built from one (else None).
     """
 
-    def __init__(self, P, R, horizon, *, start=None, terminal=None, reward_noise="none",
-                 reward_std=1.0, reward_next=None, name="TaskBatch"):
-        P = np.asarray(P) if not isinstance(P, np.ndarray) else P
-        if P.dtype.kind not in "fiu":
-            raise TypeError(f"P must be a float array, got dtype {P.dtype}")
-        if P.ndim != 4 or P.shape[0] < 1 or P.shape[1] < 1 or P.shape[2] < 1 or P.shape[3] != P.shape[1]:
-            raise ValueError(f"P must have shape (n_tasks, S, A, S) with n_tasks, S, A >= 1, got {P.shape}")
-        n, S, A = P.shape[:3]
-        P = _float_table(P, "P", (n, S, A, S))
-        _check_distributions(P, "P", ("task", "s", "a"))
+    def __init__(self, P=None, R=None, horizon=None, *, next_state=None, start=None, terminal=None,
+                 reward_noise="none", reward_std=1.0, reward_next=None, name="TaskBatch"):
+        if (P is None) == (next_state is None):
+            raise ValueError("give exactly one of P (n, S, A, S) and next_state (n, S, A)")
+        if next_state is not None:
+            next_state = _validate.int_array(next_state, "next_state", ndim=3)
+            n, S, A = next_state.shape
+            if n < 1 or S < 1 or A < 1:
+                raise ValueError(f"next_state must have shape (n_tasks, S, A) with n_tasks, S, A >= 1, "
+                                 f"got {next_state.shape}")
+            outside = (next_state < 0) | (next_state >= S)
+            if outside.any():
+                idx = tuple(int(v) for v in np.argwhere(outside)[0])
+                raise ValueError(f"next_state[{idx[0]}, {idx[1]}, {idx[2]}] = {int(next_state[idx])} is "
+                                 f"not a state in [0, {S})")
+            next_state = np.array(next_state, dtype=np.int64)  # a private copy
+        else:
+            P = np.asarray(P) if not isinstance(P, np.ndarray) else P
+            if P.dtype.kind not in "fiu":
+                raise TypeError(f"P must be a float array, got dtype {P.dtype}")
+            if P.ndim != 4 or P.shape[0] < 1 or P.shape[1] < 1 or P.shape[2] < 1 or P.shape[3] != P.shape[1]:
+                raise ValueError(f"P must have shape (n_tasks, S, A, S) with n_tasks, S, A >= 1, got {P.shape}")
+            n, S, A = P.shape[:3]
+            P = _float_table(P, "P", (n, S, A, S))
+            _check_distributions(P, "P", ("task", "s", "a"))
         if not isinstance(reward_noise, str) or reward_noise not in REWARD_NOISES:
             raise ValueError(f"reward_noise must be one of {REWARD_NOISES}, got {reward_noise!r}")
         if reward_noise == "transition":
             if reward_next is None:
                 raise ValueError('reward_noise="transition" needs reward_next of shape (n, S, A, S)')
             reward_next = _float_table(reward_next, "reward_next", (n, S, A, S))
-            R = np.einsum("nsat,nsat->nsa", P, reward_next)
+            if next_state is not None:
+                R = np.take_along_axis(reward_next, next_state[..., None], axis=-1)[..., 0]
+            else:
+                R = np.einsum("nsat,nsat->nsa", P, reward_next)
         else:
             if reward_next is not None:
                 raise ValueError('reward_next is only used with reward_noise="transition"')
@@ -224,8 +274,7 @@ class TaskBatch:
             raise ValueError("R must lie in [0, 1] for bernoulli rewards (it is the success probability)")
         horizon = _validate.positive_int(horizon, "horizon")
         if start is None:
-            start = np.zeros((n, S))
-            start[:, 0] = 1.0
+            start = _start_at_zero(n, S)
         else:
             start = _float_table(start, "start", (n, S))
             _check_distributions(start, "start", ("task",))
@@ -246,28 +295,69 @@ class TaskBatch:
             reward_std = np.full(n, _validate.finite_float(
                 reward_std.item() if isinstance(reward_std, np.ndarray) else reward_std,
                 "reward_std", low=0.0))
-        self.P, self.R, self.start, self.terminal, self.reward_std = P, R, start, terminal, reward_std
+        self._assign(P, next_state, R, horizon, start, terminal, reward_noise, reward_std, reward_next, name)
+
+    @classmethod
+    def _trusted(cls, P=None, R=None, horizon=None, *, next_state=None, start=None, terminal=None,
+                 reward_noise="none", reward_std=1.0, reward_next=None, name="TaskBatch"):
+        """A batch from arrays that are valid by construction (the built-in families, sub-batches):
+        no checks and no copies; the arrays must be fresh float64/int64/bool arrays nothing else
+        writes to (they are made read-only)."""
+        self = cls.__new__(cls)
+        n, S, A = (next_state if P is None else P).shape[:3]
+        start_state = None
+        if start is None:
+            start, start_state = _start_at_zero(n, S), _read_only(np.zeros(n, dtype=np.int64))
+        if terminal is None:
+            terminal = np.zeros((n, S), dtype=bool)
+        if np.ndim(reward_std) == 0:
+            reward_std = np.full(n, float(reward_std))
+        self._assign(P, next_state, R, int(horizon), start, terminal, reward_noise, reward_std,
+                     reward_next, name)
+        self._start_state = start_state
+        return self
+
+    def _assign(self, P, next_state, R, horizon, start, terminal, reward_noise, reward_std,
+                reward_next, name):
+        self._P, self.next_state = P, next_state
+        self.R, self.start, self.terminal, self.reward_std = R, start, terminal, reward_std
         self.reward_next = reward_next
         self.horizon, self.reward_noise, self.name = horizon, reward_noise, str(name)
+        shape_source = next_state if P is None else P
+        self._shape = tuple(int(d) for d in shape_source.shape[:3])
         # per-task parameters of the family that drew the batch (first axis n_tasks), e.g.
         # GridNavigation's "goal" (n, 2) or Chain's "good_action" (n, S); sub-batches keep them
         self.info = {}
-        for arr in (P, R, start, terminal, reward_std, reward_next):
+        for arr in (P, next_state, R, start, terminal, reward_std, reward_next):
             if arr is not None:
                 arr.setflags(write=False)
         self._tables = None
+        self._stochastic = False  # True: every row of P is known to have >= 2 outcomes (no scan)
+        self._start_state = None  # int64 (n,): every task's certain start state, known by construction
+
+    @property
+    def P(self):
+        """float64 (n, S, A, S) transition probabilities, read-only (built on first use from
+        ``next_state`` when the batch holds a next-state table)."""
+        if self._P is None:
+            n, S, A = self._shape
+            P = np.zeros((n, S, A, S))
+            np.put_along_axis(P, self.next_state[..., None], 1.0, axis=-1)
+            P.setflags(write=False)
+            self._P = P
+        return self._P
 
     @property
     def n_tasks(self):
-        return self.P.shape[0]
+        return self._shape[0]
 
     @property
     def n_states(self):
-        return self.P.shape[1]
+        return self._shape[1]
 
     @property
     def n_actions(self):
-        return self.P.shape[2]
+        return self._shape[2]
 
     @property
     def tables(self):
@@ -292,12 +382,15 @@ class TaskBatch:
             idx = idx % self.n_tasks
         if idx.size == 0:
             raise ValueError("a TaskBatch needs at least one task")
-        sub = TaskBatch(self.P[idx], self.R[idx], self.horizon, start=self.start[idx],
-                        terminal=self.terminal[idx], reward_noise=self.reward_noise,
-                        reward_std=self.reward_std[idx],
-                        reward_next=None if self.reward_next is None else self.reward_next[idx],
-                        name=self.name)
+        sub = TaskBatch._trusted(
+            None if self._P is None else self._P[idx], self.R[idx], self.horizon,
+            next_state=None if self.next_state is None else self.next_state[idx],
+            start=self.start[idx], terminal=self.terminal[idx], reward_noise=self.reward_noise,
+            reward_std=self.reward_std[idx],
+            reward_next=None if self.reward_next is None else self.reward_next[idx], name=self.name)
         sub.info = {key: value[idx] for key, value in self.info.items()}
+        sub._stochastic = self._stochastic
+        sub._start_state = None if self._start_state is None else _read_only(self._start_state[idx])
         return sub
 
     def __iter__(self):
@@ -529,9 +622,9 @@ class BernoulliBandits(TaskDistribution):
 
     def _sample(self, n, rng):
         p = rng.random((n, self.n_arms))
-        P = np.ones((n, 1, self.n_arms, 1))
-        return TaskBatch(P, p[:, None, :], self.horizon, reward_noise="bernoulli",
-                         name=f"BernoulliBandits(n_arms={self.n_arms})")
+        return TaskBatch._trusted(None, p[:, None, :], self.horizon,
+                                  next_state=np.zeros((n, 1, self.n_arms), dtype=np.int64),
+                                  reward_noise="bernoulli", name=f"BernoulliBandits(n_arms={self.n_arms})")
 
     def __repr__(self):
         return f"BernoulliBandits(n_arms={self.n_arms}, horizon={self.horizon})"
@@ -555,8 +648,10 @@ class TabularMDPs(TaskDistribution):
         R = rng.normal(1.0, 1.0, (n, S, A))
         P = rng.dirichlet(np.ones(S), size=(n, S, A))
         P /= P.sum(axis=-1, keepdims=True)
-        return TaskBatch(P, R, self.horizon, reward_noise="gaussian", reward_std=1.0,
-                         name=f"TabularMDPs(n_states={S}, n_actions={A})")
+        batch = TaskBatch._trusted(P, R, self.horizon, reward_noise="gaussian", reward_std=1.0,
+                                   name=f"TabularMDPs(n_states={S}, n_actions={A})")
+        batch._stochastic = S > 1  # Dirichlet(1, ..., 1) rows: every entry > 0 almost surely
+        return batch
 
     def __repr__(self):
         return f"TabularMDPs(n_states={self.n_states}, n_actions={self.n_actions}, horizon={self.horizon})"
@@ -609,22 +704,26 @@ class GridNavigation(TaskDistribution):
         nr = np.clip(rows[:, None] + self._MOVES[None, :, 0], 0, size - 1)
         nc = np.clip(cols[:, None] + self._MOVES[None, :, 1], 0, size - 1)
         self._next = nr * size + nc           # (S, 5)
-        self._next_rc = np.stack([nr, nc], axis=-1)
+        self._cell_rc = np.stack([rows, cols], axis=-1)   # (S, 2)
 
     def _sample(self, n, rng):
         size, S, A = self.size, self.size * self.size, self.N_ACTIONS
         goal = self.goals[rng.integers(len(self.goals), size=n)]       # (n, 2)
-        diff = self._next_rc[None].astype(np.float64) - goal[:, None, None, :]
-        d2 = (diff ** 2).sum(axis=-1)                                   # (n, S, A)
-        R = -(d2 if self.squared else np.sqrt(d2))
-        P = np.zeros((n, S, A, S))
-        P[:, np.arange(S)[:, None], np.arange(A)[None, :], self._next] = 1.0
+        # the reward depends only on the cell reached: per-cell distances (n, S), then a gather
+        d2 = ((self._cell_rc[None, :, 0] - goal[:, None, 0]) ** 2
+              + (self._cell_rc[None, :, 1] - goal[:, None, 1]) ** 2).astype(np.float64)
+        cell_reward = -(d2 if self.squared else np.sqrt(d2))
+        R = cell_reward[:, self._next]                                  # (n, S, A)
+        next_state = np.empty((n, S, A), dtype=np.int64)
+        next_state[:] = self._next
         start = np.zeros((n, S))
         start[:, (size // 2) * size + size // 2] = 1.0
         terminal = np.zeros((n, S), dtype=bool)
         terminal[np.arange(n), goal[:, 0] * size + goal[:, 1]] = True
-        batch = TaskBatch(P, R, self.horizon, start=start, terminal=terminal, reward_noise="none",
-                          name=f"GridNavigation(size={size})")
+        batch = TaskBatch._trusted(None, R, self.horizon, next_state=next_state, start=start,
+                                   terminal=terminal, reward_noise="none",
+                                   name=f"GridNavigation(size={size})")
+        batch._start_state = _read_only(np.full(n, (size // 2) * size + size // 2, dtype=np.int64))
         batch.info["goal"] = goal
         return batch
 
@@ -655,16 +754,20 @@ class Chain(TaskDistribution):
         good = rng.integers(A, size=(n, S))
         is_good = good[:, :, None] == np.arange(A)[None, None, :]         # (n, S, A)
         advance = np.minimum(np.arange(S) + 1, S - 1)                      # (S,)
-        fwd = np.zeros((n, S, A, S))
-        fwd[:, np.arange(S), :, advance] = 1.0
-        back = np.zeros((n, S, A, S))
-        back[..., 0] = 1.0
-        p_good = 1.0 - self.slip
-        w = np.where(is_good, p_good, 1.0 - p_good)[..., None]
-        P = w * fwd + (1.0 - w) * back
         R = is_good.astype(np.float64)
-        batch = TaskBatch(P, R, self.horizon, reward_noise="none",
-                          name=f"Chain(n_states={S}, n_actions={A})")
+        name = f"Chain(n_states={S}, n_actions={A})"
+        if self.slip == 0.0:  # deterministic: a next-state table, no (n, S, A, S) array
+            next_state = np.where(is_good, advance[None, :, None], 0)
+            batch = TaskBatch._trusted(None, R, self.horizon, next_state=next_state, name=name)
+        else:
+            fwd = np.zeros((n, S, A, S))
+            fwd[:, np.arange(S), :, advance] = 1.0
+            back = np.zeros((n, S, A, S))
+            back[..., 0] = 1.0
+            p_good = 1.0 - self.slip
+            w = np.where(is_good, p_good, 1.0 - p_good)[..., None]
+            P = w * fwd + (1.0 - w) * back
+            batch = TaskBatch._trusted(P, R, self.horizon, name=name)
         batch.info["good_action"] = good
         return batch
 

@@ -959,6 +959,41 @@ cdef bint action_cdf_kernel(const double* x, double* cdf, double* z, intp_t n_ro
     return True
 
 
+def transition_cdfs(P):
+    """``(cdf, padded)``: running sums of the rows of ``P`` and their padded layout (as the
+    reference :func:`metarl_fast.reference.envs.transition_cdfs`, bit for bit), in one pass."""
+    if not (isinstance(P, np.ndarray) and P.dtype == np.float64 and P.ndim >= 1
+            and P.flags.c_contiguous and P.shape[P.ndim - 1] >= 1):
+        raise TypeError("P must be a C-contiguous float64 array with a non-empty last axis")
+    cdef intp_t m = P.shape[P.ndim - 1]
+    cdef intp_t L = (m - 1 + 3) // 4 * 4
+    cdef intp_t rows = P.size // m
+    cdef cnp.ndarray cdf_arr = np.empty(P.shape, dtype=np.float64)
+    cdef cnp.ndarray pad_arr = np.empty(P.shape[:P.ndim - 1] + (L + 1,), dtype=np.float64)
+    cdef const double* p = <const double*> cnp.PyArray_DATA(P)
+    cdef double* c = <double*> cnp.PyArray_DATA(cdf_arr)
+    cdef double* q = <double*> cnp.PyArray_DATA(pad_arr)
+    cdef intp_t r, j
+    cdef double acc
+    with nogil:
+        for r in range(rows):
+            acc = 0.0
+            for j in range(m):
+                acc = acc + p[j]   # np.cumsum's order: cdf[j] = cdf[j - 1] + p[j]
+                c[j] = acc
+            for j in range(m - 1):
+                q[j] = c[j]
+            for j in range(m - 1, L):
+                q[j] = INFINITY
+            q[L] = acc
+            p += m
+            c += m
+            q += L + 1
+    cdf_arr.setflags(write=False)
+    pad_arr.setflags(write=False)
+    return cdf_arr, pad_arr
+
+
 def action_cdf(logits):
     """Action sampling tables ``(cdf, z)``.  See :func:`metarl_fast.reference.envs.action_cdf`."""
     cdef cnp.ndarray x = logits

@@ -374,49 +374,75 @@ cdef intp_t tabular_grad(const floating* theta, intp_t n_states, intp_t n_action
                          const int64_t* states, const int64_t* actions, const floating* advantages,
                          const floating* weights, double entropy_coef, intp_t batch,
                          double* grad) noexcept nogil:
-    cdef intp_t i, a, start, n, chunk_rows, k
-    cdef const floating* row
-    cdef const floating* wchunk
+    """Per-state form: sum_i c_i (onehot(a_i) - pi(.|s_i)) collects, per state s, the one-hots
+    and sum_{i: s_i = s} c_i, so each visited state's softmax (and entropy term) is computed once,
+    the exponentials of all visited states in one block: O(B + visited states x A) work, not
+    O(B x A).  Same order of operations as the reference."""
+    cdef intp_t i, a, s, k, A = n_actions, n_visited = 0
+    cdef intp_t max_visited = n_states if n_states < batch else batch
+    cdef double c, total, ls, h, p, m
+    cdef double ent_scale = entropy_coef / batch if batch else 0.0
+    cdef double* coef_sum
+    cdef double* count
     cdef double* z
     cdef double* e
-    cdef double* g
-    cdef double* coef
     cdef double* dst
+    cdef intp_t* visited
+    cdef const floating* row
     if batch == 0:
         return PG_OK
-    chunk_rows = CHUNK_ELEMS // n_actions
-    if chunk_rows < 1:
-        chunk_rows = 1
-    if chunk_rows > batch:
-        chunk_rows = batch
-    z = <double*> malloc((3 * n_actions + 1) * chunk_rows * sizeof(double))
-    if z == NULL:
+    coef_sum = <double*> calloc(2 * n_states + 2 * max_visited * A, sizeof(double))
+    visited = <intp_t*> malloc(max_visited * sizeof(intp_t))
+    if coef_sum == NULL or visited == NULL:
+        free(coef_sum)
+        free(visited)
         return PG_NO_MEMORY
-    e = z + chunk_rows * n_actions
-    g = e + chunk_rows * n_actions
-    coef = g + chunk_rows * n_actions
-    start = 0
-    while start < batch:
-        n = chunk_rows if batch - start > chunk_rows else batch - start
-        for i in range(n):
-            row = theta + states[start + i] * n_actions
-            k = i * n_actions
-            for a in range(n_actions):
-                z[k + a] = <double> row[a]
-        mf_pg_shift_rows(z, NULL, n, n_actions)
-        mf_exp_nonpos_block(z, e, n * n_actions)
-        wchunk = NULL
+    count = coef_sum + n_states
+    z = count + n_states
+    e = z + max_visited * A
+    # (1) per step: the coefficients summed per state and per (state, action), undivided
+    for i in range(batch):
+        c = <double> advantages[i]
         if weights != NULL:
-            wchunk = weights + start
-        logit_grads(z, e, n, n_actions, actions + start, advantages + start, wchunk,
-                    entropy_coef, batch, coef, g)
-        for i in range(n):
-            dst = grad + states[start + i] * n_actions
-            k = i * n_actions
-            for a in range(n_actions):
-                dst[a] += g[k + a]
-        start += n
-    free(z)
+            c = c * <double> weights[i]
+        s = states[i]
+        coef_sum[s] += c
+        count[s] += 1.0
+        grad[s * A + actions[i]] += c
+    # (2) per visited state, in increasing order: logits minus their max, one exp block
+    for s in range(n_states):
+        if count[s] != 0.0:
+            visited[n_visited] = s
+            row = theta + s * A
+            m = <double> row[0]
+            for a in range(1, A):
+                if <double> row[a] > m:
+                    m = <double> row[a]
+            for a in range(A):
+                z[n_visited * A + a] = <double> row[a] - m
+            n_visited += 1
+    mf_exp_nonpos_block(z, e, n_visited * A)
+    for k in range(n_visited):
+        s = visited[k]
+        total = 0.0
+        for a in range(A):
+            total += e[k * A + a]
+        dst = grad + s * A
+        c = coef_sum[s] / batch
+        for a in range(A):
+            dst[a] = dst[a] / batch - c * (e[k * A + a] / total)
+        if ent_scale != 0.0:
+            ls = log(total)
+            h = 0.0
+            for a in range(A):
+                h += (e[k * A + a] / total) * (z[k * A + a] - ls)
+            h = -h
+            c = count[s] * ent_scale
+            for a in range(A):
+                p = e[k * A + a] / total
+                dst[a] += c * (-p * ((z[k * A + a] - ls) + h))
+    free(coef_sum)
+    free(visited)
     return PG_OK
 
 

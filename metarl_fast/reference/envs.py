@@ -24,7 +24,8 @@ import numpy as np
 
 from metarl_fast import _validate
 from metarl_fast.reference._math import exp_nonpos
-from metarl_fast.tasks import REWARD_BERNOULLI, REWARD_GAUSSIAN, REWARD_TRANSITION, EnvTables
+from metarl_fast.tasks import (REWARD_BERNOULLI, REWARD_GAUSSIAN, REWARD_TRANSITION, EnvTables,
+                               padded_cdf_rows)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -112,6 +113,17 @@ def check_step_args(tables, task_of_env, state, elapsed, actions, rng, obs_out, 
 # ---------------------------------------------------------------------------------------------
 # Kernels
 # ---------------------------------------------------------------------------------------------
+
+def transition_cdfs(P):
+    """``(cdf, padded)`` of transition rows: ``cdf`` float64 (..., S) the left-to-right running
+    sums of ``P`` along its last axis (``np.cumsum``), ``padded`` float64 (..., L + 1) the layout of
+    :func:`metarl_fast.tasks.padded_cdf_rows` for the compiled search.  ``P`` float64, C-contiguous,
+    at least 1-D with a non-empty last axis (trusted: :class:`~metarl_fast.tasks.EnvTables` passes
+    validated tables).  Both are read-only."""
+    cdf = np.cumsum(P, axis=-1)
+    cdf.setflags(write=False)
+    return cdf, padded_cdf_rows(cdf)
+
 
 def action_cdf(logits):
     """Action sampling tables of float64 logits (n_policies, S, A), C-contiguous.

@@ -364,13 +364,32 @@ def tabular_policy_gradient(params, n_states, n_actions, states, actions, advant
 
 
 def _tabular_grad(params, n_states, n_actions, states, actions, advantages, weights, entropy_coef):
-    grad = np.zeros((n_states, n_actions), dtype=np.float64)
+    """Per-state form: ``(1/B) sum_i c_i (onehot(a_i) - pi(.|s_i))`` (``c_i = w_i A_i``) is, in the
+    row of state ``s``, ``(1/B)`` times the one-hots of its steps minus
+    ``((sum_{i: s_i = s} c_i) / B) pi(.|s)``; the entropy term is ``count(s) * entropy_coef / B *
+    dH(s)``.  Each visited state's softmax is computed once."""
+    S, A = n_states, n_actions
     batch = states.shape[0]
-    if batch:
-        theta = params.astype(np.float64).reshape(n_states, n_actions)
-        g = _logit_grads(theta[states], actions, _coef(advantages, weights, batch),
-                         entropy_coef, batch)
-        np.add.at(grad, states, g)
+    if not batch:
+        return np.zeros(S * A, dtype=np.float64)
+    coef = advantages.astype(np.float64)
+    if weights is not None:
+        coef = coef * weights.astype(np.float64)
+    onehots = np.bincount(states * A + actions, weights=coef, minlength=S * A).reshape(S, A)
+    count = np.bincount(states, minlength=S)
+    visited = np.flatnonzero(count)
+    coef_sum = np.bincount(states, weights=coef, minlength=S)[visited]
+    theta = params.astype(np.float64).reshape(S, A)[visited]
+    z = theta - theta.max(axis=1, keepdims=True)
+    e = exp_nonpos(z)
+    total = e.sum(axis=1, keepdims=True)
+    p = e / total
+    grad = np.zeros((S, A), dtype=np.float64)
+    grad[visited] = onehots[visited] / batch - (coef_sum / batch)[:, None] * p
+    if entropy_coef != 0.0:
+        log_p = z - np.log(total)
+        h = -(p * log_p).sum(axis=1, keepdims=True)
+        grad[visited] += (count[visited, None] * (entropy_coef / batch)) * (-p * (log_p + h))
     return grad.reshape(-1)
 
 
