@@ -5,7 +5,7 @@
 #
 # All are noexcept nogil and trust their input (C-contiguous, in range, finite, B >= 0).
 # Gradients are accumulated in float64 buffers ``grad`` that the caller zeroes; the functions
-# returning intp_t give MF_OK (-1) on success or MF_NO_MEMORY (-2).
+# returning intp_t give PG_OK (-1) on success or PG_NO_MEMORY (-2) (tabular_grad: or PG_BAD_INPUT).
 from cython cimport floating
 from libc.stdint cimport int64_t, uint8_t
 
@@ -14,6 +14,7 @@ ctypedef Py_ssize_t intp_t
 cdef enum:
     PG_OK = -1
     PG_NO_MEMORY = -2
+    PG_BAD_INPUT = -3
     PG_OPT_SGD = 0
     PG_OPT_ADAM = 1
 
@@ -25,7 +26,8 @@ cdef void gae_scan(const floating* rewards, const floating* values, const floati
                    const uint8_t* dones, intp_t n, double gamma, double lam,
                    floating* out) noexcept nogil
 # grad (n_states * n_actions, zeroed) += d/dtheta [mean w A log pi + entropy_coef mean H].
-# weights may be NULL (all ones).
+# weights may be NULL (all ones).  Checks the steps itself: PG_BAD_INPUT if a state or action is
+# out of range or an advantage or weight is not finite (grad is then partly written).
 cdef intp_t tabular_grad(const floating* theta, intp_t n_states, intp_t n_actions,
                          const int64_t* states, const int64_t* actions, const floating* advantages,
                          const floating* weights, double entropy_coef, intp_t batch,

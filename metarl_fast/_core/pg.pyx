@@ -317,6 +317,8 @@ cdef extern from *:
 
 # Checks over more elements than this release the GIL.
 cdef intp_t NOGIL_MIN = 16384
+# Gradient kernels over more steps (x features) than this release the GIL.
+cdef intp_t NOGIL_GRAD_MIN = 2048
 
 # Rows per chunk so a chunk's logits, exponentials and features stay in L1/L2.
 cdef intp_t CHUNK_ELEMS = 2048
@@ -374,76 +376,89 @@ cdef intp_t tabular_grad(const floating* theta, intp_t n_states, intp_t n_action
                          const int64_t* states, const int64_t* actions, const floating* advantages,
                          const floating* weights, double entropy_coef, intp_t batch,
                          double* grad) noexcept nogil:
-    """Per-state form: sum_i c_i (onehot(a_i) - pi(.|s_i)) collects, per state s, the one-hots
-    and sum_{i: s_i = s} c_i, so each visited state's softmax (and entropy term) is computed once,
-    the exponentials of all visited states in one block: O(B + visited states x A) work, not
-    O(B x A).  Same order of operations as the reference."""
+    """Per-state form: sum_i c_i (onehot(a_i) - pi(.|s_i)) is, in the row of state s, the sum of
+    its steps' one-hots minus (their total) pi(.|s).  So one pass over the steps scatters the
+    coefficients into their (state, action) cells, and each visited state's softmax (and entropy
+    term) is computed once, the exponentials of all visited states in one block: O(B + visited
+    states x A) work, not O(B x A).  Same order of operations as the reference.  Returns
+    PG_BAD_INPUT (grad partly written) if a state or action is out of range or an advantage or
+    weight is not finite."""
     cdef intp_t i, a, s, k, A = n_actions, n_visited = 0
     cdef intp_t max_visited = n_states if n_states < batch else batch
-    cdef double c, total, ls, h, p, m
+    cdef double c, w, total, ls, h, p, m
     cdef double ent_scale = entropy_coef / batch if batch else 0.0
-    cdef double* coef_sum
-    cdef double* count
+    cdef int64_t* count
+    cdef intp_t* visited
     cdef double* z
     cdef double* e
     cdef double* dst
-    cdef intp_t* visited
     cdef const floating* row
+    cdef bint bad = False
     if batch == 0:
         return PG_OK
-    coef_sum = <double*> calloc(2 * n_states + 2 * max_visited * A, sizeof(double))
+    count = <int64_t*> calloc(n_states, sizeof(int64_t))
     visited = <intp_t*> malloc(max_visited * sizeof(intp_t))
-    if coef_sum == NULL or visited == NULL:
-        free(coef_sum)
+    z = <double*> malloc(2 * max_visited * A * sizeof(double))
+    if count == NULL or visited == NULL or z == NULL:
+        free(count)
         free(visited)
+        free(z)
         return PG_NO_MEMORY
-    count = coef_sum + n_states
-    z = count + n_states
     e = z + max_visited * A
-    # (1) per step: the coefficients summed per state and per (state, action), undivided
+    # (1) per step: the coefficient into its (state, action) cell, undivided.  The step's indices
+    # and numbers are checked here, in the same pass (the callers' checks leave them to it)
     for i in range(batch):
         c = <double> advantages[i]
-        if weights != NULL:
-            c = c * <double> weights[i]
+        w = 1.0 if weights == NULL else <double> weights[i]
         s = states[i]
-        coef_sum[s] += c
-        count[s] += 1.0
-        grad[s * A + actions[i]] += c
-    # (2) per visited state, in increasing order: logits minus their max, one exp block
-    for s in range(n_states):
-        if count[s] != 0.0:
-            visited[n_visited] = s
-            row = theta + s * A
-            m = <double> row[0]
-            for a in range(1, A):
-                if <double> row[a] > m:
-                    m = <double> row[a]
+        a = actions[i]
+        if ((<uint64_t> s >= <uint64_t> n_states) | (<uint64_t> a >= <uint64_t> A)
+                | ((c - c) + (w - w) != 0.0)):
+            bad = True
+            break
+        if weights != NULL:
+            c = c * w
+        count[s] += 1
+        grad[s * A + a] += c
+    if not bad:
+        # (2) per visited state, in increasing order: logits minus their max, one exp block
+        for s in range(n_states):
+            if count[s] != 0:
+                visited[n_visited] = s
+                row = theta + s * A
+                m = <double> row[0]
+                for a in range(1, A):
+                    if <double> row[a] > m:
+                        m = <double> row[a]
+                for a in range(A):
+                    z[n_visited * A + a] = <double> row[a] - m
+                n_visited += 1
+        mf_exp_nonpos_block(z, e, n_visited * A)
+        for k in range(n_visited):
+            s = visited[k]
+            dst = grad + s * A
+            total = 0.0
+            c = 0.0  # the state's coefficients: the sum of its cells, in action order
             for a in range(A):
-                z[n_visited * A + a] = <double> row[a] - m
-            n_visited += 1
-    mf_exp_nonpos_block(z, e, n_visited * A)
-    for k in range(n_visited):
-        s = visited[k]
-        total = 0.0
-        for a in range(A):
-            total += e[k * A + a]
-        dst = grad + s * A
-        c = coef_sum[s] / batch
-        for a in range(A):
-            dst[a] = dst[a] / batch - c * (e[k * A + a] / total)
-        if ent_scale != 0.0:
-            ls = log(total)
-            h = 0.0
+                total += e[k * A + a]
+                c += dst[a]
+            c = c / batch
             for a in range(A):
-                h += (e[k * A + a] / total) * (z[k * A + a] - ls)
-            h = -h
-            c = count[s] * ent_scale
-            for a in range(A):
-                p = e[k * A + a] / total
-                dst[a] += c * (-p * ((z[k * A + a] - ls) + h))
-    free(coef_sum)
+                dst[a] = dst[a] / batch - c * (e[k * A + a] / total)
+            if ent_scale != 0.0:
+                ls = log(total)
+                h = 0.0
+                for a in range(A):
+                    h += (e[k * A + a] / total) * (z[k * A + a] - ls)
+                h = -h
+                c = count[s] * ent_scale
+                for a in range(A):
+                    p = e[k * A + a] / total
+                    dst[a] += c * (-p * ((z[k * A + a] - ls) + h))
+    free(count)
     free(visited)
-    return PG_OK
+    free(z)
+    return PG_BAD_INPUT if bad else PG_OK
 
 
 cdef intp_t linear_grad(const floating* params, intp_t n_features, intp_t n_actions,
@@ -658,13 +673,15 @@ cdef tuple _batch(object params, object n_rows, object n_actions, object obs, ob
             if ok:
                 o = <cnp.ndarray> obs
                 batch = cnp.PyArray_DIM(o, 0)
+                # tabular: the kernel checks each step's indices and numbers in its own pass
                 if (_vec(actions, cnp.NPY_INT64, batch) and _vec(advantages, tn, batch)
                         and (weights is None or _vec(weights, tn, batch))
                         and _all_finite(p, cnp.PyArray_DIM(p, 0))
-                        and _all_finite(<cnp.ndarray> advantages, batch)
-                        and (weights is None or _all_finite(<cnp.ndarray> weights, batch))
-                        and _in_range(<cnp.ndarray> actions, batch, na)
-                        and (_all_finite(o, batch * nr) if linear else _in_range(o, batch, nr))):
+                        and (not linear or (_all_finite(<cnp.ndarray> advantages, batch)
+                                            and (weights is None
+                                                 or _all_finite(<cnp.ndarray> weights, batch))
+                                            and _in_range(<cnp.ndarray> actions, batch, na)
+                                            and _all_finite(o, batch * nr)))):
                     return (params, nr, na, obs, actions, advantages, weights, ec)
     if linear:
         return _ref.check_linear_batch(params, n_rows, n_actions, obs, actions, advantages,
@@ -727,6 +744,28 @@ def gae(rewards, values, next_values, dones, gamma, lam, out=None):
     return res
 
 
+cdef _raise_bad_steps(tuple checked):
+    """The reference's checks name the bad argument (the kernel found one)."""
+    _ref.check_tabular_batch(*checked)
+    raise ValueError("states, actions, advantages or weights: out of range or not finite")
+
+
+cdef intp_t _grad_call(bint dbl, bint linear, const void* p, intp_t nr, intp_t na, const void* o,
+                       const int64_t* ap, const void* adv, const void* wp, double ec, intp_t batch,
+                       double* grad) noexcept nogil:
+    if dbl:
+        if linear:
+            return linear_grad(<const double*> p, nr, na, <const double*> o, ap,
+                               <const double*> adv, <const double*> wp, ec, batch, grad)
+        return tabular_grad(<const double*> p, nr, na, <const int64_t*> o, ap,
+                            <const double*> adv, <const double*> wp, ec, batch, grad)
+    if linear:
+        return linear_grad(<const float*> p, nr, na, <const float*> o, ap,
+                           <const float*> adv, <const float*> wp, ec, batch, grad)
+    return tabular_grad(<const float*> p, nr, na, <const int64_t*> o, ap,
+                        <const float*> adv, <const float*> wp, ec, batch, grad)
+
+
 cdef intp_t _grad_into(tuple checked, bint linear, double* grad):
     """Run the tabular/linear gradient kernel on validated arguments into a zeroed buffer."""
     cdef cnp.ndarray p = checked[0], o = checked[3], acts = checked[4], adv = checked[5]
@@ -735,30 +774,16 @@ cdef intp_t _grad_into(tuple checked, bint linear, double* grad):
     cdef double ec = checked[7]
     cdef const void* wp = NULL if w is None else cnp.PyArray_DATA(<cnp.ndarray> w)
     cdef const int64_t* ap = <const int64_t*> cnp.PyArray_DATA(acts)
-    if cnp.PyArray_TYPE(p) == cnp.NPY_DOUBLE:
+    cdef bint dbl = cnp.PyArray_TYPE(p) == cnp.NPY_DOUBLE
+    cdef const void* pp = cnp.PyArray_DATA(p)
+    cdef const void* op = cnp.PyArray_DATA(o)
+    cdef const void* advp = cnp.PyArray_DATA(adv)
+    # small batches keep the GIL: releasing and re-taking it costs more than their work
+    if batch * (nr if linear else 1) > NOGIL_GRAD_MIN:
         with nogil:
-            if linear:
-                status = linear_grad(<const double*> cnp.PyArray_DATA(p), nr, na,
-                                     <const double*> cnp.PyArray_DATA(o), ap,
-                                     <const double*> cnp.PyArray_DATA(adv), <const double*> wp,
-                                     ec, batch, grad)
-            else:
-                status = tabular_grad(<const double*> cnp.PyArray_DATA(p), nr, na,
-                                      <const int64_t*> cnp.PyArray_DATA(o), ap,
-                                      <const double*> cnp.PyArray_DATA(adv), <const double*> wp,
-                                      ec, batch, grad)
+            status = _grad_call(dbl, linear, pp, nr, na, op, ap, advp, wp, ec, batch, grad)
     else:
-        with nogil:
-            if linear:
-                status = linear_grad(<const float*> cnp.PyArray_DATA(p), nr, na,
-                                     <const float*> cnp.PyArray_DATA(o), ap,
-                                     <const float*> cnp.PyArray_DATA(adv), <const float*> wp,
-                                     ec, batch, grad)
-            else:
-                status = tabular_grad(<const float*> cnp.PyArray_DATA(p), nr, na,
-                                      <const int64_t*> cnp.PyArray_DATA(o), ap,
-                                      <const float*> cnp.PyArray_DATA(adv), <const float*> wp,
-                                      ec, batch, grad)
+        status = _grad_call(dbl, linear, pp, nr, na, op, ap, advp, wp, ec, batch, grad)
     return status
 
 
@@ -770,6 +795,9 @@ cdef object _policy_gradient(tuple checked, bint linear, object out):
     if grad == NULL:
         raise MemoryError("metarl_fast: out of memory in a policy-gradient kernel")
     status = _grad_into(checked, linear, grad)
+    if status == PG_BAD_INPUT:
+        free(grad)
+        _raise_bad_steps(checked)
     if status == PG_OK:
         if cnp.PyArray_TYPE(p) == cnp.NPY_DOUBLE:
             memcpy(cnp.PyArray_DATA(res), grad, n * sizeof(double))
@@ -910,6 +938,17 @@ def adam_update(params, grad, exp_avg, exp_avg_sq, step_size, bias_correction2_s
                         b1, b2, ep, scale)
 
 
+cdef double _clip_and_step_any(bint dbl, void* params, const double* grad, void* grad_out,
+                               intp_t n, double max_norm, int kind, void* state,
+                               const double* hyper) noexcept nogil:
+    """clip_and_step on float64 or float32 buffers; ``state`` holds the two (n,) state rows."""
+    if dbl:
+        return clip_and_step(<double*> params, grad, <double*> grad_out, n, max_norm, kind,
+                             <double*> state, <double*> state + n, hyper)
+    return clip_and_step(<float*> params, grad, <float*> grad_out, n, max_norm, kind,
+                         <float*> state, <float*> state + n, hyper)
+
+
 cdef inline bint _hyper_ok(int kind, const double* h) noexcept:
     cdef intp_t k, nh = 3 if kind == PG_OPT_SGD else 5
     for k in range(nh):
@@ -956,20 +995,19 @@ cdef object _step(tuple checked, bint linear, object max_grad_norm, object grad_
     if grad == NULL:
         raise MemoryError("metarl_fast: out of memory in a policy-gradient kernel")
     status = _grad_into(checked, linear, grad)
+    if status == PG_BAD_INPUT:  # nothing was updated
+        free(grad)
+        _raise_bad_steps(checked)
     if status == PG_OK:
-        with nogil:
-            if tn == cnp.NPY_DOUBLE:
-                norm = clip_and_step(<double*> cnp.PyArray_DATA(p), grad,
-                                     <double*> cnp.PyArray_DATA(go), n, mx, kind,
-                                     <double*> cnp.PyArray_DATA(st),
-                                     <double*> cnp.PyArray_DATA(st) + n,
-                                     <const double*> cnp.PyArray_DATA(hy))
-            else:
-                norm = clip_and_step(<float*> cnp.PyArray_DATA(p), grad,
-                                     <float*> cnp.PyArray_DATA(go), n, mx, kind,
-                                     <float*> cnp.PyArray_DATA(st),
-                                     <float*> cnp.PyArray_DATA(st) + n,
-                                     <const double*> cnp.PyArray_DATA(hy))
+        if n > NOGIL_GRAD_MIN:
+            with nogil:
+                norm = _clip_and_step_any(tn == cnp.NPY_DOUBLE, cnp.PyArray_DATA(p), grad,
+                                          cnp.PyArray_DATA(go), n, mx, kind, cnp.PyArray_DATA(st),
+                                          <const double*> cnp.PyArray_DATA(hy))
+        else:  # small: keep the GIL (releasing it costs more than the update)
+            norm = _clip_and_step_any(tn == cnp.NPY_DOUBLE, cnp.PyArray_DATA(p), grad,
+                                      cnp.PyArray_DATA(go), n, mx, kind, cnp.PyArray_DATA(st),
+                                      <const double*> cnp.PyArray_DATA(hy))
     free(grad)
     if status != PG_OK:
         raise MemoryError("metarl_fast: out of memory in a policy-gradient kernel")
