@@ -219,17 +219,17 @@ class SampledPolicyProblem:
     def _prepare(self, logits, traj):
         """Per-step quantities shared by ``grad`` and ``hvp`` (computed once per batch)."""
         S, A = self.map.n_states, self.map.n_actions
-        probs_table = softmax(np.ascontiguousarray(logits.reshape(-1, A)))
+        probs_table = softmax(np.ascontiguousarray(logits.reshape(-1, A)))  # (T * S, A)
         key = traj.task_id * S + traj.obs
-        n = traj.n_steps
-        probs, coef = np.empty((n, A)), np.empty(n)
+        coef = np.empty(traj.n_steps)
         rewards = np.ascontiguousarray(traj.reward, dtype=np.float64)
-        active.meta.pg_prepare(probs_table, key, traj.action, rewards, traj.done, traj.step_in_episode,
-                               traj.task_id, self.n_tasks, self.gamma, self.n_episodes,
-                               _BASELINE_CODES[self.baseline], probs, coef)
+        active.meta.pg_prepare(key, rewards, traj.done, traj.step_in_episode, traj.task_id,
+                               self.n_tasks, self.gamma, self.n_episodes,
+                               _BASELINE_CODES[self.baseline], coef)
         if self.advantage == "actor-critic":
             coef = self._actor_critic_coef(traj, key, rewards)
-        return {"traj": traj, "key": key, "probs": probs, "coef": coef, "episode": _episode_index(traj)}
+        return {"traj": traj, "key": key, "probs_table": probs_table, "coef": coef,
+                "episode": _episode_index(traj)}
 
     def _actor_critic_coef(self, traj, key, rewards):
         """``gamma^t (r + gamma (1 - done) V(s') - V(s)) / N``: TD(0) advantages with a tabular
@@ -252,7 +252,7 @@ class SampledPolicyProblem:
 
     def grad(self, theta, data):
         table = self._table()
-        active.meta.score_table(data["key"], data["traj"].action, data["probs"], data["coef"], table)
+        active.meta.score_table(data["key"], data["traj"].action, data["probs_table"], data["coef"], table)
         return self.map.vjp(table.reshape(self.n_tasks, self.map.n_states, self.map.n_actions))
 
     def hvp(self, theta, data, v):
@@ -260,7 +260,7 @@ class SampledPolicyProblem:
         S, A = self.map.n_states, self.map.n_actions
         dl = np.ascontiguousarray(self.map.jvp(np.asarray(v, dtype=np.float64)).reshape(-1, A))
         table = self._table()
-        active.meta.hvp_table(data["key"], data["traj"].action, data["probs"], data["coef"], data["episode"],
+        active.meta.hvp_table(data["key"], data["traj"].action, data["probs_table"], data["coef"], data["episode"],
                               self.n_tasks, self.n_episodes, dl, table)
         return self.map.vjp(table.reshape(self.n_tasks, S, A))
 

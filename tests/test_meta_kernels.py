@@ -36,15 +36,15 @@ def test_twins_agree(n_tasks, n_states, n_actions, n_episodes, horizon, gamma, s
     n = traj.n_steps
     outs = {}
     for name, mod in (("core", core), ("ref", ref)):
-        probs, coef = np.empty((n, n_actions)), np.empty(n)
-        mod.pg_prepare(probs_table, key, traj.action, traj.reward.astype(np.float64), traj.done,
-                       traj.step_in_episode, traj.task_id, n_tasks, gamma, n_episodes, baseline, probs, coef)
+        coef = np.empty(n)
+        mod.pg_prepare(key, traj.reward.astype(np.float64), traj.done, traj.step_in_episode,
+                       traj.task_id, n_tasks, gamma, n_episodes, baseline, coef)
         g = np.empty_like(probs_table)
-        mod.score_table(key, traj.action, probs, coef, g)
+        mod.score_table(key, traj.action, probs_table, coef, g)
         dl = np.random.default_rng(seed + 1).standard_normal(probs_table.shape)
         h = np.empty_like(probs_table)
-        mod.hvp_table(key, traj.action, probs, coef, episode, n_tasks, n_episodes, dl, h)
-        outs[name] = (probs, coef, g, h)
+        mod.hvp_table(key, traj.action, probs_table, coef, episode, n_tasks, n_episodes, dl, h)
+        outs[name] = (coef, g, h)
     for a, b in zip(outs["core"], outs["ref"]):
         np.testing.assert_allclose(a, b, rtol=1e-10, atol=1e-12)
 
@@ -56,20 +56,67 @@ def test_kernels_reject_inconsistent_input():
     rng = np.random.default_rng(0)
     traj, probs_table, key, episode = random_batch(rng, 2, 3, 2, 3, 4)
     n = traj.n_steps
-    probs, coef = np.empty((n, 2)), np.empty(n)
-    with pytest.raises(ValueError, match="key out of range"):
-        core.pg_prepare(probs_table, key + 100, traj.action, traj.reward, traj.done, traj.step_in_episode,
-                        traj.task_id, 2, 1.0, 3, 1, probs, coef)
+    coef = np.empty(n)
     with pytest.raises(ValueError, match="same length"):
-        core.pg_prepare(probs_table, key[:-1], traj.action, traj.reward, traj.done, traj.step_in_episode,
-                        traj.task_id, 2, 1.0, 3, 1, probs, coef)
+        core.pg_prepare(key[:-1], traj.reward, traj.done, traj.step_in_episode, traj.task_id, 2, 1.0,
+                        3, 1, coef)
     with pytest.raises(ValueError, match="baseline must be"):
-        core.pg_prepare(probs_table, key, traj.action, traj.reward, traj.done, traj.step_in_episode,
-                        traj.task_id, 2, 1.0, 3, 7, probs, coef)
+        core.pg_prepare(key, traj.reward, traj.done, traj.step_in_episode, traj.task_id, 2, 1.0, 3, 7,
+                        coef)
+    core.pg_prepare(key, traj.reward, traj.done, traj.step_in_episode, traj.task_id, 2, 1.0, 3, 1, coef)
     g = np.empty_like(probs_table)
+    with pytest.raises(ValueError, match="key out of range"):
+        core.score_table(key + 100, traj.action, probs_table, coef, g)
     with pytest.raises(ValueError, match="actions out of range"):
-        core.score_table(key, traj.action + 5, probs, coef, g)
+        core.score_table(key, traj.action + 5, probs_table, coef, g)
+    with pytest.raises(ValueError, match="same length"):
+        core.score_table(key, traj.action[:-1], probs_table, coef, g)
+    with pytest.raises(ValueError, match="same shape"):
+        core.score_table(key, traj.action, probs_table[:-1], coef, g)
     with pytest.raises(ValueError, match="episode out of range"):
-        core.hvp_table(key, traj.action, probs, coef, episode + 100, 2, 3, probs_table, g)
+        core.hvp_table(key, traj.action, probs_table, coef, episode + 100, 2, 3, probs_table, g)
+    with pytest.raises(ValueError, match="dl_table and table_out"):
+        core.hvp_table(key, traj.action, probs_table, coef, episode, 2, 3, probs_table[:, :1].copy(), g)
     with pytest.raises(ValueError, match="dtype mismatch"):
-        core.score_table(key, traj.action, probs.astype(np.float32), coef, g)
+        core.score_table(key, traj.action, probs_table.astype(np.float32), coef, g)
+
+
+def naive_tables(key, actions, probs_table, coef, episode, n_tasks, n_episodes, dl_table):
+    """The per-step formulas transcribed one step at a time (the specification the per-row kernels
+    regroup): the score table and the Hessian-vector product table."""
+    rows, A = probs_table.shape
+    score, hvp = np.zeros((rows, A)), np.zeros((rows, A))
+    fv = np.zeros(n_tasks * n_episodes)
+    for i in range(key.shape[0]):
+        p, dl = probs_table[key[i]], dl_table[key[i]]
+        onehot = np.eye(A)[actions[i]]
+        score[key[i]] += coef[i] * (onehot - p)
+        hvp[key[i]] -= coef[i] * (p * dl - p * (p @ dl))  # -coef (diag p - p p^T) dl
+        fv[episode[i]] += n_episodes * coef[i] * (dl[actions[i]] - p @ dl)
+    kappa = fv.copy()
+    for t in range(n_tasks):
+        block = fv[t * n_episodes:(t + 1) * n_episodes]
+        if n_episodes > 1:
+            kappa[t * n_episodes:(t + 1) * n_episodes] = block - (block.sum() - block) / (n_episodes - 1)
+    for i in range(key.shape[0]):
+        hvp[key[i]] += kappa[episode[i]] / n_episodes * (np.eye(A)[actions[i]] - probs_table[key[i]])
+    return score, hvp
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_per_row_tables_equal_the_per_step_formulas(backend, seed):
+    """score_table and hvp_table group the steps by row; they must equal the per-step sums."""
+    from metarl_fast._backend import active
+
+    rng = np.random.default_rng(seed)
+    n_tasks, n_states, n_actions, n_episodes = 3, 4, 3, 1 + seed % 4
+    traj, probs_table, key, episode = random_batch(rng, n_tasks, n_states, n_actions, n_episodes, 5)
+    coef = rng.standard_normal(traj.n_steps)
+    dl = rng.standard_normal(probs_table.shape)
+    want_score, want_hvp = naive_tables(key, traj.action, probs_table, coef, episode, n_tasks,
+                                        n_episodes, dl)
+    score, hvp = np.empty_like(probs_table), np.empty_like(probs_table)
+    active.meta.score_table(key, traj.action, probs_table, coef, score)
+    active.meta.hvp_table(key, traj.action, probs_table, coef, episode, n_tasks, n_episodes, dl, hvp)
+    np.testing.assert_allclose(score, want_score, rtol=1e-12, atol=1e-13)
+    np.testing.assert_allclose(hvp, want_hvp, rtol=1e-12, atol=1e-13)

@@ -24,7 +24,7 @@ from numpy.random.c_distributions cimport random_standard_uniform_fill
 # rng.standard_normal()'s values, without NumPy's mispredicted sign branch (see normal.pyx)
 from metarl_fast._core.normal cimport standard_normal_fill
 
-from metarl_fast._core.mf_exp cimport mf_exp_nonpos
+from metarl_fast._core.mf_exp cimport mf_exp_nonpos, mf_exp_nonpos_block
 from metarl_fast._core.rng cimport bitgen_of, next_uniform
 
 import numpy as np
@@ -937,9 +937,11 @@ cdef bint _rollout_args_ok(object tables, object action_cdf, object action_logp,
 cdef bint action_cdf_kernel(const double* x, double* cdf, double* z, intp_t n_rows,
                             intp_t A) noexcept nogil:
     """Rows of z = x - row max and cdf = running sums of mf_exp_nonpos(z), as the reference
-    computes them; False (nothing trusted) if a row has NaN or +inf or is all -inf."""
+    computes them; False (nothing trusted) if a row has NaN or +inf or is all -inf.  The
+    exponentials of all rows in one vectorised block, then the running sums."""
     cdef intp_t j, m
-    cdef double mx, acc, v
+    cdef double mx, v
+    cdef double* c
     for j in range(n_rows):
         mx = -INFINITY
         for m in range(A):
@@ -950,12 +952,13 @@ cdef bint action_cdf_kernel(const double* x, double* cdf, double* z, intp_t n_ro
                 mx = v
         if mx == -INFINITY:
             return False
-        acc = 0.0
         for m in range(A):
-            v = x[j * A + m] - mx
-            z[j * A + m] = v
-            acc = acc + mf_exp_nonpos(v) if m else mf_exp_nonpos(v)
-            cdf[j * A + m] = acc
+            z[j * A + m] = x[j * A + m] - mx
+    mf_exp_nonpos_block(z, cdf, n_rows * A)
+    for j in range(n_rows):
+        c = cdf + j * A
+        for m in range(1, A):
+            c[m] = c[m - 1] + c[m]
     return True
 
 

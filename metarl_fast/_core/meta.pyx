@@ -27,23 +27,21 @@ cdef void _scatter_zero(double* table, intp_t rows, intp_t A) noexcept nogil:
     memset(table, 0, rows * A * sizeof(double))
 
 
-def pg_prepare(const double[:, ::1] probs_table, const long long[::1] key, const long long[::1] actions,
-               const double[::1] rewards, dones, const long long[::1] steps, const long long[::1] task_id,
-               Py_ssize_t n_tasks, double gamma, Py_ssize_t n_episodes, int baseline,
-               double[:, ::1] probs_out, double[::1] coef_out):
-    """Per-step probabilities and REINFORCE coefficients (see the reference): ``baseline`` 0 none,
-    1 leave-one-out, 2 mean over the task's episodes (own episode included)."""
-    cdef intp_t n = key.shape[0], A = probs_table.shape[1], i, a, slot, horizon = 1
+def pg_prepare(const long long[::1] key, const double[::1] rewards, dones, const long long[::1] steps,
+               const long long[::1] task_id, Py_ssize_t n_tasks, double gamma, Py_ssize_t n_episodes,
+               int baseline, double[::1] coef_out):
+    """Per-step REINFORCE coefficients (see the reference): ``baseline`` 0 none, 1 leave-one-out,
+    2 mean over the task's episodes (own episode included)."""
+    cdef intp_t n = key.shape[0], i, slot, horizon = 1
     cdef const unsigned char[::1] done = np.ascontiguousarray(dones, dtype=np.uint8)
-    if done.shape[0] != n or actions.shape[0] != n or rewards.shape[0] != n or steps.shape[0] != n \
-            or task_id.shape[0] != n or coef_out.shape[0] != n or probs_out.shape[0] != n \
-            or probs_out.shape[1] != A:
+    if done.shape[0] != n or rewards.shape[0] != n or steps.shape[0] != n \
+            or task_id.shape[0] != n or coef_out.shape[0] != n:
         raise ValueError("pg_prepare: every per-step array must have the same length")
-    _check_index("key", np.asarray(key), probs_table.shape[0])
     _check_index("task_id", np.asarray(task_id), n_tasks)
     if n:
         horizon = int(np.asarray(steps).max()) + 1
         _check_index("steps", np.asarray(steps), horizon)
+    cdef double[::1] discount = np.empty(horizon)  # gamma^t, the same pow per t as per step
     cdef double[::1] sums = np.zeros(n_tasks * horizon)
     cdef double[::1] counts = np.zeros(n_tasks * horizon)
     cdef double[::1] returns = np.empty(n)
@@ -51,6 +49,8 @@ def pg_prepare(const double[:, ::1] probs_table, const long long[::1] key, const
     if baseline not in (0, 1, 2):
         raise ValueError(f"baseline must be 0 (none), 1 (leave-one-out) or 2 (mean), got {baseline}")
     with nogil:
+        for i in range(horizon):
+            discount[i] = gamma ** (<double> i)
         for i in range(n - 1, -1, -1):
             running = rewards[i] + (0.0 if done[i] else gamma * running)
             returns[i] = running
@@ -58,10 +58,8 @@ def pg_prepare(const double[:, ::1] probs_table, const long long[::1] key, const
             sums[slot] += running
             counts[slot] += 1.0
         for i in range(n):
-            for a in range(A):
-                probs_out[i, a] = probs_table[key[i], a]
             slot = task_id[i] * horizon + steps[i]
-            disc = gamma ** steps[i]
+            disc = discount[steps[i]]
             if baseline == 1:
                 others = counts[slot] - 1.0
                 b = (sums[slot] - returns[i]) / others if others > 0 else 0.0
@@ -72,57 +70,83 @@ def pg_prepare(const double[:, ::1] probs_table, const long long[::1] key, const
             coef_out[i] = disc * (returns[i] - b) / n_episodes
 
 
-def score_table(const long long[::1] key, const long long[::1] actions, const double[:, ::1] probs,
-                const double[::1] coef, double[:, ::1] table_out):
-    """``table_out[key_i] += coef_i (onehot(a_i) - probs_i)`` after zeroing ``table_out``."""
-    cdef intp_t n = key.shape[0], A = probs.shape[1], rows = table_out.shape[0], i, a
-    cdef double c
-    if actions.shape[0] != n or probs.shape[0] != n or coef.shape[0] != n or table_out.shape[1] != A:
-        raise ValueError("score_table: inconsistent shapes")
+cdef inline double _row_sum(const double* x, intp_t A) noexcept nogil:
+    """Sum in action order (the reference's ``np.cumsum(..., axis=1)[:, -1]``)."""
+    cdef double total = x[0]
+    cdef intp_t a
+    for a in range(1, A):
+        total = total + x[a]
+    return total
+
+
+def _check_tables(name, probs_table, table_out, n, others):
+    if probs_table.shape[0] != table_out.shape[0] or probs_table.shape[1] != table_out.shape[1]:
+        raise ValueError(f"{name}: probs_table and table_out must have the same shape")
+    if any(length != n for length in others):
+        raise ValueError(f"{name}: every per-step array must have the same length")
+
+
+def score_table(const long long[::1] key, const long long[::1] actions,
+                const double[:, ::1] probs_table, const double[::1] coef, double[:, ::1] table_out):
+    """``table_out[k] = sum_{i: key_i = k} coef_i (onehot(a_i) - probs_table[k])``: the one-hots
+    scattered step by step, the softmax term once per row (``(sum_i coef_i) probs_table[k]``, the
+    sum read off the row's cells)."""
+    cdef intp_t n = key.shape[0], A = table_out.shape[1], rows = table_out.shape[0], i, a, k
+    cdef double total
+    cdef double* t
+    _check_tables("score_table", probs_table, table_out, n, (actions.shape[0], coef.shape[0]))
     _check_index("key", np.asarray(key), rows)
     _check_index("actions", np.asarray(actions), A)
     with nogil:
         _scatter_zero(&table_out[0, 0], rows, A)
         for i in range(n):
-            c = coef[i]
-            for a in range(A):
-                table_out[key[i], a] -= c * probs[i, a]
-            table_out[key[i], actions[i]] += c
+            table_out[key[i], actions[i]] += coef[i]
+        if A:
+            for k in range(rows):
+                t = &table_out[k, 0]
+                total = _row_sum(t, A)
+                for a in range(A):
+                    t[a] = t[a] - total * probs_table[k, a]
 
 
-def hvp_table(const long long[::1] key, const long long[::1] actions, const double[:, ::1] probs,
-              const double[::1] coef, const long long[::1] episode, Py_ssize_t n_tasks,
-              Py_ssize_t n_episodes, const double[:, ::1] dl_table, double[:, ::1] table_out):
-    """Hessian-vector product of the REINFORCE surrogate incl. the score-function term."""
-    cdef intp_t n = key.shape[0], A = probs.shape[1], rows = table_out.shape[0], i, a, t, e
+def hvp_table(const long long[::1] key, const long long[::1] actions,
+              const double[:, ::1] probs_table, const double[::1] coef,
+              const long long[::1] episode, Py_ssize_t n_tasks, Py_ssize_t n_episodes,
+              const double[:, ::1] dl_table, double[:, ::1] table_out):
+    """Hessian-vector product of the REINFORCE surrogate incl. the score-function term, per row:
+    see the reference for the formula."""
+    cdef intp_t n = key.shape[0], A = table_out.shape[1], rows = table_out.shape[0], i, a, k, t, e
     cdef intp_t n_eps_total = n_tasks * n_episodes
-    cdef double c, pd, dlogp, k, total
-    cdef const double* p
-    cdef const double* dl
-    if actions.shape[0] != n or probs.shape[0] != n or coef.shape[0] != n or episode.shape[0] != n \
-            or table_out.shape[1] != A or dl_table.shape[1] != A or dl_table.shape[0] != rows:
-        raise ValueError("hvp_table: inconsistent shapes")
+    cdef double c, pd, dlogp, kap, total, p
+    cdef double* out
+    _check_tables("hvp_table", probs_table, table_out, n,
+                  (actions.shape[0], coef.shape[0], episode.shape[0]))
+    if dl_table.shape[0] != rows or dl_table.shape[1] != A:
+        raise ValueError("hvp_table: dl_table and table_out must have the same shape")
     _check_index("key", np.asarray(key), rows)
     _check_index("actions", np.asarray(actions), A)
     _check_index("episode", np.asarray(episode), n_eps_total)
+    if A == 0:
+        return
     cdef double[::1] fv = np.zeros(n_eps_total)
-    cdef double[::1] step_dlogp = np.empty(n)
+    cdef double[::1] pdot = np.empty(rows)
+    cdef double[::1] coef_sum = np.zeros(rows)
+    cdef double[::1] scratch = np.empty(A)
     with nogil:
         _scatter_zero(&table_out[0, 0], rows, A)
-        # (1) Hessian of the surrogate; remember d log pi(a_i) for the score term
+        # (1) per row: pi . dl
+        for k in range(rows):
+            for a in range(A):
+                scratch[a] = probs_table[k, a] * dl_table[k, a]
+            pdot[k] = _row_sum(&scratch[0], A)
+        # (2) per step: d log pi(a_i) . dl into its episode's score weight; coefficients per row
         for i in range(n):
-            p = &probs[i, 0]
-            dl = &dl_table[key[i], 0]
-            pd = 0.0
-            for a in range(A):
-                pd += p[a] * dl[a]
-            dlogp = dl[actions[i]] - pd
-            step_dlogp[i] = dlogp
+            k = key[i]
+            dlogp = dl_table[k, actions[i]] - pdot[k]
             c = coef[i]
-            for a in range(A):
-                table_out[key[i], a] -= c * (p[a] * dl[a] - p[a] * pd)
             fv[episode[i]] += n_episodes * c * dlogp
-        # (2) score-function term with a leave-one-out control variate per task
+            coef_sum[k] += c
+        # (3) score-function term with a leave-one-out control variate per task
         for t in range(n_tasks):
             total = 0.0
             for e in range(n_episodes):
@@ -131,8 +155,13 @@ def hvp_table(const long long[::1] key, const long long[::1] actions, const doub
                 if n_episodes > 1:
                     fv[t * n_episodes + e] = fv[t * n_episodes + e] - (total - fv[t * n_episodes + e]) / (n_episodes - 1)
         for i in range(n):
-            k = fv[episode[i]] / n_episodes
-            p = &probs[i, 0]
+            table_out[key[i], actions[i]] += fv[episode[i]] / n_episodes
+        # (4) per row: the score's softmax term and the surrogate's Hessian
+        for k in range(rows):
+            out = &table_out[k, 0]
+            kap = _row_sum(out, A)
+            c = coef_sum[k]
+            pd = pdot[k]
             for a in range(A):
-                table_out[key[i], a] -= k * p[a]
-            table_out[key[i], actions[i]] += k
+                p = probs_table[k, a]
+                out[a] = (out[a] - kap * p) - c * (p * dl_table[k, a] - p * pd)
