@@ -139,6 +139,12 @@ def _train(args):
                     if key.endswith("_s") and key != "steps_per_s":
                         totals[key[:-2]] = totals.get(key[:-2], 0.0) + value
         print("\ntime per phase (s): " + ", ".join(f"{k.replace('_', ' ')} {v:.2f}" for k, v in sorted(totals.items())))
+        if trainer.wall_time is not None:
+            w = trainer.wall_time
+            parts = ", ".join(f"{k.replace('_', ' ')} {w[k]:.2f}" for k in
+                              ("multitask_baseline", "evaluation", "checkpoints_and_logs", "other"))
+            print(f"wall time of this run (s): {w['total']:.2f}: meta-iterations {w['meta_iterations']:.2f} "
+                  f"({100 * w['meta_iterations'] / max(w['total'], 1e-12):.0f}%), {parts}")
         print(f"run directory: {out}")
     return 0
 

@@ -290,11 +290,17 @@ class ExactPolicyProblem:
         self.n_params = self.map.n_params
         self.gamma = _validate.finite_float(gamma, "gamma", low=0.0, high=1.0)
         self.horizon = task_batch.horizon
-        self.P_cont = task_batch.P * (~task_batch.terminal)[:, None, None, :]
+        self.next_state = task_batch.next_state
+        if self.next_state is None:
+            self.P_cont = task_batch.P * (~task_batch.terminal)[:, None, None, :]
+        else:  # deterministic tasks: gathers and scatters through the next-state table, no dense P
+            n, S = task_batch.n_tasks, task_batch.n_states
+            self.cont = (~task_batch.terminal).astype(np.float64)                 # (T, S)
+            self.flat_next = (self.next_state + S * np.arange(n)[:, None, None]).reshape(-1)
         self.R, self.start = task_batch.R, task_batch.start
 
-    def _solve(self, logits):
-        """(J (T,), dJ/dlogits (T, S, A)) by DP; complex ``logits`` propagate through."""
+    def _solve(self, logits, with_grad=True):
+        """(J (T,), dJ/dlogits (T, S, A) or None) by DP; complex ``logits`` propagate through."""
         with np.errstate(over="ignore"):  # huge logits: x - max may reach -inf, i.e. probability 0
             z = logits - logits.real.max(axis=2, keepdims=True)
         e = np.exp(z)
@@ -304,17 +310,37 @@ class ExactPolicyProblem:
         Q = np.empty((H, Tn, S, A), dtype=pi.dtype)
         V = np.zeros((H + 1, Tn, S), dtype=pi.dtype)
         for t in range(H - 1, -1, -1):
-            Q[t] = self.R + self.gamma * np.einsum("nsak,nk->nsa", self.P_cont, V[t + 1])
+            Q[t] = self.R + self.gamma * self._expected_next(V[t + 1])
             V[t] = (pi * Q[t]).sum(axis=2)
         J = np.einsum("ns,ns->n", self.start, V[0])
+        if not with_grad:
+            return J, None
         d = self.start.astype(pi.dtype)
         grad = np.zeros_like(pi)
         disc = 1.0
         for t in range(H):
             grad += disc * d[:, :, None] * pi * (Q[t] - V[t][:, :, None])
-            d = np.einsum("ns,nsa,nsak->nk", d, pi, self.P_cont)
+            d = self._next_distribution(d[:, :, None] * pi)
             disc *= self.gamma
         return J, grad
+
+    def _expected_next(self, V):
+        """``sum_k P(k | s, a) V[k]`` over non-terminal ``k``: (T, S, A) from V (T, S)."""
+        if self.next_state is None:
+            return np.einsum("nsak,nk->nsa", self.P_cont, V)
+        return (V * self.cont).reshape(-1)[self.flat_next].reshape(self.next_state.shape)
+
+    def _next_distribution(self, w):
+        """State distribution after one step from the (state, action) weights ``w`` (T, S, A),
+        mass entering a terminal state dropped: (T, S)."""
+        if self.next_state is None:
+            return np.einsum("nsa,nsak->nk", w, self.P_cont)
+        T, S = self.cont.shape
+        flat = w.reshape(-1)
+        d = np.bincount(self.flat_next, weights=flat.real, minlength=T * S)
+        if np.iscomplexobj(flat):
+            d = d + 1j * np.bincount(self.flat_next, weights=flat.imag, minlength=T * S)
+        return d.reshape(T, S) * self.cont
 
     def sample(self, theta, rng):
         return None
@@ -330,8 +356,16 @@ class ExactPolicyProblem:
         return self.map.vjp(g.imag / self._H)
 
     def value(self, theta, data=None):
-        J, _ = self._solve(self.map.jvp(np.asarray(theta, dtype=np.float64)))
+        J, _ = self._solve(self.map.jvp(np.asarray(theta, dtype=np.float64)), with_grad=False)
         return J
+
+    def optimal_value(self):
+        """Each task's optimal expected return, (T,): backward induction over the horizon, as
+        :func:`metarl_fast.exact.optimal_value` per task (the oracle)."""
+        V = np.zeros(self.start.shape)
+        for _ in range(self.horizon):
+            V = (self.R + self.gamma * self._expected_next(V)).max(axis=2)
+        return np.einsum("ns,ns->n", self.start, V)
 
 
 # ---------------------------------------------------------------------------------------------

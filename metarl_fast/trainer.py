@@ -63,7 +63,7 @@ class TrainConfig:
     target: float = float("nan")     # stop when the held-out post-adaptation return reaches it
     eval_every: int = 250
     trial_episodes: int = 5          # in-context learner on MDP tasks: episodes per trial
-    checkpoint_every: int = 25
+    checkpoint_every: int = 100
     eval_tasks: int = 200
     seed: int = 0
     eval_seed: int = 1_000_003
@@ -218,7 +218,6 @@ def evaluate(config, params, test_tasks, *, baselines=True, multitask_params=Non
     learner from scratch (zero initialisation, same adaptation), the multi-task pre-trained
     policy (when given; same adaptation) and the oracle (optimal value by value iteration).
     """
-    from metarl_fast import exact
 
     rows = {}
     n_states, n_actions = test_tasks.n_states, test_tasks.n_actions
@@ -244,9 +243,7 @@ def evaluate(config, params, test_tasks, *, baselines=True, multitask_params=Non
         adapted("from scratch", np.zeros(probe.n_params))
         if multitask_params is not None:
             adapted("multi-task pre-trained", multitask_params)
-        oracle = [float(exact.optimal_value(test_tasks[i].model(gamma=config.gamma))[0][0]
-                        @ test_tasks.start[i]) for i in range(test_tasks.n_tasks)]
-        rows["oracle (knows the MDP)"] = mean_ci(oracle)
+        rows["oracle (knows the MDP)"] = mean_ci(evaluator.optimal_value())
     out = {"n_tasks": int(test_tasks.n_tasks), "inner_steps": config.inner_steps,
            "eval_seed": config.eval_seed, "results": rows}
     if config.tasks == "gridnav":
@@ -544,6 +541,8 @@ class MetaTrainer:
         self.iteration = 0
         self.best = None
         self._stop = False
+        self._pending = {}  # log lines not yet written: file name -> lines
+        self.wall_time = None  # seconds per part of the last completed run() (see run)
 
     # -- checkpoints --
     @property
@@ -551,6 +550,7 @@ class MetaTrainer:
         return os.path.join(self.out_dir, "checkpoint.npz")
 
     def save_checkpoint(self):
+        self._flush_logs()  # the logs never lag behind the checkpoint
         arrays = {"config_toml": np.array(self.config.to_toml()),
                   "iteration": np.array(self.iteration, dtype=np.int64),
                   "seed_entropy": np.array(str(self.config.seed))}
@@ -616,6 +616,7 @@ class MetaTrainer:
         previous = signal.signal(signal.SIGINT, self._request_stop) if _main_thread() else None
         progress = _Progress(cfg.iterations, stream=self.log)
         t_start = time.perf_counter()
+        wall = dict.fromkeys(("meta_iterations", "multitask_baseline", "evaluation", "checkpoints_and_logs"), 0.0)
         stopped_by = "iterations"
         saved_at = self.iteration if resume else None  # the iteration checkpoint.npz holds
         try:
@@ -629,6 +630,8 @@ class MetaTrainer:
                 if self.multitask is not None:
                     self.multitask.meta_step(batch, np.random.default_rng(np.random.SeedSequence(cfg.seed, spawn_key=(it, 2))))
                 t2 = time.perf_counter()
+                wall["meta_iterations"] += t1 - t0
+                wall["multitask_baseline"] += t2 - t1
                 self.iteration = it + 1
                 steps = stats["env_steps"]
                 record = {"iteration": self.iteration, "seed": cfg.seed, "pre_return": stats["pre_return"],
@@ -642,6 +645,7 @@ class MetaTrainer:
                     record["eval_return"] = row["mean"]
                     record["eval_ci95"] = row["ci95"]
                     t_eval = time.perf_counter() - te
+                    wall["evaluation"] += t_eval
                 else:
                     t_eval = 0.0
                 self._append("metrics.jsonl", record)
@@ -653,7 +657,9 @@ class MetaTrainer:
                                                 "multitask_baseline_s": t2 - t1, "evaluation_s": t_eval,
                                                 "steps_per_s": steps / max(t1 - t0, 1e-12)})
                 if self.iteration % cfg.checkpoint_every == 0 or self.iteration == cfg.iterations:
+                    tc = time.perf_counter()
                     self.save_checkpoint()
+                    wall["checkpoints_and_logs"] += time.perf_counter() - tc
                     saved_at = self.iteration
                 shown = stats["post_return"] if stats["post_return"] is not None else stats["pre_return"]
                 progress.update(self.iteration, shown, steps / max(t1 - t0, 1e-12))
@@ -669,16 +675,22 @@ class MetaTrainer:
             if saved_at != self.iteration:  # stopped early between checkpoints (never twice the same)
                 self.save_checkpoint()
         finally:
+            self._flush_logs()  # after a failure too: the lines of the iterations that ran
             progress.close()
             if previous is not None:
                 signal.signal(signal.SIGINT, previous)
         self.stopped_by = stopped_by
         if stopped_by == "interrupt":
             return None
+        te = time.perf_counter()
         evaluation = self.evaluate()
+        wall["evaluation"] += time.perf_counter() - te
         evaluation.update({"iterations": self.iteration, "stopped_by": stopped_by, "seed": cfg.seed,
                            "algo": cfg.algo, "tasks": cfg.tasks})
         _write_json_atomic(os.path.join(self.out_dir, "eval.json"), evaluation)
+        wall["total"] = time.perf_counter() - t_start
+        wall["other"] = wall["total"] - sum(v for k, v in wall.items() if k != "total")
+        self.wall_time = wall
         return evaluation
 
     def evaluate(self, baselines=True):
@@ -713,8 +725,16 @@ class MetaTrainer:
         _write_atomic(path, lambda fh: fh.writelines(kept))  # a Ctrl-C here must not lose the kept lines
 
     def _append(self, name, record):
-        with open(os.path.join(self.out_dir, name), "a") as fh:
-            fh.write(json.dumps(record, sort_keys=True) + "\n")
+        """Queue one JSON line for ``name``; written with the next checkpoint (lines after the
+        last checkpoint are dropped and written again by ``--resume`` anyway)."""
+        self._pending.setdefault(name, []).append(json.dumps(record, sort_keys=True) + "\n")
+
+    def _flush_logs(self):
+        for name, lines in self._pending.items():
+            if lines:
+                with open(os.path.join(self.out_dir, name), "a") as fh:
+                    fh.writelines(lines)
+                lines.clear()
 
 
 def _main_thread():

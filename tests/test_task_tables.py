@@ -188,3 +188,43 @@ def test_compiled_transition_cdfs_refuses_what_it_cannot_read():
                 np.ones((3, 0)), [[1.0]]):
         with pytest.raises(TypeError, match="P must be a C-contiguous float64 array"):
             envs.transition_cdfs(bad)
+
+
+@pytest.mark.parametrize("family", ["grid", "chain"])
+def test_exact_problem_on_a_next_state_table_equals_the_dense_one(family):
+    """ExactPolicyProblem gathers and scatters through the next-state table: the same return,
+    gradient and Hessian-vector product as with the dense P (terminal states included)."""
+    from metarl_fast.meta import ExactPolicyProblem
+
+    batch = FAMILIES[family]().sample(4, 5)
+    twin = dense_twin(FAMILIES[family]().sample(4, 5))  # the same tasks (same seed), made dense
+    assert twin.next_state is None
+    policy = mf.TabularSoftmaxPolicy(batch.n_states, batch.n_actions)
+    rng = np.random.default_rng(2)
+    theta = rng.normal(size=(4, policy.n_params))
+    v = rng.normal(size=(4, policy.n_params))
+    for gamma in (1.0, 0.9):
+        table, dense = ExactPolicyProblem(policy, batch, gamma), ExactPolicyProblem(policy, twin, gamma)
+        np.testing.assert_allclose(table.value(theta), dense.value(theta), rtol=1e-12)
+        np.testing.assert_allclose(table.grad(theta), dense.grad(theta), rtol=1e-10, atol=1e-13)
+        np.testing.assert_allclose(table.hvp(theta, None, v), dense.hvp(theta, None, v),
+                                   rtol=1e-9, atol=1e-12)
+    if family == "grid":
+        assert batch.terminal.any() and batch._P is None  # the dense P was never built
+
+
+@pytest.mark.parametrize("family", ["grid", "chain-slip", "mdps"])
+@pytest.mark.parametrize("gamma", [1.0, 0.8])
+def test_batched_oracle_equals_value_iteration_per_task(family, gamma):
+    """ExactPolicyProblem.optimal_value (all tasks at once, through the next-state table where
+    there is one) equals exact.optimal_value on each task's own model."""
+    from metarl_fast import exact
+    from metarl_fast.meta import ExactPolicyProblem
+
+    batch = FAMILIES[family]().sample(6, 7)
+    policy = mf.TabularSoftmaxPolicy(batch.n_states, batch.n_actions)
+    got = ExactPolicyProblem(policy, batch, gamma).optimal_value()
+    want = [exact.optimal_value(batch[i].model(gamma=gamma))[0][0] @ batch.start[i] for i in range(6)]
+    np.testing.assert_allclose(got, want, rtol=1e-12, atol=1e-12)
+    # and it is the best any policy does: no lower than the uniform policy's exact value
+    assert np.all(got >= ExactPolicyProblem(policy, batch, gamma).value(np.zeros((6, policy.n_params))) - 1e-12)

@@ -413,3 +413,53 @@ def test_compare_numbers_are_the_runs_eval_json_values(tmp_path):
         if row["after"] is not None:
             assert cells[2] == f"{row['after']['mean']:.1f} ± {row['after']['ci95']:.1f}"
             assert cells[3] == " / ".join(f"{v:.1f}" for v in row["after"]["values"])
+
+
+def test_logs_are_written_with_each_checkpoint_and_the_wall_time_adds_up(tmp_path):
+    """metrics.jsonl and timings.jsonl hold exactly the iterations the checkpoint holds whenever one
+    is written (a crash loses nothing ``--resume`` would keep); the run's wall-time breakdown
+    covers the run."""
+    cfg = small(iterations=7, eval_every=3, checkpoint_every=3)
+    seen = []
+
+    def spy(trainer):
+        original = trainer.save_checkpoint
+
+        def save():
+            original()
+            for name in ("metrics.jsonl", "timings.jsonl"):
+                lines = (tmp_path / "run" / name).read_text().splitlines()
+                seen.append((name, trainer.iteration, [json.loads(x)["iteration"] for x in lines]))
+        trainer.save_checkpoint = save
+
+    trainer, _ = train(cfg, tmp_path / "run", hook=spy)
+    for name, at, iterations in seen:
+        assert iterations == list(range(1, at + 1)), (name, at)
+    assert [at for name, at, _ in seen if name == "metrics.jsonl"] == [3, 6, 7]
+    wall = trainer.wall_time
+    parts = ("meta_iterations", "multitask_baseline", "evaluation", "checkpoints_and_logs", "other")
+    assert set(wall) == set(parts) | {"total"}
+    assert all(wall[k] >= 0 for k in parts if k != "other") and wall["meta_iterations"] > 0
+    assert math.isclose(sum(wall[k] for k in parts), wall["total"], rel_tol=1e-9)
+    timings = [json.loads(x) for x in (tmp_path / "run" / "timings.jsonl").read_text().splitlines()]
+    assert math.isclose(sum(r["meta_step_s"] for r in timings), wall["meta_iterations"], rel_tol=1e-9)
+
+
+def test_lines_of_a_failed_run_are_written(tmp_path):
+    """An exception mid-run (here a divergence at iteration 3) still writes the lines of the
+    iterations that completed."""
+    cfg = small(iterations=6, checkpoint_every=5)
+
+    def fail_at_three(trainer):
+        step = trainer.learner.meta_step
+
+        def meta_step(batch, rng):
+            if trainer.iteration == 2:
+                raise meta.DivergenceError("injected")
+            return step(batch, rng)
+        trainer.learner.meta_step = meta_step
+
+    with pytest.raises(meta.DivergenceError, match="injected"):
+        train(cfg, tmp_path / "run", hook=fail_at_three)
+    lines = (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()
+    assert [json.loads(x)["iteration"] for x in lines] == [1, 2]
