@@ -9,6 +9,7 @@ from run import Mutation
 
 T_ENVS = ["tests/test_envs_edges.py", "tests/test_rollout.py", "tests/test_tasks.py",
           "tests/test_envs_parity.py"]
+T_TABLES = ["tests/test_task_tables.py", "tests/test_tasks.py"]
 REF = "metarl_fast/reference/envs.py"
 CORE = "metarl_fast/_core/envs.pyx"
 ROLLOUT = "metarl_fast/rollout.py"
@@ -174,4 +175,29 @@ MUTATIONS = [
              "self.has_terminal = bool(batch.terminal.any())",
              "self.has_terminal = bool(batch.terminal.all())", T_ENVS,
              "the compiled rollout ignores terminal states unless every state is terminal"),
+    # -- next-state tables and trusted families (tests/test_task_tables.py) --------------------
+    Mutation("envs-tasks-next-state-onehot-wrong-axis", TASKS,
+             "np.put_along_axis(P, self.next_state[..., None], 1.0, axis=-1)",
+             "np.put_along_axis(P, self.next_state[..., None] * 0, 1.0, axis=-1)", T_TABLES,
+             "the dense P of a next-state batch always leads to state 0"),
+    Mutation("envs-tasks-grid-next-state-not-the-move", TASKS,
+             "        next_state[:] = self._next\n", "        next_state[:] = self._next[:, ::-1]\n",
+             T_TABLES, "grid moves permuted in the next-state table"),
+    Mutation("envs-tasks-chain-next-state-good-stays", TASKS,
+             "next_state = np.where(is_good, advance[None, :, None], 0)",
+             "next_state = np.where(is_good, np.arange(S)[None, :, None], 0)", T_TABLES,
+             "the rewarded action of the deterministic chain does not advance"),
+    Mutation("envs-tasks-sub-batch-drops-stochastic-hint", TASKS,
+             "        sub._stochastic = self._stochastic\n", "", T_TABLES,
+             "a sub-batch of random MDPs rescans P (correct, slower): caught by the hint test"),
+    Mutation("envs-core-transition-cdf-padding-total", CORE,
+             "            q[L] = acc\n", "            q[L] = c[0]\n", T_TABLES,
+             "the padded row's total is its first running sum"),
+    Mutation("meta-exact-table-ignores-terminal", "metarl_fast/meta.py",
+             "return (V * self.cont).reshape(-1)[self.flat_next].reshape(self.next_state.shape)",
+             "return V.reshape(-1)[self.flat_next].reshape(self.next_state.shape)", T_TABLES,
+             "exact DP on a next-state table continues past terminal states"),
+    Mutation("meta-exact-table-distribution-unmasked", "metarl_fast/meta.py",
+             "        return d.reshape(T, S) * self.cont", "        return d.reshape(T, S)", T_TABLES,
+             "the state distribution keeps the mass that entered a terminal state"),
 ]
