@@ -29,6 +29,7 @@ from metarl_fast.policy import (  # noqa: E402,F401
     log_prob,
     log_softmax,
     sample_actions,
+    sample_actions_at,
     softmax,
 )
 from metarl_fast.replay import Batch, PrioritizedReplayBuffer, ReplayBuffer  # noqa: E402,F401

@@ -47,6 +47,13 @@ def sample_actions(logits, rng, out=None):
     return active.policy.sample_actions(logits, rng, out)
 
 
+def sample_actions_at(logits, rows, rng, out=None):
+    """``sample_actions(logits[rows], rng)`` without the gather: one action per entry of ``rows``
+    (int (n,)) from the softmax of table row ``rows[i]`` of (R, A) ``logits``; the same actions
+    and draws, each table row exponentiated once (every row must be valid, used or not)."""
+    return active.policy.sample_actions_at(logits, rows, rng, out)
+
+
 
 
 def _check_dtype(dtype):
@@ -184,6 +191,19 @@ class TabularSoftmaxPolicy(_SoftmaxPolicy):
     def logits(self, obs):
         """Logits of the given states, shape (B, A) (a copy of rows of ``theta``)."""
         return self.theta[self.check_obs(obs)]
+
+    def act(self, obs, rng):
+        """Sample actions for a batch of states; int64 (B,).  The same actions and draws as
+        ``sample_actions(self.logits(obs), rng)``; when the batch is large next to the table,
+        each state's softmax is computed once (``sample_actions_at``) instead of once per row."""
+        if (isinstance(obs, np.ndarray) and obs.ndim == 1
+                and self.n_states <= max(64, 4 * obs.shape[0])):
+            try:
+                return active.policy.sample_actions_at(self.theta, obs, rng)
+            except (TypeError, ValueError):
+                self.check_obs(obs)  # name the argument as the user knows it
+                raise
+        return sample_actions(self.logits(obs), rng)
 
     def __repr__(self):
         return f"TabularSoftmaxPolicy(n_states={self.n_states}, n_actions={self.n_actions}, dtype={self.dtype})"

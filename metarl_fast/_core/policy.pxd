@@ -33,3 +33,8 @@ cdef intp_t grad_log_prob_rows(const floating* logits, const int64_t* actions, i
 # The caller holds the BitGenerator's lock.  One uniform per row, drawn in row order.
 cdef intp_t sample_rows(const floating* logits, intp_t n_rows, intp_t n_actions,
                         bitgen_t* bitgen, int64_t* actions_out) noexcept nogil
+# actions_out[i] ~ softmax(logits[rows[i]]) for i < n_draws (rows in [0, n_rows)): the actions and
+# draws of sample_rows on the gathered rows, each of the n_rows table rows exponentiated once.
+cdef intp_t sample_rows_at(const floating* logits, intp_t n_rows, intp_t n_actions,
+                           const int64_t* rows, intp_t n_draws, bitgen_t* bitgen,
+                           int64_t* actions_out) noexcept nogil

@@ -5,7 +5,7 @@ The ``def`` functions validate at the boundary (cheap C-level checks on the fast
 """
 cimport numpy as cnp
 from libc.math cimport INFINITY, log
-from libc.stdint cimport int64_t
+from libc.stdint cimport int64_t, uint64_t
 from libc.stdlib cimport free, malloc
 from numpy.random cimport bitgen_t
 
@@ -63,7 +63,7 @@ cdef extern from "policy_kernels.h" nogil:
     void mf_pk_shift_rows_f32(const float* x, intp_t n_rows, intp_t n_actions, double* z)
     # bit for bit mf_exp_nonpos_block, with more vectors in flight
     void mf_pk_exp_block(const double* x, double* y, intp_t n)
-    void mf_pk_sample_rows(const double* e, intp_t n_rows, intp_t n_actions,
+    void mf_pk_sample_rows(const double* e, const int64_t* rows, intp_t n_rows, intp_t n_actions,
                            mf_pk_next_double_t next_double, void* state, int64_t* actions)
 
 
@@ -126,7 +126,7 @@ cdef intp_t _apply(const floating* logits, intp_t n_rows, intp_t n_actions, Op o
         _shift(logits + start * n_actions, n, n_actions, z)
         mf_pk_exp_block(z, e, n * n_actions)
         if op == OP_SAMPLE:
-            mf_pk_sample_rows(e, n, n_actions, <mf_pk_next_double_t> bitgen.next_double,
+            mf_pk_sample_rows(e, NULL, n, n_actions, <mf_pk_next_double_t> bitgen.next_double,
                               bitgen.state, iout + start)
             start += n
             continue
@@ -190,6 +190,35 @@ cdef intp_t grad_log_prob_rows(const floating* logits, const int64_t* actions, i
 cdef intp_t sample_rows(const floating* logits, intp_t n_rows, intp_t n_actions,
                         bitgen_t* bitgen, int64_t* actions_out) noexcept nogil:
     return _apply(logits, n_rows, n_actions, OP_SAMPLE, NULL, bitgen, <floating*> NULL, actions_out)
+
+
+cdef intp_t sample_rows_at(const floating* logits, intp_t n_rows, intp_t n_actions,
+                           const int64_t* rows, intp_t n_draws, bitgen_t* bitgen,
+                           int64_t* actions_out) noexcept nogil:
+    """actions_out[i] ~ softmax(logits[rows[i]]) for i < n_draws: the same actions and draws as
+    sample_rows on the gathered rows, each table row exponentiated once.  Every table row is
+    checked first (MF_OK or the first bad row); ``rows`` must be in range."""
+    cdef intp_t status
+    cdef double* e
+    cdef double small[SMALL_SCRATCH]
+    if n_draws == 0:
+        return MF_OK
+    status = _check(logits, n_rows, n_actions)
+    if status != MF_OK:
+        return status
+    if n_rows * n_actions > SMALL_SCRATCH:
+        e = <double*> malloc(n_rows * n_actions * sizeof(double))
+        if e == NULL:
+            return MF_NO_MEMORY
+    else:
+        e = small
+    _shift(logits, n_rows, n_actions, e)
+    mf_pk_exp_block(e, e, n_rows * n_actions)
+    mf_pk_sample_rows(e, rows, n_draws, n_actions, <mf_pk_next_double_t> bitgen.next_double,
+                      bitgen.state, actions_out)
+    if e != small:
+        free(e)
+    return MF_OK
 
 
 # ---------------------------------------------------------------------------------------------
@@ -361,6 +390,69 @@ def sample_actions(logits, rng, out=None):
         _run(OP_SAMPLE, x, None, bitgen, res)
     finally:
         lock.release()
+    return res
+
+
+cdef inline bint _indices_in_range(const int64_t* p, intp_t n, intp_t high) noexcept:
+    cdef intp_t i
+    cdef uint64_t bad = 0
+    for i in range(n):
+        bad |= <uint64_t> (<uint64_t> p[i] >= <uint64_t> high)
+    return bad == 0
+
+
+cdef intp_t _sample_at_any(bint dbl, const void* data, intp_t n_rows, intp_t n_actions,
+                           const int64_t* rows, intp_t n_draws, bitgen_t* bitgen,
+                           int64_t* out) noexcept nogil:
+    if dbl:
+        return sample_rows_at(<const double*> data, n_rows, n_actions, rows, n_draws, bitgen, out)
+    return sample_rows_at(<const float*> data, n_rows, n_actions, rows, n_draws, bitgen, out)
+
+
+def sample_actions_at(logits, rows, rng, out=None):
+    """One action per entry of ``rows`` from the table's rows.  See
+    :func:`metarl_fast.reference.policy.sample_actions_at`."""
+    cdef cnp.ndarray x = _logits(logits)
+    cdef intp_t n_rows = x.shape[0], n_actions = x.shape[1], n_draws, status
+    cdef cnp.ndarray idx, res
+    cdef bitgen_t* bitgen
+    cdef bint dbl = cnp.PyArray_TYPE(x) == cnp.NPY_DOUBLE
+    if not isinstance(rng, _Generator):
+        _validate.check_rng(rng)
+    if (type(rows) is cnp.ndarray and cnp.PyArray_TYPE(<cnp.ndarray> rows) == cnp.NPY_INT64
+            and cnp.PyArray_NDIM(<cnp.ndarray> rows) == 1
+            and cnp.PyArray_IS_C_CONTIGUOUS(<cnp.ndarray> rows)
+            and cnp.PyArray_ISBEHAVED_RO(<cnp.ndarray> rows)):
+        idx = <cnp.ndarray> rows
+        if not _indices_in_range(<const int64_t*> cnp.PyArray_DATA(idx), idx.shape[0], n_rows):
+            idx = _validate.int_array(rows, "rows", ndim=1, low=0, high=n_rows)  # raises
+    else:
+        idx = _validate.int_array(rows, "rows", ndim=1, low=0, high=n_rows)
+    n_draws = idx.shape[0]
+    if out is None:
+        res = cnp.PyArray_EMPTY(1, <cnp.npy_intp*> &n_draws, cnp.NPY_INT64, 0)
+    elif _out_ok(out, 1, n_draws, 0, cnp.NPY_INT64):
+        res = <cnp.ndarray> out
+    else:
+        res = _validate.check_out(out, (n_draws,), np.int64)
+    if n_draws == 0:
+        return res
+    bit_generator = rng.bit_generator
+    bitgen = bitgen_of(bit_generator)
+    lock = bit_generator.lock
+    cdef const void* data = cnp.PyArray_DATA(x)
+    cdef const int64_t* rp = <const int64_t*> cnp.PyArray_DATA(idx)
+    cdef int64_t* op = <int64_t*> cnp.PyArray_DATA(res)
+    lock.acquire()
+    try:
+        if n_draws + n_rows * n_actions > NOGIL_MIN_ELEMS:
+            with nogil:
+                status = _sample_at_any(dbl, data, n_rows, n_actions, rp, n_draws, bitgen, op)
+        else:
+            status = _sample_at_any(dbl, data, n_rows, n_actions, rp, n_draws, bitgen, op)
+    finally:
+        lock.release()
+    _raise(status, x)
     return res
 
 

@@ -242,15 +242,15 @@ MF_PK_SHIFT(mf_pk_shift_rows_f64, double)
 MF_PK_SHIFT(mf_pk_shift_rows_f32, float)
 
 /* ---------------------------------------------------------------- sample
- * actions[i] from the exponentials e[i, :] (all finite, row sums > 0), one next_double(state)
- * per row in row order.  Counting "c[a] <= target" instead of searching keeps the row free of
+ * actions[i] from the exponentials e[r, :] of row r = rows[i] (r = i when rows is NULL; all
+ * finite, row sums > 0), one next_double(state) per action in order.  Counting "c[a] <= target" instead of searching keeps the row free of
  * data-dependent branches, which would mispredict on every other row. */
 typedef double (*mf_pk_next_double_t)(void *state);
 
 #define MF_PK_SAMPLE_FIXED(NA)                                                               \
     for (ptrdiff_t i = 0; i < n_rows; i++) {                                                 \
         double u = next_double(state);                                                       \
-        const double *er = e + i * (NA);                                                     \
+        const double *er = e + (rows ? rows[i] : i) * (NA);                                  \
         double c[NA];                                                                        \
         c[0] = er[0];                                                                        \
         MF_PK_UNROLL for (int a = 1; a < (NA); a++) c[a] = c[a - 1] + er[a];                 \
@@ -263,8 +263,9 @@ typedef double (*mf_pk_next_double_t)(void *state);
 
 #define MF_PK_SAMPLE_CASE(unused, NA) case NA: MF_PK_SAMPLE_FIXED(NA)
 
-static void mf_pk_sample_rows(const double *e, ptrdiff_t n_rows, ptrdiff_t n_actions,
-                              mf_pk_next_double_t next_double, void *state, int64_t *actions)
+static void mf_pk_sample_rows(const double *e, const int64_t *rows, ptrdiff_t n_rows,
+                              ptrdiff_t n_actions, mf_pk_next_double_t next_double, void *state,
+                              int64_t *actions)
 {
     switch (n_actions) {
     case 1:
@@ -278,7 +279,7 @@ static void mf_pk_sample_rows(const double *e, ptrdiff_t n_rows, ptrdiff_t n_act
     }
     for (ptrdiff_t i = 0; i < n_rows; i++) {
         double u = next_double(state);
-        const double *er = e + i * n_actions;
+        const double *er = e + (rows ? rows[i] : i) * n_actions;
         double s = 0.0;
         for (ptrdiff_t a = 0; a < n_actions; a++) s += er[a];
         double target = u * s;

@@ -135,3 +135,33 @@ def sample_actions(logits, rng, out=None):
     target = rng.random(x.shape[0]) * cdf[:, -1]
     actions = (target[:, None] < cdf).argmax(axis=1).astype(np.int64)
     return _finish(actions, np.int64, out)
+
+
+def sample_actions_at(logits, rows, rng, out=None):
+    """``sample_actions(logits[rows], rng)`` without the gather: one action per entry of ``rows``
+    (int (n,) in ``[0, R)``) from ``softmax(logits[rows[i]])``, the same actions and draws (one
+    ``rng.random()`` per entry, in order), each of the ``R`` table rows exponentiated once.
+    Every table row must be valid (finite, not all -inf), used or not; nothing is drawn otherwise.
+
+    Parameters
+    ----------
+    logits : ndarray (R, A), float32 or float64 -- e.g. a tabular policy's theta
+    rows : int array (n,), in [0, R)
+    rng : numpy.random.Generator
+    out : ndarray (n,), int64, optional
+
+    Returns
+    -------
+    actions : ndarray (n,), int64
+    """
+    _validate.check_rng(rng)
+    x, z, e = _shifted(logits)
+    idx = _validate.int_array(rows, "rows", ndim=1, low=0, high=x.shape[0])
+    if out is not None:
+        _validate.check_out(out, (idx.shape[0],), np.int64)
+    if idx.shape[0] == 0:
+        return out if out is not None else np.empty(0, dtype=np.int64)
+    cdf = np.cumsum(e, axis=1)[idx]
+    target = rng.random(idx.shape[0]) * cdf[:, -1]
+    actions = (target[:, None] < cdf).argmax(axis=1).astype(np.int64)
+    return _finish(actions, np.int64, out)

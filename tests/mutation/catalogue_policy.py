@@ -3,6 +3,7 @@ _core/policy_kernels.h, policy.py)."""
 from run import Mutation
 
 T_POL = ["tests/test_policy_math.py", "tests/test_policy_kernels.py", "tests/test_policies.py"]
+T_AT = ["tests/test_sample_at.py"]
 REF = "metarl_fast/reference/policy.py"
 CORE = "metarl_fast/_core/policy.pyx"
 HDR = "metarl_fast/_core/policy_kernels.h"
@@ -93,4 +94,19 @@ MUTATIONS = [
     Mutation("policy-py-set-params-accepts-nan", "metarl_fast/policy.py",
              "        if not np.all(np.isfinite(values)):\n            raise ValueError(\"params must be finite\")\n",
              "", T_POL),
+    # -- sample_actions_at (tests/test_sample_at.py) -------------------------------------------
+    Mutation("policy-ref-sample-at-gathers-wrong-row", REF,
+             "cdf = np.cumsum(e, axis=1)[idx]", "cdf = np.cumsum(e, axis=1)[np.sort(idx)]", T_AT,
+             "actions drawn from the rows in sorted order"),
+    Mutation("policy-hdr-sample-at-ignores-rows", HDR,
+             "        const double *er = e + (rows ? rows[i] : i) * (NA);",
+             "        const double *er = e + (rows ? i % (NA) : i) * (NA);", T_AT,
+             "the fixed-width sampler reads the i-th table row, not rows[i]"),
+    Mutation("policy-core-sample-at-range-unchecked", CORE,
+             "        if not _indices_in_range(<const int64_t*> cnp.PyArray_DATA(idx), idx.shape[0], n_rows):\n",
+             "        if False:\n", T_AT, "rows beyond the table are read"),
+    Mutation("policy-act-table-path-wrong-draws", "metarl_fast/policy.py",
+             "                return active.policy.sample_actions_at(self.theta, obs, rng)",
+             "                return active.policy.sample_actions_at(self.theta, obs[::-1].copy(), rng)[::-1]",
+             T_AT, "the table path draws the batch in reverse order"),
 ]
