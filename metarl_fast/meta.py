@@ -160,10 +160,6 @@ class QuadraticProblem:
         return -0.5 * np.einsum("tmp,tmpq,tmq->tm", d, self.hessians, d).mean(axis=1)
 
 
-def _episode_index(traj):
-    return np.repeat(np.arange(traj.episode_length.size, dtype=np.int64), traj.episode_length.reshape(-1))
-
-
 class SampledPolicyProblem:
     """Policy-gradient inner problem on a batch of tabular tasks, from sampled episodes.
 
@@ -199,6 +195,7 @@ class SampledPolicyProblem:
         self.n_params = self.map.n_params
         self.n_episodes = _validate.positive_int(n_episodes, "n_episodes")
         self.gamma = _validate.finite_float(gamma, "gamma", low=0.0, high=1.0)
+        self._policy_of_task = np.arange(self.n_tasks, dtype=np.int64)  # task i runs policy i
         self.env_steps = 0  # environment steps sampled so far
         self.sampling_time = 0.0  # seconds spent in the rollouts
 
@@ -209,8 +206,7 @@ class SampledPolicyProblem:
         start = time.perf_counter()
         logits = self.map.jvp(np.asarray(theta, dtype=np.float64))        # (T, S, A)
         cdf, logp = action_tables(logits)
-        policy_of_task = np.arange(self.n_tasks, dtype=np.int64)
-        traj = Trajectories(*active.envs.rollout(self.tasks.tables, cdf, logp, policy_of_task,
+        traj = Trajectories(*active.envs.rollout(self.tasks.tables, cdf, logp, self._policy_of_task,
                                                   self.n_episodes, rng))
         self.env_steps += traj.n_steps
         self.sampling_time += time.perf_counter() - start
@@ -223,15 +219,15 @@ class SampledPolicyProblem:
         key = traj.task_id * S + traj.obs
         coef = np.empty(traj.n_steps)
         rewards = np.ascontiguousarray(traj.reward, dtype=np.float64)
-        active.meta.pg_prepare(key, rewards, traj.done, traj.step_in_episode, traj.task_id,
-                               self.n_tasks, self.gamma, self.n_episodes,
-                               _BASELINE_CODES[self.baseline], coef)
+        episode, steps = active.envs.episode_steps(traj.episode_length)
+        active.meta.pg_prepare(key, rewards, traj.done, steps, traj.task_id, self.n_tasks,
+                               self.gamma, self.n_episodes, _BASELINE_CODES[self.baseline], coef)
         if self.advantage == "actor-critic":
-            coef = self._actor_critic_coef(traj, key, rewards)
+            coef = self._actor_critic_coef(traj, key, rewards, steps)
         return {"traj": traj, "key": key, "probs_table": probs_table, "coef": coef,
-                "episode": _episode_index(traj)}
+                "episode": episode}
 
-    def _actor_critic_coef(self, traj, key, rewards):
+    def _actor_critic_coef(self, traj, key, rewards, steps):
         """``gamma^t (r + gamma (1 - done) V(s') - V(s)) / N``: TD(0) advantages with a tabular
         critic per task, fitted to this batch (V(s) = mean discounted return-to-go observed from s).
 
@@ -245,7 +241,7 @@ class SampledPolicyProblem:
         values = np.bincount(key, weights=returns, minlength=size) / np.maximum(counts, 1)
         next_key = traj.task_id * S + traj.next_obs
         td = rewards + self.gamma * (~traj.terminated) * (~traj.truncated) * values[next_key] - values[key]
-        return self.gamma ** traj.step_in_episode.astype(np.float64) * td / self.n_episodes
+        return self.gamma ** steps.astype(np.float64) * td / self.n_episodes
 
     def _table(self):
         return np.empty((self.n_tasks * self.map.n_states, self.map.n_actions))

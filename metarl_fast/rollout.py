@@ -132,8 +132,7 @@ class Trajectories:
     @property
     def step_in_episode(self):
         """Time index of each step within its episode, int64 (n,)."""
-        starts = np.repeat(self.episode_start[:-1], self.episode_length.reshape(-1))
-        return np.arange(self.n_steps, dtype=np.int64) - starts
+        return active.envs.episode_steps(self.episode_length)[1]
 
     def episode(self, task, e):
         """The slice of the flat arrays holding episode ``e`` of task ``task``."""

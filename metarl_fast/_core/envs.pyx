@@ -1033,6 +1033,31 @@ def episode_offsets(episode_length):
     return start
 
 
+def episode_steps(episode_length):
+    """Episode number and time index of every step.  See
+    :func:`metarl_fast.reference.envs.episode_steps`."""
+    if not (type(episode_length) is cnp.ndarray
+            and cnp.PyArray_TYPE(<cnp.ndarray> episode_length) == cnp.NPY_INT64
+            and cnp.PyArray_IS_C_CONTIGUOUS(<cnp.ndarray> episode_length)):
+        return _reference.episode_steps(episode_length)
+    cdef intp_t n_eps = cnp.PyArray_SIZE(<cnp.ndarray> episode_length), k, t, total = 0, q = 0
+    cdef const int64_t* length_p = _iptr(episode_length)
+    for k in range(n_eps):
+        if length_p[k] < 0:
+            return _reference.episode_steps(episode_length)
+        total += length_p[k]
+    cdef cnp.ndarray episode = _empty(total, cnp.NPY_INT64)
+    cdef cnp.ndarray step = _empty(total, cnp.NPY_INT64)
+    cdef int64_t* ep = <int64_t*> cnp.PyArray_DATA(episode)
+    cdef int64_t* st = <int64_t*> cnp.PyArray_DATA(step)
+    for k in range(n_eps):
+        for t in range(length_p[k]):
+            ep[q] = k
+            st[q] = t
+            q += 1
+    return episode, step
+
+
 def rollout(tables, action_cdf, action_logp, policy_of_task, n_episodes, rng):
     """Fused rollout.  See :func:`metarl_fast.reference.envs.rollout`."""
     cdef intp_t N

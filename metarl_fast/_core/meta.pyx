@@ -4,6 +4,7 @@ The ``def`` wrappers check shapes, dtypes and index ranges, then run ``nogil`` l
 batch; see the reference module for the mathematics.
 """
 from libc.stdlib cimport free, malloc
+from libc.math cimport pow
 from libc.string cimport memset
 
 import numpy as np
@@ -18,9 +19,25 @@ def _check(name, arr, dtype, shape):
         raise ValueError(f"{name} must have shape {shape}, got {arr.shape}")
 
 
-def _check_index(name, arr, high):
-    if arr.size and (arr.min() < 0 or arr.max() >= high):
+cdef bint _below(const long long[::1] arr, intp_t high) noexcept nogil:
+    """Every entry in [0, high) (one unsigned comparison each)."""
+    cdef intp_t i
+    cdef unsigned long long bad = 0
+    for i in range(arr.shape[0]):
+        bad |= <unsigned long long> (<unsigned long long> arr[i] >= <unsigned long long> high)
+    return bad == 0
+
+
+def _check_index(name, const long long[::1] arr, high):
+    if high < 0 or not _below(arr, high):
         raise ValueError(f"{name} out of range [0, {high})")
+
+
+cdef inline object _as_uint8(object dones):
+    """A bool or uint8 flag array as uint8 without a copy where the layout allows."""
+    if isinstance(dones, np.ndarray) and dones.dtype == np.bool_ and dones.flags.c_contiguous:
+        return dones.view(np.uint8)
+    return np.ascontiguousarray(dones, dtype=np.uint8)
 
 
 cdef void _scatter_zero(double* table, intp_t rows, intp_t A) noexcept nogil:
@@ -33,41 +50,58 @@ def pg_prepare(const long long[::1] key, const double[::1] rewards, dones, const
     """Per-step REINFORCE coefficients (see the reference): ``baseline`` 0 none, 1 leave-one-out,
     2 mean over the task's episodes (own episode included)."""
     cdef intp_t n = key.shape[0], i, slot, horizon = 1
-    cdef const unsigned char[::1] done = np.ascontiguousarray(dones, dtype=np.uint8)
+    cdef const unsigned char[::1] done = _as_uint8(dones)
+    cdef long long most = 0
     if done.shape[0] != n or rewards.shape[0] != n or steps.shape[0] != n \
             or task_id.shape[0] != n or coef_out.shape[0] != n:
         raise ValueError("pg_prepare: every per-step array must have the same length")
-    _check_index("task_id", np.asarray(task_id), n_tasks)
+    _check_index("task_id", task_id, n_tasks)
     if n:
-        horizon = int(np.asarray(steps).max()) + 1
-        _check_index("steps", np.asarray(steps), horizon)
-    cdef double[::1] discount = np.empty(horizon)  # gamma^t, the same pow per t as per step
+        for i in range(n):
+            if steps[i] > most:
+                most = steps[i]
+        horizon = most + 1
+        _check_index("steps", steps, horizon)
+    cdef double[::1] weight = np.empty(horizon)  # gamma^t / N per time step t
     cdef double[::1] sums = np.zeros(n_tasks * horizon)
     cdef double[::1] counts = np.zeros(n_tasks * horizon)
+    cdef double[::1] scale = np.empty(n_tasks * horizon)
+    cdef double[::1] shift = np.empty(n_tasks * horizon)
     cdef double[::1] returns = np.empty(n)
-    cdef double running = 0.0, disc, b, others
+    cdef double running = 0.0, c
     if baseline not in (0, 1, 2):
         raise ValueError(f"baseline must be 0 (none), 1 (leave-one-out) or 2 (mean), got {baseline}")
     with nogil:
         for i in range(horizon):
-            discount[i] = gamma ** (<double> i)
-        for i in range(n - 1, -1, -1):
-            running = rewards[i] + (0.0 if done[i] else gamma * running)
-            returns[i] = running
-            slot = task_id[i] * horizon + steps[i]
-            sums[slot] += running
-            counts[slot] += 1.0
+            weight[i] = pow(gamma, <double> i) / n_episodes
+        # returns-to-go, scanned backwards (gamma = 1: the same sums without the multiply)
+        if gamma == 1.0:
+            for i in range(n - 1, -1, -1):
+                running = rewards[i] + (0.0 if done[i] else running)
+                returns[i] = running
+        else:
+            for i in range(n - 1, -1, -1):
+                running = rewards[i] + (0.0 if done[i] else gamma * running)
+                returns[i] = running
         for i in range(n):
             slot = task_id[i] * horizon + steps[i]
-            disc = discount[steps[i]]
-            if baseline == 1:
-                others = counts[slot] - 1.0
-                b = (sums[slot] - returns[i]) / others if others > 0 else 0.0
-            elif baseline == 2:
-                b = sums[slot] / counts[slot]
+            sums[slot] += returns[i]
+            counts[slot] += 1.0
+        # per (task, step) slot: G - b = scale * G - shift for every step in it
+        for slot in range(n_tasks * horizon):
+            c = counts[slot]
+            if baseline == 1 and c > 1.0:    # b = (sum - G) / (c - 1)
+                scale[slot] = c / (c - 1.0)
+                shift[slot] = sums[slot] / (c - 1.0)
+            elif baseline == 2 and c > 0.0:  # b = sum / c
+                scale[slot] = 1.0
+                shift[slot] = sums[slot] / c
             else:
-                b = 0.0
-            coef_out[i] = disc * (returns[i] - b) / n_episodes
+                scale[slot] = 1.0
+                shift[slot] = 0.0
+        for i in range(n):
+            slot = task_id[i] * horizon + steps[i]
+            coef_out[i] = weight[steps[i]] * (scale[slot] * returns[i] - shift[slot])
 
 
 cdef inline double _row_sum(const double* x, intp_t A) noexcept nogil:
@@ -95,8 +129,8 @@ def score_table(const long long[::1] key, const long long[::1] actions,
     cdef double total
     cdef double* t
     _check_tables("score_table", probs_table, table_out, n, (actions.shape[0], coef.shape[0]))
-    _check_index("key", np.asarray(key), rows)
-    _check_index("actions", np.asarray(actions), A)
+    _check_index("key", key, rows)
+    _check_index("actions", actions, A)
     with nogil:
         _scatter_zero(&table_out[0, 0], rows, A)
         for i in range(n):
@@ -123,9 +157,9 @@ def hvp_table(const long long[::1] key, const long long[::1] actions,
                   (actions.shape[0], coef.shape[0], episode.shape[0]))
     if dl_table.shape[0] != rows or dl_table.shape[1] != A:
         raise ValueError("hvp_table: dl_table and table_out must have the same shape")
-    _check_index("key", np.asarray(key), rows)
-    _check_index("actions", np.asarray(actions), A)
-    _check_index("episode", np.asarray(episode), n_eps_total)
+    _check_index("key", key, rows)
+    _check_index("actions", actions, A)
+    _check_index("episode", episode, n_eps_total)
     if A == 0:
         return
     cdef double[::1] fv = np.zeros(n_eps_total)

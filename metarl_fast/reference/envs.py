@@ -155,6 +155,16 @@ def episode_offsets(episode_length):
     return start
 
 
+def episode_steps(episode_length):
+    """``(episode, step)``, int64 (n,) each, of the flat steps of episodes with the int64 lengths
+    (T, N) (C-contiguous, non-negative): the episode number ``k`` (``task * N + e``) of each step
+    and its time index inside that episode."""
+    lengths = episode_length.reshape(-1)
+    episode = np.repeat(np.arange(lengths.size, dtype=np.int64), lengths)
+    start = episode_offsets(episode_length)
+    return episode, np.arange(episode.size, dtype=np.int64) - start[episode]
+
+
 def _inverse_cdf(cdf_rows, u):
     """Row-wise inverse CDF: (k, m) running sums and (k,) uniforms -> (k,) int64 outcomes."""
     target = u * cdf_rows[:, -1]

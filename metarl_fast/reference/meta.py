@@ -33,16 +33,19 @@ def pg_prepare(key, rewards, dones, steps, task_id, n_tasks, gamma, n_episodes, 
     returns = discounted_returns(rewards, dones, gamma)
     horizon = int(steps.max()) + 1 if n else 1
     slot = task_id * horizon + steps
-    counts = np.bincount(slot, minlength=n_tasks * horizon)
+    counts = np.bincount(slot, minlength=n_tasks * horizon).astype(np.float64)
     sums = np.bincount(slot, weights=returns, minlength=n_tasks * horizon)
-    if baseline == BASELINE_LOO:
-        others = counts[slot] - 1.0
-        b = np.where(others > 0, (sums[slot] - returns) / np.maximum(others, 1.0), 0.0)
-    elif baseline == BASELINE_MEAN:
-        b = sums[slot] / counts[slot]
-    else:
-        b = 0.0
-    coef_out[...] = gamma ** steps.astype(np.float64) * (returns - b) / n_episodes
+    # per (task, step) slot, G - b = scale * G - shift: the baseline's division once per slot
+    scale, shift = np.ones_like(sums), np.zeros_like(sums)
+    if baseline == BASELINE_LOO:      # b = (sum - G) / (count - 1), 0 without other episodes
+        has = counts > 1.0
+        scale[has] = counts[has] / (counts[has] - 1.0)
+        shift[has] = sums[has] / (counts[has] - 1.0)
+    elif baseline == BASELINE_MEAN:   # b = sum / count
+        has = counts > 0.0
+        shift[has] = sums[has] / counts[has]
+    weight = gamma ** np.arange(horizon, dtype=np.float64) / n_episodes
+    coef_out[...] = weight[steps] * (scale[slot] * returns - shift[slot])
 
 
 def _cells(key, actions, weights, rows, A):
