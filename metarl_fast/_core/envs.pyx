@@ -1110,10 +1110,10 @@ def rollout(tables, action_cdf, action_logp, policy_of_task, n_episodes, rng):
         raise MemoryError("metarl_fast: out of memory in rollout")
     names = ("obs", "action", "reward", "next_obs", "terminated", "truncated", "logp", "task_id")
     if n_steps < cap:
-        arrays = tuple(res[name][:n_steps].copy() for name in names)
-    else:
-        arrays = tuple(res[name] for name in names)
-    return arrays + (length, ret)
+        # shrink in place (realloc; these fresh arrays have no other reference): no copy
+        for name in names:
+            res[name].resize((n_steps,), refcheck=False)
+    return tuple(res[name] for name in names) + (length, ret)
 
 
 def vec_reset(tables, task_of_env, state, elapsed, rng):

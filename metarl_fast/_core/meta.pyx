@@ -19,13 +19,29 @@ def _check(name, arr, dtype, shape):
         raise ValueError(f"{name} must have shape {shape}, got {arr.shape}")
 
 
+cdef extern from *:
+    """
+    #include <stdint.h>
+    #include <stddef.h>
+    /* 1 if every a[i] is in [0, high): one unsigned comparison each, vectorised on AVX2. */
+    #if defined(__GNUC__) && !defined(__clang__) && defined(__x86_64__) && defined(__linux__)
+    __attribute__((target_clones("avx2", "default")))
+    #endif
+    static int mf_meta_all_below(const int64_t *a, ptrdiff_t n, uint64_t high)
+    {
+        uint64_t bad = 0;
+        for (ptrdiff_t i = 0; i < n; i++) bad |= (uint64_t)((uint64_t)a[i] >= high);
+        return bad == 0;
+    }
+    """
+    int mf_meta_all_below(const long long* a, Py_ssize_t n, unsigned long long high) nogil
+
+
 cdef bint _below(const long long[::1] arr, intp_t high) noexcept nogil:
-    """Every entry in [0, high) (one unsigned comparison each)."""
-    cdef intp_t i
-    cdef unsigned long long bad = 0
-    for i in range(arr.shape[0]):
-        bad |= <unsigned long long> (<unsigned long long> arr[i] >= <unsigned long long> high)
-    return bad == 0
+    """Every entry in [0, high)."""
+    if arr.shape[0] == 0:
+        return True
+    return mf_meta_all_below(&arr[0], arr.shape[0], <unsigned long long> high) != 0
 
 
 def _check_index(name, const long long[::1] arr, high):
