@@ -64,3 +64,21 @@ def test_rollout_grid_navigation(benchmark, backend, n_tasks):
     else:
         traj = benchmark(rollout, policy, batch, 10, rng)
         assert traj.n_tasks == n_tasks
+
+
+@pytest.mark.parametrize("n_tasks,n_episodes", ROLLOUTS)
+def test_rollout_random_number_floor(benchmark, n_tasks, n_episodes):
+    """The same random numbers the TabularMDPs rollout draws (per step: an action uniform, a
+    reward normal, a next-state uniform), drawn alone in bulk from the same kind of generator:
+    the floor of that group (pytest benches/bench_rollout.py -k "tabular_mdps or floor")."""
+    rng = np.random.default_rng(2)
+    shape = (n_tasks, n_episodes, 10)
+
+    def draws():
+        return rng.random(shape), rng.standard_normal(shape), rng.random(shape)
+
+    benchmark.group = f"rollout TabularMDPs {n_tasks} tasks x {n_episodes} episodes"
+    benchmark.extra_info.update(backend="random numbers alone", steps=n_tasks * n_episodes * 10)
+    out = benchmark(draws)
+    assert out[0].shape == shape
+

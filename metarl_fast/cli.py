@@ -349,6 +349,9 @@ def main(argv=None):
     if getattr(args, "func", None) is None:
         parser.print_help()
         return 0
+    if argv is None:  # the command's own process: large per-call arrays without page faults
+        from metarl_fast.memory import retain_freed_memory
+        retain_freed_memory()
     try:
         if args.threads is not None and args.threads != 1:
             raise UserError(f"--threads {args.threads}: the kernels are single-threaded in this version; use 1")
