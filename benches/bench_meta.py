@@ -41,3 +41,36 @@ def test_meta_iteration(benchmark, backend, family, method, estimator):
     benchmark.extra_info.update(rows=1, backend=backend)
     stats = benchmark(learner.meta_step, tasks, rng)
     assert np.isfinite(stats["pre_return"])
+
+
+SAMPLING_FAMILIES = {
+    "GridNavigation(7)": lambda: mf.GridNavigation(size=7),
+    "TabularMDPs()": lambda: mf.TabularMDPs(),
+    "Chain()": lambda: mf.Chain(),
+    "BernoulliBandits()": lambda: mf.BernoulliBandits(),
+}
+
+
+@pytest.mark.parametrize("part", ["task batch", "meta-iteration"])
+@pytest.mark.parametrize("family", grid(list(SAMPLING_FAMILIES), ["GridNavigation(7)", "TabularMDPs()"]))
+def test_task_sampling_share(benchmark, family, part):
+    """A fresh meta-batch of 20 tasks (``sample(20)`` and the kernel tables it needs) against one
+    MAML meta-iteration on a fixed batch (20 episodes per task, K = 1, from the uniform policy):
+    the task batch's share of a meta-iteration as ``metarl-fast train`` runs it."""
+    dist = SAMPLING_FAMILIES[family]()
+    rng = np.random.default_rng(0)
+    benchmark.group = f"task sampling share {family}"
+    benchmark.extra_info.update(backend=part, rows=20)
+    if part == "task batch":
+        benchmark(lambda: dist.sample(20, rng).tables)
+        return
+    tasks = dist.sample(20, 1)
+    policy = mf.TabularSoftmaxPolicy(tasks.n_states, tasks.n_actions)
+    learner = mf.MetaLearner(policy, "maml", inner_lr=1.0, inner_steps=1, episodes_per_task=20)
+
+    def step():
+        policy.params[:] = 0.0  # the same work every round
+        return learner.meta_step(tasks, rng)
+
+    stats = benchmark(step)
+    assert np.isfinite(stats["pre_return"])

@@ -48,6 +48,7 @@ bernoulli, nothing otherwise) and then one ``random()`` for the next state unles
 of the batch is deterministic.  Sampling from a distribution ``p`` with a uniform ``u`` is inverse
 CDF: the first ``j`` with ``u * c[-1] < c[j]``, ``c`` the left-to-right running sum of ``p``.
 """
+import functools
 import numbers
 
 import numpy as np
@@ -117,6 +118,16 @@ def _start_at_zero(n, S):
     return start
 
 
+@functools.lru_cache(maxsize=32)
+def _shared_defaults(n, S):
+    """Read-only tables every generated batch of ``n`` tasks x ``S`` states starting in state 0
+    without terminal states has in common, shared between batches (nothing writes to them):
+    (start (n, S), its running sums, start_state (n,), terminal (n, S) all False)."""
+    start = _read_only(_start_at_zero(n, S))
+    return (start, _read_only(np.cumsum(start, axis=-1)), _read_only(np.zeros(n, dtype=np.int64)),
+            _read_only(np.zeros((n, S), dtype=bool)))
+
+
 def padded_cdf_rows(cdf):
     """Running-sum rows (..., m) laid out for the compiled kernels' blocked search: (..., L + 1)
     holding the first m - 1 sums, +inf up to L = m - 1 rounded up to a multiple of 4 (never <= a
@@ -180,7 +191,9 @@ class EnvTables:
             det_trans, self.next_state = _certain_outcomes(batch.P)
         self.stochastic_transitions = not det_trans
         # deterministic batches (e.g. GridNavigation) never search a CDF: keep no copy of P's size
-        if self.stochastic_transitions:
+        if self.stochastic_transitions and batch._trans_cdfs is not None:
+            self.trans_cdf, self.trans_cdf_padded = batch._trans_cdfs
+        elif self.stochastic_transitions:
             from metarl_fast._backend import active  # here: the kernel modules import this one
             self.trans_cdf, self.trans_cdf_padded = active.envs.transition_cdfs(batch.P)
         else:
@@ -189,7 +202,8 @@ class EnvTables:
         self.reward_kind = REWARD_NOISES.index(batch.reward_noise)
         self.reward_std = batch.reward_std
         self.reward_next = batch.reward_next if batch.reward_next is not None else _NO_REWARD_NEXT
-        self.start_cdf = np.cumsum(batch.start, axis=-1)
+        self.start_cdf = (batch._start_cdf if batch._start_cdf is not None
+                          else np.cumsum(batch.start, axis=-1))
         if batch._start_state is not None:  # a family's fixed start state, known by construction
             det_start, self.start_state = True, batch._start_state
         else:
@@ -197,9 +211,12 @@ class EnvTables:
         self.stochastic_start = not det_start
         self.terminal = batch.terminal.view(np.uint8)  # bool and uint8 share their bytes
         self.has_terminal = bool(batch.terminal.any())
-        for name in self.__slots__:
+        # the kernels read raw pointers: every table C-contiguous and read-only (a batch's own
+        # arrays already are; the ones built here are made so)
+        for name in ("next_state", "reward_mean", "reward_std", "reward_next", "start_cdf",
+                     "start_state", "terminal"):
             value = getattr(self, name)
-            if isinstance(value, np.ndarray) and (value.flags.writeable or not value.flags.c_contiguous):
+            if value.flags.writeable or not value.flags.c_contiguous:
                 value = np.ascontiguousarray(value)
                 value.setflags(write=False)
                 setattr(self, name, value)
@@ -305,16 +322,18 @@ class TaskBatch:
         writes to (they are made read-only)."""
         self = cls.__new__(cls)
         n, S, A = (next_state if P is None else P).shape[:3]
-        start_state = None
+        start_state = start_cdf = None
         if start is None:
-            start, start_state = _start_at_zero(n, S), _read_only(np.zeros(n, dtype=np.int64))
+            start, start_cdf, start_state, no_terminal = _shared_defaults(n, S)
+            if terminal is None:
+                terminal = no_terminal
         if terminal is None:
             terminal = np.zeros((n, S), dtype=bool)
         if np.ndim(reward_std) == 0:
             reward_std = np.full(n, float(reward_std))
         self._assign(P, next_state, R, int(horizon), start, terminal, reward_noise, reward_std,
                      reward_next, name)
-        self._start_state = start_state
+        self._start_state, self._start_cdf = start_state, start_cdf
         return self
 
     def _assign(self, P, next_state, R, horizon, start, terminal, reward_noise, reward_std,
@@ -334,6 +353,8 @@ class TaskBatch:
         self._tables = None
         self._stochastic = False  # True: every row of P is known to have >= 2 outcomes (no scan)
         self._start_state = None  # int64 (n,): every task's certain start state, known by construction
+        self._trans_cdfs = None   # (trans_cdf, trans_cdf_padded) built with P, if the family did
+        self._start_cdf = None    # running sums of start, if known
 
     @property
     def P(self):
@@ -391,6 +412,8 @@ class TaskBatch:
         sub.info = {key: value[idx] for key, value in self.info.items()}
         sub._stochastic = self._stochastic
         sub._start_state = None if self._start_state is None else _read_only(self._start_state[idx])
+        if self._trans_cdfs is not None:
+            sub._trans_cdfs = tuple(_read_only(table[idx]) for table in self._trans_cdfs)
         return sub
 
     def __iter__(self):
@@ -635,7 +658,8 @@ class TabularMDPs(TaskDistribution):
 
     Mean rewards ``mu(s, a) ~ N(1, 1)``, observed reward ``~ N(mu(s, a), 1)``, transitions
     ``P(.|s, a) ~ Dirichlet(1, ..., 1)``, every episode starts in state 0 and lasts ``horizon``
-    steps.  ``sample`` draws ``rng.normal(1, 1, (n, S, A))`` then ``rng.dirichlet(ones(S), (n, S, A))``.
+    steps.  ``sample`` draws ``rng.normal(1, 1, (n, S, A))`` then ``rng.dirichlet(ones(S), (n, S, A))``
+    (the same values: exponentials normalised as ``Generator.dirichlet`` does).
     """
 
     def __init__(self, n_states=10, n_actions=5, horizon=10):
@@ -645,12 +669,16 @@ class TabularMDPs(TaskDistribution):
 
     def _sample(self, n, rng):
         S, A = self.n_states, self.n_actions
+        from metarl_fast._backend import active  # here: the kernel modules import this one
+
         R = rng.normal(1.0, 1.0, (n, S, A))
-        P = rng.dirichlet(np.ones(S), size=(n, S, A))
-        P /= P.sum(axis=-1, keepdims=True)
+        # rng.dirichlet(np.ones(S), (n, S, A)) bit for bit (the same exponentials, normalised the
+        # same way), with the kernels' transition CDFs built in the same pass
+        P, cdf, padded = active.envs.dirichlet_rows(rng.standard_exponential(size=(n, S, A, S)))
         batch = TaskBatch._trusted(P, R, self.horizon, reward_noise="gaussian", reward_std=1.0,
                                    name=f"TabularMDPs(n_states={S}, n_actions={A})")
         batch._stochastic = S > 1  # Dirichlet(1, ..., 1) rows: every entry > 0 almost surely
+        batch._trans_cdfs = (cdf, padded)
         return batch
 
     def __repr__(self):
@@ -697,6 +725,21 @@ class GridNavigation(TaskDistribution):
             goals = goals.astype(np.int64)
         self.goals = goals
         self._build_moves()
+        self._goal_tables = None
+        if len(goals) * self.size ** 2 * self.N_ACTIONS <= 2**22:  # at most 32 MiB of rewards
+            self._goal_tables = self._tables_of(goals)
+
+    def _tables_of(self, goal):
+        """(R float64 (n, S, A), terminal bool (n, S)) of the tasks with goals ``goal`` (n, 2)."""
+        size, S = self.size, self.size * self.size
+        n = goal.shape[0]
+        # the reward depends only on the cell reached: per-cell distances (n, S), then a gather
+        d2 = ((self._cell_rc[None, :, 0] - goal[:, None, 0]) ** 2
+              + (self._cell_rc[None, :, 1] - goal[:, None, 1]) ** 2).astype(np.float64)
+        cell_reward = -(d2 if self.squared else np.sqrt(d2))
+        terminal = np.zeros((n, S), dtype=bool)
+        terminal[np.arange(n), goal[:, 0] * size + goal[:, 1]] = True
+        return cell_reward[:, self._next], terminal
 
     def _build_moves(self):
         size = self.size
@@ -708,18 +751,16 @@ class GridNavigation(TaskDistribution):
 
     def _sample(self, n, rng):
         size, S, A = self.size, self.size * self.size, self.N_ACTIONS
-        goal = self.goals[rng.integers(len(self.goals), size=n)]       # (n, 2)
-        # the reward depends only on the cell reached: per-cell distances (n, S), then a gather
-        d2 = ((self._cell_rc[None, :, 0] - goal[:, None, 0]) ** 2
-              + (self._cell_rc[None, :, 1] - goal[:, None, 1]) ** 2).astype(np.float64)
-        cell_reward = -(d2 if self.squared else np.sqrt(d2))
-        R = cell_reward[:, self._next]                                  # (n, S, A)
+        index = rng.integers(len(self.goals), size=n)
+        goal = self.goals[index]                                        # (n, 2)
+        if self._goal_tables is not None:  # each goal's rewards and terminal row, built once
+            R, terminal = (table[index] for table in self._goal_tables)
+        else:
+            R, terminal = self._tables_of(goal)                         # (n, S, A), (n, S)
         next_state = np.empty((n, S, A), dtype=np.int64)
         next_state[:] = self._next
         start = np.zeros((n, S))
         start[:, (size // 2) * size + size // 2] = 1.0
-        terminal = np.zeros((n, S), dtype=bool)
-        terminal[np.arange(n), goal[:, 0] * size + goal[:, 1]] = True
         batch = TaskBatch._trusted(None, R, self.horizon, next_state=next_state, start=start,
                                    terminal=terminal, reward_noise="none",
                                    name=f"GridNavigation(size={size})")
@@ -748,12 +789,14 @@ class Chain(TaskDistribution):
         self.n_actions = _validate.positive_int(n_actions, "n_actions")
         self.horizon = _validate.positive_int(horizon, "horizon")
         self.slip = _validate.finite_float(slip, "slip", low=0.0, high=1.0)
+        self._actions = np.arange(self.n_actions)[None, None, :]
+        self._advance = np.minimum(np.arange(self.n_states) + 1, self.n_states - 1)
 
     def _sample(self, n, rng):
         S, A = self.n_states, self.n_actions
         good = rng.integers(A, size=(n, S))
-        is_good = good[:, :, None] == np.arange(A)[None, None, :]         # (n, S, A)
-        advance = np.minimum(np.arange(S) + 1, S - 1)                      # (S,)
+        is_good = good[:, :, None] == self._actions                         # (n, S, A)
+        advance = self._advance                                             # (S,)
         R = is_good.astype(np.float64)
         name = f"Chain(n_states={S}, n_actions={A})"
         if self.slip == 0.0:  # deterministic: a next-state table, no (n, S, A, S) array

@@ -228,3 +228,48 @@ def test_batched_oracle_equals_value_iteration_per_task(family, gamma):
     np.testing.assert_allclose(got, want, rtol=1e-12, atol=1e-12)
     # and it is the best any policy does: no lower than the uniform policy's exact value
     assert np.all(got >= ExactPolicyProblem(policy, batch, gamma).value(np.zeros((6, policy.n_params))) - 1e-12)
+
+
+def test_grid_goal_tables_built_once_equal_the_ones_built_per_batch():
+    """GridNavigation keeps each goal's rewards and terminal row when they are small; a family
+    too large for that builds them per batch: the same tasks either way."""
+    kept = GridNavigation(size=5, squared=True)
+    per_batch = GridNavigation(size=5, squared=True)
+    per_batch._goal_tables = None
+    a, b = kept.sample(9, 3), per_batch.sample(9, 3)
+    np.testing.assert_array_equal(a.R, b.R)
+    np.testing.assert_array_equal(a.terminal, b.terminal)
+    np.testing.assert_array_equal(a.info["goal"], b.info["goal"])
+    assert GridNavigation(size=31)._goal_tables is None  # 960 goals x 961 cells x 5: built per batch
+
+
+@settings(max_examples=40, deadline=None)
+@given(rows)
+def test_dirichlet_rows_are_generator_dirichlet_bit_for_bit(shape_seed):
+    """Exponentials then dirichlet_rows (both backends) equal rng.dirichlet on the same stream;
+    the CDF tables equal transition_cdfs of those rows."""
+    a, b, m, seed = shape_seed
+    want = np.random.default_rng(seed).dirichlet(np.ones(m), size=(a, b))
+    for backend in ("numpy", "cython"):
+        with mf.use_backend(backend):
+            from metarl_fast._backend import active
+
+            p, cdf, padded = active.envs.dirichlet_rows(
+                np.random.default_rng(seed).standard_exponential(size=(a, b, m)))
+            np.testing.assert_array_equal(p, want)
+            want_cdf, want_padded = active.envs.transition_cdfs(want)
+        np.testing.assert_array_equal(cdf, want_cdf)
+        np.testing.assert_array_equal(padded, want_padded)
+        assert not (p.flags.writeable or cdf.flags.writeable or padded.flags.writeable)
+
+
+def test_random_mdp_tables_come_with_the_batch():
+    """TabularMDPs builds its transition CDFs with P; they are those of P (and of sub-batches)."""
+    batch = TabularMDPs(n_states=6, n_actions=2).sample(5, 8)
+    assert batch._trans_cdfs is not None
+    cdf, padded = reference_envs.transition_cdfs(np.ascontiguousarray(batch.P))
+    np.testing.assert_array_equal(batch.tables.trans_cdf, cdf)
+    np.testing.assert_array_equal(batch.tables.trans_cdf_padded, padded)
+    sub = batch[[3, 1]]
+    np.testing.assert_array_equal(sub.tables.trans_cdf, cdf[[3, 1]])
+    assert not sub.tables.trans_cdf.flags.writeable

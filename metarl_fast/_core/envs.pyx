@@ -997,6 +997,49 @@ def transition_cdfs(P):
     return cdf_arr, pad_arr
 
 
+def dirichlet_rows(x):
+    """Exponential rows made Dirichlet rows, their running sums and padded layout, in one pass.
+    See :func:`metarl_fast.reference.envs.dirichlet_rows`."""
+    if not (isinstance(x, np.ndarray) and x.dtype == np.float64 and x.ndim >= 1
+            and x.flags.c_contiguous and x.shape[x.ndim - 1] >= 1):
+        raise TypeError("x must be a C-contiguous float64 array with a non-empty last axis")
+    cdef intp_t m = x.shape[x.ndim - 1]
+    cdef intp_t L = (m - 1 + 3) // 4 * 4
+    cdef intp_t rows = x.size // m
+    cdef cnp.ndarray p_arr = np.empty(x.shape, dtype=np.float64)
+    cdef cnp.ndarray cdf_arr = np.empty(x.shape, dtype=np.float64)
+    cdef cnp.ndarray pad_arr = np.empty(x.shape[:x.ndim - 1] + (L + 1,), dtype=np.float64)
+    cdef const double* src = <const double*> cnp.PyArray_DATA(x)
+    cdef double* p = <double*> cnp.PyArray_DATA(p_arr)
+    cdef double* c = <double*> cnp.PyArray_DATA(cdf_arr)
+    cdef double* q = <double*> cnp.PyArray_DATA(pad_arr)
+    cdef intp_t r, j
+    cdef double acc, inv
+    with nogil:
+        for r in range(rows):
+            acc = src[0]
+            for j in range(1, m):
+                acc = acc + src[j]
+            inv = 1.0 / acc
+            acc = 0.0
+            for j in range(m):
+                p[j] = src[j] * inv
+                acc = acc + p[j]
+                c[j] = acc
+            for j in range(m - 1):
+                q[j] = c[j]
+            for j in range(m - 1, L):
+                q[j] = INFINITY
+            q[L] = acc
+            src += m
+            p += m
+            c += m
+            q += L + 1
+    for arr in (p_arr, cdf_arr, pad_arr):
+        arr.setflags(write=False)
+    return p_arr, cdf_arr, pad_arr
+
+
 def action_cdf(logits):
     """Action sampling tables ``(cdf, z)``.  See :func:`metarl_fast.reference.envs.action_cdf`."""
     cdef cnp.ndarray x = logits

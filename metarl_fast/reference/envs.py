@@ -125,6 +125,19 @@ def transition_cdfs(P):
     return cdf, padded_cdf_rows(cdf)
 
 
+def dirichlet_rows(x):
+    """Rows of i.i.d. standard exponentials ``x`` (..., S) (float64, C-contiguous, finite, >= 0,
+    each row's sum > 0) made Dirichlet(1, ..., 1) rows the way ``Generator.dirichlet`` does it:
+    ``p = x * (1 / acc)`` with ``acc`` the left-to-right sum, so ``rng.standard_exponential``
+    then this equals ``rng.dirichlet(np.ones(S))`` on the same stream, bit for bit.  Returns
+    ``(p, cdf, padded)``: the rows, their running sums and the padded layout
+    (:func:`transition_cdfs`), all read-only."""
+    acc = np.cumsum(x, axis=-1)[..., -1:]
+    p = x * (1.0 / acc)
+    p.setflags(write=False)
+    return (p,) + transition_cdfs(p)
+
+
 def action_cdf(logits):
     """Action sampling tables of float64 logits (n_policies, S, A), C-contiguous.
 
