@@ -106,6 +106,20 @@ def positive_int(value, name, minimum=1):
     return value
 
 
+# The largest table (entries of one array) any constructor or family sample builds: 2**28 entries,
+# 2 GiB of float64.  Larger requests fail with a ValueError naming the arguments, before anything
+# is allocated or computed.
+MAX_TABLE_ENTRIES = 2**28
+
+
+def check_table_size(entries, what):
+    """Raise ValueError (``what`` names the arguments and the table) if ``entries`` exceeds
+    :data:`MAX_TABLE_ENTRIES`; ``entries`` is a Python int (no overflow)."""
+    if entries > MAX_TABLE_ENTRIES:
+        raise ValueError(f"{what}: {entries:,} entries, more than the {MAX_TABLE_ENTRIES:,} "
+                         f"(2**28) one table may hold")
+
+
 def finite_float(value, name, low=None, high=None, low_open=False, high_open=False):
     """Return ``value`` as a Python float, checking it is finite and inside the given interval."""
     if isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Real):

@@ -158,6 +158,8 @@ class TabularSoftmaxPolicy(_SoftmaxPolicy):
     def __init__(self, n_states, n_actions, dtype=np.float64, theta=None):
         n_states = _validate.positive_int(n_states, "n_states")
         n_actions = _validate.positive_int(n_actions, "n_actions")
+        _validate.check_table_size(n_states * n_actions, f"TabularSoftmaxPolicy(n_states={n_states}, "
+                                   f"n_actions={n_actions}) would hold n_states x n_actions logits")
         dtype = _check_dtype(dtype)
         params = np.zeros(n_states * n_actions, dtype=dtype)
         self._init_from((n_states, n_actions), params)
@@ -230,6 +232,9 @@ class LinearSoftmaxPolicy(_SoftmaxPolicy):
     def __init__(self, n_features, n_actions, dtype=np.float64, W=None, b=None):
         n_features = _validate.positive_int(n_features, "n_features")
         n_actions = _validate.positive_int(n_actions, "n_actions")
+        _validate.check_table_size((n_features + 1) * n_actions,
+                                   f"LinearSoftmaxPolicy(n_features={n_features}, n_actions={n_actions}) "
+                                   f"would hold (n_features + 1) x n_actions parameters")
         dtype = _check_dtype(dtype)
         self._init_from((n_features, n_actions), np.zeros(self._size((n_features, n_actions)), dtype=dtype))
         if W is not None:

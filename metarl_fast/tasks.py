@@ -626,7 +626,15 @@ class TaskDistribution:
 
     def sample(self, n, rng):
         n = _validate.positive_int(n, "n")
+        per_task = self._entries_per_task()
+        if per_task is not None:
+            _validate.check_table_size(n * per_task, f"{self!r}.sample(n={n}) would build a table "
+                                       f"of n x {per_task:,}")
         return self._sample(n, as_generator(rng))
+
+    def _entries_per_task(self):
+        """Entries per task of the largest table ``sample`` builds (None: not known up front)."""
+        return None
 
     def _sample(self, n, rng):  # pragma: no cover - abstract
         raise NotImplementedError
@@ -642,6 +650,10 @@ class BernoulliBandits(TaskDistribution):
     def __init__(self, n_arms=5, horizon=10):
         self.n_arms = _validate.positive_int(n_arms, "n_arms")
         self.horizon = _validate.positive_int(horizon, "horizon")
+        _validate.check_table_size(self.n_arms, f"BernoulliBandits(n_arms={self.n_arms}): one task's arms")
+
+    def _entries_per_task(self):
+        return self.n_arms
 
     def _sample(self, n, rng):
         p = rng.random((n, self.n_arms))
@@ -666,6 +678,12 @@ class TabularMDPs(TaskDistribution):
         self.n_states = _validate.positive_int(n_states, "n_states")
         self.n_actions = _validate.positive_int(n_actions, "n_actions")
         self.horizon = _validate.positive_int(horizon, "horizon")
+        _validate.check_table_size(self._entries_per_task(),
+                                   f"TabularMDPs(n_states={self.n_states}, n_actions={self.n_actions}): "
+                                   f"one task's transition table of n_states x n_actions x n_states")
+
+    def _entries_per_task(self):
+        return self.n_states * self.n_actions * self.n_states
 
     def _sample(self, n, rng):
         S, A = self.n_states, self.n_actions
@@ -703,12 +721,16 @@ class GridNavigation(TaskDistribution):
 
     def __init__(self, size=7, horizon=None, *, squared=False, goals=None):
         self.size = _validate.positive_int(size, "size", minimum=2)
+        _validate.check_table_size(self.size ** 2 * self.N_ACTIONS,
+                                   f"GridNavigation(size={self.size}): one task's table of "
+                                   f"size**2 states x {self.N_ACTIONS} actions")
         self.horizon = _validate.positive_int(2 * self.size if horizon is None else horizon, "horizon")
         self.squared = bool(squared)
         centre = (self.size // 2, self.size // 2)
-        if goals is None:
-            cells = [(r, c) for r in range(self.size) for c in range(self.size) if (r, c) != centre]
-            goals = np.array(cells, dtype=np.int64)
+        if goals is None:  # every cell but the centre, row by row
+            rows, cols = np.divmod(np.arange(self.size ** 2, dtype=np.int64), self.size)
+            keep = (rows != centre[0]) | (cols != centre[1])
+            goals = np.stack([rows[keep], cols[keep]], axis=1)
         else:
             goals = np.asarray(goals)
             if goals.dtype.kind not in "iu":
@@ -728,6 +750,9 @@ class GridNavigation(TaskDistribution):
         self._goal_tables = None
         if len(goals) * self.size ** 2 * self.N_ACTIONS <= 2**22:  # at most 32 MiB of rewards
             self._goal_tables = self._tables_of(goals)
+
+    def _entries_per_task(self):
+        return self.size ** 2 * self.N_ACTIONS
 
     def _tables_of(self, goal):
         """(R float64 (n, S, A), terminal bool (n, S)) of the tasks with goals ``goal`` (n, 2)."""
@@ -789,8 +814,15 @@ class Chain(TaskDistribution):
         self.n_actions = _validate.positive_int(n_actions, "n_actions")
         self.horizon = _validate.positive_int(horizon, "horizon")
         self.slip = _validate.finite_float(slip, "slip", low=0.0, high=1.0)
+        _validate.check_table_size(self._entries_per_task(),
+                                   f"Chain(n_states={self.n_states}, n_actions={self.n_actions}, "
+                                   f"slip={self.slip}): one task's transition table")
         self._actions = np.arange(self.n_actions)[None, None, :]
         self._advance = np.minimum(np.arange(self.n_states) + 1, self.n_states - 1)
+
+    def _entries_per_task(self):
+        # deterministic: a next-state table; slipping: dense transitions
+        return self.n_states * self.n_actions * (1 if self.slip == 0.0 else self.n_states)
 
     def _sample(self, n, rng):
         S, A = self.n_states, self.n_actions
