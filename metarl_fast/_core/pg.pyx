@@ -10,7 +10,7 @@ cimport numpy as cnp
 from libc.math cimport exp, floor, log, pow, sqrt
 from libc.stdint cimport int64_t, uint8_t, uint64_t
 from libc.stdlib cimport calloc, free, malloc
-from libc.string cimport memcpy
+from libc.string cimport memcpy, memset
 
 from metarl_fast._core.mf_exp cimport mf_exp_nonpos_block
 
@@ -315,6 +315,10 @@ cdef extern from *:
                            double* g) nogil
     double mf_pg_sumsq_f(const float* x, Py_ssize_t n) nogil
 
+# Scratch on the stack for small policies (no malloc on the latency path of small batches).
+DEF SMALL_GRAD = 512
+DEF SMALL_STATES = 64
+
 # Checks over more elements than this release the GIL.
 cdef intp_t NOGIL_MIN = 16384
 # Gradient kernels over more steps (x features) than this release the GIL.
@@ -394,16 +398,23 @@ cdef intp_t tabular_grad(const floating* theta, intp_t n_states, intp_t n_action
     cdef double* dst
     cdef const floating* row
     cdef bint bad = False
+    cdef int64_t count_small[SMALL_STATES]
+    cdef intp_t visited_small[SMALL_STATES]
+    cdef double z_small[SMALL_GRAD]
     if batch == 0:
         return PG_OK
-    count = <int64_t*> calloc(n_states, sizeof(int64_t))
-    visited = <intp_t*> malloc(max_visited * sizeof(intp_t))
-    z = <double*> malloc(2 * max_visited * A * sizeof(double))
-    if count == NULL or visited == NULL or z == NULL:
-        free(count)
-        free(visited)
-        free(z)
-        return PG_NO_MEMORY
+    if n_states <= SMALL_STATES and max_visited * A <= SMALL_GRAD // 2:  # the stack: no malloc
+        memset(count_small, 0, n_states * sizeof(int64_t))
+        count, visited, z = count_small, visited_small, z_small
+    else:
+        count = <int64_t*> calloc(n_states, sizeof(int64_t))
+        visited = <intp_t*> malloc(max_visited * sizeof(intp_t))
+        z = <double*> malloc(2 * max_visited * A * sizeof(double))
+        if count == NULL or visited == NULL or z == NULL:
+            free(count)
+            free(visited)
+            free(z)
+            return PG_NO_MEMORY
     e = z + max_visited * A
     # (1) per step: the coefficient into its (state, action) cell, undivided.  The step's indices
     # and numbers are checked here, in the same pass (the callers' checks leave them to it)
@@ -455,9 +466,10 @@ cdef intp_t tabular_grad(const floating* theta, intp_t n_states, intp_t n_action
                 for a in range(A):
                     p = e[k * A + a] / total
                     dst[a] += c * (-p * ((z[k * A + a] - ls) + h))
-    free(count)
-    free(visited)
-    free(z)
+    if count != count_small:
+        free(count)
+        free(visited)
+        free(z)
     return PG_BAD_INPUT if bad else PG_OK
 
 
@@ -968,6 +980,7 @@ cdef object _step(tuple checked, bint linear, object max_grad_norm, object grad_
     cdef int tn = cnp.PyArray_TYPE(p), kind
     cdef double mx, norm
     cdef double* grad
+    cdef double small[SMALL_GRAD]
     # fast path: exact types and layouts; otherwise the reference's checks (convert or raise)
     if (type(opt_kind) is int and (opt_kind == PG_OPT_SGD or opt_kind == PG_OPT_ADAM)
             and (max_grad_norm is None or _is_real(max_grad_norm))
@@ -991,12 +1004,18 @@ cdef object _step(tuple checked, bint linear, object max_grad_norm, object grad_
     go = <cnp.ndarray> grad_out
     st = <cnp.ndarray> opt_state
     kind = opt_kind
-    grad = <double*> calloc(n, sizeof(double))
-    if grad == NULL:
-        raise MemoryError("metarl_fast: out of memory in a policy-gradient kernel")
+    # small policies use the stack: no allocation on the latency path
+    if n <= SMALL_GRAD:
+        memset(small, 0, n * sizeof(double))
+        grad = small
+    else:
+        grad = <double*> calloc(n, sizeof(double))
+        if grad == NULL:
+            raise MemoryError("metarl_fast: out of memory in a policy-gradient kernel")
     status = _grad_into(checked, linear, grad)
     if status == PG_BAD_INPUT:  # nothing was updated
-        free(grad)
+        if grad != small:
+            free(grad)
         _raise_bad_steps(checked)
     if status == PG_OK:
         if n > NOGIL_GRAD_MIN:
@@ -1008,7 +1027,8 @@ cdef object _step(tuple checked, bint linear, object max_grad_norm, object grad_
             norm = _clip_and_step_any(tn == cnp.NPY_DOUBLE, cnp.PyArray_DATA(p), grad,
                                       cnp.PyArray_DATA(go), n, mx, kind, cnp.PyArray_DATA(st),
                                       <const double*> cnp.PyArray_DATA(hy))
-    free(grad)
+    if grad != small:
+        free(grad)
     if status != PG_OK:
         raise MemoryError("metarl_fast: out of memory in a policy-gradient kernel")
     return norm
