@@ -273,6 +273,157 @@ cdef intp_t rollout_draw_kernel(const EnvTablesC* t, const double* action_cdf, i
     return n_steps
 
 
+cdef extern from "Python.h":
+    ctypedef struct PyObject
+    int PyErr_CheckSignals()
+    void PyErr_Fetch(PyObject** ptype, PyObject** pvalue, PyObject** ptraceback)
+    void PyErr_Restore(PyObject* ptype, PyObject* pvalue, PyObject* ptraceback)
+
+
+cdef enum:
+    ENVS_INTERRUPTED = -3
+
+# Steps per chunk of a long rollout between two looks at pending signals (Ctrl-C): about 30 ms of
+# work, so a KeyboardInterrupt arrives well within a second.  Tests shrink it (see below).
+cdef intp_t rollout_chunk_steps = 1 << 20
+
+
+def _set_rollout_chunk_steps(n):
+    """For tests: the steps per chunk of the signal-checking rollout (returns the old value)."""
+    global rollout_chunk_steps
+    old = rollout_chunk_steps
+    rollout_chunk_steps = max(1, int(n))
+    return old
+
+
+# The exception a signal handler raised inside a kernel, held (not set) until the kernel's
+# caller has released the generator's lock: a C call made with an exception set is an error.
+cdef PyObject* _pending_type = NULL
+cdef PyObject* _pending_value = NULL
+cdef PyObject* _pending_tb = NULL
+
+
+cdef inline bint signal_raised() noexcept nogil:
+    """Run pending signal handlers (the GIL taken briefly); True if one raised (its exception is
+    then held for :func:`_raise_pending`)."""
+    global _pending_type, _pending_value, _pending_tb
+    cdef int status
+    with gil:
+        status = PyErr_CheckSignals()
+        if status != 0:
+            PyErr_Fetch(&_pending_type, &_pending_value, &_pending_tb)
+    return status != 0
+
+
+cdef bint fill_or_interrupt(bitgen_t* bitgen, intp_t n, double* out, bint normal) noexcept nogil:
+    """Fill ``out`` with n uniforms (or standard normals) in pieces, the same stream as one fill,
+    looking at pending signals between pieces; True if a handler raised (``out`` incomplete)."""
+    cdef intp_t done = 0, m
+    while done < n:
+        if done > 0 and signal_raised():
+            return True
+        m = rollout_chunk_steps if n - done > rollout_chunk_steps else n - done
+        if normal:
+            standard_normal_fill(bitgen, m, out + done)
+        else:
+            random_standard_uniform_fill(bitgen, m, out + done)
+        done += m
+    return False
+
+
+cdef void task_slice(const EnvTablesC* t, intp_t i0, intp_t n, EnvTablesC* sub) noexcept nogil:
+    """``sub``: tasks i0 .. i0 + n - 1 of ``t`` (placeholder tables are not offset)."""
+    cdef intp_t S = t.n_states, A = t.n_actions
+    sub[0] = t[0]
+    sub.n_tasks = n
+    if t.stochastic_transitions:
+        sub.trans_cdf = t.trans_cdf + i0 * S * A * S
+        sub.trans_cdf_padded = t.trans_cdf_padded + i0 * S * A * t.trans_stride
+    sub.next_state = t.next_state + i0 * S * A
+    sub.reward_mean = t.reward_mean + i0 * S * A
+    sub.reward_std = t.reward_std + i0
+    if t.reward_kind == KIND_TRANSITION:
+        sub.reward_next = t.reward_next + i0 * S * A * S
+    sub.start_cdf = t.start_cdf + i0 * S
+    sub.start_state = t.start_state + i0
+    sub.terminal = t.terminal + i0 * S
+
+
+cdef intp_t rollout_draw_chunked(const EnvTablesC* t, const double* action_cdf, intp_t action_stride,
+                                 const double* action_logp, const int64_t* policy_of_task,
+                                 intp_t n_episodes, bitgen_t* bitgen, RolloutOut* out) noexcept nogil:
+    """rollout_draw_kernel in chunks of tasks (same draws, same results: the blocks are drawn
+    first, the next-state uniforms streamed in episode order), looking at pending signals between
+    chunks.  Returns the number of steps, ENVS_NO_MEMORY, or ENVS_INTERRUPTED (a signal handler
+    raised; its exception is set and the outputs are incomplete)."""
+    cdef intp_t T = t.n_tasks, H = t.horizon, N = n_episodes, cap = T * N * H
+    cdef intp_t per_chunk = rollout_chunk_steps // (N * H), i0 = 0, n, k = 0, written, j, base
+    cdef double* u_start = NULL
+    cdef double* noise = NULL
+    cdef NextDraws nd
+    cdef EnvTablesC sub
+    cdef RolloutOut part
+    if per_chunk < 1:
+        per_chunk = 1
+    nd.pre = NULL
+    nd.bitgen = NULL
+    nd.chunk = NULL
+    if t.stochastic_transitions:
+        nd.chunk = <double*> malloc(4 * H * sizeof(double))
+        if nd.chunk == NULL:
+            return ENVS_NO_MEMORY
+        nd.bitgen = bitgen
+    if t.stochastic_start:
+        u_start = out.episode_return
+        random_standard_uniform_fill(bitgen, T * N, u_start)
+    if fill_or_interrupt(bitgen, cap, out.logp, False):
+        free(nd.chunk)
+        return ENVS_INTERRUPTED
+    if t.reward_kind == KIND_GAUSSIAN or t.reward_kind == KIND_BERNOULLI:
+        noise = out.reward
+        if fill_or_interrupt(bitgen, cap, noise, t.reward_kind == KIND_GAUSSIAN):
+            free(nd.chunk)
+            return ENVS_INTERRUPTED
+    while i0 < T:
+        if i0 > 0 and signal_raised():
+            free(nd.chunk)
+            return ENVS_INTERRUPTED
+        n = per_chunk if T - i0 > per_chunk else T - i0
+        task_slice(t, i0, n, &sub)
+        # the chunk writes where its own random blocks are (its episodes' slots, as in one
+        # piece), then its packed steps move down next to the previous chunks' (k <= base)
+        base = i0 * N * H
+        part.obs = out.obs + base
+        part.action = out.action + base
+        part.reward = out.reward + base
+        part.next_obs = out.next_obs + base
+        part.terminated = out.terminated + base
+        part.truncated = out.truncated + base
+        part.logp = out.logp + base
+        part.task_id = out.task_id + base
+        part.episode_length = out.episode_length + i0 * N
+        part.episode_return = out.episode_return + i0 * N
+        written = run_episodes(&sub, action_cdf, action_stride, action_logp, policy_of_task + i0, N,
+                               NULL if u_start == NULL else u_start + i0 * N, part.logp,
+                               NULL if noise == NULL else part.reward, &nd, &part)
+        if k != base:
+            memmove(out.obs + k, part.obs, written * sizeof(int64_t))
+            memmove(out.action + k, part.action, written * sizeof(int64_t))
+            memmove(out.reward + k, part.reward, written * sizeof(double))
+            memmove(out.next_obs + k, part.next_obs, written * sizeof(int64_t))
+            memmove(out.terminated + k, part.terminated, written * sizeof(uint8_t))
+            memmove(out.truncated + k, part.truncated, written * sizeof(uint8_t))
+            memmove(out.logp + k, part.logp, written * sizeof(double))
+            memmove(out.task_id + k, part.task_id, written * sizeof(int64_t))
+        if i0 > 0:
+            for j in range(written):
+                out.task_id[k + j] += i0
+        k += written
+        i0 += n
+    free(nd.chunk)
+    return k
+
+
 cdef intp_t run_episodes(const EnvTablesC* t, const double* action_cdf, intp_t action_stride,
                          const double* action_logp, const int64_t* policy_of_task,
                          intp_t n_episodes, const double* u_start, const double* u_act,
@@ -1076,6 +1227,14 @@ def episode_offsets(episode_length):
     return start
 
 
+cdef int _raise_pending() except -1:
+    """Raise the exception a signal handler raised inside a kernel."""
+    global _pending_type, _pending_value, _pending_tb
+    PyErr_Restore(_pending_type, _pending_value, _pending_tb)  # steals the references
+    _pending_type = _pending_value = _pending_tb = NULL
+    return -1
+
+
 def episode_steps(episode_length):
     """Episode number and time index of every step.  See
     :func:`metarl_fast.reference.envs.episode_steps`."""
@@ -1148,7 +1307,9 @@ def rollout(tables, action_cdf, action_logp, policy_of_task, n_episodes, rng):
     bitgen = bitgen_of(bit_generator)
     with bit_generator.lock:
         with nogil:
-            n_steps = rollout_draw_kernel(&t, cdf_p, Ap, logp_p, pol_p, N, bitgen, &out)
+            n_steps = rollout_draw_chunked(&t, cdf_p, Ap, logp_p, pol_p, N, bitgen, &out)
+    if n_steps == ENVS_INTERRUPTED:
+        _raise_pending()
     if n_steps == ENVS_NO_MEMORY:
         raise MemoryError("metarl_fast: out of memory in rollout")
     names = ("obs", "action", "reward", "next_obs", "terminated", "truncated", "logp", "task_id")

@@ -10,6 +10,7 @@ from run import Mutation
 T_ENVS = ["tests/test_envs_edges.py", "tests/test_rollout.py", "tests/test_tasks.py",
           "tests/test_envs_parity.py"]
 T_TABLES = ["tests/test_task_tables.py", "tests/test_tasks.py"]
+T_CHUNKS = ["tests/test_rollout_chunks.py"]
 REF = "metarl_fast/reference/envs.py"
 CORE = "metarl_fast/_core/envs.pyx"
 ROLLOUT = "metarl_fast/rollout.py"
@@ -203,6 +204,15 @@ MUTATIONS = [
              "            R, terminal = (table[index] for table in self._goal_tables)",
              "            R, terminal = (table[index[::-1]] for table in self._goal_tables)", T_TABLES,
              "each task gets another task's rewards and goal"),
+    Mutation("envs-core-chunk-task-ids-relative", CORE,
+             "                out.task_id[k + j] += i0\n", "                out.task_id[k + j] += 0\n",
+             T_CHUNKS, "the steps of later chunks labelled with chunk-relative task ids"),
+    Mutation("envs-core-chunk-not-moved-down", CORE,
+             "        if k != base:\n            memmove(out.obs + k", "        if False:\n            memmove(out.obs + k",
+             T_CHUNKS, "a chunk's packed steps left in its slots: gaps between chunks"),
+    Mutation("envs-core-chunk-signals-ignored", CORE,
+             "        if i0 > 0 and signal_raised():\n", "        if False:\n",
+             T_CHUNKS, "Ctrl-C waits for the whole rollout"),
     Mutation("meta-exact-table-ignores-terminal", "metarl_fast/meta.py",
              "return (V * self.cont).reshape(-1)[self.flat_next].reshape(self.next_state.shape)",
              "return V.reshape(-1)[self.flat_next].reshape(self.next_state.shape)", T_TABLES,
