@@ -43,6 +43,7 @@ import pytest
 
 import metarl_fast as mf
 from metarl_fast import meta as mf_meta
+from metarl_fast import pg as mf_pg
 
 import peers
 from conftest import QUICK, grid
@@ -413,7 +414,7 @@ def test_rollout(benchmark, family, impl):
 # 4. PG + Adam step, tabular softmax S=10, A=5
 # =============================================================================================
 
-PG_IMPLS = ["engine", "numpy-idiomatic", "numba", "torch"]
+PG_IMPLS = ["engine", "engine-call", "numpy-idiomatic", "numba", "torch"]
 
 
 def _pg_case(batch, seed=0):
@@ -424,12 +425,16 @@ def _pg_case(batch, seed=0):
 
 
 class _EnginePG:
-    def __init__(self, theta, lr=0.01):
+    """The engine's step: ``pg.fused_step`` (bound once, for hot loops), or with ``call=True`` the
+    one-call API ``policy_gradient_step(policy, optimizer, ...)``."""
+
+    def __init__(self, theta, lr=0.01, call=False):
         self.policy = mf.TabularSoftmaxPolicy(*theta.shape, theta=theta.copy())
         self.opt = mf.Adam(self.policy, lr=lr)
-
-    def step(self, obs, actions, advantages):
-        mf.policy_gradient_step(self.policy, self.opt, obs, actions, advantages)
+        if call:
+            self.step = functools.partial(mf.policy_gradient_step, self.policy, self.opt)
+        else:
+            self.step = mf_pg.fused_step(self.policy, self.opt)
 
     @property
     def params(self):
@@ -437,8 +442,8 @@ class _EnginePG:
 
 
 def _pg_peer(impl, theta):
-    if impl == "engine":
-        return _EnginePG(theta), (lambda b: b)
+    if impl in ("engine", "engine-call"):
+        return _EnginePG(theta, call=impl == "engine-call"), (lambda b: b)
     if impl == "numpy-idiomatic":
         return peers.NumpyPGAdam(theta), (lambda b: b)
     if impl == "numba":
@@ -471,7 +476,7 @@ def check_pg(impl, batch):
     for k, b in enumerate(batches):
         ref.step(*b)
         peer.step(*conv(b))
-        if k == 0 and impl != "engine":
+        if k == 0 and impl not in ("engine", "engine-call"):
             np.testing.assert_allclose(_pg_grad(peer).reshape(-1), mf.policy_gradient(policy, *b), rtol=1e-12,
                                        atol=1e-15, err_msg=f"{impl}: the policy gradient differs from the engine's")
     np.testing.assert_allclose(_pg_params(peer), _pg_params(ref), rtol=1e-12, atol=0,

@@ -165,6 +165,30 @@ def policy_gradient_step(policy, optimizer, obs, actions, advantages, *, weights
     return norm
 
 
+def fused_step(policy, optimizer):
+    """:func:`policy_gradient_step` bound once to ``policy`` and ``optimizer``, for hot loops.
+
+    Returns ``step``; ``step(obs, actions, advantages, weights=None, entropy_coef=0.0,
+    max_grad_norm=None)`` computes the same update as ``policy_gradient_step(policy, optimizer,
+    ...)`` (the optimizer's step count advances, a rejected call changes nothing) and returns the
+    gradient's norm before clipping, without re-reading the policy and the optimizer's arrays on
+    each call: a call on a small batch costs less.  The step uses the backend active when it was
+    built, and raises ValueError if the policy or the optimizer no longer holds the arrays it was
+    bound to (``set_params`` and ``load_state_dict`` write in place and keep them).  The unclipped
+    gradient is written into ``optimizer``'s scratch buffer.
+    """
+    linear = _LINEAR.get(type(policy))
+    if linear is None:
+        linear = _kind(policy)
+    if not isinstance(optimizer, Optimizer):
+        raise TypeError(f"optimizer must be an SGD or Adam optimizer, got {type(optimizer).__name__}")
+    if optimizer.params is not policy.params:
+        raise ValueError("optimizer does not update this policy's params (build it with the policy)")
+    opt_kind, _ = optimizer._fused_hyper()
+    n_rows = policy.n_features if linear else policy.n_states
+    return active.pg.FusedStep(policy, optimizer, linear, n_rows, policy.n_actions, opt_kind)
+
+
 # ---------------------------------------------------------------------------------------------
 # Episode helpers
 # ---------------------------------------------------------------------------------------------

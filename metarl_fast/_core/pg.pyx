@@ -1042,6 +1042,43 @@ def tabular_pg_step(params, n_states, n_actions, states, actions, advantages, we
     return _step(checked, False, max_grad_norm, grad_out, opt_kind, opt_state, opt_hyper)
 
 
+cdef class FusedStep:
+    """The compiled twin of :class:`metarl_fast.reference.pg.FusedStep` (see there): the arrays
+    are held, the step number written into Adam's hyper-parameters in C."""
+    cdef readonly object policy, optimizer
+    cdef object n_rows, n_actions
+    cdef bint linear
+    cdef int opt_kind
+    cdef object params, state, hyper, grad_out
+
+    def __init__(self, policy, optimizer, linear, n_rows, n_actions, opt_kind):
+        self.policy, self.optimizer = policy, optimizer
+        self.linear, self.n_rows, self.n_actions, self.opt_kind = linear, n_rows, n_actions, opt_kind
+        self.params, self.state, self.hyper = policy.params, optimizer.state, optimizer._hyper
+        self.grad_out = optimizer._grad
+
+    def __call__(self, obs, actions, advantages, weights=None, entropy_coef=0.0, max_grad_norm=None):
+        cdef object optimizer = self.optimizer
+        cdef cnp.ndarray hy
+        if (self.policy.params is not self.params or optimizer.state is not self.state
+                or optimizer._hyper is not self.hyper or optimizer.params is not self.params):
+            raise ValueError("the policy or the optimizer no longer holds the arrays this step was "
+                             "bound to; build a new one with metarl_fast.pg.fused_step")
+        t = optimizer.steps + 1
+        if self.opt_kind == PG_OPT_ADAM:
+            hy = <cnp.ndarray> self.hyper
+            if not (cnp.PyArray_TYPE(hy) == cnp.NPY_DOUBLE and cnp.PyArray_ISCARRAY(hy)
+                    and cnp.PyArray_SIZE(hy) == 5):
+                raise ValueError("the optimizer's hyper-parameters are not a writeable float64 (5,) array")
+            (<double*> cnp.PyArray_DATA(hy))[4] = t
+        checked = _batch(self.params, self.n_rows, self.n_actions, obs, actions, advantages, weights,
+                         entropy_coef, self.linear)
+        norm = _step(checked, self.linear, max_grad_norm, self.grad_out, self.opt_kind, self.state,
+                     self.hyper)
+        optimizer.steps = t
+        return norm
+
+
 def linear_pg_step(params, n_features, n_actions, features, actions, advantages, weights,
                    entropy_coef, max_grad_norm, grad_out, opt_kind, opt_state, opt_hyper):
     """Fused gradient + clip + optimizer step.  See :func:`metarl_fast.reference.pg.linear_pg_step`."""

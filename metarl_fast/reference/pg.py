@@ -736,3 +736,36 @@ def truncated_importance_weights(log_probs, behaviour_log_probs, rho_bar=1.0, ou
         _validate.check_out(out, (n,), log_probs.dtype)
     ratio = np.exp(log_probs.astype(np.float64) - behaviour_log_probs.astype(np.float64))
     return _finish(np.minimum(ratio, cap), log_probs.dtype, out)
+
+
+class FusedStep:
+    """A policy-gradient + optimizer step bound to one policy's parameters and one optimizer's
+    state: ``step(obs, actions, advantages, weights=None, entropy_coef=0.0, max_grad_norm=None)``
+    does what :func:`tabular_pg_step` / :func:`linear_pg_step` do with the optimizer's current
+    step number, then advances ``optimizer.steps``.  Built by :func:`metarl_fast.pg.fused_step`
+    (which checks the binding); each call checks that the policy and the optimizer still hold the
+    arrays it was bound to (else ValueError).  Returns the gradient's norm before clipping.
+    """
+
+    def __init__(self, policy, optimizer, linear, n_rows, n_actions, opt_kind):
+        self.policy, self.optimizer = policy, optimizer
+        self.linear, self.n_rows, self.n_actions, self.opt_kind = bool(linear), n_rows, n_actions, opt_kind
+        self.params, self.state, self.hyper = policy.params, optimizer.state, optimizer._hyper
+        self.grad_out = optimizer._grad
+
+    def _check_binding(self):
+        if (self.policy.params is not self.params or self.optimizer.state is not self.state
+                or self.optimizer._hyper is not self.hyper or self.optimizer.params is not self.params):
+            raise ValueError("the policy or the optimizer no longer holds the arrays this step was "
+                             "bound to; build a new one with metarl_fast.pg.fused_step")
+
+    def __call__(self, obs, actions, advantages, weights=None, entropy_coef=0.0, max_grad_norm=None):
+        self._check_binding()
+        t = self.optimizer.steps + 1
+        if self.opt_kind == OPT_ADAM:
+            self.hyper[4] = t
+        kernel = linear_pg_step if self.linear else tabular_pg_step
+        norm = kernel(self.params, self.n_rows, self.n_actions, obs, actions, advantages, weights,
+                      entropy_coef, max_grad_norm, self.grad_out, self.opt_kind, self.state, self.hyper)
+        self.optimizer.steps = t
+        return norm

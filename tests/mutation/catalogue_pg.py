@@ -4,6 +4,7 @@ from run import Mutation
 T_KERNELS = ["tests/test_pg_math.py", "tests/test_optim_math.py", "tests/test_pg.py",
              "tests/test_pg_twins.py"]
 T_EST = T_KERNELS + ["tests/test_pg_estimators.py"]
+T_FUSED = ["tests/test_fused_step.py"]
 T_ALL = T_EST + ["tests/test_pg_unbiased.py"]
 REF = "metarl_fast/reference/pg.py"
 CORE = "metarl_fast/_core/pg.pyx"
@@ -73,6 +74,15 @@ MUTATIONS = [
     Mutation("pg-core-tabular-state-coef-last-cell", CORE,
              "                c += dst[a]\n", "                c = dst[a]\n", T_KERNELS,
              "a state's softmax term weighted by its last action's cell only"),
+    Mutation("pg-core-fused-step-count-not-advanced", CORE,
+             "        optimizer.steps = t\n        return norm", "        return norm", T_FUSED,
+             "Adam's bias correction repeats the first step forever"),
+    Mutation("pg-core-fused-step-binding-unchecked", CORE,
+             "                or optimizer._hyper is not self.hyper or optimizer.params is not self.params):\n            raise ValueError(\"the policy or the optimizer no longer holds",
+             "                or optimizer._hyper is not self.hyper or optimizer.params is not self.params) and False:\n            raise ValueError(\"the policy or the optimizer no longer holds",
+             T_FUSED, "a rebound optimizer state goes unnoticed"),
+    Mutation("pg-ref-fused-step-count-not-advanced", REF,
+             "        self.optimizer.steps = t\n        return norm", "        return norm", T_FUSED),
     Mutation("pg-core-tabular-action-range-unchecked", CORE,
              "        if ((<uint64_t> s >= <uint64_t> n_states) | (<uint64_t> a >= <uint64_t> A)\n",
              "        if ((<uint64_t> s >= <uint64_t> n_states)\n", T_KERNELS,
