@@ -119,6 +119,12 @@ def _start_at_zero(n, S):
 
 
 @functools.lru_cache(maxsize=32)
+def _shared_full(n, value):
+    """A read-only float64 (n,) array of ``value``, shared between batches."""
+    return _read_only(np.full(n, value))
+
+
+@functools.lru_cache(maxsize=32)
 def _shared_defaults(n, S):
     """Read-only tables every generated batch of ``n`` tasks x ``S`` states starting in state 0
     without terminal states has in common, shared between batches (nothing writes to them):
@@ -330,7 +336,7 @@ class TaskBatch:
         if terminal is None:
             terminal = np.zeros((n, S), dtype=bool)
         if np.ndim(reward_std) == 0:
-            reward_std = np.full(n, float(reward_std))
+            reward_std = _shared_full(n, float(reward_std))
         self._assign(P, next_state, R, int(horizon), start, terminal, reward_noise, reward_std,
                      reward_next, name)
         self._start_state, self._start_cdf = start_state, start_cdf
@@ -627,7 +633,7 @@ class TaskDistribution:
     def sample(self, n, rng):
         n = _validate.positive_int(n, "n")
         per_task = self._entries_per_task()
-        if per_task is not None:
+        if per_task is not None and n * per_task > _validate.MAX_TABLE_ENTRIES:  # (message only then)
             _validate.check_table_size(n * per_task, f"{self!r}.sample(n={n}) would build a table "
                                        f"of n x {per_task:,}")
         return self._sample(n, as_generator(rng))
@@ -832,7 +838,7 @@ class Chain(TaskDistribution):
         R = is_good.astype(np.float64)
         name = f"Chain(n_states={S}, n_actions={A})"
         if self.slip == 0.0:  # deterministic: a next-state table, no (n, S, A, S) array
-            next_state = np.where(is_good, advance[None, :, None], 0)
+            next_state = is_good * advance[None, :, None]  # the rewarded action advances, others go to 0
             batch = TaskBatch._trusted(None, R, self.horizon, next_state=next_state, name=name)
         else:
             fwd = np.zeros((n, S, A, S))
