@@ -79,5 +79,5 @@ def test_ctrl_c_interrupts_one_long_rollout_call_within_half_a_second():
     assert out.returncode == 0, out.stderr[-2000:]
     assert not out.stdout.startswith("not"), out.stdout
     latency, whole = (float(v) for v in out.stdout.split())
-    assert whole > 0.5, whole  # the call is long enough to show the difference
+    # without the chunks the interrupt waits for the call to end: latency ~ whole - 0.1 s
     assert latency < 0.25 and latency < whole / 3, (latency, whole)
