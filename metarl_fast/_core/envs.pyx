@@ -242,35 +242,9 @@ cdef intp_t rollout_kernel(const EnvTablesC* t, const double* action_cdf, intp_t
 cdef intp_t rollout_draw_kernel(const EnvTablesC* t, const double* action_cdf, intp_t action_stride,
                                 const double* action_logp, const int64_t* policy_of_task,
                                 intp_t n_episodes, bitgen_t* bitgen, RolloutOut* out) noexcept nogil:
-    cdef intp_t T = t.n_tasks, H = t.horizon, cap = T * n_episodes * H, n_steps
-    cdef double* u_start = NULL
-    cdef double* noise = NULL
-    cdef NextDraws nd
-    nd.pre = NULL
-    nd.bitgen = NULL
-    nd.chunk = NULL
-    if t.stochastic_transitions:
-        nd.chunk = <double*> malloc(4 * H * sizeof(double))
-        if nd.chunk == NULL:
-            return ENVS_NO_MEMORY
-        nd.bitgen = bitgen
-    # The random blocks live in output arrays until they are consumed (each entry is read before
-    # its own slot is written): start uniforms in episode_return, action uniforms in logp, reward
-    # noise in reward.
-    if t.stochastic_start:
-        u_start = out.episode_return
-        random_standard_uniform_fill(bitgen, T * n_episodes, u_start)
-    random_standard_uniform_fill(bitgen, cap, out.logp)
-    if t.reward_kind == KIND_GAUSSIAN:
-        noise = out.reward
-        standard_normal_fill(bitgen, cap, noise)
-    elif t.reward_kind == KIND_BERNOULLI:
-        noise = out.reward
-        random_standard_uniform_fill(bitgen, cap, noise)
-    n_steps = run_episodes(t, action_cdf, action_stride, action_logp, policy_of_task, n_episodes,
-                           u_start, out.logp, noise, &nd, out)
-    free(nd.chunk)
-    return n_steps
+    # in one piece, without looking at signals (the pxd's contract: OK or NO_MEMORY)
+    return draw_and_run(t, action_cdf, action_stride, action_logp, policy_of_task, n_episodes,
+                        bitgen, out, False)
 
 
 cdef extern from "Python.h":
@@ -315,14 +289,17 @@ cdef inline bint signal_raised() noexcept nogil:
     return status != 0
 
 
-cdef bint fill_or_interrupt(bitgen_t* bitgen, intp_t n, double* out, bint normal) noexcept nogil:
-    """Fill ``out`` with n uniforms (or standard normals) in pieces, the same stream as one fill,
-    looking at pending signals between pieces; True if a handler raised (``out`` incomplete)."""
+cdef bint fill_or_interrupt(bitgen_t* bitgen, intp_t n, double* out, bint normal,
+                            bint interruptible) noexcept nogil:
+    """Fill ``out`` with n uniforms (or standard normals), the same stream as one fill; if
+    ``interruptible``, in pieces with a look at pending signals between them.  True if a handler
+    raised (``out`` incomplete)."""
     cdef intp_t done = 0, m
+    cdef intp_t piece = rollout_chunk_steps if interruptible else n
     while done < n:
         if done > 0 and signal_raised():
             return True
-        m = rollout_chunk_steps if n - done > rollout_chunk_steps else n - done
+        m = piece if n - done > piece else n - done
         if normal:
             standard_normal_fill(bitgen, m, out + done)
         else:
@@ -349,15 +326,18 @@ cdef void task_slice(const EnvTablesC* t, intp_t i0, intp_t n, EnvTablesC* sub) 
     sub.terminal = t.terminal + i0 * S
 
 
-cdef intp_t rollout_draw_chunked(const EnvTablesC* t, const double* action_cdf, intp_t action_stride,
-                                 const double* action_logp, const int64_t* policy_of_task,
-                                 intp_t n_episodes, bitgen_t* bitgen, RolloutOut* out) noexcept nogil:
-    """rollout_draw_kernel in chunks of tasks (same draws, same results: the blocks are drawn
-    first, the next-state uniforms streamed in episode order), looking at pending signals between
-    chunks.  Returns the number of steps, ENVS_NO_MEMORY, or ENVS_INTERRUPTED (a signal handler
-    raised; its exception is set and the outputs are incomplete)."""
+cdef intp_t draw_and_run(const EnvTablesC* t, const double* action_cdf, intp_t action_stride,
+                         const double* action_logp, const int64_t* policy_of_task,
+                         intp_t n_episodes, bitgen_t* bitgen, RolloutOut* out,
+                         bint interruptible) noexcept nogil:
+    """Draw the random blocks in the documented order (the next-state uniforms streamed in
+    episode order) and run the episodes; if ``interruptible``, in chunks of tasks with a look at
+    pending signals between chunks (the same draws, the same steps).  Returns the number of
+    steps, ENVS_NO_MEMORY, or ENVS_INTERRUPTED (a signal handler raised: its exception is held for
+    _raise_pending and the outputs are incomplete)."""
     cdef intp_t T = t.n_tasks, H = t.horizon, N = n_episodes, cap = T * N * H
-    cdef intp_t per_chunk = rollout_chunk_steps // (N * H), i0 = 0, n, k = 0, written, j, base
+    cdef intp_t per_chunk = rollout_chunk_steps // (N * H) if interruptible else T
+    cdef intp_t i0 = 0, n, k = 0, written, j, base
     cdef double* u_start = NULL
     cdef double* noise = NULL
     cdef NextDraws nd
@@ -376,12 +356,15 @@ cdef intp_t rollout_draw_chunked(const EnvTablesC* t, const double* action_cdf, 
     if t.stochastic_start:
         u_start = out.episode_return
         random_standard_uniform_fill(bitgen, T * N, u_start)
-    if fill_or_interrupt(bitgen, cap, out.logp, False):
+    # The random blocks live in output arrays until they are consumed (each entry is read before
+    # its own slot is written): start uniforms in episode_return, action uniforms in logp, reward
+    # noise in reward.
+    if fill_or_interrupt(bitgen, cap, out.logp, False, interruptible):
         free(nd.chunk)
         return ENVS_INTERRUPTED
     if t.reward_kind == KIND_GAUSSIAN or t.reward_kind == KIND_BERNOULLI:
         noise = out.reward
-        if fill_or_interrupt(bitgen, cap, noise, t.reward_kind == KIND_GAUSSIAN):
+        if fill_or_interrupt(bitgen, cap, noise, t.reward_kind == KIND_GAUSSIAN, interruptible):
             free(nd.chunk)
             return ENVS_INTERRUPTED
     while i0 < T:
@@ -1307,7 +1290,7 @@ def rollout(tables, action_cdf, action_logp, policy_of_task, n_episodes, rng):
     bitgen = bitgen_of(bit_generator)
     with bit_generator.lock:
         with nogil:
-            n_steps = rollout_draw_chunked(&t, cdf_p, Ap, logp_p, pol_p, N, bitgen, &out)
+            n_steps = draw_and_run(&t, cdf_p, Ap, logp_p, pol_p, N, bitgen, &out, True)
     if n_steps == ENVS_INTERRUPTED:
         _raise_pending()
     if n_steps == ENVS_NO_MEMORY:
