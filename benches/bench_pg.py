@@ -46,6 +46,26 @@ def test_fused_pg_adam_step(benchmark, backend, kind, batch):
     assert np.isfinite(norm) and np.all(np.isfinite(policy.params))
 
 
+@pytest.mark.parametrize("batch", [32, 1024])
+@pytest.mark.parametrize("form", ["states", "rows"])
+def test_one_hot_linear_step(benchmark, backend, form, batch):
+    """A linear policy on one-hot state features (S = F = 10, A = 5) as a tabular task gives it:
+    fed int states with ``features=`` (each state's logits and softmax once) or fed the rows
+    ``features[states]`` (B x F x A)."""
+    rng = np.random.default_rng(2)
+    policy = LinearSoftmaxPolicy(10, 5, W=rng.normal(size=(10, 5)), b=rng.normal(size=5))
+    features = np.eye(10)
+    states = rng.integers(0, 10, batch)
+    obs = states if form == "states" else features[states]
+    actions, advantages = rng.integers(0, 5, batch), rng.normal(size=batch)
+    step = pg.fused_step(policy, Adam(policy, lr=0.01),
+                         features=features if form == "states" else None)
+    benchmark.group = f"fused pg+Adam step one-hot linear S=F=10 A=5 B={batch} fed {form}"
+    benchmark.extra_info.update(backend=backend, rows=batch)
+    norm = benchmark(step, obs, actions, advantages)
+    assert np.isfinite(norm) and np.all(np.isfinite(policy.params))
+
+
 @pytest.mark.parametrize("kind", ["tabular", "linear"])
 def test_policy_gradient(benchmark, backend, kind):
     policy, obs, actions, advantages = _make(kind, BIG)

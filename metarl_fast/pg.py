@@ -104,17 +104,27 @@ def _kind(policy):
                     f"got {type(policy).__name__}")
 
 
-def policy_gradient(policy, obs, actions, advantages, *, weights=None, entropy_coef=0.0, out=None):
+def _no_features(features):
+    if features is not None:
+        raise ValueError("features= is for a LinearSoftmaxPolicy fed states; a "
+                         "TabularSoftmaxPolicy takes the states alone")
+
+
+def policy_gradient(policy, obs, actions, advantages, *, weights=None, entropy_coef=0.0, out=None,
+                    features=None):
     """Gradient of ``mean_i w_i A_i log pi(a_i|s_i) + entropy_coef mean_i H(pi(.|s_i))``.
 
     Parameters
     ----------
     policy : TabularSoftmaxPolicy or LinearSoftmaxPolicy
-    obs : int (B,) states (tabular) or real (B, F) features (linear)
+    obs : int (B,) states (tabular, or linear with ``features``) or real (B, F) features (linear)
     actions : int (B,) in [0, A)
     advantages : float (B,), finite;  weights : float (B,), optional
     entropy_coef : float
     out : ndarray shaped like ``policy.params``, optional
+    features : real (S, F), optional, linear policies only: the feature row of each state, so
+        that ``obs`` are int states in [0, S).  The same gradient as ``obs=features[obs]``,
+        computed per state (each visited state's logits and softmax once) when S <= B.
 
     Returns
     -------
@@ -122,19 +132,25 @@ def policy_gradient(policy, obs, actions, advantages, *, weights=None, entropy_c
     of ``theta``; linear: ``[phi^T G, sum G]`` with ``G = w A (onehot - pi) / B``.
     """
     if _kind(policy):
+        if features is not None:
+            return active.pg.linear_states_policy_gradient(
+                policy.params, policy.n_features, policy.n_actions, features, obs, actions,
+                advantages, weights, entropy_coef, out)
         return active.pg.linear_policy_gradient(policy.params, policy.n_features, policy.n_actions,
                                                 obs, actions, advantages, weights, entropy_coef,
                                                 out)
+    _no_features(features)
     return active.pg.tabular_policy_gradient(policy.params, policy.n_states, policy.n_actions, obs,
                                              actions, advantages, weights, entropy_coef, out)
 
 
 def policy_gradient_step(policy, optimizer, obs, actions, advantages, *, weights=None,
-                         entropy_coef=0.0, max_grad_norm=None, grad_out=None):
+                         entropy_coef=0.0, max_grad_norm=None, grad_out=None, features=None):
     """Fused: gradient of the batch, clipping, and one optimizer step that *ascends* the objective.
 
     One kernel call without the GIL and without returning to Python per sample.  Arguments as
-    :func:`policy_gradient`; ``optimizer`` must update ``policy.params`` (built from this policy);
+    :func:`policy_gradient` (``features``: linear policies fed states); ``optimizer`` must
+    update ``policy.params`` (built from this policy);
     ``max_grad_norm`` None: no clipping; ``grad_out`` (shaped like params) receives the gradient
     before clipping.  A rejected call changes nothing (params, optimizer state, step count).
 
@@ -153,7 +169,14 @@ def policy_gradient_step(policy, optimizer, obs, actions, advantages, *, weights
     if grad_out is None:
         grad_out = optimizer._grad
     opt_kind, hyper = optimizer._fused_hyper()
-    if linear:
+    if features is not None:
+        if not linear:
+            _no_features(features)
+        norm = active.pg.linear_states_pg_step(params, policy.n_features, policy.n_actions,
+                                               features, obs, actions, advantages, weights,
+                                               entropy_coef, max_grad_norm, grad_out, opt_kind,
+                                               optimizer.state, hyper)
+    elif linear:
         norm = active.pg.linear_pg_step(params, policy.n_features, policy.n_actions, obs,
                                         actions, advantages, weights, entropy_coef, max_grad_norm,
                                         grad_out, opt_kind, optimizer.state, hyper)
@@ -165,8 +188,11 @@ def policy_gradient_step(policy, optimizer, obs, actions, advantages, *, weights
     return norm
 
 
-def fused_step(policy, optimizer):
+def fused_step(policy, optimizer, features=None):
     """:func:`policy_gradient_step` bound once to ``policy`` and ``optimizer``, for hot loops.
+
+    ``features`` (S, F), linear policies only: the steps take int states, as with
+    ``policy_gradient_step(..., features=features)``; the table is validated and copied here, once.
 
     Returns ``step``; ``step(obs, actions, advantages, weights=None, entropy_coef=0.0,
     max_grad_norm=None)`` computes the same update as ``policy_gradient_step(policy, optimizer,
@@ -186,7 +212,14 @@ def fused_step(policy, optimizer):
         raise ValueError("optimizer does not update this policy's params (build it with the policy)")
     opt_kind, _ = optimizer._fused_hyper()
     n_rows = policy.n_features if linear else policy.n_states
-    return active.pg.FusedStep(policy, optimizer, linear, n_rows, policy.n_actions, opt_kind)
+    if features is not None:
+        if not linear:
+            _no_features(features)
+        features = check_features(features, policy.n_features, policy.dtype, "features").copy()
+        if features.shape[0] < 1:
+            raise ValueError("features must have at least one row (one per state)")
+    return active.pg.FusedStep(policy, optimizer, linear, n_rows, policy.n_actions, opt_kind,
+                               features)
 
 
 # ---------------------------------------------------------------------------------------------

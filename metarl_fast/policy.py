@@ -211,6 +211,14 @@ class TabularSoftmaxPolicy(_SoftmaxPolicy):
         return f"TabularSoftmaxPolicy(n_states={self.n_states}, n_actions={self.n_actions}, dtype={self.dtype})"
 
 
+def _validate_features(features, policy):
+    """``features`` as a finite (S >= 1, F) table in the policy's dtype, or ValueError/TypeError."""
+    table = policy.check_obs(features, "features")
+    if table.shape[0] < 1:
+        raise ValueError("features must have at least one row (one per state)")
+    return table
+
+
 class LinearSoftmaxPolicy(_SoftmaxPolicy):
     """Softmax over linear logits: ``pi(a | phi) = softmax(phi @ W + b)``.
 
@@ -286,6 +294,20 @@ class LinearSoftmaxPolicy(_SoftmaxPolicy):
     def logits(self, obs):
         """Logits ``obs @ W + b``, shape (B, A)."""
         return self.check_obs(obs) @ self.W + self.b
+
+    def act(self, obs, rng, features=None):
+        """Sample actions; int64 (B,).  ``obs``: features (B, F), or, with ``features`` (S, F)
+        (the feature row of each state), int states (B,) in [0, S): then each state's logits and
+        softmax are computed once (``sample_actions_at``), with the same draws as
+        ``act(features[obs], rng)``."""
+        if features is None:
+            return sample_actions(self.logits(obs), rng)
+        table = self.logits(_validate_features(features, self))
+        try:
+            return active.policy.sample_actions_at(table, obs, rng)
+        except (TypeError, ValueError):
+            _validate.int_array(obs, "obs", ndim=1, low=0, high=table.shape[0])
+            raise
 
     def __repr__(self):
         return f"LinearSoftmaxPolicy(n_features={self.n_features}, n_actions={self.n_actions}, dtype={self.dtype})"

@@ -37,6 +37,13 @@ cdef intp_t linear_grad(const floating* params, intp_t n_features, intp_t n_acti
                         const floating* features, const int64_t* actions,
                         const floating* advantages, const floating* weights,
                         double entropy_coef, intp_t batch, double* grad) noexcept nogil
+# linear_grad on the rows features[states] (features (n_states, n_features)), computed per state
+# when n_states <= batch.  Checks states, actions and numbers itself, as tabular_grad.
+cdef intp_t linear_states_grad(const floating* params, intp_t n_features, intp_t n_actions,
+                               const floating* features, intp_t n_states, const int64_t* states,
+                               const int64_t* actions, const floating* advantages,
+                               const floating* weights, double entropy_coef, intp_t batch,
+                               double* grad) noexcept nogil
 # Optimizer updates along -scale * grad (PyTorch formulas).
 cdef void sgd_kernel(floating* params, const floating* grad, floating* velocity, intp_t n,
                      double lr, double momentum, bint nesterov, double scale) noexcept nogil

@@ -540,6 +540,87 @@ cdef intp_t linear_grad(const floating* params, intp_t n_features, intp_t n_acti
     return PG_OK
 
 
+
+cdef intp_t linear_states_grad(const floating* params, intp_t n_features, intp_t n_actions,
+                               const floating* features, intp_t n_states, const int64_t* states,
+                               const int64_t* actions, const floating* advantages,
+                               const floating* weights, double entropy_coef, intp_t batch,
+                               double* grad) noexcept nogil:
+    """linear_grad on the rows ``features[states]``, per state: when the table has no more rows
+    than the batch, each state's logits ``phi_s W + b`` are computed once, tabular_grad gives the
+    per-state logit gradient G (each visited state's softmax once), and ``dW = phi^T G``,
+    ``db = sum_s G[s]``: O(B + S x F x A) work instead of O(B x F x A).  A larger table gathers the
+    batch's rows and runs linear_grad.  PG_BAD_INPUT if a state is out of range (and, per state,
+    as tabular_grad: an action out of range or an advantage or weight not finite); the entry
+    points check every argument before."""
+    cdef intp_t F = n_features, A = n_actions, n_w = n_features * n_actions, S = n_states
+    cdef intp_t i, k, s, a, status, n_scratch
+    cdef floating* rows
+    cdef double* buf
+    cdef double* phi
+    cdef double* W
+    cdef double* logits
+    cdef double* G
+    cdef double* adv
+    cdef double* wts = NULL
+    if batch == 0:
+        return PG_OK
+    if S > batch:
+        rows = <floating*> malloc(batch * F * sizeof(floating))
+        if rows == NULL:
+            return PG_NO_MEMORY
+        for i in range(batch):
+            s = states[i]
+            if <uint64_t> s >= <uint64_t> S:
+                free(rows)
+                return PG_BAD_INPUT
+            memcpy(rows + i * F, features + s * F, F * sizeof(floating))
+        status = linear_grad(params, F, A, rows, actions, advantages, weights, entropy_coef,
+                             batch, grad)
+        free(rows)
+        return status
+    n_scratch = 2 * S * A
+    if floating is float:
+        n_scratch += S * F + n_w + A + 2 * batch
+    buf = <double*> malloc(n_scratch * sizeof(double))
+    if buf == NULL:
+        return PG_NO_MEMORY
+    logits = buf
+    G = logits + S * A
+    memset(G, 0, S * A * sizeof(double))
+    if floating is double:
+        phi = <double*> features  # only read
+        W = <double*> params
+        adv = <double*> advantages
+        wts = <double*> weights
+    else:
+        phi = G + S * A
+        W = phi + S * F
+        adv = W + n_w + A
+        for k in range(S * F):
+            phi[k] = <double> features[k]
+        for k in range(n_w + A):
+            W[k] = <double> params[k]
+        for i in range(batch):
+            adv[i] = <double> advantages[i]
+        if weights != NULL:
+            wts = adv + batch
+            for i in range(batch):
+                wts[i] = <double> weights[i]
+    mf_pg_rows_matmul(phi, W, logits, S, F, A)
+    for s in range(S):
+        for a in range(A):
+            logits[s * A + a] += W[n_w + a]
+    status = tabular_grad(<const double*> logits, S, A, states, actions, <const double*> adv,
+                          <const double*> wts, entropy_coef, batch, G)
+    if status == PG_OK:
+        mf_pg_outer_acc(phi, G, grad, S, F, A)
+        for s in range(S):
+            for a in range(A):
+                grad[n_w + a] += G[s * A + a]
+    free(buf)
+    return status
+
 cdef void sgd_kernel(floating* params, const floating* grad, floating* velocity, intp_t n,
                      double lr, double momentum, bint nesterov, double scale) noexcept nogil:
     cdef intp_t k
@@ -702,6 +783,43 @@ cdef tuple _batch(object params, object n_rows, object n_actions, object obs, ob
                                     entropy_coef)
 
 
+
+cdef tuple _states_batch(object params, object n_features, object n_actions, object features,
+                         object states, object actions, object advantages, object weights,
+                         object entropy_coef, bint features_checked):
+    """Validated (params, F, A, features, states, actions, advantages, weights, entropy_coef)
+    for a linear policy fed states; ``features_checked``: the table was validated when bound."""
+    cdef cnp.ndarray p, phi
+    cdef int tn
+    cdef intp_t nf, na, batch, n_states
+    cdef double ec
+    if (type(params) is cnp.ndarray and type(n_features) is int and type(n_actions) is int
+            and _is_real(entropy_coef) and type(features) is cnp.ndarray):
+        p = <cnp.ndarray> params
+        phi = <cnp.ndarray> features
+        tn = cnp.PyArray_TYPE(p)
+        nf = n_features
+        na = n_actions
+        ec = entropy_coef
+        if ((tn == cnp.NPY_DOUBLE or tn == cnp.NPY_FLOAT) and nf >= 1 and na >= 1
+                and ec - ec == 0.0 and _vec(p, tn, nf * na + na)
+                and cnp.PyArray_TYPE(phi) == tn and cnp.PyArray_NDIM(phi) == 2
+                and cnp.PyArray_DIM(phi, 1) == nf and cnp.PyArray_DIM(phi, 0) >= 1
+                and cnp.PyArray_IS_C_CONTIGUOUS(phi) and _vec(states, cnp.NPY_INT64, -1)):
+            n_states = cnp.PyArray_DIM(phi, 0)
+            batch = cnp.PyArray_DIM(<cnp.ndarray> states, 0)
+            if (_vec(actions, cnp.NPY_INT64, batch) and _vec(advantages, tn, batch)
+                    and (weights is None or _vec(weights, tn, batch))
+                    and _all_finite(p, cnp.PyArray_DIM(p, 0))
+                    and (features_checked or _all_finite(phi, n_states * nf))
+                    and _all_finite(<cnp.ndarray> advantages, batch)
+                    and (weights is None or _all_finite(<cnp.ndarray> weights, batch))
+                    and _in_range(<cnp.ndarray> states, batch, n_states)
+                    and _in_range(<cnp.ndarray> actions, batch, na)):
+                return (params, nf, na, features, states, actions, advantages, weights, ec)
+    return _ref.check_linear_states_batch(params, n_features, n_actions, features, states,
+                                          actions, advantages, weights, entropy_coef)
+
 cdef inline cnp.ndarray _out(object out, intp_t n, object dtype):
     if out is None:
         return cnp.PyArray_EMPTY(1, <cnp.npy_intp*> &n, (<cnp.dtype> dtype).type_num, 0)
@@ -758,7 +876,10 @@ def gae(rewards, values, next_values, dones, gamma, lam, out=None):
 
 cdef _raise_bad_steps(tuple checked):
     """The reference's checks name the bad argument (the kernel found one)."""
-    _ref.check_tabular_batch(*checked)
+    if len(checked) == 9:
+        _ref.check_linear_states_batch(*checked)
+    else:
+        _ref.check_tabular_batch(*checked)
     raise ValueError("states, actions, advantages or weights: out of range or not finite")
 
 
@@ -778,8 +899,46 @@ cdef intp_t _grad_call(bint dbl, bint linear, const void* p, intp_t nr, intp_t n
                         <const float*> adv, <const float*> wp, ec, batch, grad)
 
 
+cdef intp_t _states_grad_call(bint dbl, const void* p, intp_t nf, intp_t na, const void* phi,
+                              intp_t n_states, const int64_t* sp, const int64_t* ap,
+                              const void* adv, const void* wp, double ec, intp_t batch,
+                              double* grad) noexcept nogil:
+    if dbl:
+        return linear_states_grad(<const double*> p, nf, na, <const double*> phi, n_states, sp,
+                                  ap, <const double*> adv, <const double*> wp, ec, batch, grad)
+    return linear_states_grad(<const float*> p, nf, na, <const float*> phi, n_states, sp, ap,
+                              <const float*> adv, <const float*> wp, ec, batch, grad)
+
+
+cdef intp_t _states_grad_into(tuple checked, double* grad):
+    """linear_states_grad on validated arguments (a 9-tuple of _states_batch) into a zeroed buffer."""
+    cdef cnp.ndarray p = checked[0], phi = checked[3], o = checked[4], acts = checked[5]
+    cdef cnp.ndarray adv = checked[6]
+    cdef object w = checked[7]
+    cdef intp_t nf = checked[1], na = checked[2], batch = o.shape[0], n_states = phi.shape[0]
+    cdef intp_t status
+    cdef double ec = checked[8]
+    cdef const void* wp = NULL if w is None else cnp.PyArray_DATA(<cnp.ndarray> w)
+    cdef const int64_t* ap = <const int64_t*> cnp.PyArray_DATA(acts)
+    cdef const int64_t* sp = <const int64_t*> cnp.PyArray_DATA(o)
+    cdef bint dbl = cnp.PyArray_TYPE(p) == cnp.NPY_DOUBLE
+    cdef const void* pp = cnp.PyArray_DATA(p)
+    cdef const void* fp = cnp.PyArray_DATA(phi)
+    cdef const void* advp = cnp.PyArray_DATA(adv)
+    if batch + n_states * nf > NOGIL_GRAD_MIN:
+        with nogil:
+            status = _states_grad_call(dbl, pp, nf, na, fp, n_states, sp, ap, advp, wp, ec,
+                                       batch, grad)
+    else:  # small: keep the GIL (releasing it costs more than the work)
+        status = _states_grad_call(dbl, pp, nf, na, fp, n_states, sp, ap, advp, wp, ec, batch,
+                                   grad)
+    return status
+
+
 cdef intp_t _grad_into(tuple checked, bint linear, double* grad):
     """Run the tabular/linear gradient kernel on validated arguments into a zeroed buffer."""
+    if len(checked) == 9:
+        return _states_grad_into(checked, grad)
     cdef cnp.ndarray p = checked[0], o = checked[3], acts = checked[4], adv = checked[5]
     cdef object w = checked[6]
     cdef intp_t nr = checked[1], na = checked[2], batch = o.shape[0], status
@@ -1049,13 +1208,15 @@ cdef class FusedStep:
     cdef object n_rows, n_actions
     cdef bint linear
     cdef int opt_kind
-    cdef object params, state, hyper, grad_out
+    cdef object params, state, hyper, grad_out, features
 
-    def __init__(self, policy, optimizer, linear, n_rows, n_actions, opt_kind):
+    def __init__(self, policy, optimizer, linear, n_rows, n_actions, opt_kind, features=None):
         self.policy, self.optimizer = policy, optimizer
         self.linear, self.n_rows, self.n_actions, self.opt_kind = linear, n_rows, n_actions, opt_kind
         self.params, self.state, self.hyper = policy.params, optimizer.state, optimizer._hyper
         self.grad_out = optimizer._grad
+        # linear policies fed states: the (S, F) feature table, validated and copied when bound
+        self.features = features
 
     def __call__(self, obs, actions, advantages, weights=None, entropy_coef=0.0, max_grad_norm=None):
         cdef object optimizer = self.optimizer
@@ -1071,12 +1232,33 @@ cdef class FusedStep:
                     and cnp.PyArray_SIZE(hy) == 5):
                 raise ValueError("the optimizer's hyper-parameters are not a writeable float64 (5,) array")
             (<double*> cnp.PyArray_DATA(hy))[4] = t
-        checked = _batch(self.params, self.n_rows, self.n_actions, obs, actions, advantages, weights,
-                         entropy_coef, self.linear)
+        if self.features is not None:
+            checked = _states_batch(self.params, self.n_rows, self.n_actions, self.features, obs,
+                                    actions, advantages, weights, entropy_coef, True)
+        else:
+            checked = _batch(self.params, self.n_rows, self.n_actions, obs, actions, advantages,
+                             weights, entropy_coef, self.linear)
         norm = _step(checked, self.linear, max_grad_norm, self.grad_out, self.opt_kind, self.state,
                      self.hyper)
         optimizer.steps = t
         return norm
+
+
+def linear_states_policy_gradient(params, n_features, n_actions, features, states, actions,
+                                  advantages, weights=None, entropy_coef=0.0, out=None):
+    """Linear policy gradient per state.  See :func:`metarl_fast.reference.pg.linear_states_policy_gradient`."""
+    checked = _states_batch(params, n_features, n_actions, features, states, actions, advantages,
+                            weights, entropy_coef, False)
+    return _policy_gradient(checked, True, out)
+
+
+def linear_states_pg_step(params, n_features, n_actions, features, states, actions, advantages,
+                          weights, entropy_coef, max_grad_norm, grad_out, opt_kind, opt_state,
+                          opt_hyper):
+    """Fused step per state.  See :func:`metarl_fast.reference.pg.linear_states_pg_step`."""
+    checked = _states_batch(params, n_features, n_actions, features, states, actions, advantages,
+                            weights, entropy_coef, False)
+    return _step(checked, True, max_grad_norm, grad_out, opt_kind, opt_state, opt_hyper)
 
 
 def linear_pg_step(params, n_features, n_actions, features, actions, advantages, weights,

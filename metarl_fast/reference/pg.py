@@ -430,6 +430,69 @@ def _linear_grad(params, n_features, n_actions, features, actions, advantages, w
     return grad
 
 
+
+def check_linear_states_batch(params, n_features, n_actions, features, states, actions,
+                              advantages, weights, entropy_coef):
+    """Validated ``(params, n_features, n_actions, features, states, actions, advantages,
+    weights, entropy_coef)`` for a linear policy fed states with a feature table."""
+    params = check_params(params)
+    n_features = _validate.positive_int(n_features, "n_features")
+    n_actions = _validate.positive_int(n_actions, "n_actions")
+    check_params_size(params, n_features * n_actions + n_actions)
+    features = check_features(features, n_features, params.dtype, "features")
+    if features.shape[0] < 1:
+        raise ValueError("features must have at least one row (one per state)")
+    states = _validate.int_array(states, "obs", ndim=1, low=0, high=features.shape[0])
+    batch = states.shape[0]
+    actions = _validate.int_array(actions, "actions", ndim=1, length=batch, low=0, high=n_actions)
+    advantages = check_vector(advantages, "advantages", batch, params.dtype)
+    if weights is not None:
+        weights = check_vector(weights, "weights", batch, params.dtype)
+    entropy_coef = _validate.finite_float(entropy_coef, "entropy_coef")
+    return (params, n_features, n_actions, features, states, actions, advantages, weights,
+            entropy_coef)
+
+
+def linear_states_policy_gradient(params, n_features, n_actions, features, states, actions,
+                                  advantages, weights=None, entropy_coef=0.0, out=None):
+    """:func:`linear_policy_gradient` on the feature rows ``features[states]``, computed per state.
+
+    The policy's logits depend on the state only, so each visited state's logits ``phi_s @ W + b``
+    and softmax are computed once (the tabular gradient of that logits table,
+    :func:`tabular_policy_gradient`), and the chain rule maps the per-state logit gradient ``G``
+    back: ``dW = phi[visited]^T G``, ``db = sum_s G[s]``.  Work O(B + visited x F x A) instead of
+    O(B x F x A); the same gradient as ``linear_policy_gradient(..., features[states], ...)``.
+
+    Parameters
+    ----------
+    features : real (S, n_features), finite: the feature row of each state (e.g. one-hot, S = F)
+    states : int (B,) in [0, S)
+    other arguments : as :func:`linear_policy_gradient`
+    """
+    checked = check_linear_states_batch(params, n_features, n_actions, features, states,
+                                        actions, advantages, weights, entropy_coef)
+    if out is not None:
+        _validate.check_out(out, checked[0].shape, checked[0].dtype)
+    return _finish(_linear_states_grad(*checked), checked[0].dtype, out)
+
+
+def _linear_states_grad(params, n_features, n_actions, features, states, actions, advantages,
+                        weights, entropy_coef):
+    grad = np.zeros(params.shape[0], dtype=np.float64)
+    if not states.shape[0]:
+        return grad
+    n_w = n_features * n_actions
+    p64 = params.astype(np.float64)
+    visited, local = np.unique(states, return_inverse=True)
+    phi = features[visited].astype(np.float64)
+    table = phi @ p64[:n_w].reshape(n_features, n_actions) + p64[n_w:]
+    G = _tabular_grad(table.reshape(-1), visited.shape[0], n_actions, local.reshape(-1), actions,
+                      advantages, weights, entropy_coef).reshape(-1, n_actions)
+    grad[:n_w] = (phi.T @ G).reshape(-1)
+    grad[n_w:] = G.sum(axis=0)
+    return grad
+
+
 # ---------------------------------------------------------------------------------------------
 # Gradient clipping and optimizer updates (in place)
 # ---------------------------------------------------------------------------------------------
@@ -631,6 +694,18 @@ def linear_pg_step(params, n_features, n_actions, features, actions, advantages,
     return _fused(params, grad, grad_out, max_grad_norm, opt_kind, opt_state, hyper)
 
 
+def linear_states_pg_step(params, n_features, n_actions, features, states, actions, advantages,
+                          weights, entropy_coef, max_grad_norm, grad_out, opt_kind, opt_state,
+                          opt_hyper):
+    """Fused step of :func:`linear_states_policy_gradient`; see :func:`tabular_pg_step`."""
+    checked = check_linear_states_batch(params, n_features, n_actions, features, states, actions,
+                                        advantages, weights, entropy_coef)
+    max_grad_norm, hyper = _check_fused(checked[0], grad_out, max_grad_norm, opt_kind, opt_state,
+                                        opt_hyper)
+    return _fused(checked[0], _linear_states_grad(*checked), grad_out, max_grad_norm, opt_kind,
+                  opt_state, hyper)
+
+
 # ---------------------------------------------------------------------------------------------
 # Critics (TD(0), batch semi-gradient) and importance weights
 # ---------------------------------------------------------------------------------------------
@@ -747,11 +822,12 @@ class FusedStep:
     arrays it was bound to (else ValueError).  Returns the gradient's norm before clipping.
     """
 
-    def __init__(self, policy, optimizer, linear, n_rows, n_actions, opt_kind):
+    def __init__(self, policy, optimizer, linear, n_rows, n_actions, opt_kind, features=None):
         self.policy, self.optimizer = policy, optimizer
         self.linear, self.n_rows, self.n_actions, self.opt_kind = bool(linear), n_rows, n_actions, opt_kind
         self.params, self.state, self.hyper = policy.params, optimizer.state, optimizer._hyper
         self.grad_out = optimizer._grad
+        self.features = features  # linear policies fed states: the (S, F) feature table
 
     def _check_binding(self):
         if (self.policy.params is not self.params or self.optimizer.state is not self.state
@@ -764,8 +840,15 @@ class FusedStep:
         t = self.optimizer.steps + 1
         if self.opt_kind == OPT_ADAM:
             self.hyper[4] = t
-        kernel = linear_pg_step if self.linear else tabular_pg_step
-        norm = kernel(self.params, self.n_rows, self.n_actions, obs, actions, advantages, weights,
-                      entropy_coef, max_grad_norm, self.grad_out, self.opt_kind, self.state, self.hyper)
+        if self.features is not None:
+            norm = linear_states_pg_step(self.params, self.n_rows, self.n_actions, self.features,
+                                         obs, actions, advantages, weights, entropy_coef,
+                                         max_grad_norm, self.grad_out, self.opt_kind, self.state,
+                                         self.hyper)
+        else:
+            kernel = linear_pg_step if self.linear else tabular_pg_step
+            norm = kernel(self.params, self.n_rows, self.n_actions, obs, actions, advantages,
+                          weights, entropy_coef, max_grad_norm, self.grad_out, self.opt_kind,
+                          self.state, self.hyper)
         self.optimizer.steps = t
         return norm

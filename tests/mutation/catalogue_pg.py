@@ -5,6 +5,7 @@ T_KERNELS = ["tests/test_pg_math.py", "tests/test_optim_math.py", "tests/test_pg
              "tests/test_pg_twins.py"]
 T_EST = T_KERNELS + ["tests/test_pg_estimators.py"]
 T_FUSED = ["tests/test_fused_step.py"]
+T_STATES = ["tests/test_linear_states.py"]
 T_ALL = T_EST + ["tests/test_pg_unbiased.py"]
 REF = "metarl_fast/reference/pg.py"
 CORE = "metarl_fast/_core/pg.pyx"
@@ -154,4 +155,27 @@ MUTATIONS = [
              "                                                                log_pi.shape[0], dtype), rho_bar)",
              "                                                                log_pi.shape[0], dtype), None)",
              T_EST),
+    # ---------------------------------------------------------------- linear policies fed states
+    Mutation("pg-ref-states-no-bias-gradient", REF,
+             "    grad[n_w:] = G.sum(axis=0)\n    return grad\n", "    return grad\n", T_STATES,
+             "the per-state reference forgets the bias' gradient"),
+    Mutation("pg-ref-states-logits-without-bias", REF,
+             "table = phi @ p64[:n_w].reshape(n_features, n_actions) + p64[n_w:]",
+             "table = phi @ p64[:n_w].reshape(n_features, n_actions)", T_STATES,
+             "the per-state logits leave out b"),
+    Mutation("pg-core-states-logits-without-bias", CORE,
+             "            logits[s * A + a] += W[n_w + a]\n", "            pass\n", T_STATES,
+             "the compiled per-state logits leave out b"),
+    Mutation("pg-core-states-gather-off-by-one", CORE,
+             "memcpy(rows + i * F, features + s * F, F * sizeof(floating))",
+             "memcpy(rows + i * F, features + (s if s == 0 else s - 1) * F, F * sizeof(floating))",
+             T_STATES, "the gathered path (more states than steps) reads the wrong feature row"),
+    Mutation("pg-core-states-float32-weights-dropped", CORE,
+             "            wts = adv + batch\n            for i in range(batch):\n",
+             "            wts = NULL\n            for i in range(0):\n", T_STATES,
+             "float32 weights ignored on the per-state path"),
+    Mutation("pg-py-states-fused-step-shares-table", PY,
+             'features = check_features(features, policy.n_features, policy.dtype, "features").copy()',
+             'features = check_features(features, policy.n_features, policy.dtype, "features")',
+             T_STATES, "the bound step reads the caller's table, which may change after binding"),
 ]
