@@ -216,7 +216,9 @@ class EnvTables:
             det_start, self.start_state = _certain_outcomes(batch.start)
         self.stochastic_start = not det_start
         self.terminal = batch.terminal.view(np.uint8)  # bool and uint8 share their bytes
-        self.has_terminal = bool(batch.terminal.any())
+        # a family's all-False table is known to be one (while the batch still holds it)
+        self.has_terminal = (batch.terminal is not batch._no_terminal
+                             and bool(batch.terminal.any()))
         # the kernels read raw pointers: every table C-contiguous and read-only (a batch's own
         # arrays already are; the ones built here are made so)
         for name in ("next_state", "reward_mean", "reward_std", "reward_next", "start_cdf",
@@ -329,17 +331,20 @@ class TaskBatch:
         self = cls.__new__(cls)
         n, S, A = (next_state if P is None else P).shape[:3]
         start_state = start_cdf = None
+        no_terminal_known = terminal is None
         if start is None:
             start, start_cdf, start_state, no_terminal = _shared_defaults(n, S)
             if terminal is None:
                 terminal = no_terminal
         if terminal is None:
             terminal = np.zeros((n, S), dtype=bool)
-        if np.ndim(reward_std) == 0:
+        if isinstance(reward_std, float) or np.ndim(reward_std) == 0:
             reward_std = _shared_full(n, float(reward_std))
         self._assign(P, next_state, R, int(horizon), start, terminal, reward_noise, reward_std,
                      reward_next, name)
         self._start_state, self._start_cdf = start_state, start_cdf
+        if no_terminal_known:
+            self._no_terminal = terminal
         return self
 
     def _assign(self, P, next_state, R, horizon, start, terminal, reward_noise, reward_std,
@@ -361,6 +366,7 @@ class TaskBatch:
         self._start_state = None  # int64 (n,): every task's certain start state, known by construction
         self._trans_cdfs = None   # (trans_cdf, trans_cdf_padded) built with P, if the family did
         self._start_cdf = None    # running sums of start, if known
+        self._no_terminal = None  # the terminal array, if known by construction to be all False
 
     @property
     def P(self):
@@ -695,10 +701,10 @@ class TabularMDPs(TaskDistribution):
         S, A = self.n_states, self.n_actions
         from metarl_fast._backend import active  # here: the kernel modules import this one
 
-        R = rng.normal(1.0, 1.0, (n, S, A))
-        # rng.dirichlet(np.ones(S), (n, S, A)) bit for bit (the same exponentials, normalised the
-        # same way), with the kernels' transition CDFs built in the same pass
-        P, cdf, padded = active.envs.dirichlet_rows(rng.standard_exponential(size=(n, S, A, S)))
+        # rng.normal(1, 1, (n, S, A)) then rng.dirichlet(np.ones(S), (n, S, A)) bit for bit (the
+        # same exponentials, normalised the same way), with the kernels' transition CDFs built
+        # in the same pass
+        R, P, cdf, padded = active.envs.tabular_mdp_draws(rng, n, S, A)
         batch = TaskBatch._trusted(P, R, self.horizon, reward_noise="gaussian", reward_std=1.0,
                                    name=f"TabularMDPs(n_states={S}, n_actions={A})")
         batch._stochastic = S > 1  # Dirichlet(1, ..., 1) rows: every entry > 0 almost surely

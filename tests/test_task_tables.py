@@ -6,6 +6,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import metarl_fast as mf
+from metarl_fast._core import envs as core_envs
 from metarl_fast.reference import envs as reference_envs
 from metarl_fast.rollout import rollout
 from metarl_fast.tasks import (BernoulliBandits, Chain, EnvTables, GridNavigation, TabularMDPs,
@@ -261,6 +262,24 @@ def test_dirichlet_rows_are_generator_dirichlet_bit_for_bit(shape_seed):
         np.testing.assert_array_equal(cdf, want_cdf)
         np.testing.assert_array_equal(padded, want_padded)
         assert not (p.flags.writeable or cdf.flags.writeable or padded.flags.writeable)
+
+
+@settings(max_examples=30, deadline=None)
+@given(st.integers(0, 6), st.integers(1, 12), st.integers(1, 5), st.integers(0, 2**32 - 1))
+def test_tabular_mdp_draws_are_generator_normal_then_dirichlet(n, S, A, seed):
+    """Both backends' one-call draws of TabularMDPs equal rng.normal(1, 1) then rng.dirichlet on
+    the same stream, bit for bit, and leave the generator where those calls leave it."""
+    g = np.random.default_rng(seed)
+    want_R = g.normal(1.0, 1.0, (n, S, A))
+    want_P = g.dirichlet(np.ones(S), size=(n, S, A))
+    want_cdf, want_padded = reference_envs.transition_cdfs(want_P)
+    for kernels in (reference_envs, core_envs):
+        rng = np.random.default_rng(seed)
+        R, P, cdf, padded = kernels.tabular_mdp_draws(rng, n, S, A)
+        for got, want in ((R, want_R), (P, want_P), (cdf, want_cdf), (padded, want_padded)):
+            np.testing.assert_array_equal(got, want)
+        assert rng.bit_generator.state == g.bit_generator.state
+        assert not (P.flags.writeable or cdf.flags.writeable or padded.flags.writeable)
 
 
 def test_random_mdp_tables_come_with_the_batch():

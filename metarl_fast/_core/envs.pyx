@@ -19,7 +19,8 @@ from libc.stdlib cimport free, malloc
 from libc.math cimport INFINITY
 from libc.string cimport memmove, memset
 from numpy.random cimport bitgen_t
-from numpy.random.c_distributions cimport random_standard_uniform_fill
+from numpy.random.c_distributions cimport (random_standard_exponential_fill,
+                                           random_standard_uniform_fill)
 
 # rng.standard_normal()'s values, without NumPy's mispredicted sign branch (see normal.pyx)
 from metarl_fast._core.normal cimport standard_normal_fill
@@ -1131,6 +1132,34 @@ def transition_cdfs(P):
     return cdf_arr, pad_arr
 
 
+cdef void dirichlet_normalise(const double* src, double* p, double* c, double* q, intp_t rows,
+                              intp_t m, intp_t L) noexcept nogil:
+    """Each row of exponentials ``src`` (rows, m) made a Dirichlet row ``p = src * (1 / sum)`` as
+    ``Generator.dirichlet`` does, its running sums ``c`` and the padded layout ``q`` (rows, L + 1).
+    ``p`` may be ``src`` (each row's sum is taken before it is overwritten)."""
+    cdef intp_t r, j
+    cdef double acc, inv
+    for r in range(rows):
+        acc = src[0]
+        for j in range(1, m):
+            acc = acc + src[j]
+        inv = 1.0 / acc
+        acc = 0.0
+        for j in range(m):
+            p[j] = src[j] * inv
+            acc = acc + p[j]
+            c[j] = acc
+        for j in range(m - 1):
+            q[j] = c[j]
+        for j in range(m - 1, L):
+            q[j] = INFINITY
+        q[L] = acc
+        src += m
+        p += m
+        c += m
+        q += L + 1
+
+
 def dirichlet_rows(x):
     """Exponential rows made Dirichlet rows, their running sums and padded layout, in one pass.
     See :func:`metarl_fast.reference.envs.dirichlet_rows`."""
@@ -1144,34 +1173,44 @@ def dirichlet_rows(x):
     cdef cnp.ndarray cdf_arr = np.empty(x.shape, dtype=np.float64)
     cdef cnp.ndarray pad_arr = np.empty(x.shape[:x.ndim - 1] + (L + 1,), dtype=np.float64)
     cdef const double* src = <const double*> cnp.PyArray_DATA(x)
-    cdef double* p = <double*> cnp.PyArray_DATA(p_arr)
-    cdef double* c = <double*> cnp.PyArray_DATA(cdf_arr)
-    cdef double* q = <double*> cnp.PyArray_DATA(pad_arr)
-    cdef intp_t r, j
-    cdef double acc, inv
     with nogil:
-        for r in range(rows):
-            acc = src[0]
-            for j in range(1, m):
-                acc = acc + src[j]
-            inv = 1.0 / acc
-            acc = 0.0
-            for j in range(m):
-                p[j] = src[j] * inv
-                acc = acc + p[j]
-                c[j] = acc
-            for j in range(m - 1):
-                q[j] = c[j]
-            for j in range(m - 1, L):
-                q[j] = INFINITY
-            q[L] = acc
-            src += m
-            p += m
-            c += m
-            q += L + 1
+        dirichlet_normalise(src, <double*> cnp.PyArray_DATA(p_arr),
+                            <double*> cnp.PyArray_DATA(cdf_arr), <double*> cnp.PyArray_DATA(pad_arr),
+                            rows, m, L)
     for arr in (p_arr, cdf_arr, pad_arr):
         arr.setflags(write=False)
     return p_arr, cdf_arr, pad_arr
+
+
+def tabular_mdp_draws(rng, n_tasks, n_states, n_actions):
+    """The random tables of ``TabularMDPs.sample``, drawn and built in one call.
+    See :func:`metarl_fast.reference.envs.tabular_mdp_draws`."""
+    cdef intp_t n = n_tasks, S = n_states, A = n_actions
+    cdef intp_t L = (S - 1 + 3) // 4 * 4, k, n_rewards = n * S * A
+    if not isinstance(rng, np.random.Generator) or n < 0 or S < 1 or A < 1:
+        raise TypeError("rng must be a numpy.random.Generator and the sizes positive")
+    cdef cnp.ndarray r_arr = np.empty((n, S, A), dtype=np.float64)
+    cdef cnp.ndarray p_arr = np.empty((n, S, A, S), dtype=np.float64)
+    cdef cnp.ndarray cdf_arr = np.empty((n, S, A, S), dtype=np.float64)
+    cdef cnp.ndarray pad_arr = np.empty((n, S, A, L + 1), dtype=np.float64)
+    cdef double* r = <double*> cnp.PyArray_DATA(r_arr)
+    cdef double* p = <double*> cnp.PyArray_DATA(p_arr)
+    cdef bitgen_t* bitgen
+    bit_generator = rng.bit_generator
+    bitgen = bitgen_of(bit_generator)
+    with bit_generator.lock:
+        with nogil:
+            # rng.normal(1.0, 1.0, ...) is 1.0 + 1.0 * z: the same doubles as 1.0 + z
+            standard_normal_fill(bitgen, n_rewards, r)
+            for k in range(n_rewards):
+                r[k] = 1.0 + r[k]
+            random_standard_exponential_fill(bitgen, n_rewards * S, p)
+    with nogil:
+        dirichlet_normalise(p, p, <double*> cnp.PyArray_DATA(cdf_arr),
+                            <double*> cnp.PyArray_DATA(pad_arr), n_rewards, S, L)
+    for arr in (p_arr, cdf_arr, pad_arr):
+        arr.setflags(write=False)
+    return r_arr, p_arr, cdf_arr, pad_arr
 
 
 def action_cdf(logits):

@@ -138,6 +138,15 @@ def dirichlet_rows(x):
     return (p,) + transition_cdfs(p)
 
 
+def tabular_mdp_draws(rng, n_tasks, n_states, n_actions):
+    """The random tables of ``TabularMDPs.sample``: ``R = rng.normal(1.0, 1.0, (n, S, A))`` then
+    ``rng.dirichlet(np.ones(S), (n, S, A))`` (its exponentials, :func:`dirichlet_rows`), in that
+    order from ``rng`` (a ``numpy.random.Generator``).  Returns ``(R, P, cdf, padded)``."""
+    R = rng.normal(1.0, 1.0, (n_tasks, n_states, n_actions))
+    return (R,) + dirichlet_rows(rng.standard_exponential(size=(n_tasks, n_states, n_actions,
+                                                                  n_states)))
+
+
 def action_cdf(logits):
     """Action sampling tables of float64 logits (n_policies, S, A), C-contiguous.
 
