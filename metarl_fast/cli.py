@@ -78,6 +78,10 @@ _TRAIN_OPTIONS = [
     ("--eval-every", "eval_every", int, "evaluate on held-out tasks every N iterations"),
     ("--eval-tasks", "eval_tasks", int, "number of held-out test tasks"),
     ("--checkpoint-every", "checkpoint_every", int, "write checkpoint.npz every N iterations (and at the end)"),
+    ("--replay-capacity", "replay_capacity", int, "with --replay: transitions the shared pool holds"),
+    ("--replay-batch", "replay_batch", int, "with --replay: stored episodes replayed per task in each estimate"),
+    ("--replay-order", "replay_order", str, "with --replay: uniform (with replacement) or sequences (in time order)"),
+    ("--rho-bar", "rho_bar", float, "with --replay: truncate each importance ratio at this (0: untruncated)"),
     ("--seed", "seed", int, "seed of the whole run"),
     ("--eval-seed", "eval_seed", int, "seed of the held-out test tasks"),
 ]
@@ -89,6 +93,8 @@ def _config_from_args(args):
     config = TrainConfig.from_toml(args.config) if args.config else TrainConfig()
     changes = {field: getattr(args, field) for _, field, _, _ in _TRAIN_OPTIONS
                if getattr(args, field, None) is not None}
+    if getattr(args, "replay", False):
+        changes["replay"] = True
     config = dataclasses.replace(config, **changes)
     if args.backend:
         config = dataclasses.replace(config, backend=args.backend)
@@ -103,6 +109,7 @@ def _train(args):
         if not args.out:
             raise UserError("--resume needs --out RUN_DIR (the run to continue)")
         given = [flag for flag, field, _, _ in _TRAIN_OPTIONS if getattr(args, field, None) is not None]
+        given += ["--replay"] if args.replay else []
         if given or args.config:
             raise UserError(f"--resume continues the run with the settings in its checkpoint; "
                             f"drop {', '.join(given + (['--config'] if args.config else []))}")
@@ -301,6 +308,9 @@ def build_parser():
     p = sub.add_parser("train", parents=[common], help="meta-train (the main job; defaults: MAML on GridNavigation)")
     for flag, field, typ, help_text in _TRAIN_OPTIONS:
         p.add_argument(flag, dest=field, type=typ, default=None, help=help_text)
+    p.add_argument("--replay", action="store_true",
+                   help="store every rollout in a replay pool shared across tasks and add each task's "
+                        "stored episodes to its gradient estimates (importance-weighted)")
     p.add_argument("--out", help="run directory (default runs/<timestamp>)")
     p.add_argument("--resume", action="store_true", help="continue the run in --out from its checkpoint")
     p.add_argument("--config", help="TOML file with the settings (options given on the command line win)")
@@ -312,6 +322,7 @@ def build_parser():
     for flag, field, typ, help_text in _TRAIN_OPTIONS:
         if field not in ("algo", "seed"):
             p.add_argument(flag, dest=field, type=typ, default=None, help=help_text)
+    p.add_argument("--replay", action="store_true", help="every algorithm with the replay pool (see train --replay)")
     p.add_argument("--algos", default="maml,fomaml,reptile", help="comma-separated algorithms (default maml,fomaml,reptile)")
     p.add_argument("--seeds", default="0,1,2", help="comma-separated training seeds (default 0,1,2)")
     p.add_argument("--out", help="directory of the runs (default runs/compare-<timestamp>)")

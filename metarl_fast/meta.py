@@ -48,7 +48,7 @@ from metarl_fast import _validate
 from metarl_fast._backend import active
 from metarl_fast.optim import SGD, Adam
 from metarl_fast.pg import discounted_returns
-from metarl_fast.policy import LinearSoftmaxPolicy, TabularSoftmaxPolicy, softmax
+from metarl_fast.policy import LinearSoftmaxPolicy, TabularSoftmaxPolicy, log_softmax, softmax
 
 METHODS = ("reptile", "fomaml", "maml", "multitask")
 ADVANTAGES = ("reinforce", "actor-critic")
@@ -180,7 +180,7 @@ class SampledPolicyProblem:
     """
 
     def __init__(self, policy, task_batch, n_episodes, gamma=1.0, features=None, advantage="reinforce",
-                 baseline="leave-one-out"):
+                 baseline="leave-one-out", pool=None):
         if advantage not in ADVANTAGES:
             raise ValueError(f"advantage must be one of {ADVANTAGES}, got {advantage!r}")
         if baseline not in BASELINES:
@@ -198,6 +198,12 @@ class SampledPolicyProblem:
         self._policy_of_task = np.arange(self.n_tasks, dtype=np.int64)  # task i runs policy i
         self.env_steps = 0  # environment steps sampled so far
         self.sampling_time = 0.0  # seconds spent in the rollouts
+        # replay (metarl_fast.pool): every rollout is stored; each gradient estimate adds the
+        # task's stored episodes by per-decision importance sampling
+        self.pool = pool
+        self.pool_ids = None if pool is None else pool.task_ids(task_batch)
+        if pool is not None and advantage != "reinforce":
+            raise ValueError("replay works with the REINFORCE inner estimator only")
 
     def sample(self, theta, rng):
         """Episodes of every task under its own parameters, in one fused rollout call."""
@@ -210,7 +216,13 @@ class SampledPolicyProblem:
                                                   self.n_episodes, rng))
         self.env_steps += traj.n_steps
         self.sampling_time += time.perf_counter() - start
-        return self._prepare(logits, traj)
+        data = self._prepare(logits, traj)
+        if self.pool is not None:
+            replayed = self.pool.replay(self.pool_ids, rng)  # stored before this rollout
+            self.pool.store(traj, self.pool_ids)
+            if replayed is not None:
+                data["replay"] = self._replay_terms(logits, data, replayed)
+        return data
 
     def _prepare(self, logits, traj):
         """Per-step quantities shared by ``grad`` and ``hvp`` (computed once per batch)."""
@@ -225,7 +237,46 @@ class SampledPolicyProblem:
         if self.advantage == "actor-critic":
             coef = self._actor_critic_coef(traj, key, rewards, steps)
         return {"traj": traj, "key": key, "probs_table": probs_table, "coef": coef,
-                "episode": episode}
+                "episode": episode, "steps": steps}
+
+    def _replay_terms(self, logits, data, replayed):
+        """Per-step coefficients of the replayed episodes (per-decision importance sampling, see
+        :mod:`metarl_fast.pool`) and the rescaling of the fresh ones, so that each task's
+        estimate is the mean over its ``N + M_t`` episodes."""
+        batch, owner, lengths = replayed
+        S, A = self.map.n_states, self.map.n_actions
+        traj, N = data["traj"], self.n_episodes
+        task = np.repeat(owner, lengths)
+        key = task * S + batch.obs
+        log_pi = log_softmax(np.ascontiguousarray(logits.reshape(-1, A)))[key, batch.action]
+        log_rho = log_pi - batch.logp
+        rho = np.exp(log_rho)
+        self.pool.record(owner.shape[0], rho)
+        if self.pool.config.rho_bar is not None:
+            log_rho = np.minimum(log_rho, np.log(self.pool.config.rho_bar))
+        first = np.concatenate([[0], np.cumsum(lengths)[:-1]])
+        t = np.arange(task.shape[0]) - np.repeat(first, lengths)
+        cum = np.cumsum(log_rho)
+        c = np.exp(cum - np.repeat(cum[first] - log_rho[first], lengths))  # prod_{k <= t} rho_k
+        last = np.zeros(task.shape[0], dtype=np.uint8)
+        last[first + lengths - 1] = 1
+        is_returns = discounted_returns(c * batch.reward, last, self.gamma)
+        # baseline: the mean return-to-go at step t of the task's fresh episodes
+        b = np.zeros(task.shape[0])
+        if self.baseline != "none":
+            steps = data["steps"]
+            H = int(max(steps.max(initial=0), t.max(initial=0))) + 1
+            fresh_returns = discounted_returns(np.ascontiguousarray(traj.reward, dtype=np.float64),
+                                               traj.done, self.gamma)
+            slot = traj.task_id * H + steps
+            counts = np.bincount(slot, minlength=self.n_tasks * H)
+            means = np.bincount(slot, weights=fresh_returns, minlength=self.n_tasks * H) / np.maximum(counts, 1)
+            b = means[task * H + t]
+        n_per_task = N + np.bincount(owner, minlength=self.n_tasks)
+        coef = self.gamma ** t.astype(np.float64) * (is_returns - c * b) / n_per_task[task]
+        fresh_scale = (N / n_per_task)[traj.task_id]
+        return {"key": key, "action": np.ascontiguousarray(batch.action, dtype=np.int64),
+                "coef": coef, "fresh_scale": fresh_scale}
 
     def _actor_critic_coef(self, traj, key, rewards, steps):
         """``gamma^t (r + gamma (1 - done) V(s') - V(s)) / N``: TD(0) advantages with a tabular
@@ -248,7 +299,13 @@ class SampledPolicyProblem:
 
     def grad(self, theta, data):
         table = self._table()
-        active.meta.score_table(data["key"], data["traj"].action, data["probs_table"], data["coef"], table)
+        key, action, coef = data["key"], data["traj"].action, data["coef"]
+        replay = data.get("replay")
+        if replay is not None:  # the fresh and the replayed episodes' terms, one mean per task
+            key = np.concatenate([key, replay["key"]])
+            action = np.concatenate([action, replay["action"]])
+            coef = np.concatenate([coef * replay["fresh_scale"], replay["coef"]])
+        active.meta.score_table(key, action, data["probs_table"], coef, table)
         return self.map.vjp(table.reshape(self.n_tasks, self.map.n_states, self.map.n_actions))
 
     def hvp(self, theta, data, v):
@@ -497,7 +554,7 @@ class MetaLearner:
     def __init__(self, policy, method, *, inner_lr=0.1, inner_steps=1, meta_lr=None,
                  meta_optimizer="adam", episodes_per_task=20, gamma=1.0, estimator="sampled",
                  learn_inner_lr=False, features=None, inner_estimator="reinforce",
-                 baseline="leave-one-out", hessian_data="fresh"):
+                 baseline="leave-one-out", hessian_data="fresh", replay=None):
         if not isinstance(policy, (TabularSoftmaxPolicy, LinearSoftmaxPolicy)):
             raise TypeError(f"policy must be a TabularSoftmaxPolicy or LinearSoftmaxPolicy, got {type(policy).__name__}")
         if method not in METHODS:
@@ -532,13 +589,22 @@ class MetaLearner:
         self.inner_lrs = np.full(policy.n_params, self.inner_lr)
         self.lr_optimizer = Adam(self.inner_lrs, lr=self.meta_lr) if self.learn_inner_lr else None
         self.iteration = 0
+        self.pool = None
+        if replay is not None:
+            from metarl_fast.pool import EpisodePool
 
-    def problem(self, task_batch):
-        """The inner problem of this learner on ``task_batch`` (sampled or exact)."""
+            if estimator != "sampled" or inner_estimator != "reinforce":
+                raise ValueError("replay needs the sampled REINFORCE estimator")
+            self.pool = EpisodePool(replay)
+
+    def problem(self, task_batch, pool=None):
+        """The inner problem of this learner on ``task_batch`` (sampled or exact; ``pool``: the
+        replay pool its estimates use and its rollouts fill)."""
         if self.estimator == "exact":
             return ExactPolicyProblem(self.policy, task_batch, self.gamma, self.features)
         return SampledPolicyProblem(self.policy, task_batch, self.episodes_per_task, self.gamma, self.features,
-                                    advantage=self.inner_estimator, baseline=self.baseline)
+                                    advantage=self.inner_estimator, baseline=self.baseline,
+                                    pool=pool)
 
     def _alpha(self):
         return self.inner_lrs if self.learn_inner_lr else self.inner_lr
@@ -551,13 +617,16 @@ class MetaLearner:
         back) if the update is not finite.
         """
         _validate.check_rng(rng)
-        problem = self.problem(task_batch)
+        problem = self.problem(task_batch, self.pool)
         phi = self.policy.params.astype(np.float64)
         try:
             direction, lr_grad, info = meta_gradient(problem, phi, self.method, self._alpha(),
                                                      self.inner_steps, rng, self.hessian_data)
         except DivergenceError as err:
             raise DivergenceError(f"meta-iteration {self.iteration + 1}: {err} (nothing was updated)") from None
+        finally:
+            if self.pool is not None:
+                self.pool.end_iteration()
         mean_dir = direction.mean(axis=0)
         saved = (self.policy.params.copy(), self.optimizer.state_dict(), self.inner_lrs.copy(),
                  None if self.lr_optimizer is None else self.lr_optimizer.state_dict())
@@ -573,7 +642,12 @@ class MetaLearner:
         if not (np.all(np.isfinite(self.policy.params)) and np.all(np.isfinite(self.inner_lrs))):
             self._rollback(saved)
             raise DivergenceError(f"meta-iteration {failing}: parameters became non-finite (update rolled back)")
+        pool_stats = {}
+        if self.pool is not None:
+            pool_stats = self.pool.stats()
+            self.pool.reset_stats()
         return {
+            **pool_stats,
             "pre_return": float(np.mean(info["pre"])),
             "post_return": None if info["post"] is None else float(np.mean(info["post"])),
             "direction_norm": float(np.sqrt((mean_dir * mean_dir).sum())),  # no BLAS call: it wakes BLAS threads
@@ -616,6 +690,8 @@ class MetaLearner:
         if self.lr_optimizer is not None:
             for key, value in self.lr_optimizer.state_dict().items():
                 d["lropt_" + key] = value
+        if self.pool is not None:
+            d.update(self.pool.state_dict())
         return d
 
     def load_state_dict(self, d):
@@ -625,6 +701,8 @@ class MetaLearner:
         self.optimizer.load_state_dict({k[4:]: v for k, v in d.items() if k.startswith("opt_")})
         if self.lr_optimizer is not None:
             self.lr_optimizer.load_state_dict({k[6:]: v for k, v in d.items() if k.startswith("lropt_")})
+        if self.pool is not None:
+            self.pool.load_state_dict(d)
         self.policy.params[...] = params
         self.inner_lrs[...] = d["inner_lrs"]
         self.iteration = int(d["iteration"])

@@ -65,6 +65,11 @@ class TrainConfig:
     trial_episodes: int = 5          # in-context learner on MDP tasks: episodes per trial
     checkpoint_every: int = 100
     eval_tasks: int = 200
+    replay: bool = False             # a replay pool shared across tasks (metarl_fast.pool)
+    replay_capacity: int = 100_000   # transitions the pool holds
+    replay_batch: int = 32           # stored episodes replayed per task in each gradient estimate
+    replay_order: str = "uniform"    # uniform (with replacement) or sequences (consecutive, in time order)
+    rho_bar: float = 0.0             # truncation of the per-decision importance ratios (0: none)
     seed: int = 0
     eval_seed: int = 1_000_003
     backend: str = "cython"
@@ -95,6 +100,11 @@ class TrainConfig:
                      "trial_episodes"):
             _validate.positive_int(getattr(self, name), name.replace("_", "-"))
         _validate.positive_int(self.horizon, "horizon", minimum=0)
+        if self.replay:
+            if self.algo == "in-context" or self.estimator != "sampled" or self.inner_estimator != "reinforce":
+                raise ValueError("replay needs a gradient-based algorithm with the sampled REINFORCE "
+                                 "estimator (not in-context, exact or actor-critic)")
+            self.replay_config()
         for name in ("seed", "eval_seed"):
             _validate.positive_int(getattr(self, name), name.replace("_", "-"), minimum=0)
         _validate.finite_float(self.inner_lr, "inner-lr", low=0.0, low_open=True)
@@ -104,6 +114,18 @@ class TrainConfig:
         if not (math.isnan(self.target) or math.isfinite(self.target)):
             raise ValueError(f"target must be finite, got {self.target}")
         return self
+
+    def replay_config(self):
+        """The :class:`~metarl_fast.pool.ReplayConfig` of ``--replay`` (None when replay is off)."""
+        from metarl_fast.pool import ReplayConfig
+
+        if not self.replay:
+            return None
+        rho_bar = _validate.finite_float(self.rho_bar, "rho-bar", low=0.0)
+        if 0.0 < rho_bar < 1.0:
+            raise ValueError(f"rho-bar must be 0 (no truncation) or >= 1, got {rho_bar}")
+        return ReplayConfig(capacity=self.replay_capacity, episodes=self.replay_batch,
+                            order=self.replay_order, rho_bar=rho_bar or None)
 
     def goal_split(self):
         """GridNavigation's goal cells ``(training goals, held-out goals)``, int64 (n, 2) each.
@@ -204,7 +226,8 @@ def make_learner(config, policy):
         policy, config.algo, inner_lr=config.inner_lr, inner_steps=config.inner_steps,
         meta_lr=config.meta_lr, meta_optimizer=config.meta_optimizer,
         episodes_per_task=config.episodes_per_task, gamma=config.gamma, estimator=config.estimator,
-        inner_estimator=config.inner_estimator, baseline=config.baseline, hessian_data=config.hessian_data)
+        inner_estimator=config.inner_estimator, baseline=config.baseline, hessian_data=config.hessian_data,
+        replay=config.replay_config())
 
 
 def evaluate(config, params, test_tasks, *, baselines=True, multitask_params=None):
@@ -637,6 +660,8 @@ class MetaTrainer:
                 record = {"iteration": self.iteration, "seed": cfg.seed, "pre_return": stats["pre_return"],
                           "post_return": stats["post_return"], "direction_norm": stats["direction_norm"],
                           "env_steps": steps}
+                record.update((k, v) for k, v in stats.items() if k.startswith(("pool_", "replayed_"))
+                              or k in ("mean_importance_weight", "fraction_truncated"))
                 evaluation = None
                 if self.iteration % cfg.eval_every == 0 or self.iteration == cfg.iterations:
                     te = time.perf_counter()

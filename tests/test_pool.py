@@ -1,0 +1,222 @@
+"""The replay pool of the meta-learners (metarl_fast.pool): the per-decision importance-weighted
+gradient from replayed episodes against exact dynamic programming, the pool's bookkeeping, and
+replay through the learners, the trainer and its checkpoints."""
+import json
+import os
+
+import numpy as np
+import pytest
+
+import metarl_fast as mf
+from metarl_fast.meta import ExactPolicyProblem, MetaLearner, SampledPolicyProblem
+from metarl_fast.pool import EpisodePool, ReplayConfig, task_keys
+from metarl_fast.tasks import TaskBatch
+
+BACKENDS = ["numpy", "cython"]
+
+
+def _replicas(n, seed=4, S=3, A=2, horizon=4):
+    """``n`` copies of one random MDP, each its own pool task (reward_std differs; it is unused
+    without reward noise, but part of the task's key)."""
+    rng = np.random.default_rng(seed)
+    P = rng.dirichlet(np.ones(S), size=(S, A))
+    R = rng.normal(size=(S, A))
+    terminal = np.zeros(S, dtype=bool)
+    terminal[-1] = True
+    return TaskBatch(np.broadcast_to(P, (n, S, A, S)).copy(), np.broadcast_to(R, (n, S, A)).copy(),
+                     horizon, terminal=np.broadcast_to(terminal, (n, S)).copy(),
+                     reward_std=1.0 + 1e-6 * np.arange(n))
+
+
+def _switch(n, horizon=3):
+    """``n`` copies of a task whose value hinges on the *later* actions: from state 0, action 1
+    moves to state 1, where action 1 earns +3 and action 0 earns -3 at every step.  A policy mu
+    that prefers action 0 there and a pi that prefers action 1 have very different Q-values, so
+    replayed returns must weight each reward by the ratios of every action before it."""
+    S, A = 2, 2
+    P = np.zeros((S, A, S))
+    P[0, 0, 0] = P[0, 1, 1] = P[1, 0, 1] = P[1, 1, 1] = 1.0
+    R = np.array([[0.0, 0.0], [-3.0, 3.0]])
+    return TaskBatch(np.broadcast_to(P, (n, S, A, S)).copy(), np.broadcast_to(R, (n, S, A)).copy(),
+                     horizon, start=np.broadcast_to([1.0, 0.0], (n, S)).copy(),
+                     reward_std=1.0 + 1e-6 * np.arange(n))
+
+
+def _estimates(n_fresh, n_replayed, rho_bar, replicas=20_000, gamma=0.9, seed=0, spread=1.0,
+               switch=False):
+    """Per replica: the task's gradient at pi from ``n_fresh`` fresh episodes and its
+    ``n_replayed`` stored episodes of an earlier policy mu; and the exact gradient at pi."""
+    tasks = _switch(replicas) if switch else _replicas(replicas)
+    S, A = tasks.n_states, tasks.n_actions
+    policy = mf.TabularSoftmaxPolicy(S, A)
+    rng = np.random.default_rng(seed)
+    if switch:
+        theta_mu = np.tile([0.0, 0.0, 1.5, -1.5], (replicas, 1))
+        theta_pi = np.tile([0.0, 0.0, -1.5, 1.5], (replicas, 1))
+    else:
+        theta_mu = np.tile(spread * rng.normal(size=S * A), (replicas, 1))
+        theta_pi = np.tile(spread * rng.normal(size=S * A), (replicas, 1))
+    pool = EpisodePool(ReplayConfig(capacity=replicas * n_replayed * 4, episodes=n_replayed,
+                                    order="sequences", rho_bar=rho_bar))
+    behaviour = SampledPolicyProblem(policy, tasks, n_replayed, gamma, pool=pool)
+    behaviour.sample(theta_mu, rng)  # stores n_replayed episodes of mu per replica
+    pool.end_iteration()
+    target = SampledPolicyProblem(policy, tasks, n_fresh, gamma, pool=pool)
+    data = target.sample(theta_pi, rng)
+    assert np.array_equal(np.bincount(np.repeat(np.arange(replicas), 1)), np.ones(replicas))
+    estimates = target.grad(theta_pi, data)
+    exact = ExactPolicyProblem(policy, tasks[[0]], gamma).grad(theta_pi[:1])[0]
+    return estimates, exact, data
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("n_fresh,n_replayed", [(1, 1), (1, 5), (2, 2), (5, 1)])
+def test_untruncated_replay_gradient_is_unbiased(backend, n_fresh, n_replayed):
+    """Unbiased at the smallest sample sizes: N fresh + M replayed episodes, 20 000 replications,
+    every component within 4.5 standard errors of the exact gradient."""
+    with mf.use_backend(backend):
+        estimates, exact, data = _estimates(n_fresh, n_replayed, None)
+    assert data["replay"]["coef"].shape[0] > 0
+    z = _z(estimates, exact)
+    assert np.all(np.abs(z) < 4.5), (z, estimates.mean(axis=0), exact)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("n_fresh,n_replayed", [(1, 2), (1, 5), (2, 2)])
+def test_replayed_rewards_carry_the_ratios_of_every_action_before_them(backend, n_fresh, n_replayed):
+    """On a task whose later actions decide the return (Q of mu far from Q of pi), still within
+    4.5 standard errors of the exact gradient (40 000 replications)."""
+    with mf.use_backend(backend):
+        estimates, exact, _ = _estimates(n_fresh, n_replayed, None, replicas=40_000, switch=True)
+    z = _z(estimates, exact)
+    assert np.all(np.abs(z) < 4.5), (z, estimates.mean(axis=0), exact)
+
+
+def _z(estimates, exact):
+    """z-scores per component; a component with no variance (a terminal state's) must be exact."""
+    mean = estimates.mean(axis=0)
+    se = estimates.std(axis=0, ddof=1) / np.sqrt(estimates.shape[0])
+    still = se == 0
+    np.testing.assert_allclose(mean[still], exact[still], atol=1e-12)
+    return (mean[~still] - exact[~still]) / se[~still]
+
+
+def test_truncated_replay_gradient_is_biased():
+    """Truncating each ratio at rho_bar = 1 (the variance bound) biases the estimate when pi and
+    mu differ: measured here, 40 000 replications, N = 1 fresh + M = 5 replayed episodes."""
+    estimates, exact, _ = _estimates(1, 5, 1.0, replicas=40_000, spread=2.0)
+    z = _z(estimates, exact)
+    assert np.max(np.abs(z)) > 6, z
+    untruncated, exact, _ = _estimates(1, 5, None, replicas=40_000, spread=2.0)
+    assert np.max(np.abs(_z(untruncated, exact))) < 4.5
+
+
+def test_pool_keys_ids_overwrite_and_release():
+    tasks = mf.GridNavigation(size=3).sample(6, 0)
+    keys = task_keys(tasks)
+    goals = [tuple(g) for g in tasks.info["goal"]]
+    for i in range(6):
+        for j in range(6):
+            assert (keys[i] == keys[j]) == (goals[i] == goals[j])
+    pool = EpisodePool(ReplayConfig(capacity=200, episodes=3))
+    ids = pool.task_ids(tasks)
+    assert np.array_equal(ids == ids[:, None], keys_equal := np.array([[a == b for b in keys] for a in keys]))
+    assert ids.max() < 6 and keys_equal.any()
+    policy = mf.TabularSoftmaxPolicy(tasks.n_states, tasks.n_actions)
+    problem = SampledPolicyProblem(policy, tasks, 4, pool=pool)
+    rng = np.random.default_rng(1)
+    theta = np.zeros((6, policy.n_params))
+    data = problem.sample(theta, rng)
+    assert "replay" not in data  # nothing stored in an earlier iteration yet
+    assert len(pool.buffer) == min(200, data["traj"].n_steps)
+    # every stored episode's steps are in the ring, labelled with its task's id
+    eps = pool._episodes
+    for task_id, start, length, _ in eps:
+        slots = (start + np.arange(length)) % 200
+        assert np.all(pool.buffer.task_id[slots] == task_id)
+        assert start >= pool.buffer.n_added - len(pool.buffer)
+    pool.end_iteration()
+    for _ in range(30):  # the ring overwrites: ids of tasks with nothing left are given back
+        other = mf.GridNavigation(size=3).sample(6, rng)
+        SampledPolicyProblem(policy, other, 4, pool=pool).sample(theta, rng)
+        pool.end_iteration()
+    held = set(np.unique(pool._episodes[:, 0]).tolist())
+    assert set(pool._keys) == held and len(held) <= 8
+    assert pool.buffer._tasks.meta.shape[0] <= 16  # the per-task table stays small
+
+
+@pytest.mark.parametrize("order", ["uniform", "sequences"])
+def test_replay_draws_the_tasks_own_older_episodes(order):
+    tasks = _replicas(3)
+    policy = mf.TabularSoftmaxPolicy(tasks.n_states, tasks.n_actions)
+    pool = EpisodePool(ReplayConfig(capacity=10_000, episodes=4, order=order))
+    rng = np.random.default_rng(2)
+    theta = np.zeros((3, policy.n_params))
+    for _ in range(3):
+        SampledPolicyProblem(policy, tasks, 5, pool=pool).sample(theta, rng)
+        pool.end_iteration()
+    ids = pool.task_ids(tasks)
+    replayed, owner, lengths = pool.replay(ids, rng)
+    assert np.array_equal(np.bincount(owner), [4, 4, 4])
+    offsets = np.concatenate([[0], np.cumsum(lengths)])
+    for e in range(owner.shape[0]):
+        rows = slice(offsets[e], offsets[e + 1])
+        assert np.all(replayed.task_id[rows] == ids[owner[e]])
+        assert np.all(np.diff(replayed.episode_id[rows]) == 0)  # one whole episode
+        assert replayed.done[rows][-1] and not replayed.done[rows][:-1].any()
+    if order == "sequences":  # consecutive episodes of the task, in time order
+        for t in range(3):
+            firsts = replayed.episode_id[offsets[:-1][owner == t]]
+            assert np.all(np.diff(firsts) > 0)
+
+
+def test_learners_train_with_replay_and_resume_bit_identically(tmp_path):
+    base = ["train", "--tasks", "gridnav", "--grid-size", "4", "--iterations", "6", "--meta-batch", "4",
+            "--episodes", "3", "--eval-every", "3", "--eval-tasks", "10", "--checkpoint-every", "3",
+            "--replay", "--replay-capacity", "2000", "--replay-batch", "4"]
+    from metarl_fast.cli import main
+
+    for algo in ("maml", "fomaml", "reptile", "multitask"):
+        full, part = tmp_path / f"{algo}-full", tmp_path / f"{algo}-part"
+        assert main(base + ["--algo", algo, "--out", str(full)]) == 0
+        assert main(base[:6] + ["3"] + base[7:] + ["--algo", algo, "--out", str(part)]) == 0
+        # continue the 3-iteration run to 6 from its checkpoint (the pool included)
+        import tomllib
+
+        with open(part / "config.toml", "rb") as fh:
+            assert tomllib.load(fh)["replay"] is True
+        from metarl_fast.trainer import MetaTrainer, TrainConfig
+
+        config, arrays = MetaTrainer.read_checkpoint(str(part / "checkpoint.npz"))
+        assert "learner_pool_episodes" in arrays and int(arrays["learner_pool_counters"][2]) == 3
+        import dataclasses
+
+        trainer = MetaTrainer(dataclasses.replace(config, iterations=6), str(part))
+        trainer.run(resume=True)
+        lines = [json.loads(x) for x in open(full / "metrics.jsonl")]
+        resumed = [json.loads(x) for x in open(part / "metrics.jsonl")]
+        assert lines == resumed
+        assert lines[-1]["replayed_episodes"] > 0 and lines[-1]["pool_tasks"] > 0
+        assert lines[0]["replayed_episodes"] == 0  # nothing from earlier iterations yet
+        a = MetaTrainer.read_checkpoint(str(full / "checkpoint.npz"))[1]
+        b = MetaTrainer.read_checkpoint(str(part / "checkpoint.npz"))[1]
+        for key in a:
+            if key.startswith("learner_"):
+                np.testing.assert_array_equal(a[key], b[key])
+
+
+def test_replay_options_are_checked():
+    from metarl_fast.trainer import TrainConfig
+
+    for bad in (dict(algo="in-context", tasks="bandits"), dict(estimator="exact"),
+                dict(inner_estimator="actor-critic")):
+        with pytest.raises(ValueError, match="replay needs"):
+            TrainConfig(replay=True, **bad).validate()
+    with pytest.raises(ValueError, match="rho-bar"):
+        TrainConfig(replay=True, rho_bar=0.5).validate()
+    with pytest.raises(ValueError, match="replay order"):
+        TrainConfig(replay=True, replay_order="lifo").validate()
+    with pytest.raises(ValueError, match="replay capacity"):
+        TrainConfig(replay=True, replay_capacity=0).validate()
+    with pytest.raises(ValueError, match="replay needs"):
+        MetaLearner(mf.TabularSoftmaxPolicy(2, 2), "maml", estimator="exact", replay=ReplayConfig())
