@@ -82,6 +82,7 @@ _TRAIN_OPTIONS = [
     ("--replay-batch", "replay_batch", int, "with --replay: stored episodes replayed per task in each estimate"),
     ("--replay-order", "replay_order", str, "with --replay: uniform (with replacement) or sequences (in time order)"),
     ("--rho-bar", "rho_bar", float, "with --replay: truncate each importance ratio at this (0: untruncated)"),
+    ("--replay-ratio", "replay_ratio", int, "with --replay: meta-updates per iteration's environment steps (extra ones from the pool alone; first-order algorithms)"),
     ("--seed", "seed", int, "seed of the whole run"),
     ("--eval-seed", "eval_seed", int, "seed of the held-out test tasks"),
 ]

@@ -240,43 +240,9 @@ class SampledPolicyProblem:
                 "episode": episode, "steps": steps}
 
     def _replay_terms(self, logits, data, replayed):
-        """Per-step coefficients of the replayed episodes (per-decision importance sampling, see
-        :mod:`metarl_fast.pool`) and the rescaling of the fresh ones, so that each task's
-        estimate is the mean over its ``N + M_t`` episodes."""
-        batch, owner, lengths = replayed
-        S, A = self.map.n_states, self.map.n_actions
-        traj, N = data["traj"], self.n_episodes
-        task = np.repeat(owner, lengths)
-        key = task * S + batch.obs
-        log_pi = log_softmax(np.ascontiguousarray(logits.reshape(-1, A)))[key, batch.action]
-        log_rho = log_pi - batch.logp
-        rho = np.exp(log_rho)
-        self.pool.record(owner.shape[0], rho)
-        if self.pool.config.rho_bar is not None:
-            log_rho = np.minimum(log_rho, np.log(self.pool.config.rho_bar))
-        first = np.concatenate([[0], np.cumsum(lengths)[:-1]])
-        t = np.arange(task.shape[0]) - np.repeat(first, lengths)
-        cum = np.cumsum(log_rho)
-        c = np.exp(cum - np.repeat(cum[first] - log_rho[first], lengths))  # prod_{k <= t} rho_k
-        last = np.zeros(task.shape[0], dtype=np.uint8)
-        last[first + lengths - 1] = 1
-        is_returns = discounted_returns(c * batch.reward, last, self.gamma)
-        # baseline: the mean return-to-go at step t of the task's fresh episodes
-        b = np.zeros(task.shape[0])
-        if self.baseline != "none":
-            steps = data["steps"]
-            H = int(max(steps.max(initial=0), t.max(initial=0))) + 1
-            fresh_returns = discounted_returns(np.ascontiguousarray(traj.reward, dtype=np.float64),
-                                               traj.done, self.gamma)
-            slot = traj.task_id * H + steps
-            counts = np.bincount(slot, minlength=self.n_tasks * H)
-            means = np.bincount(slot, weights=fresh_returns, minlength=self.n_tasks * H) / np.maximum(counts, 1)
-            b = means[task * H + t]
-        n_per_task = N + np.bincount(owner, minlength=self.n_tasks)
-        coef = self.gamma ** t.astype(np.float64) * (is_returns - c * b) / n_per_task[task]
-        fresh_scale = (N / n_per_task)[traj.task_id]
-        return {"key": key, "action": np.ascontiguousarray(batch.action, dtype=np.int64),
-                "coef": coef, "fresh_scale": fresh_scale}
+        fresh = None if self.baseline == "none" else (data["traj"], data["steps"])
+        return replay_coefficients(logits, replayed, self.n_tasks, self.gamma, self.pool,
+                                   self.n_episodes, fresh, data["traj"].task_id)
 
     def _actor_critic_coef(self, traj, key, rewards, steps):
         """``gamma^t (r + gamma (1 - done) V(s') - V(s)) / N``: TD(0) advantages with a tabular
@@ -320,6 +286,88 @@ class SampledPolicyProblem:
     def value(self, theta, data):
         """Mean undiscounted episode return per task in ``data``, (T,)."""
         return data["traj"].episode_return.mean(axis=1)
+
+
+def replay_coefficients(logits, replayed, n_tasks, gamma, pool, n_fresh=0, fresh=None,
+                        fresh_task_id=None):
+    """Per-step coefficients of replayed episodes for :func:`score_table` (per-decision
+    importance sampling, see :mod:`metarl_fast.pool`), so that each task's estimate is the mean
+    over its ``n_fresh + M_t`` episodes.
+
+    ``logits`` (T, S, A) of the current parameters; ``replayed`` from :meth:`EpisodePool.replay`;
+    ``fresh``: ``(traj, steps)`` of the fresh episodes, whose mean return-to-go at each step is the
+    replayed steps' baseline (None: no baseline); ``fresh_task_id``: the fresh steps' task index.
+    Returns a dict: ``key``, ``action``, ``coef`` of the replayed steps and ``fresh_scale`` (the
+    factor ``n_fresh / (n_fresh + M_t)`` of each fresh step, None without fresh steps).
+    """
+    batch, owner, lengths = replayed
+    _, S, A = logits.shape
+    task = np.repeat(owner, lengths)
+    key = task * S + batch.obs
+    log_pi = log_softmax(np.ascontiguousarray(logits.reshape(-1, A)))[key, batch.action]
+    log_rho = log_pi - batch.logp
+    pool.record(owner.shape[0], np.exp(log_rho))
+    if pool.config.rho_bar is not None:
+        log_rho = np.minimum(log_rho, np.log(pool.config.rho_bar))
+    first = np.concatenate([[0], np.cumsum(lengths)[:-1]])
+    t = np.arange(task.shape[0]) - np.repeat(first, lengths)
+    cum = np.cumsum(log_rho)
+    c = np.exp(cum - np.repeat(cum[first] - log_rho[first], lengths))  # prod_{k <= t} rho_k
+    last = np.zeros(task.shape[0], dtype=np.uint8)
+    last[first + lengths - 1] = 1
+    is_returns = discounted_returns(c * batch.reward, last, gamma)
+    b = np.zeros(task.shape[0])
+    if fresh is not None:  # the mean return-to-go at step t of the task's fresh episodes
+        traj, steps = fresh
+        H = int(max(steps.max(initial=0), t.max(initial=0))) + 1
+        fresh_returns = discounted_returns(np.ascontiguousarray(traj.reward, dtype=np.float64),
+                                           traj.done, gamma)
+        slot = traj.task_id * H + steps
+        counts = np.bincount(slot, minlength=n_tasks * H)
+        means = np.bincount(slot, weights=fresh_returns, minlength=n_tasks * H) / np.maximum(counts, 1)
+        b = means[task * H + t]
+    n_per_task = n_fresh + np.bincount(owner, minlength=n_tasks)
+    coef = gamma ** t.astype(np.float64) * (is_returns - c * b) / n_per_task[task]
+    fresh_scale = None
+    if fresh_task_id is not None:
+        fresh_scale = (n_fresh / np.maximum(n_per_task, 1))[fresh_task_id]
+    return {"key": key, "action": np.ascontiguousarray(batch.action, dtype=np.int64),
+            "coef": coef, "fresh_scale": fresh_scale}
+
+
+class ReplayProblem:
+    """The inner problem of replay-only updates: every gradient estimate from the stored episodes
+    of the tasks ``task_ids`` of ``pool`` (no environment step).  The first-order learners'
+    extra updates of ``replay_ratio > 1`` (see :class:`MetaLearner`)."""
+
+    def __init__(self, policy, pool, task_ids, n_states, gamma=1.0, features=None):
+        self.map = param_map(policy, n_states, features)
+        self.n_params, self.pool, self.gamma = self.map.n_params, pool, gamma
+        self.task_ids = np.asarray(task_ids, dtype=np.int64)
+        self.n_tasks = self.task_ids.shape[0]
+        self.env_steps = 0
+
+    def sample(self, theta, rng):
+        logits = self.map.jvp(np.asarray(theta, dtype=np.float64))
+        A = self.map.n_actions
+        data = {"probs_table": softmax(np.ascontiguousarray(logits.reshape(-1, A))),
+                "key": np.zeros(0, dtype=np.int64), "action": np.zeros(0, dtype=np.int64),
+                "coef": np.zeros(0)}
+        replayed = self.pool.replay(self.task_ids, rng)
+        if replayed is not None:
+            data.update(replay_coefficients(logits, replayed, self.n_tasks, self.gamma, self.pool))
+        return data
+
+    def grad(self, theta, data):
+        table = np.empty((self.n_tasks * self.map.n_states, self.map.n_actions))
+        active.meta.score_table(data["key"], data["action"], data["probs_table"], data["coef"], table)
+        return self.map.vjp(table.reshape(self.n_tasks, self.map.n_states, self.map.n_actions))
+
+    def hvp(self, theta, data, v):  # pragma: no cover - MAML never runs replay-only updates
+        raise NotImplementedError("replay-only updates are first-order")
+
+    def value(self, theta, data):
+        return np.full(self.n_tasks, np.nan)
 
 
 class ExactPolicyProblem:
@@ -595,6 +643,9 @@ class MetaLearner:
 
             if estimator != "sampled" or inner_estimator != "reinforce":
                 raise ValueError("replay needs the sampled REINFORCE estimator")
+            if replay.ratio > 1 and method == "maml":
+                raise ValueError("a replay ratio above 1 needs a first-order learner (reptile, "
+                                 "fomaml, multitask): MAML's Hessian needs fresh episodes")
             self.pool = EpisodePool(replay)
 
     def problem(self, task_batch, pool=None):
@@ -627,23 +678,27 @@ class MetaLearner:
         finally:
             if self.pool is not None:
                 self.pool.end_iteration()
-        mean_dir = direction.mean(axis=0)
         saved = (self.policy.params.copy(), self.optimizer.state_dict(), self.inner_lrs.copy(),
                  None if self.lr_optimizer is None else self.lr_optimizer.state_dict())
         self.iteration += 1
-        failing = self.iteration
-        if not np.all(np.isfinite(mean_dir)):
-            self._rollback(saved)
-            raise DivergenceError(f"meta-iteration {failing}: non-finite meta-gradient (update rolled back)")
-        self.optimizer.step(-mean_dir.astype(self.policy.dtype))
-        if self.lr_optimizer is not None:
-            self.lr_optimizer.step(-lr_grad.mean(axis=0))
-            np.maximum(self.inner_lrs, 1e-6, out=self.inner_lrs)
-        if not (np.all(np.isfinite(self.policy.params)) and np.all(np.isfinite(self.inner_lrs))):
-            self._rollback(saved)
-            raise DivergenceError(f"meta-iteration {failing}: parameters became non-finite (update rolled back)")
+        mean_dir = self._update(direction, lr_grad, saved)
         pool_stats = {}
         if self.pool is not None:
+            # replay ratio: further first-order meta-updates from the pool alone
+            for _ in range(self.pool.config.ratio - 1):
+                ids = self.pool.sample_tasks(task_batch.n_tasks, rng)
+                if ids.shape[0] == 0:
+                    break
+                replay_problem = ReplayProblem(self.policy, self.pool, ids, task_batch.n_states,
+                                               self.gamma, self.features)
+                try:
+                    extra, _, _ = meta_gradient(replay_problem, self.policy.params.astype(np.float64),
+                                                self.method, self._alpha(), self.inner_steps, rng)
+                except DivergenceError as err:
+                    self._rollback(saved)
+                    raise DivergenceError(f"meta-iteration {self.iteration + 1}: replay-only "
+                                          f"update: {err} (update rolled back)") from None
+                self._update(extra, None, saved)
             pool_stats = self.pool.stats()
             self.pool.reset_stats()
         return {
@@ -654,6 +709,23 @@ class MetaLearner:
             "env_steps": int(getattr(problem, "env_steps", 0)),
             "time": info["time"],
         }
+
+    def _update(self, direction, lr_grad, saved):
+        """One outer step along the tasks' mean ``direction``; rolls back to ``saved`` and raises
+        DivergenceError if it is not finite.  Returns the mean direction."""
+        mean_dir = direction.mean(axis=0)
+        failing = self.iteration
+        if not np.all(np.isfinite(mean_dir)):
+            self._rollback(saved)
+            raise DivergenceError(f"meta-iteration {failing}: non-finite meta-gradient (update rolled back)")
+        self.optimizer.step(-mean_dir.astype(self.policy.dtype))
+        if lr_grad is not None and self.lr_optimizer is not None:
+            self.lr_optimizer.step(-lr_grad.mean(axis=0))
+            np.maximum(self.inner_lrs, 1e-6, out=self.inner_lrs)
+        if not (np.all(np.isfinite(self.policy.params)) and np.all(np.isfinite(self.inner_lrs))):
+            self._rollback(saved)
+            raise DivergenceError(f"meta-iteration {failing}: parameters became non-finite (update rolled back)")
+        return mean_dir
 
     def _rollback(self, saved):
         params, opt, lrs, lr_opt = saved

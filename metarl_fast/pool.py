@@ -53,12 +53,16 @@ class ReplayConfig:
         pool holds fewer of the task's episodes)
     order : "uniform" (with replacement) or "sequences" (consecutive episodes in time order)
     rho_bar : float >= 1 or None, truncation of each per-decision ratio (None: untruncated)
+    ratio : int >= 1, meta-updates per meta-iteration's environment steps: the first from the
+        fresh and replayed episodes of the meta-batch, the ``ratio - 1`` others from replayed
+        episodes alone, of tasks drawn from the pool (first-order learners only)
     """
 
     capacity: int = 100_000
     episodes: int = 32
     order: str = "uniform"
     rho_bar: float = None
+    ratio: int = 1
 
     def __post_init__(self):
         _validate.positive_int(self.capacity, "replay capacity")
@@ -67,6 +71,7 @@ class ReplayConfig:
             raise ValueError(f"replay order must be one of {ORDERS}, got {self.order!r}")
         if self.rho_bar is not None:
             _validate.finite_float(self.rho_bar, "rho_bar", low=1.0)
+        _validate.positive_int(self.ratio, "replay ratio")
 
 
 def task_keys(task_batch):
@@ -211,6 +216,15 @@ class EpisodePool:
         steps = steps + np.arange(lengths.sum())
         batch = self.buffer.gather(steps % self.buffer.capacity)
         return batch, np.concatenate(owner), lengths
+
+    def sample_tasks(self, n, rng):
+        """Up to ``n`` ids of tasks with replayable episodes, drawn without replacement
+        (``rng.choice``), in increasing order; an empty array when there are none."""
+        eps = self._episodes
+        held = np.unique(eps[eps[:, 3] < self.iteration, 0])
+        if held.shape[0] == 0:
+            return held
+        return np.sort(rng.choice(held, size=min(n, held.shape[0]), replace=False))
 
     # -- statistics ----------------------------------------------------------------------------
     def reset_stats(self):

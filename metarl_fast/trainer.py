@@ -70,6 +70,7 @@ class TrainConfig:
     replay_batch: int = 32           # stored episodes replayed per task in each gradient estimate
     replay_order: str = "uniform"    # uniform (with replacement) or sequences (consecutive, in time order)
     rho_bar: float = 0.0             # truncation of the per-decision importance ratios (0: none)
+    replay_ratio: int = 1            # meta-updates per iteration's environment steps (>1: first-order only)
     seed: int = 0
     eval_seed: int = 1_000_003
     backend: str = "cython"
@@ -124,8 +125,12 @@ class TrainConfig:
         rho_bar = _validate.finite_float(self.rho_bar, "rho-bar", low=0.0)
         if 0.0 < rho_bar < 1.0:
             raise ValueError(f"rho-bar must be 0 (no truncation) or >= 1, got {rho_bar}")
+        if self.replay_ratio > 1 and self.algo == "maml":
+            raise ValueError("replay-ratio above 1 needs a first-order algorithm (fomaml, reptile, "
+                             "multitask): MAML's Hessian needs fresh episodes")
         return ReplayConfig(capacity=self.replay_capacity, episodes=self.replay_batch,
-                            order=self.replay_order, rho_bar=rho_bar or None)
+                            order=self.replay_order, rho_bar=rho_bar or None,
+                            ratio=self.replay_ratio)
 
     def goal_split(self):
         """GridNavigation's goal cells ``(training goals, held-out goals)``, int64 (n, 2) each.

@@ -220,3 +220,51 @@ def test_replay_options_are_checked():
         TrainConfig(replay=True, replay_capacity=0).validate()
     with pytest.raises(ValueError, match="replay needs"):
         MetaLearner(mf.TabularSoftmaxPolicy(2, 2), "maml", estimator="exact", replay=ReplayConfig())
+
+
+def test_replay_ratio_adds_first_order_updates_from_the_pool_alone():
+    """ratio 2: a second meta-update per iteration from replayed episodes of tasks drawn from the
+    pool (this iteration's episodes included), with no extra environment step."""
+    tasks = mf.GridNavigation(size=4)
+    rng_tasks = np.random.default_rng(0)
+    batches = [tasks.sample(5, rng_tasks) for _ in range(3)]
+    results = {}
+    for ratio in (1, 2):
+        policy = mf.TabularSoftmaxPolicy(16, 5)
+        learner = MetaLearner(policy, "fomaml", inner_lr=0.5, episodes_per_task=4,
+                              replay=ReplayConfig(capacity=5000, episodes=3, ratio=ratio))
+        rng = np.random.default_rng(1)
+        steps = [learner.meta_step(b, rng)["env_steps"] for b in batches]
+        results[ratio] = (policy.params.copy(), steps, learner.optimizer.steps)
+    assert results[2][2] > results[1][2] == 3  # more optimizer steps...
+    assert not np.allclose(results[1][0], results[2][0])
+    assert results[1][1][0] == results[2][1][0]  # ...for the same environment steps
+    with pytest.raises(ValueError, match="first-order"):
+        MetaLearner(mf.TabularSoftmaxPolicy(2, 2), "maml", replay=ReplayConfig(ratio=2))
+    from metarl_fast.trainer import TrainConfig
+
+    with pytest.raises(ValueError, match="first-order"):
+        TrainConfig(replay=True, replay_ratio=2).validate()
+
+
+@pytest.mark.parametrize("algo", ["fomaml", "reptile", "multitask"])
+def test_replay_ratio_runs_resume_bit_identically(tmp_path, algo):
+    from metarl_fast.cli import main
+
+    base = ["train", "--tasks", "gridnav", "--grid-size", "4", "--iterations", "4", "--meta-batch", "4",
+            "--episodes", "3", "--eval-every", "2", "--eval-tasks", "10", "--checkpoint-every", "2",
+            "--replay", "--replay-capacity", "3000", "--replay-batch", "3", "--replay-ratio", "3",
+            "--replay-order", "sequences", "--rho-bar", "2", "--algo", algo]
+    assert main(base + ["--out", str(tmp_path / "full")]) == 0
+    assert main(base[:6] + ["2"] + base[7:] + ["--out", str(tmp_path / "part")]) == 0
+    import dataclasses
+
+    from metarl_fast.trainer import MetaTrainer
+
+    config, _ = MetaTrainer.read_checkpoint(str(tmp_path / "part" / "checkpoint.npz"))
+    assert config.replay_ratio == 3 and config.rho_bar == 2.0
+    MetaTrainer(dataclasses.replace(config, iterations=4), str(tmp_path / "part")).run(resume=True)
+    full = [json.loads(x) for x in open(tmp_path / "full" / "metrics.jsonl")]
+    part = [json.loads(x) for x in open(tmp_path / "part" / "metrics.jsonl")]
+    assert full == part
+    assert full[-1]["fraction_truncated"] is not None and full[-1]["replayed_episodes"] > 0
