@@ -183,6 +183,18 @@ def _compare(args):
     if not args.json:
         print(f"metarl-fast compare: {', '.join(algos)} on {config.tasks}, seeds {args.seeds}, "
               f"{config.iterations} meta-iterations each -> {out}", file=sys.stderr)
+    if args.replay_vs_on_policy:
+        from metarl_fast.trainer import compare_replay, format_replay_comparison
+
+        with open(os.devnull, "w") as quiet:
+            result = compare_replay(config, algos, seeds, out, log=quiet,
+                                    progress=None if args.json else sys.stderr)
+        if args.json:
+            print(json.dumps(result, indent=2, sort_keys=True))
+        else:
+            print(f"\nreplay against on-policy, {len(seeds)} training seeds:")
+            print(format_replay_comparison(result))
+        return 0
     with open(os.devnull, "w") as quiet:
         result = compare(config, algos, seeds, out, log=quiet, progress=None if args.json else sys.stderr)
     if args.json:
@@ -324,6 +336,9 @@ def build_parser():
         if field not in ("algo", "seed"):
             p.add_argument(flag, dest=field, type=typ, default=None, help=help_text)
     p.add_argument("--replay", action="store_true", help="every algorithm with the replay pool (see train --replay)")
+    p.add_argument("--replay-vs-on-policy", action="store_true",
+                   help="train each algorithm with and without the replay pool (the --replay-* settings) "
+                        "and compare them: return, environment steps, runs reaching --target, wall time")
     p.add_argument("--algos", default="maml,fomaml,reptile", help="comma-separated algorithms (default maml,fomaml,reptile)")
     p.add_argument("--seeds", default="0,1,2", help="comma-separated training seeds (default 0,1,2)")
     p.add_argument("--out", help="directory of the runs (default runs/compare-<timestamp>)")

@@ -89,6 +89,16 @@ def task_keys(task_batch):
     return keys
 
 
+def _add_counts(counts, ids, sign=1):
+    """``counts`` (grown as needed) plus ``sign`` for each id in ``ids``."""
+    if ids.shape[0] == 0:
+        return counts
+    size = max(counts.shape[0], int(ids.max()) + 1)
+    if size > counts.shape[0]:
+        counts = np.concatenate([counts, np.zeros(size - counts.shape[0], dtype=np.int64)])
+    return counts + sign * np.bincount(ids, minlength=size)
+
+
 class EpisodePool:
     """Whole episodes of many tasks in one shared :class:`ReplayBuffer` (see the module doc).
 
@@ -114,6 +124,8 @@ class EpisodePool:
         # one row per stored episode: task id, global position of its first step, length,
         # meta-iteration it was stored in (int64 arrays, in time order)
         self._episodes = np.zeros((0, 4), dtype=np.int64)
+        self._counts = np.zeros(0, dtype=np.int64)  # stored episodes per task id
+        self._grouped = None  # (iteration, records of earlier iterations sorted by task then time)
         self.iteration = 0
         self.reset_stats()
 
@@ -157,17 +169,19 @@ class EpisodePool:
         starts = first + np.concatenate([[0], np.cumsum(lengths)[:-1]])
         rows = np.stack([owners, starts, lengths, np.full(lengths.shape, self.iteration)], axis=1)
         self._episodes = np.concatenate([self._episodes, rows.astype(np.int64)])
+        self._counts = _add_counts(self._counts, owners)
         self._forget_overwritten()
 
     def _forget_overwritten(self):
+        # records are in time order: the overwritten ones are a prefix
         oldest = self.buffer.n_added - len(self.buffer)  # global position of the oldest step held
-        alive = self._episodes[:, 1] >= oldest
-        if alive.all():
+        cut = int(np.searchsorted(self._episodes[:, 1], oldest))
+        if cut == 0:
             return
-        gone = np.unique(self._episodes[~alive, 0])
-        self._episodes = self._episodes[alive]
-        still = np.isin(gone, self._episodes[:, 0])
-        for task_id in gone[~still].tolist():
+        gone = self._episodes[:cut, 0]
+        self._episodes = self._episodes[cut:]
+        self._counts = _add_counts(self._counts, gone, -1)
+        for task_id in np.unique(gone[self._counts[gone] == 0]).tolist():
             key = self._keys.pop(task_id)
             del self._ids[key]
             heapq.heappush(self._free, task_id)
@@ -183,39 +197,44 @@ class EpisodePool:
         Returns ``(batch, task_of_episode, lengths)``: a :class:`~metarl_fast.replay.Batch` of the
         episodes' steps in order (episode after episode), the index into ``task_ids`` of each
         replayed episode and each one's length, or ``None`` when nothing can be replayed.  Random
-        draws: per task in order, ``rng.integers`` once (uniform: ``M`` indices; sequences: one
-        start) when the task has stored episodes.
+        draws: one ``rng.integers`` call over the tasks that have stored episodes, in order
+        (uniform: ``M`` indices per task; sequences: one start per task).
         """
         M = self.config.episodes
-        eps = self._episodes
-        usable = eps[eps[:, 3] < self.iteration]
-        if usable.shape[0] == 0:
+        if self._grouped is None or self._grouped[0] != self.iteration:
+            # the episodes of earlier iterations, by task and in time order within a task: fixed
+            # for the whole iteration except for those the ring overwrites (skipped below)
+            eps = self._episodes
+            usable = eps[eps[:, 3] < self.iteration]
+            self._grouped = (self.iteration, usable[np.argsort(usable[:, 0], kind="stable")])
+        by_task = self._grouped[1]
+        if by_task.shape[0] == 0:
             return None
-        picked, owner = [], []
-        order = np.argsort(usable[:, 0], kind="stable")  # by task, in time order within a task
-        by_task = usable[order]
-        bounds = np.searchsorted(by_task[:, 0], task_ids, side="left"), \
-            np.searchsorted(by_task[:, 0], task_ids, side="right")
-        for t, (lo, hi) in enumerate(zip(*bounds)):
-            count = int(hi - lo)
-            if count == 0:
-                continue
-            if self.config.order == "uniform":
-                chosen = lo + rng.integers(count, size=M)
-            else:
-                m = min(M, count)
-                start = int(rng.integers(count - m + 1))
-                chosen = np.arange(lo + start, lo + start + m)
-            picked.append(chosen)
-            owner.append(np.full(chosen.shape[0], t, dtype=np.int64))
-        if not picked:
+        oldest = self.buffer.n_added - len(self.buffer)
+        lo = np.searchsorted(by_task[:, 0], task_ids, side="left")
+        hi = np.searchsorted(by_task[:, 0], task_ids, side="right")
+        for t in np.flatnonzero((hi > lo) & (by_task[np.minimum(lo, by_task.shape[0] - 1), 1] < oldest)):
+            # overwritten since the grouping: a prefix of the task's episodes
+            lo[t] += int(np.searchsorted(by_task[lo[t]:hi[t], 1], oldest))
+        count = hi - lo
+        has = np.flatnonzero(count > 0)
+        if has.shape[0] == 0:
             return None
-        chosen_eps = by_task[np.concatenate(picked)]
+        if self.config.order == "uniform":  # M indices per task, one call
+            per_task = np.full(has.shape[0], M)
+            chosen = np.repeat(lo[has], M) + rng.integers(np.repeat(count[has], M))
+        else:  # one start per task, then min(M, count) consecutive episodes
+            per_task = np.minimum(M, count[has])
+            first = lo[has] + rng.integers(count[has] - per_task + 1)
+            chosen = (np.repeat(first - np.concatenate([[0], np.cumsum(per_task)[:-1]]), per_task)
+                      + np.arange(per_task.sum()))
+        owner = np.repeat(has, per_task)
+        chosen_eps = by_task[chosen]
         lengths = chosen_eps[:, 2]
         steps = np.repeat(chosen_eps[:, 1] - np.concatenate([[0], np.cumsum(lengths)[:-1]]), lengths)
         steps = steps + np.arange(lengths.sum())
         batch = self.buffer.gather(steps % self.buffer.capacity)
-        return batch, np.concatenate(owner), lengths
+        return batch, owner.astype(np.int64), lengths
 
     def sample_tasks(self, n, rng):
         """Up to ``n`` ids of tasks with replayable episodes, drawn without replacement
@@ -242,8 +261,7 @@ class EpisodePool:
     def stats(self):
         """Pool statistics since the last :meth:`reset_stats` (for ``metrics.jsonl``)."""
         s = self._stats
-        counts = np.bincount(self._episodes[:, 0]) if self._episodes.shape[0] else np.zeros(0)
-        counts = counts[counts > 0]
+        counts = self._counts[self._counts > 0]
         steps = max(s["replayed_steps"], 1)
         return {"pool_size": len(self.buffer), "pool_tasks": int(counts.shape[0]),
                 "pool_episodes_per_task_min": int(counts.min()) if counts.size else 0,
@@ -291,4 +309,6 @@ class EpisodePool:
         heapq.heapify(self._free)
         self._next_id, self.iteration = int(counters[1]), int(counters[2])
         self._episodes = episodes.copy()
+        self._counts = _add_counts(np.zeros(0, dtype=np.int64), self._episodes[:, 0])
+        self._grouped = None
         self.reset_stats()

@@ -515,6 +515,84 @@ def format_comparison(result):
     return "\n".join(lines)
 
 
+def compare_replay(config, algos, seeds, out_dir, *, log=None, progress=None):
+    """Each algorithm trained with and without the replay pool (``config``'s replay settings),
+    over several training seeds: what replay buys.
+
+    Per (algorithm, mode): the held-out return after K adaptation steps (mean over seeds with a
+    Student-t 95% CI), its paired difference replay - on-policy (same seed, same held-out tasks)
+    with a verdict, the environment steps the learner took (replayed episodes cost none), how many
+    runs reached ``config.target`` (when set; runs stop there) and the wall time.  Run
+    directories: ``out_dir/<algo>-<on-policy|replay>-seed<N>``.
+    """
+    rows = []
+    for algo in algos:
+        if algo == "in-context":
+            raise ValueError("compare handles the gradient-based learners (maml, fomaml, reptile, multitask)")
+        results = {}
+        for mode in ("on-policy", "replay"):
+            runs = []
+            for seed in seeds:
+                cfg = dataclasses.replace(config, algo=algo, seed=seed, replay=mode == "replay")
+                if algo == "maml" and cfg.replay:
+                    cfg = dataclasses.replace(cfg, replay_ratio=1)
+                cfg.validate()
+                run_dir = os.path.join(out_dir, f"{algo}-{mode}-seed{seed}")
+                trainer = MetaTrainer(cfg, run_dir, log=log)
+                result = trainer.run()
+                if result is None:
+                    raise KeyboardInterrupt
+                with open(os.path.join(run_dir, "metrics.jsonl")) as fh:
+                    env_steps = sum(json.loads(line)["env_steps"] for line in fh if line.strip())
+                after = result["results"][f"{algo} (meta-learned)"]["after_steps"][-1]["mean"]
+                runs.append({"after": after, "env_steps": env_steps,
+                             "reached": result["stopped_by"] == "target",
+                             "wall_s": trainer.wall_time["total"]})
+                if progress is not None:
+                    progress.write(f"{algo} {mode} seed {seed}: {after:.3f} after {cfg.inner_steps} "
+                                   f"step(s), {env_steps} environment steps, "
+                                   f"{trainer.wall_time['total']:.1f} s\n")
+                    progress.flush()
+            results[mode] = runs
+        for mode in ("on-policy", "replay"):
+            runs = results[mode]
+            row = {"algo": algo, "mode": mode,
+                   "after": mean_ci_t([r["after"] for r in runs]),
+                   "env_steps": mean_ci_t([r["env_steps"] for r in runs]),
+                   "reached": sum(r["reached"] for r in runs),
+                   "wall_s": mean_ci_t([r["wall_s"] for r in runs])}
+            if mode == "replay":
+                diff = mean_ci_t([r["after"] - o["after"] for r, o in zip(runs, results["on-policy"])])
+                lo, hi = diff["mean"] - diff["ci95"], diff["mean"] + diff["ci95"]
+                row["vs_on_policy"] = diff
+                row["verdict"] = "helps" if lo > 0 else "hurts" if hi < 0 else "no significant difference"
+            rows.append(row)
+    return {"algos": list(algos), "seeds": list(seeds), "inner_steps": config.inner_steps,
+            "target": None if math.isnan(config.target) else config.target, "rows": rows}
+
+
+def format_replay_comparison(result):
+    """:func:`compare_replay`'s result as a Markdown table (the wall times, which vary from run to
+    run, are in the JSON result and the progress lines)."""
+    k = result["inner_steps"]
+    target = result["target"]
+    lines = [f"| method | after {k} step{'s' if k > 1 else ''} (mean over seeds ± 95% CI) "
+             f"| replay − on-policy (paired) | environment steps per run |"
+             + (f" runs reaching {target:g} |" if target is not None else ""),
+             "|---|---|---|---|" + ("---|" if target is not None else "")]
+    n = len(result["seeds"])
+    for row in result["rows"]:
+        a = row["after"]
+        versus = "—"
+        if "vs_on_policy" in row:
+            d = row["vs_on_policy"]
+            versus = f"{d['mean']:+.1f} ± {d['ci95']:.1f}: {row['verdict']}"
+        reached = f" {row['reached']}/{n} |" if target is not None else ""
+        lines.append(f"| {row['algo']} {row['mode']} | {a['mean']:.1f} ± {a['ci95']:.1f} | {versus} "
+                     f"| {row['env_steps']['mean']:,.0f} |{reached}")
+    return "\n".join(lines)
+
+
 class _Progress:
     """A live progress bar on a terminal, plain periodic lines otherwise."""
 
