@@ -74,3 +74,27 @@ def test_task_sampling_share(benchmark, family, part):
 
     stats = benchmark(step)
     assert np.isfinite(stats["pre_return"])
+
+
+REPLAY = {"on-policy": None, "replay 5": dict(episodes=5), "replay 32": dict(episodes=32)}
+
+
+@pytest.mark.parametrize("mode", grid(list(REPLAY), ["on-policy", "replay 5"]))
+def test_meta_iteration_with_replay(benchmark, backend, mode):
+    """A MAML meta-iteration on GridNavigation(7) (20 fresh tasks × 20 episodes, K = 1) with the
+    replay pool: every rollout stored, each estimate adding up to M stored episodes per task.
+    The pool is filled by 30 meta-iterations first, so that its tasks recur."""
+    from metarl_fast.pool import ReplayConfig
+
+    dist = mf.GridNavigation(size=7)
+    policy = mf.TabularSoftmaxPolicy(49, 5)
+    replay = REPLAY[mode]
+    learner = mf.MetaLearner(policy, "maml", inner_lr=1.0, meta_lr=0.05, episodes_per_task=20,
+                             replay=None if replay is None else ReplayConfig(**replay))
+    rng = np.random.default_rng(0)
+    for _ in range(30):
+        learner.meta_step(dist.sample(20, rng), rng)
+    benchmark.group = f"meta-iteration GridNavigation(7) maml with a fresh batch, {mode}"
+    benchmark.extra_info.update(rows=1, backend=backend)
+    stats = benchmark(lambda: learner.meta_step(dist.sample(20, rng), rng))
+    assert np.isfinite(stats["pre_return"])

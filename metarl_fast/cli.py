@@ -88,12 +88,13 @@ _TRAIN_OPTIONS = [
 ]
 
 
-def _config_from_args(args):
+def _config_from_args(args, **overrides):
     from metarl_fast.trainer import TrainConfig
 
     config = TrainConfig.from_toml(args.config) if args.config else TrainConfig()
     changes = {field: getattr(args, field) for _, field, _, _ in _TRAIN_OPTIONS
                if getattr(args, field, None) is not None}
+    changes.update(overrides)
     if getattr(args, "replay", False):
         changes["replay"] = True
     config = dataclasses.replace(config, **changes)
@@ -128,8 +129,16 @@ def _train(args):
               file=sys.stderr)
     evaluation = trainer.run(resume=args.resume)
     if evaluation is None:
-        print(f"metarl-fast: interrupted after iteration {trainer.iteration}; the checkpoint in {out} "
-              f"is loadable: continue with `metarl-fast train --resume --out {out}`", file=sys.stderr)
+        if trainer.abandoned_iteration is not None:
+            what = f"interrupted during iteration {trainer.abandoned_iteration} (left unfinished, nothing of it kept)"
+        else:
+            what = f"interrupted after iteration {trainer.iteration}"
+        if trainer.checkpoint_iteration is None:
+            print(f"metarl-fast: {what}; no checkpoint was written yet", file=sys.stderr)
+        else:
+            print(f"metarl-fast: {what}; the checkpoint in {out} holds iteration "
+                  f"{trainer.checkpoint_iteration}: continue with `metarl-fast train --resume --out {out}`",
+                  file=sys.stderr)
         return EXIT_INTERRUPTED
     if args.json:
         print(json.dumps(evaluation, indent=2, sort_keys=True))
@@ -170,9 +179,10 @@ def _compare(args):
     import metarl_fast
     from metarl_fast.trainer import compare, format_comparison
 
-    config = _config_from_args(args)
-    metarl_fast.set_backend(args.backend or config.backend)
     algos = [a.strip() for a in args.algos.split(",") if a.strip()]
+    # validated as the first algorithm's run (e.g. a replay ratio above 1 is for first-order ones)
+    config = _config_from_args(args, **({"algo": algos[0]} if algos else {}))
+    metarl_fast.set_backend(args.backend or config.backend)
     try:
         seeds = [int(x) for x in args.seeds.split(",") if x.strip()]
     except ValueError:

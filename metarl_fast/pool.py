@@ -25,7 +25,12 @@ from it, update -- as the meta-learners run it (``MetaLearner(..., replay=Replay
   depend on the replayed episode).  Untruncated (``rho_bar=None``) each replayed episode's term is
   an unbiased estimate of ``dJ/dtheta`` at the current policy, so the task's estimate (the mean of
   its ``N + M_t`` episode terms) is unbiased too; truncating each ``rho_k`` at ``rho_bar`` bounds
-  the variance at the price of a bias (measured in ``tests/test_pool.py``).
+  the variance at the price of a bias.  Measured (``tests/test_pool.py``, 40 000 replications of
+  1 fresh + 5 replayed episodes): on a random 3-state MDP, ``rho_bar = 1`` shrinks one gradient
+  component by 12% (z = 11) and ``rho_bar = 2`` is indistinguishable from untruncated; on a task
+  whose later actions decide the return (``_switch``), ``rho_bar = 1`` keeps 17% of the gradient
+  (-0.198 against the exact -1.161) while its standard deviation per estimate falls from 6.6 to
+  0.9.
 
 Caveat: an episode stored in an earlier meta-iteration has already moved the meta-parameters, so
 the parameters it is replayed at are not independent of it (the same kind of dependence as MAML's

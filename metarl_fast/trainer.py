@@ -522,8 +522,9 @@ def compare_replay(config, algos, seeds, out_dir, *, log=None, progress=None):
     Per (algorithm, mode): the held-out return after K adaptation steps (mean over seeds with a
     Student-t 95% CI), its paired difference replay - on-policy (same seed, same held-out tasks)
     with a verdict, the environment steps the learner took (replayed episodes cost none), how many
-    runs reached ``config.target`` (when set; runs stop there) and the wall time.  Run
-    directories: ``out_dir/<algo>-<on-policy|replay>-seed<N>``.
+    runs reached ``config.target`` (when set; runs stop there) and the wall time.  MAML runs with a
+    replay ratio of 1 (its Hessian needs fresh episodes).  Run directories:
+    ``out_dir/<algo>-<on-policy|replay>-seed<N>``.
     """
     rows = []
     for algo in algos:
@@ -566,6 +567,10 @@ def compare_replay(config, algos, seeds, out_dir, *, log=None, progress=None):
                 lo, hi = diff["mean"] - diff["ci95"], diff["mean"] + diff["ci95"]
                 row["vs_on_policy"] = diff
                 row["verdict"] = "helps" if lo > 0 else "hurts" if hi < 0 else "no significant difference"
+                steps = mean_ci_t([r["env_steps"] - o["env_steps"] for r, o in zip(runs, results["on-policy"])])
+                lo, hi = steps["mean"] - steps["ci95"], steps["mean"] + steps["ci95"]
+                row["steps_vs_on_policy"] = steps
+                row["steps_verdict"] = "fewer" if hi < 0 else "more" if lo > 0 else "no significant difference"
             rows.append(row)
     return {"algos": list(algos), "seeds": list(seeds), "inner_steps": config.inner_steps,
             "target": None if math.isnan(config.target) else config.target, "rows": rows}
@@ -578,17 +583,24 @@ def format_replay_comparison(result):
     target = result["target"]
     lines = [f"| method | after {k} step{'s' if k > 1 else ''} (mean over seeds ± 95% CI) "
              f"| replay − on-policy (paired) | environment steps per run |"
-             + (f" runs reaching {target:g} |" if target is not None else ""),
-             "|---|---|---|---|" + ("---|" if target is not None else "")]
+             + (f" runs reaching {target:g} | steps: replay − on-policy (paired) |"
+                if target is not None else ""),
+             "|---|---|---|---|" + ("---|---|" if target is not None else "")]
     n = len(result["seeds"])
     for row in result["rows"]:
         a = row["after"]
         versus = "—"
         if "vs_on_policy" in row:
             d = row["vs_on_policy"]
-            versus = f"{d['mean']:+.1f} ± {d['ci95']:.1f}: {row['verdict']}"
-        reached = f" {row['reached']}/{n} |" if target is not None else ""
-        lines.append(f"| {row['algo']} {row['mode']} | {a['mean']:.1f} ± {a['ci95']:.1f} | {versus} "
+            versus = f"{d['mean']:+.2f} ± {d['ci95']:.2f}: {row['verdict']}"
+        reached = ""
+        if target is not None:
+            steps = "—"
+            if "steps_vs_on_policy" in row:
+                d = row["steps_vs_on_policy"]
+                steps = f"{d['mean'] / 1e6:+.2f} M ± {d['ci95'] / 1e6:.2f} M: {row['steps_verdict']}"
+            reached = f" {row['reached']}/{n} | {steps} |"
+        lines.append(f"| {row['algo']} {row['mode']} | {a['mean']:.2f} ± {a['ci95']:.2f} | {versus} "
                      f"| {row['env_steps']['mean']:,.0f} |{reached}")
     return "\n".join(lines)
 
@@ -616,6 +628,10 @@ class _Progress:
         if self.tty:
             self.stream.write("\n")
             self.stream.flush()
+
+
+class _AbandonIteration(KeyboardInterrupt):
+    """Raised by the Ctrl-C handling of :class:`MetaTrainer` to leave a long iteration at once."""
 
 
 class MetaTrainer:
@@ -647,6 +663,9 @@ class MetaTrainer:
         self.iteration = 0
         self.best = None
         self._stop = False
+        self._in_iteration = False  # Ctrl-C may abandon the iteration (see _request_stop)
+        self.abandoned_iteration = None  # the iteration a Ctrl-C abandoned, if one did
+        self.checkpoint_iteration = None  # the iteration checkpoint.npz holds after run()
         self._pending = {}  # log lines not yet written: file name -> lines
         self.wall_time = None  # seconds per part of the last completed run() (see run)
 
@@ -702,8 +721,21 @@ class MetaTrainer:
             raise io.CheckpointError(f"{path}: inconsistent checkpoint ({err})") from err
 
     # -- the loop --
+    # Ctrl-C: the current iteration finishes (then a checkpoint is written) if it ends within
+    # STOP_GRACE_S of the signal; else, or on a second Ctrl-C, it is abandoned: nothing of it is
+    # written and the last checkpoint stays as it is (resume continues from there)
+    STOP_GRACE_S = 0.5
+
     def _request_stop(self, signum, frame):
+        if self._stop and self._in_iteration:  # a second Ctrl-C
+            raise _AbandonIteration()
         self._stop = True
+        if self._in_iteration and hasattr(signal, "setitimer"):
+            signal.setitimer(signal.ITIMER_REAL, self.STOP_GRACE_S)
+
+    def _grace_over(self, signum, frame):
+        if self._in_iteration:
+            raise _AbandonIteration()
 
     def run(self, *, resume=False):
         """Train until a stopping rule fires; returns the final evaluation dict."""
@@ -719,7 +751,12 @@ class MetaTrainer:
                 fh.write(cfg.to_toml())
             for name in ("metrics.jsonl", "timings.jsonl"):
                 open(os.path.join(self.out_dir, name), "w").close()
-        previous = signal.signal(signal.SIGINT, self._request_stop) if _main_thread() else None
+        previous = previous_alarm = None
+        self._in_iteration = False
+        if _main_thread():
+            previous = signal.signal(signal.SIGINT, self._request_stop)
+            if hasattr(signal, "SIGALRM"):
+                previous_alarm = signal.signal(signal.SIGALRM, self._grace_over)
         progress = _Progress(cfg.iterations, stream=self.log)
         t_start = time.perf_counter()
         wall = dict.fromkeys(("meta_iterations", "multitask_baseline", "evaluation", "checkpoints_and_logs"), 0.0)
@@ -730,6 +767,7 @@ class MetaTrainer:
                 it = self.iteration
                 tasks_rng, episodes_rng = iteration_rngs(cfg.seed, it)
                 t0 = time.perf_counter()
+                self._in_iteration = True
                 batch = self.dist.sample(cfg.meta_batch, tasks_rng)
                 stats = self.learner.meta_step(batch, episodes_rng)
                 t1 = time.perf_counter()
@@ -756,6 +794,9 @@ class MetaTrainer:
                     wall["evaluation"] += t_eval
                 else:
                     t_eval = 0.0
+                self._in_iteration = False  # from here on the iteration is kept
+                if self._stop and hasattr(signal, "setitimer"):
+                    signal.setitimer(signal.ITIMER_REAL, 0)
                 self._append("metrics.jsonl", record)
                 phases = stats.get("time", {})
                 self._append("timings.jsonl", {"iteration": self.iteration, "meta_step_s": t1 - t0,
@@ -782,11 +823,22 @@ class MetaTrainer:
                     break
             if saved_at != self.iteration:  # stopped early between checkpoints (never twice the same)
                 self.save_checkpoint()
+                saved_at = self.iteration
+        except _AbandonIteration:
+            # Ctrl-C during a long iteration: its partial state (parameters, pool) is dropped
+            # unsaved; checkpoint.npz still holds iteration `saved_at`
+            stopped_by = "interrupt"
+            self.abandoned_iteration = self.iteration + 1
         finally:
+            self._in_iteration = False
+            if previous_alarm is not None:
+                signal.setitimer(signal.ITIMER_REAL, 0)
+                signal.signal(signal.SIGALRM, previous_alarm)
             self._flush_logs()  # after a failure too: the lines of the iterations that ran
             progress.close()
             if previous is not None:
                 signal.signal(signal.SIGINT, previous)
+        self.checkpoint_iteration = saved_at
         self.stopped_by = stopped_by
         if stopped_by == "interrupt":
             return None

@@ -26,6 +26,7 @@ from numpy.random.c_distributions cimport (random_standard_exponential_fill,
 from metarl_fast._core.normal cimport standard_normal_fill
 
 from metarl_fast._core.mf_exp cimport mf_exp_nonpos, mf_exp_nonpos_block
+from metarl_fast._core.mf_signals cimport mf_pending_t, mf_raise_pending, mf_signal_raised
 from metarl_fast._core.rng cimport bitgen_of, next_uniform
 
 import numpy as np
@@ -248,13 +249,6 @@ cdef intp_t rollout_draw_kernel(const EnvTablesC* t, const double* action_cdf, i
                         bitgen, out, False)
 
 
-cdef extern from "Python.h":
-    ctypedef struct PyObject
-    int PyErr_CheckSignals()
-    void PyErr_Fetch(PyObject** ptype, PyObject** pvalue, PyObject** ptraceback)
-    void PyErr_Restore(PyObject* ptype, PyObject* pvalue, PyObject* ptraceback)
-
-
 cdef enum:
     ENVS_INTERRUPTED = -3
 
@@ -273,21 +267,14 @@ def _set_rollout_chunk_steps(n):
 
 # The exception a signal handler raised inside a kernel, held (not set) until the kernel's
 # caller has released the generator's lock: a C call made with an exception set is an error.
-cdef PyObject* _pending_type = NULL
-cdef PyObject* _pending_value = NULL
-cdef PyObject* _pending_tb = NULL
+# (Signal handlers run in the main thread only, so one holder serves every call.)
+cdef mf_pending_t _pending
 
 
 cdef inline bint signal_raised() noexcept nogil:
     """Run pending signal handlers (the GIL taken briefly); True if one raised (its exception is
     then held for :func:`_raise_pending`)."""
-    global _pending_type, _pending_value, _pending_tb
-    cdef int status
-    with gil:
-        status = PyErr_CheckSignals()
-        if status != 0:
-            PyErr_Fetch(&_pending_type, &_pending_value, &_pending_tb)
-    return status != 0
+    return mf_signal_raised(&_pending) != 0
 
 
 cdef bint fill_or_interrupt(bitgen_t* bitgen, intp_t n, double* out, bint normal,
@@ -1251,10 +1238,7 @@ def episode_offsets(episode_length):
 
 cdef int _raise_pending() except -1:
     """Raise the exception a signal handler raised inside a kernel."""
-    global _pending_type, _pending_value, _pending_tb
-    PyErr_Restore(_pending_type, _pending_value, _pending_tb)  # steals the references
-    _pending_type = _pending_value = _pending_tb = NULL
-    return -1
+    return mf_raise_pending(&_pending)
 
 
 def episode_steps(episode_length):

@@ -13,6 +13,7 @@ from libc.string cimport memset
 from numpy.random cimport bitgen_t
 
 from metarl_fast._core.mf_exp cimport mf_exp_nonpos_block
+from metarl_fast._core.mf_signals cimport mf_pending_t, mf_raise_pending, mf_signal_raised
 from metarl_fast._core.policy cimport MF_NO_MEMORY, MF_OK
 from metarl_fast._core.rng cimport bitgen_of, next_uniform
 
@@ -30,6 +31,7 @@ assert N_FEATURES == IC_N_FEATURES
 # Per-arm statistics that change only when the arm is pulled (cached by play_trials), stored with
 # this stride: posterior mean, posterior std, mean after a success, mean after a failure, count.
 cdef enum:
+    MF_INTERRUPTED = -4  # a signal handler raised (Ctrl-C) during the call
     N_STATS = 5
     CHUNK_FEATURES = 4096  # doubles of features per chunk of tasks (32 KiB: stays in L1/L2)
 
@@ -91,7 +93,31 @@ cdef intp_t play_trials(const double* weights, const double* arm_means, intp_t n
                         intp_t n_arms, intp_t n_pulls, bitgen_t* bitgen, double* totals,
                         int64_t* actions_out, double* weighted_score, double* score_sums,
                         double* reward_sums) noexcept nogil:
+    return play_trials_checked(weights, arm_means, n_tasks, n_arms, n_pulls, bitgen, totals,
+                               actions_out, weighted_score, score_sums, reward_sums, NULL)
+
+
+# Task-pulls between two looks at pending signals (Ctrl-C) in a long call: a few ms of work.
+cdef intp_t signal_check_work = 1 << 18
+
+
+def _set_signal_check_work(n):
+    """For tests: the task-pulls between two looks at pending signals (returns the old value)."""
+    global signal_check_work
+    old = signal_check_work
+    signal_check_work = max(1, int(n))
+    return old
+
+
+cdef intp_t play_trials_checked(const double* weights, const double* arm_means, intp_t n_tasks,
+                                intp_t n_arms, intp_t n_pulls, bitgen_t* bitgen, double* totals,
+                                int64_t* actions_out, double* weighted_score, double* score_sums,
+                                double* reward_sums, mf_pending_t* pending) noexcept nogil:
+    """play_trials; with ``pending``, pending signals are looked at every signal_check_work
+    task-pulls and a raised one ends the call (MF_INTERRUPTED, outputs incomplete, the exception
+    held in ``pending``)."""
     cdef bint want_grad = weighted_score != NULL
+    cdef intp_t work = 0
     cdef intp_t i, t, a, j, arm, count, F = IC_N_FEATURES
     cdef double lmax, total, target, acc, reward, mean_phi
     cdef double n_remaining, n_total = <double> n_pulls
@@ -204,6 +230,13 @@ cdef intp_t play_trials(const double* weights, const double* arm_means, intp_t n
             arm_stats(successes[arm], failures[arm], stats + arm * N_STATS)
             if actions_out != NULL:
                 actions_out[i * n_pulls + t] = arms[i]
+        work += n_tasks
+        if pending != NULL and work >= signal_check_work and t + 1 < n_pulls:
+            work = 0
+            if mf_signal_raised(pending):
+                free(scratch)
+                free(arms)
+                return MF_INTERRUPTED
     free(scratch)
     free(arms)
     return MF_OK
@@ -251,14 +284,18 @@ cdef object _play(object weights, object arm_means, object n_pulls, object rng, 
         weighted_p = <double*> cnp.PyArray_DATA(weighted)
         score_sums_p = <double*> cnp.PyArray_DATA(score_sums)
         reward_sums_p = <double*> cnp.PyArray_DATA(reward_sums)
+    cdef mf_pending_t pending
+    memset(&pending, 0, sizeof(pending))
     bit_generator = rng.bit_generator
     cdef bitgen_t* bitgen = bitgen_of(bit_generator)
     with bit_generator.lock:
         with nogil:
-            status = play_trials(<const double*> cnp.PyArray_DATA(wa),
-                                 <const double*> cnp.PyArray_DATA(pa), n_tasks, n_arms, n, bitgen,
-                                 <double*> cnp.PyArray_DATA(totals), acts_p, weighted_p,
-                                 score_sums_p, reward_sums_p)
+            status = play_trials_checked(<const double*> cnp.PyArray_DATA(wa),
+                                         <const double*> cnp.PyArray_DATA(pa), n_tasks, n_arms, n,
+                                         bitgen, <double*> cnp.PyArray_DATA(totals), acts_p,
+                                         weighted_p, score_sums_p, reward_sums_p, &pending)
+    if status == MF_INTERRUPTED:
+        mf_raise_pending(&pending)
     if status == MF_NO_MEMORY:
         raise MemoryError("metarl_fast: out of memory in the in-context trial kernel")
     if want_grad:

@@ -20,7 +20,11 @@ from numpy.random.c_distributions cimport random_standard_uniform_fill
 from metarl_fast._core.normal cimport standard_normal_fill
 
 from metarl_fast._core.mf_exp cimport mf_exp_nonpos
+from metarl_fast._core.mf_signals cimport mf_pending_t, mf_raise_pending, mf_signal_raised
 from metarl_fast._core.policy cimport MF_NO_MEMORY, MF_OK
+
+cdef enum:
+    MF_INTERRUPTED = -4  # a signal handler raised (Ctrl-C) during the call
 from metarl_fast._core.rng cimport bitgen_of
 
 import numpy as np
@@ -183,7 +187,34 @@ cdef intp_t play_mdp_trials(const TablesView* t, const double* weights, intp_t n
                             const double* u_next, double* returns, int64_t* actions_out,
                             double* weighted_score, double* score_sums,
                             double* reward_sums) noexcept nogil:
+    return play_mdp_trials_checked(t, weights, n_episodes, u_start, u_act, noise, u_next, returns,
+                                   actions_out, weighted_score, score_sums, reward_sums, NULL)
+
+
+# Work (episodes x states x actions, the cost of the per-episode value iterations) between two
+# looks at pending signals (Ctrl-C) in a long call: a few ms.  Tests shrink it.
+cdef intp_t signal_check_work = 1 << 18
+
+
+def _set_signal_check_work(n):
+    """For tests: the work between two looks at pending signals (returns the old value)."""
+    global signal_check_work
+    old = signal_check_work
+    signal_check_work = max(1, int(n))
+    return old
+
+
+cdef intp_t play_mdp_trials_checked(const TablesView* t, const double* weights,
+                                    intp_t n_episodes, const double* u_start, const double* u_act,
+                                    const double* noise, const double* u_next, double* returns,
+                                    int64_t* actions_out, double* weighted_score,
+                                    double* score_sums, double* reward_sums,
+                                    mf_pending_t* pending) noexcept nogil:
+    """play_mdp_trials; with ``pending``, pending signals are looked at between tasks, every
+    signal_check_work units of work, and a raised one ends the call (MF_INTERRUPTED, outputs
+    incomplete, the exception held in ``pending``)."""
     cdef bint want_grad = weighted_score != NULL
+    cdef intp_t work = 0
     cdef intp_t T = t.n_tasks, S = t.n_states, A = t.n_actions, H = t.horizon, N = n_episodes
     cdef intp_t F = ICM_N_FEATURES, SA = S * A, K = N * H
     cdef intp_t i, e, step, k, a, j, s, s2, sa, base, q, act
@@ -323,6 +354,14 @@ cdef intp_t play_mdp_trials(const TablesView* t, const double* weights, intp_t n
                 s = s2
                 if ends:
                     break
+        work += N * (S * A + H)
+        if pending != NULL and work >= signal_check_work and i + 1 < T:
+            work = 0
+            if mf_signal_raised(pending):
+                free(scratch)
+                free(seen)
+                free(successors)
+                return MF_INTERRUPTED
     free(scratch)
     free(seen)
     free(successors)
@@ -428,10 +467,14 @@ cdef object _play(object weights, object tables, object n_episodes, object rng, 
             if t.stochastic_transitions:
                 random_standard_uniform_fill(bitgen, cap, un)
     cdef const double* wp = _dptr(wa)
+    cdef mf_pending_t pending
+    memset(&pending, 0, sizeof(pending))
     with nogil:
-        status = play_mdp_trials(&t, wp, N, us, ua, nz, un,
-                                 <double*> cnp.PyArray_DATA(returns), acts_p, weighted_p,
-                                 score_sums_p, reward_sums_p)
+        status = play_mdp_trials_checked(&t, wp, N, us, ua, nz, un,
+                                         <double*> cnp.PyArray_DATA(returns), acts_p, weighted_p,
+                                         score_sums_p, reward_sums_p, &pending)
+    if status == MF_INTERRUPTED:
+        mf_raise_pending(&pending)
     if status == MF_NO_MEMORY:
         raise MemoryError("metarl_fast: out of memory in the in-context MDP trial kernel")
     if status == ICM_NONFINITE:

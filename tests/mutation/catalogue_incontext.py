@@ -127,4 +127,12 @@ MUTATIONS = [
     Mutation("incontext-mdp-py-mean-over-episodes", MPY,
              "        return self.run_trials(tasks, n_episodes, rng).sum(axis=1)\n",
              "        return self.run_trials(tasks, n_episodes, rng).mean(axis=1)\n", T_ICM),
+    Mutation("incontext-core-signals-ignored", CORE,
+             "        if pending != NULL and work >= signal_check_work and t + 1 < n_pulls:\n",
+             "        if False:\n", ["tests/test_interrupts.py"],
+             "Ctrl-C waits for the whole batch of bandit trials"),
+    Mutation("incontext-mdp-core-signals-ignored", MCORE,
+             "        if pending != NULL and work >= signal_check_work and i + 1 < T:\n",
+             "        if False:\n", ["tests/test_interrupts.py"],
+             "Ctrl-C waits for the whole batch of MDP trials"),
 ]

@@ -160,4 +160,13 @@ MUTATIONS = [
              "a damaged line in the middle of the log is silently dropped"),
     Mutation("trainer-checkpoint-settings-not-compared", P, "        if differ:\n", "        if False:\n",
              ["tests/test_trainer_cli.py", "-k", "resume_takes"], "a checkpoint loads into a trainer with other settings"),
+    # -- Ctrl-C during a long iteration
+    Mutation("trainer-ctrl-c-grace-never-ends", P,
+             "            signal.setitimer(signal.ITIMER_REAL, self.STOP_GRACE_S)\n",
+             "            pass\n", ["tests/test_interrupts.py"],
+             "a long iteration always runs to its end after Ctrl-C"),
+    Mutation("trainer-ctrl-c-second-press-ignored", P,
+             "        if self._stop and self._in_iteration:  # a second Ctrl-C\n",
+             "        if False:  # a second Ctrl-C\n", ["tests/test_interrupts.py"],
+             "a second Ctrl-C waits for the grace period"),
 ]
