@@ -175,4 +175,8 @@ def load_npz(path, *, kind, versions):
         raise CheckpointError(
             f"{path}: format version {version} is not supported (this metarl_fast reads {sorted(versions)})"
         )
+    # a file written on a machine of the other byte order (or by hand) is read in native order:
+    # the compiled kernels read raw memory
+    arrays = {name: a if a.dtype.isnative else a.astype(a.dtype.newbyteorder("="))
+              for name, a in arrays.items()}
     return arrays, version

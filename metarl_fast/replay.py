@@ -483,7 +483,8 @@ class ReplayBuffer:
             raise ValueError("episode ids are not in time order")
         if size and (not np.isfinite(reward[slots]).all() or not np.isfinite(logp[slots]).all()):
             raise ValueError("non-finite rewards or logp")
-        records = _allocate(capacity, [(a.shape[1:], a.dtype) for a in store])
+        # native byte order in memory whatever the file's (the compiled kernels read raw memory)
+        records = _allocate(capacity, [(a.shape[1:], a.dtype.newbyteorder("=")) for a in store])
         for dst, src in zip(records, store):
             dst[...] = src
         return records, state

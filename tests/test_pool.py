@@ -128,6 +128,11 @@ def test_pool_keys_ids_overwrite_and_release():
     theta = np.zeros((6, policy.n_params))
     data = problem.sample(theta, rng)
     assert "replay" not in data  # nothing stored in an earlier iteration yet
+    fresh = EpisodePool(ReplayConfig(capacity=200, episodes=3))
+    fresh.store(data["traj"], fresh.task_ids(tasks))
+    assert fresh.replay(fresh.task_ids(tasks), rng) is None  # stored in this iteration: not yet
+    fresh.end_iteration()
+    assert fresh.replay(fresh.task_ids(tasks), rng) is not None
     assert len(pool.buffer) == min(200, data["traj"].n_steps)
     # every stored episode's steps are in the ring, labelled with its task's id
     eps = pool._episodes

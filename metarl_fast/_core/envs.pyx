@@ -1010,8 +1010,10 @@ cdef inline cnp.ndarray _empty(intp_t n, int typenum):
 
 
 cdef inline bint _is_array(object x, int typenum, int ndim):
+    """x is a C-contiguous, aligned, native-byte-order ndarray of this type and ndim."""
     return (type(x) is cnp.ndarray and cnp.PyArray_TYPE(<cnp.ndarray> x) == typenum
-            and cnp.PyArray_NDIM(<cnp.ndarray> x) == ndim and cnp.PyArray_IS_C_CONTIGUOUS(<cnp.ndarray> x))
+            and cnp.PyArray_NDIM(<cnp.ndarray> x) == ndim and cnp.PyArray_IS_C_CONTIGUOUS(<cnp.ndarray> x)
+            and cnp.PyArray_ISBEHAVED_RO(<cnp.ndarray> x))
 
 
 cdef bint _rollout_args_ok(object tables, object action_cdf, object action_logp,
@@ -1224,6 +1226,7 @@ def episode_offsets(episode_length):
     """Episode start offsets.  See :func:`metarl_fast.reference.envs.episode_offsets`."""
     if not (type(episode_length) is cnp.ndarray
             and cnp.PyArray_TYPE(<cnp.ndarray> episode_length) == cnp.NPY_INT64
+            and cnp.PyArray_ISBEHAVED_RO(<cnp.ndarray> episode_length)
             and cnp.PyArray_IS_C_CONTIGUOUS(<cnp.ndarray> episode_length)):
         return _reference.episode_offsets(episode_length)
     cdef intp_t n = cnp.PyArray_SIZE(<cnp.ndarray> episode_length), j
@@ -1246,6 +1249,7 @@ def episode_steps(episode_length):
     :func:`metarl_fast.reference.envs.episode_steps`."""
     if not (type(episode_length) is cnp.ndarray
             and cnp.PyArray_TYPE(<cnp.ndarray> episode_length) == cnp.NPY_INT64
+            and cnp.PyArray_ISBEHAVED_RO(<cnp.ndarray> episode_length)
             and cnp.PyArray_IS_C_CONTIGUOUS(<cnp.ndarray> episode_length)):
         return _reference.episode_steps(episode_length)
     cdef intp_t n_eps = cnp.PyArray_SIZE(<cnp.ndarray> episode_length), k, t, total = 0, q = 0

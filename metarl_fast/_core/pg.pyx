@@ -688,13 +688,14 @@ cdef double clip_and_step(floating* params, const double* grad, floating* grad_o
 # ---------------------------------------------------------------------------------------------
 
 cdef inline bint _vec(object x, int typenum, intp_t length):
-    """x is a C-contiguous 1-D ndarray of typenum (and the given length if >= 0)."""
+    """x is a C-contiguous, aligned, native-byte-order 1-D ndarray of typenum (and the given
+    length if >= 0).  Anything else takes the reference's checks, which convert or reject it."""
     cdef cnp.ndarray arr
     if type(x) is not cnp.ndarray:
         return False
     arr = <cnp.ndarray> x
     return (cnp.PyArray_TYPE(arr) == typenum and cnp.PyArray_NDIM(arr) == 1
-            and cnp.PyArray_IS_C_CONTIGUOUS(arr)
+            and cnp.PyArray_IS_C_CONTIGUOUS(arr) and cnp.PyArray_ISBEHAVED_RO(arr)
             and (length < 0 or cnp.PyArray_DIM(arr, 0) == length))
 
 
@@ -758,6 +759,7 @@ cdef tuple _batch(object params, object n_rows, object n_actions, object obs, ob
                 and _vec(p, tn, nr * na + (na if linear else 0))):
             if linear:
                 ok = (type(obs) is cnp.ndarray and cnp.PyArray_TYPE(<cnp.ndarray> obs) == tn
+                      and cnp.PyArray_ISBEHAVED_RO(<cnp.ndarray> obs)
                       and cnp.PyArray_NDIM(<cnp.ndarray> obs) == 2
                       and cnp.PyArray_DIM(<cnp.ndarray> obs, 1) == nr
                       and cnp.PyArray_IS_C_CONTIGUOUS(<cnp.ndarray> obs))
@@ -803,7 +805,8 @@ cdef tuple _states_batch(object params, object n_features, object n_actions, obj
         ec = entropy_coef
         if ((tn == cnp.NPY_DOUBLE or tn == cnp.NPY_FLOAT) and nf >= 1 and na >= 1
                 and ec - ec == 0.0 and _vec(p, tn, nf * na + na)
-                and cnp.PyArray_TYPE(phi) == tn and cnp.PyArray_NDIM(phi) == 2
+                and cnp.PyArray_TYPE(phi) == tn and cnp.PyArray_ISBEHAVED_RO(phi)
+                and cnp.PyArray_NDIM(phi) == 2
                 and cnp.PyArray_DIM(phi, 1) == nf and cnp.PyArray_DIM(phi, 0) >= 1
                 and cnp.PyArray_IS_C_CONTIGUOUS(phi) and _vec(states, cnp.NPY_INT64, -1)):
             n_states = cnp.PyArray_DIM(phi, 0)
@@ -1147,6 +1150,7 @@ cdef object _step(tuple checked, bint linear, object max_grad_norm, object grad_
             and type(opt_state) is cnp.ndarray and _vec(opt_hyper, cnp.NPY_DOUBLE,
                                                          3 if opt_kind == PG_OPT_SGD else 5)
             and cnp.PyArray_TYPE(<cnp.ndarray> opt_state) == tn
+            and cnp.PyArray_ISBEHAVED(<cnp.ndarray> opt_state)
             and cnp.PyArray_NDIM(<cnp.ndarray> opt_state) == 2
             and cnp.PyArray_DIM(<cnp.ndarray> opt_state, 0) == 2
             and cnp.PyArray_DIM(<cnp.ndarray> opt_state, 1) == n

@@ -56,4 +56,8 @@ MUTATIONS = [
              "a failed write leaves .tmp-*.npz files"),
     Mutation("io-cleanup-misses-ctrl-c", P, "    except BaseException:\n", "    except Exception:\n", T,
              "Ctrl-C during a write leaves the temporary file"),
+    Mutation("io-load-keeps-file-byte-order", "metarl_fast/io.py",
+             '    arrays = {name: a if a.dtype.isnative else a.astype(a.dtype.newbyteorder("="))\n              for name, a in arrays.items()}\n',
+             "", ["tests/test_byte_order.py"],
+             "a big-endian file's arrays reach the kernels as stored"),
 ]

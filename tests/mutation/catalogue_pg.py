@@ -178,4 +178,9 @@ MUTATIONS = [
              'features = check_features(features, policy.n_features, policy.dtype, "features").copy()',
              'features = check_features(features, policy.n_features, policy.dtype, "features")',
              T_STATES, "the bound step reads the caller's table, which may change after binding"),
+    # ---------------------------------------------------------------- byte order (issue 13, class 2)
+    Mutation("pg-core-fast-path-any-byte-order", CORE,
+             "            and cnp.PyArray_IS_C_CONTIGUOUS(arr) and cnp.PyArray_ISBEHAVED_RO(arr)\n",
+             "            and cnp.PyArray_IS_C_CONTIGUOUS(arr)\n", ["tests/test_byte_order.py"],
+             "big-endian advantages, weights or gradients read as native doubles"),
 ]
