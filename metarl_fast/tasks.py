@@ -48,6 +48,7 @@ bernoulli, nothing otherwise) and then one ``random()`` for the next state unles
 of the batch is deterministic.  Sampling from a distribution ``p`` with a uniform ``u`` is inverse
 CDF: the first ``j`` with ``u * c[-1] < c[j]``, ``c`` the left-to-right running sum of ``p``.
 """
+import collections
 import functools
 import numbers
 
@@ -148,18 +149,33 @@ def padded_cdf_rows(cdf):
 
 
 def _read_only(arr):
-    arr.setflags(write=False)
-    return arr
+    """``arr`` as a zero-copy view whose WRITEABLE flag cannot be set again (its buffer is a
+    read-only memoryview): tables the compiled kernels trust stay as they were validated.  An
+    array already viewed that way is returned as it is."""
+    base = arr.base
+    if type(base) is memoryview and base.readonly:
+        return arr
+    while isinstance(base, np.ndarray):
+        base = base.base
+    if isinstance(base, memoryview) and base.readonly:
+        return arr
+    return np.asarray(memoryview(np.ascontiguousarray(arr)).toreadonly())
 
 
 # placeholders of the tables a batch does not need (the kernels never read them)
 _NO_CDF = _read_only(np.ones((1, 1, 1, 1)))
-_NO_CDF_PADDED = padded_cdf_rows(_NO_CDF)
+_NO_CDF_PADDED = _read_only(padded_cdf_rows(_NO_CDF))
 _NO_REWARD_NEXT = _read_only(np.zeros((1, 1, 1, 1)))
 
 
-class EnvTables:
-    """Kernel-facing, read-only tables of a :class:`TaskBatch` (built once per batch).
+_ENV_FIELDS = ("n_tasks", "n_states", "n_actions", "horizon", "trans_cdf", "trans_cdf_padded",
+               "has_terminal", "next_state", "stochastic_transitions", "reward_mean", "reward_kind",
+               "reward_std", "reward_next", "start_cdf", "start_state", "stochastic_start", "terminal")
+
+
+class EnvTables(collections.namedtuple("EnvTables", _ENV_FIELDS)):
+    """Kernel-facing, read-only tables of a :class:`TaskBatch` (built once per batch): an
+    immutable named tuple of arrays that cannot be made writeable (the kernels trust them).
 
     Attributes
     ----------
@@ -181,53 +197,49 @@ class EnvTables:
     terminal : uint8 (n, S)
     """
 
-    __slots__ = ("n_tasks", "n_states", "n_actions", "horizon", "trans_cdf", "trans_cdf_padded",
-                 "has_terminal", "next_state",
-                 "stochastic_transitions", "reward_mean", "reward_kind", "reward_std", "reward_next",
-                 "start_cdf", "start_state", "stochastic_start", "terminal")
+    __slots__ = ()
 
-    def __init__(self, batch):
+    def __new__(cls, batch):
         n, S, A = batch.n_tasks, batch.n_states, batch.n_actions
-        self.n_tasks, self.n_states, self.n_actions, self.horizon = n, S, A, batch.horizon
-        if batch.next_state is not None:  # a next-state table: deterministic, no dense P is built
-            det_trans, self.next_state = True, batch.next_state
+        if batch._next_state is not None:  # a next-state table: deterministic, no dense P is built
+            det_trans, next_state = True, batch._next_state
         elif batch._stochastic:  # a family whose rows are stochastic by construction: no scan of P
-            det_trans, self.next_state = False, np.zeros((n, S, A), dtype=np.int64)
+            det_trans, next_state = False, np.zeros((n, S, A), dtype=np.int64)
         else:
-            det_trans, self.next_state = _certain_outcomes(batch.P)
-        self.stochastic_transitions = not det_trans
+            det_trans, next_state = _certain_outcomes(batch.P)
         # deterministic batches (e.g. GridNavigation) never search a CDF: keep no copy of P's size
-        if self.stochastic_transitions and batch._trans_cdfs is not None:
-            self.trans_cdf, self.trans_cdf_padded = batch._trans_cdfs
-        elif self.stochastic_transitions:
+        if not det_trans and batch._trans_cdfs is not None:
+            trans_cdf, trans_cdf_padded = batch._trans_cdfs
+        elif not det_trans:
             from metarl_fast._backend import active  # here: the kernel modules import this one
-            self.trans_cdf, self.trans_cdf_padded = active.envs.transition_cdfs(batch.P)
+            trans_cdf, trans_cdf_padded = active.envs.transition_cdfs(batch.P)
         else:
-            self.trans_cdf, self.trans_cdf_padded = _NO_CDF, _NO_CDF_PADDED
-        self.reward_mean = batch.R
-        self.reward_kind = REWARD_NOISES.index(batch.reward_noise)
-        self.reward_std = batch.reward_std
-        self.reward_next = batch.reward_next if batch.reward_next is not None else _NO_REWARD_NEXT
-        self.start_cdf = (batch._start_cdf if batch._start_cdf is not None
-                          else np.cumsum(batch.start, axis=-1))
+            trans_cdf, trans_cdf_padded = _NO_CDF, _NO_CDF_PADDED
+        reward_next = batch._reward_next if batch._reward_next is not None else _NO_REWARD_NEXT
+        start_cdf = (batch._start_cdf if batch._start_cdf is not None
+                     else np.cumsum(batch._start, axis=-1))
         if batch._start_state is not None:  # a family's fixed start state, known by construction
-            det_start, self.start_state = True, batch._start_state
+            det_start, start_state = True, batch._start_state
         else:
-            det_start, self.start_state = _certain_outcomes(batch.start)
-        self.stochastic_start = not det_start
-        self.terminal = batch.terminal.view(np.uint8)  # bool and uint8 share their bytes
+            det_start, start_state = _certain_outcomes(batch._start)
+        terminal = batch._terminal
         # a family's all-False table is known to be one (while the batch still holds it)
-        self.has_terminal = (batch.terminal is not batch._no_terminal
-                             and bool(batch.terminal.any()))
-        # the kernels read raw pointers: every table C-contiguous and read-only (a batch's own
-        # arrays already are; the ones built here are made so)
-        for name in ("next_state", "reward_mean", "reward_std", "reward_next", "start_cdf",
-                     "start_state", "terminal"):
-            value = getattr(self, name)
-            if value.flags.writeable or not value.flags.c_contiguous:
-                value = np.ascontiguousarray(value)
-                value.setflags(write=False)
-                setattr(self, name, value)
+        has_terminal = terminal is not batch._no_terminal and bool(terminal.any())
+        # the kernels read raw pointers: every table C-contiguous, and none can be made writeable
+        # (a batch's own arrays already are so; the ones built here are made so)
+        return super().__new__(
+            cls, n, S, A, batch._horizon, _kernel_table(trans_cdf), _kernel_table(trans_cdf_padded),
+            has_terminal, _kernel_table(next_state), not det_trans, _kernel_table(batch._R),
+            REWARD_NOISES.index(batch._reward_noise), _kernel_table(batch._reward_std),
+            _kernel_table(reward_next), _kernel_table(start_cdf), _kernel_table(start_state),
+            not det_start, _kernel_table(terminal.view(np.uint8)))  # bool and uint8: same bytes
+
+
+def _kernel_table(arr):
+    """``arr`` C-contiguous and frozen (see :func:`_read_only`); cheap when it already is."""
+    if type(arr.base) is memoryview:  # made by _read_only: frozen, and contiguous
+        return arr
+    return _read_only(np.ascontiguousarray(arr))
 
 
 class TaskBatch:
@@ -344,29 +356,47 @@ class TaskBatch:
                      reward_next, name)
         self._start_state, self._start_cdf = start_state, start_cdf
         if no_terminal_known:
-            self._no_terminal = terminal
+            self._no_terminal = self._terminal
         return self
 
     def _assign(self, P, next_state, R, horizon, start, terminal, reward_noise, reward_std,
                 reward_next, name):
-        self._P, self.next_state = P, next_state
-        self.R, self.start, self.terminal, self.reward_std = R, start, terminal, reward_std
-        self.reward_next = reward_next
-        self.horizon, self.reward_noise, self.name = horizon, reward_noise, str(name)
+        # the arrays as views that cannot be made writeable, behind read-only properties: what
+        # was validated is what the kernels read
+        if P is not None:
+            P = _read_only(P)
+        if next_state is not None:
+            next_state = _read_only(next_state)
+        if reward_next is not None:
+            reward_next = _read_only(reward_next)
+        R, start, terminal, reward_std = (_read_only(R), _read_only(start), _read_only(terminal),
+                                          _read_only(reward_std))
+        self._P, self._next_state = P, next_state
+        self._R, self._start, self._terminal, self._reward_std = R, start, terminal, reward_std
+        self._reward_next = reward_next
+        self._horizon, self._reward_noise, self.name = horizon, reward_noise, str(name)
         shape_source = next_state if P is None else P
         self._shape = tuple(int(d) for d in shape_source.shape[:3])
         # per-task parameters of the family that drew the batch (first axis n_tasks), e.g.
         # GridNavigation's "goal" (n, 2) or Chain's "good_action" (n, S); sub-batches keep them
         self.info = {}
-        for arr in (P, next_state, R, start, terminal, reward_std, reward_next):
-            if arr is not None:
-                arr.setflags(write=False)
         self._tables = None
         self._stochastic = False  # True: every row of P is known to have >= 2 outcomes (no scan)
         self._start_state = None  # int64 (n,): every task's certain start state, known by construction
         self._trans_cdfs = None   # (trans_cdf, trans_cdf_padded) built with P, if the family did
         self._start_cdf = None    # running sums of start, if known
         self._no_terminal = None  # the terminal array, if known by construction to be all False
+
+    next_state = property(lambda self: self._next_state,
+                          doc="int64 (n, S, A) next-state table of a deterministic batch, or None")
+    R = property(lambda self: self._R, doc="float64 (n, S, A) mean rewards")
+    start = property(lambda self: self._start, doc="float64 (n, S) start distributions")
+    terminal = property(lambda self: self._terminal, doc="bool (n, S) terminal states")
+    reward_std = property(lambda self: self._reward_std, doc="float64 (n,) gaussian noise scales")
+    reward_next = property(lambda self: self._reward_next,
+                           doc='float64 (n, S, A, S) transition rewards ("transition" noise), or None')
+    horizon = property(lambda self: self._horizon, doc="int, steps per episode")
+    reward_noise = property(lambda self: self._reward_noise, doc="str, one of REWARD_NOISES")
 
     @property
     def P(self):
@@ -376,8 +406,7 @@ class TaskBatch:
             n, S, A = self._shape
             P = np.zeros((n, S, A, S))
             np.put_along_axis(P, self.next_state[..., None], 1.0, axis=-1)
-            P.setflags(write=False)
-            self._P = P
+            self._P = _read_only(P)
         return self._P
 
     @property
@@ -779,6 +808,7 @@ class GridNavigation(TaskDistribution):
         return cell_reward[:, self._next], terminal
 
     def _build_moves(self):
+        self._per_size = {}  # n_tasks -> the tables batches of that size share (_shared_tables)
         size = self.size
         rows, cols = np.divmod(np.arange(size * size), size)
         nr = np.clip(rows[:, None] + self._MOVES[None, :, 0], 0, size - 1)
@@ -794,16 +824,31 @@ class GridNavigation(TaskDistribution):
             R, terminal = (table[index] for table in self._goal_tables)
         else:
             R, terminal = self._tables_of(goal)                         # (n, S, A), (n, S)
-        next_state = np.empty((n, S, A), dtype=np.int64)
-        next_state[:] = self._next
-        start = np.zeros((n, S))
-        start[:, (size // 2) * size + size // 2] = 1.0
+        next_state, start, start_cdf, start_state = self._shared_tables(n)
         batch = TaskBatch._trusted(None, R, self.horizon, next_state=next_state, start=start,
                                    terminal=terminal, reward_noise="none",
                                    name=f"GridNavigation(size={size})")
-        batch._start_state = _read_only(np.full(n, (size // 2) * size + size // 2, dtype=np.int64))
+        batch._start_state, batch._start_cdf = start_state, start_cdf
         batch.info["goal"] = goal
         return batch
+
+    def _shared_tables(self, n):
+        """The tables every batch of n tasks has in common (moves, start in the centre), frozen
+        and kept for the next batches of that size (a few sizes at most)."""
+        tables = self._per_size.get(n)
+        if tables is None:
+            S, A = self.size * self.size, self.N_ACTIONS
+            centre = (self.size // 2) * self.size + self.size // 2
+            next_state = np.empty((n, S, A), dtype=np.int64)
+            next_state[:] = self._next
+            start = np.zeros((n, S))
+            start[:, centre] = 1.0
+            tables = tuple(_read_only(t) for t in (next_state, start, np.cumsum(start, axis=-1),
+                                                   np.full(n, centre, dtype=np.int64)))
+            if len(self._per_size) >= 4:
+                self._per_size.clear()
+            self._per_size[n] = tables
+        return tables
 
     def __repr__(self):
         return f"GridNavigation(size={self.size}, horizon={self.horizon}, squared={self.squared})"
@@ -830,6 +875,7 @@ class Chain(TaskDistribution):
                                    f"Chain(n_states={self.n_states}, n_actions={self.n_actions}, "
                                    f"slip={self.slip}): one task's transition table")
         self._actions = np.arange(self.n_actions)[None, None, :]
+        self._name = f"Chain(n_states={self.n_states}, n_actions={self.n_actions})"
         self._advance = np.minimum(np.arange(self.n_states) + 1, self.n_states - 1)
 
     def _entries_per_task(self):
@@ -842,7 +888,7 @@ class Chain(TaskDistribution):
         is_good = good[:, :, None] == self._actions                         # (n, S, A)
         advance = self._advance                                             # (S,)
         R = is_good.astype(np.float64)
-        name = f"Chain(n_states={S}, n_actions={A})"
+        name = self._name
         if self.slip == 0.0:  # deterministic: a next-state table, no (n, S, A, S) array
             next_state = is_good * advance[None, :, None]  # the rewarded action advances, others go to 0
             batch = TaskBatch._trusted(None, R, self.horizon, next_state=next_state, name=name)
