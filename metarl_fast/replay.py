@@ -136,9 +136,9 @@ def _allocate(capacity, specs, extra_bytes=0):
 
 def _storage_view(i):
     def get(self):
-        v = self._store[i].view()
-        v.flags.writeable = False
-        return v
+        # zero-copy through a read-only memoryview: its WRITEABLE flag cannot be set again, so
+        # nothing the compiled kernels read can be written through it
+        return np.asarray(memoryview(self._store[i]).toreadonly())
     get.__doc__ = f"Read-only view of the ``{FIELDS[i]}`` storage (capacity, ...)."
     return property(get)
 

@@ -109,3 +109,22 @@ def test_the_probes_that_crashed_now_raise(probe):
                          env=dict(os.environ, PYTHONPATH=ROOT))
     assert out.returncode == 0, (out.returncode, out.stderr[-2000:])
     assert out.stdout.split("\n")[0].startswith("refused:") and "rollout ok" in out.stdout, out.stdout
+
+
+@pytest.mark.parametrize("kind", ["plain", "prioritized"])
+def test_replay_storage_views_cannot_be_made_writeable(backend, kind):
+    cls = mf.ReplayBuffer if kind == "plain" else mf.PrioritizedReplayBuffer
+    buf = cls(6, obs_shape=(2,), obs_dtype=np.float32)
+    for i in range(9):
+        buf.add(np.full(2, i, np.float32), i % 3, float(i), np.zeros(2, np.float32), i % 2 == 1,
+                task_id=i % 2, logp=-float(i))
+    for name in ("obs", "action", "reward", "next_obs", "done", "truncated", "task_id", "episode_id", "logp"):
+        view = getattr(buf, name)
+        assert view.shape[0] == 6 and not view.flags.writeable
+        with pytest.raises(ValueError, match="WRITEABLE"):
+            view.setflags(write=True)
+        with pytest.raises(ValueError, match="WRITEABLE"):
+            view[...].setflags(write=True)
+    before = buf.reward.copy()
+    buf.add(np.ones(2, np.float32), 0, 100.0, np.ones(2, np.float32), True)
+    assert buf.reward[(buf.write_position - 1) % 6] == 100.0 and not np.array_equal(buf.reward, before)
