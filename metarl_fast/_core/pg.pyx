@@ -7,6 +7,7 @@ dtype/layout (range and NaN checks are C loops); anything else goes through the 
 written before validation has passed.
 """
 cimport numpy as cnp
+from libc.float cimport FLT_MAX
 from libc.math cimport exp, floor, log, pow, sqrt
 from libc.stdint cimport int64_t, uint8_t, uint64_t
 from libc.stdlib cimport calloc, free, malloc
@@ -823,6 +824,29 @@ cdef tuple _states_batch(object params, object n_features, object n_actions, obj
     return _ref.check_linear_states_batch(params, n_features, n_actions, features, states,
                                           actions, advantages, weights, entropy_coef)
 
+cdef bint _grad_overflows(const double* grad, intp_t n, bint dbl) noexcept nogil:
+    """A finite-input gradient that overflowed: an entry is +-inf (or beyond float32's range)."""
+    cdef intp_t k
+    if dbl:
+        return mf_pg_nonfinite_d(grad, n) != 0
+    for k in range(n):
+        if not (-FLT_MAX <= grad[k] <= FLT_MAX):
+            return True
+    return False
+
+
+cdef object _finish_finite(cnp.ndarray res, object out, object what):
+    """The reference's _finish_finite for a result computed into ``res`` (fresh when ``out`` is
+    given): FloatingPointError if it overflowed (``out`` untouched), else ``out`` filled."""
+    cdef intp_t n = cnp.PyArray_SIZE(res)
+    if n and _nonfinite(cnp.PyArray_DATA(res), cnp.PyArray_TYPE(res) == cnp.NPY_DOUBLE, n):
+        raise FloatingPointError(f"{what} overflow the {res.dtype.name} range")
+    if out is None:
+        return res
+    out[...] = res
+    return out
+
+
 cdef inline cnp.ndarray _out(object out, intp_t n, object dtype):
     if out is None:
         return cnp.PyArray_EMPTY(1, <cnp.npy_intp*> &n, (<cnp.dtype> dtype).type_num, 0)
@@ -840,7 +864,9 @@ def discounted_returns(rewards, dones, gamma, bootstrap=None, out=None):
     cdef cnp.ndarray d = _ref.check_dones(dones, n)
     cdef double g = _ref.check_unit(gamma, "gamma")
     cdef double tail = 0.0 if bootstrap is None else _validate.finite_float(bootstrap, "bootstrap")
-    cdef cnp.ndarray res = _out(out, n, r.dtype)
+    if out is not None:
+        _out(out, n, r.dtype)  # checked now, written only if the result is finite
+    cdef cnp.ndarray res = _out(None, n, r.dtype)
     cdef const uint8_t* dp = <const uint8_t*> cnp.PyArray_DATA(d)
     if cnp.PyArray_TYPE(r) == cnp.NPY_DOUBLE:
         with nogil:
@@ -850,7 +876,7 @@ def discounted_returns(rewards, dones, gamma, bootstrap=None, out=None):
         with nogil:
             returns_scan(<const float*> cnp.PyArray_DATA(r), dp, n, g, tail,
                          <float*> cnp.PyArray_DATA(res))
-    return res
+    return _finish_finite(res, out, "discounted_returns: the returns")
 
 
 def gae(rewards, values, next_values, dones, gamma, lam, out=None):
@@ -862,7 +888,9 @@ def gae(rewards, values, next_values, dones, gamma, lam, out=None):
     cdef cnp.ndarray d = _ref.check_dones(dones, n)
     cdef double g = _ref.check_unit(gamma, "gamma")
     cdef double lm = _ref.check_unit(lam, "lam")
-    cdef cnp.ndarray res = _out(out, n, r.dtype)
+    if out is not None:
+        _out(out, n, r.dtype)  # checked now, written only if the result is finite
+    cdef cnp.ndarray res = _out(None, n, r.dtype)
     cdef const uint8_t* dp = <const uint8_t*> cnp.PyArray_DATA(d)
     if cnp.PyArray_TYPE(r) == cnp.NPY_DOUBLE:
         with nogil:
@@ -874,7 +902,7 @@ def gae(rewards, values, next_values, dones, gamma, lam, out=None):
             gae_scan(<const float*> cnp.PyArray_DATA(r), <const float*> cnp.PyArray_DATA(v),
                      <const float*> cnp.PyArray_DATA(nv), dp, n, g, lm,
                      <float*> cnp.PyArray_DATA(res))
-    return res
+    return _finish_finite(res, out, "gae: the advantages")
 
 
 cdef _raise_bad_steps(tuple checked):
@@ -972,6 +1000,9 @@ cdef object _policy_gradient(tuple checked, bint linear, object out):
     if status == PG_BAD_INPUT:
         free(grad)
         _raise_bad_steps(checked)
+    if status == PG_OK and _grad_overflows(grad, n, cnp.PyArray_TYPE(p) == cnp.NPY_DOUBLE):
+        free(grad)
+        raise FloatingPointError(f"{_ref._GRAD_OVERFLOW} overflow the {p.dtype.name} range")
     if status == PG_OK:
         if cnp.PyArray_TYPE(p) == cnp.NPY_DOUBLE:
             memcpy(cnp.PyArray_DATA(res), grad, n * sizeof(double))
@@ -1180,6 +1211,10 @@ cdef object _step(tuple checked, bint linear, object max_grad_norm, object grad_
         if grad != small:
             free(grad)
         _raise_bad_steps(checked)
+    if status == PG_OK and _grad_overflows(grad, n, tn == cnp.NPY_DOUBLE):  # nothing updated
+        if grad != small:
+            free(grad)
+        raise FloatingPointError(f"{_ref._GRAD_OVERFLOW} overflow the {p.dtype.name} range")
     if status == PG_OK:
         if n > NOGIL_GRAD_MIN:
             with nogil:
@@ -1387,7 +1422,9 @@ def truncated_importance_weights(log_probs, behaviour_log_probs, rho_bar=1.0, ou
     cdef cnp.ndarray lb = _ref.check_vector(behaviour_log_probs, "behaviour_log_probs", n, lp.dtype)
     cdef double cap = np.inf if rho_bar is None else _validate.finite_float(
         rho_bar, "rho_bar", low=0.0, low_open=True)
-    cdef cnp.ndarray res = _out(out, n, lp.dtype)
+    if out is not None:
+        _out(out, n, lp.dtype)  # checked now, written only if the result is finite
+    cdef cnp.ndarray res = _out(None, n, lp.dtype)
     cdef double r
     if cnp.PyArray_TYPE(lp) == cnp.NPY_DOUBLE:
         for k in range(n):
@@ -1399,4 +1436,5 @@ def truncated_importance_weights(log_probs, behaviour_log_probs, rho_bar=1.0, ou
             r = exp(<double> (<const float*> cnp.PyArray_DATA(lp))[k]
                     - <double> (<const float*> cnp.PyArray_DATA(lb))[k])
             (<float*> cnp.PyArray_DATA(res))[k] = <float> (r if r < cap else cap)
-    return res
+    return _finish_finite(res, out, "truncated_importance_weights: untruncated ratios pi / mu "
+                                    "(truncate with rho_bar)")

@@ -11,7 +11,11 @@ Conventions shared by both backends
   ``J = mean_i w_i A_i log pi(a_i | s_i) + entropy_coef * mean_i H(pi(. | s_i))``.
   Optimizer kernels *minimise* (PyTorch convention): they step along ``-grad_scale * grad``.
 - Every entry point validates first and raises TypeError / ValueError naming the argument; a
-  rejected call writes nothing.  The helpers ``check_*`` here are also the slow path of the
+  rejected call writes nothing.
+- Overflow: finite inputs whose returns, advantages, untruncated importance ratios or gradient
+  overflow the result's dtype (float64, or float32 when rounded) raise FloatingPointError naming
+  what overflowed, before anything is written (``out``, parameters, optimizer state); truncated
+  importance ratios saturate at ``rho_bar``.  The helpers ``check_*`` here are also the slow path of the
   Cython twin, so both backends raise the same errors.
 """
 import math
@@ -217,14 +221,14 @@ def discounted_returns(rewards, dones, gamma, bootstrap=None, out=None):
         for i in range(n - 1, -1, -1):
             g = r[i] + (0.0 if dones[i] else gamma * g)
             result[i] = g
-        return _finish(result, rewards.dtype, out)
+        return _finish_finite(result, rewards.dtype, out, "discounted_returns: the returns")
     nxt = np.empty(n + 1, dtype=np.float64)
     nxt[n] = tail
     for idx in waves:
         step = np.where(dones[idx] != 0, 0.0, gamma * nxt[idx + 1])
         result[idx] = r[idx] + step
         nxt[idx] = result[idx]
-    return _finish(result, rewards.dtype, out)
+    return _finish_finite(result, rewards.dtype, out, "discounted_returns: the returns")
 
 
 def _waves(dones):
@@ -289,19 +293,36 @@ def gae(rewards, values, next_values, dones, gamma, lam, out=None):
             else:
                 acc = r[i] + gamma * nv[i] - v[i] + gl * acc
             result[i] = acc
-        return _finish(result, rewards.dtype, out)
+        return _finish_finite(result, rewards.dtype, out, "gae: the advantages")
     nxt = np.zeros(n + 1, dtype=np.float64)
     for idx in waves:
         cont = r[idx] + gamma * nv[idx] - v[idx] + gl * nxt[idx + 1]
         result[idx] = np.where(dones[idx] != 0, r[idx] - v[idx], cont)
         nxt[idx] = result[idx]
-    return _finish(result, rewards.dtype, out)
+    return _finish_finite(result, rewards.dtype, out, "gae: the advantages")
 
 
 def _finish(result, dtype, out):
     if out is None:
         return result.astype(dtype)
     out[...] = result
+    return out
+
+
+_GRAD_OVERFLOW = "the policy gradient's entries (advantages or weights too large)"
+
+
+def _finish_finite(result, dtype, out, what):
+    """:func:`_finish`, but finite inputs that overflow (to +-inf, in float64 or when rounded to
+    float32) raise FloatingPointError naming ``what`` instead of returning inf: nothing is
+    written to ``out`` then."""
+    with np.errstate(over="ignore"):
+        final = result.astype(dtype)
+    if final.size and not np.all(np.isfinite(final)):
+        raise FloatingPointError(f"{what} overflow the {np.dtype(dtype).name} range")
+    if out is None:
+        return final
+    out[...] = final
     return out
 
 
@@ -359,8 +380,8 @@ def tabular_policy_gradient(params, n_states, n_actions, states, actions, advant
                             entropy_coef)
     if out is not None:
         _validate.check_out(out, params.shape, params.dtype)
-    return _finish(_tabular_grad(params, n_states, n_actions, states, actions, advantages,
-                                 weights, entropy_coef), params.dtype, out)
+    return _finish_finite(_tabular_grad(params, n_states, n_actions, states, actions, advantages,
+                                        weights, entropy_coef), params.dtype, out, _GRAD_OVERFLOW)
 
 
 def _tabular_grad(params, n_states, n_actions, states, actions, advantages, weights, entropy_coef):
@@ -411,8 +432,8 @@ def linear_policy_gradient(params, n_features, n_actions, features, actions, adv
                            entropy_coef)
     if out is not None:
         _validate.check_out(out, params.shape, params.dtype)
-    return _finish(_linear_grad(params, n_features, n_actions, features, actions, advantages,
-                                weights, entropy_coef), params.dtype, out)
+    return _finish_finite(_linear_grad(params, n_features, n_actions, features, actions, advantages,
+                                       weights, entropy_coef), params.dtype, out, _GRAD_OVERFLOW)
 
 
 def _linear_grad(params, n_features, n_actions, features, actions, advantages, weights,
@@ -473,7 +494,7 @@ def linear_states_policy_gradient(params, n_features, n_actions, features, state
                                         actions, advantages, weights, entropy_coef)
     if out is not None:
         _validate.check_out(out, checked[0].shape, checked[0].dtype)
-    return _finish(_linear_states_grad(*checked), checked[0].dtype, out)
+    return _finish_finite(_linear_states_grad(*checked), checked[0].dtype, out, _GRAD_OVERFLOW)
 
 
 def _linear_states_grad(params, n_features, n_actions, features, states, actions, advantages,
@@ -621,7 +642,7 @@ def _adam(params, g, exp_avg, exp_avg_sq, step_size, bc2, beta1, beta2, eps):
 # ---------------------------------------------------------------------------------------------
 
 def _fused(params, grad64, grad_out, max_grad_norm, opt_kind, opt_state, hyper):
-    grad_out[...] = grad64
+    grad_out[...] = _finish_finite(grad64, grad_out.dtype, None, _GRAD_OVERFLOW)
     norm, coef = _clip_coef(grad_out, max_grad_norm)
     # ascend J: the optimizer minimises, so it is fed -coef * grad
     g = grad_out.astype(np.float64) * (-coef)
@@ -809,8 +830,10 @@ def truncated_importance_weights(log_probs, behaviour_log_probs, rho_bar=1.0, ou
                                                                 low_open=True)
     if out is not None:
         _validate.check_out(out, (n,), log_probs.dtype)
-    ratio = np.exp(log_probs.astype(np.float64) - behaviour_log_probs.astype(np.float64))
-    return _finish(np.minimum(ratio, cap), log_probs.dtype, out)
+    with np.errstate(over="ignore"):
+        ratio = np.exp(log_probs.astype(np.float64) - behaviour_log_probs.astype(np.float64))
+    return _finish_finite(np.minimum(ratio, cap), log_probs.dtype, out,
+                          "truncated_importance_weights: untruncated ratios pi / mu (truncate with rho_bar)")
 
 
 class FusedStep:

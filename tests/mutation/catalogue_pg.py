@@ -183,4 +183,17 @@ MUTATIONS = [
              "            and cnp.PyArray_IS_C_CONTIGUOUS(arr) and cnp.PyArray_ISBEHAVED_RO(arr)\n",
              "            and cnp.PyArray_IS_C_CONTIGUOUS(arr)\n", ["tests/test_byte_order.py"],
              "big-endian advantages, weights or gradients read as native doubles"),
+    # ---------------------------------------------------------------- overflow (issue 13, class 6)
+    Mutation("pg-ref-overflow-passes-inf", REF,
+             "    if final.size and not np.all(np.isfinite(final)):\n",
+             "    if False:\n", ["tests/test_overflow.py"],
+             "the reference returns inf for returns, ratios and gradients that overflow"),
+    Mutation("pg-core-returns-overflow-unchecked", CORE,
+             "    if n and _nonfinite(cnp.PyArray_DATA(res), cnp.PyArray_TYPE(res) == cnp.NPY_DOUBLE, n):\n",
+             "    if False:\n", ["tests/test_overflow.py"],
+             "the compiled returns, advantages and ratios come back as inf"),
+    Mutation("pg-core-step-overflow-applied", CORE,
+             "    if status == PG_OK and _grad_overflows(grad, n, tn == cnp.NPY_DOUBLE):  # nothing updated\n",
+             "    if False:  # nothing updated\n", ["tests/test_overflow.py"],
+             "an overflowing gradient reaches the optimizer"),
 ]
