@@ -6,12 +6,15 @@ whole episodes -- policy sampling, environment steps, recording -- in one kernel
 Generator state the two backends give identical integers and identical float64 rewards.  The
 order of random draws is documented in :mod:`metarl_fast.reference.envs`.
 """
+import contextlib
+import threading
+
 import numpy as np
 
 from metarl_fast import _validate
 from metarl_fast._backend import active
 from metarl_fast.policy import LinearSoftmaxPolicy, TabularSoftmaxPolicy
-from metarl_fast.tasks import Discrete, Task, TaskBatch, as_generator
+from metarl_fast.tasks import Discrete, Task, TaskBatch, _read_only, as_generator
 
 
 def _as_batch(task_batch, name="task_batch"):
@@ -207,14 +210,19 @@ class VecEnv:
     ----------
     task_batch : TaskBatch (or Task)
     n_envs_per_task : int >= 1
+
+    Thread safety: a VecEnv holds the states of its environments and is not safe to step from two
+    threads at once; such use is detected and raises RuntimeError (give each thread its own).
     """
 
     def __init__(self, task_batch, n_envs_per_task=1):
         self.tasks = _as_batch(task_batch)
         self.n_envs_per_task = _validate.positive_int(n_envs_per_task, "n_envs_per_task")
         self.n_envs = self.tasks.n_tasks * self.n_envs_per_task
-        self.task_of_env = np.repeat(np.arange(self.tasks.n_tasks, dtype=np.int64), self.n_envs_per_task)
-        self.task_of_env.setflags(write=False)
+        # read by the kernels as task indices: a view that cannot be made writeable again
+        self.task_of_env = _read_only(np.repeat(np.arange(self.tasks.n_tasks, dtype=np.int64),
+                                                self.n_envs_per_task))
+        self._busy = threading.Lock()
         self.observation_space = Discrete(self.tasks.n_states)
         self.action_space = Discrete(self.tasks.n_actions)
         self._state = np.zeros(self.n_envs, dtype=np.int64)
@@ -235,9 +243,20 @@ class VecEnv:
     def reset(self, rng):
         """Start a new episode everywhere; returns obs int64 (n_envs,).  ``rng``: Generator or int."""
         rng = as_generator(rng)
-        active.envs.vec_reset(self.tasks.tables, self.task_of_env, self._state, self._elapsed, rng)
-        self._started = True
-        return self._state.copy()
+        with self._exclusive("reset"):
+            active.envs.vec_reset(self.tasks.tables, self.task_of_env, self._state, self._elapsed, rng)
+            self._started = True
+            return self._state.copy()
+
+    @contextlib.contextmanager
+    def _exclusive(self, what):
+        if not self._busy.acquire(blocking=False):
+            raise RuntimeError(f"VecEnv.{what}() called while another thread is using this VecEnv; "
+                               f"a VecEnv is not thread-safe: give each thread its own")
+        try:
+            yield
+        finally:
+            self._busy.release()
 
     def step(self, actions, rng):
         """Step every environment with ``actions`` (ints (n_envs,) in ``[0, A)``).
@@ -255,9 +274,10 @@ class VecEnv:
         terminated = np.empty(n, dtype=bool)
         truncated = np.empty(n, dtype=bool)
         final_obs = np.empty(n, dtype=np.int64)
-        active.envs.vec_step(self.tasks.tables, self.task_of_env, self._state, self._elapsed,
-                             actions, rng, obs, rewards, terminated, truncated, final_obs)
-        self.final_obs = final_obs
+        with self._exclusive("step"):
+            active.envs.vec_step(self.tasks.tables, self.task_of_env, self._state, self._elapsed,
+                                 actions, rng, obs, rewards, terminated, truncated, final_obs)
+            self.final_obs = final_obs
         return obs, rewards, terminated, truncated
 
     def __repr__(self):

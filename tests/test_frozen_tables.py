@@ -128,3 +128,40 @@ def test_replay_storage_views_cannot_be_made_writeable(backend, kind):
     before = buf.reward.copy()
     buf.add(np.ones(2, np.float32), 0, 100.0, np.ones(2, np.float32), True)
     assert buf.reward[(buf.write_position - 1) % 6] == 100.0 and not np.array_equal(buf.reward, before)
+
+
+def test_vec_env_detects_use_from_two_threads_and_keeps_its_task_map(backend, monkeypatch):
+    """A VecEnv stepped from a second thread while the first is inside step() raises (issue 13,
+    class 7); its environment-to-task map cannot be made writeable (class 1)."""
+    import threading
+
+    from metarl_fast._backend import active
+
+    vec = mf.VecEnv(mf.GridNavigation(size=3).sample(4, 0), n_envs_per_task=2)
+    with pytest.raises(ValueError, match="WRITEABLE"):
+        vec.task_of_env.setflags(write=True)
+    vec.reset(np.random.default_rng(0))
+    actions = np.zeros(vec.n_envs, dtype=np.int64)
+    inside, leave = threading.Event(), threading.Event()
+    kernel = active.envs.vec_step
+
+    def slow_step(*args):
+        inside.set()
+        leave.wait(10)
+        return kernel(*args)
+
+    monkeypatch.setattr(active.envs, "vec_step", slow_step)
+    worker = threading.Thread(target=vec.step, args=(actions, np.random.default_rng(1)))
+    worker.start()
+    try:
+        assert inside.wait(10)
+        with pytest.raises(RuntimeError, match="another thread is using this VecEnv"):
+            vec.step(actions, np.random.default_rng(2))
+        with pytest.raises(RuntimeError, match="another thread is using this VecEnv"):
+            vec.reset(np.random.default_rng(3))
+    finally:
+        leave.set()
+        worker.join()
+    monkeypatch.undo()
+    obs, *_ = vec.step(actions, np.random.default_rng(4))  # usable again afterwards
+    assert obs.shape == (vec.n_envs,)

@@ -124,8 +124,8 @@ MUTATIONS = [
              "fixed-length loop: transition reward looked up with s instead of s'"),
     # -- rollout.py ----------------------------------------------------------------------------
     Mutation("envs-rollout-vecenv-tasks-tiled", ROLLOUT,
-             "self.task_of_env = np.repeat(np.arange(self.tasks.n_tasks, dtype=np.int64), self.n_envs_per_task)",
-             "self.task_of_env = np.tile(np.arange(self.tasks.n_tasks, dtype=np.int64), self.n_envs_per_task)",
+             "self.task_of_env = _read_only(np.repeat(np.arange(self.tasks.n_tasks, dtype=np.int64),",
+             "self.task_of_env = _read_only(np.tile(np.arange(self.tasks.n_tasks, dtype=np.int64),",
              T_ENVS, "environment k runs task k % n_tasks instead of k // n_envs_per_task"),
     Mutation("envs-rollout-logp-wrong-normaliser", ROLLOUT,
              "np.subtract(z, np.log(cdf[..., -1:]), out=z)",
@@ -243,4 +243,8 @@ MUTATIONS = [
     Mutation("envs-tasks-grid-shared-start-wrong", TASKS,
              "            start[:, centre] = 1.0\n", "            start[:, 0] = 1.0\n", T_ENVS + T_TABLES,
              "the grid's shared start table no longer the centre its start state says"),
+    Mutation("envs-rollout-vecenv-no-thread-guard", ROLLOUT,
+             "        if not self._busy.acquire(blocking=False):\n",
+             "        if not self._busy.acquire(blocking=True):\n", ["tests/test_frozen_tables.py"],
+             "a second thread's step waits for the first instead of being refused (then races)"),
 ]
