@@ -385,6 +385,9 @@ class ReplayBuffer:
         with self._lock:
             batch_size = self._check_sample(batch_size, rng)
             length = _validate.positive_int(length, "length")
+            if length > self.capacity:
+                raise ValueError(f"length={length} is longer than any episode the buffer can "
+                                 f"hold (capacity {self.capacity})")
             starts = active.replay.sample_sequence_starts(self._store[7], self._state, length,
                                                           batch_size, rng)
             if starts is None:

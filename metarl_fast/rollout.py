@@ -218,6 +218,9 @@ class VecEnv:
     def __init__(self, task_batch, n_envs_per_task=1):
         self.tasks = _as_batch(task_batch)
         self.n_envs_per_task = _validate.positive_int(n_envs_per_task, "n_envs_per_task")
+        _validate.check_table_size(self.tasks.n_tasks * self.n_envs_per_task,
+                                   f"VecEnv(n_envs_per_task={self.n_envs_per_task}) of "
+                                   f"{self.tasks.n_tasks} tasks would hold n_tasks x n_envs_per_task states")
         self.n_envs = self.tasks.n_tasks * self.n_envs_per_task
         # read by the kernels as task indices: a view that cannot be made writeable again
         self.task_of_env = _read_only(np.repeat(np.arange(self.tasks.n_tasks, dtype=np.int64),

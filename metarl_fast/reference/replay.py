@@ -211,6 +211,8 @@ def _flag_column(x, name, n):
 
 
 def _task_column(x, n):
+    if isinstance(x, int) and not isinstance(x, bool) and not 0 <= x < MAX_TASKS:
+        raise ValueError(f"task_id must be in [0, {MAX_TASKS}), got {x}")
     a = np.asarray(x)
     if a.dtype.kind not in "iu":
         raise TypeError(f"task_id must be an integer, got dtype {a.dtype}")
