@@ -1100,25 +1100,28 @@ def transition_cdfs(P):
     cdef const double* p = <const double*> cnp.PyArray_DATA(P)
     cdef double* c = <double*> cnp.PyArray_DATA(cdf_arr)
     cdef double* q = <double*> cnp.PyArray_DATA(pad_arr)
-    cdef intp_t r, j
-    cdef double acc
+    cdef intp_t r
     with nogil:
         for r in range(rows):
-            acc = 0.0
-            for j in range(m):
-                acc = acc + p[j]   # np.cumsum's order: cdf[j] = cdf[j - 1] + p[j]
-                c[j] = acc
-            for j in range(m - 1):
-                q[j] = c[j]
-            for j in range(m - 1, L):
-                q[j] = INFINITY
-            q[L] = acc
-            p += m
-            c += m
-            q += L + 1
+            cdf_row(p + r * m, c + r * m, q + r * (L + 1), m, L)
     cdf_arr.setflags(write=False)
     pad_arr.setflags(write=False)
     return cdf_arr, pad_arr
+
+
+cdef inline void cdf_row(const double* p, double* c, double* q, intp_t m, intp_t L) noexcept nogil:
+    """One row's running sums ``c`` (np.cumsum's order: c[j] = c[j - 1] + p[j]) and its padded
+    layout ``q`` (tasks.padded_cdf_rows: the first m - 1 sums, +inf up to L, the total at L)."""
+    cdef intp_t j
+    cdef double acc = 0.0
+    for j in range(m):
+        acc = acc + p[j]
+        c[j] = acc
+    for j in range(m - 1):
+        q[j] = c[j]
+    for j in range(m - 1, L):
+        q[j] = INFINITY
+    q[L] = acc
 
 
 cdef void dirichlet_normalise(const double* src, double* p, double* c, double* q, intp_t rows,
@@ -1133,16 +1136,9 @@ cdef void dirichlet_normalise(const double* src, double* p, double* c, double* q
         for j in range(1, m):
             acc = acc + src[j]
         inv = 1.0 / acc
-        acc = 0.0
         for j in range(m):
             p[j] = src[j] * inv
-            acc = acc + p[j]
-            c[j] = acc
-        for j in range(m - 1):
-            q[j] = c[j]
-        for j in range(m - 1, L):
-            q[j] = INFINITY
-        q[L] = acc
+        cdf_row(p, c, q, m, L)
         src += m
         p += m
         c += m

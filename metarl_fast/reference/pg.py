@@ -134,13 +134,18 @@ def _check_pg_batch(params, n_rows, n_actions, obs, actions, advantages, weights
         obs = check_features(obs, n_rows, params.dtype, "obs")
     else:
         obs = _validate.int_array(obs, "obs", ndim=1, low=0, high=n_rows)
-    batch = obs.shape[0]
+    actions, advantages, weights, entropy_coef = _check_steps(
+        params, obs.shape[0], n_actions, actions, advantages, weights, entropy_coef)
+    return params, n_rows, n_actions, obs, actions, advantages, weights, entropy_coef
+
+
+def _check_steps(params, batch, n_actions, actions, advantages, weights, entropy_coef):
+    """The per-step arguments of a policy-gradient batch of ``batch`` steps, validated."""
     actions = _validate.int_array(actions, "actions", ndim=1, length=batch, low=0, high=n_actions)
     advantages = check_vector(advantages, "advantages", batch, params.dtype)
     if weights is not None:
         weights = check_vector(weights, "weights", batch, params.dtype)
-    entropy_coef = _validate.finite_float(entropy_coef, "entropy_coef")
-    return params, n_rows, n_actions, obs, actions, advantages, weights, entropy_coef
+    return actions, advantages, weights, _validate.finite_float(entropy_coef, "entropy_coef")
 
 
 def check_tabular_batch(params, n_states, n_actions, states, actions, advantages, weights,
@@ -464,12 +469,8 @@ def check_linear_states_batch(params, n_features, n_actions, features, states, a
     if features.shape[0] < 1:
         raise ValueError("features must have at least one row (one per state)")
     states = _validate.int_array(states, "obs", ndim=1, low=0, high=features.shape[0])
-    batch = states.shape[0]
-    actions = _validate.int_array(actions, "actions", ndim=1, length=batch, low=0, high=n_actions)
-    advantages = check_vector(advantages, "advantages", batch, params.dtype)
-    if weights is not None:
-        weights = check_vector(weights, "weights", batch, params.dtype)
-    entropy_coef = _validate.finite_float(entropy_coef, "entropy_coef")
+    actions, advantages, weights, entropy_coef = _check_steps(
+        params, states.shape[0], n_actions, actions, advantages, weights, entropy_coef)
     return (params, n_features, n_actions, features, states, actions, advantages, weights,
             entropy_coef)
 

@@ -192,7 +192,7 @@ MUTATIONS = [
              "        sub._stochastic = self._stochastic\n", "", T_TABLES,
              "a sub-batch of random MDPs rescans P (correct, slower): caught by the hint test"),
     Mutation("envs-core-transition-cdf-padding-total", CORE,
-             "            q[L] = acc\n            p += m\n", "            q[L] = c[0]\n            p += m\n", T_TABLES,
+             "    q[L] = acc\n", "    q[L] = c[0]\n", T_TABLES,
              "the padded row's total is its first running sum"),
     Mutation("envs-ref-dirichlet-rows-unnormalised", REF,
              "    p = x * (1.0 / acc)\n", "    p = x / x.shape[-1]\n", T_TABLES,
