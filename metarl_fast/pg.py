@@ -36,6 +36,7 @@ __all__ = [
     "PGUpdate",
     "discounted_returns",
     "gae",
+    "vtrace",
     "clip_grad_norm",
     "truncated_importance_weights",
     "policy_gradient",
@@ -80,6 +81,15 @@ def gae(rewards, values, next_values, dones, gamma, lam, out=None):
     See :func:`metarl_fast.reference.pg.gae`.
     """
     return active.pg.gae(rewards, values, next_values, dones, gamma, lam, out)
+
+
+def vtrace(rewards, values, next_values, log_rhos, ends, gamma, rho_bar=None, c_bar=None):
+    """V-trace targets and policy-gradient advantages ``(vs, advantages)`` over trajectory pieces
+    of a behaviour policy (IMPALA; pieces end at ``ends``, bootstrapped by ``next_values``).
+
+    See :func:`metarl_fast.reference.pg.vtrace`.
+    """
+    return active.pg.vtrace(rewards, values, next_values, log_rhos, ends, gamma, rho_bar, c_bar)
 
 
 def clip_grad_norm(grad, max_norm):

@@ -25,6 +25,10 @@ cdef void returns_scan(const floating* rewards, const uint8_t* dones, intp_t n, 
 cdef void gae_scan(const floating* rewards, const floating* values, const floating* next_values,
                    const uint8_t* dones, intp_t n, double gamma, double lam,
                    floating* out) noexcept nogil
+# V-trace over pieces ending at ends[i]: vs (targets) and adv (advantages), float64 (n,).
+cdef void vtrace_scan(const floating* rewards, const floating* values, const floating* next_values,
+                      const floating* log_rhos, const uint8_t* ends, intp_t n, double gamma,
+                      double rho_cap, double c_cap, double* vs, double* adv) noexcept nogil
 # grad (n_states * n_actions, zeroed) += d/dtheta [mean w A log pi + entropy_coef mean H].
 # weights may be NULL (all ones).  Checks the steps itself: PG_BAD_INPUT if a state or action is
 # out of range or an advantage or weight is not finite (grad is then partly written).

@@ -359,6 +359,23 @@ cdef void gae_scan(const floating* rewards, const floating* values, const floati
         out[i] = <floating> acc
 
 
+cdef void vtrace_scan(const floating* rewards, const floating* values, const floating* next_values,
+                      const floating* log_rhos, const uint8_t* ends, intp_t n, double gamma,
+                      double rho_cap, double c_cap, double* vs, double* adv) noexcept nogil:
+    """V-trace (see the reference): A_i = delta_i + gamma c_i (1 - end_i) A_{i+1} backwards."""
+    cdef intp_t i
+    cdef double acc = 0.0, nxt, ratio, rho, c, r, v, nv
+    for i in range(n - 1, -1, -1):
+        nxt = 0.0 if ends[i] else acc
+        ratio = exp(<double> log_rhos[i])
+        rho = ratio if ratio < rho_cap else rho_cap
+        c = ratio if ratio < c_cap else c_cap
+        r, v, nv = <double> rewards[i], <double> values[i], <double> next_values[i]
+        acc = rho * (r + gamma * nv - v) + (gamma * c) * nxt
+        vs[i] = v + acc
+        adv[i] = rho * (r + gamma * (nv + nxt) - v)
+
+
 cdef inline void logit_grads(double* z, double* e, intp_t n_rows, intp_t n_actions,
                              const int64_t* actions, const floating* advantages,
                              const floating* weights, double entropy_coef, intp_t batch,
@@ -903,6 +920,36 @@ def gae(rewards, values, next_values, dones, gamma, lam, out=None):
                      <const float*> cnp.PyArray_DATA(nv), dp, n, g, lm,
                      <float*> cnp.PyArray_DATA(res))
     return _finish_finite(res, out, "gae: the advantages")
+
+
+def vtrace(rewards, values, next_values, log_rhos, ends, gamma, rho_bar=None, c_bar=None):
+    """V-trace targets and advantages.  See :func:`metarl_fast.reference.pg.vtrace`."""
+    cdef cnp.ndarray r = _ref.check_vector(rewards, "rewards")
+    cdef intp_t n = r.shape[0]
+    cdef cnp.ndarray v = _ref.check_vector(values, "values", n, r.dtype)
+    cdef cnp.ndarray nv = _ref.check_vector(next_values, "next_values", n, r.dtype)
+    cdef cnp.ndarray lr = _ref.check_log_ratios(log_rhos, n, r.dtype)
+    cdef cnp.ndarray d = _ref.check_dones(ends, n, "ends")
+    cdef double g = _ref.check_unit(gamma, "gamma")
+    cdef double rho_cap = _ref.check_cap(rho_bar, "rho_bar"), c_cap = _ref.check_cap(c_bar, "c_bar")
+    cdef cnp.ndarray vs = _out(None, n, np.dtype(np.float64))
+    cdef cnp.ndarray adv = _out(None, n, np.dtype(np.float64))
+    cdef const uint8_t* dp = <const uint8_t*> cnp.PyArray_DATA(d)
+    cdef double* vsp = <double*> cnp.PyArray_DATA(vs)
+    cdef double* ap = <double*> cnp.PyArray_DATA(adv)
+    if cnp.PyArray_TYPE(r) == cnp.NPY_DOUBLE:
+        with nogil:
+            vtrace_scan(<const double*> cnp.PyArray_DATA(r), <const double*> cnp.PyArray_DATA(v),
+                        <const double*> cnp.PyArray_DATA(nv), <const double*> cnp.PyArray_DATA(lr),
+                        dp, n, g, rho_cap, c_cap, vsp, ap)
+    else:
+        with nogil:
+            vtrace_scan(<const float*> cnp.PyArray_DATA(r), <const float*> cnp.PyArray_DATA(v),
+                        <const float*> cnp.PyArray_DATA(nv), <const float*> cnp.PyArray_DATA(lr),
+                        dp, n, g, rho_cap, c_cap, vsp, ap)
+    # rounded once to the dtype of rewards, as the reference does
+    return (_ref._finish_finite(vs, r.dtype, None, "vtrace: the targets"),
+            _ref._finish_finite(adv, r.dtype, None, "vtrace: the advantages"))
 
 
 cdef _raise_bad_steps(tuple checked):
