@@ -202,8 +202,8 @@ class SampledPolicyProblem:
         # task's stored episodes by per-decision importance sampling
         self.pool = pool
         self.pool_ids = None if pool is None else pool.task_ids(task_batch)
-        if pool is not None and advantage != "reinforce":
-            raise ValueError("replay works with the REINFORCE inner estimator only")
+        if pool is not None:
+            _check_replay_estimator(pool.config, advantage)
 
     def sample(self, theta, rng):
         """Episodes of every task under its own parameters, in one fused rollout call."""
@@ -218,10 +218,13 @@ class SampledPolicyProblem:
         self.sampling_time += time.perf_counter() - start
         data = self._prepare(logits, traj)
         if self.pool is not None:
-            replayed = self.pool.replay(self.pool_ids, rng)  # stored before this rollout
+            windows = self.pool.config.order == "windows"
+            replayed = (self.pool.replay_windows if windows else self.pool.replay)(
+                self.pool_ids, rng)  # stored before this rollout
             self.pool.store(traj, self.pool_ids)
             if replayed is not None:
-                data["replay"] = self._replay_terms(logits, data, replayed)
+                data["replay"] = (self._window_terms(logits, data, replayed) if windows
+                                  else self._replay_terms(logits, data, replayed))
         return data
 
     def _prepare(self, logits, traj):
@@ -234,28 +237,38 @@ class SampledPolicyProblem:
         episode, steps = active.envs.episode_steps(traj.episode_length)
         active.meta.pg_prepare(key, rewards, traj.done, steps, traj.task_id, self.n_tasks,
                                self.gamma, self.n_episodes, _BASELINE_CODES[self.baseline], coef)
-        if self.advantage == "actor-critic":
-            coef = self._actor_critic_coef(traj, key, rewards, steps)
-        return {"traj": traj, "key": key, "probs_table": probs_table, "coef": coef,
+        data = {"traj": traj, "key": key, "probs_table": probs_table, "coef": coef,
                 "episode": episode, "steps": steps}
+        if self.advantage == "actor-critic":
+            data["values"] = self._critic_values(traj, key, rewards)
+            data["coef"] = self._actor_critic_coef(traj, key, rewards, steps, data["values"])
+        return data
 
     def _replay_terms(self, logits, data, replayed):
         fresh = None if self.baseline == "none" else (data["traj"], data["steps"])
         return replay_coefficients(logits, replayed, self.n_tasks, self.gamma, self.pool,
                                    self.n_episodes, fresh, data["traj"].task_id)
 
-    def _actor_critic_coef(self, traj, key, rewards, steps):
-        """``gamma^t (r + gamma (1 - done) V(s') - V(s)) / N``: TD(0) advantages with a tabular
-        critic per task, fitted to this batch (V(s) = mean discounted return-to-go observed from s).
+    def _window_terms(self, logits, data, windows):
+        return window_coefficients(logits, windows, self.n_tasks, self.gamma, self.pool,
+                                   data["values"], self.n_episodes, data["traj"].task_id)
+
+    def _critic_values(self, traj, key, rewards):
+        """The tabular critic per task fitted to this batch, float64 (T * S,): V(s) = the mean
+        discounted return-to-go observed from s (0 for a state the batch never visited)."""
+        size = self.n_tasks * self.map.n_states
+        returns = discounted_returns(rewards, traj.done, self.gamma)
+        counts = np.bincount(key, minlength=size)
+        return np.bincount(key, weights=returns, minlength=size) / np.maximum(counts, 1)
+
+    def _actor_critic_coef(self, traj, key, rewards, steps, values):
+        """``gamma^t (r + gamma (1 - done) V(s') - V(s)) / N``: TD(0) advantages with the tabular
+        critic ``values`` (:meth:`_critic_values`).
 
         Biased like every actor-critic (the critic is approximate and time-independent), lower
         variance than REINFORCE; the Hessian and score-function terms treat it as constant.
         """
         S = self.map.n_states
-        size = self.n_tasks * S
-        returns = discounted_returns(rewards, traj.done, self.gamma)
-        counts = np.bincount(key, minlength=size)
-        values = np.bincount(key, weights=returns, minlength=size) / np.maximum(counts, 1)
         next_key = traj.task_id * S + traj.next_obs
         td = rewards + self.gamma * (~traj.terminated) * (~traj.truncated) * values[next_key] - values[key]
         return self.gamma ** steps.astype(np.float64) * td / self.n_episodes
@@ -333,6 +346,51 @@ def replay_coefficients(logits, replayed, n_tasks, gamma, pool, n_fresh=0, fresh
         fresh_scale = (n_fresh / np.maximum(n_per_task, 1))[fresh_task_id]
     return {"key": key, "action": np.ascontiguousarray(batch.action, dtype=np.int64),
             "coef": coef, "fresh_scale": fresh_scale}
+
+
+def _check_replay_estimator(config, advantage):
+    """Whole episodes go with REINFORCE, windows with the actor-critic (its critic bootstraps
+    each window's cut)."""
+    if config.order == "windows" and advantage != "actor-critic":
+        raise ValueError("replay windows need the actor-critic inner estimator: its critic "
+                         "bootstraps the return where a window cuts an episode")
+    if config.order != "windows" and advantage != "reinforce":
+        raise ValueError("replay of whole episodes (order uniform or sequences) works with the "
+                         "REINFORCE inner estimator; the actor-critic replays windows")
+
+
+def window_coefficients(logits, windows, n_tasks, gamma, pool, values, n_fresh, fresh_task_id):
+    """Per-step coefficients of replayed windows for :func:`score_table`: V-trace advantages
+    (:func:`metarl_fast.pg.vtrace`, truncated at ``pool.config.rho_bar`` when set) computed over
+    each window with the tabular critic ``values`` (T * S,) fitted to the fresh episodes, which
+    bootstraps a window's cut; each step weighted ``gamma^t`` (``t`` its time step in its episode)
+    and by its window's ``scale``, so that each window counts as one episode in the task's mean
+    over its ``n_fresh + M`` terms (see :meth:`EpisodePool.replay_windows`).
+
+    Biased as off-policy actor-critics are (Degris et al. 2012; Espeholt et al. 2018): the
+    critic is approximate, and the windows' states come from the older policies' visits, not the
+    current one's (the state distribution is not corrected).  Returns the dict of
+    :func:`replay_coefficients`.
+    """
+    batch, owner, lengths, first_step, scale = windows
+    _, S, A = logits.shape
+    task = np.repeat(owner, lengths)
+    key = task * S + batch.obs
+    log_pi = log_softmax(np.ascontiguousarray(logits.reshape(-1, A)))[key, batch.action]
+    log_rho = log_pi - batch.logp
+    pool.record(owner.shape[0], np.exp(log_rho))
+    first = np.concatenate([[0], np.cumsum(lengths)[:-1]])
+    ends = np.zeros(task.shape[0], dtype=np.uint8)
+    ends[first + lengths - 1] = 1
+    next_values = np.where(batch.done, 0.0, values[task * S + batch.next_obs])
+    rho_bar = pool.config.rho_bar
+    _, advantages = active.pg.vtrace(np.ascontiguousarray(batch.reward, dtype=np.float64),
+                                     values[key], next_values, log_rho, ends, gamma, rho_bar, rho_bar)
+    t = np.repeat(first_step - first, lengths) + np.arange(task.shape[0])
+    n_per_task = n_fresh + np.bincount(owner, minlength=n_tasks)
+    coef = gamma ** t.astype(np.float64) * advantages * np.repeat(scale, lengths) / n_per_task[task]
+    return {"key": key, "action": np.ascontiguousarray(batch.action, dtype=np.int64),
+            "coef": coef, "fresh_scale": (n_fresh / np.maximum(n_per_task, 1))[fresh_task_id]}
 
 
 class ReplayProblem:
@@ -641,8 +699,9 @@ class MetaLearner:
         if replay is not None:
             from metarl_fast.pool import EpisodePool
 
-            if estimator != "sampled" or inner_estimator != "reinforce":
-                raise ValueError("replay needs the sampled REINFORCE estimator")
+            if estimator != "sampled":
+                raise ValueError("replay needs the sampled estimator")
+            _check_replay_estimator(replay, inner_estimator)
             if replay.ratio > 1 and method == "maml":
                 raise ValueError("a replay ratio above 1 needs a first-order learner (reptile, "
                                  "fomaml, multitask): MAML's Hessian needs fresh episodes")

@@ -32,6 +32,17 @@ from it, update -- as the meta-learners run it (``MetaLearner(..., replay=Replay
   (-0.198 against the exact -1.161) while its standard deviation per estimate falls from 6.6 to
   0.9.
 
+Time-ordered windows (``order="windows"``, with the actor-critic estimator): instead of whole
+episodes, each estimate adds ``M`` windows of at most ``window`` consecutive steps of the task's
+stored episodes (:meth:`EpisodePool.replay_windows`), and the returns are computed over each window
+by V-trace (:func:`metarl_fast.pg.vtrace`, Espeholt et al. 2018): per-step ratios (truncated at
+``rho_bar`` as V-trace's rho_bar and c_bar), the task's critic fitted to the fresh episodes
+bootstrapping the window's cut.  With the exact value of the current policy as critic, on-policy
+windows give the exact gradient in expectation (tests/test_pool.py); off-policy, V-trace corrects
+the actions but not the distribution of the states the older policies visited, a bias measured in
+tests/test_pool.py (z > 6 on a random 3-state MDP, 40 000 replications), as for every off-policy
+actor-critic (Degris et al. 2012).
+
 Caveat: an episode stored in an earlier meta-iteration has already moved the meta-parameters, so
 the parameters it is replayed at are not independent of it (the same kind of dependence as MAML's
 ``hessian_data="shared"``); the estimator's unbiasedness holds given the parameters.
@@ -45,7 +56,7 @@ import numpy as np
 from metarl_fast import _validate
 from metarl_fast.replay import ReplayBuffer
 
-ORDERS = ("uniform", "sequences")
+ORDERS = ("uniform", "sequences", "windows")
 POOL_FORMAT = 1
 
 
@@ -56,11 +67,17 @@ class ReplayConfig:
     capacity : int >= 1, transitions the shared ring holds
     episodes : int >= 1, stored episodes replayed per task in each estimate (``M``; fewer while the
         pool holds fewer of the task's episodes)
-    order : "uniform" (with replacement) or "sequences" (consecutive episodes in time order)
-    rho_bar : float >= 1 or None, truncation of each per-decision ratio (None: untruncated)
+    order : "uniform" (whole episodes, with replacement), "sequences" (consecutive whole episodes
+        in time order) or "windows" (``episodes`` windows of ``window`` consecutive steps per task,
+        returns computed over each window by V-trace and bootstrapped by the critic: the
+        actor-critic estimator only, see :meth:`EpisodePool.replay_windows`)
+    rho_bar : float >= 1 or None, truncation of each per-decision ratio (None: untruncated); for
+        windows, V-trace's ``rho_bar`` and ``c_bar`` both
     ratio : int >= 1, meta-updates per meta-iteration's environment steps: the first from the
         fresh and replayed episodes of the meta-batch, the ``ratio - 1`` others from replayed
-        episodes alone, of tasks drawn from the pool (first-order learners only)
+        episodes alone, of tasks drawn from the pool (first-order learners only; not with windows,
+        whose critic is fitted to fresh episodes)
+    window : int >= 1, steps per window (``order="windows"``)
     """
 
     capacity: int = 100_000
@@ -68,6 +85,7 @@ class ReplayConfig:
     order: str = "uniform"
     rho_bar: float = None
     ratio: int = 1
+    window: int = 8
 
     def __post_init__(self):
         _validate.positive_int(self.capacity, "replay capacity")
@@ -77,6 +95,11 @@ class ReplayConfig:
         if self.rho_bar is not None:
             _validate.finite_float(self.rho_bar, "rho_bar", low=1.0)
         _validate.positive_int(self.ratio, "replay ratio")
+        _validate.positive_int(self.window, "replay window")
+        if self.order == "windows" and self.ratio > 1:
+            raise ValueError("replay windows need fresh episodes to fit their critic: a replay "
+                             "ratio above 1 (updates from the pool alone) works with whole episodes "
+                             "(order uniform or sequences)")
 
 
 def task_keys(task_batch):
@@ -196,16 +219,10 @@ class EpisodePool:
         self.iteration += 1
 
     # -- replay --------------------------------------------------------------------------------
-    def replay(self, task_ids, rng):
-        """Up to ``config.episodes`` stored episodes per task (earlier meta-iterations only).
-
-        Returns ``(batch, task_of_episode, lengths)``: a :class:`~metarl_fast.replay.Batch` of the
-        episodes' steps in order (episode after episode), the index into ``task_ids`` of each
-        replayed episode and each one's length, or ``None`` when nothing can be replayed.  Random
-        draws: one ``rng.integers`` call over the tasks that have stored episodes, in order
-        (uniform: ``M`` indices per task; sequences: one start per task).
-        """
-        M = self.config.episodes
+    def _replayable(self, task_ids):
+        """``(by_task, lo, hi)``: the episode records of earlier iterations sorted by task then
+        time, and for each of ``task_ids`` the range of its records still held by the ring; None
+        when no task has one."""
         if self._grouped is None or self._grouped[0] != self.iteration:
             # the episodes of earlier iterations, by task and in time order within a task: fixed
             # for the whole iteration except for those the ring overwrites (skipped below)
@@ -221,10 +238,67 @@ class EpisodePool:
         for t in np.flatnonzero((hi > lo) & (by_task[np.minimum(lo, by_task.shape[0] - 1), 1] < oldest)):
             # overwritten since the grouping: a prefix of the task's episodes
             lo[t] += int(np.searchsorted(by_task[lo[t]:hi[t], 1], oldest))
+        if not np.any(hi > lo):
+            return None
+        return by_task, lo, hi
+
+    def _gather(self, first_steps, lengths):
+        """The stored steps ``first_steps[i] + 0 .. lengths[i] - 1`` (global positions), piece
+        after piece, as one :class:`~metarl_fast.replay.Batch`."""
+        offsets = np.concatenate([[0], np.cumsum(lengths)[:-1]])
+        steps = np.repeat(first_steps - offsets, lengths) + np.arange(lengths.sum())
+        return self.buffer.gather(steps % self.buffer.capacity)
+
+    def replay_windows(self, task_ids, rng):
+        """``config.episodes`` windows of at most ``config.window`` consecutive steps per task,
+        from its episodes of earlier meta-iterations.
+
+        Each episode is cut into windows of ``window`` steps from its first step (the last one
+        shorter); a task's window is the one holding a step drawn uniformly among all its stored
+        steps (one ``rng.integers`` call over the tasks that have stored episodes, in order), so
+        every stored step is equally likely to be replayed except those of short last windows.
+        ``scale`` makes each window stand for one episode: a window of ``l`` steps of a task whose
+        ``E`` stored episodes hold ``K`` steps is weighted ``(K / E) / l``, so that the mean of a
+        window's weighted sum over the draws is the mean over the stored episodes of their sums.
+
+        Returns ``(batch, task_of_window, lengths, first_step, scale)`` -- the windows' steps in
+        order (window after window), the index into ``task_ids`` of each window, its length, the
+        time step within its episode of its first step, and its weight -- or None.
+        """
+        found = self._replayable(task_ids)
+        if found is None:
+            return None
+        by_task, lo, hi = found
+        M, L = self.config.episodes, self.config.window
+        has = np.flatnonzero(hi > lo)
+        ends = np.concatenate([[0], np.cumsum(by_task[:, 2])])  # steps before each record
+        held = ends[hi[has]] - ends[lo[has]]
+        position = np.repeat(ends[lo[has]], M) + rng.integers(np.repeat(held, M))
+        episode = np.searchsorted(ends, position, side="right") - 1
+        offset = position - ends[episode]
+        first_step = (offset // L) * L
+        lengths = np.minimum(L, by_task[episode, 2] - first_step)
+        owner = np.repeat(has, M)
+        scale = np.repeat(held / (hi[has] - lo[has]), M) / lengths
+        batch = self._gather(by_task[episode, 1] + first_step, lengths)
+        return batch, owner.astype(np.int64), lengths, first_step, scale
+
+    def replay(self, task_ids, rng):
+        """Up to ``config.episodes`` stored episodes per task (earlier meta-iterations only).
+
+        Returns ``(batch, task_of_episode, lengths)``: a :class:`~metarl_fast.replay.Batch` of the
+        episodes' steps in order (episode after episode), the index into ``task_ids`` of each
+        replayed episode and each one's length, or ``None`` when nothing can be replayed.  Random
+        draws: one ``rng.integers`` call over the tasks that have stored episodes, in order
+        (uniform: ``M`` indices per task; sequences: one start per task).
+        """
+        M = self.config.episodes
+        found = self._replayable(task_ids)
+        if found is None:
+            return None
+        by_task, lo, hi = found
         count = hi - lo
         has = np.flatnonzero(count > 0)
-        if has.shape[0] == 0:
-            return None
         if self.config.order == "uniform":  # M indices per task, one call
             per_task = np.full(has.shape[0], M)
             chosen = np.repeat(lo[has], M) + rng.integers(np.repeat(count[has], M))
@@ -236,10 +310,7 @@ class EpisodePool:
         owner = np.repeat(has, per_task)
         chosen_eps = by_task[chosen]
         lengths = chosen_eps[:, 2]
-        steps = np.repeat(chosen_eps[:, 1] - np.concatenate([[0], np.cumsum(lengths)[:-1]]), lengths)
-        steps = steps + np.arange(lengths.sum())
-        batch = self.buffer.gather(steps % self.buffer.capacity)
-        return batch, owner.astype(np.int64), lengths
+        return self._gather(chosen_eps[:, 1], lengths), owner.astype(np.int64), lengths
 
     def sample_tasks(self, n, rng):
         """Up to ``n`` ids of tasks with replayable episodes, drawn without replacement

@@ -68,7 +68,8 @@ class TrainConfig:
     replay: bool = False             # a replay pool shared across tasks (metarl_fast.pool)
     replay_capacity: int = 100_000   # transitions the pool holds
     replay_batch: int = 32           # stored episodes replayed per task in each gradient estimate
-    replay_order: str = "uniform"    # uniform (with replacement) or sequences (consecutive, in time order)
+    replay_order: str = "uniform"    # uniform, sequences (whole episodes) or windows (actor-critic)
+    replay_window: int = 8           # steps per replayed window (replay_order "windows")
     rho_bar: float = 0.0             # truncation of the per-decision importance ratios (0: none)
     replay_ratio: int = 1            # meta-updates per iteration's environment steps (>1: first-order only)
     seed: int = 0
@@ -102,10 +103,10 @@ class TrainConfig:
             _validate.positive_int(getattr(self, name), name.replace("_", "-"))
         _validate.positive_int(self.horizon, "horizon", minimum=0)
         if self.replay:
-            if self.algo == "in-context" or self.estimator != "sampled" or self.inner_estimator != "reinforce":
-                raise ValueError("replay needs a gradient-based algorithm with the sampled REINFORCE "
-                                 "estimator (not in-context, exact or actor-critic)")
-            self.replay_config()
+            if self.algo == "in-context" or self.estimator != "sampled":
+                raise ValueError("replay needs a gradient-based algorithm with the sampled "
+                                 "estimator (not in-context or exact)")
+            meta._check_replay_estimator(self.replay_config(), self.inner_estimator)
         for name in ("seed", "eval_seed"):
             _validate.positive_int(getattr(self, name), name.replace("_", "-"), minimum=0)
         _validate.finite_float(self.inner_lr, "inner-lr", low=0.0, low_open=True)
@@ -130,7 +131,7 @@ class TrainConfig:
                              "multitask): MAML's Hessian needs fresh episodes")
         return ReplayConfig(capacity=self.replay_capacity, episodes=self.replay_batch,
                             order=self.replay_order, rho_bar=rho_bar or None,
-                            ratio=self.replay_ratio)
+                            ratio=self.replay_ratio, window=self.replay_window)
 
     def goal_split(self):
         """GridNavigation's goal cells ``(training goals, held-out goals)``, int64 (n, 2) each.

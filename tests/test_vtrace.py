@@ -47,8 +47,10 @@ def _loop(r, v, nv, log_rhos, ends, gamma, rho_bar, c_bar):
 
 @pytest.mark.parametrize("backend", sorted(TWINS))
 @pytest.mark.parametrize("caps", [(None, None), (1.0, 1.0), (2.0, 0.5)])
-def test_targets_follow_their_definition(backend, caps):
-    args = _pieces(200, 1)
+@pytest.mark.parametrize("ends_prob", [0.25, 0.01])  # short pieces, and pieces of ~100 steps
+def test_targets_follow_their_definition(backend, caps, ends_prob):
+    args = _pieces(300, 1, ends_prob)
+    assert 1 < args[4].sum() < 300
     vs, adv = TWINS[backend].vtrace(*args, 0.9, *caps)
     want_vs, want_adv = _loop(*args, 0.9, *caps)
     np.testing.assert_allclose(vs, want_vs, rtol=1e-12, atol=1e-12)

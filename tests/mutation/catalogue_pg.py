@@ -7,12 +7,38 @@ T_EST = T_KERNELS + ["tests/test_pg_estimators.py"]
 T_FUSED = ["tests/test_fused_step.py"]
 T_STATES = ["tests/test_linear_states.py"]
 T_ALL = T_EST + ["tests/test_pg_unbiased.py"]
+T_VTRACE = ["tests/test_vtrace.py"]
 REF = "metarl_fast/reference/pg.py"
 CORE = "metarl_fast/_core/pg.pyx"
 PY = "metarl_fast/pg.py"
 
 MUTATIONS = [
     # ---------------------------------------------------------------- the reference (numpy only)
+    Mutation("pg-ref-vtrace-c-is-rho", REF,
+             "rho, c = np.minimum(ratio, rho_cap), np.minimum(ratio, c_cap)",
+             "rho, c = np.minimum(ratio, rho_cap), np.minimum(ratio, rho_cap)", T_VTRACE,
+             "the trace coefficients truncated at rho_bar instead of c_bar"),
+    Mutation("pg-ref-vtrace-trace-through-ends", REF,
+             "            nxt = np.where(ends[idx] != 0, 0.0, carry[idx + 1])\n",
+             "            nxt = carry[idx + 1]\n", T_VTRACE,
+             "the V-trace recursion leaks across the end of a piece"),
+    Mutation("pg-ref-vtrace-advantage-one-step", REF,
+             "        adv = rho * (r + gamma * (nv + tail) - v)\n",
+             "        adv = rho * (r + gamma * nv - v)\n", T_VTRACE,
+             "the advantage bootstraps with V(x') instead of the V-trace target vs'"),
+    Mutation("pg-ref-vtrace-no-rho-in-delta", REF,
+             "        delta = rho * (r + gamma * nv - v)\n",
+             "        delta = r + gamma * nv - v\n", T_VTRACE,
+             "temporal differences not importance-weighted: targets of mu, not pi"),
+    Mutation("pg-core-vtrace-no-gamma-in-trace", CORE,
+             "acc = rho * (r + gamma * nv - v) + (gamma * c) * nxt",
+             "acc = rho * (r + gamma * nv - v) + c * nxt", T_VTRACE),
+    Mutation("pg-core-vtrace-advantage-one-step", CORE,
+             "adv[i] = rho * (r + gamma * (nv + nxt) - v)",
+             "adv[i] = rho * (r + gamma * nv - v)", T_VTRACE),
+    Mutation("pg-core-vtrace-c-uncapped", CORE,
+             "        c = ratio if ratio < c_cap else c_cap\n",
+             "        c = ratio\n", T_VTRACE),
     Mutation("pg-ref-returns-waves-ignore-done", REF,
              "step = np.where(dones[idx] != 0, 0.0, gamma * nxt[idx + 1])",
              "step = gamma * nxt[idx + 1]", T_KERNELS,
