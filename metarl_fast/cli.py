@@ -334,7 +334,8 @@ def build_parser():
         p.add_argument(flag, dest=field, type=typ, default=None, help=help_text)
     p.add_argument("--replay", action="store_true",
                    help="store every rollout in a replay pool shared across tasks and add each task's "
-                        "stored episodes to its gradient estimates (importance-weighted)")
+                        "stored episodes (in-context learners: stored trials) to its gradient "
+                        "estimates (importance-weighted)")
     p.add_argument("--out", help="run directory (default runs/<timestamp>)")
     p.add_argument("--resume", action="store_true", help="continue the run in --out from its checkpoint")
     p.add_argument("--config", help="TOML file with the settings (options given on the command line win)")

@@ -20,7 +20,8 @@ from metarl_fast.baselines import sample_arm_means
 from metarl_fast.reference.incontext import FEATURE_NAMES, MAX_ABS_WEIGHT, N_FEATURES, check_weights
 
 __all__ = ["InContextBanditLearner", "bandit_features", "run_trials", "reinforce_trials",
-           "baselined_gradient", "FEATURE_NAMES", "N_FEATURES", "PRETRAINED_WEIGHTS"]
+           "baselined_gradient", "trial_log_probs", "fresh_trial_terms", "replayed_trial_terms",
+           "FEATURE_NAMES", "N_FEATURES", "PRETRAINED_WEIGHTS"]
 
 LEARNER_FORMAT_VERSION = 1
 
@@ -45,12 +46,15 @@ def bandit_features(successes, failures, n_remaining, n_pulls):
     return active.incontext.bandit_features(successes, failures, n_remaining, n_pulls)
 
 
-def run_trials(weights, arm_means, n_pulls, rng, actions_out=None):
-    """Total reward (float64 (n_tasks,)) of one in-context trial per task.
+def run_trials(weights, arm_means, n_pulls, rng, actions_out=None, features_out=None,
+               rewards_out=None):
+    """Total reward (float64 (n_tasks,)) of one in-context trial per task; optionally the
+    actions, every arm's features and the rewards of each step.
 
     See :func:`metarl_fast.reference.incontext.run_trials`.
     """
-    return active.incontext.run_trials(weights, arm_means, n_pulls, rng, actions_out)
+    return active.incontext.run_trials(weights, arm_means, n_pulls, rng, actions_out,
+                                       features_out, rewards_out)
 
 
 def reinforce_trials(weights, arm_means, n_pulls, rng):
@@ -91,6 +95,67 @@ def baselined_gradient(weighted_score, score_sums, reward_sums, n_tasks):
     # so a seed reproduces the trained weights exactly (see PRETRAINED_WEIGHTS)
     mean_baselined = weighted_score - (reward_to_go[:, None] * score_sums).sum(axis=0) / n_tasks
     return mean_baselined / (n_tasks - 1)
+
+
+def trial_log_probs(weights, features, actions):
+    """Scores of recorded trials under ``weights``: ``log pi(a_k | h_k)`` and its gradient.
+
+    ``features`` float64 (n, K, A, F) (what each step saw, from ``run_trials(...,
+    features_out=)``), ``actions`` int (n, K) (negative or 0 where a step did not happen, its
+    features then all zero).  The policy is ``softmax(features @ weights)``.  Returns ``logp``
+    float64 (n, K) and ``score`` float64 (n, K, F) ``= phi[a] - sum_b pi_b phi[b]``.
+    """
+    w = np.asarray(weights, dtype=np.float64)
+    logits = features @ w
+    logits = logits - logits.max(axis=-1, keepdims=True)
+    log_all = logits - np.log(np.exp(logits).sum(axis=-1, keepdims=True))
+    a = np.maximum(actions, 0)[..., None]
+    logp = np.take_along_axis(log_all, a, axis=-1)[..., 0]
+    chosen = np.take_along_axis(features, a[..., None], axis=-2)[..., 0, :]
+    score = chosen - np.einsum("nka,nkaf->nkf", np.exp(log_all), features)
+    return logp, score
+
+
+def _to_go(rewards):
+    """Reward-to-go along the slots: ``G[:, k] = sum_{k' >= k} rewards[:, k']``."""
+    return np.cumsum(rewards[:, ::-1], axis=1)[:, ::-1]
+
+
+def fresh_trial_terms(score, rewards):
+    """The sum over fresh trials of their REINFORCE terms with the leave-one-out baseline
+    (:func:`baselined_gradient` from per-step scores (n, K, F) and rewards (n, K)); returns
+    ``(sum of terms (F,), the batch's mean reward-to-go per slot (K,))``.  The terms' mean is
+    :func:`baselined_gradient`'s estimate."""
+    n = score.shape[0]
+    to_go = _to_go(rewards)
+    total = to_go.sum(axis=0)
+    baseline = (total[None, :] - to_go) / (n - 1) if n > 1 else np.zeros_like(to_go)
+    return np.einsum("nk,nkf->f", to_go - baseline, score), total / max(n, 1)
+
+
+def replayed_trial_terms(weights, replayed, baseline, rho_bar=None):
+    """The sum over replayed trials (:meth:`metarl_fast.pool.TrialPool.replay`) of their
+    per-decision importance-sampled REINFORCE terms at ``weights``:
+    ``sum_k score_k (sum_{k' >= k} c_k' r_k' - c_k b_k)`` with ``c_k = prod_{j <= k} rho_j``,
+    ``rho_j = pi(a_j | h_j) / mu(a_j | h_j)`` (each truncated at ``rho_bar`` when given) and
+    ``b`` (K,) a baseline that does not depend on the replayed trials (the fresh batch's mean
+    reward-to-go).  Untruncated, each trial's term is an unbiased estimate of the gradient of
+    the mean total reward at ``weights``.  Returns ``(sum of terms (F,), the untruncated ratios
+    (n, K))``; FloatingPointError if the ratio products overflow (truncate them)."""
+    features, actions, rewards, behaviour_logp = replayed
+    logp, score = trial_log_probs(weights, features, actions)
+    log_rho = logp - behaviour_logp
+    with np.errstate(over="ignore", invalid="ignore"):
+        ratios = np.exp(log_rho)
+        if rho_bar is not None:
+            log_rho = np.minimum(log_rho, np.log(rho_bar))
+        c = np.exp(np.cumsum(log_rho, axis=1))
+        coef = _to_go(c * rewards) - c * baseline[None, :]
+        terms = np.einsum("nk,nkf->f", coef, score)
+    if not np.all(np.isfinite(terms)):
+        raise FloatingPointError("replayed trials: the importance ratio products overflow "
+                                 "(truncate them with rho_bar)")
+    return terms, ratios
 
 
 class InContextLearnerBase:

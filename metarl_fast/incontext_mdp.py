@@ -43,12 +43,15 @@ def empirical_q(count, reward_sum, trans, seen_terminal, horizon):
     return active.incontext_mdp.empirical_q(count, reward_sum, trans, seen_terminal, horizon)
 
 
-def run_trials(weights, tasks, n_episodes, rng, actions_out=None):
-    """Episode returns float64 (n_tasks, n_episodes) of one in-context trial per task of ``tasks``.
+def run_trials(weights, tasks, n_episodes, rng, actions_out=None, features_out=None,
+               rewards_out=None):
+    """Episode returns float64 (n_tasks, n_episodes) of one in-context trial per task of ``tasks``;
+    optionally the actions, every action's features and the rewards of each step.
 
     See :func:`metarl_fast.reference.incontext_mdp.run_trials` (``tasks`` a TaskBatch).
     """
-    return active.incontext_mdp.run_trials(weights, _tables(tasks), n_episodes, rng, actions_out)
+    return active.incontext_mdp.run_trials(weights, _tables(tasks), n_episodes, rng, actions_out,
+                                           features_out, rewards_out)
 
 
 def reinforce_trials(weights, tasks, n_episodes, rng):

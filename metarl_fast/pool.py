@@ -1,5 +1,6 @@
-"""The replay pool of the meta-learners: one :class:`~metarl_fast.replay.ReplayBuffer` shared by
-every task, holding whole episodes, and the off-policy estimate that uses them.
+"""The replay pools of the meta-learners: one :class:`~metarl_fast.replay.ReplayBuffer` shared by
+every task, holding whole episodes (:class:`EpisodePool`, the gradient-based learners) or whole
+trials (:class:`TrialPool`, the in-context learners), and the off-policy estimates that use them.
 
 The seed's loop -- select a task, act, store the experience in a pool shared across tasks, sample
 from it, update -- as the meta-learners run it (``MetaLearner(..., replay=ReplayConfig(...))``,
@@ -387,4 +388,154 @@ class EpisodePool:
         self._episodes = episodes.copy()
         self._counts = _add_counts(np.zeros(0, dtype=np.int64), self._episodes[:, 0])
         self._grouped = None
+        self.reset_stats()
+
+
+TRIAL_POOL_FORMAT = 1
+
+
+class TrialPool:
+    """The replay pool of the in-context learners: whole trials in one shared
+    :class:`~metarl_fast.replay.ReplayBuffer`, each step stored with what the policy saw (every
+    action's features, ``(n_actions, n_features)`` float64 observations), the action, the reward
+    and the behaviour log-probability.
+
+    An in-context learner is trained across tasks drawn afresh from the prior, so every stored
+    trial, whatever its task, is a sample of the objective: a replayed trial enters the trial
+    gradient by per-decision importance sampling (:func:`metarl_fast.incontext.replayed_trial_terms`),
+    unbiased untruncated; ``rho_bar`` truncates each ratio.  Because the features are what the
+    policy saw, scoring a stored trial under other weights needs no replay of its history:
+    ``log pi(a | h) = log softmax(features @ weights)[a]``.  Every trial holds the same
+    ``n_slots`` steps (a step after an MDP episode ended early has zero features, action 0 and
+    reward 0: it adds nothing, whatever the weights).
+
+    Parameters
+    ----------
+    config : :class:`ReplayConfig` (order uniform or sequences; ``episodes``: trials per update)
+    n_slots, n_actions, n_features : int >= 1
+    """
+
+    def __init__(self, config, n_slots, n_actions, n_features):
+        if not isinstance(config, ReplayConfig):
+            raise TypeError(f"config must be a ReplayConfig, got {type(config).__name__}")
+        if config.order == "windows":
+            raise ValueError("replay windows need the actor-critic inner estimator; the in-context "
+                             "learners replay whole trials (order uniform or sequences)")
+        self.n_slots = _validate.positive_int(n_slots, "n_slots")
+        self.n_actions = _validate.positive_int(n_actions, "n_actions")
+        self.n_features = _validate.positive_int(n_features, "n_features")
+        if config.capacity < self.n_slots:
+            raise ValueError(f"replay capacity {config.capacity} cannot hold one trial of "
+                             f"{self.n_slots} steps")
+        self.config = config
+        self.buffer = ReplayBuffer(config.capacity, obs_shape=(self.n_actions, self.n_features),
+                                   obs_dtype=np.float64)
+        self._trials = np.zeros((0, 2), dtype=np.int64)  # global first step, iteration stored
+        self.iteration = 0
+        self.reset_stats()
+
+    def store(self, features, actions, rewards, logp):
+        """Append ``n`` trials: features float64 (n, n_slots, n_actions, n_features), actions int64
+        (n, n_slots) (negative: a step after its episode ended, stored as 0), rewards and logp
+        float64 (n, n_slots)."""
+        n, K = actions.shape
+        if K != self.n_slots or features.shape != (n, K, self.n_actions, self.n_features):
+            raise ValueError(f"trials of shape {features.shape}, expected "
+                             f"(n, {self.n_slots}, {self.n_actions}, {self.n_features})")
+        if n == 0:
+            return
+        first = self.buffer.n_added
+        obs = np.ascontiguousarray(features.reshape(n * K, self.n_actions, self.n_features))
+        done = np.zeros((n, K), dtype=bool)
+        done[:, -1] = True
+        self.buffer.add_batch(obs, np.maximum(actions, 0).reshape(-1), rewards.reshape(-1), obs,
+                              done.reshape(-1), logp=logp.reshape(-1))
+        rows = np.stack([first + K * np.arange(n), np.full(n, self.iteration)], axis=1)
+        self._trials = np.concatenate([self._trials, rows.astype(np.int64)])
+        oldest = self.buffer.n_added - len(self.buffer)
+        self._trials = self._trials[self._trials[:, 0] >= oldest]
+
+    def end_iteration(self):
+        """Trials stored so far become replayable (call after each meta-iteration)."""
+        self.iteration += 1
+
+    @property
+    def n_trials(self):
+        return self._trials.shape[0]
+
+    def replay(self, rng):
+        """Up to ``config.episodes`` trials stored in earlier meta-iterations: drawn uniformly with
+        replacement (``order="uniform"``, one ``rng.integers`` call) or consecutive ones in time
+        order from a uniform start (``"sequences"``).  Returns ``(features, actions, rewards,
+        logp)`` with first dimension the number of trials, or None when none is stored."""
+        held = self._trials[self._trials[:, 1] < self.iteration, 0]
+        if held.shape[0] == 0:
+            return None
+        M, K = self.config.episodes, self.n_slots
+        if self.config.order == "uniform":
+            chosen = held[rng.integers(held.shape[0], size=M)]
+        else:
+            m = min(M, held.shape[0])
+            start = int(rng.integers(held.shape[0] - m + 1))
+            chosen = held[start:start + m]
+        steps = (chosen[:, None] + np.arange(K)).reshape(-1)
+        batch = self.buffer.gather(steps % self.buffer.capacity)
+        m = chosen.shape[0]
+        return (batch.obs.reshape(m, K, self.n_actions, self.n_features),
+                batch.action.reshape(m, K), batch.reward.reshape(m, K), batch.logp.reshape(m, K))
+
+    # -- statistics (as EpisodePool's) ----------------------------------------------------------
+    def reset_stats(self):
+        self._stats = {"replayed_episodes": 0, "replayed_steps": 0, "rho_sum": 0.0,
+                       "truncated": 0}
+
+    def record(self, n_trials, rho):
+        """Account for replayed trials and their per-decision ratios (untruncated)."""
+        self._stats["replayed_episodes"] += int(n_trials)
+        self._stats["replayed_steps"] += int(rho.size)
+        self._stats["rho_sum"] += float(rho.sum())
+        if self.config.rho_bar is not None:
+            self._stats["truncated"] += int(np.count_nonzero(rho > self.config.rho_bar))
+
+    def stats(self):
+        """Pool statistics since the last :meth:`reset_stats` (for ``metrics.jsonl``): a replayed
+        trial counts as a replayed episode."""
+        s = self._stats
+        steps = max(s["replayed_steps"], 1)
+        return {"pool_size": len(self.buffer), "pool_trials": self.n_trials,
+                "replayed_episodes": s["replayed_episodes"],
+                "mean_importance_weight": s["rho_sum"] / steps if s["replayed_steps"] else None,
+                "fraction_truncated": (s["truncated"] / steps if s["replayed_steps"]
+                                       and self.config.rho_bar is not None else None)}
+
+    # -- checkpoints -----------------------------------------------------------------------------
+    def state_dict(self):
+        """Arrays that restore the pool exactly (no pickle)."""
+        d = {"trialpool_" + k: np.array(v, copy=True) for k, v in self.buffer._arrays().items()}
+        d["trialpool_trials"] = self._trials.copy()
+        d["trialpool_counters"] = np.array([TRIAL_POOL_FORMAT, self.iteration, self.n_slots,
+                                            self.n_actions, self.n_features], dtype=np.int64)
+        return d
+
+    def load_state_dict(self, d):
+        counters = np.asarray(d["trialpool_counters"])
+        if counters.shape != (5,) or int(counters[0]) != TRIAL_POOL_FORMAT:
+            raise ValueError("trialpool_counters: not a trial pool of this format")
+        if tuple(int(x) for x in counters[2:]) != (self.n_slots, self.n_actions, self.n_features):
+            raise ValueError(f"the trial pool holds trials of shape {tuple(counters[2:])}, the "
+                             f"learner needs {(self.n_slots, self.n_actions, self.n_features)}")
+        arrays = {k[10:]: np.asarray(d[k]) for k in d
+                  if k.startswith("trialpool_") and k not in ("trialpool_trials", "trialpool_counters")}
+        store, state = ReplayBuffer._check_file(arrays)
+        if store[0].shape[0] != self.config.capacity:
+            raise ValueError(f"the pool holds {store[0].shape[0]} transitions, the configuration "
+                             f"{self.config.capacity}")
+        trials = np.asarray(d["trialpool_trials"], dtype=np.int64)
+        if trials.ndim != 2 or trials.shape[1] != 2:
+            raise ValueError("trialpool_trials has the wrong shape")
+        buffer = ReplayBuffer.__new__(ReplayBuffer)
+        buffer._init_from(store, state)
+        self.buffer = buffer
+        self._trials = trials.copy()
+        self.iteration = int(counters[1])
         self.reset_stats()

@@ -103,10 +103,15 @@ class TrainConfig:
             _validate.positive_int(getattr(self, name), name.replace("_", "-"))
         _validate.positive_int(self.horizon, "horizon", minimum=0)
         if self.replay:
-            if self.algo == "in-context" or self.estimator != "sampled":
-                raise ValueError("replay needs a gradient-based algorithm with the sampled "
-                                 "estimator (not in-context or exact)")
-            meta._check_replay_estimator(self.replay_config(), self.inner_estimator)
+            if self.estimator != "sampled":
+                raise ValueError("replay needs the sampled estimator (not exact)")
+            if self.algo == "in-context":
+                if self.replay_order == "windows":
+                    raise ValueError("the in-context learners replay whole trials: replay order "
+                                     "uniform or sequences")
+                self.replay_config()
+            else:
+                meta._check_replay_estimator(self.replay_config(), self.inner_estimator)
         for name in ("seed", "eval_seed"):
             _validate.positive_int(getattr(self, name), name.replace("_", "-"), minimum=0)
         _validate.finite_float(self.inner_lr, "inner-lr", low=0.0, low_open=True)
@@ -300,38 +305,112 @@ class InContextTraining:
         self.params = self.learner.weights
         self.optimizer = Adam(self.params, lr=config.meta_lr)
         self.iteration = 0
+        # --replay: whole trials in a TrialPool (built at the first step, when the shapes are known)
+        self.replay = config.replay_config()
+        self.pool = None
 
-    def meta_step(self, task_batch, rng):
-        if self.bandits:
-            arm_means = np.ascontiguousarray(task_batch.R[:, 0, :])
-            grad, totals = self.learner.policy_gradient(arm_means, task_batch.horizon, rng)
-            slots = arm_means.shape[0] * task_batch.horizon
-        else:
-            grad, totals = self.learner.policy_gradient(task_batch, self.trial_episodes, rng)
-            slots = task_batch.n_tasks * self.trial_episodes * task_batch.horizon
+    def _step(self, grad):
+        """One Adam ascent step along ``grad``; rolled back (DivergenceError) if it diverges."""
         saved = (self.params.copy(), self.optimizer.state_dict())
-        self.iteration += 1
         self.optimizer.step(-grad)
         if not np.all(np.isfinite(self.params)):
             self.params[...] = saved[0]
             self.optimizer.load_state_dict(saved[1])
-            self.iteration -= 1
             raise meta.DivergenceError(f"meta-iteration {self.iteration + 1}: weights became non-finite (rolled back)")
+
+    def _recorded_trials(self, task_batch, rng):
+        """One trial per task with every step recorded: ``(totals, features (T, K, A, F),
+        actions (T, K), rewards (T, K))``, K the slots of a trial."""
+        from metarl_fast import incontext, incontext_mdp
+
+        T, A, F = task_batch.n_tasks, task_batch.n_actions, self.learner.n_features
+        H = task_batch.horizon
+        N = 1 if self.bandits else self.trial_episodes
+        features = np.empty((T, N * H, A, F))
+        actions = np.empty((T, N * H), dtype=np.int64)
+        rewards = np.empty((T, N * H))
+        if self.bandits:
+            arm_means = np.ascontiguousarray(task_batch.R[:, 0, :])
+            totals = incontext.run_trials(self.params, arm_means, H, rng, actions, features, rewards)
+        else:
+            totals = incontext_mdp.run_trials(
+                self.params, task_batch, N, rng, actions.reshape(T, N, H),
+                features.reshape(T, N, H, A, F), rewards.reshape(T, N, H)).sum(axis=1)
+        return totals, features, actions, rewards
+
+    def _replay_step(self, task_batch, rng):
+        """The meta-step with the trial pool: the fresh trials' terms and the replayed trials'
+        importance-sampled ones, one mean; then ``ratio - 1`` steps from replayed trials alone."""
+        from metarl_fast.incontext import fresh_trial_terms, replayed_trial_terms, trial_log_probs
+        from metarl_fast.pool import TrialPool
+
+        totals, features, actions, rewards = self._recorded_trials(task_batch, rng)
+        if self.pool is None:
+            self.pool = TrialPool(self.replay, *features.shape[1:])
+        logp, score = trial_log_probs(self.params, features, actions)
+        grad, baseline = fresh_trial_terms(score, rewards)
+        n_terms = totals.shape[0]
+        replayed = self.pool.replay(rng)  # trials stored in earlier iterations
+        if replayed is not None:
+            terms, ratios = replayed_trial_terms(self.params, replayed, baseline, self.replay.rho_bar)
+            self.pool.record(ratios.shape[0], ratios)
+            grad, n_terms = grad + terms, n_terms + ratios.shape[0]
+        grad = grad / n_terms
+        self._step(grad)
+        self.pool.store(features, actions, rewards, logp)
+        self.pool.end_iteration()
+        for _ in range(self.replay.ratio - 1):
+            replayed = self.pool.replay(rng)
+            terms, ratios = replayed_trial_terms(self.params, replayed, baseline, self.replay.rho_bar)
+            self.pool.record(ratios.shape[0], ratios)
+            self._step(terms / ratios.shape[0])
+        stats = self.pool.stats()
+        self.pool.reset_stats()
+        return grad, totals, stats
+
+    def meta_step(self, task_batch, rng):
+        slots = task_batch.n_tasks * task_batch.horizon * (1 if self.bandits else self.trial_episodes)
+        if self.replay is not None:
+            grad, totals, stats = self._replay_step(task_batch, rng)
+            self.iteration += 1
+            return {"pre_return": float(totals.mean()), "post_return": None,
+                    "direction_norm": float(np.linalg.norm(grad)), "env_steps": int(slots), **stats}
+        if self.bandits:
+            arm_means = np.ascontiguousarray(task_batch.R[:, 0, :])
+            grad, totals = self.learner.policy_gradient(arm_means, task_batch.horizon, rng)
+        else:
+            grad, totals = self.learner.policy_gradient(task_batch, self.trial_episodes, rng)
+        self._step(grad)
+        self.iteration += 1
         return {"pre_return": float(totals.mean()), "post_return": None,
                 "direction_norm": float(np.linalg.norm(grad)), "env_steps": int(slots)}
 
     def state_dict(self):
         d = {"params": self.params.copy(), "iteration": np.array(self.iteration, dtype=np.int64)}
         d.update({"opt_" + k: v for k, v in self.optimizer.state_dict().items()})
+        if self.pool is not None:
+            d.update(self.pool.state_dict())
         return d
 
     def load_state_dict(self, d):
+        from metarl_fast.pool import TrialPool
+
         params = np.asarray(d["params"])
         if params.shape != self.params.shape:
             raise ValueError(f"weights of shape {params.shape}, expected {self.params.shape}")
+        pool = None
+        if "trialpool_counters" in d:
+            if self.replay is None:
+                raise ValueError("the checkpoint holds a trial pool but replay is off")
+            shape = np.asarray(d["trialpool_counters"])
+            if shape.shape != (5,):
+                raise ValueError("trialpool_counters: not a trial pool of this format")
+            pool = TrialPool(self.replay, *(int(x) for x in shape[2:]))
+            pool.load_state_dict(d)
         self.optimizer.load_state_dict({k[4:]: v for k, v in d.items() if k.startswith("opt_")})
         self.params[...] = params
         self.iteration = int(d["iteration"])
+        self.pool = pool
 
 
 def evaluate_bandits(config, weights, test_tasks, *, baselines=True):
@@ -528,9 +607,10 @@ def compare_replay(config, algos, seeds, out_dir, *, log=None, progress=None):
     ``out_dir/<algo>-<on-policy|replay>-seed<N>``.
     """
     rows = []
+    if "in-context" in algos and len(algos) > 1:
+        raise ValueError("compare the in-context learner on its own (--algos in-context): its "
+                         "return is a trial's, not a return after adaptation steps")
     for algo in algos:
-        if algo == "in-context":
-            raise ValueError("compare handles the gradient-based learners (maml, fomaml, reptile, multitask)")
         results = {}
         for mode in ("on-policy", "replay"):
             runs = []
@@ -546,13 +626,16 @@ def compare_replay(config, algos, seeds, out_dir, *, log=None, progress=None):
                     raise KeyboardInterrupt
                 with open(os.path.join(run_dir, "metrics.jsonl")) as fh:
                     env_steps = sum(json.loads(line)["env_steps"] for line in fh if line.strip())
-                after = result["results"][f"{algo} (meta-learned)"]["after_steps"][-1]["mean"]
+                learned = result["results"][f"{algo} (meta-learned)"]
+                after = learned["mean"] if algo == "in-context" else learned["after_steps"][-1]["mean"]
                 runs.append({"after": after, "env_steps": env_steps,
                              "reached": result["stopped_by"] == "target",
                              "wall_s": trainer.wall_time["total"]})
                 if progress is not None:
-                    progress.write(f"{algo} {mode} seed {seed}: {after:.3f} after {cfg.inner_steps} "
-                                   f"step(s), {env_steps} environment steps, "
+                    what = ("trial return" if algo == "in-context"
+                            else f"after {cfg.inner_steps} step(s)")
+                    progress.write(f"{algo} {mode} seed {seed}: {after:.3f} {what}, "
+                                   f"{env_steps} environment steps, "
                                    f"{trainer.wall_time['total']:.1f} s\n")
                     progress.flush()
             results[mode] = runs
@@ -573,7 +656,8 @@ def compare_replay(config, algos, seeds, out_dir, *, log=None, progress=None):
                 row["steps_vs_on_policy"] = steps
                 row["steps_verdict"] = "fewer" if hi < 0 else "more" if lo > 0 else "no significant difference"
             rows.append(row)
-    return {"algos": list(algos), "seeds": list(seeds), "inner_steps": config.inner_steps,
+    return {"algos": list(algos), "seeds": list(seeds),
+            "inner_steps": None if list(algos) == ["in-context"] else config.inner_steps,
             "target": None if math.isnan(config.target) else config.target, "rows": rows}
 
 
@@ -582,7 +666,8 @@ def format_replay_comparison(result):
     run, are in the JSON result and the progress lines)."""
     k = result["inner_steps"]
     target = result["target"]
-    lines = [f"| method | after {k} step{'s' if k > 1 else ''} (mean over seeds ± 95% CI) "
+    what = "trial return" if k is None else f"after {k} step{'s' if k > 1 else ''}"
+    lines = [f"| method | {what} (mean over seeds ± 95% CI) "
              f"| replay − on-policy (paired) | environment steps per run |"
              + (f" runs reaching {target:g} | steps: replay − on-policy (paired) |"
                 if target is not None else ""),

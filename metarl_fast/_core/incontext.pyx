@@ -9,7 +9,7 @@ cimport numpy as cnp
 from libc.math cimport INFINITY, sqrt
 from libc.stdint cimport int64_t
 from libc.stdlib cimport free, malloc
-from libc.string cimport memset
+from libc.string cimport memcpy, memset
 from numpy.random cimport bitgen_t
 
 from metarl_fast._core.mf_exp cimport mf_exp_nonpos_block
@@ -21,7 +21,7 @@ import numpy as np
 
 from metarl_fast import _validate
 from metarl_fast.reference.incontext import (FEATURE_NAMES, MAX_ABS_WEIGHT, N_FEATURES,
-                                             check_counts, check_trial_inputs)
+                                             check_counts, check_record, check_trial_inputs)
 
 cnp.import_array()
 
@@ -94,7 +94,8 @@ cdef intp_t play_trials(const double* weights, const double* arm_means, intp_t n
                         int64_t* actions_out, double* weighted_score, double* score_sums,
                         double* reward_sums) noexcept nogil:
     return play_trials_checked(weights, arm_means, n_tasks, n_arms, n_pulls, bitgen, totals,
-                               actions_out, weighted_score, score_sums, reward_sums, NULL)
+                               actions_out, weighted_score, score_sums, reward_sums, NULL, NULL,
+                               NULL)
 
 
 # Task-pulls between two looks at pending signals (Ctrl-C) in a long call: a few ms of work.
@@ -112,10 +113,12 @@ def _set_signal_check_work(n):
 cdef intp_t play_trials_checked(const double* weights, const double* arm_means, intp_t n_tasks,
                                 intp_t n_arms, intp_t n_pulls, bitgen_t* bitgen, double* totals,
                                 int64_t* actions_out, double* weighted_score, double* score_sums,
-                                double* reward_sums, mf_pending_t* pending) noexcept nogil:
+                                double* reward_sums, mf_pending_t* pending,
+                                double* features_out, double* rewards_out) noexcept nogil:
     """play_trials; with ``pending``, pending signals are looked at every signal_check_work
     task-pulls and a raised one ends the call (MF_INTERRUPTED, outputs incomplete, the exception
-    held in ``pending``)."""
+    held in ``pending``).  ``features_out`` (n_tasks, n_pulls, n_arms, F) and ``rewards_out``
+    (n_tasks, n_pulls), when not NULL, receive what each step saw and earned."""
     cdef bint want_grad = weighted_score != NULL
     cdef intp_t work = 0
     cdef intp_t i, t, a, j, arm, count, F = IC_N_FEATURES
@@ -177,6 +180,9 @@ cdef intp_t play_trials_checked(const double* weights, const double* arm_means, 
                 task_logits = logits + ii * n_arms
                 features_from_stats(stats + (start + ii) * n_arms * N_STATS, N_STATS, n_arms,
                                     n_remaining, n_total, task_phi)
+                if features_out != NULL:
+                    memcpy(features_out + ((start + ii) * n_pulls + t) * n_arms * F, task_phi,
+                           n_arms * F * sizeof(double))
                 lmax = -INFINITY
                 for a in range(n_arms):
                     # feature by feature in index order, as the reference sums them
@@ -230,6 +236,8 @@ cdef intp_t play_trials_checked(const double* weights, const double* arm_means, 
             arm_stats(successes[arm], failures[arm], stats + arm * N_STATS)
             if actions_out != NULL:
                 actions_out[i * n_pulls + t] = arms[i]
+            if rewards_out != NULL:
+                rewards_out[i * n_pulls + t] = reward
         work += n_tasks
         if pending != NULL and work >= signal_check_work and t + 1 < n_pulls:
             work = 0
@@ -264,13 +272,20 @@ def bandit_features(successes, failures, n_remaining, n_pulls):
 
 
 cdef object _play(object weights, object arm_means, object n_pulls, object rng, bint want_grad,
-                  object actions_out):
+                  object actions_out, object features_out=None, object rewards_out=None):
     w, p, n_pulls = check_trial_inputs(weights, arm_means, n_pulls, rng)
     cdef cnp.ndarray wa = w, pa = p
     cdef intp_t n_tasks = pa.shape[0], n_arms = pa.shape[1], n = n_pulls, status
     cdef cnp.ndarray totals = np.empty(n_tasks)
     cdef cnp.ndarray acts, weighted, score_sums, reward_sums
     cdef int64_t* acts_p = NULL
+    cdef double* feats_p = NULL
+    cdef double* rews_p = NULL
+    check_record(features_out, rewards_out, n_tasks, n, n_arms)
+    if features_out is not None:
+        feats_p = <double*> cnp.PyArray_DATA(features_out)
+    if rewards_out is not None:
+        rews_p = <double*> cnp.PyArray_DATA(rewards_out)
     cdef double* weighted_p = NULL
     cdef double* score_sums_p = NULL
     cdef double* reward_sums_p = NULL
@@ -293,7 +308,8 @@ cdef object _play(object weights, object arm_means, object n_pulls, object rng, 
             status = play_trials_checked(<const double*> cnp.PyArray_DATA(wa),
                                          <const double*> cnp.PyArray_DATA(pa), n_tasks, n_arms, n,
                                          bitgen, <double*> cnp.PyArray_DATA(totals), acts_p,
-                                         weighted_p, score_sums_p, reward_sums_p, &pending)
+                                         weighted_p, score_sums_p, reward_sums_p, &pending,
+                                         feats_p, rews_p)
     if status == MF_INTERRUPTED:
         mf_raise_pending(&pending)
     if status == MF_NO_MEMORY:
@@ -303,9 +319,10 @@ cdef object _play(object weights, object arm_means, object n_pulls, object rng, 
     return totals
 
 
-def run_trials(weights, arm_means, n_pulls, rng, actions_out=None):
+def run_trials(weights, arm_means, n_pulls, rng, actions_out=None, features_out=None,
+               rewards_out=None):
     """One trial per task.  See :func:`metarl_fast.reference.incontext.run_trials`."""
-    return _play(weights, arm_means, n_pulls, rng, False, actions_out)
+    return _play(weights, arm_means, n_pulls, rng, False, actions_out, features_out, rewards_out)
 
 
 def reinforce_trials(weights, arm_means, n_pulls, rng):

@@ -12,7 +12,7 @@ cimport numpy as cnp
 from libc.math cimport INFINITY, sqrt
 from libc.stdint cimport int64_t, uint8_t
 from libc.stdlib cimport free, malloc
-from libc.string cimport memset
+from libc.string cimport memcpy, memset
 from numpy.random cimport bitgen_t
 from numpy.random.c_distributions cimport random_standard_uniform_fill
 
@@ -33,6 +33,7 @@ from metarl_fast import _validate
 from metarl_fast.reference.incontext_mdp import (FEATURE_NAMES, MAX_ABS_WEIGHT, N_FEATURES,
                                                  NONFINITE_MESSAGE, check_statistics,
                                                  check_trial_inputs)
+from metarl_fast.reference.incontext import check_record
 
 cnp.import_array()
 
@@ -188,7 +189,8 @@ cdef intp_t play_mdp_trials(const TablesView* t, const double* weights, intp_t n
                             double* weighted_score, double* score_sums,
                             double* reward_sums) noexcept nogil:
     return play_mdp_trials_checked(t, weights, n_episodes, u_start, u_act, noise, u_next, returns,
-                                   actions_out, weighted_score, score_sums, reward_sums, NULL)
+                                   actions_out, weighted_score, score_sums, reward_sums, NULL,
+                                   NULL, NULL)
 
 
 # Work (episodes x states x actions, the cost of the per-episode value iterations) between two
@@ -209,10 +211,13 @@ cdef intp_t play_mdp_trials_checked(const TablesView* t, const double* weights,
                                     const double* noise, const double* u_next, double* returns,
                                     int64_t* actions_out, double* weighted_score,
                                     double* score_sums, double* reward_sums,
-                                    mf_pending_t* pending) noexcept nogil:
+                                    mf_pending_t* pending, double* features_out,
+                                    double* rewards_out) noexcept nogil:
     """play_mdp_trials; with ``pending``, pending signals are looked at between tasks, every
     signal_check_work units of work, and a raised one ends the call (MF_INTERRUPTED, outputs
-    incomplete, the exception held in ``pending``)."""
+    incomplete, the exception held in ``pending``).  ``features_out`` (T, N * H, A, F) and
+    ``rewards_out`` (T, N * H), when not NULL, receive what each step saw and earned (zeros
+    after an episode ended)."""
     cdef bint want_grad = weighted_score != NULL
     cdef intp_t work = 0
     cdef intp_t T = t.n_tasks, S = t.n_states, A = t.n_actions, H = t.horizon, N = n_episodes
@@ -258,6 +263,10 @@ cdef intp_t play_mdp_trials_checked(const TablesView* t, const double* weights,
         if actions_out != NULL:
             for j in range(N * H):
                 actions_out[i * K + j] = -1
+        if features_out != NULL:
+            memset(features_out + i * K * A * F, 0, K * A * F * sizeof(double))
+        if rewards_out != NULL:
+            memset(rewards_out + i * K, 0, K * sizeof(double))
         for e in range(N):
             returns[i * N + e] = 0.0
         for e in range(N):
@@ -340,6 +349,10 @@ cdef intp_t play_mdp_trials_checked(const TablesView* t, const double* weights,
                 returns[i * N + e] += r
                 if actions_out != NULL:
                     actions_out[q] = act
+                if features_out != NULL:
+                    memcpy(features_out + q * A * F, phi, A * F * sizeof(double))
+                if rewards_out != NULL:
+                    rewards_out[q] = r
                 if want_grad:
                     # score = phi[act] - sum_b pi_b phi[b]  (d log pi(act) / d weights)
                     for j in range(F):
@@ -422,11 +435,13 @@ cdef inline cnp.ndarray _empty(intp_t n):
 
 
 cdef object _play(object weights, object tables, object n_episodes, object rng, bint want_grad,
-                  object actions_out):
+                  object actions_out, object features_out=None, object rewards_out=None):
     w, n_episodes = check_trial_inputs(weights, tables, n_episodes, rng)
     cdef TablesView t
     fill_view(tables, &t)
     cdef intp_t T = t.n_tasks, N = n_episodes, H = t.horizon, cap = T * N * H, status
+    cdef double* feats_p = NULL
+    cdef double* rews_p = NULL
     cdef bint has_noise = t.reward_kind == ICM_REWARD_GAUSSIAN or t.reward_kind == ICM_REWARD_BERNOULLI
     cdef cnp.ndarray wa = w
     cdef cnp.ndarray u_start = _empty(T * N if t.stochastic_start else 0)
@@ -442,6 +457,11 @@ cdef object _play(object weights, object tables, object n_episodes, object rng, 
     if actions_out is not None:
         acts = _validate.check_out(actions_out, (T, N, H), np.int64, "actions_out")
         acts_p = <int64_t*> cnp.PyArray_DATA(acts)
+    check_record(features_out, rewards_out, T, None, t.n_actions, (N, H), ICM_N_FEATURES)
+    if features_out is not None:
+        feats_p = <double*> cnp.PyArray_DATA(features_out)
+    if rewards_out is not None:
+        rews_p = <double*> cnp.PyArray_DATA(rewards_out)
     if want_grad:
         weighted = np.empty(ICM_N_FEATURES)
         score_sums = np.empty((N * H, ICM_N_FEATURES))
@@ -472,7 +492,7 @@ cdef object _play(object weights, object tables, object n_episodes, object rng, 
     with nogil:
         status = play_mdp_trials_checked(&t, wp, N, us, ua, nz, un,
                                          <double*> cnp.PyArray_DATA(returns), acts_p, weighted_p,
-                                         score_sums_p, reward_sums_p, &pending)
+                                         score_sums_p, reward_sums_p, &pending, feats_p, rews_p)
     if status == MF_INTERRUPTED:
         mf_raise_pending(&pending)
     if status == MF_NO_MEMORY:
@@ -484,9 +504,10 @@ cdef object _play(object weights, object tables, object n_episodes, object rng, 
     return returns
 
 
-def run_trials(weights, tables, n_episodes, rng, actions_out=None):
+def run_trials(weights, tables, n_episodes, rng, actions_out=None, features_out=None,
+               rewards_out=None):
     """One trial per task.  See :func:`metarl_fast.reference.incontext_mdp.run_trials`."""
-    return _play(weights, tables, n_episodes, rng, False, actions_out)
+    return _play(weights, tables, n_episodes, rng, False, actions_out, features_out, rewards_out)
 
 
 def reinforce_trials(weights, tables, n_episodes, rng):

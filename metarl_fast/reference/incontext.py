@@ -155,7 +155,21 @@ def bandit_features(successes, failures, n_remaining, n_pulls):
     return _features(s, f, n_remaining, n_pulls)
 
 
-def _play(w, p, n_pulls, rng, want_grad, actions_out):
+def check_record(features_out, rewards_out, n_tasks, n_slots, n_actions, slot_shape=None,
+                 n_features=N_FEATURES):
+    """The optional per-step records of a trial call: ``features_out`` float64
+    ``(n_tasks, *slot_shape, n_actions, n_features)`` and ``rewards_out`` float64
+    ``(n_tasks, *slot_shape)`` (``slot_shape`` defaults to ``(n_slots,)``), C-contiguous and
+    writeable; checked before anything is drawn."""
+    slot_shape = (n_slots,) if slot_shape is None else tuple(slot_shape)
+    if features_out is not None:
+        _validate.check_out(features_out, (n_tasks,) + slot_shape + (n_actions, n_features),
+                            np.float64, "features_out")
+    if rewards_out is not None:
+        _validate.check_out(rewards_out, (n_tasks,) + slot_shape, np.float64, "rewards_out")
+
+
+def _play(w, p, n_pulls, rng, want_grad, actions_out, features_out=None, rewards_out=None):
     n_tasks, n_arms = p.shape
     s = np.zeros((n_tasks, n_arms))
     f = np.zeros((n_tasks, n_arms))
@@ -173,6 +187,10 @@ def _play(w, p, n_pulls, rng, want_grad, actions_out):
         rewards = (rng.random(n_tasks) < p[rows, arms]).astype(np.float64)
         if actions_out is not None:
             actions_out[:, t] = arms
+        if features_out is not None:
+            features_out[:, t] = phi
+        if rewards_out is not None:
+            rewards_out[:, t] = rewards
         s[rows, arms] += rewards
         f[rows, arms] += 1.0 - rewards
         totals += rewards
@@ -188,7 +206,8 @@ def _play(w, p, n_pulls, rng, want_grad, actions_out):
     return totals
 
 
-def run_trials(weights, arm_means, n_pulls, rng, actions_out=None):
+def run_trials(weights, arm_means, n_pulls, rng, actions_out=None, features_out=None,
+               rewards_out=None):
     """Play one trial of ``n_pulls`` pulls on each task with the in-context softmax policy.
 
     Parameters
@@ -202,6 +221,12 @@ def run_trials(weights, arm_means, n_pulls, rng, actions_out=None):
         Consumed as described in the module docstring (``2 * n_tasks * n_pulls`` uniforms).
     actions_out : int64 (n_tasks, n_pulls), optional
         If given, receives the arm pulled at each step.
+    features_out : float64 (n_tasks, n_pulls, n_arms, N_FEATURES), optional
+        If given, receives every arm's features at each step (what the policy saw: the logits are
+        ``features_out[i, t] @ weights``), so that a trial can be scored again under other
+        weights (the in-context replay pool, :class:`metarl_fast.pool.TrialPool`).
+    rewards_out : float64 (n_tasks, n_pulls), optional
+        If given, receives the reward of each pull.
 
     Returns
     -------
@@ -211,7 +236,8 @@ def run_trials(weights, arm_means, n_pulls, rng, actions_out=None):
     w, p, n_pulls = check_trial_inputs(weights, arm_means, n_pulls, rng)
     if actions_out is not None:
         _validate.check_out(actions_out, (p.shape[0], n_pulls), np.int64, "actions_out")
-    return _play(w, p, n_pulls, rng, False, actions_out)
+    check_record(features_out, rewards_out, p.shape[0], n_pulls, p.shape[1])
+    return _play(w, p, n_pulls, rng, False, actions_out, features_out, rewards_out)
 
 
 def reinforce_trials(weights, arm_means, n_pulls, rng):

@@ -58,6 +58,7 @@ import numpy as np
 
 from metarl_fast import _validate
 from metarl_fast.reference._math import exp_nonpos, linear_logits
+from metarl_fast.reference.incontext import check_record
 from metarl_fast.reference.envs import (_draw_noise, _flat_sa, _inverse_cdf, _next_states,
                                         _rewards, check_tables)
 from metarl_fast.tasks import REWARD_TRANSITION
@@ -182,13 +183,14 @@ def _step_features(cnt, rs, visits, qe, qo, rho):
 _logits = linear_logits  # (feature by feature: bit-identical to the Cython kernel's sums)
 
 
-def _play(w, tables, n_episodes, rng, want_grad, actions_out):
+def _play(w, tables, n_episodes, rng, want_grad, actions_out, features_out=None, rewards_out=None):
     # overflowing rewards end in FloatingPointError below; numpy's own warnings add nothing
     with np.errstate(over="ignore", invalid="ignore"):
-        return _play_trials(w, tables, n_episodes, rng, want_grad, actions_out)
+        return _play_trials(w, tables, n_episodes, rng, want_grad, actions_out, features_out,
+                            rewards_out)
 
 
-def _play_trials(w, tables, n_episodes, rng, want_grad, actions_out):
+def _play_trials(w, tables, n_episodes, rng, want_grad, actions_out, features_out, rewards_out):
     t = tables
     T, N, H, S, A = t.n_tasks, n_episodes, t.horizon, t.n_states, t.n_actions
     K = N * H
@@ -206,6 +208,10 @@ def _play_trials(w, tables, n_episodes, rng, want_grad, actions_out):
     tasks = np.arange(T)
     if actions_out is not None:
         actions_out[...] = -1
+    if features_out is not None:
+        features_out[...] = 0.0
+    if rewards_out is not None:
+        rewards_out[...] = 0.0
     if want_grad:
         cum_score = np.zeros((T, N_FEATURES))
         weighted_score = np.zeros(N_FEATURES)
@@ -244,6 +250,10 @@ def _play_trials(w, tables, n_episodes, rng, want_grad, actions_out):
             returns[live, e] += r
             if actions_out is not None:
                 actions_out[live, e, step] = a
+            if features_out is not None:
+                features_out[live, e, step] = phi
+            if rewards_out is not None:
+                rewards_out[live, e, step] = r
             if want_grad:
                 probs = ex / cdf[:, -1:]
                 rows = np.arange(live.size)
@@ -262,7 +272,8 @@ def _play_trials(w, tables, n_episodes, rng, want_grad, actions_out):
     return returns
 
 
-def run_trials(weights, tables, n_episodes, rng, actions_out=None):
+def run_trials(weights, tables, n_episodes, rng, actions_out=None, features_out=None,
+               rewards_out=None):
     """Play one trial of ``n_episodes`` episodes on each task with the in-context softmax policy.
 
     Parameters
@@ -276,6 +287,12 @@ def run_trials(weights, tables, n_episodes, rng, actions_out=None):
         Consumed as described in the module docstring.
     actions_out : int64 (T, n_episodes, horizon), optional
         If given, receives the actions taken (``-1`` after an episode ended).
+    features_out : float64 (T, n_episodes, horizon, n_actions, N_FEATURES), optional
+        If given, receives every action's features at each step (the logits are
+        ``features_out[i, e, t] @ weights``; zeros after an episode ended), so that a trial can
+        be scored again under other weights (:class:`metarl_fast.pool.TrialPool`).
+    rewards_out : float64 (T, n_episodes, horizon), optional
+        If given, receives each step's reward (zeros after an episode ended).
 
     Returns
     -------
@@ -292,7 +309,9 @@ def run_trials(weights, tables, n_episodes, rng, actions_out=None):
     if actions_out is not None:
         _validate.check_out(actions_out, (tables.n_tasks, n_episodes, tables.horizon), np.int64,
                             "actions_out")
-    return _play(w, tables, n_episodes, rng, False, actions_out)
+    check_record(features_out, rewards_out, tables.n_tasks, None, tables.n_actions,
+                 (n_episodes, tables.horizon), N_FEATURES)
+    return _play(w, tables, n_episodes, rng, False, actions_out, features_out, rewards_out)
 
 
 def reinforce_trials(weights, tables, n_episodes, rng):

@@ -10,6 +10,7 @@ CORE = "metarl_fast/_core/incontext.pyx"
 PY = "metarl_fast/incontext.py"
 MREF = "metarl_fast/reference/incontext_mdp.py"
 MCORE = "metarl_fast/_core/incontext_mdp.pyx"
+T_TRIALS = ["tests/test_trial_pool.py"]
 MPY = "metarl_fast/incontext_mdp.py"
 
 MUTATIONS = [
@@ -135,4 +136,31 @@ MUTATIONS = [
              "        if pending != NULL and work >= signal_check_work and i + 1 < T:\n",
              "        if False:\n", ["tests/test_interrupts.py"],
              "Ctrl-C waits for the whole batch of MDP trials"),
+    Mutation("ic-ref-record-features-after-pull", REF,
+             "        if features_out is not None:\n            features_out[:, t] = phi\n",
+             "        if features_out is not None:\n            features_out[:, t] = _features(s, f, n_pulls - t, n_pulls) * 0.5\n",
+             T_TRIALS, "the recorded features are not what the policy saw"),
+    Mutation("ic-core-record-rewards-of-wrong-pull", CORE,
+             "                rewards_out[i * n_pulls + t] = reward",
+             "                rewards_out[i * n_pulls + (t + 1) % n_pulls] = reward", T_TRIALS),
+    Mutation("icm-ref-record-stale-after-end", MREF,
+             "    if features_out is not None:\n        features_out[...] = 0.0\n",
+             "    if features_out is not None:\n        pass\n", T_TRIALS,
+             "steps after an episode ended keep whatever the array held"),
+    Mutation("icm-core-record-features-not-copied", MCORE,
+             "                    memcpy(features_out + q * A * F, phi, A * F * sizeof(double))\n",
+             "                    memcpy(features_out + q * A * F, phi, (A - 1) * F * sizeof(double))\n",
+             T_TRIALS),
+    Mutation("ic-replay-single-decision-ratio", PY,
+             "        c = np.exp(np.cumsum(log_rho, axis=1))\n",
+             "        c = np.exp(log_rho)\n", T_TRIALS,
+             "each reward weighted by its own step's ratio, not the product up to it"),
+    Mutation("ic-replay-baseline-unweighted", PY,
+             "        coef = _to_go(c * rewards) - c * baseline[None, :]\n",
+             "        coef = _to_go(c * rewards) - baseline[None, :]\n", T_TRIALS,
+             "the baseline enters without the ratio product: biased"),
+    Mutation("ic-fresh-mean-baseline", PY,
+             "    baseline = (total[None, :] - to_go) / (n - 1) if n > 1 else np.zeros_like(to_go)\n",
+             "    baseline = np.broadcast_to(total / n, to_go.shape)\n", T_TRIALS,
+             "the fresh trials' own reward-to-go in their baseline"),
 ]
