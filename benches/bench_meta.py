@@ -76,10 +76,12 @@ def test_task_sampling_share(benchmark, family, part):
     assert np.isfinite(stats["pre_return"])
 
 
-REPLAY = {"on-policy": None, "replay 5": dict(episodes=5), "replay 32": dict(episodes=32)}
+REPLAY = {"on-policy": None, "replay 5": dict(episodes=5), "replay 32": dict(episodes=32),
+          "actor-critic on-policy": None,
+          "actor-critic windows 5x8": dict(episodes=5, order="windows", window=8, rho_bar=1.0)}
 
 
-@pytest.mark.parametrize("mode", grid(list(REPLAY), ["on-policy", "replay 5"]))
+@pytest.mark.parametrize("mode", grid(list(REPLAY), ["on-policy", "replay 5", "actor-critic windows 5x8"]))
 def test_meta_iteration_with_replay(benchmark, backend, mode):
     """A MAML meta-iteration on GridNavigation(7) (20 fresh tasks × 20 episodes, K = 1) with the
     replay pool: every rollout stored, each estimate adding up to M stored episodes per task.
@@ -90,11 +92,41 @@ def test_meta_iteration_with_replay(benchmark, backend, mode):
     policy = mf.TabularSoftmaxPolicy(49, 5)
     replay = REPLAY[mode]
     learner = mf.MetaLearner(policy, "maml", inner_lr=1.0, meta_lr=0.05, episodes_per_task=20,
-                             replay=None if replay is None else ReplayConfig(**replay))
+                             replay=None if replay is None else ReplayConfig(**replay),
+                             inner_estimator="actor-critic" if mode.startswith("actor") else "reinforce")
     rng = np.random.default_rng(0)
     for _ in range(30):
         learner.meta_step(dist.sample(20, rng), rng)
     benchmark.group = f"meta-iteration GridNavigation(7) maml with a fresh batch, {mode}"
     benchmark.extra_info.update(rows=1, backend=backend)
     stats = benchmark(lambda: learner.meta_step(dist.sample(20, rng), rng))
+    assert np.isfinite(stats["pre_return"])
+
+
+INCONTEXT_REPLAY = {"on-policy": None, "replay 500": dict(episodes=500, rho_bar=2.0),
+                    "replay 2000": dict(episodes=2000, rho_bar=2.0)}
+
+
+@pytest.mark.parametrize("tasks", ["bandits", "tabular-mdp"])
+@pytest.mark.parametrize("mode", grid(list(INCONTEXT_REPLAY), ["on-policy", "replay 500"]))
+def test_incontext_iteration_with_replay(benchmark, backend, tasks, mode):
+    """One meta-iteration of the in-context learner (500 fresh trials: bandits k = 5, 10 pulls;
+    tabular MDPs S = 5, A = 3, 5 episodes of 10 steps) with and without the trial pool: every
+    trial recorded and stored, M stored trials scored again and importance-weighted.  The pool is
+    filled by 10 iterations first."""
+    from metarl_fast.trainer import InContextTraining, TrainConfig
+
+    replay = INCONTEXT_REPLAY[mode]
+    config = TrainConfig(tasks=tasks, algo="in-context", n_states=5, n_actions=3, meta_lr=0.1,
+                         replay=replay is not None, replay_capacity=100_000,
+                         **({} if replay is None else dict(replay_batch=replay["episodes"],
+                                                           rho_bar=replay["rho_bar"])))
+    training = InContextTraining(config.validate())
+    dist = config.distribution()
+    rng = np.random.default_rng(0)
+    for _ in range(10):
+        training.meta_step(dist.sample(500, rng), rng)
+    benchmark.group = f"in-context iteration {tasks}, 500 fresh trials, {mode}"
+    benchmark.extra_info.update(rows=500, backend=backend)
+    stats = benchmark(lambda: training.meta_step(dist.sample(500, rng), rng))
     assert np.isfinite(stats["pre_return"])

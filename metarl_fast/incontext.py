@@ -106,14 +106,16 @@ def trial_log_probs(weights, features, actions):
     float64 (n, K) and ``score`` float64 (n, K, F) ``= phi[a] - sum_b pi_b phi[b]``.
     """
     w = np.asarray(weights, dtype=np.float64)
-    logits = features @ w
-    logits = logits - logits.max(axis=-1, keepdims=True)
-    log_all = logits - np.log(np.exp(logits).sum(axis=-1, keepdims=True))
-    a = np.maximum(actions, 0)[..., None]
-    logp = np.take_along_axis(log_all, a, axis=-1)[..., 0]
-    chosen = np.take_along_axis(features, a[..., None], axis=-2)[..., 0, :]
-    score = chosen - np.einsum("nka,nkaf->nkf", np.exp(log_all), features)
-    return logp, score
+    n, K, A, F = features.shape
+    flat = features.reshape(n * K, A, F)
+    logits = flat @ w                                                  # (n K, A)
+    logits -= logits.max(axis=1, keepdims=True)
+    log_all = logits - np.log(np.exp(logits).sum(axis=1, keepdims=True))
+    chosen = np.arange(n * K) * A + np.maximum(actions, 0).reshape(-1)  # (step, action) cells
+    logp = log_all.reshape(-1)[chosen].reshape(n, K)
+    mean_phi = np.matmul(np.exp(log_all)[:, None, :], flat)[:, 0, :]  # sum_b pi_b phi[b]
+    score = flat.reshape(n * K * A, F)[chosen] - mean_phi
+    return logp, score.reshape(n, K, F)
 
 
 def _to_go(rewards):

@@ -6,10 +6,15 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from metarl_fast._core import pg as cython_pg
 from metarl_fast.reference import pg as ref_pg
 
-TWINS = {"numpy": ref_pg, "cython": cython_pg}
+from conftest import HAVE_CYTHON, needs_cython
+
+TWINS = {"numpy": ref_pg}
+if HAVE_CYTHON:
+    from metarl_fast._core import pg as cython_pg
+
+    TWINS["cython"] = cython_pg
 
 
 def _pieces(n, seed, ends_prob=0.25, dtype=np.float64):
@@ -75,6 +80,7 @@ def test_on_policy_targets_are_n_step_returns(backend):
         assert adv[i] == pytest.approx(r[i] + gamma * nxt - v[i], rel=1e-12, abs=1e-12)
 
 
+@needs_cython
 @settings(max_examples=60, deadline=None)
 @given(n=st.integers(0, 80), seed=st.integers(0, 2**32 - 1), gamma=st.floats(0.0, 1.0),
        float32=st.booleans(), rho_bar=st.sampled_from([None, 0.5, 1.0, 3.0]),
