@@ -14,6 +14,16 @@ import numpy as np
 FLOAT_DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
 
 
+def got(arr):
+    """What a rejected array-like was, for a message: ``None`` for None (which ``np.asarray``
+    turns into a 0-d object array), else ``dtype <its dtype>``."""
+    if isinstance(arr, np.ndarray) and arr.dtype == object and arr.ndim == 0 and arr.item() is None:
+        return "None"
+    if arr is None:
+        return "None"
+    return f"dtype {arr.dtype}"
+
+
 def check_rng(rng, name="rng"):
     if not isinstance(rng, np.random.Generator):
         raise TypeError(
@@ -37,9 +47,9 @@ def float_array(x, name, ndim=None, dtype=None):
         except (ValueError, TypeError) as err:
             raise TypeError(f"{name} must be a float32 or float64 array ({err})") from err
         if x.dtype.kind not in "fiub":
-            raise TypeError(f"{name} must be a float32 or float64 array, got dtype {x.dtype}")
+            raise TypeError(f"{name} must be a float32 or float64 array, got {got(x)}")
         if x.dtype.kind in "iub" and dtype is None:
-            raise TypeError(f"{name} must be a float32 or float64 array, got dtype {x.dtype}")
+            raise TypeError(f"{name} must be a float32 or float64 array, got {got(x)}")
         if dtype is None and x.dtype not in FLOAT_DTYPES:
             x = x.astype(np.float64)
     if x.dtype.kind == "f" and not x.dtype.isnative:  # byte-swapped input: convert, never misread
@@ -49,7 +59,7 @@ def float_array(x, name, ndim=None, dtype=None):
         if x.dtype != dtype:
             raise TypeError(f"{name} must have dtype {dtype}, got {x.dtype}")
     elif x.dtype not in FLOAT_DTYPES:
-        raise TypeError(f"{name} must be a float32 or float64 array, got dtype {x.dtype}")
+        raise TypeError(f"{name} must be a float32 or float64 array, got {got(x)}")
     if ndim is not None and x.ndim != ndim:
         raise ValueError(f"{name} must be {ndim}-D, got shape {x.shape}")
     if not x.flags.c_contiguous or not x.flags.aligned:
@@ -66,7 +76,7 @@ def int_array(x, name, ndim=1, length=None, low=None, high=None):
         if arr.size == 0 and arr.dtype.kind == "f":
             arr = arr.astype(np.int64)
         else:
-            raise TypeError(f"{name} must be an integer array, got dtype {arr.dtype}")
+            raise TypeError(f"{name} must be an integer array, got {got(arr)}")
     if arr.ndim != ndim:
         raise ValueError(f"{name} must be {ndim}-D, got shape {arr.shape}")
     if length is not None and arr.shape[0] != length:
@@ -164,7 +174,7 @@ def weight_vector(weights, n_features, name="weights", max_abs=1e100):
         raise TypeError(f"{name} must be a float array, got None")
     arr = np.asarray(weights)
     if arr.dtype.kind != "f":
-        raise TypeError(f"{name} must be a float array, got dtype {arr.dtype}")
+        raise TypeError(f"{name} must be a float array, got {got(arr)}")
     w = float_array(arr, name, ndim=1).astype(np.float64, copy=False)
     if w.shape != (n_features,):
         raise ValueError(f"{name} must have shape ({n_features},), got {w.shape}")

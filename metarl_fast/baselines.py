@@ -188,6 +188,9 @@ def bayes_optimal_value(n_arms, n_pulls):
     """
     n_arms = _validate.positive_int(n_arms, "n_arms")
     n_pulls = _validate.positive_int(n_pulls, "n_pulls")
+    # arms never pulled are exchangeable and n_pulls pulls reach at most n_pulls arms, so a fresh
+    # arm is always at hand with n_pulls of them: more arms than pulls change nothing
+    n_arms = min(n_arms, n_pulls)
     count, exact = _ref.bayes_state_count(n_arms, n_pulls, limit=MAX_BAYES_STATES)
     if count > MAX_BAYES_STATES:
         needs = f"{count:,}" if exact else f"more than {count:,}"

@@ -53,7 +53,7 @@ def _check_mdp(mdp):
 def _check_theta(mdp, theta, name="theta"):
     arr = np.asarray(theta)
     if arr.dtype.kind not in "fiu":
-        raise TypeError(f"{name} must be a real array, got dtype {arr.dtype}")
+        raise TypeError(f"{name} must be a real array, got {_validate.got(arr)}")
     arr = np.asarray(arr, dtype=np.float64)
     shape = (mdp.n_states, mdp.n_actions)
     if arr.shape == (shape[0] * shape[1],):
@@ -157,7 +157,7 @@ def policy_gradient_exact(mdp, theta):
 def _linear_logits(mdp, features, params):
     phi = np.asarray(features)
     if phi.dtype.kind not in "fiu":
-        raise TypeError(f"features must be a real array, got dtype {phi.dtype}")
+        raise TypeError(f"features must be a real array, got {_validate.got(phi)}")
     phi = np.asarray(phi, dtype=np.float64)
     if phi.ndim != 2 or phi.shape[0] != mdp.n_states:
         raise ValueError(f"features must have shape ({mdp.n_states}, F), got {phi.shape}")

@@ -726,6 +726,11 @@ class MetaLearner:
         when measured), ``direction_norm``.  Raises :class:`DivergenceError` (parameters rolled
         back) if the update is not finite.
         """
+        from metarl_fast.tasks import TaskBatch
+
+        if not isinstance(task_batch, TaskBatch):
+            raise TypeError(f"task_batch must be a TaskBatch (e.g. GridNavigation().sample(20, rng)), "
+                            f"got {type(task_batch).__name__}")
         _validate.check_rng(rng)
         problem = self.problem(task_batch, self.pool)
         phi = self.policy.params.astype(np.float64)

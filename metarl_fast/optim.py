@@ -33,7 +33,7 @@ def _target_params(params):
     if not isinstance(arr, np.ndarray):
         raise TypeError(f"params must be a policy or a numpy.ndarray, got {type(params).__name__}")
     if arr.dtype not in _validate.FLOAT_DTYPES:
-        raise TypeError(f"params must be float32 or float64, got dtype {arr.dtype}")
+        raise TypeError(f"params must be float32 or float64, got {_validate.got(arr)}")
     if arr.ndim != 1 or not arr.flags.c_contiguous or not arr.flags.writeable:
         raise ValueError("params must be a flat, C-contiguous, writeable array")
     return arr

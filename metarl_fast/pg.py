@@ -458,6 +458,7 @@ def reinforce_gradient(policy, obs, actions, rewards, dones, gamma, *, baseline=
     -------
     PGUpdate
     """
+    _kind(policy)  # a policy of the engine, else TypeError naming it
     dtype = policy.params.dtype
     returns = discounted_returns(check_vector(rewards, "rewards", dtype=dtype), dones, gamma)
     batch = returns.shape[0]
@@ -502,6 +503,7 @@ def actor_critic_gradient(policy, critic, obs, actions, rewards, next_obs, dones
     -------
     PGUpdate (``advantages`` = the TD errors)
     """
+    _kind(policy)  # a policy of the engine, else TypeError naming it
     if not isinstance(critic, (TabularCritic, LinearCritic)):
         raise TypeError(f"critic must be a TabularCritic or LinearCritic, got {type(critic).__name__}")
     td_errors = critic.td_update(obs, rewards, next_obs, dones, gamma,
@@ -524,6 +526,7 @@ def off_policy_gradient(policy, obs, actions, advantages, behaviour_log_probs, *
     -------
     PGUpdate (``weights`` = the importance weights used)
     """
+    _kind(policy)  # a policy of the engine, else TypeError naming it
     dtype = policy.params.dtype
     log_pi = policy.log_prob(obs, actions)
     weights = truncated_importance_weights(log_pi, check_vector(behaviour_log_probs,
@@ -546,6 +549,7 @@ def per_decision_off_policy_gradient(policy, obs, actions, rewards, dones, behav
     -------
     PGUpdate (``weights`` = ``gamma^t * B / N``, ``advantages`` = return-to-go of ``c r``)
     """
+    _kind(policy)  # a policy of the engine, else TypeError naming it
     dtype = policy.params.dtype
     log_pi = policy.log_prob(obs, actions).astype(np.float64)
     batch = log_pi.shape[0]

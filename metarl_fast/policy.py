@@ -95,6 +95,8 @@ class _SoftmaxPolicy:
     def set_params(self, values):
         """Copy ``values`` (flat, length n_params, finite) into ``params`` in place."""
         values = np.asarray(values)
+        if values.dtype.kind not in "biuf":
+            raise TypeError(f"params must be a real array, got {_validate.got(values)}")
         if values.shape != self.params.shape:
             raise ValueError(f"params must have shape {self.params.shape}, got {values.shape}")
         if not np.all(np.isfinite(values)):
@@ -247,6 +249,8 @@ class LinearSoftmaxPolicy(_SoftmaxPolicy):
         self._init_from((n_features, n_actions), np.zeros(self._size((n_features, n_actions)), dtype=dtype))
         if W is not None:
             W = np.asarray(W)
+            if W.dtype.kind not in "biuf":
+                raise TypeError(f"W must be a real array, got {_validate.got(W)}")
             if W.shape != self.W.shape:
                 raise ValueError(f"W must have shape {self.W.shape}, got {W.shape}")
             if not np.all(np.isfinite(W)):
@@ -254,6 +258,8 @@ class LinearSoftmaxPolicy(_SoftmaxPolicy):
             self.W[...] = W
         if b is not None:
             b = np.asarray(b)
+            if b.dtype.kind not in "biuf":
+                raise TypeError(f"b must be a real array, got {_validate.got(b)}")
             if b.shape != self.b.shape:
                 raise ValueError(f"b must have shape {self.b.shape}, got {b.shape}")
             if not np.all(np.isfinite(b)):
@@ -283,7 +289,7 @@ class LinearSoftmaxPolicy(_SoftmaxPolicy):
         """``obs`` as finite (B, F) features in the policy's dtype (C-contiguous)."""
         x = np.asarray(obs)
         if x.dtype.kind not in "fiu":
-            raise TypeError(f"{name} must be a numeric array, got dtype {x.dtype}")
+            raise TypeError(f"{name} must be a numeric array, got {_validate.got(x)}")
         x = np.ascontiguousarray(x, dtype=self.dtype)
         if x.ndim != 2 or x.shape[1] != self.n_features:
             raise ValueError(f"{name} must have shape (B, {self.n_features}), got {np.shape(obs)}")

@@ -403,7 +403,7 @@ class ReplayBuffer:
         with self._lock:
             idx = np.asarray(indices)
             if idx.dtype.kind not in "iu":
-                raise TypeError(f"indices must be integers, got dtype {idx.dtype}")
+                raise TypeError(f"indices must be integers, got {_validate.got(idx)}")
             idx = _validate.int_array(idx.reshape(-1), "indices", ndim=1, low=0,
                                       high=max(1, int(self._state[SIZE]))).reshape(idx.shape)
             if self._state[SIZE] == 0 and idx.size:
@@ -610,7 +610,7 @@ class PrioritizedReplayBuffer(ReplayBuffer):
             idx = _validate.int_array(indices, "indices", ndim=1, low=0, high=size)
             p = np.asarray(priorities)
             if p.dtype.kind not in "iuf":
-                raise TypeError(f"priorities must be real, got dtype {p.dtype}")
+                raise TypeError(f"priorities must be real, got {_validate.got(p)}")
             if p.shape != idx.shape:
                 raise ValueError(f"priorities must have shape {idx.shape}, got {p.shape}")
             p = p.astype(np.float64)

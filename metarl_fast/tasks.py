@@ -77,7 +77,7 @@ def as_generator(seed, name="rng"):
 
 def _float_table(x, name, shape):
     if isinstance(x, np.ndarray) and x.dtype.kind not in "fiub":
-        raise TypeError(f"{name} must be a numeric array, got dtype {x.dtype}")
+        raise TypeError(f"{name} must be a numeric array, got {_validate.got(x)}")
     try:
         arr = np.array(x, dtype=np.float64)  # always a private copy
     except (TypeError, ValueError) as err:
@@ -287,7 +287,7 @@ class TaskBatch:
         else:
             P = np.asarray(P) if not isinstance(P, np.ndarray) else P
             if P.dtype.kind not in "fiu":
-                raise TypeError(f"P must be a float array, got dtype {P.dtype}")
+                raise TypeError(f"P must be a float array, got {_validate.got(P)}")
             if P.ndim != 4 or P.shape[0] < 1 or P.shape[1] < 1 or P.shape[2] < 1 or P.shape[3] != P.shape[1]:
                 raise ValueError(f"P must have shape (n_tasks, S, A, S) with n_tasks, S, A >= 1, got {P.shape}")
             n, S, A = P.shape[:3]
@@ -320,7 +320,7 @@ class TaskBatch:
         else:
             terminal = np.asarray(terminal)
             if terminal.dtype != bool:
-                raise TypeError(f"terminal must be a bool array, got dtype {terminal.dtype}")
+                raise TypeError(f"terminal must be a bool array, got {_validate.got(terminal)}")
             if terminal.shape != (n, S):
                 raise ValueError(f"terminal must have shape {(n, S)}, got {terminal.shape}")
             terminal = terminal.copy()
@@ -775,7 +775,7 @@ class GridNavigation(TaskDistribution):
         else:
             goals = np.asarray(goals)
             if goals.dtype.kind not in "iu":
-                raise TypeError(f"goals must be integer (row, col) pairs, got dtype {goals.dtype}")
+                raise TypeError(f"goals must be integer (row, col) pairs, got {_validate.got(goals)}")
             if goals.ndim != 2 or goals.shape[1] != 2 or goals.shape[0] < 1:
                 raise ValueError(f"goals must have shape (n_goals, 2), got {goals.shape}")
             outside = (goals < 0) | (goals >= self.size)

@@ -83,3 +83,15 @@ def test_bad_input_of_the_kernels():
         ref.bayes_optimal_value(2, -1)
     with pytest.raises(TypeError, match="n_pulls must be an int"):
         ref.bayes_state_count(2, 3.0)
+
+
+def test_more_arms_than_pulls_change_nothing():
+    """A fresh arm is always at hand with n_pulls arms, so the value with more arms is the same:
+    checked against the unreduced recursion, and a huge arm count is answered, not allocated."""
+    from metarl_fast.reference import baselines as ref
+
+    for n_pulls in (1, 2, 3, 4):
+        for n_arms in range(n_pulls, n_pulls + 3):
+            assert ref.bayes_optimal_value(n_arms, n_pulls) == pytest.approx(
+                ref.bayes_optimal_value(n_pulls, n_pulls), rel=1e-12)
+    assert bl.bayes_optimal_value(2**70, 3) == pytest.approx(ref.bayes_optimal_value(3, 3), rel=1e-12)

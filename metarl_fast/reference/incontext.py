@@ -47,6 +47,10 @@ MAX_ABS_WEIGHT = 1e100
 
 
 # ------------------------------------------------------------------ boundary checks (both backends)
+# The longest trial (pulls) the kernels accept: its per-pull score sums are n_pulls x 8 float64.
+MAX_PULLS = 2**24
+
+
 def check_weights(weights, name="weights"):
     """``weights`` as a C-contiguous float64 (N_FEATURES,) array, finite and ``|w| <= 1e100``."""
     return _validate.weight_vector(weights, N_FEATURES, name, MAX_ABS_WEIGHT)
@@ -55,10 +59,10 @@ def check_weights(weights, name="weights"):
 def check_arm_means(arm_means, name="arm_means"):
     """``arm_means`` as a C-contiguous float64 (n_tasks, n_arms) array with values in [0, 1]."""
     if isinstance(arm_means, np.ndarray) and arm_means.dtype.kind in "iub":
-        raise TypeError(f"{name} must be a float array, got dtype {arm_means.dtype}")
+        raise TypeError(f"{name} must be a float array, got {_validate.got(arm_means)}")
     p = np.asarray(arm_means)
     if p.dtype.kind not in "f":
-        raise TypeError(f"{name} must be a float array, got dtype {p.dtype}")
+        raise TypeError(f"{name} must be a float array, got {_validate.got(p)}")
     p = np.ascontiguousarray(p, dtype=np.float64)
     if p.ndim != 2 or p.shape[1] < 1:
         raise ValueError(f"{name} must have shape (n_tasks, n_arms) with n_arms >= 1, got {p.shape}")
@@ -74,12 +78,18 @@ def check_trial_inputs(weights, arm_means, n_pulls, rng):
     w = check_weights(weights)
     p = check_arm_means(arm_means)
     n_pulls = _validate.positive_int(n_pulls, "n_pulls")
+    if n_pulls > MAX_PULLS:
+        raise ValueError(f"n_pulls must be <= {MAX_PULLS:,} (a trial's per-pull statistics), "
+                         f"got {n_pulls:,}")
     _validate.check_rng(rng)
     return w, p, n_pulls
 
 
 def check_counts(successes, failures, n_remaining, n_pulls):
     """Validation of :func:`bandit_features`; returns float64 (B, K) copies of the counts."""
+    for name, value in (("successes", successes), ("failures", failures)):
+        if value is None:
+            raise TypeError(f"{name} must be an integer array, got None")
     s = _validate.int_array(np.asarray(successes).reshape(-1), "successes", ndim=1, low=0)
     f = _validate.int_array(np.asarray(failures).reshape(-1), "failures", ndim=1, low=0)
     shape = np.shape(successes)

@@ -84,8 +84,10 @@ def check_trial_inputs(weights, tables, n_episodes, rng):
     check_tables(tables)
     n_episodes = _validate.positive_int(n_episodes, "n_episodes")
     _validate.check_rng(rng)
-    if tables.n_tasks * n_episodes * tables.horizon > np.iinfo(np.int64).max // 64:
-        raise ValueError("trials too large: n_tasks * n_episodes * horizon overflows")
+    # the kernels draw the trials' uniforms up front: one table of n_tasks x n_episodes x horizon
+    _validate.check_table_size(tables.n_tasks * n_episodes * tables.horizon,
+                               f"n_episodes={n_episodes:,}: trials of n_tasks x n_episodes x horizon "
+                               f"= {tables.n_tasks} x {n_episodes:,} x {tables.horizon} steps")
     return w, n_episodes
 
 
@@ -107,7 +109,7 @@ def check_statistics(count, reward_sum, trans, seen_terminal, horizon):
         raise ValueError(f"trans must have shape {(n, S, A, S)}, got {p.shape}")
     term = np.asarray(seen_terminal)
     if term.dtype != np.bool_:
-        raise TypeError(f"seen_terminal must be a bool array, got dtype {term.dtype}")
+        raise TypeError(f"seen_terminal must be a bool array, got {_validate.got(term)}")
     if term.shape != (n, S):
         raise ValueError(f"seen_terminal must have shape {(n, S)}, got {term.shape}")
     if not (np.all(np.isfinite(c)) and np.all(np.isfinite(r)) and np.all(np.isfinite(p))):

@@ -46,7 +46,7 @@ def check_vector(x, name, length=None, dtype=None, finite=True):
     """``x`` as a C-contiguous 1-D float array (``dtype`` forces a conversion), NaN/inf refused."""
     arr = np.asarray(x)
     if arr.dtype.kind not in "fiub":
-        raise TypeError(f"{name} must be a numeric array, got dtype {arr.dtype}")
+        raise TypeError(f"{name} must be a numeric array, got {_validate.got(arr)}")
     if dtype is None:
         dtype = arr.dtype if arr.dtype in _validate.FLOAT_DTYPES else np.dtype(np.float64)
     arr = np.ascontiguousarray(arr, dtype=dtype)
@@ -64,7 +64,7 @@ def check_dones(dones, length, name="dones"):
     """``dones`` as a C-contiguous uint8 (B,) array of 0/1 (bool, int or float 0/1 accepted)."""
     arr = np.asarray(dones)
     if arr.dtype.kind not in "biuf":
-        raise TypeError(f"{name} must be a bool or numeric array, got dtype {arr.dtype}")
+        raise TypeError(f"{name} must be a bool or numeric array, got {_validate.got(arr)}")
     if arr.ndim != 1:
         raise ValueError(f"{name} must be 1-D, got shape {arr.shape}")
     if arr.shape[0] != length:
@@ -83,7 +83,7 @@ def check_params(params, name="params"):
     if not isinstance(params, np.ndarray):
         raise TypeError(f"{name} must be a numpy.ndarray, got {type(params).__name__}")
     if params.dtype not in _validate.FLOAT_DTYPES:
-        raise TypeError(f"{name} must be float32 or float64, got dtype {params.dtype}")
+        raise TypeError(f"{name} must be float32 or float64, got {_validate.got(params)}")
     if params.ndim != 1:
         raise ValueError(f"{name} must be 1-D (flat), got shape {params.shape}")
     if not params.flags.c_contiguous:
@@ -101,7 +101,7 @@ def check_params_size(params, expected, name="params"):
 def check_features(x, n_features, dtype, name, length=None):
     arr = np.asarray(x)
     if arr.dtype.kind not in "fiu":
-        raise TypeError(f"{name} must be a numeric array, got dtype {arr.dtype}")
+        raise TypeError(f"{name} must be a numeric array, got {_validate.got(arr)}")
     arr = np.ascontiguousarray(arr, dtype=dtype)
     if arr.ndim != 2 or arr.shape[1] != n_features:
         raise ValueError(f"{name} must have shape (B, {n_features}), got {np.shape(x)}")

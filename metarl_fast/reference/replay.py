@@ -202,7 +202,7 @@ def _flag_column(x, name, n):
         if a.size and (a.min() < 0 or a.max() > 1):
             raise ValueError(f"{name} must be boolean (0/1), got values outside {{0, 1}}")
     else:
-        raise TypeError(f"{name} must be bool, got dtype {a.dtype}")
+        raise TypeError(f"{name} must be bool, got {_validate.got(a)}")
     if a.ndim == 0:
         return np.full(n, bool(a), dtype=bool)
     if a.shape != (n,):
@@ -215,7 +215,7 @@ def _task_column(x, n):
         raise ValueError(f"task_id must be in [0, {MAX_TASKS}), got {x}")
     a = np.asarray(x)
     if a.dtype.kind not in "iu":
-        raise TypeError(f"task_id must be an integer, got dtype {a.dtype}")
+        raise TypeError(f"task_id must be an integer, got {_validate.got(a)}")
     if a.ndim != 0 and a.shape != (n,):
         raise ValueError(f"task_id must be a scalar or have shape ({n},), got {a.shape}")
     if a.size:
@@ -230,7 +230,7 @@ def _task_column(x, n):
 def _logp_column(x, n, dtype):
     a = np.asarray(x)
     if a.dtype.kind not in "iuf":
-        raise TypeError(f"logp must be real, got dtype {a.dtype}")
+        raise TypeError(f"logp must be real, got {_validate.got(a)}")
     if a.ndim != 0 and a.shape != (n,):
         raise ValueError(f"logp must be a scalar or have shape ({n},), got {a.shape}")
     a = a.astype(dtype)
