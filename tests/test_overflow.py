@@ -70,3 +70,33 @@ def test_gradients_that_overflow_raise_and_steps_change_nothing(backend, kind):
     small = mf.TabularSoftmaxPolicy(2, 2, dtype=np.float32)
     with pytest.raises(FloatingPointError, match="overflow the float32"):
         pg.policy_gradient(small, states, actions, np.full(2, 3e38, np.float32), weights=np.full(2, 100.0, np.float32))
+
+
+def test_clipping_a_gradient_whose_squares_overflow_is_exact(backend):
+    """Entries near 1e308: the sum of squares overflows, the norm does not (it is computed scaled
+    by the largest entry), and clipping gives the direction at the requested norm."""
+    grad = np.array([1e308, -1e308, 0.0])
+    norm = mf.clip_grad_norm(grad, 1.0)
+    assert norm == pytest.approx(np.sqrt(2.0) * 1e308, rel=1e-12)
+    np.testing.assert_allclose(grad, [np.sqrt(0.5), -np.sqrt(0.5), 0.0], rtol=1e-12)
+    unclipped = np.array([1e200, 1e200])
+    assert mf.clip_grad_norm(unclipped, 0.0) == pytest.approx(np.sqrt(2.0) * 1e200, rel=1e-12)
+    assert np.all(unclipped == 1e200)
+
+
+def test_a_norm_beyond_float64_raises_and_changes_nothing(backend):
+    grad = np.full(4, 1.5e308)
+    with pytest.raises(FloatingPointError, match="L2 norm overflows the float64 range"):
+        mf.clip_grad_norm(grad, 1.0)
+    assert np.all(grad == 1.5e308)
+
+
+def test_fused_steps_clip_huge_gradients_exactly(backend):
+    """A policy gradient with entries near 1e308 (squares overflow) clipped to norm 1: the step is
+    the gradient's direction at norm 1 (state 0 pushes action 0 up, state 1 action 1)."""
+    policy = mf.TabularSoftmaxPolicy(2, 2)
+    opt = mf.SGD(policy.params, lr=1.0)
+    norm = mf.policy_gradient_step(policy, opt, np.array([0, 1]), np.array([0, 1]),
+                                   np.array([1e308, 1e308]), max_grad_norm=1.0)
+    assert norm == pytest.approx(0.5e308, rel=1e-12)
+    np.testing.assert_allclose(policy.params, [0.5, -0.5, -0.5, 0.5], rtol=1e-12)

@@ -8,7 +8,7 @@ written before validation has passed.
 """
 cimport numpy as cnp
 from libc.float cimport FLT_MAX
-from libc.math cimport exp, floor, log, pow, sqrt
+from libc.math cimport INFINITY, exp, fabs, floor, log, pow, sqrt
 from libc.stdint cimport int64_t, uint8_t, uint64_t
 from libc.stdlib cimport calloc, free, malloc
 from libc.string cimport memcpy, memset
@@ -669,11 +669,33 @@ cdef void adam_kernel(floating* params, const floating* grad, floating* exp_avg,
 
 cdef inline double clip_coef(const floating* grad, intp_t n, double max_norm,
                              double* norm_out) noexcept nogil:
-    cdef double s, c
+    cdef double s, c, m, x, scaled
+    cdef intp_t k
     if floating is double:
         s = mf_pg_sumsq_d(grad, n)
     else:
         s = mf_pg_sumsq_f(grad, n)
+    if not (s - s == 0.0):
+        # finite entries whose squares overflow: scaled by the largest magnitude (the reference's
+        # rule); a norm beyond the float64 range comes back as inf and the caller raises
+        m = 0.0
+        for k in range(n):
+            x = fabs(<double> grad[k])
+            if x > m:
+                m = x
+        s = 0.0
+        for k in range(n):
+            x = <double> grad[k] / m
+            s += x * x
+        scaled = sqrt(s)
+        norm_out[0] = m * scaled
+        if norm_out[0] == INFINITY:
+            return 1.0
+        if max_norm > 0.0:
+            c = (max_norm / m) / scaled
+            if c < 1.0:
+                return c
+        return 1.0
     norm_out[0] = sqrt(s)
     if max_norm > 0.0:
         c = max_norm / (norm_out[0] + 1e-6)
@@ -693,6 +715,8 @@ cdef double clip_and_step(floating* params, const double* grad, floating* grad_o
         for k in range(n):
             grad_out[k] = <floating> grad[k]
     coef = clip_coef(grad_out, n, max_norm, &norm)
+    if norm == INFINITY:  # the caller raises FloatingPointError: nothing stepped
+        return norm
     if opt_kind == PG_OPT_SGD:
         sgd_kernel(params, grad_out, state0, n, hyper[0], hyper[1], hyper[2] != 0.0, -coef)
     else:  # hyper = [lr, beta1, beta2, eps, t]; PyTorch's bias corrections
@@ -1091,6 +1115,8 @@ def clip_grad_norm(grad, max_norm):
     if cnp.PyArray_TYPE(g) == cnp.NPY_DOUBLE:
         d = <double*> cnp.PyArray_DATA(g)
         coef = clip_coef(<const double*> d, n, mx, &norm)
+        if norm == INFINITY:
+            raise FloatingPointError(_ref._NORM_OVERFLOW)
         if coef != 1.0:
             for k in range(n):
                 d[k] = d[k] * coef
@@ -1276,6 +1302,8 @@ cdef object _step(tuple checked, bint linear, object max_grad_norm, object grad_
         free(grad)
     if status != PG_OK:
         raise MemoryError("metarl_fast: out of memory in a policy-gradient kernel")
+    if norm == INFINITY:
+        raise FloatingPointError(_ref._NORM_OVERFLOW)
     return norm
 
 

@@ -625,9 +625,31 @@ def clip_grad_norm(grad, max_norm):
     return norm
 
 
+_NORM_OVERFLOW = "the gradient's L2 norm overflows the float64 range (entries near 1e308)"
+
+
 def _clip_coef(grad, max_norm):
+    """``(norm, coef)`` of PyTorch's rule.  Finite entries whose squares overflow are scaled by the
+    largest magnitude first (``norm = m sqrt(sum (g / m)^2)``, ``coef = (max_norm / m) /
+    sqrt(sum (g / m)^2)``), so clipping a huge gradient is exact; a norm itself beyond the float64
+    range raises FloatingPointError (before any parameter or optimizer state is written)."""
     g = grad.astype(np.float64)
-    norm = float(np.sqrt(np.dot(g, g)))
+    with np.errstate(over="ignore"):
+        squares = float(np.dot(g, g))
+    if math.isinf(squares):
+        m = float(np.abs(g).max())
+        scaled = math.sqrt(float(np.dot(g / m, g / m)))
+        with np.errstate(over="ignore"):
+            norm = m * scaled
+        if math.isinf(norm):
+            raise FloatingPointError(_NORM_OVERFLOW)
+        coef = 1.0
+        if max_norm > 0.0:
+            c = (max_norm / m) / scaled
+            if c < 1.0:
+                coef = c
+        return norm, coef
+    norm = math.sqrt(squares)
     coef = 1.0
     if max_norm > 0.0:
         c = max_norm / (norm + 1e-6)
