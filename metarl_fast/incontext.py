@@ -233,7 +233,7 @@ class InContextLearnerBase:
         arrays, _ = io.load_npz(path, kind=cls._kind, versions={LEARNER_FORMAT_VERSION})
         try:
             weights, trained_on = arrays["weights"], arrays["trained_on"]
-            if int(arrays["n_features"]) != cls.n_features:
+            if io.integer(arrays["n_features"], "n_features") != cls.n_features:
                 raise ValueError(f"{int(arrays['n_features'])} features, this version has {cls.n_features}")
             if weights.dtype != np.float64:
                 raise ValueError(f"weights of dtype {weights.dtype}")

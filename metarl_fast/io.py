@@ -179,4 +179,28 @@ def load_npz(path, *, kind, versions):
     # the compiled kernels read raw memory
     arrays = {name: a if a.dtype.isnative else a.astype(a.dtype.newbyteorder("="))
               for name, a in arrays.items()}
+    # contents, not only the checksum (which a crafted file recomputes): every engine file holds
+    # finite numbers only
+    for name, a in arrays.items():
+        if a.dtype.kind in "fc" and a.size and not np.all(np.isfinite(a)):
+            raise CheckpointError(f"{path}: array {name!r} holds NaN or infinity")
     return arrays, version
+
+
+def integer(value, name, low=0):
+    """``value`` (a stored array or scalar) as a Python int: an integer dtype (no silent cast from
+    float) and ``>= low``; ValueError naming ``name`` otherwise (the loaders wrap it)."""
+    arr = np.asarray(value)
+    if arr.dtype.kind not in "iu" or arr.ndim != 0:
+        raise ValueError(f"{name} must be an integer scalar, got {arr.dtype} of shape {arr.shape}")
+    if int(arr) < low:
+        raise ValueError(f"{name} must be >= {low}, got {int(arr)}")
+    return int(arr)
+
+
+def real(value, name):
+    """``value`` (a stored scalar) as a Python float: a float dtype (no silent cast), finite."""
+    arr = np.asarray(value)
+    if arr.dtype.kind != "f" or arr.ndim != 0 or not np.isfinite(arr):
+        raise ValueError(f"{name} must be a finite float scalar, got {arr.dtype} of shape {arr.shape}")
+    return float(arr)

@@ -831,17 +831,26 @@ class MetaLearner:
         return d
 
     def load_state_dict(self, d):
+        from metarl_fast import io
+
         params = np.asarray(d["params"])
         if params.shape != self.policy.params.shape:
             raise ValueError(f"params of shape {params.shape} do not fit the policy {self.policy.params.shape}")
+        inner_lrs = np.asarray(d["inner_lrs"])
+        for name, arr in (("params", params), ("inner_lrs", inner_lrs)):
+            if arr.dtype.kind != "f" or not np.all(np.isfinite(arr)):
+                raise ValueError(f"{name} must hold finite floats, got dtype {arr.dtype}")
+        if inner_lrs.shape != self.inner_lrs.shape or not np.all(inner_lrs > 0):
+            raise ValueError(f"inner_lrs must be {self.inner_lrs.shape} positive step sizes")
+        iteration = io.integer(d["iteration"], "iteration")
         self.optimizer.load_state_dict({k[4:]: v for k, v in d.items() if k.startswith("opt_")})
         if self.lr_optimizer is not None:
             self.lr_optimizer.load_state_dict({k[6:]: v for k, v in d.items() if k.startswith("lropt_")})
         if self.pool is not None:
             self.pool.load_state_dict(d)
         self.policy.params[...] = params
-        self.inner_lrs[...] = d["inner_lrs"]
-        self.iteration = int(d["iteration"])
+        self.inner_lrs[...] = inner_lrs
+        self.iteration = iteration
 
 
 class Reptile(MetaLearner):

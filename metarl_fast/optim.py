@@ -113,9 +113,9 @@ class Optimizer:
             kind = str(state_dict["kind"])
             if kind != self.kind:
                 raise ValueError(f"state_dict is for a {kind} optimizer, not {self.kind}")
-            steps = int(state_dict["steps"])
+            steps = io.integer(state_dict["steps"], "steps")
             state = np.asarray(state_dict["state"])
-            hyper = {name: float(state_dict[name]) for name in self._hyper_names}
+            hyper = {name: io.real(state_dict[name], name) for name in self._hyper_names}
         except KeyError as err:
             raise ValueError(f"state_dict is missing {err}") from err
         if state.shape != self.state.shape or state.dtype != self.state.dtype:

@@ -118,10 +118,14 @@ class _SoftmaxPolicy:
         """Read a policy written by :meth:`save`; raises ``CheckpointError`` on a bad file."""
         arrays, _ = io.load_npz(path, kind=cls._kind, versions={POLICY_FORMAT_VERSION})
         try:
-            shape = tuple(int(v) for v in arrays["shape"])
+            stored_shape = arrays["shape"]
             params = arrays["params"]
         except KeyError as err:
             raise io.CheckpointError(f"{path}: missing array {err}") from err
+        if stored_shape.dtype.kind not in "iu" or stored_shape.ndim != 1:
+            raise io.CheckpointError(f"{path}: inconsistent policy file (shape of dtype "
+                                     f"{stored_shape.dtype}, shape {stored_shape.shape})")
+        shape = tuple(int(v) for v in stored_shape)
         new = cls.__new__(cls)
         try:
             new._validate_shape(shape)

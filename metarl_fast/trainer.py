@@ -396,8 +396,10 @@ class InContextTraining:
         from metarl_fast.pool import TrialPool
 
         params = np.asarray(d["params"])
-        if params.shape != self.params.shape:
-            raise ValueError(f"weights of shape {params.shape}, expected {self.params.shape}")
+        if params.shape != self.params.shape or params.dtype.kind != "f":
+            raise ValueError(f"weights of shape {params.shape} and dtype {params.dtype}, expected "
+                             f"{self.params.shape} floats")
+        iteration = io.integer(d["iteration"], "iteration")
         pool = None
         if "trialpool_counters" in d:
             if self.replay is None:
@@ -409,7 +411,7 @@ class InContextTraining:
             pool.load_state_dict(d)
         self.optimizer.load_state_dict({k[4:]: v for k, v in d.items() if k.startswith("opt_")})
         self.params[...] = params
-        self.iteration = int(d["iteration"])
+        self.iteration = iteration
         self.pool = pool
 
 
@@ -802,7 +804,7 @@ class MetaTrainer:
             self.learner.load_state_dict({k[8:]: v for k, v in arrays.items() if k.startswith("learner_")})
             if self.multitask is not None:
                 self.multitask.load_state_dict({k[10:]: v for k, v in arrays.items() if k.startswith("multitask_")})
-            self.iteration = int(arrays["iteration"])
+            self.iteration = io.integer(arrays["iteration"], "iteration")
         except (KeyError, ValueError) as err:
             raise io.CheckpointError(f"{path}: inconsistent checkpoint ({err})") from err
 

@@ -170,7 +170,7 @@ def test_optimizer_rejects_read_only_and_bad_state(backend):
     opt = Adam(np.zeros(2), lr=0.1)
     bad = opt.state_dict()
     bad["steps"] = np.array(-1)
-    with pytest.raises(ValueError, match="negative"):
+    with pytest.raises(ValueError, match="steps must be >= 0, got -1"):
         opt.load_state_dict(bad)
     bad = opt.state_dict()
     bad["state"] = np.full((2, 2), np.nan)
