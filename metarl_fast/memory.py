@@ -48,3 +48,50 @@ def retain_freed_memory(max_bytes=256 * 2**20):
     mmap_ok = mallopt(_M_MMAP_THRESHOLD, _MMAP_THRESHOLD_MAX)
     trim_ok = mallopt(_M_TRIM_THRESHOLD, max_bytes)
     return bool(mmap_ok) and bool(trim_ok)
+
+
+MEMINFO = "/proc/meminfo"
+CGROUP_MAX = "/sys/fs/cgroup/memory.max"
+CGROUP_CURRENT = "/sys/fs/cgroup/memory.current"
+
+
+def _read(path):
+    try:
+        with open(path) as fh:
+            return fh.read()
+    except OSError:
+        return None
+
+
+def available_bytes():
+    """Memory this process can still fill, in bytes, or None where it cannot be told.
+
+    NumPy's zeroed allocations are lazy (the pages arrive when first written), so a buffer
+    checked only against the machine's total memory is created fine and the process is killed
+    later, while it fills.  The bound is the smallest of: the kernel's estimate of memory
+    available without swapping (``MemAvailable``), the cgroup's limit minus its usage (containers),
+    and the address-space limit (``RLIMIT_AS``) minus what the process already maps."""
+    bounds = []
+    meminfo = _read(MEMINFO)
+    if meminfo:
+        for line in meminfo.splitlines():
+            if line.startswith("MemAvailable:"):
+                bounds.append(int(line.split()[1]) * 1024)
+    limit, used = _read(CGROUP_MAX), _read(CGROUP_CURRENT)
+    if limit and used and limit.strip() != "max":
+        try:
+            bounds.append(max(int(limit) - int(used), 0))
+        except ValueError:
+            pass
+    try:
+        import resource
+
+        soft, _ = resource.getrlimit(resource.RLIMIT_AS)
+        if soft != resource.RLIM_INFINITY:
+            status = _read("/proc/self/status") or ""
+            mapped = next((int(line.split()[1]) * 1024 for line in status.splitlines()
+                           if line.startswith("VmSize:")), 0)
+            bounds.append(max(soft - mapped, 0))
+    except (ImportError, ValueError, OSError):
+        pass
+    return min(bounds) if bounds else None

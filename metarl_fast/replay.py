@@ -99,6 +99,13 @@ def _data_dtype(value, name):
 
 
 def _available_memory():
+    """Bytes a new buffer may take: what the process can still fill (:func:`memory.available_bytes`),
+    else the machine's physical memory."""
+    from metarl_fast.memory import available_bytes
+
+    available = available_bytes()
+    if available is not None:
+        return available
     try:
         return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
     except (ValueError, OSError, AttributeError):
@@ -116,7 +123,9 @@ def _allocate(capacity, specs, extra_bytes=0):
     The transitions are stored as one aligned record each (array of structs), so sampling a
     transition touches one or two cache lines instead of nine; each field is a strided
     (capacity, *shape) view.  Raises MemoryError (with the byte count) before allocating if the
-    total cannot fit in this machine's physical memory.
+    total is more than the process can still fill (:func:`metarl_fast.memory.available_bytes`:
+    the memory available, a container's limit, the address-space limit), since the zeroed pages
+    are only taken when written.
     """
     record = _record_dtype(specs)
     nbytes = capacity * record.itemsize + extra_bytes
@@ -124,8 +133,8 @@ def _allocate(capacity, specs, extra_bytes=0):
     if nbytes >= 2 ** 62 or (limit is not None and nbytes > limit):
         raise MemoryError(
             f"a replay buffer of capacity {capacity} needs {nbytes} bytes "
-            f"({nbytes / 2 ** 30:.1f} GiB), more than this machine's memory"
-            + (f" ({limit} bytes)" if limit is not None else "")
+            f"({nbytes / 2 ** 30:.1f} GiB), more than this process can still fill"
+            + (f" ({limit} bytes available)" if limit is not None else "")
         )
     try:
         records = np.zeros(capacity, dtype=record)
