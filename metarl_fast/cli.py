@@ -402,6 +402,13 @@ def main(argv=None):
             raise
         print(f"metarl-fast: error: {err}", file=sys.stderr)
         return EXIT_USAGE
+    except MemoryError as err:  # a request larger than the machine: one line, as for a mistake
+        if os.environ.get("METARL_FAST_TRACEBACK"):
+            raise
+        detail = str(err).splitlines()[0] if str(err) else "the request does not fit in memory"
+        print(f"metarl-fast: error: out of memory: {detail} (ask for fewer tasks, episodes or a "
+              f"smaller pool)", file=sys.stderr)
+        return EXIT_USAGE
     except FloatingPointError as err:  # meta.DivergenceError and the in-context learners' divergence
         print(f"metarl-fast: error: training diverged ({err}); no checkpoint was written for that "
               f"iteration, the last one is intact", file=sys.stderr)

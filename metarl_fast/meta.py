@@ -194,6 +194,11 @@ class SampledPolicyProblem:
         self.features = None if isinstance(self.map, TabularMap) else self.map.features
         self.n_params = self.map.n_params
         self.n_episodes = _validate.positive_int(n_episodes, "n_episodes")
+        # one rollout holds n_tasks x n_episodes x horizon steps: refused before it is allocated
+        _validate.check_table_size(self.n_tasks * self.n_episodes * max(task_batch.horizon, 1),
+                                   f"n_episodes={self.n_episodes:,}: a rollout of n_tasks x n_episodes "
+                                   f"x horizon = {self.n_tasks} x {self.n_episodes:,} x "
+                                   f"{task_batch.horizon} steps")
         self.gamma = _validate.finite_float(gamma, "gamma", low=0.0, high=1.0)
         self._policy_of_task = np.arange(self.n_tasks, dtype=np.int64)  # task i runs policy i
         self.env_steps = 0  # environment steps sampled so far

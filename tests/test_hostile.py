@@ -27,3 +27,18 @@ def test_every_entry_point_rejects_hostile_input_cleanly(backend):
                                   f"signal: the process crashed)\n{proc.stderr[-3000:]}")
     findings = json.loads(proc.stdout)
     assert findings == [], json.dumps(findings[:40], indent=1)
+
+
+@pytest.mark.parametrize("args", [
+    ["--episodes", "100000000"],
+    ["--replay", "--replay-capacity", "100000000000"],
+    ["--meta-batch", "1000000000"],
+    ["--tasks", "tabular-mdp", "--n-states", "100000"],
+])
+def test_the_cli_answers_requests_beyond_the_machine_in_one_line(tmp_path, args):
+    """Class 8: an out-of-memory request is a user mistake: exit 2 and one line, no traceback."""
+    proc = subprocess.run([sys.executable, "-m", "metarl_fast", "train", *args, "--iterations", "1",
+                           "--out", str(tmp_path / "run")], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2, proc.stderr[-2000:]
+    errors = [line for line in proc.stderr.splitlines() if line.startswith("metarl-fast: error:")]
+    assert len(errors) == 1 and "Traceback" not in proc.stderr, proc.stderr[-2000:]
