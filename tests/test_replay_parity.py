@@ -3,6 +3,10 @@
 A hypothesis state machine drives one buffer per backend through random interleavings of
 add / add_batch / end_episode / sample / sample_sequences / prioritized updates / clear / save+load,
 and after every step compares the whole storage, the state, the per-task rings and the sum tree.
+It also keeps a plain model (the list of every transition added since the last clear): the last
+``capacity`` of them, in time order, are what both buffers hold -- so a bug the twins share is
+caught too.  Hostile calls (NaN rewards, wrong shapes or dtypes, task ids out of range, None) are
+interleaved: both backends reject them alike and nothing stored changes (issue 13).
 """
 import numpy as np
 import pytest
@@ -36,8 +40,10 @@ class ReplayTwins(RuleBasedStateMachine):
         super().__init__()
         self.bufs = None
         self.step = 0
+        self.model = []  # (obs, action, reward, task) of every transition since the last clear
 
     def _both(self, method, *args, **kwargs):
+        before = len(self.bufs[0]), self.bufs[0].n_added
         out = []
         for backend, buf in zip(("cython", "numpy"), self.bufs):
             with mf.use_backend(backend):
@@ -47,8 +53,13 @@ class ReplayTwins(RuleBasedStateMachine):
                     out.append(type(err))
         if isinstance(out[0], type) or isinstance(out[1], type):
             assert out[0] == out[1], out
+            assert (len(self.bufs[0]), self.bufs[0].n_added) == before  # a rejected call stores nothing
             return None
         return out
+
+    def _record(self, obs, action, reward, task):
+        for o, a, r, t in zip(obs, action, reward, np.broadcast_to(task, (len(obs),))):
+            self.model.append((np.asarray(o).tolist(), int(a), float(r), int(t)))
 
     def _rng_pair(self, seed):
         return np.random.default_rng(seed), np.random.default_rng(seed)
@@ -92,13 +103,15 @@ class ReplayTwins(RuleBasedStateMachine):
     def add(self, done, trunc, task, fast):
         obs = self._obs(1)[0]
         if fast:  # Python scalars: the compiled fast path
-            self._both("add", obs if self.vector else int(obs), self.step % 3, float(self.step),
-                       obs + 1 if self.vector else int(obs) + 1, done, truncated=trunc,
-                       task_id=task, logp=-0.25)
+            out = self._both("add", obs if self.vector else int(obs), self.step % 3, float(self.step),
+                             obs + 1 if self.vector else int(obs) + 1, done, truncated=trunc,
+                             task_id=task, logp=-0.25)
         else:  # NumPy scalars: the validating slow path
-            self._both("add", obs, np.int32(self.step % 3), np.float32(self.step), obs + 1,
-                       np.bool_(done), truncated=np.bool_(trunc), task_id=np.int64(task),
-                       logp=np.float64(-0.5))
+            out = self._both("add", obs, np.int32(self.step % 3), np.float32(self.step), obs + 1,
+                             np.bool_(done), truncated=np.bool_(trunc), task_id=np.int64(task),
+                             logp=np.float64(-0.5))
+        if out is not None:
+            self._record([obs], [self.step % 3], [float(self.step)], task)
         self.step += 1
 
     @precondition(lambda self: self.bufs is not None)
@@ -111,9 +124,48 @@ class ReplayTwins(RuleBasedStateMachine):
         task = np.array(task, dtype=data.draw(st.sampled_from([np.int32, np.int64]))) \
             if isinstance(task, list) else task
         trunc = np.array(trunc, dtype=bool) if isinstance(trunc, list) else trunc
-        self._both("add_batch", obs, np.arange(n) % 3, np.arange(n, dtype=float), obs + 1, done,
-                   truncated=trunc, task_id=task, logp=np.full(n, -1.5))
+        out = self._both("add_batch", obs, np.arange(n) % 3, np.arange(n, dtype=float), obs + 1, done,
+                         truncated=trunc, task_id=task, logp=np.full(n, -1.5))
+        if out is not None:
+            self._record(obs, np.arange(n) % 3, np.arange(n, dtype=float), task)
         self.step += n
+
+    @precondition(lambda self: self.bufs is not None)
+    @rule(which=st.sampled_from(["nan reward", "inf logp", "task id", "obs shape", "obs None",
+                                 "done dtype", "lengths", "object action"]), n=st.integers(1, 5))
+    def hostile_add_batch(self, which, n):
+        """Rejected by both backends alike (the same exception type), nothing stored."""
+        obs, action, reward = self._obs(n), np.arange(n) % 3, np.ones(n)
+        done, task, logp = np.zeros(n, dtype=bool), 0, np.zeros(n)
+        if which == "nan reward":
+            reward[-1] = np.nan
+        elif which == "inf logp":
+            logp[0] = np.inf
+        elif which == "task id":
+            task = 1 << 40
+        elif which == "obs shape":
+            obs = obs[..., None]
+        elif which == "obs None":
+            obs = None
+        elif which == "done dtype":
+            done = np.full(n, "x")
+        elif which == "lengths":
+            reward = reward[:-1] if n > 1 else np.ones(2)
+        else:
+            action = action.astype(object)
+        outs = []
+        before = [(tuple(np.array(f, copy=True) for f in b._store), b._state.copy()) for b in self.bufs]
+        for backend, buf in zip(("cython", "numpy"), self.bufs):
+            with mf.use_backend(backend):
+                try:
+                    buf.add_batch(obs, action, reward, obs, done, task_id=task, logp=logp)
+                    outs.append(None)
+                except (TypeError, ValueError) as err:
+                    outs.append(type(err))
+        assert outs[0] is not None and outs[0] == outs[1], (which, outs)
+        for (store, state), buf in zip(before, self.bufs):
+            _same(store, buf._store)
+            _same(state, buf._state)
 
     @precondition(lambda self: self.bufs is not None)
     @rule()
@@ -162,6 +214,7 @@ class ReplayTwins(RuleBasedStateMachine):
     @rule()
     def clear(self):
         self._both("clear")
+        self.model = []
 
     @precondition(lambda self: self.bufs is not None)
     @rule()
@@ -177,6 +230,21 @@ class ReplayTwins(RuleBasedStateMachine):
                     path = buf.save(os.path.join(tmp, f"{backend}.npz"))
                     new.append(cls.load(path))
         self.bufs = new
+
+    @invariant()
+    def holds_the_last_capacity_transitions(self):
+        """The model: what the buffer holds is the last ``capacity`` transitions added, in order."""
+        if self.bufs is None:
+            return
+        buf = self.bufs[0]
+        held = self.model[-buf.capacity:] if self.model else []
+        assert len(buf) == len(held) and buf.n_added == len(self.model)
+        oldest = (buf.n_added - len(buf)) % buf.capacity
+        slots = (oldest + np.arange(len(buf))) % buf.capacity
+        for slot, (o, a, r, t) in zip(slots.tolist(), held):
+            assert np.asarray(buf.obs[slot]).tolist() == o
+            assert int(buf.action[slot]) == a and float(buf.reward[slot]) == r
+            assert int(buf.task_id[slot]) == t
 
     @invariant()
     def twins_equal(self):
