@@ -517,3 +517,54 @@ def test_clear_resets_every_counter(backend, cls):
     feed.add_batch(np.array([0, 0, 1], bool), False, 2)
     assert_matches(buf, feed.model)
     assert buf.next_episode_id == 1
+
+
+def test_large_task_ids_cost_what_is_stored():
+    """Issue 13, class 3: the largest task id in a 4-slot buffer takes a small fixed table (about
+    40 bytes per id below it, lazily paged), not hundreds of MB, on both backends; in a child
+    process, whose peak memory is measured."""
+    import subprocess
+    import sys
+    import textwrap
+
+    code = textwrap.dedent("""
+        import resource, numpy as np, metarl_fast as mf
+        grown = []
+        for backend in mf.BACKENDS:
+            if not mf.is_available(backend):
+                continue
+            mf.set_backend(backend)
+            before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+            buf = mf.ReplayBuffer(4)
+            buf.add(0, 0, 1.0, 0, False, task_id=(1 << 20) - 1)
+            for _ in range(50):
+                buf.add_batch(np.arange(4), np.zeros(4, np.int64), np.ones(4), np.arange(4),
+                              np.zeros(4, bool), task_id=np.array([5, (1 << 20) - 1, 7, 9]))
+            assert buf.task_count((1 << 20) - 1) == 1 and buf.task_count(9) == 1
+            grown.append((resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before) / 1024)
+        print(max(grown))
+    """)
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert float(out.stdout) < 64, f"peak memory grew by {out.stdout.strip()} MB"
+
+
+@pytest.mark.parametrize("ids", [[5, (1 << 20) - 1, 7, 9], [3, 3, 3, 100_000], [1 << 19] * 4])
+def test_twins_agree_with_large_task_ids(ids):
+    import metarl_fast as mf
+
+    if not mf.is_available("cython"):
+        pytest.skip("compiled extension not used in this run")
+    bufs = []
+    for backend in ("cython", "numpy"):
+        with mf.use_backend(backend):
+            buf = mf.ReplayBuffer(6)
+            for step in range(5):
+                buf.add_batch(np.arange(4) + step, np.zeros(4, np.int64), np.ones(4), np.arange(4),
+                              np.zeros(4, bool), task_id=np.array(ids))
+            bufs.append(buf)
+    a, b = bufs
+    for field_a, field_b in zip(a._store, b._store):
+        np.testing.assert_array_equal(field_a, field_b)
+    for task in set(ids):
+        np.testing.assert_array_equal(a._tasks.slots(task), b._tasks.slots(task))

@@ -9,7 +9,7 @@ cimport cython
 cimport numpy as cnp
 from libc.math cimport isfinite
 from libc.stdint cimport INT64_MIN, int32_t, int64_t, uint8_t, uint32_t, uint64_t, uintptr_t
-from libc.stdlib cimport calloc, free, malloc
+from libc.stdlib cimport calloc, free, malloc, qsort
 from libc.string cimport memcpy
 from numpy.random cimport bitgen_t
 
@@ -778,12 +778,19 @@ cdef int _storage(Storage* st, tuple store, cnp.ndarray state, cnp.ndarray meta)
     return 0
 
 
+cdef int _cmp_int64(const void* a, const void* b) noexcept nogil:
+    cdef int64_t x = (<const int64_t*> a)[0], y = (<const int64_t*> b)[0]
+    return (x > y) - (x < y)
+
+
 cdef int _reserve_tasks(Storage* st, object tasks, const Columns* c, int64_t max_task) except -1:
     """Grow the task table and rings (Python bookkeeping, only when needed) so that write_rows
     never runs out of room: every ring must hold count + (new rows of its task)."""
     cdef intp_t i, m = c.n - st.capacity if c.n > st.capacity else 0
     cdef int64_t k, t
+    cdef intp_t n_touched
     cdef int64_t* pushes
+    cdef int64_t* touched
     cdef int64_t* meta = st.task_meta
     m = c.n - m  # rows actually stored (the last `capacity`)
     if c.task_stride == 0:
@@ -798,17 +805,38 @@ cdef int _reserve_tasks(Storage* st, object tasks, const Columns* c, int64_t max
         if meta[4 * t + 1] + m > meta[4 * t + 2]:
             tasks.reserve(t, meta[4 * t + 1] + m)
     else:
-        pushes = <int64_t*> calloc(max_task + 1, sizeof(int64_t))
-        if pushes == NULL:
-            raise MemoryError("metarl_fast: out of memory in ReplayBuffer.add_batch")
-        for i in range(c.n - m, c.n):
-            pushes[_task_at(c, i)] += 1
-        try:
-            for k in range(max_task + 1):
-                if pushes[k] and meta[4 * k + 1] + pushes[k] > meta[4 * k + 2]:
-                    tasks.reserve(k, meta[4 * k + 1] + pushes[k])
-        finally:
-            free(pushes)
+        # rows per task of this call: counted in a dense table when the ids are few, else from
+        # the sorted ids (a large id must not cost a table of every id below it)
+        if max_task < 4 * m + 1024:
+            pushes = <int64_t*> calloc(max_task + 1, sizeof(int64_t))
+            if pushes == NULL:
+                raise MemoryError("metarl_fast: out of memory in ReplayBuffer.add_batch")
+            for i in range(c.n - m, c.n):
+                pushes[_task_at(c, i)] += 1
+            try:
+                for k in range(max_task + 1):
+                    if pushes[k] and meta[4 * k + 1] + pushes[k] > meta[4 * k + 2]:
+                        tasks.reserve(k, meta[4 * k + 1] + pushes[k])
+            finally:
+                free(pushes)
+        else:
+            touched = <int64_t*> malloc((m if m > 0 else 1) * sizeof(int64_t))
+            if touched == NULL:
+                raise MemoryError("metarl_fast: out of memory in ReplayBuffer.add_batch")
+            for i in range(m):
+                touched[i] = _task_at(c, c.n - m + i)
+            qsort(touched, m, sizeof(int64_t), _cmp_int64)
+            try:
+                i = 0
+                while i < m:
+                    k, n_touched = touched[i], 1
+                    while i + n_touched < m and touched[i + n_touched] == k:
+                        n_touched += 1
+                    if meta[4 * k + 1] + n_touched > meta[4 * k + 2]:
+                        tasks.reserve(k, meta[4 * k + 1] + n_touched)
+                    i += n_touched
+            finally:
+                free(touched)
     meta_arr = <cnp.ndarray> tasks.meta  # (reserve may have replaced the table)
     st.task_meta = <int64_t*> cnp.PyArray_DATA(meta_arr)
     st.n_tasks = cnp.PyArray_DIM(meta_arr, 0)

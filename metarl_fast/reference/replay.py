@@ -73,6 +73,10 @@ def check_sample_task(tasks, task_id):
     return task_id
 
 
+_NO_RING = np.zeros(0, dtype=np.int64)
+_NO_RING.setflags(write=False)
+
+
 class TaskIndex:
     """Per-task FIFO rings of slot indices (shared by both backends; pure Python bookkeeping).
 
@@ -105,7 +109,9 @@ class TaskIndex:
             new_n *= 2
         meta = np.zeros((new_n, 4), dtype=np.int64)
         meta[:n] = self.meta
-        self.rings.extend(np.zeros(0, dtype=np.int64) for _ in range(new_n - n))
+        # one shared empty ring for every id not yet used (replaced by reserve before any write):
+        # 40 bytes per task id up to the largest one used, 40 MiB at MAX_TASKS
+        self.rings.extend([_NO_RING] * (new_n - n))
         self.meta = meta
         self.version[0] += 1
 
@@ -329,20 +335,19 @@ def _write(store, state, tasks, cols):
     new_tasks = task64[skip:]
 
     tasks.reserve_tasks(int(new_tasks.max()))
-    n_task = tasks.meta.shape[0]
-    pushes = np.bincount(new_tasks, minlength=n_task)
-    pops = np.bincount(store[6][slots[occupied]].astype(np.int64), minlength=n_task)
-    touched = np.flatnonzero(pushes)
-    for k in touched:
-        tasks.reserve(int(k), int(tasks.meta[k, 1] + pushes[k]))
-    for k in touched:
+    # per task touched (not per task id: the cost follows the call, not the largest id)
+    touched, pushes = np.unique(new_tasks, return_counts=True)
+    popped, pops = np.unique(store[6][slots[occupied]].astype(np.int64), return_counts=True)
+    for k, p in zip(touched.tolist(), pushes.tolist()):
+        tasks.reserve(k, int(tasks.meta[k, 1]) + p)
+    for k, p in zip(touched.tolist(), pushes.tolist()):
         front, count, cap = (int(v) for v in tasks.meta[k, :3])
-        where = (front + count + np.arange(int(pushes[k]))) & (cap - 1)
+        where = (front + count + np.arange(p)) & (cap - 1)
         tasks.rings[k][where] = slots[new_tasks == k]
-    popped = np.flatnonzero(pops)
     meta = tasks.meta
-    meta[popped, 0] = (meta[popped, 0] + pops[popped]) & (meta[popped, 2] - 1)
-    meta[:, 1] += pushes - pops
+    meta[popped, 0] = (meta[popped, 0] + pops) & (meta[popped, 2] - 1)
+    meta[touched, 1] += pushes
+    meta[popped, 1] -= pops
 
     for arr, col in zip(store, (obs, action, reward, next_obs, done, truncated, task, episode, logp)):
         arr[slots] = col[skip:]
