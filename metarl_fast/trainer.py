@@ -311,12 +311,16 @@ class InContextTraining:
 
     def _step(self, grad):
         """One Adam ascent step along ``grad``; rolled back (DivergenceError) if it diverges."""
+        from metarl_fast.reference.incontext import MAX_ABS_WEIGHT
+
         saved = (self.params.copy(), self.optimizer.state_dict())
         self.optimizer.step(-grad)
-        if not np.all(np.isfinite(self.params)):
+        # the learners refuse weights above MAX_ABS_WEIGHT: a step there could never be resumed
+        if not np.all(np.isfinite(self.params)) or np.abs(self.params).max() > MAX_ABS_WEIGHT:
             self.params[...] = saved[0]
             self.optimizer.load_state_dict(saved[1])
-            raise meta.DivergenceError(f"meta-iteration {self.iteration + 1}: weights became non-finite (rolled back)")
+            raise meta.DivergenceError(f"meta-iteration {self.iteration + 1}: weights became non-finite "
+                                       f"or larger than {MAX_ABS_WEIGHT:g} (rolled back)")
 
     def _recorded_trials(self, task_batch, rng):
         """One trial per task with every step recorded: ``(totals, features (T, K, A, F),
@@ -395,10 +399,14 @@ class InContextTraining:
     def load_state_dict(self, d):
         from metarl_fast.pool import TrialPool
 
+        from metarl_fast.reference.incontext import MAX_ABS_WEIGHT
+
         params = np.asarray(d["params"])
         if params.shape != self.params.shape or params.dtype.kind != "f":
             raise ValueError(f"weights of shape {params.shape} and dtype {params.dtype}, expected "
                              f"{self.params.shape} floats")
+        if params.size and np.abs(params).max() > MAX_ABS_WEIGHT:
+            raise ValueError(f"weights above {MAX_ABS_WEIGHT:g}")
         iteration = io.integer(d["iteration"], "iteration")
         pool = None
         if "trialpool_counters" in d:

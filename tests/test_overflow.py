@@ -100,3 +100,23 @@ def test_fused_steps_clip_huge_gradients_exactly(backend):
                                    np.array([1e308, 1e308]), max_grad_norm=1.0)
     assert norm == pytest.approx(0.5e308, rel=1e-12)
     np.testing.assert_allclose(policy.params, [0.5, -0.5, -0.5, 0.5], rtol=1e-12)
+
+
+def test_in_context_training_refuses_weights_it_could_not_resume():
+    """Class 5: an Adam step of 1e150 would put the weights above the learners' bound (1e100):
+    rolled back with DivergenceError, so no checkpoint holds weights a resume would refuse."""
+    from metarl_fast.meta import DivergenceError
+    from metarl_fast.trainer import InContextTraining, TrainConfig
+
+    config = TrainConfig(tasks="bandits", algo="in-context", meta_lr=1e150).validate()
+    training = InContextTraining(config)
+    before = training.params.copy()
+    rng = np.random.default_rng(0)
+    with pytest.raises(DivergenceError, match="larger than 1e\\+100 \\(rolled back\\)"):
+        training.meta_step(config.distribution().sample(200, rng), rng)
+    np.testing.assert_array_equal(training.params, before)
+    assert training.iteration == 0
+    bad = training.state_dict()
+    bad["params"] = np.full_like(before, 1e200)
+    with pytest.raises(ValueError, match="weights above 1e\\+100"):
+        InContextTraining(config).load_state_dict(bad)
