@@ -375,6 +375,9 @@ class InContextBanditLearner(InContextLearnerBase):
         n_pulls = _validate.positive_int(n_pulls, "n_pulls")
         _validate.check_rng(rng)
 
+        _validate.check_table_size(_validate.positive_int(batch_size, "batch_size") * n_arms,
+                                   f"batch_size={batch_size:,}: a batch of batch_size x n_arms arm means")
+
         def step(batch_size):
             arm_means = rng.random((batch_size, n_arms))
             grad, totals = self.policy_gradient(arm_means, n_pulls, rng)

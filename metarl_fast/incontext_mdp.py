@@ -85,6 +85,9 @@ def _draw_tasks(source, n, rng):
     """``n`` tasks: sampled from a distribution, or drawn with replacement from a TaskBatch
     (``rng.integers(len(batch), size=n)``)."""
     if isinstance(source, TaskBatch):
+        per_task = source.n_states * source.n_actions * (source.n_states if source.next_state is None else 1)
+        _validate.check_table_size(n * per_task, f"batch_size={n:,}: a batch of batch_size tasks' "
+                                                 f"transition tables ({per_task:,} entries each)")
         return source[rng.integers(source.n_tasks, size=n)]
     return source.sample(n, rng)
 

@@ -195,7 +195,8 @@ class SampledPolicyProblem:
         self.n_params = self.map.n_params
         self.n_episodes = _validate.positive_int(n_episodes, "n_episodes")
         # one rollout holds n_tasks x n_episodes x horizon steps: refused before it is allocated
-        _validate.check_table_size(self.n_tasks * self.n_episodes * max(task_batch.horizon, 1),
+        self.rollout_steps = self.n_tasks * self.n_episodes * max(task_batch.horizon, 1)
+        _validate.check_table_size(self.rollout_steps,
                                    f"n_episodes={self.n_episodes:,}: a rollout of n_tasks x n_episodes "
                                    f"x horizon = {self.n_tasks} x {self.n_episodes:,} x "
                                    f"{task_batch.horizon} steps")
@@ -738,6 +739,11 @@ class MetaLearner:
                             f"got {type(task_batch).__name__}")
         _validate.check_rng(rng)
         problem = self.problem(task_batch, self.pool)
+        # the inner path keeps every step's parameters and rollout until the meta-gradient
+        _validate.check_table_size(
+            self.inner_steps * (problem.n_tasks * problem.n_params + getattr(problem, "rollout_steps", 0)),
+            f"inner_steps={self.inner_steps:,}: the inner path of inner_steps x (n_tasks x n_params + "
+            f"a rollout's steps)")
         phi = self.policy.params.astype(np.float64)
         try:
             direction, lr_grad, info = meta_gradient(problem, phi, self.method, self._alpha(),

@@ -281,6 +281,7 @@ class TabularCritic:
 
     def __init__(self, n_states, lr=0.1, dtype=np.float64, values=None):
         self.n_states = _validate.positive_int(n_states, "n_states")
+        _validate.check_table_size(self.n_states, f"TabularCritic(n_states={self.n_states:,}): its values")
         self.lr = _validate.finite_float(lr, "lr", low=0.0)
         dtype = np.dtype(dtype)
         if dtype not in _validate.FLOAT_DTYPES:
@@ -324,6 +325,8 @@ class LinearCritic:
 
     def __init__(self, n_features, lr=0.01, dtype=np.float64):
         self.n_features = _validate.positive_int(n_features, "n_features")
+        _validate.check_table_size(self.n_features + 1,
+                                   f"LinearCritic(n_features={self.n_features:,}): its weights")
         self.lr = _validate.finite_float(lr, "lr", low=0.0)
         dtype = np.dtype(dtype)
         if dtype not in _validate.FLOAT_DTYPES:

@@ -1016,6 +1016,11 @@ cdef inline bint _is_array(object x, int typenum, int ndim):
             and cnp.PyArray_ISBEHAVED_RO(<cnp.ndarray> x))
 
 
+# the table limit of every size argument (metarl_fast._validate.MAX_TABLE_ENTRIES): a rollout
+# of more steps goes to check_rollout_args, which names n_episodes
+cdef intp_t MAX_TABLE_ENTRIES = 2**28
+
+
 cdef bint _rollout_args_ok(object tables, object action_cdf, object action_logp,
                            object policy_of_task, object n_episodes, object rng):
     """C-level fast path of check_rollout_args: True if every argument is valid as given."""
@@ -1038,7 +1043,7 @@ cdef bint _rollout_args_ok(object tables, object action_cdf, object action_logp,
             or cnp.PyArray_DIM(<cnp.ndarray> action_logp, 1) != S
             or cnp.PyArray_DIM(<cnp.ndarray> action_logp, 2) != A
             or cnp.PyArray_DIM(<cnp.ndarray> policy_of_task, 0) != T
-            or T * <intp_t> n_episodes * tables.horizon > (2**63 - 1) // 64):
+            or T * <intp_t> n_episodes * tables.horizon > MAX_TABLE_ENTRIES):
         return False
     c = _dptr(action_cdf)
     lp = _dptr(action_logp)

@@ -71,10 +71,9 @@ def check_rollout_args(tables, action_cdf, action_logp, policy_of_task, n_episod
     _exact_array(policy_of_task, "policy_of_task", (tables.n_tasks,), np.int64)
     if policy_of_task.size and (policy_of_task.min() < 0 or policy_of_task.max() >= n_pol):
         raise ValueError(f"policy_of_task out of range: must be in [0, {n_pol})")
-    steps = tables.n_tasks * n_episodes * tables.horizon
-    if steps > np.iinfo(np.int64).max // 64:
-        raise ValueError(f"n_episodes={n_episodes}: a rollout of n_tasks x n_episodes x horizon = "
-                         f"{steps:,} steps is more than can be allocated")
+    _validate.check_table_size(tables.n_tasks * n_episodes * tables.horizon,
+                               f"n_episodes={n_episodes:,}: a rollout of n_tasks x n_episodes x "
+                               f"horizon = {tables.n_tasks} x {n_episodes:,} x {tables.horizon} steps")
     return n_episodes
 
 

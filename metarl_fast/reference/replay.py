@@ -45,8 +45,9 @@ SEQUENCE_ROUNDS = 32
 _MIN_RING = 64
 
 
-# Largest batch a sampling call accepts (larger ones could not be allocated anyway).
-MAX_BATCH = 1 << 40
+# Largest batch a sampling call accepts: the table limit of every size argument
+# (_validate.MAX_TABLE_ENTRIES), checked before the indices are allocated.
+MAX_BATCH = _validate.MAX_TABLE_ENTRIES
 
 
 def check_sample_args(batch_size, rng):
@@ -55,7 +56,8 @@ def check_sample_args(batch_size, rng):
     if type(batch_size) is not int or batch_size < 1:  # (exact int: the cheap common case)
         batch_size = _validate.positive_int(batch_size, "batch_size")
     if batch_size > MAX_BATCH:
-        raise ValueError(f"batch_size={batch_size} is too large to allocate")
+        raise ValueError(f"batch_size={batch_size:,}: more than the {MAX_BATCH:,} (2**28) "
+                         f"transitions one sample may hold")
     if type(rng) is not np.random.Generator:
         _validate.check_rng(rng)
     return batch_size

@@ -22,7 +22,7 @@ MUTATIONS = [
              "j = np.minimum((u * (count - 1)).astype(np.int64), count - 1)", T_REPLAY,
              "a task's newest transition is never drawn"),
     Mutation("replay-ref-task-front-not-advanced", REF,
-             "meta[popped, 0] = (meta[popped, 0] + pops[popped]) & (meta[popped, 2] - 1)",
+             "meta[popped, 0] = (meta[popped, 0] + pops) & (meta[popped, 2] - 1)",
              "meta[popped, 0] = meta[popped, 0] & (meta[popped, 2] - 1)", T_REPLAY,
              "per-task index not updated on overwrite: the ring keeps overwritten slots"),
     Mutation("replay-ref-occupied-off-by-one", REF,

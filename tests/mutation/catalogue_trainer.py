@@ -107,7 +107,7 @@ MUTATIONS = [
              "        if False:\n            for key, value in self.multitask.state_dict().items():", T_ALL,
              "the multi-task baseline's state is not saved"),
     Mutation("trainer-resume-iteration-not-restored", P,
-             '            self.iteration = int(arrays["iteration"])\n', "", T,
+             '            self.iteration = io.integer(arrays["iteration"], "iteration")\n', "", T,
              "resume restarts the iteration count (and seeds) at 0"),
     Mutation("trainer-truncate-drops-checkpoint-line", P,
              "            if iteration <= last_iteration:", "            if iteration < last_iteration:", T,
