@@ -277,7 +277,13 @@ def random_mdp(rng, n_states, n_actions, horizon, gamma=1.0, n_terminal=0):
     ``n_terminal`` of the states (the last ones) are terminal; the start distribution avoids them.
     """
     _validate.check_rng(rng)
-    S, A = n_states, n_actions
+    S = _validate.positive_int(n_states, "n_states")
+    A = _validate.positive_int(n_actions, "n_actions")
+    _validate.positive_int(horizon, "horizon")
+    n_terminal = _validate.positive_int(n_terminal, "n_terminal", minimum=0)
+    if n_terminal >= S:
+        raise ValueError(f"n_terminal must leave a start state: at most {S - 1}, got {n_terminal}")
+    _validate.check_table_size(S * A * S, f"random_mdp(n_states={S:,}, n_actions={A:,}): its transitions")
     P = rng.dirichlet(np.ones(S), size=(S, A))
     R = rng.random((S, A))
     start = rng.dirichlet(np.ones(S - n_terminal))

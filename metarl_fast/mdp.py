@@ -9,6 +9,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from metarl_fast import _validate
+
 
 @dataclass(frozen=True)
 class MDPModel:
@@ -51,10 +53,8 @@ class MDPModel:
             raise ValueError(f"P[{s}, {a}] is not a distribution (sum {sums[s, a]!r}, min {P[s, a].min()!r})")
         if start.min() < 0 or abs(start.sum() - 1.0) > 1e-8:
             raise ValueError(f"start is not a distribution (sum {start.sum()!r})")
-        if int(self.horizon) != self.horizon or self.horizon < 1:
-            raise ValueError(f"horizon must be an int >= 1, got {self.horizon!r}")
-        if not (0.0 <= float(self.gamma) <= 1.0):
-            raise ValueError(f"gamma must be in [0, 1], got {self.gamma!r}")
+        _validate.positive_int(self.horizon, "horizon")
+        _validate.finite_float(self.gamma, "gamma", low=0.0, high=1.0)
         terminal = (np.zeros(S, dtype=bool) if self.terminal is None
                     else np.ascontiguousarray(self.terminal, dtype=bool))
         if terminal.shape != (S,):

@@ -275,7 +275,7 @@ class ReplayBuffer:
 
     def task_count(self, task_id):
         """Number of stored transitions of task ``task_id``."""
-        return self._tasks.count(int(task_id))
+        return self._tasks.count(_validate.positive_int(task_id, "task_id", minimum=-(2**63)))
 
     def __repr__(self):
         return (f"{type(self).__name__}(capacity={self.capacity}, len={len(self)}, "

@@ -183,6 +183,56 @@ def _entries():
     add("incontext.bandit_features", lambda: (incontext.bandit_features, [np.zeros((2, 3), np.int64), np.zeros((2, 3), np.int64), 3, 5], {}, None))
     add("incontext_mdp.run_trials", lambda: (incontext_mdp.run_trials, [np.zeros(8), _tasks(), 2, _rng()], {}, None))
     add("bayes_optimal_value", lambda: (mf.bayes_optimal_value, [2, 3], {}, None))
+    # the exact (dynamic-programming) API, the MDP model and the baselines
+    mdp = exact.random_mdp(np.random.default_rng(6), 3, 2, 4, gamma=0.9, n_terminal=1)
+    theta = np.random.default_rng(7).normal(size=(3, 2))
+    add("MDPModel", lambda: (mf.MDPModel, [mdp.P, mdp.R, mdp.start, 4], {"gamma": 0.9, "terminal": mdp.terminal}, None))
+    add("exact.random_mdp", lambda: (exact.random_mdp, [_rng(), 3, 2, 4], {"gamma": 0.9, "n_terminal": 1}, None))
+    add("exact.policy_value", lambda: (exact.policy_value, [mdp, theta], {}, None))
+    add("exact.policy_gradient_exact", lambda: (exact.policy_gradient_exact, [mdp, theta], {}, None))
+    add("exact.evaluate_policy", lambda: (exact.evaluate_policy, [mdp, np.full((3, 2), 0.5)], {}, None))
+    add("exact.state_distributions", lambda: (exact.state_distributions, [mdp, np.full((3, 2), 0.5)], {}, None))
+    add("exact.sample_episodes", lambda: (exact.sample_episodes, [mdp, theta, 3, _rng()], {}, None))
+    add("exact.linear_policy_value", lambda: (exact.linear_policy_value, [mdp, np.eye(3), np.zeros(8)], {}, None))
+    add("exact.linear_policy_gradient_exact", lambda: (exact.linear_policy_gradient_exact,
+                                                       [mdp, np.eye(3), np.zeros(8)], {}, None))
+    add("exact.softmax_policy", lambda: (exact.softmax_policy, [theta], {}, None))
+    add("oracle_value", lambda: (mf.oracle_value, [mdp], {}, None))
+    add("UCB1Agent.run_trials", lambda: (mf.UCB1Agent().run_trials, [np.full((3, 2), 0.5), 4, _rng()], {}, None))
+    add("ThompsonSamplingAgent.run_trials", lambda: (mf.ThompsonSamplingAgent().run_trials,
+                                                     [np.full((3, 2), 0.5), 4, _rng()], {}, None))
+    add("EpsilonGreedyAgent", lambda: (mf.EpsilonGreedyAgent, [], {"epsilon": 0.1}, None))
+    add("UCB1Agent", lambda: (mf.UCB1Agent, [], {"c": 1.0}, None))
+    add("compare_bandit_agents", lambda: (mf.compare_bandit_agents, [[mf.RandomAgent()], 2, 3, 10, _rng()],
+                                          {"level": 0.9}, None))
+    # more of the policies, critics, buffers, task families and environments
+    add("policy.entropy", lambda: with_policy((p := _tabular()).entropy, p, [s]))
+    add("policy.logits", lambda: with_policy((p := _tabular()).logits, p, [s]))
+    add("linear.log_prob", lambda: with_policy((p := _linear()).log_prob, p, [feats, a]))
+    add("linear.probs", lambda: with_policy((p := _linear()).probs, p, [feats]))
+
+    def linear_critic_entry(method, args):
+        def make():
+            c = mf.LinearCritic(5)
+            return getattr(c, method), args, {}, lambda: c.params.copy()
+        return make
+    add("LinearCritic.td_update", linear_critic_entry("td_update", [feats, r, feats[::-1].copy(), d, 0.9]))
+    add("LinearCritic.fit_returns", linear_critic_entry("fit_returns", [feats, r]))
+    add("TabularCritic", lambda: (mf.TabularCritic, [4], {"lr": 0.1, "values": np.zeros(4)}, None))
+    add("SGD", lambda: (mf.SGD, [np.zeros(4), 0.1], {"momentum": 0.9, "nesterov": True}, None))
+    add("PrioritizedReplayBuffer", lambda: (mf.PrioritizedReplayBuffer, [16, 0.6], {"eps": 1e-6}, None))
+    add("buffer.sample_indices", buffer_entry("sample_indices", [4, _rng()], {"task_id": 0}))
+    add("buffer.task_count", buffer_entry("task_count", [0]))
+    add("GridNavigation", lambda: (mf.GridNavigation, [3], {"horizon": 6, "goals": np.array([[0, 2], [2, 2]])}, None))
+    add("Chain", lambda: (mf.Chain, [], {"n_states": 4, "n_actions": 2, "horizon": 5, "slip": 0.1}, None))
+    add("BernoulliBandits.sample", lambda: (mf.BernoulliBandits(n_arms=3, horizon=4).sample, [5, _rng()], {}, None))
+    add("TabularFamily", lambda: (mf.TabularFamily, [P, R, 3], {}, None))
+    add("TaskBatch[]", lambda: (_tasks().__getitem__, [np.array([1, 0, 1])], {}, None))
+
+    def reset_entry():
+        env = mf.VecEnv(_tasks(), 2)
+        return env.reset, [_rng()], {}, None
+    add("VecEnv.reset", reset_entry)
     add("mean_confidence_interval", lambda: (mf.mean_confidence_interval, [r], {"level": 0.9}, None))
     return E
 

@@ -213,13 +213,16 @@ def test_mdp_model_rejects_what_is_not_a_task():
                           (dict(P=np.array([[[1.5, -0.5]], [[0.5, 0.5]]])), "not a distribution"),
                           (dict(start=np.array([0.5, 0.6])), "start is not a distribution"),
                           (dict(start=np.array([1.5, -0.5])), "start is not a distribution"),
-                          (dict(horizon=0), "horizon"), (dict(horizon=2.5), "horizon"),
+                          (dict(horizon=0), "horizon must be >= 1"),
                           (dict(gamma=1.5), "gamma"), (dict(gamma=-0.1), "gamma"),
                           (dict(R=np.zeros((2, 2))), "R must have shape"),
                           (dict(terminal=np.zeros(3, bool)), "terminal must have shape"),
                           (dict(R=np.array([[np.nan], [0.0]])), "finite")]:
         with pytest.raises(ValueError, match=match):
             MDPModel(**{**good, **change})
+    for horizon in (2.5, float("inf"), None):  # not an int: named, never OverflowError
+        with pytest.raises(TypeError, match="horizon must be an int"):
+            MDPModel(**{**good, "horizon": horizon})
     mdp = MDPModel(**good)
     assert mdp.n_states == 2 and mdp.n_actions == 1 and not mdp.P.flags.writeable
     assert mdp.terminal.dtype == bool and not mdp.terminal.any()

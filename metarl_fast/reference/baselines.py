@@ -26,7 +26,7 @@ import math
 import numpy as np
 
 from metarl_fast import _validate
-from metarl_fast.reference.incontext import check_arm_means
+from metarl_fast.reference.incontext import MAX_PULLS, check_arm_means
 
 AGENT_RANDOM = 0
 AGENT_GREEDY = 1
@@ -50,6 +50,8 @@ def check_agent_inputs(agent, parameter, arm_means, n_pulls, rng):
         parameter = _validate.finite_float(parameter, "parameter")
     p = check_arm_means(arm_means)
     n_pulls = _validate.positive_int(n_pulls, "n_pulls")
+    if n_pulls > MAX_PULLS:  # the in-context learners' bound: a trial is pulls x tasks of work
+        raise ValueError(f"n_pulls must be <= {MAX_PULLS:,}, got {n_pulls:,}")
     _validate.check_rng(rng)
     return int(agent), parameter, p, n_pulls
 
