@@ -307,6 +307,19 @@ class SampledPolicyProblem:
         return data["traj"].episode_return.mean(axis=1)
 
 
+def _replayed_log_ratios(logits, batch, owner, lengths, pool):
+    """``(task, key, log_rho)`` of replayed steps: each step's task index, its row ``task * S +
+    state`` of the logits table and ``log pi(a|s) - log mu(a|s)`` (untruncated; recorded in the
+    pool's statistics)."""
+    _, S, A = logits.shape
+    task = np.repeat(owner, lengths)
+    key = task * S + batch.obs
+    log_pi = log_softmax(np.ascontiguousarray(logits.reshape(-1, A)))[key, batch.action]
+    log_rho = log_pi - batch.logp
+    pool.record(owner.shape[0], np.exp(log_rho))
+    return task, key, log_rho
+
+
 def replay_coefficients(logits, replayed, n_tasks, gamma, pool, n_fresh=0, fresh=None,
                         fresh_task_id=None):
     """Per-step coefficients of replayed episodes for :func:`score_table` (per-decision
@@ -320,12 +333,7 @@ def replay_coefficients(logits, replayed, n_tasks, gamma, pool, n_fresh=0, fresh
     factor ``n_fresh / (n_fresh + M_t)`` of each fresh step, None without fresh steps).
     """
     batch, owner, lengths = replayed
-    _, S, A = logits.shape
-    task = np.repeat(owner, lengths)
-    key = task * S + batch.obs
-    log_pi = log_softmax(np.ascontiguousarray(logits.reshape(-1, A)))[key, batch.action]
-    log_rho = log_pi - batch.logp
-    pool.record(owner.shape[0], np.exp(log_rho))
+    task, key, log_rho = _replayed_log_ratios(logits, batch, owner, lengths, pool)
     if pool.config.rho_bar is not None:
         log_rho = np.minimum(log_rho, np.log(pool.config.rho_bar))
     first = np.concatenate([[0], np.cumsum(lengths)[:-1]])
@@ -380,11 +388,7 @@ def window_coefficients(logits, windows, n_tasks, gamma, pool, values, n_fresh, 
     """
     batch, owner, lengths, first_step, scale = windows
     _, S, A = logits.shape
-    task = np.repeat(owner, lengths)
-    key = task * S + batch.obs
-    log_pi = log_softmax(np.ascontiguousarray(logits.reshape(-1, A)))[key, batch.action]
-    log_rho = log_pi - batch.logp
-    pool.record(owner.shape[0], np.exp(log_rho))
+    task, key, log_rho = _replayed_log_ratios(logits, batch, owner, lengths, pool)
     first = np.concatenate([[0], np.cumsum(lengths)[:-1]])
     ends = np.zeros(task.shape[0], dtype=np.uint8)
     ends[first + lengths - 1] = 1

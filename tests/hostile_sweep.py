@@ -358,6 +358,18 @@ def _same(a, b):
     return a == b
 
 
+def _judge_with(make, kind, key, bad, where, findings):
+    """Fresh valid arguments from ``make`` with argument ``key`` (positional or keyword) replaced
+    by ``bad``, judged."""
+    call, args, kwargs, snapshot = make()
+    args, kwargs = list(args), dict(kwargs)
+    if kind == "arg":
+        args[key] = bad
+    else:
+        kwargs[key] = bad
+    judge(call, args, kwargs, snapshot, where, findings, bad)
+
+
 def sweep(findings, only=None):
     entries = _entries()
     for name, make in entries.items():
@@ -368,13 +380,7 @@ def sweep(findings, only=None):
         for kind, key in slots:
             value = args[key] if kind == "arg" else kwargs[key]
             for label, bad in variants(value).items():
-                call, args2, kwargs2, snapshot = make()
-                args2, kwargs2 = list(args2), dict(kwargs2)
-                if kind == "arg":
-                    args2[key] = bad
-                else:
-                    kwargs2[key] = bad
-                judge(call, args2, kwargs2, snapshot, f"{name} {kind} {key} <- {label}", findings, bad)
+                _judge_with(make, kind, key, bad, f"{name} {kind} {key} <- {label}", findings)
 
 
 def hypothesis_sweep(findings, n_examples):
@@ -403,14 +409,8 @@ def _hypothesis_run(hostile, n_examples, name, make, kind, key, findings, settin
               suppress_health_check=list(health))
     @given(bad=hostile)
     def run(bad):
-        call, args, kwargs, snapshot = make()
-        args, kwargs = list(args), dict(kwargs)
-        if kind == "arg":
-            args[key] = bad
-        else:
-            kwargs[key] = bad
-        judge(call, args, kwargs, snapshot,
-              f"{name} {kind} {key} <- hypothesis {bad.dtype.str}{bad.shape}", findings, bad)
+        _judge_with(make, kind, key, bad, f"{name} {kind} {key} <- hypothesis {bad.dtype.str}{bad.shape}",
+                    findings)
     run()
 
 
