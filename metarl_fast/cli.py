@@ -104,6 +104,11 @@ def _config_from_args(args, **overrides):
     return config.validate()
 
 
+def _backend(args, config):
+    """--backend, else METARL_FAST_BACKEND, else the configuration's (its default: cython)."""
+    return args.backend or os.environ.get("METARL_FAST_BACKEND", "").strip().lower() or config.backend
+
+
 def _train(args):
     import metarl_fast
     from metarl_fast.trainer import MetaTrainer, format_table
@@ -111,16 +116,22 @@ def _train(args):
     if args.resume:
         if not args.out:
             raise UserError("--resume needs --out RUN_DIR (the run to continue)")
-        given = [flag for flag, field, _, _ in _TRAIN_OPTIONS if getattr(args, field, None) is not None]
+        # settings that do not change what is trained may be given (--iterations N extends a
+        # finished run); the others come from the checkpoint
+        given = [flag for flag, field, _, _ in _TRAIN_OPTIONS if getattr(args, field, None) is not None
+                 and field not in MetaTrainer._NOT_TRAINING]
         given += ["--replay"] if args.replay else []
         if given or args.config:
             raise UserError(f"--resume continues the run with the settings in its checkpoint; "
                             f"drop {', '.join(given + (['--config'] if args.config else []))}")
         config, _ = MetaTrainer.read_checkpoint(os.path.join(args.out, "checkpoint.npz"))
+        config = dataclasses.replace(config, **{field: getattr(args, field) for _, field, _, _ in _TRAIN_OPTIONS
+                                                if getattr(args, field, None) is not None})
+        config.validate()
     else:
         config = _config_from_args(args)
-    metarl_fast.set_backend(args.backend or config.backend)
-    out = args.out or os.path.join("runs", time.strftime("%Y%m%d-%H%M%S"))
+    metarl_fast.set_backend(_backend(args, config))
+    out = args.out or new_run_dir()
     if not args.resume and os.path.exists(os.path.join(out, "checkpoint.npz")):
         raise UserError(f"{out} already holds a run; use --resume to continue it or another --out")
     trainer = MetaTrainer(config, out)
@@ -183,14 +194,14 @@ def _compare(args):
     algos = [a.strip() for a in args.algos.split(",") if a.strip()]
     # validated as the first algorithm's run (e.g. a replay ratio above 1 is for first-order ones)
     config = _config_from_args(args, **({"algo": algos[0]} if algos else {}))
-    metarl_fast.set_backend(args.backend or config.backend)
+    metarl_fast.set_backend(_backend(args, config))
     try:
         seeds = [int(x) for x in args.seeds.split(",") if x.strip()]
     except ValueError:
         raise UserError(f"--seeds must be comma-separated integers, got {args.seeds!r}") from None
     if not algos or len(seeds) < 2:
         raise UserError("compare needs at least one algorithm (--algos) and two seeds (--seeds)")
-    out = args.out or os.path.join("runs", "compare-" + time.strftime("%Y%m%d-%H%M%S"))
+    out = args.out or new_run_dir("compare-")
     if not args.json:
         print(f"metarl-fast compare: {', '.join(algos)} on {config.tasks}, seeds {args.seeds}, "
               f"{config.iterations} meta-iterations each -> {out}", file=sys.stderr)
@@ -316,18 +327,49 @@ def _plot(args):
     return 0
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse without abbreviations (``--iter`` is not ``--iterations``), whose mistakes are one
+    line: ``metarl-fast: error: ...`` and exit 2, without the usage dump."""
+
+    def __init__(self, *args, **kwargs):
+        kwargs.setdefault("allow_abbrev", False)
+        super().__init__(*args, **kwargs)
+
+    def error(self, message):
+        command = self.prog.split()[-1] if " " in self.prog else None
+        where = f"metarl-fast {command} --help" if command else "metarl-fast --help"
+        print(f"metarl-fast: error: {message} (see {where})", file=sys.stderr)
+        raise SystemExit(EXIT_USAGE)
+
+
+def new_run_dir(prefix=""):
+    """A fresh run directory under ``runs/``, created atomically: a timestamp, the process id and
+    a random suffix, so runs started at the same second (or by several processes) never share one."""
+    import secrets
+
+    os.makedirs("runs", exist_ok=True)
+    while True:
+        path = os.path.join("runs", f"{prefix}{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}-"
+                                    f"{secrets.token_hex(2)}")
+        try:
+            os.mkdir(path)
+            return path
+        except FileExistsError:
+            continue
+
+
 def build_parser():
     import metarl_fast
 
-    parser = argparse.ArgumentParser(prog="metarl-fast", description="Meta-reinforcement learning on the CPU.")
+    parser = _Parser(prog="metarl-fast", description="Meta-reinforcement learning on the CPU.")
     parser.add_argument("--version", action="version", version=f"metarl-fast {metarl_fast.__version__}")
-    common = argparse.ArgumentParser(add_help=False)
+    common = _Parser(add_help=False)
     # Without the compiled extension, choose the numpy backend with METARL_FAST_BACKEND=numpy
     # (the package picks its backend when imported, before any option is read).
     common.add_argument("--backend", choices=("cython", "numpy"), help="kernel backend (default: cython)")
     common.add_argument("--threads", type=int, default=None,
                         help="worker threads for the kernels (the kernels are single-threaded today: only 1 is accepted)")
-    sub = parser.add_subparsers(dest="command")
+    sub = parser.add_subparsers(dest="command", parser_class=_Parser)
 
     p = sub.add_parser("train", parents=[common], help="meta-train (the main job; defaults: MAML on GridNavigation)")
     for flag, field, typ, help_text in _TRAIN_OPTIONS:
@@ -416,3 +458,7 @@ def main(argv=None):
     except KeyboardInterrupt:
         print("metarl-fast: interrupted", file=sys.stderr)
         return EXIT_INTERRUPTED
+    except BrokenPipeError:  # `metarl-fast ... | head`: the reader left; no traceback
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        return 0

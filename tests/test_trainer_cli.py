@@ -398,8 +398,8 @@ def test_cli_eval_reports_the_adapted_checkpoint_on_fresh_tasks(tmp_path, main):
 def test_resume_takes_its_settings_from_the_checkpoint_only(tmp_path):
     out = tmp_path / "run"
     assert cli("train", *TINY, *backend_args(), "--out", str(out)).returncode == 0
-    res = cli("train", "--resume", "--out", str(out), "--iterations", "40", *backend_args())
-    assert res.returncode == 2 and "drop --iterations" in res.stderr
+    res = cli("train", "--resume", "--out", str(out), "--meta-batch", "40", *backend_args())
+    assert res.returncode == 2 and "drop --meta-batch" in res.stderr
     cfg = TrainConfig(tasks="gridnav", grid_size=4, iterations=12, meta_batch=4, episodes_per_task=8,
                       eval_every=6, eval_tasks=20, checkpoint_every=4, seed=1)
     from metarl_fast.io import CheckpointError
