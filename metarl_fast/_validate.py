@@ -24,6 +24,22 @@ def got(arr):
     return f"dtype {arr.dtype}"
 
 
+def as_generator(seed, name="rng"):
+    """``seed`` as a ``numpy.random.Generator``: a Generator is returned as is; an int seed (>= 0)
+    or a ``SeedSequence`` makes a new one (``numpy.random.default_rng(seed)``: the same seed, the
+    same draws, call after call).  No global state is read or written."""
+    if type(seed) is np.random.Generator or isinstance(seed, np.random.Generator):
+        return seed
+    if isinstance(seed, np.random.SeedSequence):
+        return np.random.default_rng(seed)
+    if isinstance(seed, numbers.Integral) and not isinstance(seed, (bool, np.bool_)):
+        if seed < 0:
+            raise ValueError(f"{name} must be a non-negative int seed, got {seed}")
+        return np.random.default_rng(int(seed))
+    raise TypeError(f"{name} must be a numpy.random.Generator, an int seed or a SeedSequence, "
+                    f"got {type(seed).__name__}")
+
+
 def check_rng(rng, name="rng"):
     if not isinstance(rng, np.random.Generator):
         raise TypeError(

@@ -37,6 +37,7 @@ __all__ = ["argmax_random_ties", "BanditAgent", "RandomAgent", "PosteriorGreedyA
 
 def sample_arm_means(n_tasks, n_arms, rng):
     """Arm means of ``n_tasks`` tasks from the uniform prior: ``rng.random((n_tasks, n_arms))``."""
+    rng = _validate.as_generator(rng)
     n_tasks = _validate.positive_int(n_tasks, "n_tasks")
     n_arms = _validate.positive_int(n_arms, "n_arms")
     _validate.check_rng(rng)
@@ -70,6 +71,7 @@ class BanditAgent:
         totals : float64 (n_tasks,)
             Total reward of each trial.
         """
+        rng = _validate.as_generator(rng)
         return active.baselines.run_agent_trials(self._code, self._parameter(), arm_means,
                                                  n_pulls, rng)
 
@@ -78,6 +80,7 @@ class BanditAgent:
 
         Arm means come first from ``rng.random((n_trials, n_arms))``; returns float64 (n_trials,).
         """
+        rng = _validate.as_generator(rng)
         n_trials = _validate.positive_int(n_trials, "n_trials")
         n_pulls = _validate.positive_int(n_pulls, "n_pulls")
         return self.run_trials(sample_arm_means(n_trials, n_arms, rng), n_pulls, rng)
@@ -247,6 +250,7 @@ def compare_bandit_agents(agents, n_arms, n_pulls, n_trials, rng, level=0.95):
         Per agent, the mean total reward and its confidence half-width; plus
         ``"bayes-optimal": (value, 0.0)`` when :func:`bayes_optimal_value` is tractable.
     """
+    rng = _validate.as_generator(rng)
     n_arms = _validate.positive_int(n_arms, "n_arms")
     n_pulls = _validate.positive_int(n_pulls, "n_pulls")
     n_trials = _validate.positive_int(n_trials, "n_trials", minimum=2)

@@ -232,6 +232,7 @@ def sample_episodes(mdp, theta, n_episodes, rng):
     -------
     Episodes
     """
+    rng = _validate.as_generator(rng)
     _check_mdp(mdp)
     pi = softmax_policy(_check_theta(mdp, theta))
     n_episodes = _validate.positive_int(n_episodes, "n_episodes")
@@ -276,6 +277,7 @@ def random_mdp(rng, n_states, n_actions, horizon, gamma=1.0, n_terminal=0):
 
     ``n_terminal`` of the states (the last ones) are terminal; the start distribution avoids them.
     """
+    rng = _validate.as_generator(rng)
     _validate.check_rng(rng)
     S = _validate.positive_int(n_states, "n_states")
     A = _validate.positive_int(n_actions, "n_actions")

@@ -53,6 +53,7 @@ def run_trials(weights, arm_means, n_pulls, rng, actions_out=None, features_out=
 
     See :func:`metarl_fast.reference.incontext.run_trials`.
     """
+    rng = _validate.as_generator(rng)
     return active.incontext.run_trials(weights, arm_means, n_pulls, rng, actions_out,
                                        features_out, rewards_out)
 
@@ -62,6 +63,7 @@ def reinforce_trials(weights, arm_means, n_pulls, rng):
 
     See :func:`metarl_fast.reference.incontext.reinforce_trials`.
     """
+    rng = _validate.as_generator(rng)
     return active.incontext.reinforce_trials(weights, arm_means, n_pulls, rng)
 
 
@@ -310,6 +312,7 @@ class InContextBanditLearner(InContextLearnerBase):
         -------
         totals : float64 (n_tasks,)
         """
+        rng = _validate.as_generator(rng)
         return run_trials(self.weights, arm_means, n_pulls, rng, actions_out)
 
     def evaluate(self, n_arms, n_pulls, n_trials, rng):
@@ -318,6 +321,7 @@ class InContextBanditLearner(InContextLearnerBase):
         Arm means come first from ``rng.random((n_trials, n_arms))``, as for the baselines'
         :meth:`~metarl_fast.baselines.BanditAgent.evaluate`.
         """
+        rng = _validate.as_generator(rng)
         n_trials = _validate.positive_int(n_trials, "n_trials")
         n_pulls = _validate.positive_int(n_pulls, "n_pulls")
         return self.run_trials(sample_arm_means(n_trials, n_arms, rng), n_pulls, rng)
@@ -327,6 +331,7 @@ class InContextBanditLearner(InContextLearnerBase):
 
         Returns ``(grad float64 (N_FEATURES,), totals float64 (n_tasks,))``.
         """
+        rng = _validate.as_generator(rng)
         totals, weighted, score_sums, reward_sums = reinforce_trials(
             self.weights, arm_means, n_pulls, rng)
         return baselined_gradient(weighted, score_sums, reward_sums, totals.shape[0]), totals
@@ -371,6 +376,7 @@ class InContextBanditLearner(InContextLearnerBase):
             If a step would make the weights non-finite or larger than ``1e100``: the message
             names the iteration and ``weights`` keep their last valid values.
         """
+        rng = _validate.as_generator(rng)
         n_arms = _validate.positive_int(n_arms, "n_arms")
         n_pulls = _validate.positive_int(n_pulls, "n_pulls")
         _validate.check_rng(rng)

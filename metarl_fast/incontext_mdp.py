@@ -50,6 +50,7 @@ def run_trials(weights, tasks, n_episodes, rng, actions_out=None, features_out=N
 
     See :func:`metarl_fast.reference.incontext_mdp.run_trials` (``tasks`` a TaskBatch).
     """
+    rng = _validate.as_generator(rng)
     return active.incontext_mdp.run_trials(weights, _tables(tasks), n_episodes, rng, actions_out,
                                            features_out, rewards_out)
 
@@ -59,6 +60,7 @@ def reinforce_trials(weights, tasks, n_episodes, rng):
 
     See :func:`metarl_fast.reference.incontext_mdp.reinforce_trials` (``tasks`` a TaskBatch).
     """
+    rng = _validate.as_generator(rng)
     return active.incontext_mdp.reinforce_trials(weights, _tables(tasks), n_episodes, rng)
 
 
@@ -143,6 +145,7 @@ class InContextMDPLearner(InContextLearnerBase):
         -------
         episode_returns : float64 (T, n_episodes)
         """
+        rng = _validate.as_generator(rng)
         return run_trials(self.weights, tasks, n_episodes, rng, actions_out)
 
     def evaluate(self, tasks, n_episodes, rng, n_trials=None):
@@ -151,6 +154,7 @@ class InContextMDPLearner(InContextLearnerBase):
         ``tasks`` is a TaskBatch (one trial per task; ``n_trials`` must be None or its length) or
         a TaskDistribution (``n_trials`` tasks are sampled first, from ``rng``).
         """
+        rng = _validate.as_generator(rng)
         _validate.check_rng(rng)
         if isinstance(tasks, TaskDistribution):
             if n_trials is None:
@@ -168,6 +172,7 @@ class InContextMDPLearner(InContextLearnerBase):
         mean reward-to-go of the batch's *other* trials at each step slot (leave-one-out, so the
         estimate is unbiased; :func:`metarl_fast.incontext.baselined_gradient`).
         """
+        rng = _validate.as_generator(rng)
         returns, weighted, score_sums, reward_sums = reinforce_trials(
             self.weights, tasks, n_episodes, rng)
         totals = returns.sum(axis=1)
@@ -213,6 +218,7 @@ class InContextMDPLearner(InContextLearnerBase):
             If a step would make the weights non-finite or larger than ``1e100``, or the trials
             overflow: the message names the iteration and ``weights`` keep their last valid values.
         """
+        rng = _validate.as_generator(rng)
         source = _task_source(tasks)
         n_episodes = _validate.positive_int(n_episodes, "n_episodes")
         _validate.check_rng(rng)

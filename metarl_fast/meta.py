@@ -736,6 +736,7 @@ class MetaLearner:
         when measured), ``direction_norm``.  Raises :class:`DivergenceError` (parameters rolled
         back) if the update is not finite.
         """
+        rng = _validate.as_generator(rng)
         from metarl_fast.tasks import TaskBatch
 
         if not isinstance(task_batch, TaskBatch):
@@ -820,6 +821,7 @@ class MetaLearner:
 
         Entry ``k`` holds the parameters after ``k`` inner steps (entry 0 is phi itself).
         """
+        rng = _validate.as_generator(rng)
         steps = self.inner_steps if inner_steps is None else _validate.positive_int(inner_steps, "inner_steps")
         old = self.estimator
         if estimator is not None:

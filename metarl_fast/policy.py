@@ -44,6 +44,7 @@ def sample_actions(logits, rng, out=None):
     Exactly one ``rng.random()`` per row, so both backends return identical actions for the same
     Generator state.  Non-contiguous ``logits`` are copied once to C order.
     """
+    rng = _validate.as_generator(rng)
     return active.policy.sample_actions(logits, rng, out)
 
 
@@ -51,6 +52,7 @@ def sample_actions_at(logits, rows, rng, out=None):
     """``sample_actions(logits[rows], rng)`` without the gather: one action per entry of ``rows``
     (int (n,)) from the softmax of table row ``rows[i]`` of (R, A) ``logits``; the same actions
     and draws, each table row exponentiated once (every row must be valid, used or not)."""
+    rng = _validate.as_generator(rng)
     return active.policy.sample_actions_at(logits, rows, rng, out)
 
 
@@ -74,6 +76,7 @@ class _SoftmaxPolicy:
 
     def act(self, obs, rng):
         """Sample actions for a batch of observations; int64 (B,)."""
+        rng = _validate.as_generator(rng)
         return sample_actions(self.logits(obs), rng)
 
     def log_prob(self, obs, actions):
@@ -204,6 +207,7 @@ class TabularSoftmaxPolicy(_SoftmaxPolicy):
         """Sample actions for a batch of states; int64 (B,).  The same actions and draws as
         ``sample_actions(self.logits(obs), rng)``; when the batch is large next to the table,
         each state's softmax is computed once (``sample_actions_at``) instead of once per row."""
+        rng = _validate.as_generator(rng)
         if (isinstance(obs, np.ndarray) and obs.ndim == 1
                 and self.n_states <= max(64, 4 * obs.shape[0])):
             try:
@@ -310,6 +314,7 @@ class LinearSoftmaxPolicy(_SoftmaxPolicy):
         (the feature row of each state), int states (B,) in [0, S): then each state's logits and
         softmax are computed once (``sample_actions_at``), with the same draws as
         ``act(features[obs], rng)``."""
+        rng = _validate.as_generator(rng)
         if features is None:
             return sample_actions(self.logits(obs), rng)
         table = self.logits(_validate_features(features, self))

@@ -364,6 +364,7 @@ class ReplayBuffer:
 
         ``task_id=k`` restricts the draw to task k's stored transitions (O(1) per index).
         """
+        rng = _validate.as_generator(rng)
         with self._lock:
             batch_size = self._check_sample(batch_size, rng)
             return self._indices(batch_size, rng, task_id)
@@ -377,6 +378,7 @@ class ReplayBuffer:
         rng : numpy.random.Generator (one ``random()`` per transition)
         task_id : int, optional -- only transitions of this task
         """
+        rng = _validate.as_generator(rng)
         with self._lock:
             batch_size = self._check_sample(batch_size, rng)
             indices = self._indices(batch_size, rng, task_id, self._store)
@@ -391,6 +393,7 @@ class ReplayBuffer:
         int64 (batch_size, length).  Raises ValueError if no stored episode (piece) has
         ``length`` transitions.
         """
+        rng = _validate.as_generator(rng)
         with self._lock:
             batch_size = self._check_sample(batch_size, rng)
             length = _validate.positive_int(length, "length")
@@ -596,6 +599,7 @@ class PrioritizedReplayBuffer(ReplayBuffer):
         ``(N P(i)) ** -beta`` normalised by their maximum over the whole buffer (so <= 1);
         ``indices`` go to :meth:`update_priorities`.
         """
+        rng = _validate.as_generator(rng)
         with self._lock:
             batch_size = self._check_sample(batch_size, rng)
             beta = _validate.finite_float(beta, "beta", low=0.0)
@@ -605,6 +609,7 @@ class PrioritizedReplayBuffer(ReplayBuffer):
 
     def sample_indices(self, batch_size, rng):
         """Slots drawn proportionally to priority, int64 (batch_size,)."""
+        rng = _validate.as_generator(rng)
         with self._lock:
             batch_size = self._check_sample(batch_size, rng)
             return active.replay.tree_sample(self._tree_sum, batch_size, rng)[0]

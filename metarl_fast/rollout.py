@@ -245,6 +245,7 @@ class VecEnv:
 
     def reset(self, rng):
         """Start a new episode everywhere; returns obs int64 (n_envs,).  ``rng``: Generator or int."""
+        rng = _validate.as_generator(rng)
         rng = as_generator(rng)
         with self._exclusive("reset"):
             active.envs.vec_reset(self.tasks.tables, self.task_of_env, self._state, self._elapsed, rng)
@@ -268,6 +269,7 @@ class VecEnv:
         see the class docstring for the auto-reset.  ``rng`` must be a ``numpy.random.Generator``.
         Raises RuntimeError before :meth:`reset`; a rejected call changes nothing.
         """
+        rng = _validate.as_generator(rng)
         if not self._started:
             raise RuntimeError("VecEnv.step() called before reset()")
         _validate.check_rng(rng)

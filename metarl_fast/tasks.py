@@ -64,15 +64,7 @@ REWARD_NONE, REWARD_GAUSSIAN, REWARD_BERNOULLI, REWARD_TRANSITION = range(4)
 _ROW_TOL = 1e-8
 
 
-def as_generator(seed, name="rng"):
-    """``seed`` as a ``numpy.random.Generator``: a Generator is returned as is, an int seeds a new one."""
-    if isinstance(seed, np.random.Generator):
-        return seed
-    if isinstance(seed, numbers.Integral) and not isinstance(seed, (bool, np.bool_)):
-        if seed < 0:
-            raise ValueError(f"{name} must be a non-negative int seed, got {seed}")
-        return np.random.default_rng(int(seed))
-    raise TypeError(f"{name} must be an int seed or a numpy.random.Generator, got {type(seed).__name__}")
+as_generator = _validate.as_generator
 
 
 def _float_table(x, name, shape):

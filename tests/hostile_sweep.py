@@ -175,9 +175,9 @@ def _entries():
     add("VecEnv.step", vecenv_entry)
     add("VecEnv", lambda: (mf.VecEnv, [_tasks(), 2], {}, None))
     add("exact.policy_value", lambda: (exact.policy_value, [_tasks(), np.zeros((2, 5, 2))], {"gamma": 0.9}, None))
-    add("MetaLearner.meta_step", lambda: (mf.MetaLearner(mf.TabularSoftmaxPolicy(5, 2), "maml", episodes_per_task=2).meta_step,
+    add("MetaLearner.meta_step", lambda: (mf.MetaLearner(mf.TabularSoftmaxPolicy(4, 2), "maml", episodes_per_task=2).meta_step,
                                           [_tasks(), _rng()], {}, None))
-    add("MetaLearner", lambda: (mf.MetaLearner, [mf.TabularSoftmaxPolicy(5, 2), "fomaml"],
+    add("MetaLearner", lambda: (mf.MetaLearner, [mf.TabularSoftmaxPolicy(4, 2), "fomaml"],
                                 {"inner_lr": 0.1, "episodes_per_task": 2, "gamma": 0.9}, None))
     add("incontext.run_trials", lambda: (incontext.run_trials, [np.zeros(8), np.full((3, 2), 0.5), 4, _rng()], {}, None))
     add("incontext.bandit_features", lambda: (incontext.bandit_features, [np.zeros((2, 3), np.int64), np.zeros((2, 3), np.int64), 3, 5], {}, None))
@@ -203,7 +203,7 @@ def _entries():
                                                      [np.full((3, 2), 0.5), 4, _rng()], {}, None))
     add("EpsilonGreedyAgent", lambda: (mf.EpsilonGreedyAgent, [], {"epsilon": 0.1}, None))
     add("UCB1Agent", lambda: (mf.UCB1Agent, [], {"c": 1.0}, None))
-    add("compare_bandit_agents", lambda: (mf.compare_bandit_agents, [[mf.RandomAgent()], 2, 3, 10, _rng()],
+    add("compare_bandit_agents", lambda: (mf.compare_bandit_agents, [{"random": mf.RandomAgent()}, 2, 3, 10, _rng()],
                                           {"level": 0.9}, None))
     # more of the policies, critics, buffers, task families and environments
     add("policy.entropy", lambda: with_policy((p := _tabular()).entropy, p, [s]))
@@ -238,7 +238,7 @@ def _entries():
 
 
 def _tabular_for_chain():
-    return mf.TabularSoftmaxPolicy(5, 2)
+    return mf.TabularSoftmaxPolicy(4, 2)
 
 
 # -- hostile variants of a valid value -------------------------------------------------------------

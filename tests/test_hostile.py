@@ -158,3 +158,24 @@ def test_each_class_of_the_issue_holds_in_a_child_process(backend, name):
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0 and proc.stdout.strip().endswith("ok"), \
         f"exit {proc.returncode}\n{proc.stdout[-1000:]}\n{proc.stderr[-3000:]}"
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_the_sweeps_valid_arguments_are_valid(backend):
+    """Each entry point of the sweep succeeds with its valid arguments, so that every hostile
+    variant is judged against a call that would otherwise pass."""
+    import warnings
+
+    import metarl_fast as mf
+    from hostile_sweep import _entries
+
+    failed = []
+    with mf.use_backend(backend), warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        for name, make in _entries().items():
+            call, args, kwargs, _ = make()
+            try:
+                call(*args, **kwargs)
+            except Exception as err:  # noqa: BLE001 - listed below
+                failed.append(f"{name}: {type(err).__name__}: {err}")
+    assert failed == []

@@ -1323,6 +1323,8 @@ Append one transition.  See :meth:`metarl_fast.replay.ReplayBuffer.add`."""
         cdef int64_t size
         cdef int overflow = 0
         n = PyLong_AsLongLongAndOverflow(batch_size, &overflow) if type(batch_size) is int else 0
+        if type(rng) is not _Generator:  # an int seed or a SeedSequence seeds a Generator
+            rng = _validate.as_generator(rng)
         if overflow or not (1 <= n <= MAX_BATCH) or type(rng) is not _Generator:
             n = _ref.check_sample_args(batch_size, rng)
         self.lock.take()
