@@ -13,19 +13,48 @@ from metarl_fast._backend import active
 POLICY_FORMAT_VERSION = 1
 
 
-def softmax(logits, out=None):
-    """Row-wise softmax of (B, A) float32/float64 ``logits``; returns (B, A) of the same dtype."""
-    return active.policy.softmax(logits, out)
+def _along(kernel, logits, axis, out, reduce):
+    """``kernel`` (rows of a 2-D array) along ``axis`` of any-dimensional ``logits``, as NumPy
+    and SciPy take it: the axis is moved last and the others flattened into rows."""
+    if axis in (-1, 1) and isinstance(logits, np.ndarray) and logits.ndim == 2:
+        return kernel(logits, out)  # the kernels' own layout: no copy, out= as given
+    if logits is None:
+        return kernel(logits, out)  # the kernel names it
+    x = np.asarray(logits)
+    if x.ndim == 0:
+        raise ValueError("logits must have at least one axis, got a scalar")
+    axis = _validate.positive_int(axis, "axis", minimum=-x.ndim)
+    if axis >= x.ndim:
+        raise ValueError(f"axis {axis} is out of range for logits of {x.ndim} dimensions")
+    moved = np.moveaxis(x, axis, -1)
+    rows = np.ascontiguousarray(moved.reshape(-1, moved.shape[-1]))
+    result = kernel(rows, None)
+    shape = moved.shape[:-1] if reduce else moved.shape
+    result = result.reshape(shape)
+    if not reduce:
+        result = np.moveaxis(result, -1, axis)
+    if out is not None:
+        _validate.check_out(out, result.shape, result.dtype)
+        out[...] = result
+        return out
+    return result
 
 
-def log_softmax(logits, out=None):
-    """Row-wise log-softmax of (B, A) ``logits``; returns (B, A) of the same dtype."""
-    return active.policy.log_softmax(logits, out)
+def softmax(logits, out=None, axis=-1):
+    """Softmax along ``axis`` (default the last) of float32/float64 ``logits`` of any shape (a
+    1-D vector, (B, A) rows, ...); returns the same shape and dtype."""
+    return _along(active.policy.softmax, logits, axis, out, False)
 
 
-def entropy(logits, out=None):
-    """Entropy of each row's softmax; returns (B,) of the dtype of ``logits``."""
-    return active.policy.entropy(logits, out)
+def log_softmax(logits, out=None, axis=-1):
+    """Log-softmax along ``axis`` of ``logits`` of any shape; returns the same shape and dtype."""
+    return _along(active.policy.log_softmax, logits, axis, out, False)
+
+
+def entropy(logits, out=None, axis=-1):
+    """Entropy of the softmax along ``axis``; returns the shape of ``logits`` without that axis
+    (a float array of dtype of ``logits``: 0-d for a 1-D vector)."""
+    return _along(active.policy.entropy, logits, axis, out, True)
 
 
 def log_prob(logits, actions, out=None):
@@ -66,25 +95,43 @@ def _check_dtype(dtype):
 
 
 class _SoftmaxPolicy:
-    """Shared behaviour of the softmax policies (params handling, sampling, persistence)."""
+    """Shared behaviour of the softmax policies (params handling, sampling, persistence).
+
+    Every method takes a batch of observations or one observation as Gymnasium gives it (a state
+    as an int for the tabular policy, one feature vector for the linear one): then ``act``
+    returns an int, ``log_prob`` and ``entropy`` a float, ``logits`` and ``probs`` shape (A,).
+    """
 
     _kind = None
+    _one_ndim = None  # the ndim of one observation
+
+    def _one(self, obs):
+        return (obs is not None and not isinstance(obs, (list, tuple, str))
+                and np.ndim(obs) == self._one_ndim)
 
     def probs(self, obs):
-        """Action probabilities, shape (B, A)."""
+        """Action probabilities, shape (B, A) (one observation: (A,))."""
+        if self._one(obs):
+            return self.probs(np.asarray(obs)[None])[0]
         return softmax(self.logits(obs))
 
     def act(self, obs, rng):
-        """Sample actions for a batch of observations; int64 (B,)."""
+        """Sample actions for a batch of observations; int64 (B,) (one observation: an int)."""
         rng = _validate.as_generator(rng)
+        if self._one(obs):
+            return int(self.act(np.asarray(obs)[None], rng)[0])
         return sample_actions(self.logits(obs), rng)
 
     def log_prob(self, obs, actions):
-        """``log pi(actions | obs)``, shape (B,)."""
+        """``log pi(actions | obs)``, shape (B,) (one observation and action: a float)."""
+        if self._one(obs) and np.ndim(actions) == 0:
+            return float(self.log_prob(np.asarray(obs)[None], np.asarray(actions)[None])[0])
         return log_prob(self.logits(obs), actions)
 
     def entropy(self, obs):
-        """Entropy of the action distribution at each observation, shape (B,)."""
+        """Entropy of the action distribution at each observation, shape (B,) (one: a float)."""
+        if self._one(obs):
+            return float(self.entropy(np.asarray(obs)[None])[0])
         return entropy(self.logits(obs))
 
     @property
@@ -164,6 +211,8 @@ class TabularSoftmaxPolicy(_SoftmaxPolicy):
 
     _kind = "TabularSoftmaxPolicy"
 
+    _one_ndim = 0  # one observation: a state (int)
+
     def __init__(self, n_states, n_actions, dtype=np.float64, theta=None):
         n_states = _validate.positive_int(n_states, "n_states")
         n_actions = _validate.positive_int(n_actions, "n_actions")
@@ -200,7 +249,9 @@ class TabularSoftmaxPolicy(_SoftmaxPolicy):
         return _validate.int_array(obs, name, ndim=1, low=0, high=self.n_states)
 
     def logits(self, obs):
-        """Logits of the given states, shape (B, A) (a copy of rows of ``theta``)."""
+        """Logits of the given states, shape (B, A) (a copy of rows of ``theta``; one state: (A,))."""
+        if self._one(obs):
+            return self.logits(np.asarray(obs)[None])[0]
         return self.theta[self.check_obs(obs)]
 
     def act(self, obs, rng):
@@ -208,6 +259,8 @@ class TabularSoftmaxPolicy(_SoftmaxPolicy):
         ``sample_actions(self.logits(obs), rng)``; when the batch is large next to the table,
         each state's softmax is computed once (``sample_actions_at``) instead of once per row."""
         rng = _validate.as_generator(rng)
+        if self._one(obs):
+            return int(self.act(np.asarray(obs)[None], rng)[0])
         if (isinstance(obs, np.ndarray) and obs.ndim == 1
                 and self.n_states <= max(64, 4 * obs.shape[0])):
             try:
@@ -246,6 +299,8 @@ class LinearSoftmaxPolicy(_SoftmaxPolicy):
     """
 
     _kind = "LinearSoftmaxPolicy"
+
+    _one_ndim = 1  # one observation: a feature vector (F,)
 
     def __init__(self, n_features, n_actions, dtype=np.float64, W=None, b=None):
         n_features = _validate.positive_int(n_features, "n_features")
@@ -306,7 +361,9 @@ class LinearSoftmaxPolicy(_SoftmaxPolicy):
         return x
 
     def logits(self, obs):
-        """Logits ``obs @ W + b``, shape (B, A)."""
+        """Logits ``obs @ W + b``, shape (B, A) (one feature vector: (A,))."""
+        if self._one(obs):
+            return self.logits(np.asarray(obs)[None])[0]
         return self.check_obs(obs) @ self.W + self.b
 
     def act(self, obs, rng, features=None):
@@ -316,6 +373,8 @@ class LinearSoftmaxPolicy(_SoftmaxPolicy):
         ``act(features[obs], rng)``."""
         rng = _validate.as_generator(rng)
         if features is None:
+            if self._one(obs):
+                return int(sample_actions(self.logits(np.asarray(obs)[None]), rng)[0])
             return sample_actions(self.logits(obs), rng)
         table = self.logits(_validate_features(features, self))
         try:

@@ -106,3 +106,36 @@ def test_bad_constructor_and_observations(backend):
         lin.logits(np.zeros((2, 4)))
     with pytest.raises(ValueError, match="obs contains NaN"):
         lin.logits(np.array([[0.0, np.nan, 1.0]]))
+
+
+@pytest.mark.parametrize("axis", [0, 1, 2, -1, -2])
+def test_softmax_and_friends_take_any_shape_and_an_axis(backend, axis):
+    """Issue 14: as NumPy/SciPy do: a 1-D vector, or any array with ``axis``."""
+    x = np.random.default_rng(0).normal(size=(2, 3, 4))
+    e = np.exp(x - x.max(axis=axis, keepdims=True))
+    p = e / e.sum(axis=axis, keepdims=True)
+    np.testing.assert_allclose(mf.softmax(x, axis=axis), p, rtol=1e-12)
+    np.testing.assert_allclose(mf.log_softmax(x, axis=axis), np.log(p), rtol=1e-12)
+    np.testing.assert_allclose(mf.entropy(x, axis=axis), -(p * np.log(p)).sum(axis=axis), rtol=1e-12)
+    np.testing.assert_allclose(mf.softmax(np.array([1.0, 2.0])), [1 / (1 + np.e), np.e / (1 + np.e)])
+    assert float(mf.entropy(np.zeros(4))) == pytest.approx(np.log(4))
+    with pytest.raises(ValueError, match="axis 3 is out of range for logits of 3 dimensions"):
+        mf.softmax(x, axis=3)
+    with pytest.raises(ValueError, match="axis must be >= -3"):
+        mf.softmax(x, axis=-4)
+
+
+def test_policies_take_one_observation_as_gymnasium_gives_it(backend):
+    """Issue 14: a state as an int (tabular) or one feature vector (linear): act returns an int,
+    log_prob and entropy floats, probs and logits (A,); the same numbers as a batch of one."""
+    tab = mf.TabularSoftmaxPolicy(3, 2, theta=np.arange(6.0).reshape(3, 2))
+    lin = mf.LinearSoftmaxPolicy(3, 2, W=np.arange(6.0).reshape(3, 2) / 5)
+    for policy, one, batch in ((tab, 2, np.array([2])), (lin, np.ones(3), np.ones((1, 3)))):
+        a = policy.act(one, np.random.default_rng(4))
+        assert type(a) is int and a == policy.act(batch, np.random.default_rng(4))[0]
+        np.testing.assert_array_equal(policy.probs(one), policy.probs(batch)[0])
+        np.testing.assert_array_equal(policy.logits(one), policy.logits(batch)[0])
+        assert policy.log_prob(one, 1) == policy.log_prob(batch, np.array([1]))[0]
+        assert isinstance(policy.entropy(one), float)
+    with pytest.raises(ValueError, match="obs"):
+        tab.act(7, np.random.default_rng(0))

@@ -146,8 +146,12 @@ def test_bad_logits(backend, call):
             return mf.log_prob(logits, np.zeros(len(logits) if np.ndim(logits) else 1, dtype=np.int64))
         return getattr(mf, call)(logits)
 
-    with pytest.raises(ValueError, match="logits must be 2-D"):
-        run(np.zeros(3))
+    if call in ("sample_actions", "log_prob"):  # rows of logits (softmax and friends take any shape)
+        with pytest.raises(ValueError, match="logits must be 2-D"):
+            run(np.zeros(3))
+    else:
+        with pytest.raises(ValueError, match="logits must have at least one axis"):
+            run(np.float64(1.0))
     with pytest.raises(TypeError, match="logits must be a float32 or float64"):
         run(np.zeros((2, 3), dtype=np.int64))
     with pytest.raises(TypeError, match="logits"):
@@ -182,7 +186,7 @@ def test_bad_actions_rng_and_out(backend, rng):
         mf.log_prob(logits, np.array([0, 1]))
     with pytest.raises(TypeError, match="actions must be an integer"):
         mf.log_prob(logits, np.array([0.0, 1.0, 2.0]))
-    for bad_rng in (None, 42, np.random.RandomState(0), np.random.PCG64(0)):
+    for bad_rng in (None, 4.2, np.random.RandomState(0), np.random.PCG64(0)):  # (an int seeds one)
         with pytest.raises(TypeError, match="rng must be a numpy.random.Generator"):
             mf.sample_actions(logits, bad_rng)
     with pytest.raises(ValueError, match="out must have shape"):
