@@ -254,7 +254,7 @@ def test_agent_bad_input(backend):
     with pytest.raises(ValueError, match="n_pulls"):
         agent.run_trials(np.full((2, 3), 0.5), 0, rng)
     with pytest.raises(TypeError, match="rng"):
-        agent.run_trials(np.full((2, 3), 0.5), 3, 0)
+        agent.run_trials(np.full((2, 3), 0.5), 3, 0.5)
     with pytest.raises(ValueError, match="n_trials"):
         agent.evaluate(3, 3, 0, rng)
     assert rng.bit_generator.state == state

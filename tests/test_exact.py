@@ -151,7 +151,7 @@ def test_exact_rejects_bad_input():
     with pytest.raises(ValueError, match="n_episodes"):
         exact.sample_episodes(mdp, np.zeros((3, 2)), 0, np.random.default_rng(0))
     with pytest.raises(TypeError, match="rng"):
-        exact.sample_episodes(mdp, np.zeros((3, 2)), 3, 42)
+        exact.sample_episodes(mdp, np.zeros((3, 2)), 3, 4.2)
     # flat theta is accepted
     assert exact.policy_value(mdp, np.zeros(6)) == exact.policy_value(mdp, np.zeros((3, 2)))
 

@@ -371,7 +371,7 @@ def test_learner_fit_improves_and_validates(backend):
     with pytest.raises(ValueError, match="n_arms"):
         learner.fit(0, 5, np.random.default_rng(0))
     with pytest.raises(TypeError, match="rng"):
-        learner.fit(3, 5, 0)
+        learner.fit(3, 5, "0")
 
 
 def test_divergence_names_the_iteration_and_keeps_the_weights(backend, tmp_path):

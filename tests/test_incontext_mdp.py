@@ -512,7 +512,7 @@ def test_learner_fit_improves_reproducibly_and_validates(backend):
     with pytest.raises(ValueError, match="n_episodes"):
         learner.fit(family, 0, np.random.default_rng(0))
     with pytest.raises(TypeError, match="rng"):
-        learner.fit(family, 3, 0)
+        learner.fit(family, 3, "0")
     with pytest.raises(TypeError, match="tasks"):
         learner.fit("TabularMDPs", 3, np.random.default_rng(0))
     np.testing.assert_array_equal(again.weights, learner.weights)  # rejected calls change nothing

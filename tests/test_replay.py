@@ -490,7 +490,7 @@ def test_bad_sampling_arguments(backend):
     with pytest.raises(TypeError, match="task_id"):
         buf.sample(2, rng, task_id=True)
     with pytest.raises(TypeError, match="rng"):
-        buf.sample(2, 42)
+        buf.sample(2, 4.2)
     with pytest.raises(ValueError, match="task_id"):
         buf.sample(2, rng, task_id=-1)
     with pytest.raises(ValueError, match="task 3"):

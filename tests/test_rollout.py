@@ -302,7 +302,7 @@ def test_vecenv_bad_actions_change_nothing(backend):
         with pytest.raises(err, match="actions"):
             venv.step(actions, rng)
     with pytest.raises(TypeError, match="rng"):
-        venv.step([0] * 6, 3)
+        venv.step([0] * 6, 3.5)
     after = (venv.state, venv.elapsed, rng.bit_generator.state)
     np.testing.assert_array_equal(before[0], after[0])
     np.testing.assert_array_equal(before[1], after[1])
