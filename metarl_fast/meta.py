@@ -640,11 +640,12 @@ class MetaLearner:
         Its ``params`` are the meta-parameters phi, updated in place by :meth:`meta_step`.
     method : {"reptile", "fomaml", "maml", "multitask"}
     inner_lr : float > 0
-        The inner (adaptation) step size alpha.
+        The inner (adaptation) step size alpha (default 1.0, as ``metarl-fast train``).
     inner_steps : int >= 1
         K, the number of policy-gradient adaptation steps per task.
     meta_lr : float > 0, optional
-        Outer step size (default 0.1 for Reptile with SGD, as its epsilon; 0.01 with Adam).
+        Outer step size (default 0.05 with Adam, as ``metarl-fast train``; 0.1 for Reptile with
+        SGD, as its epsilon).
     meta_optimizer : {"adam", "sgd"}
     episodes_per_task : int >= 1
         Episodes sampled per task for every gradient estimate (``estimator="sampled"``).
@@ -667,7 +668,7 @@ class MetaLearner:
         Feature table for a LinearSoftmaxPolicy (default one-hot).
     """
 
-    def __init__(self, policy, method, *, inner_lr=0.1, inner_steps=1, meta_lr=None,
+    def __init__(self, policy, method, *, inner_lr=1.0, inner_steps=1, meta_lr=None,
                  meta_optimizer="adam", episodes_per_task=20, gamma=1.0, estimator="sampled",
                  learn_inner_lr=False, features=None, inner_estimator="reinforce",
                  baseline="leave-one-out", hessian_data="fresh", replay=None):
@@ -691,7 +692,7 @@ class MetaLearner:
         self.inner_lr = _validate.finite_float(inner_lr, "inner_lr", low=0.0, low_open=True)
         self.inner_steps = _validate.positive_int(inner_steps, "inner_steps")
         if meta_lr is None:
-            meta_lr = 0.1 if (method == "reptile" and meta_optimizer == "sgd") else 0.01
+            meta_lr = 0.1 if (method == "reptile" and meta_optimizer == "sgd") else 0.05
         self.meta_lr = _validate.finite_float(meta_lr, "meta_lr", low=0.0, low_open=True)
         self.episodes_per_task = _validate.positive_int(episodes_per_task, "episodes_per_task")
         self.gamma = _validate.finite_float(gamma, "gamma", low=0.0, high=1.0)
@@ -834,6 +835,17 @@ class MetaLearner:
             self.estimator = old
         theta_K, thetas, _, _ = adapt(problem, self.policy.params, self._alpha(), steps, rng)
         return np.stack(thetas + [theta_K])
+
+    def adapted_policies(self, task_batch, rng, inner_steps=None, estimator=None):
+        """One policy per task of ``task_batch`` after its K adaptation steps (:meth:`adapt`'s
+        last entry): copies of ``self.policy`` with the adapted parameters, ready to ``act``."""
+        final = self.adapt(task_batch, rng, inner_steps, estimator)[-1]
+        policies = []
+        for theta in final:
+            policy = self.policy.copy()
+            policy.set_params(theta.astype(policy.dtype))
+            policies.append(policy)
+        return policies
 
     def state_dict(self):
         d = {"params": self.policy.params.copy(), "inner_lrs": self.inner_lrs.copy(),

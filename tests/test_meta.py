@@ -397,3 +397,30 @@ def test_divergence_is_reported_and_rolled_back(monkeypatch):
     np.testing.assert_array_equal(policy.params, before)
     assert learner.iteration == 2
     assert learner.optimizer.state_dict()["steps"] == opt_before["steps"]
+
+
+def test_the_classes_defaults_are_the_command_lines():
+    """Issue 14: MAML(policy) trains as `metarl-fast train` does by default."""
+    from metarl_fast.trainer import TrainConfig
+
+    config = TrainConfig()
+    learner = meta.MAML(mf.TabularSoftmaxPolicy(4, 2))
+    assert (learner.inner_lr, learner.meta_lr, learner.inner_steps, learner.episodes_per_task,
+            learner.gamma, learner.estimator, learner.inner_estimator, learner.baseline,
+            learner.hessian_data) == (config.inner_lr, config.meta_lr, config.inner_steps,
+                                      config.episodes_per_task, config.gamma, config.estimator,
+                                      config.inner_estimator, config.baseline, config.hessian_data)
+    assert isinstance(learner.optimizer, mf.Adam) and config.meta_optimizer == "adam"
+
+
+def test_adapted_policies_are_the_adapted_parameters_as_policies():
+    tasks = mf.GridNavigation(size=3).sample(3, 0)
+    learner = meta.FOMAML(mf.TabularSoftmaxPolicy(9, 5), episodes_per_task=4)
+    path = learner.adapt(tasks, 5, inner_steps=2)
+    policies = learner.adapted_policies(tasks, 5, inner_steps=2)
+    assert len(policies) == 3
+    for policy, theta in zip(policies, path[-1]):
+        assert isinstance(policy, mf.TabularSoftmaxPolicy) and policy is not learner.policy
+        np.testing.assert_array_equal(policy.params, theta)
+        assert isinstance(policy.act(0, 1), int)
+    assert not np.array_equal(policies[0].params, learner.policy.params)
