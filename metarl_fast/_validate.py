@@ -28,7 +28,7 @@ def as_generator(seed, name="rng"):
     """``seed`` as a ``numpy.random.Generator``: a Generator is returned as is; an int seed (>= 0)
     or a ``SeedSequence`` makes a new one (``numpy.random.default_rng(seed)``: the same seed, the
     same draws, call after call).  No global state is read or written."""
-    if type(seed) is np.random.Generator or isinstance(seed, np.random.Generator):
+    if isinstance(seed, np.random.Generator):
         return seed
     if isinstance(seed, np.random.SeedSequence):
         return np.random.default_rng(seed)

@@ -106,6 +106,8 @@ class _SoftmaxPolicy:
     _one_ndim = None  # the ndim of one observation
 
     def _one(self, obs):
+        if type(obs) is np.ndarray:  # the hot path: one attribute read, no np.ndim call
+            return obs.ndim == self._one_ndim
         return (obs is not None and not isinstance(obs, (list, tuple, str))
                 and np.ndim(obs) == self._one_ndim)
 

@@ -27,6 +27,7 @@ import time
 import numpy as np
 
 from metarl_fast import _validate, io, meta
+from metarl_fast.reference.incontext import MAX_ABS_WEIGHT
 from metarl_fast.policy import TabularSoftmaxPolicy
 
 TASK_FAMILIES = ("gridnav", "tabular-mdp", "bandits", "chain")
@@ -311,8 +312,6 @@ class InContextTraining:
 
     def _step(self, grad):
         """One Adam ascent step along ``grad``; rolled back (DivergenceError) if it diverges."""
-        from metarl_fast.reference.incontext import MAX_ABS_WEIGHT
-
         saved = (self.params.copy(), self.optimizer.state_dict())
         self.optimizer.step(-grad)
         # the learners refuse weights above MAX_ABS_WEIGHT: a step there could never be resumed
@@ -398,8 +397,6 @@ class InContextTraining:
 
     def load_state_dict(self, d):
         from metarl_fast.pool import TrialPool
-
-        from metarl_fast.reference.incontext import MAX_ABS_WEIGHT
 
         params = np.asarray(d["params"])
         if params.shape != self.params.shape or params.dtype.kind != "f":
