@@ -175,11 +175,11 @@ class _Engine:
 
     def contents(self):
         b = self.buf.gather(np.arange(len(self.buf)))
-        return [b.obs, b.action, b.reward, b.next_obs, b.done, b.truncated, b.task_id, b.logp]
+        return [b.obs, b.action, b.reward, b.next_obs, b.terminated, b.truncated, b.task_id, b.logp]
 
     def sample(self, n, rng):
         b = self.buf.sample(n, rng)
-        return [b.obs, b.action, b.reward, b.next_obs, b.done, b.truncated, b.task_id, b.logp, b.indices]
+        return [b.obs, b.action, b.reward, b.next_obs, b.terminated, b.truncated, b.task_id, b.logp, b.indices]
 
 
 class _Cpprb:
@@ -216,7 +216,7 @@ def check_replay(impl, capacity=1000, n_draws=200_000, batch=256):
     t_of_slot = t_of_slot + capacity * ((total - 1 - t_of_slot) // capacity)
     expected = _transitions(0, total)
     got = ring.contents()
-    names = ("obs", "action", "reward", "next_obs", "done", "truncated", "task_id", "logp")
+    names = ("obs", "action", "reward", "next_obs", "terminated", "truncated", "task_id", "logp")
     for name, col, exp in zip(names, got, expected):
         np.testing.assert_array_equal(np.asarray(col), exp[t_of_slot], err_msg=f"{impl}: stored {name} differs")
     rng = np.random.default_rng(5)

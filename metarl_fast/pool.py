@@ -446,10 +446,10 @@ class TrialPool:
             return
         first = self.buffer.n_added
         obs = np.ascontiguousarray(features.reshape(n * K, self.n_actions, self.n_features))
-        done = np.zeros((n, K), dtype=bool)
-        done[:, -1] = True
+        terminated = np.zeros((n, K), dtype=bool)
+        terminated[:, -1] = True
         self.buffer.add_batch(obs, np.maximum(actions, 0).reshape(-1), rewards.reshape(-1), obs,
-                              done.reshape(-1), logp=logp.reshape(-1))
+                              terminated.reshape(-1), logp=logp.reshape(-1))
         rows = np.stack([first + K * np.arange(n), np.full(n, self.iteration)], axis=1)
         self._trials = np.concatenate([self._trials, rows.astype(np.int64)])
         oldest = self.buffer.n_added - len(self.buffer)

@@ -1,7 +1,7 @@
 """Experience replay shared across tasks: a FIFO ring buffer and a prioritized variant.
 
 :class:`ReplayBuffer` stores, per transition, ``obs``, ``action``, ``reward``, ``next_obs``,
-``done`` (terminated), ``truncated``, ``task_id`` (int32), ``episode_id`` (int64, assigned by the
+``terminated``, ``truncated``, ``task_id`` (int32), ``episode_id`` (int64, assigned by the
 buffer) and the behaviour policy's ``logp``, in preallocated NumPy arrays; when full the oldest
 transitions are overwritten.  It samples uniform batches (optionally of one task, in O(1) per index
 through per-task FIFO rings), time-ordered windows that stay inside one episode, and (in
@@ -59,7 +59,7 @@ class Batch(NamedTuple):
 
     For :meth:`ReplayBuffer.sample` every field has first dimension B (``obs``: (B, *obs_shape));
     for :meth:`ReplayBuffer.sample_sequences` the first two dimensions are (B, L) in time order.
-    ``indices`` are the storage slots (int64); ``weights`` are the importance weights of a
+    ``task_id`` is int64.  ``indices`` are the storage slots (int64); ``weights`` are the importance weights of a
     :class:`PrioritizedReplayBuffer` sample (else None).
     """
 
@@ -67,13 +67,19 @@ class Batch(NamedTuple):
     action: np.ndarray
     reward: np.ndarray
     next_obs: np.ndarray
-    done: np.ndarray
+    terminated: np.ndarray
     truncated: np.ndarray
     task_id: np.ndarray
     episode_id: np.ndarray
     logp: np.ndarray
     indices: np.ndarray
     weights: Optional[np.ndarray] = None
+
+
+def _batch(fields, indices, weights=None):
+    """A :class:`Batch` of gathered ``fields`` (FIELDS order; the kernels widen the task ids to
+    int64, like every task id of the API, while the storage keeps them as int32)."""
+    return Batch(*fields, indices, weights)
 
 
 def _shape(value, name):
@@ -166,7 +172,7 @@ class ReplayBuffer:
     reward_dtype : float32 or float64, default float64 (also the dtype of ``logp``)
 
     Storage (read-only views through the properties of the same names): ``obs``
-    (capacity, *obs_shape), ``action``, ``reward``, ``next_obs``, ``done``, ``truncated``,
+    (capacity, *obs_shape), ``action``, ``reward``, ``next_obs``, ``terminated``, ``truncated``,
     ``task_id`` (int32), ``episode_id`` (int64), ``logp``.  See the module docstring for the
     thread-safety guarantee.
     """
@@ -282,12 +288,12 @@ class ReplayBuffer:
                 f"obs_shape={self.obs_shape}, obs_dtype={self.obs_dtype}, "
                 f"action_dtype={self.action_dtype}, reward_dtype={self.reward_dtype})")
 
-    obs, action, reward, next_obs, done, truncated, task_id, episode_id, logp = (
+    obs, action, reward, next_obs, terminated, truncated, task_id, episode_id, logp = (
         _storage_view(i) for i in range(len(FIELDS)))
 
     # -- writing -------------------------------------------------------------------------------
 
-    def add(self, obs, action, reward, next_obs, done, *, truncated=False, task_id=0, logp=0.0):
+    def add(self, obs, action, reward, next_obs, terminated, *, truncated=False, task_id=0, logp=0.0):
         """Append one transition (``obs``/``next_obs`` of shape obs_shape, scalars elsewhere).
 
         Raises TypeError/ValueError (naming the argument) for a wrong shape or dtype, a NaN/inf
@@ -299,9 +305,9 @@ class ReplayBuffer:
         """
         with self._lock:
             active.replay.add_one(self._store, self._state, self._tasks, obs, action, reward,
-                                  next_obs, done, truncated, task_id, logp)
+                                  next_obs, terminated, truncated, task_id, logp)
 
-    def add_batch(self, obs, action, reward, next_obs, done, *, truncated=False, task_id=0, logp=0.0):
+    def add_batch(self, obs, action, reward, next_obs, terminated, *, truncated=False, task_id=0, logp=0.0):
         """Append n transitions in one call: one pass over at most two contiguous ranges of records
         (the ring wraps at most once), without the GIL for n >= 64.
 
@@ -310,7 +316,7 @@ class ReplayBuffer:
         obs, next_obs : array (n, *obs_shape)
         action : array (n, *action_shape)
         reward : array (n,), finite
-        done, truncated : bool scalar or array (n,)
+        terminated, truncated : bool scalar or array (n,)
         task_id : int scalar or array (n,), ``0 <= task_id < MAX_TASKS``
         logp : float scalar or array (n,), finite
 
@@ -319,7 +325,7 @@ class ReplayBuffer:
         """
         with self._lock:
             n = active.replay.add_batch(self._store, self._state, self._tasks, obs, action, reward,
-                                        next_obs, done, truncated, task_id, logp)
+                                        next_obs, terminated, truncated, task_id, logp)
             self._after_write(n)
         return n
 
@@ -328,7 +334,7 @@ class ReplayBuffer:
 
     def end_episode(self):
         """Mark an episode boundary: the next transition starts a new episode (e.g. after a reset
-        that was not signalled by ``done``/``truncated``)."""
+        that was not signalled by ``terminated``/``truncated``)."""
         with self._lock:
             active.replay.end_episode(self._state)
 
@@ -382,7 +388,7 @@ class ReplayBuffer:
         with self._lock:
             batch_size = self._check_sample(batch_size, rng)
             indices = self._indices(batch_size, rng, task_id, self._store)
-            return Batch(*active.replay.gather(self._store, indices), indices)
+            return _batch(active.replay.gather(self._store, indices), indices)
 
     def sample_sequences(self, batch_size, length, rng):
         """``batch_size`` windows of ``length`` consecutive transitions of one episode.
@@ -407,7 +413,7 @@ class ReplayBuffer:
                     f"no stored episode has {length} consecutive transitions: the sequence length "
                     f"is longer than any episode in the buffer (holding {len(self)} transitions)")
             indices = active.replay.window_indices(starts, length, self.capacity)
-            return Batch(*active.replay.gather(self._store, indices), indices)
+            return _batch(active.replay.gather(self._store, indices), indices)
 
     def gather(self, indices):
         """A :class:`Batch` (copies) of the transitions at storage slots ``indices`` (int, any
@@ -420,7 +426,7 @@ class ReplayBuffer:
                                       high=max(1, int(self._state[SIZE]))).reshape(idx.shape)
             if self._state[SIZE] == 0 and idx.size:
                 raise ValueError("the replay buffer is empty")
-            return Batch(*active.replay.gather(self._store, idx), idx)
+            return _batch(active.replay.gather(self._store, idx), idx)
 
     # -- persistence ---------------------------------------------------------------------------
 
@@ -456,6 +462,8 @@ class ReplayBuffer:
 
     @staticmethod
     def _check_file(arrays):
+        if "done" in arrays and "terminated" not in arrays:  # the field's name in files of metarl_fast 0.1
+            arrays = {("terminated" if k == "done" else k): v for k, v in arrays.items()}
         missing = [f for f in FIELDS + ("state",) if f not in arrays]
         if missing:
             raise KeyError(f"missing arrays {missing}")
@@ -466,18 +474,18 @@ class ReplayBuffer:
         for name, arr in zip(FIELDS, store):
             if arr.ndim < 1 or arr.shape[0] != capacity:
                 raise ValueError(f"{name} has shape {arr.shape}, expected first dimension {capacity}")
-        obs, action, reward, next_obs, done, truncated, task, episode, logp = store
+        obs, action, reward, next_obs, terminated, truncated, task, episode, logp = store
         if obs.shape != next_obs.shape or obs.dtype != next_obs.dtype:
             raise ValueError("obs and next_obs differ in shape or dtype")
         _data_dtype(obs.dtype, "obs dtype")
         _data_dtype(action.dtype, "action dtype")
         if reward.dtype not in _validate.FLOAT_DTYPES or logp.dtype != reward.dtype:
             raise ValueError(f"reward/logp dtypes {reward.dtype}/{logp.dtype}")
-        for name, arr, dtype in (("done", done, bool), ("truncated", truncated, bool),
+        for name, arr, dtype in (("terminated", terminated, bool), ("truncated", truncated, bool),
                                  ("task_id", task, np.int32), ("episode_id", episode, np.int64)):
             if arr.dtype != np.dtype(dtype) or arr.ndim != 1:
                 raise ValueError(f"{name} has dtype {arr.dtype} and shape {arr.shape}")
-        for name, arr in (("reward", reward), ("logp", logp), ("done", done), ("truncated", truncated),
+        for name, arr in (("reward", reward), ("logp", logp), ("terminated", terminated), ("truncated", truncated),
                           ("task_id", task), ("episode_id", episode)):
             if arr.ndim != 1:
                 raise ValueError(f"{name} must be 1-D, has shape {arr.shape}")
@@ -574,12 +582,12 @@ class PrioritizedReplayBuffer(ReplayBuffer):
             n = self._tree_sum.shape[0] // 2
             return self._tree_sum[n:n + self.capacity].copy()
 
-    def add(self, obs, action, reward, next_obs, done, *, truncated=False, task_id=0, logp=0.0):
+    def add(self, obs, action, reward, next_obs, terminated, *, truncated=False, task_id=0, logp=0.0):
         """Append one transition with the largest priority seen so far.  See
         :meth:`ReplayBuffer.add`."""
         with self._lock:
             active.replay.add_one(self._store, self._state, self._tasks, obs, action, reward,
-                                  next_obs, done, truncated, task_id, logp)
+                                  next_obs, terminated, truncated, task_id, logp)
             self._after_write(1)
 
     def _after_write(self, n):
@@ -605,7 +613,7 @@ class PrioritizedReplayBuffer(ReplayBuffer):
             beta = _validate.finite_float(beta, "beta", low=0.0)
             indices, leaves = active.replay.tree_sample(self._tree_sum, batch_size, rng)
             weights = ((leaves / self._tree_min[1]) ** -beta).astype(self.reward_dtype)
-            return Batch(*active.replay.gather(self._store, indices), indices, weights)
+            return _batch(active.replay.gather(self._store, indices), indices, weights)
 
     def sample_indices(self, batch_size, rng):
         """Slots drawn proportionally to priority, int64 (batch_size,)."""

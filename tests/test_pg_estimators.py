@@ -258,7 +258,7 @@ def test_off_policy_actor_critic_from_replay_learns_seed_example(backend):
         buffer.add_batch(ep.states, ep.actions, ep.rewards, ep.next_states, ep.dones,
                          logp=ep.log_probs)
         batch = buffer.sample(64, rng)
-        td = critic.td_update(batch.obs, batch.reward, batch.next_obs, batch.done, mdp.gamma)
+        td = critic.td_update(batch.obs, batch.reward, batch.next_obs, batch.terminated, mdp.gamma)
         log_pi = policy.log_prob(batch.obs, batch.action)
         res = pg.off_policy_gradient(policy, batch.obs, batch.action, td, batch.logp, rho_bar=1.0,
                                      optimizer=opt)

@@ -168,7 +168,7 @@ def test_replay_draws_the_tasks_own_older_episodes(order):
         rows = slice(offsets[e], offsets[e + 1])
         assert np.all(replayed.task_id[rows] == ids[owner[e]])
         assert np.all(np.diff(replayed.episode_id[rows]) == 0)  # one whole episode
-        assert replayed.done[rows][-1] and not replayed.done[rows][:-1].any()
+        assert replayed.terminated[rows][-1] and not replayed.terminated[rows][:-1].any()
     if order == "sequences":  # consecutive episodes of the task, in time order
         for t in range(3):
             firsts = replayed.episode_id[offsets[:-1][owner == t]]

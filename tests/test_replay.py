@@ -30,7 +30,7 @@ def tabular_batch(n, start=0, task=0, done_every=0):
     obs = np.arange(start, start + n, dtype=np.int64)
     done = np.zeros(n, dtype=bool) if not done_every else (obs % done_every == done_every - 1)
     return dict(obs=obs, action=obs % 4, reward=obs.astype(np.float64) * 0.5, next_obs=obs + 1,
-                done=done, task_id=task)
+                terminated=done, task_id=task)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -66,7 +66,7 @@ def test_fifo_overwrite_against_model(backend, capacity):
         np.testing.assert_array_equal(got.next_obs, expect + 1)
         np.testing.assert_array_equal(got.action, expect % 3)
         np.testing.assert_array_equal(got.reward, expect.astype(float))
-        np.testing.assert_array_equal(got.done, expect % 5 == 0)
+        np.testing.assert_array_equal(got.terminated, expect % 5 == 0)
         np.testing.assert_array_equal(got.task_id, expect % 2)
         np.testing.assert_array_equal(got.logp, -(expect % 7).astype(float))
         for task in (0, 1):
@@ -197,7 +197,7 @@ def test_sequences_stay_inside_episodes(backend):
         # consecutive in time, one episode, not ending before the last step
         assert np.all(np.diff(batch.obs, axis=1) == 1)
         assert np.all(batch.episode_id == batch.episode_id[:, :1])
-        assert not np.any((batch.done | batch.truncated)[:, :-1])
+        assert not np.any((batch.terminated | batch.truncated)[:, :-1])
         # every valid window appears, uniformly
         got = stored_in_time_order(buf)
         valid = [s for s in range(len(buf) - length + 1)
@@ -398,12 +398,12 @@ def assert_unchanged(buf, snap):
 
 
 GOOD_ONE = dict(obs=np.zeros(2, np.float32), action=1, reward=0.5, next_obs=np.ones(2, np.float32),
-                done=False)
+                terminated=False)
 
 
 def good_batch(n=4):
     return dict(obs=np.zeros((n, 2), np.float32), action=np.ones(n, np.int64), reward=np.zeros(n),
-                next_obs=np.ones((n, 2), np.float32), done=np.zeros(n, bool))
+                next_obs=np.ones((n, 2), np.float32), terminated=np.zeros(n, bool))
 
 
 @pytest.mark.parametrize("cls", [ReplayBuffer, PrioritizedReplayBuffer])
@@ -418,8 +418,8 @@ def good_batch(n=4):
     (dict(reward=np.ones(2)), ValueError, "reward"),
     (dict(action=1.5), TypeError, "action"),
     (dict(action=2 ** 70), (ValueError, TypeError, OverflowError), "action"),
-    (dict(done="yes"), TypeError, "done"),
-    (dict(done=2), ValueError, "done"),
+    (dict(terminated="yes"), TypeError, "terminated"),
+    (dict(terminated=2), ValueError, "terminated"),
     (dict(truncated=3), ValueError, "truncated"),
     (dict(task_id=-1), ValueError, "task_id"),
     (dict(task_id=1.0), TypeError, "task_id"),
@@ -445,9 +445,9 @@ def test_bad_add_leaves_buffer_unchanged(backend, cls, change, exc, match):
     (dict(next_obs=np.zeros((3, 2), np.float32)), ValueError, "next_obs"),
     (dict(action=np.ones(3, np.int64)), ValueError, "action"),
     (dict(action=np.ones(4, np.float64)), TypeError, "action"),
-    (dict(done=np.zeros(5, bool)), ValueError, "done"),
-    (dict(done=np.array([0, 1, 2, 0])), ValueError, "done"),
-    (dict(done=np.zeros(4, np.float32)), TypeError, "done"),
+    (dict(terminated=np.zeros(5, bool)), ValueError, "terminated"),
+    (dict(terminated=np.array([0, 1, 2, 0])), ValueError, "terminated"),
+    (dict(terminated=np.zeros(4, np.float32)), TypeError, "terminated"),
     (dict(reward=np.array([0, np.nan, 0, 0])), ValueError, "reward"),
     (dict(reward=np.array([0, np.inf, 0, 0])), ValueError, "reward"),
     (dict(reward=np.zeros((4, 1))), ValueError, "reward"),
@@ -546,7 +546,7 @@ def test_accepts_convertible_inputs(backend):
                   np.ones((3, 2)), np.zeros(3, np.int8), task_id=np.arange(3, dtype=np.uint8))
     assert len(buf) == 5
     np.testing.assert_array_equal(buf.obs[:2], [[1, 2], [1, 2]])
-    np.testing.assert_array_equal(buf.done[:2], [True, True])
+    np.testing.assert_array_equal(buf.terminated[:2], [True, True])
     np.testing.assert_array_equal(buf.truncated[:2], [False, True])
     np.testing.assert_array_equal(buf.task_id[:5], [2, 1, 0, 1, 2])
     with pytest.raises(ValueError, match="read-only"):
@@ -788,7 +788,7 @@ def test_prioritized_concurrent_add_sample_update(backend):
 
 def assert_same_contents(a, b, n_tasks):
     """Two buffers hold the same transitions, write position, counters and per-task rings."""
-    for field in ("obs", "action", "reward", "next_obs", "done", "truncated", "task_id",
+    for field in ("obs", "action", "reward", "next_obs", "terminated", "truncated", "task_id",
                   "episode_id", "logp"):
         np.testing.assert_array_equal(getattr(a, field), getattr(b, field), err_msg=field)
     assert (a.write_position, len(a), a.next_episode_id, a.n_added) == \

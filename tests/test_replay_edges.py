@@ -74,7 +74,7 @@ class Model:
         return [self.slot(i) for i, row in enumerate(self.stored) if row[6] == task]
 
 
-FIELDS = ("obs", "action", "reward", "next_obs", "done", "truncated", "task_id", "episode_id", "logp")
+FIELDS = ("obs", "action", "reward", "next_obs", "terminated", "truncated", "task_id", "episode_id", "logp")
 
 
 def assert_matches(buf, model, tasks=range(5)):
@@ -432,7 +432,7 @@ def test_sequence_proposals_accepted_exactly_when_inside_one_episode(backend, le
         assert any(starts[j] == feed.model.slot(s) for s in valid), j
     np.testing.assert_array_equal(batch.indices, (starts[:, None] + np.arange(length)) % 12)
     assert np.all(batch.episode_id == batch.episode_id[:, :1])
-    assert not np.any((batch.done | batch.truncated)[:, :-1])
+    assert not np.any((batch.terminated | batch.truncated)[:, :-1])
 
 
 # ---------------------------------------------------------------------------------------------

@@ -350,14 +350,14 @@ def test_single_add_int_edges_match_the_reference(obs_dtype, value):
     calls = [dict(obs=value), dict(action=value), dict(next_obs=value), dict(reward=value),
              dict(logp=-abs(value)), dict(task_id=value if 0 <= value < 64 else 1)]
     for change in calls:
-        args = dict(obs=1, action=0, reward=0.5, next_obs=2, done=False, task_id=0, logp=-1.0)
+        args = dict(obs=1, action=0, reward=0.5, next_obs=2, terminated=False, task_id=0, logp=-1.0)
         args.update(change)
         out = []
         for backend, buf in zip(("cython", "numpy"), bufs):
             with mf.use_backend(backend):
                 try:
                     buf.add(args["obs"], args["action"],
-                            args["reward"], args["next_obs"], args["done"],
+                            args["reward"], args["next_obs"], args["terminated"],
                             task_id=args["task_id"], logp=args["logp"])
                     out.append(None)
                 except (ValueError, TypeError, OverflowError) as err:

@@ -656,16 +656,18 @@ cdef inline bint _is_default_layout(const char* const* srcs, const intp_t* row_b
 
 
 cdef void gather_default_records(const char* base, intp_t stride, const int64_t* idx, intp_t n,
-                                 char* const* dsts, bint prefetch) noexcept nogil:
+                                 char* const* dsts, bint prefetch, bint widen_task) noexcept nogil:
     """Records -> columns for the default layout in one pass: the field sizes and offsets are
-    constants, so each field is one load and one store (the generic path runs a loop per field)."""
+    constants, so each field is one load and one store (the generic path runs a loop per field).
+    ``widen_task``: the task ids go to an int64 column (else int32, as stored)."""
     cdef int64_t* obs = <int64_t*> dsts[0]
     cdef int64_t* action = <int64_t*> dsts[1]
     cdef int64_t* reward = <int64_t*> dsts[2]  # (the float64 bits)
     cdef int64_t* next_obs = <int64_t*> dsts[3]
     cdef char* done = dsts[4]
     cdef char* truncated = dsts[5]
-    cdef int32_t* task = <int32_t*> dsts[6]
+    cdef int64_t* task = <int64_t*> dsts[6]
+    cdef int32_t* task32 = <int32_t*> dsts[6]
     cdef int64_t* episode = <int64_t*> dsts[7]
     cdef int64_t* logp = <int64_t*> dsts[8]
     cdef const char* r
@@ -682,7 +684,10 @@ cdef void gather_default_records(const char* base, intp_t stride, const int64_t*
         next_obs[i] = (<const int64_t*> (r + 24))[0]
         done[i] = r[32]
         truncated[i] = r[33]
-        task[i] = (<const int32_t*> (r + 36))[0]
+        if widen_task:
+            task[i] = (<const int32_t*> (r + 36))[0]
+        else:
+            task32[i] = (<const int32_t*> (r + 36))[0]
         episode[i] = (<const int64_t*> (r + 40))[0]
         logp[i] = (<const int64_t*> (r + 48))[0]
 
@@ -692,9 +697,16 @@ cdef void gather_records(const char* const* srcs, const intp_t* row_bytes, intp_
                          bint prefetch=True) noexcept nogil:
     """The first field's pass prefetches whole records ahead (unless the caller already did);
     the other fields then hit the cache in tight per-field loops."""
+    _gather_records(srcs, row_bytes, n_fields, stride, idx, n, dsts, prefetch, False)
+
+
+cdef void _gather_records(const char* const* srcs, const intp_t* row_bytes, intp_t n_fields,
+                          intp_t stride, const int64_t* idx, intp_t n, char* const* dsts,
+                          bint prefetch, bint widen_task) noexcept nogil:
+    """gather_records; ``widen_task``: field F_TASK (int32) goes to an int64 column."""
     cdef intp_t i, f, ahead
     if _is_default_layout(srcs, row_bytes, n_fields):
-        gather_default_records(srcs[0], stride, idx, n, dsts, prefetch)
+        gather_default_records(srcs[0], stride, idx, n, dsts, prefetch, widen_task)
         return
     if prefetch:
         for i in range(n):
@@ -707,8 +719,19 @@ cdef void gather_records(const char* const* srcs, const intp_t* row_bytes, intp_
     else:
         f = 0
     while f < n_fields:
-        gather_rows(srcs[f], row_bytes[f], stride, idx, n, dsts[f])
+        if widen_task and f == F_TASK:
+            gather_task_ids(srcs[f], stride, idx, n, <int64_t*> dsts[f])
+        else:
+            gather_rows(srcs[f], row_bytes[f], stride, idx, n, dsts[f])
         f += 1
+
+
+cdef inline void gather_task_ids(const char* src, intp_t src_stride, const int64_t* idx, intp_t n,
+                                 int64_t* dst) noexcept nogil:
+    """The stored int32 task ids at ``idx``, widened to int64."""
+    cdef intp_t i
+    for i in range(n):
+        dst[i] = (<const int32_t*> (src + idx[i] * src_stride))[0]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -1285,8 +1308,8 @@ cdef class CompiledBuffer:
     # (that form needs the "--" line unindented).
     @cython.binding(False)
     @cython.embedsignature(False)
-    def add(self, obs, action, reward, next_obs, done, *, truncated=False, task_id=0, logp=0.0):
-        """add($self, /, obs, action, reward, next_obs, done, *, truncated=False, task_id=0, logp=0.0)
+    def add(self, obs, action, reward, next_obs, terminated, *, truncated=False, task_id=0, logp=0.0):
+        """add($self, /, obs, action, reward, next_obs, terminated, *, truncated=False, task_id=0, logp=0.0)
 --
 
 Append one transition.  See :meth:`metarl_fast.replay.ReplayBuffer.add`."""
@@ -1297,23 +1320,23 @@ Append one transition.  See :meth:`metarl_fast.replay.ReplayBuffer.add`."""
         # GIL) before it touches the buffer and clears it after, so a writer or sampler that
         # copies without the GIL is never overlapped.  Anything unusual takes the locked path.
         if MF_GIL_SERIALISES and not self.lock.held and self.version[0] == self.seen_version:
-            if _parse_one(&r, self.store, obs, action, reward, next_obs, done, truncated,
+            if _parse_one(&r, self.store, obs, action, reward, next_obs, terminated, truncated,
                           task_id, logp) and self.has_room(r.sc.task):
                 write_one(&self.st, &r.c)
                 return
         self.lock.take()
         try:
-            _add_one(self.store, self.state, self.tasks, obs, action, reward, next_obs, done,
+            _add_one(self.store, self.state, self.tasks, obs, action, reward, next_obs, terminated,
                      truncated, task_id, logp, self)
         finally:
             self.lock.give()
 
-    def add_batch(self, obs, action, reward, next_obs, done, *, truncated=False, task_id=0, logp=0.0):
+    def add_batch(self, obs, action, reward, next_obs, terminated, *, truncated=False, task_id=0, logp=0.0):
         """Append n transitions.  See :meth:`metarl_fast.replay.ReplayBuffer.add_batch`."""
         self.lock.take()
         try:
             return _add_batch(self.store, self.state, self.tasks, obs, action, reward, next_obs,
-                              done, truncated, task_id, logp)
+                              terminated, truncated, task_id, logp)
         finally:
             self.lock.give()
 
@@ -1506,7 +1529,8 @@ cdef tuple _gather(tuple store, cnp.ndarray indices, bint prefetch):
         nd = cnp.PyArray_NDIM(field)
         for d in range(1, nd):
             dims[nd_idx + d - 1] = cnp.PyArray_DIM(field, d)
-        out = cnp.PyArray_EMPTY(nd_idx + nd - 1, dims, cnp.PyArray_TYPE(field), 0)
+        out = cnp.PyArray_EMPTY(nd_idx + nd - 1, dims,
+                                cnp.NPY_INT64 if f == F_TASK else cnp.PyArray_TYPE(field), 0)
         srcs[f] = <char*> cnp.PyArray_DATA(field)
         dsts[f] = <char*> cnp.PyArray_DATA(out)
         row_bytes[f] = cnp.PyArray_ITEMSIZE(field) * (cnp.PyArray_SIZE(field) // cnp.PyArray_DIM(field, 0))
@@ -1518,16 +1542,19 @@ cdef tuple _gather(tuple store, cnp.ndarray indices, bint prefetch):
             break
     else:  # one record per transition: copy record by record
         if n < GIL_FREE_GATHER:
-            gather_records(<const char* const*> srcs, row_bytes, N_FIELDS, strides[0], ip, n, dsts,
-                           prefetch)
+            _gather_records(<const char* const*> srcs, row_bytes, N_FIELDS, strides[0], ip, n, dsts,
+                            prefetch, True)
         else:
             with nogil:
-                gather_records(<const char* const*> srcs, row_bytes, N_FIELDS, strides[0], ip, n,
-                               dsts, prefetch)
+                _gather_records(<const char* const*> srcs, row_bytes, N_FIELDS, strides[0], ip, n,
+                                dsts, prefetch, True)
         return result
     with nogil:
         for f in range(N_FIELDS):
-            gather_rows(srcs[f], row_bytes[f], strides[f], ip, n, dsts[f])
+            if f == F_TASK:
+                gather_task_ids(srcs[f], strides[f], ip, n, <int64_t*> dsts[f])
+            else:
+                gather_rows(srcs[f], row_bytes[f], strides[f], ip, n, dsts[f])
     return result
 
 

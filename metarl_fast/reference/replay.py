@@ -6,7 +6,7 @@ called by that class (under its lock) and are not meant to be called directly.  
 ``store``
     a tuple of 9 preallocated arrays in :data:`FIELDS` order, each with first dimension
     ``capacity``: ``obs`` (C, *obs_shape), ``action`` (C, *action_shape), ``reward`` (C,) float,
-    ``next_obs`` (C, *obs_shape), ``done`` (C,) bool, ``truncated`` (C,) bool, ``task_id`` (C,)
+    ``next_obs`` (C, *obs_shape), ``terminated`` (C,) bool, ``truncated`` (C,) bool, ``task_id`` (C,)
     int32, ``episode_id`` (C,) int64, ``logp`` (C,) float (same dtype as ``reward``).  In a
     ReplayBuffer they are strided views of one record array (one aligned record per transition);
     the compiled ``write_rows`` relies on that (every field has the record size as row stride);
@@ -19,7 +19,7 @@ called by that class (under its lock) and are not meant to be called directly.  
     time order, so per-task sampling costs O(1) per index.
 
 Episode ids are assigned by the buffer: a transition gets ``next_episode``; after a transition
-with ``done`` or ``truncated`` the counter advances, and it also advances when a transition's task
+with ``terminated`` or ``truncated`` the counter advances, and it also advances when a transition's task
 differs from the open episode's task (or when :meth:`ReplayBuffer.end_episode` is called).  Ids
 are therefore non-decreasing in time order, so a window of consecutive transitions lies inside one
 episode iff its first and last transitions have the same id.
@@ -35,7 +35,7 @@ import numpy as np
 
 from metarl_fast import _validate
 
-FIELDS = ("obs", "action", "reward", "next_obs", "done", "truncated", "task_id", "episode_id", "logp")
+FIELDS = ("obs", "action", "reward", "next_obs", "terminated", "truncated", "task_id", "episode_id", "logp")
 STATE_FIELDS = ("pos", "size", "next_episode", "open_task", "n_added")
 POS, SIZE, NEXT_EPISODE, OPEN_TASK, N_ADDED = range(5)
 # Task ids index per-task tables directly, so they must be small non-negative integers.
@@ -247,12 +247,12 @@ def _logp_column(x, n, dtype):
     return np.full(n, a, dtype=dtype) if a.ndim == 0 else np.ascontiguousarray(a)
 
 
-def check_batch(store, obs, action, reward, next_obs, done, truncated, task_id, logp):
+def check_batch(store, obs, action, reward, next_obs, terminated, truncated, task_id, logp):
     """Validate a batch of transitions against the storage; return the 8 input columns converted.
 
     ``reward`` must be 1-D of length n; ``obs``/``next_obs`` (n, *obs_shape); ``action``
-    (n, *action_shape); ``done``/``truncated``/``task_id``/``logp`` scalars (broadcast) or (n,).
-    Returns ``(obs, action, reward, next_obs, done, truncated, task_id, logp)`` as C-contiguous
+    (n, *action_shape); ``terminated``/``truncated``/``task_id``/``logp`` scalars (broadcast) or (n,).
+    Returns ``(obs, action, reward, next_obs, terminated, truncated, task_id, logp)`` as C-contiguous
     arrays of the storage dtypes, each of first dimension n.  Nothing is modified.
     """
     fdtype = store[2].dtype
@@ -264,11 +264,11 @@ def check_batch(store, obs, action, reward, next_obs, done, truncated, task_id, 
     obs = _convert(obs, "obs", store[0].dtype, (n,) + store[0].shape[1:])
     next_obs = _convert(next_obs, "next_obs", store[3].dtype, (n,) + store[3].shape[1:])
     action = _convert(action, "action", store[1].dtype, (n,) + store[1].shape[1:])
-    done = _flag_column(done, "done", n)
+    terminated = _flag_column(terminated, "terminated", n)
     truncated = _flag_column(truncated, "truncated", n)
     task = _task_column(task_id, n)
     logp = _logp_column(logp, n, fdtype)
-    return obs, action, reward, next_obs, done, truncated, task, logp
+    return obs, action, reward, next_obs, terminated, truncated, task, logp
 
 
 def _scalar_flag(x, name):
@@ -285,7 +285,7 @@ def _scalar_flag(x, name):
     raise TypeError(f"{name} must be a bool, got {type(x).__name__}")
 
 
-def check_one(store, obs, action, reward, next_obs, done, truncated, task_id, logp):
+def check_one(store, obs, action, reward, next_obs, terminated, truncated, task_id, logp):
     """Validate one transition; return it as a batch of one (see :func:`check_batch`)."""
     def as_row(x, name, arr):
         a = x if isinstance(x, np.ndarray) else np.asarray(x)
@@ -301,11 +301,11 @@ def check_one(store, obs, action, reward, next_obs, done, truncated, task_id, lo
         raise TypeError(f"task_id must be an int, got {type(task_id).__name__}")
     if np.ndim(task_id) != 0 or np.ndim(logp) != 0:
         raise ValueError("task_id and logp must be scalars in add(); use add_batch for arrays")
-    done = _scalar_flag(done, "done")
+    terminated = _scalar_flag(terminated, "terminated")
     truncated = _scalar_flag(truncated, "truncated")
     return check_batch(store, as_row(obs, "obs", store[0]), as_row(action, "action", store[1]),
                        np.asarray(reward)[None], as_row(next_obs, "next_obs", store[3]),
-                       done, truncated, task_id, logp)
+                       terminated, truncated, task_id, logp)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -314,13 +314,13 @@ def check_one(store, obs, action, reward, next_obs, done, truncated, task_id, lo
 
 def _write(store, state, tasks, cols):
     """Append validated columns (the FIFO ring write, episode ids and task rings)."""
-    obs, action, reward, next_obs, done, truncated, task, logp = cols
+    obs, action, reward, next_obs, terminated, truncated, task, logp = cols
     n = reward.shape[0]
     if n == 0:
         return 0
     capacity = store[0].shape[0]
     pos, size0, next_ep, open_task = (int(v) for v in state[:4])
-    end = done | truncated
+    end = terminated | truncated
     task64 = task.astype(np.int64)
     inc = np.empty(n, dtype=np.int64)
     inc[0] = open_task >= 0 and task64[0] != open_task
@@ -351,7 +351,7 @@ def _write(store, state, tasks, cols):
     meta[touched, 1] += pushes
     meta[popped, 1] -= pops
 
-    for arr, col in zip(store, (obs, action, reward, next_obs, done, truncated, task, episode, logp)):
+    for arr, col in zip(store, (obs, action, reward, next_obs, terminated, truncated, task, episode, logp)):
         arr[slots] = col[skip:]
     state[POS] = (pos + n) % capacity
     state[SIZE] = min(capacity, size0 + n)
@@ -361,7 +361,7 @@ def _write(store, state, tasks, cols):
     return n
 
 
-def add_batch(store, state, tasks, obs, action, reward, next_obs, done, truncated, task_id, logp):
+def add_batch(store, state, tasks, obs, action, reward, next_obs, terminated, truncated, task_id, logp):
     """Validate and append n transitions (FIFO: the oldest are overwritten when full).
 
     Parameters
@@ -370,7 +370,7 @@ def add_batch(store, state, tasks, obs, action, reward, next_obs, done, truncate
     obs, next_obs : array (n, *obs_shape), integer or real (cast to the storage dtype)
     action : array (n, *action_shape)
     reward : array (n,), real, finite
-    done, truncated : bool scalar or array (n,)
+    terminated, truncated : bool scalar or array (n,)
     task_id : int scalar or array (n,), in ``[0, MAX_TASKS)``
     logp : real scalar or array (n,), finite
 
@@ -378,13 +378,13 @@ def add_batch(store, state, tasks, obs, action, reward, next_obs, done, truncate
     -------
     n : int, the number of transitions added.  On any error nothing is modified.
     """
-    cols = check_batch(store, obs, action, reward, next_obs, done, truncated, task_id, logp)
+    cols = check_batch(store, obs, action, reward, next_obs, terminated, truncated, task_id, logp)
     return _write(store, state, tasks, cols)
 
 
-def add_one(store, state, tasks, obs, action, reward, next_obs, done, truncated, task_id, logp):
+def add_one(store, state, tasks, obs, action, reward, next_obs, terminated, truncated, task_id, logp):
     """Validate and append one transition (``obs`` of shape obs_shape, scalars elsewhere)."""
-    cols = check_one(store, obs, action, reward, next_obs, done, truncated, task_id, logp)
+    cols = check_one(store, obs, action, reward, next_obs, terminated, truncated, task_id, logp)
     return _write(store, state, tasks, cols)
 
 
@@ -477,8 +477,10 @@ def window_indices(starts, length, capacity):
 
 
 def gather(store, indices):
-    """Copies of every field at ``indices`` (int64, any shape S): a tuple of arrays (*S, ...)."""
-    return tuple(arr[indices] for arr in store)
+    """Copies of every field at ``indices`` (int64, any shape S): a tuple of arrays (*S, ...);
+    the task ids (stored as int32) widened to int64, as every task id of the API."""
+    return tuple(arr[indices].astype(np.int64) if f == FIELDS.index("task_id") else arr[indices]
+                 for f, arr in enumerate(store))
 
 
 # ---------------------------------------------------------------------------------------------
