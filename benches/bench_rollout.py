@@ -42,11 +42,11 @@ def test_rollout_tabular_mdps(benchmark, backend, n_tasks, n_episodes):
 def test_vecenv_step_tabular_mdps(benchmark, backend, n_tasks):
     venv = VecEnv(TabularMDPs().sample(n_tasks, 0))
     rng = np.random.default_rng(3)
-    venv.reset(rng)
+    venv.reset(seed=rng)
     actions = rng.integers(5, size=venv.n_envs)
     benchmark.group = f"VecEnv.step TabularMDPs {n_tasks} envs"
     benchmark.extra_info.update(backend=backend, steps=n_tasks)
-    obs, rewards, terminated, truncated = benchmark(venv.step, actions, rng)
+    obs, rewards, terminated, truncated, infos = benchmark(venv.step, actions)
     assert obs.shape == (n_tasks,)
 
 

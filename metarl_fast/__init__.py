@@ -76,3 +76,8 @@ from metarl_fast.baselines import (  # noqa: E402,F401
     oracle_value,
 )
 from metarl_fast import baselines, incontext, incontext_mdp, meta, tasks  # noqa: E402,F401
+
+# Gymnasium ids (metarl_fast/GridNavigation-v0, ...): registered here only if Gymnasium is already
+# imported, e.g. by gymnasium.make("metarl_fast:metarl_fast/Chain-v0"); never imported from here
+if __import__("sys").modules.get("gymnasium") is not None:
+    import metarl_fast.gym_env  # noqa: E402,F401

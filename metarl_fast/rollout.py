@@ -7,6 +7,7 @@ Generator state the two backends give identical integers and identical float64 r
 order of random draws is documented in :mod:`metarl_fast.reference.envs`.
 """
 import contextlib
+import numbers
 import threading
 
 import numpy as np
@@ -196,15 +197,110 @@ def rollout(policy, task_batch, n_episodes, rng, *, buffer=None, features=None):
 # VecEnv
 # ---------------------------------------------------------------------------------------------
 
+AUTORESET_SAME_STEP = "SameStep"  # gymnasium.vector.AutoresetMode.SAME_STEP.value
+
+
+class MultiDiscrete:
+    """Gymnasium's ``MultiDiscrete(nvec)`` (start 0, int64) without the dependency: the batched
+    space of a :class:`VecEnv` where Gymnasium is not installed.
+
+    ``nvec`` int64 (k,), each >= 1: element ``i`` lies in ``[0, nvec[i])``.  ``sample()`` is
+    ``(np_random.random(k) * nvec).astype(int64)``, Gymnasium's formula, from the space's own
+    stream (seedable with ``seed(seed)`` as :class:`~metarl_fast.tasks.Discrete`), or from ``rng``.
+    """
+
+    def __init__(self, nvec, seed=None):
+        nvec = _validate.int_array(nvec, "nvec", ndim=1)
+        if nvec.size == 0 or nvec.min() < 1:
+            raise ValueError(f"nvec must be a non-empty array of ints >= 1, got {nvec}")
+        self.nvec = _read_only(np.array(nvec, dtype=np.int64))
+        self.shape = self.nvec.shape
+        self.dtype = np.dtype(np.int64)
+        self.start = _read_only(np.zeros(self.shape, dtype=np.int64))
+        self._np_random = None
+        if seed is not None:
+            self.seed(seed)
+
+    def seed(self, seed=None):
+        """Restart the space's own stream (see :meth:`metarl_fast.tasks.Discrete.seed`)."""
+        self._np_random, used = Discrete._seeded_generator(seed)
+        return used
+
+    @property
+    def np_random(self):
+        """The space's own ``numpy.random.Generator`` (made from fresh entropy on first use)."""
+        if self._np_random is None:
+            self.seed()
+        return self._np_random
+
+    def contains(self, x):
+        x = np.asarray(x) if isinstance(x, (list, tuple)) else x
+        return bool(isinstance(x, np.ndarray) and x.shape == self.shape and x.dtype.kind in "iu"
+                    and np.all(x >= 0) and np.all(x < self.nvec))
+
+    __contains__ = contains
+
+    def sample(self, rng=None):
+        """int64 (k,): from ``rng`` if given (Generator, int seed or SeedSequence), else from
+        :attr:`np_random`."""
+        rng = self.np_random if rng is None else as_generator(rng)
+        return (rng.random(self.shape) * self.nvec).astype(np.int64)
+
+    def __eq__(self, other):
+        return isinstance(other, MultiDiscrete) and np.array_equal(other.nvec, self.nvec)
+
+    def __repr__(self):
+        return f"MultiDiscrete({self.nvec.tolist()})"
+
+
+def _gymnasium_vec_class():
+    """:class:`metarl_fast.gym_env.GymnasiumVecEnv` if Gymnasium can be imported, else None."""
+    try:
+        import gymnasium  # noqa: F401 - first: the module below may be imported already
+    except ImportError:
+        return None
+    from metarl_fast.gym_env import GymnasiumVecEnv
+
+    return GymnasiumVecEnv
+
+
 class VecEnv:
-    """All environments of all tasks of a batch, stepped together in one kernel call.
+    """All environments of all tasks of a batch, stepped together in one kernel call, with
+    Gymnasium's vector API.
 
     Environment ``k`` runs task ``k // n_envs_per_task`` (``task_of_env``).  Observations are
-    state indices (int64).
+    state indices (int64).  Where Gymnasium is importable, ``VecEnv(...)`` is a
+    ``gymnasium.vector.VectorEnv`` (an instance of the subclass
+    :class:`metarl_fast.gym_env.GymnasiumVecEnv`; Gymnasium is imported then, never by
+    ``import metarl_fast``).
 
-    Auto-reset (same step): when an environment's episode ends in :meth:`step` (terminated, or
-    truncated at the horizon), the returned ``obs`` for it is already the start state of its next
-    episode; the state it reached is in ``final_obs`` (for every environment, after each step).
+    - ``reset(seed=None, options=None) -> (obs int64 (num_envs,), infos {})``;
+    - ``step(actions) -> (obs int64, rewards float64, terminated bool, truncated bool, infos)``,
+      arrays (num_envs,); ``actions`` ints (num_envs,) in ``[0, n_actions)``.
+
+    One random stream drives every environment: ``np_random`` (a ``numpy.random.Generator``),
+    set by ``reset(seed=...)`` -- an int or a SeedSequence seeds a new Generator
+    (``numpy.random.default_rng(seed)``, which is Gymnasium's ``seeding.np_random(seed)``), a
+    Generator is used as is (shared, not copied); without a seed the stream continues (fresh
+    entropy on first use).  The kernels draw from it in the order documented in
+    :mod:`metarl_fast.reference.envs`, so the same seed gives the same results as the fused
+    :func:`rollout` and the single environments' kernels.
+
+    Auto-reset is Gymnasium's SAME_STEP mode (``metadata["autoreset_mode"]``): when an
+    environment's episode ends in :meth:`step` (terminated, or truncated at the horizon), the
+    returned ``obs`` for it is already the start state of its next episode, and the state it
+    reached is in ``infos["final_obs"]``, where ``infos["_final_obs"]`` (bool (num_envs,)) is
+    True; ``infos["final_info"]`` is ``{}`` with the same mask ``infos["_final_info"]``.  These
+    keys are present only in steps where some episode ended.  Unlike SyncVectorEnv's object array,
+    ``infos["final_obs"]`` is an int64 (num_envs,) array holding the state every environment
+    reached (``obs`` where the mask is False); the same array is the attribute ``final_obs``
+    after every step.
+
+    Spaces: ``single_observation_space`` / ``single_action_space`` are ``Discrete(n_states)`` /
+    ``Discrete(n_actions)``, ``observation_space`` / ``action_space`` ``MultiDiscrete`` of
+    ``num_envs`` of them (``gymnasium.spaces`` where Gymnasium is importable, else
+    :class:`metarl_fast.tasks.Discrete` and :class:`MultiDiscrete`, and ``metadata["autoreset_mode"]``
+    is then the string ``"SameStep"``, the value of Gymnasium's enum member).
 
     Parameters
     ----------
@@ -215,23 +311,43 @@ class VecEnv:
     threads at once; such use is detected and raises RuntimeError (give each thread its own).
     """
 
+    metadata = {"autoreset_mode": AUTORESET_SAME_STEP}
+    render_mode = None
+    spec = None
+    closed = False
+
+    def __new__(cls, *args, **kwargs):
+        if cls is VecEnv:
+            gymnasium_class = _gymnasium_vec_class()
+            if gymnasium_class is not None:
+                cls = gymnasium_class
+        return super().__new__(cls)
+
     def __init__(self, task_batch, n_envs_per_task=1):
         self.tasks = _as_batch(task_batch)
         self.n_envs_per_task = _validate.positive_int(n_envs_per_task, "n_envs_per_task")
         _validate.check_table_size(self.tasks.n_tasks * self.n_envs_per_task,
                                    f"VecEnv(n_envs_per_task={self.n_envs_per_task}) of "
                                    f"{self.tasks.n_tasks} tasks would hold n_tasks x n_envs_per_task states")
-        self.n_envs = self.tasks.n_tasks * self.n_envs_per_task
+        self.n_envs = self.num_envs = self.tasks.n_tasks * self.n_envs_per_task
         # read by the kernels as task indices: a view that cannot be made writeable again
         self.task_of_env = _read_only(np.repeat(np.arange(self.tasks.n_tasks, dtype=np.int64),
                                                 self.n_envs_per_task))
         self._busy = threading.Lock()
-        self.observation_space = Discrete(self.tasks.n_states)
-        self.action_space = Discrete(self.tasks.n_actions)
+        (self.single_observation_space, self.single_action_space, self.observation_space,
+         self.action_space) = self._make_spaces(self.tasks.n_states, self.tasks.n_actions, self.n_envs)
         self._state = np.zeros(self.n_envs, dtype=np.int64)
         self._elapsed = np.zeros(self.n_envs, dtype=np.int64)
         self.final_obs = np.zeros(self.n_envs, dtype=np.int64)
         self._started = False
+        self._np_random = None
+        self._np_random_seed = None
+
+    @staticmethod
+    def _make_spaces(n_states, n_actions, n_envs):
+        """(single observation, single action, batched observation, batched action) spaces."""
+        return (Discrete(n_states), Discrete(n_actions), MultiDiscrete(np.full(n_envs, n_states)),
+                MultiDiscrete(np.full(n_envs, n_actions)))
 
     @property
     def state(self):
@@ -243,14 +359,48 @@ class VecEnv:
         """Steps taken in the current episode of each environment (a copy), int64 (n_envs,)."""
         return self._elapsed.copy()
 
-    def reset(self, rng):
-        """Start a new episode everywhere; returns obs int64 (n_envs,).  ``rng``: Generator or int."""
-        rng = _validate.as_generator(rng)
-        rng = as_generator(rng)
+    @property
+    def np_random(self):
+        """The ``numpy.random.Generator`` the environments draw from (fresh entropy on first use)."""
+        if self._np_random is None:
+            sequence = np.random.SeedSequence()
+            self._np_random, self._np_random_seed = np.random.default_rng(sequence), sequence.entropy
+        return self._np_random
+
+    @np_random.setter
+    def np_random(self, value):
+        self._np_random = _validate.check_rng(value, "np_random")
+        self._np_random_seed = -1
+
+    @property
+    def np_random_seed(self):
+        """The int seed of :attr:`np_random` (-1 if it was given as a Generator), as Gymnasium's."""
+        self.np_random  # noqa: B018 - makes the stream (and its seed) on first use
+        return self._np_random_seed
+
+    @property
+    def unwrapped(self):
+        return self
+
+    def reset(self, seed=None, options=None):
+        """Start a new episode everywhere: ``(obs int64 (num_envs,), infos {})``.
+
+        ``seed``: None (continue the stream), an int >= 0 or a SeedSequence (a new
+        ``numpy.random.default_rng(seed)``), or a ``numpy.random.Generator`` (used as is).
+        ``options``: a dict or None (no option is read).
+        """
+        if seed is not None:
+            rng = _validate.as_generator(seed, "seed")
+            seed_value = int(seed) if isinstance(seed, numbers.Integral) else -1
+        if options is not None and not isinstance(options, dict):
+            raise TypeError(f"options must be a dict or None, got {type(options).__name__}")
         with self._exclusive("reset"):
-            active.envs.vec_reset(self.tasks.tables, self.task_of_env, self._state, self._elapsed, rng)
+            if seed is not None:
+                self._np_random, self._np_random_seed = rng, seed_value
+            active.envs.vec_reset(self.tasks.tables, self.task_of_env, self._state, self._elapsed,
+                                  self.np_random)
             self._started = True
-            return self._state.copy()
+            return self._state.copy(), {}
 
     @contextlib.contextmanager
     def _exclusive(self, what):
@@ -262,17 +412,15 @@ class VecEnv:
         finally:
             self._busy.release()
 
-    def step(self, actions, rng):
-        """Step every environment with ``actions`` (ints (n_envs,) in ``[0, A)``).
+    def step(self, actions):
+        """Step every environment with ``actions`` (ints (num_envs,) in ``[0, n_actions)``).
 
-        Returns ``(obs int64, rewards float64, terminated bool, truncated bool)``, each (n_envs,);
-        see the class docstring for the auto-reset.  ``rng`` must be a ``numpy.random.Generator``.
+        Returns ``(obs int64, rewards float64, terminated bool, truncated bool, infos dict)``,
+        arrays (num_envs,); see the class docstring for the same-step auto-reset and ``infos``.
         Raises RuntimeError before :meth:`reset`; a rejected call changes nothing.
         """
-        rng = _validate.as_generator(rng)
         if not self._started:
             raise RuntimeError("VecEnv.step() called before reset()")
-        _validate.check_rng(rng)
         n = self.n_envs
         obs = np.empty(n, dtype=np.int64)
         rewards = np.empty(n)
@@ -281,9 +429,18 @@ class VecEnv:
         final_obs = np.empty(n, dtype=np.int64)
         with self._exclusive("step"):
             active.envs.vec_step(self.tasks.tables, self.task_of_env, self._state, self._elapsed,
-                                 actions, rng, obs, rewards, terminated, truncated, final_obs)
+                                 actions, self._np_random, obs, rewards, terminated, truncated, final_obs)
             self.final_obs = final_obs
-        return obs, rewards, terminated, truncated
+        infos = {}
+        if np.count_nonzero(terminated) or np.count_nonzero(truncated):  # (cheaper than any())
+            ended = terminated | truncated
+            infos = {"final_obs": final_obs, "_final_obs": ended, "final_info": {},
+                     "_final_info": ended.copy()}
+        return obs, rewards, terminated, truncated, infos
+
+    def close(self, **kwargs):
+        """Nothing to release (no subprocesses, no windows); marks the VecEnv ``closed``."""
+        self.closed = True
 
     def __repr__(self):
         return f"VecEnv({self.tasks!r}, n_envs_per_task={self.n_envs_per_task})"

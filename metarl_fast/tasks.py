@@ -11,8 +11,11 @@ of them.  A batch of ``n`` tasks with ``S`` states and ``A`` actions holds
 - ``horizon``  int                   maximum steps per episode (shared by the batch);
 - ``reward_noise``: how the observed reward is drawn around ``R``:
   ``"none"`` (reward = R), ``"gaussian"`` (R + reward_std * N(0, 1)), ``"bernoulli"``
-  (1.0 with probability R, else 0.0) or ``"transition"`` (reward = ``reward_next[s, a, s']``,
-  float64 (n, S, A, S), deterministic given the transition; then ``R`` is its mean under ``P``).
+  (1.0 with probability R, else 0.0), ``"transition"`` (reward = ``reward_next[s, a, s']``,
+  float64 (n, S, A, S), deterministic given the transition; then ``R`` is its mean under ``P``) or
+  ``"outcome"`` (one of ``K`` values per transition: ``reward_values[s, a, s', k]`` with
+  probability ``reward_probs[s, a, s', k]``, both float64 (n, S, A, S, K); ``reward_next`` and
+  ``R`` then hold the expected rewards).
 
 Families (each ``dist.sample(n, rng)`` is reproducible from a ``numpy.random.Generator`` or int):
 
@@ -44,8 +47,9 @@ and ``task.make_env()`` an environment with Gymnasium's protocol (``task.as_gymn
 Random draws of a single environment (fixed order, shared with :class:`metarl_fast.rollout.VecEnv`):
 ``reset`` draws one ``rng.random()`` for the start state unless every task of the batch starts in a
 fixed state; ``step`` draws the reward noise (``standard_normal()`` for gaussian, ``random()`` for
-bernoulli, nothing otherwise) and then one ``random()`` for the next state unless every transition
-of the batch is deterministic.  Sampling from a distribution ``p`` with a uniform ``u`` is inverse
+bernoulli, nothing otherwise), then one ``random()`` for the next state unless every transition
+of the batch is deterministic, then (``"outcome"`` rewards only) one ``random()`` for the reward
+outcome of the transition taken.  Sampling from a distribution ``p`` with a uniform ``u`` is inverse
 CDF: the first ``j`` with ``u * c[-1] < c[j]``, ``c`` the left-to-right running sum of ``p``.
 """
 import collections
@@ -57,9 +61,11 @@ import numpy as np
 from metarl_fast import _validate
 from metarl_fast.mdp import MDPModel
 
-REWARD_NOISES = ("none", "gaussian", "bernoulli", "transition")
-# Integer codes of reward_noise passed to the kernels (index into REWARD_NOISES).
-REWARD_NONE, REWARD_GAUSSIAN, REWARD_BERNOULLI, REWARD_TRANSITION = range(4)
+# Every reward kind a batch can have; the kernels get the index into this tuple.
+REWARD_KINDS = ("none", "gaussian", "bernoulli", "transition", "outcome")
+# The kinds given by ``R`` (and ``reward_next``) alone, without per-outcome tables.
+REWARD_NOISES = REWARD_KINDS[:4]
+REWARD_NONE, REWARD_GAUSSIAN, REWARD_BERNOULLI, REWARD_TRANSITION, REWARD_OUTCOME = range(5)
 
 _ROW_TOL = 1e-8
 
@@ -103,6 +109,45 @@ def _certain_outcomes(probs):
     nonzero = probs > 0
     deterministic = bool(np.all(nonzero.sum(axis=-1) == 1))
     return deterministic, nonzero.argmax(axis=-1).astype(np.int64)
+
+
+def _outcome_tables(values, probs, P, next_state, shape):
+    """Validated private copies of ``reward_values`` and ``reward_probs`` (n, S, A, S, K) and the
+    expected reward of each transition (n, S, A, S); ``P`` or ``next_state`` says which
+    transitions can happen (their outcome probabilities must sum to 1)."""
+    n, S, A = shape
+    if values is None or probs is None:
+        raise ValueError('reward_noise="outcome" needs reward_values and reward_probs of shape '
+                         '(n, S, A, S, K)')
+    for x, name in ((values, "reward_values"), (probs, "reward_probs")):
+        ndim = np.ndim(x)
+        if ndim != 5 or np.shape(x)[:4] != (n, S, A, S) or np.shape(x)[4] < 1:
+            raise ValueError(f"{name} must have shape ({n}, {S}, {A}, {S}, K) with K >= 1, "
+                             f"got {np.shape(x)}")
+    values = _float_table(values, "reward_values", np.shape(values))
+    probs = _float_table(probs, "reward_probs", values.shape)
+    if probs.min() < 0:
+        idx = tuple(int(v) for v in np.argwhere(probs < 0)[0])
+        raise ValueError(f"reward_probs{list(idx)} = {float(probs[idx])!r} is negative")
+    if next_state is not None:
+        possible = np.zeros((n, S, A, S), dtype=bool)
+        np.put_along_axis(possible, next_state[..., None], True, axis=-1)
+    else:
+        possible = P > 0
+    sums = probs.sum(axis=-1)
+    bad = possible & (np.abs(sums - 1.0) > _ROW_TOL)
+    if bad.any():
+        i, s, a, s2 = (int(v) for v in np.argwhere(bad)[0])
+        raise ValueError(f"reward_probs of transition (task={i}, s={s}, a={a}, s'={s2}) sum to "
+                         f"{float(sums[i, s, a, s2])!r}, not 1 (tolerance {_ROW_TOL})")
+    return values, probs, np.einsum("nsatk,nsatk->nsat", probs, values)
+
+
+def _expected_rewards(P, next_state, reward_next):
+    """float64 (n, S, A): the mean of ``reward_next`` (n, S, A, S) under the transitions."""
+    if next_state is not None:
+        return np.take_along_axis(reward_next, next_state[..., None], axis=-1)[..., 0]
+    return np.einsum("nsat,nsat->nsa", P, reward_next)
 
 
 def _start_at_zero(n, S):
@@ -158,11 +203,13 @@ def _read_only(arr):
 _NO_CDF = _read_only(np.ones((1, 1, 1, 1)))
 _NO_CDF_PADDED = _read_only(padded_cdf_rows(_NO_CDF))
 _NO_REWARD_NEXT = _read_only(np.zeros((1, 1, 1, 1)))
+_NO_OUTCOMES = _read_only(np.ones((1, 1, 1, 1, 1)))
 
 
 _ENV_FIELDS = ("n_tasks", "n_states", "n_actions", "horizon", "trans_cdf", "trans_cdf_padded",
                "has_terminal", "next_state", "stochastic_transitions", "reward_mean", "reward_kind",
-               "reward_std", "reward_next", "start_cdf", "start_state", "stochastic_start", "terminal")
+               "reward_std", "reward_next", "start_cdf", "start_state", "stochastic_start", "terminal",
+               "reward_outcomes", "reward_values", "reward_cdf")
 
 
 class EnvTables(collections.namedtuple("EnvTables", _ENV_FIELDS)):
@@ -180,13 +227,17 @@ class EnvTables(collections.namedtuple("EnvTables", _ENV_FIELDS)):
     next_state : int64 (n, S, A)       the certain next state (used when ``stochastic_transitions`` is False)
     stochastic_transitions : bool      False if every row of ``P`` has exactly one non-zero entry
     reward_mean : float64 (n, S, A)    ``R`` (the success probability for bernoulli rewards)
-    reward_kind : int                  index into ``REWARD_NOISES``
+    reward_kind : int                  index into ``REWARD_KINDS``
     reward_std : float64 (n,)          gaussian noise scale per task
     reward_next : float64 (n, S, A, S) rewards of transitions (shape (1, 1, 1, 1) unless kind is "transition")
     start_cdf : float64 (n, S)         running sums of ``start``
     start_state : int64 (n,)           the certain start state (used when ``stochastic_start`` is False)
     stochastic_start : bool
     terminal : uint8 (n, S)
+    reward_outcomes : int              ``K``, reward outcomes per transition (1 unless kind is "outcome")
+    reward_values : float64 (n, S, A, S, K)  the outcomes' rewards ("outcome" kind; else (1, 1, 1, 1, 1))
+    reward_cdf : float64 (n, S, A, S, K)     running sums of ``reward_probs`` along the last axis
+        ("outcome" kind; else (1, 1, 1, 1, 1))
     """
 
     __slots__ = ()
@@ -207,7 +258,13 @@ class EnvTables(collections.namedtuple("EnvTables", _ENV_FIELDS)):
             trans_cdf, trans_cdf_padded = active.envs.transition_cdfs(batch.P)
         else:
             trans_cdf, trans_cdf_padded = _NO_CDF, _NO_CDF_PADDED
-        reward_next = batch._reward_next if batch._reward_next is not None else _NO_REWARD_NEXT
+        kind = REWARD_KINDS.index(batch._reward_noise)
+        reward_next = batch._reward_next if kind == REWARD_TRANSITION else _NO_REWARD_NEXT
+        if kind == REWARD_OUTCOME:  # built for this kind only
+            reward_values = batch._reward_values
+            reward_cdf = np.cumsum(batch._reward_probs, axis=-1)
+        else:
+            reward_values = reward_cdf = _NO_OUTCOMES
         start_cdf = (batch._start_cdf if batch._start_cdf is not None
                      else np.cumsum(batch._start, axis=-1))
         if batch._start_state is not None:  # a family's fixed start state, known by construction
@@ -222,9 +279,10 @@ class EnvTables(collections.namedtuple("EnvTables", _ENV_FIELDS)):
         return super().__new__(
             cls, n, S, A, batch._horizon, _kernel_table(trans_cdf), _kernel_table(trans_cdf_padded),
             has_terminal, _kernel_table(next_state), not det_trans, _kernel_table(batch._R),
-            REWARD_NOISES.index(batch._reward_noise), _kernel_table(batch._reward_std),
+            kind, _kernel_table(batch._reward_std),
             _kernel_table(reward_next), _kernel_table(start_cdf), _kernel_table(start_state),
-            not det_start, _kernel_table(terminal.view(np.uint8)))  # bool and uint8: same bytes
+            not det_start, _kernel_table(terminal.view(np.uint8)),  # bool and uint8: same bytes
+            int(reward_values.shape[-1]), _kernel_table(reward_values), _kernel_table(reward_cdf))
 
 
 def _kernel_table(arr):
@@ -240,7 +298,8 @@ class TaskBatch:
     Parameters
     ----------
     P : array (n, S, A, S)         transition probabilities; each row >= 0 and sums to 1 (tol 1e-8)
-    R : array (n, S, A)            mean rewards (ignored and recomputed for ``reward_noise="transition"``)
+    R : array (n, S, A)            mean rewards (ignored and recomputed for ``"transition"`` and
+                                   ``"outcome"`` rewards)
     horizon : int >= 1
     next_state : int array (n, S, A), optional
                                    deterministic transitions as a next-state table, instead of ``P``
@@ -248,9 +307,14 @@ class TaskBatch:
                                    use (a one-hot (n, S, A, S) array) for code that asks for it
     start : array (n, S), optional initial distributions (default: state 0)
     terminal : bool array (n, S), optional (default: none)
-    reward_noise : {"none", "gaussian", "bernoulli", "transition"}
+    reward_noise : {"none", "gaussian", "bernoulli", "transition", "outcome"} (``REWARD_KINDS``)
     reward_std : float or array (n,), >= 0, used by "gaussian" (default 1.0)
-    reward_next : array (n, S, A, S), required for "transition"
+    reward_next : array (n, S, A, S), required for "transition" (for "outcome" it is computed:
+                                   the expected reward of each transition)
+    reward_values, reward_probs : arrays (n, S, A, S, K) with K >= 1, required for "outcome":
+                                   taking ``s -> s'`` pays ``reward_values[..., k]`` with probability
+                                   ``reward_probs[..., k]`` (finite; probs >= 0, summing to 1 within
+                                   1e-8 over ``k`` for every transition with ``P > 0``)
     name : str, a label for ``repr``
 
     All arrays are copied to read-only float64/bool/int64 arrays.  ``batch[i]`` is a :class:`Task`;
@@ -261,7 +325,8 @@ class TaskBatch:
     """
 
     def __init__(self, P=None, R=None, horizon=None, *, next_state=None, start=None, terminal=None,
-                 reward_noise="none", reward_std=1.0, reward_next=None, name="TaskBatch"):
+                 reward_noise="none", reward_std=1.0, reward_next=None, reward_values=None,
+                 reward_probs=None, name="TaskBatch"):
         if (P is None) == (next_state is None):
             raise ValueError("give exactly one of P (n, S, A, S) and next_state (n, S, A)")
         if next_state is not None:
@@ -285,9 +350,19 @@ class TaskBatch:
             n, S, A = P.shape[:3]
             P = _float_table(P, "P", (n, S, A, S))
             _check_distributions(P, "P", ("task", "s", "a"))
-        if not isinstance(reward_noise, str) or reward_noise not in REWARD_NOISES:
-            raise ValueError(f"reward_noise must be one of {REWARD_NOISES}, got {reward_noise!r}")
-        if reward_noise == "transition":
+        if not isinstance(reward_noise, str) or reward_noise not in REWARD_KINDS:
+            raise ValueError(f"reward_noise must be one of {REWARD_KINDS}, got {reward_noise!r}")
+        if reward_noise == "outcome":
+            if reward_next is not None:
+                raise ValueError('reward_next is computed from reward_values and reward_probs for '
+                                 'reward_noise="outcome"; leave it out')
+            reward_values, reward_probs, reward_next = _outcome_tables(
+                reward_values, reward_probs, P, next_state, (n, S, A))
+        elif reward_values is not None or reward_probs is not None:
+            raise ValueError('reward_values and reward_probs are only used with reward_noise="outcome"')
+        if reward_noise == "outcome":
+            R = _expected_rewards(P, next_state, reward_next)
+        elif reward_noise == "transition":
             if reward_next is None:
                 raise ValueError('reward_noise="transition" needs reward_next of shape (n, S, A, S)')
             reward_next = _float_table(reward_next, "reward_next", (n, S, A, S))
@@ -325,10 +400,14 @@ class TaskBatch:
                 reward_std.item() if isinstance(reward_std, np.ndarray) else reward_std,
                 "reward_std", low=0.0))
         self._assign(P, next_state, R, horizon, start, terminal, reward_noise, reward_std, reward_next, name)
+        if reward_noise == "outcome":
+            self._reward_values, self._reward_probs = (_read_only(reward_values),
+                                                       _read_only(reward_probs))
 
     @classmethod
     def _trusted(cls, P=None, R=None, horizon=None, *, next_state=None, start=None, terminal=None,
-                 reward_noise="none", reward_std=1.0, reward_next=None, name="TaskBatch"):
+                 reward_noise="none", reward_std=1.0, reward_next=None, reward_values=None,
+                 reward_probs=None, name="TaskBatch"):
         """A batch from arrays that are valid by construction (the built-in families, sub-batches):
         no checks and no copies; the arrays must be fresh float64/int64/bool arrays nothing else
         writes to (they are made read-only)."""
@@ -346,6 +425,9 @@ class TaskBatch:
             reward_std = _shared_full(n, float(reward_std))
         self._assign(P, next_state, R, int(horizon), start, terminal, reward_noise, reward_std,
                      reward_next, name)
+        if reward_values is not None:
+            self._reward_values, self._reward_probs = (_read_only(reward_values),
+                                                       _read_only(reward_probs))
         self._start_state, self._start_cdf = start_state, start_cdf
         if no_terminal_known:
             self._no_terminal = self._terminal
@@ -366,6 +448,7 @@ class TaskBatch:
         self._P, self._next_state = P, next_state
         self._R, self._start, self._terminal, self._reward_std = R, start, terminal, reward_std
         self._reward_next = reward_next
+        self._reward_values = self._reward_probs = None  # set for "outcome" rewards
         self._horizon, self._reward_noise, self.name = horizon, reward_noise, str(name)
         shape_source = next_state if P is None else P
         self._shape = tuple(int(d) for d in shape_source.shape[:3])
@@ -386,9 +469,14 @@ class TaskBatch:
     terminal = property(lambda self: self._terminal, doc="bool (n, S) terminal states")
     reward_std = property(lambda self: self._reward_std, doc="float64 (n,) gaussian noise scales")
     reward_next = property(lambda self: self._reward_next,
-                           doc='float64 (n, S, A, S) transition rewards ("transition" noise), or None')
+                           doc='float64 (n, S, A, S) transition rewards ("transition" noise; the '
+                               'expected ones for "outcome"), or None')
+    reward_values = property(lambda self: self._reward_values,
+                             doc='float64 (n, S, A, S, K) reward outcomes ("outcome" kind), or None')
+    reward_probs = property(lambda self: self._reward_probs,
+                            doc='float64 (n, S, A, S, K) their probabilities ("outcome" kind), or None')
     horizon = property(lambda self: self._horizon, doc="int, steps per episode")
-    reward_noise = property(lambda self: self._reward_noise, doc="str, one of REWARD_NOISES")
+    reward_noise = property(lambda self: self._reward_noise, doc="str, one of REWARD_KINDS")
 
     @property
     def P(self):
@@ -441,7 +529,10 @@ class TaskBatch:
             next_state=None if self.next_state is None else self.next_state[idx],
             start=self.start[idx], terminal=self.terminal[idx], reward_noise=self.reward_noise,
             reward_std=self.reward_std[idx],
-            reward_next=None if self.reward_next is None else self.reward_next[idx], name=self.name)
+            reward_next=None if self.reward_next is None else self.reward_next[idx],
+            reward_values=None if self._reward_values is None else self._reward_values[idx],
+            reward_probs=None if self._reward_probs is None else self._reward_probs[idx],
+            name=self.name)
         sub.info = {key: value[idx] for key, value in self.info.items()}
         sub._stochastic = self._stochastic
         sub._start_state = None if self._start_state is None else _read_only(self._start_state[idx])
@@ -482,11 +573,21 @@ class Task:
                         gamma=gamma, terminal=b.terminal[i])
 
     def make_env(self):
-        """A single environment with Gymnasium's protocol (pure Python; see :class:`TabularEnv`)."""
-        return TabularEnv(self)
+        """A single environment of this task with Gymnasium's API.
+
+        Where Gymnasium is importable this is :meth:`as_gymnasium` (a real ``gymnasium.Env``,
+        :class:`metarl_fast.gym_env.GymnasiumTabularEnv`); otherwise the dependency-free
+        :class:`TabularEnv`.  Both draw the same random numbers for the same seed.
+        """
+        try:
+            env_class = _gymnasium_env_class()
+        except ImportError:
+            return TabularEnv(self)
+        return env_class(self)
 
     def as_gymnasium(self):
-        """This task as a ``gymnasium.Env`` (requires the ``gym`` extra: ``pip install gymnasium``)."""
+        """This task as a ``gymnasium.Env`` (requires the ``gym`` extra: ``pip install gymnasium``);
+        see :class:`metarl_fast.gym_env.GymnasiumTabularEnv`."""
         return _gymnasium_env_class()(self)
 
     def __repr__(self):
@@ -494,13 +595,53 @@ class Task:
 
 
 class Discrete:
-    """A description of the discrete space ``{0, ..., n-1}`` (Gymnasium's ``Discrete`` without the dependency)."""
+    """The discrete space ``{0, ..., n-1}``: Gymnasium's ``Discrete`` (start 0, int64 samples)
+    without the dependency.
 
-    def __init__(self, n):
+    ``sample()`` draws ``np_random.integers(n)`` from the space's own stream, as Gymnasium's
+    spaces do: ``np_random`` is a Generator made on first use from fresh entropy, or by
+    ``seed(seed)`` / ``Discrete(n, seed=seed)`` (the same draws as
+    ``gymnasium.spaces.Discrete(n, seed=seed)``).  ``sample(rng)`` draws from ``rng`` instead
+    (a Generator, an int seed or a SeedSequence) and leaves the space's own stream alone.
+    """
+
+    def __init__(self, n, seed=None):
         self.n = _validate.positive_int(n, "n")
         self.start = 0
         self.shape = ()
         self.dtype = np.dtype(np.int64)
+        self._np_random = None
+        if seed is not None:
+            self.seed(seed)
+
+    @staticmethod
+    def _seeded_generator(seed):
+        """(Generator, int seed) as gymnasium's ``seeding.np_random(seed)`` makes them:
+        ``Generator(PCG64(SeedSequence(seed)))``; ``seed`` None (fresh entropy), an int >= 0 or a
+        SeedSequence, whose entropy is the int returned."""
+        if seed is None or isinstance(seed, np.random.SeedSequence):
+            sequence = np.random.SeedSequence() if seed is None else seed
+        else:
+            if isinstance(seed, np.random.Generator) or not (
+                    isinstance(seed, numbers.Integral) and not isinstance(seed, (bool, np.bool_))):
+                raise TypeError(f"seed must be an int >= 0, a SeedSequence or None, got {type(seed).__name__}")
+            if seed < 0:
+                raise ValueError(f"seed must be a non-negative int, got {seed}")
+            sequence = np.random.SeedSequence(int(seed))
+        return np.random.default_rng(sequence), sequence.entropy
+
+    def seed(self, seed=None):
+        """Restart the space's own stream from ``seed`` (an int >= 0, a SeedSequence, or None for
+        fresh entropy); returns the int seed (the SeedSequence's entropy), as Gymnasium does."""
+        self._np_random, used = self._seeded_generator(seed)
+        return used
+
+    @property
+    def np_random(self):
+        """The space's own ``numpy.random.Generator`` (made from fresh entropy on first use)."""
+        if self._np_random is None:
+            self.seed()
+        return self._np_random
 
     def contains(self, x):
         return (isinstance(x, numbers.Integral) and not isinstance(x, (bool, np.bool_))
@@ -508,8 +649,10 @@ class Discrete:
 
     __contains__ = contains
 
-    def sample(self, rng):
-        return np.int64(as_generator(rng).integers(self.n))
+    def sample(self, rng=None):
+        """One element, ``numpy.int64``: from ``rng`` if given, else from :attr:`np_random`."""
+        rng = self.np_random if rng is None else as_generator(rng)
+        return np.int64(rng.integers(self.n))
 
     def __repr__(self):
         return f"Discrete({self.n})"
@@ -572,6 +715,8 @@ class _TabularEnvLogic:
             s2 = int(t.next_state[i, s, a])
         if kind == REWARD_TRANSITION:
             reward = t.reward_next[i, s, a, s2]
+        elif kind == REWARD_OUTCOME:  # one more uniform, after the next state's
+            reward = t.reward_values[i, s, a, s2, _draw_index(t.reward_cdf[i, s, a, s2], rng.random())]
         self._elapsed += 1
         terminated = bool(t.terminal[i, s2])
         truncated = (not terminated) and self._elapsed >= t.horizon
@@ -581,14 +726,25 @@ class _TabularEnvLogic:
 
 
 class TabularEnv(_TabularEnvLogic):
-    """One task as an environment with Gymnasium's protocol (no Gymnasium needed).
+    """One task as an environment with Gymnasium's API and no Gymnasium needed (what
+    :meth:`Task.make_env` returns where Gymnasium cannot be imported).
 
     ``reset(seed=None, options=None) -> (obs, info)``; ``step(action) -> (obs, reward,
     terminated, truncated, info)``.  ``obs`` is the state index (``numpy.int64``).  ``seed`` is an
-    int or a ``numpy.random.Generator`` (used as is); without it the previous stream continues
-    (a fresh unseeded Generator on first use).  ``truncated`` is True when the horizon is reached
-    in a non-terminal state.  Stepping after the end of an episode raises RuntimeError.
+    int, a SeedSequence or a ``numpy.random.Generator`` (used as is); without it the previous
+    stream continues (a fresh unseeded Generator on first use).  ``truncated`` is True when the
+    horizon is reached in a non-terminal state.  Stepping after the end of an episode raises
+    RuntimeError.  The spaces are :class:`Discrete` (``action_space.sample()`` draws from the
+    space's own seedable stream).
     """
+
+    metadata = {"render_modes": []}
+    render_mode = None
+    spec = None
+
+    @property
+    def unwrapped(self):
+        return self
 
     def __init__(self, task):
         self._setup(task)
@@ -619,32 +775,16 @@ _GYM_CLASS = None
 
 
 def _gymnasium_env_class():
+    """:class:`metarl_fast.gym_env.GymnasiumTabularEnv`, importing Gymnasium on first use;
+    ImportError when Gymnasium cannot be imported."""
     global _GYM_CLASS
     if _GYM_CLASS is None:
         try:
-            import gymnasium
+            import gymnasium  # noqa: F401 - first: the module below may be imported already
         except ImportError as err:
             raise ImportError(
                 "as_gymnasium() needs Gymnasium: pip install gymnasium (the 'gym' extra)") from err
-
-        class GymnasiumTabularEnv(_TabularEnvLogic, gymnasium.Env):
-            """A :class:`Task` as a ``gymnasium.Env`` (Discrete observations and actions)."""
-
-            metadata = {"render_modes": []}
-
-            def __init__(self, task):
-                self._setup(task)
-                self.observation_space = gymnasium.spaces.Discrete(task.n_states)
-                self.action_space = gymnasium.spaces.Discrete(task.n_actions)
-
-            def reset(self, *, seed=None, options=None):
-                if isinstance(seed, np.random.Generator):
-                    self._np_random, seed = seed, None
-                super().reset(seed=seed)
-                return self._reset_state(self.np_random)
-
-            def step(self, action):
-                return self._step_state(action, self.np_random)
+        from metarl_fast.gym_env import GymnasiumTabularEnv
 
         _GYM_CLASS = GymnasiumTabularEnv
     return _GYM_CLASS
@@ -901,11 +1041,16 @@ class Chain(TaskDistribution):
                 f"horizon={self.horizon}, slip={self.slip})")
 
 
+# TaskBatch arrays beyond the basic ones that a tasks file may hold
+_OPTIONAL_TASK_ARRAYS = ("reward_next", "reward_values", "reward_probs")
+
+
 class TabularFamily(TaskDistribution):
     """A custom family: fixed task arrays to sample from, or a sampler function.
 
     ``TabularFamily(P=..., R=..., horizon=..., **batch_kwargs)`` holds ``m`` tasks (P of shape
-    (m, S, A, S) or (S, A, S) for one task, R (m, S, A) or (S, A), optional ``start``,
+    (m, S, A, S) or (S, A, S) for one task, or ``next_state`` (m, S, A) / (S, A) for deterministic
+    tasks; R (m, S, A) or (S, A), optional ``start``,
     ``terminal``, ``reward_noise``, ``reward_std``, ``reward_next`` as for :class:`TaskBatch`);
     ``sample(n, rng)`` picks ``rng.integers(m, size=n)`` of them.
 
@@ -921,16 +1066,72 @@ class TabularFamily(TaskDistribution):
                 raise TypeError(f"sampler must be callable, got {type(sampler).__name__}")
             self._sampler, self._batch = sampler, None
             return
-        if P is None or R is None or horizon is None:
-            raise ValueError("TabularFamily needs P, R and horizon (or a sampler)")
-        P, R = np.asarray(P), np.asarray(R)
-        if P.ndim == 3:
-            P, R = P[None], R[None]
-            for key in ("start", "terminal", "reward_next"):
+        next_state = batch_kwargs.pop("next_state", None)
+        if (P is None) == (next_state is None) or R is None or horizon is None:
+            raise ValueError("TabularFamily needs P (or next_state), R and horizon (or a sampler)")
+        table = np.asarray(P if next_state is None else next_state)
+        R = np.asarray(R)
+        if table.ndim == (3 if next_state is None else 2):  # one task
+            table, R = table[None], R[None]
+            for key in ("start", "terminal", *_OPTIONAL_TASK_ARRAYS):
                 if batch_kwargs.get(key) is not None:
                     batch_kwargs[key] = np.asarray(batch_kwargs[key])[None]
         self._sampler = None
-        self._batch = TaskBatch(P, R, horizon, **batch_kwargs)
+        if next_state is None:
+            self._batch = TaskBatch(table, R, horizon, **batch_kwargs)
+        else:
+            self._batch = TaskBatch(None, R, horizon, next_state=table, **batch_kwargs)
+
+    # the arrays a tasks file may hold: TaskBatch's arguments (P or next_state, R, horizon, ...)
+    FILE_KIND, FILE_VERSION = "TabularFamily", 1
+
+    def save(self, path):
+        """Write this family's tasks atomically to ``path`` (an ``.npz`` without pickle), for
+        :meth:`load` and ``metarl-fast train --tasks file:PATH``."""
+        if self._batch is None:
+            raise ValueError("a TabularFamily made from a sampler holds no tasks to save")
+        b = self._batch
+        arrays = {"R": b.R, "horizon": np.array(b.horizon, dtype=np.int64), "start": b.start,
+                  "terminal": b.terminal, "reward_noise": np.array(b.reward_noise), "reward_std": b.reward_std}
+        if b.next_state is not None:
+            arrays["next_state"] = b.next_state
+        else:
+            arrays["P"] = b.P
+        for key in _OPTIONAL_TASK_ARRAYS:
+            value = getattr(b, key, None)
+            if value is not None and not (key == "reward_next" and b.reward_noise == "outcome"):
+                arrays[key] = value  # (an "outcome" batch's reward_next is computed, not given)
+        from metarl_fast import io
+
+        io.save_npz(path, arrays, kind=self.FILE_KIND, version=self.FILE_VERSION)
+
+    @classmethod
+    def load(cls, path):
+        """The family in the ``.npz`` at ``path``: one written by :meth:`save`, or by
+        ``numpy.savez(path, P=..., R=..., horizon=..., [start=..., terminal=..., reward_noise=...,
+        reward_std=..., reward_next=...])`` with the shapes of the constructor (``next_state``
+        instead of ``P`` for deterministic tasks).  Raises ValueError naming what is wrong."""
+        from metarl_fast import io
+
+        arrays, _ = io.load_npz(path, kind=cls.FILE_KIND, versions={cls.FILE_VERSION}, plain_ok=True)
+        allowed = {"P", "next_state", "R", "horizon", "start", "terminal", "reward_noise", "reward_std",
+                   *_OPTIONAL_TASK_ARRAYS}
+        unknown = sorted(set(arrays) - allowed)
+        if unknown:
+            raise ValueError(f"{path}: unknown arrays {unknown}; a tasks file holds {sorted(allowed)}")
+        for key in ("R", "horizon"):
+            if key not in arrays:
+                raise ValueError(f"{path}: a tasks file needs the array {key!r} (and P or next_state)")
+        try:
+            horizon = io.integer(arrays.pop("horizon"), "horizon", low=1)
+            if "reward_noise" in arrays:
+                noise = arrays["reward_noise"]
+                if noise.dtype.kind != "U" or noise.ndim != 0:
+                    raise ValueError(f"reward_noise must be a string, got {noise.dtype} of shape {noise.shape}")
+                arrays["reward_noise"] = str(noise)
+            return cls(arrays.pop("P", None), arrays.pop("R"), horizon, **arrays)
+        except (ValueError, TypeError) as err:
+            raise ValueError(f"{path}: {err}") from None
 
     def _sample(self, n, rng):
         if self._sampler is None:
@@ -945,82 +1146,487 @@ class TabularFamily(TaskDistribution):
         return out
 
 
-class FromGymnasium(TaskDistribution):
-    """Toy-text Gymnasium environments as a task family (e.g. FrozenLake with a random map per task).
+# Tables read from Gymnasium envs, by (env id, concrete keyword arguments): reading P in Python is
+# slow, so each combination is read once (least recently used first; random maps come and go).
+_GYM_MODELS = collections.OrderedDict()
+_GYM_MODELS_MAX = 256
+_GYM_WORKS = ("FrozenLake-v1 (map_name, desc, is_slippery, ...), FrozenLake8x8-v1, Taxi-v4, "
+              "CliffWalking-v1 and CliffWalkingSlippery-v1")
 
-    ``make_env(rng) -> gymnasium.Env`` builds one task's environment (drawing its randomness from
-    ``rng``).  Observation and action spaces must be ``gymnasium.spaces.Discrete`` (start 0) and
-    the unwrapped env must expose its exact model the toy-text way: ``P[s][a]`` a list of
-    ``(prob, next_state, reward, terminated)`` and ``initial_state_distrib`` (S,).  The horizon is
-    ``horizon`` or else ``env.spec.max_episode_steps``.  Rewards depend on the transition
-    (``reward_noise="transition"``).  Gymnasium is imported only here.
+
+def _import_gymnasium():
+    try:
+        import gymnasium
+    except ImportError as err:
+        raise ImportError("FromGymnasium needs Gymnasium: pip install gymnasium (the 'gym' extra)") from err
+    return gymnasium
+
+
+class _GymModel:
+    """The exact model of one toy-text env in sparse form (built by :func:`_read_gym_model`).
+
+    ``n_env_states`` S0 (the env's observations), ``n_states`` S0 plus the absorbing terminal
+    copies, ``n_actions``; the ``m`` possible transitions ``s``, ``a``, ``t`` (int64 (m,), ``t``
+    possibly a copy) with probabilities ``p`` (float64 (m,)) and their reward outcomes
+    ``values``/``probs`` (float64 (m, K)); ``start`` float64 (n_states,), ``terminal`` bool
+    (n_states,), ``deterministic`` (one transition per (s, a)), ``horizon`` (the spec's
+    max_episode_steps or None)."""
+
+    def __init__(self, **fields):
+        self.__dict__.update(fields)
+        self.n_outcomes = int(self.values.shape[1])
+
+
+def _read_gym_model(env, label):
+    """A :class:`_GymModel` of ``env`` (a ``gymnasium.Env``); ``label`` names it in errors."""
+    gymnasium = _import_gymnasium()
+    for name in ("observation_space", "action_space"):
+        space = getattr(env, name, None)
+        if not isinstance(space, gymnasium.spaces.Discrete):
+            raise TypeError(f"FromGymnasium needs a Discrete {name}, got {space!r} ({label}): only "
+                            f"finite tabular envs can be modelled; these work: {_GYM_WORKS}")
+        if int(space.start) != 0:
+            raise TypeError(f"FromGymnasium needs {name} to start at 0, got start={space.start} ({label})")
+    S, A = int(env.observation_space.n), int(env.action_space.n)
+    _validate.check_table_size(S * A, f"{label}: its table of {S} states x {A} actions")
+    base = env.unwrapped
+    model = getattr(base, "P", None)
+    isd = getattr(base, "initial_state_distrib", None)
+    if not isinstance(model, dict) or isd is None:
+        raise TypeError(
+            f"{type(base).__name__} does not expose a tabular model (unwrapped.P as a dict "
+            f"s -> a -> [(prob, next_state, reward, terminated)] and initial_state_distrib); "
+            f"these work: {_GYM_WORKS}")
+    if getattr(base, "fickle_passenger", False):
+        raise ValueError(f"{label}: fickle_passenger=True changes the destination inside step(), "
+                         "beyond unwrapped.P, so the env has no exact tabular model; use "
+                         "fickle_passenger=False")
+    rows = []  # (s, a, s', prob, reward, terminated), prob > 0
+    for s in range(S):
+        for a in range(A):
+            try:
+                entries = model[s][a]
+            except (KeyError, IndexError, TypeError):
+                raise TypeError(f"{label}: unwrapped.P[{s}][{a}] is missing") from None
+            total = 0.0
+            for entry in entries:
+                try:
+                    prob, s2, r, term = entry
+                    prob, r = float(prob), float(r)
+                    s2_int = int(s2)
+                except (TypeError, ValueError):
+                    raise TypeError(f"{label}: unwrapped.P[{s}][{a}] holds {entry!r}, not "
+                                    "(prob, next_state, reward, terminated)") from None
+                if not (np.isfinite(prob) and prob >= 0 and np.isfinite(r)) or s2_int != s2 \
+                        or not 0 <= s2_int < S:
+                    raise ValueError(f"{label}: unwrapped.P[{s}][{a}] holds {entry!r}: a probability "
+                                     f">= 0, a state in [0, {S}) and a finite reward are needed")
+                total += prob
+                if prob > 0:
+                    rows.append((s, a, s2_int, prob, r, bool(term)))
+            if abs(total - 1.0) > _ROW_TOL:
+                raise ValueError(f"{label}: the probabilities of unwrapped.P[{s}][{a}] sum to "
+                                 f"{total!r}, not 1")
+    start = np.array(isd, dtype=np.float64).reshape(-1)
+    if start.shape != (S,) or not np.all(np.isfinite(start)) or start.min() < 0 \
+            or abs(start.sum() - 1.0) > _ROW_TOL:
+        raise ValueError(f"{label}: initial_state_distrib must be a distribution over the {S} states")
+    s_arr = np.array([row[0] for row in rows], dtype=np.int64)
+    a_arr = np.array([row[1] for row in rows], dtype=np.int64)
+    t_arr = np.array([row[2] for row in rows], dtype=np.int64)
+    term = np.array([row[5] for row in rows], dtype=bool)
+
+    # States an episode can be in: the start states and whatever they reach without ending.
+    reach = start > 0
+    while True:
+        grown = reach.copy()
+        grown[t_arr[~term & reach[s_arr]]] = True
+        if np.array_equal(grown, reach):
+            break
+        reach = grown
+    inside = reach[s_arr]
+    entered_ending = np.bincount(t_arr[term & inside], minlength=S) > 0
+    entered_going_on = np.bincount(t_arr[~term & inside], minlength=S) > 0
+    entered_ending_outside = np.bincount(t_arr[term & ~inside], minlength=S) > 0
+    # entered both ways from where episodes go: terminating transitions go to an absorbing copy
+    both = entered_ending & entered_going_on
+    copy_of = np.full(S, -1, dtype=np.int64)
+    copy_of[both] = S + np.arange(int(both.sum()))
+    n_states = S + int(both.sum())
+    terminal = np.ones(n_states, dtype=bool)
+    # never entered from where episodes go: the flags of the transitions into it decide
+    terminal[:S] = ((entered_ending & ~entered_going_on)
+                    | (~entered_ending & ~entered_going_on & entered_ending_outside))
+    target = np.where(term & both[t_arr], copy_of[t_arr], t_arr)
+
+    # group by (s, a, target): the transition's probability and its distinct rewards
+    groups = {}
+    for (s, a, _, prob, r, _), t in zip(rows, target.tolist()):
+        outcomes = groups.setdefault((s, a, t), {})
+        outcomes[r] = outcomes.get(r, 0.0) + prob
+    for c in range(S, n_states):  # the copies: absorbing, reward 0
+        for a in range(A):
+            groups[(c, a, c)] = {0.0: 1.0}
+    keys = sorted(groups)
+    K = max(len(outcomes) for outcomes in groups.values())
+    values = np.zeros((len(keys), K))
+    probs = np.zeros((len(keys), K))
+    p = np.empty(len(keys))
+    for j, key in enumerate(keys):
+        outcomes = groups[key]
+        total = sum(outcomes.values())
+        p[j] = total
+        for k, (r, q) in enumerate(outcomes.items()):
+            values[j, k] = r
+            probs[j, k] = q / total
+    sat = np.array(keys, dtype=np.int64).reshape(-1, 3)
+    per_sa = np.bincount(sat[:, 0] * A + sat[:, 1], minlength=n_states * A)
+    spec = getattr(env, "spec", None)
+    horizon = getattr(spec, "max_episode_steps", None)
+    return _GymModel(n_env_states=S, n_states=n_states, n_actions=A, s=sat[:, 0], a=sat[:, 1],
+                     t=sat[:, 2], p=p, values=values, probs=probs,
+                     start=np.concatenate([start, np.zeros(n_states - S)]), terminal=terminal,
+                     deterministic=bool(np.all(per_sa == 1)),
+                     horizon=None if horizon is None else int(horizon))
+
+
+def _freeze(value):
+    """A hashable stand-in of a keyword value (lists and dicts as tuples)."""
+    if isinstance(value, (list, tuple)):
+        return tuple(_freeze(v) for v in value)
+    if isinstance(value, dict):
+        return tuple(sorted((k, _freeze(v)) for k, v in value.items()))
+    if isinstance(value, np.ndarray):
+        return ("ndarray", value.dtype.str, value.shape, value.tobytes())
+    return value
+
+
+def _gym_model(env_id, kwargs):
+    """The cached :class:`_GymModel` of ``gymnasium.make(env_id, **kwargs)``."""
+    try:
+        key = (env_id, _freeze(kwargs))
+        hash(key)
+    except TypeError:
+        key = None  # an unhashable option: read every time
+    model = _GYM_MODELS.get(key) if key is not None else None
+    if model is not None:
+        _GYM_MODELS.move_to_end(key)
+        return model
+    gymnasium = _import_gymnasium()
+    options = ", ".join(f"{k}={v!r}" for k, v in kwargs.items())
+    label = f"gymnasium.make({env_id!r}{', ' if options else ''}{options})"
+    try:
+        env = gymnasium.make(env_id, **kwargs)
+    except gymnasium.error.Error as err:
+        raise ValueError(f"{label} failed: {err}") from None
+    except TypeError as err:
+        raise TypeError(f"{label} failed: {err}") from None
+    except (ValueError, KeyError) as err:
+        raise ValueError(f"{label} failed: {err!s}") from None
+    try:
+        model = _read_gym_model(env, label)
+    finally:
+        env.close()
+    if key is not None:
+        _GYM_MODELS[key] = model
+        while len(_GYM_MODELS) > _GYM_MODELS_MAX:
+            _GYM_MODELS.popitem(last=False)
+    return model
+
+
+class _Layout:
+    """How a batch of envs' models is laid out: ``n_states`` (the largest, padded with unused
+    states), ``deterministic`` (a next-state table instead of dense P), ``reward_noise``
+    ("none": deterministic transitions, rewards in R; "transition": one reward per transition;
+    "outcome": up to ``n_outcomes`` rewards per transition) and ``horizon``."""
+
+    def __init__(self, models, horizon, label):
+        actions = {m.n_actions for m in models}
+        env_states = {m.n_env_states for m in models}
+        if len(actions) != 1 or len(env_states) != 1:
+            raise ValueError(f"{label}: all tasks must have the same spaces, got "
+                             f"{sorted(env_states)} states and {sorted(actions)} actions")
+        self.n_states = max(m.n_states for m in models)
+        self.n_actions = actions.pop()
+        self.deterministic = all(m.deterministic for m in models)
+        self.n_outcomes = max(m.n_outcomes for m in models)
+        self.reward_noise = ("outcome" if self.n_outcomes > 1 else
+                             "none" if self.deterministic else "transition")
+        if horizon is None:
+            horizons = {m.horizon for m in models}
+            if None in horizons:
+                raise ValueError(f"{label}: the env has no spec.max_episode_steps; pass horizon= "
+                                 "to FromGymnasium (--horizon N on the command line)")
+            if len(horizons) != 1:
+                raise ValueError(f"{label}: the tasks' max_episode_steps differ ({sorted(horizons)}); "
+                                 "pass horizon= to FromGymnasium")
+            horizon = horizons.pop()
+        self.horizon = horizon
+
+    def entries_per_task(self):
+        S, A = self.n_states, self.n_actions
+        if self.reward_noise == "outcome":
+            return S * A * S * self.n_outcomes
+        return S * A if self.deterministic else S * A * S
+
+    def batch(self, models, name):
+        """A validated :class:`TaskBatch` of one task per model, in this layout."""
+        n, S, A, K = len(models), self.n_states, self.n_actions, self.n_outcomes
+        start = np.zeros((n, S))
+        terminal = np.zeros((n, S), dtype=bool)
+        kwargs = dict(reward_noise=self.reward_noise, name=name)
+        if self.deterministic:
+            next_state = np.empty((n, S, A), dtype=np.int64)
+            next_state[:] = np.arange(S)[:, None]  # padding states stay put
+            kwargs["next_state"] = next_state
+        else:
+            P = np.zeros((n, S, A, S))
+            P[:, np.arange(S), :, np.arange(S)] = 1.0
+            kwargs["P"] = P
+        R = np.zeros((n, S, A))
+        if self.reward_noise == "transition":
+            kwargs["reward_next"] = np.zeros((n, S, A, S))
+        elif self.reward_noise == "outcome":
+            kwargs["reward_values"] = np.zeros((n, S, A, S, K))
+            kwargs["reward_probs"] = np.zeros((n, S, A, S, K))
+            kwargs["reward_probs"][..., 0] = 1.0
+        for i, m in enumerate(models):
+            S_m = m.n_states
+            start[i, :S_m] = m.start
+            terminal[i, :S_m] = m.terminal
+            if self.deterministic:
+                next_state[i, m.s, m.a] = m.t
+            else:
+                P[i, :S_m, :, :S_m] = 0.0
+                P[i, m.s, m.a, m.t] = m.p
+            if self.reward_noise == "none":
+                R[i, m.s, m.a] = m.values[:, 0]
+            elif self.reward_noise == "transition":
+                kwargs["reward_next"][i, m.s, m.a, m.t] = m.values[:, 0]
+            else:
+                kwargs["reward_values"][i, m.s, m.a, m.t, :m.n_outcomes] = m.values
+                kwargs["reward_probs"][i, m.s, m.a, m.t, :] = 0.0
+                kwargs["reward_probs"][i, m.s, m.a, m.t, :m.n_outcomes] = m.probs
+        if self.deterministic:
+            return TaskBatch(None, R, self.horizon, start=start, terminal=terminal, **kwargs)
+        return TaskBatch(kwargs.pop("P"), R, self.horizon, start=start, terminal=terminal, **kwargs)
+
+
+class FromGymnasium(TaskDistribution):
+    """Toy-text Gymnasium environments as a task family, e.g.::
+
+        FromGymnasium("FrozenLake-v1", desc="random", size=8, is_slippery=[True, False])
+        FromGymnasium("Taxi-v4")
+        FromGymnasium("CliffWalkingSlippery-v1", horizon=100)
+
+    ``env`` is a Gymnasium env id (each task's env is ``gymnasium.make(env, **options)``) or, as
+    before, a callable ``make_env(rng) -> gymnasium.Env`` that draws a task's env from ``rng``.
+    ``env_kwargs`` (ids only) are the env's options; a **list** value means one of its items,
+    uniformly and independently per task (``is_slippery=[True, False]``; give a tuple for a single
+    sequence value, e.g. ``reward_schedule=(1, -1, 0)``; for ``desc`` a list of strings is one map
+    and a list of maps a choice).  ``desc="random"`` (FrozenLake) draws a map per task with
+    ``generate_random_map(size=size, p=p, seed=...)``, ``size`` (default 8) and ``p`` (default 0.8,
+    in [0.5, 1]) being options of ours.  ``sample(n, rng)`` draws ``rng.integers(len(items), size=n)``
+    per list option (in name order), then ``rng.integers(2**31, size=n)`` map seeds (random
+    maps), so the same ``rng`` gives the same tasks.  The tables of each concrete combination of
+    options are read once and cached; a family without list or random options holds one task.
+
+    Observation and action spaces must be ``Discrete`` (start 0) and the unwrapped env must
+    expose its exact model the toy-text way: ``P[s][a]`` a list of ``(prob, next_state, reward,
+    terminated)`` and ``initial_state_distrib``; anything else (Blackjack's Tuple observations,
+    classic control's Box spaces, an env without ``P``) raises a one-line TypeError/ValueError.
+    The horizon is ``horizon`` or else the spec's ``max_episode_steps``.
+
+    How the model is read:
+
+    - *Termination* may depend on the transition.  Episodes run in the states reachable from the
+      start states through non-terminating transitions.  A state entered from those only by
+      terminating transitions is terminal; one entered from them both ways gets an absorbing
+      terminal **copy** (state index ``>= env.observation_space.n``, in order of the original
+      state) which its terminating transitions enter instead: a task's observation can then be
+      such a copy, and its episode ends there.  A state never entered from reachable states is
+      terminal if some transition into it terminates.  Transitions out of unreachable states are
+      kept with those terminal flags (an episode never takes them).  Taxi-v4, FrozenLake and
+      CliffWalking need no copies.
+    - *Rewards* may differ between the entries of one transition ``(s, a, s')`` (slippery
+      CliffWalking: falling off the cliff back to the start pays -100, walking onto the start
+      -1): the batch's rewards are then ``"outcome"`` rewards (each distinct reward with its share
+      of the transition's probability; ``R`` and ``reward_next`` are expectations).  Otherwise
+      they are ``"transition"`` rewards, or ``"none"`` (rewards in ``R``, a next-state table) when
+      every transition is deterministic.
+    - Tasks of different option combinations share one layout (the most general one among all
+      combinations; a batch's own for random maps and callables), padded with unused states if
+      their copies differ.  Gymnasium is imported only here.
+
+    Attributes: ``env_id`` (None for a callable), ``env_kwargs`` (the options given),
+    ``horizon`` (None: the spec's).  A sampled batch (env ids) keeps each task's combination of
+    list options in ``batch.info["combination"]`` (int64 (n,), mixed radix over the list options
+    in name order, the first most significant) and, for random maps, its ``"map_seed"``.
     """
 
-    def __init__(self, make_env, horizon=None):
-        if not callable(make_env):
-            raise TypeError(f"make_env must be callable, got {type(make_env).__name__}")
-        self.make_env = make_env
+    def __init__(self, env, horizon=None, **env_kwargs):
         self.horizon = None if horizon is None else _validate.positive_int(horizon, "horizon")
+        self.env_kwargs = dict(env_kwargs)
+        self._pool = None  # TaskBatch of every combination (no random option), built on demand
+        if isinstance(env, str):
+            self.env_id, self.make_env = env, None
+            self._setup_options(_import_gymnasium())
+        elif callable(env):
+            if env_kwargs:
+                raise ValueError("env_kwargs apply to a Gymnasium env id; a make_env callable "
+                                 f"takes none, got {sorted(env_kwargs)}")
+            self.env_id, self.make_env = None, env
+        else:
+            raise TypeError("env must be a Gymnasium env id (str, e.g. 'FrozenLake-v1') or a "
+                            f"callable make_env(rng) -> gymnasium.Env, got {type(env).__name__}")
+
+    def _setup_options(self, gymnasium):
+        try:
+            spec = gymnasium.spec(self.env_id)
+        except gymnasium.error.Error as err:
+            raise ValueError(f"unknown Gymnasium env id {self.env_id!r} ({err}); these work: "
+                             f"{_GYM_WORKS}") from None
+        kwargs = dict(self.env_kwargs)
+        self._random_map = isinstance(kwargs.get("desc"), str) and kwargs["desc"] == "random"
+        if self._random_map and "frozen_lake" not in str(spec.entry_point):
+            raise ValueError(f"desc='random' draws FrozenLake maps; {self.env_id} is not FrozenLake")
+        if isinstance(kwargs.get("desc"), str) and not self._random_map:
+            raise ValueError(f"desc must be a map (a list of strings), a list of maps or 'random', "
+                             f"got {kwargs['desc']!r}")
+        size, p = kwargs.pop("size", None), kwargs.pop("p", None)
+        if not self._random_map and (size is not None or p is not None):
+            raise ValueError("size and p are options of desc='random' (they size the random maps)")
+        if self._random_map:
+            kwargs.pop("desc")
+            self._map_size = _validate.positive_int(8 if size is None else size, "size", minimum=2)
+            self._map_p = _validate.finite_float(0.8 if p is None else p, "p", low=0.5, high=1.0)
+            _validate.check_table_size(self._map_size ** 2 * 4,
+                                       f"desc='random' with size={self._map_size}: a map's table")
+        self._fixed, self._choices = {}, {}
+        for name in sorted(kwargs):
+            value = kwargs[name]
+            is_map = name == "desc" and isinstance(value, list) and all(isinstance(v, str) for v in value)
+            if isinstance(value, list) and not is_map:
+                if not value:
+                    raise ValueError(f"{name}=[] gives nothing to choose from (a list means one of its items)")
+                self._choices[name] = list(value)
+            else:
+                self._fixed[name] = value
+        # read what can be read now: every combination, or one random map (errors surface here)
+        if self._random_map:
+            # (its layout gives sample() a size to check before any map is read)
+            self._layout = _Layout([self._model_of(self._combination(0), 0)], self.horizon, repr(self))
+        else:
+            self._layout = _Layout(self._all_models(), self.horizon, repr(self))
+            n = self._n_combinations()
+            _validate.check_table_size(n * self._layout.entries_per_task(),
+                                       f"{self!r}: the tables of its {n:,} combinations of options")
+
+    def _combination(self, index):
+        """The keyword arguments of combination ``index`` (mixed radix over the choices, the
+        first choice most significant)."""
+        kwargs = dict(self._fixed)
+        for name in reversed(list(self._choices)):
+            items = self._choices[name]
+            index, j = divmod(index, len(items))
+            kwargs[name] = items[j]
+        return kwargs
+
+    def _n_combinations(self):
+        n = 1
+        for items in self._choices.values():
+            n *= len(items)
+        return n
+
+    def _model_of(self, kwargs, map_seed=None):
+        if map_seed is not None:
+            from gymnasium.envs.toy_text.frozen_lake import generate_random_map
+
+            kwargs = dict(kwargs, desc=generate_random_map(size=self._map_size, p=self._map_p,
+                                                           seed=int(map_seed)))
+        if isinstance(kwargs.get("desc"), list):
+            kwargs["desc"] = tuple(kwargs["desc"])  # a map, not a choice
+        return _gym_model(self.env_id, kwargs)
+
+    def _all_models(self):
+        n = self._n_combinations()
+        _validate.check_table_size(n, f"{self!r}: {n:,} combinations of options")
+        return [self._model_of(self._combination(j)) for j in range(n)]
+
+    def _entries_per_task(self):
+        if self.env_id is None:
+            return None  # known once the batch's envs are read
+        # (random maps: one map's, the batch's own layout is checked again once its maps are read)
+        return self._layout.entries_per_task()
+
+    def _sample(self, n, rng):
+        if self.make_env is not None:
+            models = []
+            for j in range(n):
+                env = self.make_env(rng)
+                try:
+                    models.append(_read_gym_model(env, f"make_env(rng) #{j}"))
+                finally:
+                    close = getattr(env, "close", None)
+                    if close is not None:
+                        close()
+            return self._assemble(models, None)
+        index = np.zeros(n, dtype=np.int64)
+        for items in self._choices.values():  # the first choice most significant
+            index = index * len(items) + rng.integers(len(items), size=n)
+        if not self._random_map:
+            if self._pool is None:
+                self._pool = self._layout.batch(self._all_models(), self._name())
+            batch = self._pool[index]
+            batch.info["combination"] = index
+            return batch
+        seeds = rng.integers(2**31, size=n)
+        keys = list(zip(index.tolist(), seeds.tolist()))
+        unique = list(dict.fromkeys(keys))
+        position = {key: j for j, key in enumerate(unique)}
+        models = [self._model_of(self._combination(c), seed) for c, seed in unique]
+        batch = self._assemble(models, np.array([position[key] for key in keys], dtype=np.int64))
+        batch.info["combination"], batch.info["map_seed"] = index, seeds
+        return batch
+
+    def _assemble(self, models, index):
+        """The batch of tasks ``models[index]`` (``index`` None: ``models``) in the layout of
+        ``models``."""
+        layout = _Layout(models, self.horizon, repr(self))
+        n = len(models if index is None else index)
+        _validate.check_table_size(n * layout.entries_per_task(),
+                                   f"{self!r}.sample(n={n}) would build a table of n x "
+                                   f"{layout.entries_per_task():,}")
+        batch = layout.batch(models, self._name())
+        return batch if index is None else batch[index]
+
+    def _name(self):
+        return f"FromGymnasium({self.env_id or getattr(self.make_env, '__name__', 'make_env')})"
 
     @staticmethod
     def tables_of(env, horizon=None):
-        """(P (S,A,S), reward_next (S,A,S), start (S,), terminal (S,), horizon) of one env."""
-        import gymnasium
+        """The tables of one ``gymnasium.Env`` as a dict of :class:`TaskBatch` arguments for one
+        task (no task axis), read as the class docstring says: ``P`` float64 (S, A, S),
+        ``R`` (S, A), ``start`` (S,), ``terminal`` bool (S,), ``reward_noise``, ``reward_next``
+        (S, A, S) expected rewards, ``reward_values``/``reward_probs`` (S, A, S, K), ``horizon``
+        and ``n_env_states`` (S minus the terminal copies)."""
+        model = _read_gym_model(env, type(getattr(env, "unwrapped", env)).__name__)
+        layout = _Layout([model], None if horizon is None else
+                         _validate.positive_int(horizon, "horizon"), "tables_of")
+        layout.deterministic = False  # dense P
+        layout.reward_noise = "outcome"
+        one = layout.batch([model], "tables_of")
+        return dict(P=one.P[0], R=one.R[0], start=one.start[0], terminal=one.terminal[0],
+                    reward_noise="outcome" if model.n_outcomes > 1 else "transition",
+                    reward_next=one.reward_next[0], reward_values=one.reward_values[0],
+                    reward_probs=one.reward_probs[0], horizon=layout.horizon,
+                    n_env_states=model.n_env_states)
 
-        for name in ("observation_space", "action_space"):
-            space = getattr(env, name, None)
-            if not isinstance(space, gymnasium.spaces.Discrete):
-                raise TypeError(f"FromGymnasium needs a Discrete {name}, got {space!r}")
-            if int(space.start) != 0:
-                raise TypeError(f"FromGymnasium needs {name} to start at 0, got start={space.start}")
-        S, A = int(env.observation_space.n), int(env.action_space.n)
-        base = env.unwrapped
-        model = getattr(base, "P", None)
-        isd = getattr(base, "initial_state_distrib", None)
-        if not isinstance(model, dict) or isd is None:
-            raise TypeError(
-                f"{type(base).__name__} does not expose a tabular model (unwrapped.P as a dict "
-                "s -> a -> [(prob, next_state, reward, terminated)] and initial_state_distrib)")
-        P = np.zeros((S, A, S))
-        reward_next = np.zeros((S, A, S))
-        terminal = np.zeros(S, dtype=bool)
-        seen_terminal = np.full(S, -1)
-        for s in range(S):
-            for a in range(A):
-                for prob, s2, r, term in model[s][a]:
-                    if prob == 0:
-                        continue
-                    if P[s, a, s2] > 0 and reward_next[s, a, s2] != r:
-                        raise ValueError(f"transition ({s}, {a}) -> {s2} has two different rewards")
-                    P[s, a, s2] += prob
-                    reward_next[s, a, s2] = r
-                    if seen_terminal[s2] >= 0 and bool(seen_terminal[s2]) != bool(term):
-                        raise ValueError(f"state {s2} is terminal on some transitions and not on others")
-                    seen_terminal[s2] = bool(term)
-                    terminal[s2] = bool(term)
-        if horizon is None:
-            spec = getattr(env, "spec", None)
-            horizon = getattr(spec, "max_episode_steps", None)
-            if horizon is None:
-                raise ValueError("the env has no spec.max_episode_steps; pass horizon= to FromGymnasium")
-        return P, reward_next, np.asarray(isd, dtype=np.float64), terminal, int(horizon)
-
-    def _sample(self, n, rng):
-        parts = []
-        for _ in range(n):
-            env = self.make_env(rng)
-            try:
-                parts.append(self.tables_of(env, self.horizon))
-            finally:
-                close = getattr(env, "close", None)
-                if close is not None:
-                    close()
-        shapes = {p[0].shape for p in parts}
-        if len(shapes) != 1:
-            raise ValueError(f"all sampled envs must have the same spaces, got shapes {sorted(shapes)}")
-        horizons = {p[4] for p in parts}
-        if len(horizons) != 1:
-            raise ValueError(f"all sampled envs must have the same horizon, got {sorted(horizons)}")
-        P, Rn, start, terminal = (np.stack([p[k] for p in parts]) for k in range(4))
-        return TaskBatch(P, np.zeros(P.shape[:3]), horizons.pop(), start=start, terminal=terminal,
-                         reward_noise="transition", reward_next=Rn, name="FromGymnasium")
+    def __repr__(self):
+        if self.env_id is None:
+            head = getattr(self.make_env, "__name__", repr(self.make_env))
+        else:
+            head = repr(self.env_id)
+        options = "".join(f", {k}={v!r}" for k, v in self.env_kwargs.items())
+        horizon = "" if self.horizon is None else f", horizon={self.horizon}"
+        return f"FromGymnasium({head}{options}{horizon})"

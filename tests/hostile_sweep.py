@@ -170,8 +170,8 @@ def _entries():
 
     def vecenv_entry():
         env = mf.VecEnv(_tasks(), 2)
-        env.reset(_rng())
-        return env.step, [np.array([0, 1, 1, 0]), _rng()], {}, None
+        env.reset(seed=_rng())
+        return env.step, [np.array([0, 1, 1, 0])], {}, None
     add("VecEnv.step", vecenv_entry)
     add("VecEnv", lambda: (mf.VecEnv, [_tasks(), 2], {}, None))
     add("exact.policy_value", lambda: (exact.policy_value, [_tasks(), np.zeros((2, 5, 2))], {"gamma": 0.9}, None))
@@ -228,6 +228,24 @@ def _entries():
     add("BernoulliBandits.sample", lambda: (mf.BernoulliBandits(n_arms=3, horizon=4).sample, [5, _rng()], {}, None))
     add("TabularFamily", lambda: (mf.TabularFamily, [P, R, 3], {}, None))
     add("TaskBatch[]", lambda: (_tasks().__getitem__, [np.array([1, 0, 1])], {}, None))
+    # "outcome" rewards (several rewards for one transition) and the Gymnasium toy-text family
+    outcome = {"reward_noise": "outcome", "reward_values": np.arange(72.0).reshape(2, 3, 2, 3, 2),
+               "reward_probs": np.full((2, 3, 2, 3, 2), 0.5)}
+    add("TaskBatch outcome", lambda: (mf.TaskBatch, [P, None, 3], dict(outcome), None))
+    add("rollout outcome", lambda: (mf.rollout, [mf.TabularSoftmaxPolicy(3, 2), mf.TaskBatch(P, None, 3, **outcome),
+                                                 2, _rng()], {}, None))
+    try:
+        import gymnasium  # noqa: F401 - the family is only there with the 'gym' extra
+    except ImportError:
+        return E
+    add("FromGymnasium", lambda: (mf.FromGymnasium, ["FrozenLake-v1"], {"is_slippery": [True, False], "horizon": 20},
+                                  None))
+    add("FromGymnasium random maps", lambda: (mf.FromGymnasium, ["FrozenLake-v1"],
+                                              {"desc": "random", "size": 4, "p": 0.8}, None))
+    add("FromGymnasium.sample", lambda: (mf.FromGymnasium("CliffWalkingSlippery-v1", horizon=10).sample,
+                                         [3, _rng()], {}, None))
+    add("FromGymnasium.sample random maps", lambda: (mf.FromGymnasium("FrozenLake-v1", desc="random", size=4).sample,
+                                                     [3, _rng()], {}, None))
 
     def reset_entry():
         env = mf.VecEnv(_tasks(), 2)

@@ -63,8 +63,8 @@ def test_start_states_at_cdf_boundaries(backend, has_terminal):
     np.testing.assert_array_equal(traj.truncated, [True] * 5)
     venv = VecEnv(batch, 5)
     rng = scripted_rng(START_U + START_U[::-1])
-    np.testing.assert_array_equal(venv.reset(rng), START_WANT)
-    obs, _, _, trunc = venv.step(np.zeros(5, np.int64), rng)  # horizon 1: every env auto-resets
+    np.testing.assert_array_equal(venv.reset(seed=rng)[0], START_WANT)
+    obs, _, _, trunc, _ = venv.step(np.zeros(5, np.int64))  # horizon 1: every env auto-resets
     assert trunc.all()
     np.testing.assert_array_equal(obs, START_WANT[::-1])
     env = batch[0].make_env()
@@ -113,8 +113,8 @@ def test_next_states_at_cdf_boundaries(backend, S, has_terminal):
     assert not traj.terminated.any() and traj.truncated.all()
     venv = VecEnv(batch, 5)
     rng = scripted_rng(TRANS_U)
-    venv.reset(rng)  # fixed start: draws nothing
-    venv.step(np.zeros(5, np.int64), rng)
+    venv.reset(seed=rng)  # fixed start: draws nothing
+    venv.step(np.zeros(5, np.int64))
     np.testing.assert_array_equal(venv.final_obs, want)
     env = batch[0].make_env()
     rng = scripted_rng(TRANS_U)
@@ -135,8 +135,8 @@ def test_bernoulli_rewards_at_their_boundaries(backend):
     np.testing.assert_array_equal(traj.reward.reshape(3, 4), want)
     venv = VecEnv(batch, 4)
     rng = scripted_rng(noise * 3)
-    venv.reset(rng)
-    np.testing.assert_array_equal(venv.step(np.zeros(12, np.int64), rng)[1], want.reshape(-1))
+    venv.reset(seed=rng)
+    np.testing.assert_array_equal(venv.step(np.zeros(12, np.int64))[1], want.reshape(-1))
     for i in range(3):
         env = batch[i].make_env()
         rng = scripted_rng(noise)
@@ -192,11 +192,11 @@ def test_vecenv_and_env_goal_reached_exactly_at_the_horizon(backend, horizon):
     batch = two_goal_batch(horizon)
     venv = VecEnv(batch, 1)
     rng = np.random.default_rng(0)
-    np.testing.assert_array_equal(venv.reset(rng), [4, 4])
-    obs, rew, term, trunc = venv.step(np.array([0, 0]), rng)
+    np.testing.assert_array_equal(venv.reset(seed=rng)[0], [4, 4])
+    obs, rew, term, trunc, _ = venv.step(np.array([0, 0]))
     np.testing.assert_array_equal(obs, [1, 1])
     assert not term.any() and not trunc.any()
-    obs, rew, term, trunc = venv.step(np.array([3, 3]), rng)
+    obs, rew, term, trunc, _ = venv.step(np.array([3, 3]))
     np.testing.assert_array_equal(venv.final_obs, [2, 2])
     np.testing.assert_array_equal(term, [True, False])
     np.testing.assert_array_equal(trunc, [False, horizon == 2])
@@ -228,9 +228,9 @@ def test_fixed_start_states_per_task(backend, n_episodes):
                                       np.repeat([[0], [2], [1]], n_episodes, axis=1))
         venv = VecEnv(batch, 2)
         rng = np.random.default_rng(0)
-        np.testing.assert_array_equal(venv.reset(rng), [2, 2, 0, 0, 3, 3])
-        venv.step(np.zeros(6, np.int64), rng)
-        obs, _, _, trunc = venv.step(np.zeros(6, np.int64), rng)
+        np.testing.assert_array_equal(venv.reset(seed=rng)[0], [2, 2, 0, 0, 3, 3])
+        venv.step(np.zeros(6, np.int64))
+        obs, _, _, trunc, _ = venv.step(np.zeros(6, np.int64))
         assert trunc.all()
         np.testing.assert_array_equal(obs, [2, 2, 0, 0, 3, 3])
         np.testing.assert_array_equal(venv.final_obs, [0, 0, 2, 2, 1, 1])
@@ -241,8 +241,8 @@ def test_vecenv_environment_k_runs_task_k_div_n(backend):
     batch = TaskBatch(np.ones((3, 1, 1, 1)), R, 4)
     venv = VecEnv(batch, 2)
     np.testing.assert_array_equal(venv.task_of_env, [0, 0, 1, 1, 2, 2])
-    venv.reset(0)
-    np.testing.assert_array_equal(venv.step(np.zeros(6, np.int64), np.random.default_rng(0))[1],
+    venv.reset(seed=0)
+    np.testing.assert_array_equal(venv.step(np.zeros(6, np.int64))[1],
                                   [10, 10, 20, 20, 30, 30])
 
 
@@ -272,11 +272,11 @@ def test_gaussian_rewards_follow_the_documented_draws(backend, n_episodes):
     # VecEnv: the noise block (n,) first in each step
     venv = VecEnv(batch, 3)
     rng, mirror = np.random.default_rng(6), np.random.default_rng(6)
-    obs = venv.reset(rng)
+    obs, _ = venv.reset(seed=rng)
     task = venv.task_of_env
     for _ in range(5):  # (fixed start: the auto-resets after step 4 draw nothing)
         acts = np.arange(6) % 2
-        _, rew, _, _ = venv.step(acts, rng)
+        _, rew, _, _, _ = venv.step(acts)
         z = mirror.standard_normal(6)
         mirror.random(6)  # next-state uniforms
         np.testing.assert_allclose(rew, batch.R[task, obs, acts] + batch.reward_std[task] * z, rtol=1e-13, atol=1e-15)
@@ -319,10 +319,10 @@ def test_transition_frequencies_per_task_with_zero_and_certain_rows(backend):
     np.add.at(counts, (traj.task_id, traj.obs, traj.action, traj.next_obs), 1)
     venv = VecEnv(batch, 50)
     rng = np.random.default_rng(4)
-    obs = venv.reset(rng)
+    obs, _ = venv.reset(seed=rng)
     for _ in range(40):
         acts = rng.integers(2, size=venv.n_envs)
-        venv.step(acts, rng)
+        venv.step(acts)
         np.add.at(counts, (venv.task_of_env, obs, acts, venv.final_obs), 1)
         obs = venv.state
     assert np.all(counts[P == 0] == 0)
@@ -342,8 +342,8 @@ def test_random_start_frequencies_per_task(backend):
     traj = rollout(policy(3, 1, [[0]] * 3), batch, n, np.random.default_rng(0))
     venv = VecEnv(batch, n)
     rng = np.random.default_rng(1)
-    draws = [traj.obs.reshape(2, n), venv.reset(rng).reshape(2, n),
-             venv.step(np.zeros(2 * n, np.int64), rng)[0].reshape(2, n)]  # the auto-reset starts
+    draws = [traj.obs.reshape(2, n), venv.reset(seed=rng)[0].reshape(2, n),
+             venv.step(np.zeros(2 * n, np.int64))[0].reshape(2, n)]  # the auto-reset starts
     for got in draws:
         for task in range(2):
             counts = np.bincount(got[task], minlength=3)

@@ -81,10 +81,10 @@ def test_vec_step_twins_identical(case, n_envs, seed):
         act_rng = np.random.default_rng(seed + 1)
         with mf.use_backend(be):
             venv = VecEnv(batch, n_envs)
-            trace = [venv.reset(rng)]
+            trace = [venv.reset(seed=rng)[0]]
             for _ in range(12):
                 acts = act_rng.integers(batch.n_actions, size=venv.n_envs)
-                trace.extend(venv.step(acts, rng))
+                trace.extend(venv.step(acts)[:4])
                 trace.append(venv.final_obs.copy())
                 trace.append(venv.elapsed)
         trace.append(rng.bit_generator.state)

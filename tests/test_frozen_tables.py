@@ -118,7 +118,7 @@ def test_replay_storage_views_cannot_be_made_writeable(backend, kind):
     for i in range(9):
         buf.add(np.full(2, i, np.float32), i % 3, float(i), np.zeros(2, np.float32), i % 2 == 1,
                 task_id=i % 2, logp=-float(i))
-    for name in ("obs", "action", "reward", "next_obs", "done", "truncated", "task_id", "episode_id", "logp"):
+    for name in ("obs", "action", "reward", "next_obs", "terminated", "truncated", "task_id", "episode_id", "logp"):
         view = getattr(buf, name)
         assert view.shape[0] == 6 and not view.flags.writeable
         with pytest.raises(ValueError, match="WRITEABLE"):
@@ -140,7 +140,7 @@ def test_vec_env_detects_use_from_two_threads_and_keeps_its_task_map(backend, mo
     vec = mf.VecEnv(mf.GridNavigation(size=3).sample(4, 0), n_envs_per_task=2)
     with pytest.raises(ValueError, match="WRITEABLE"):
         vec.task_of_env.setflags(write=True)
-    vec.reset(np.random.default_rng(0))
+    vec.reset(seed=np.random.default_rng(0))
     actions = np.zeros(vec.n_envs, dtype=np.int64)
     inside, leave = threading.Event(), threading.Event()
     kernel = active.envs.vec_step
@@ -151,17 +151,17 @@ def test_vec_env_detects_use_from_two_threads_and_keeps_its_task_map(backend, mo
         return kernel(*args)
 
     monkeypatch.setattr(active.envs, "vec_step", slow_step)
-    worker = threading.Thread(target=vec.step, args=(actions, np.random.default_rng(1)))
+    worker = threading.Thread(target=vec.step, args=(actions,))
     worker.start()
     try:
         assert inside.wait(10)
         with pytest.raises(RuntimeError, match="another thread is using this VecEnv"):
-            vec.step(actions, np.random.default_rng(2))
+            vec.step(actions)
         with pytest.raises(RuntimeError, match="another thread is using this VecEnv"):
-            vec.reset(np.random.default_rng(3))
+            vec.reset(seed=np.random.default_rng(3))
     finally:
         leave.set()
         worker.join()
     monkeypatch.undo()
-    obs, *_ = vec.step(actions, np.random.default_rng(4))  # usable again afterwards
+    obs, *_ = vec.step(actions)  # usable again afterwards
     assert obs.shape == (vec.n_envs,)

@@ -123,13 +123,13 @@ PROBES = {
     "7 concurrency": """
         import threading
         env = mf.VecEnv(mf.TabularMDPs().sample(64, 0), 64)
-        env.reset(rng)
+        env.reset(seed=rng)
         errors = []
         def work(seed):
             r = np.random.default_rng(seed)
             try:
                 for _ in range(300):
-                    env.step(r.integers(5, size=env.n_envs), r)
+                    env.step(r.integers(5, size=env.n_envs))
             except RuntimeError as err:
                 errors.append(err)
         threads = [threading.Thread(target=work, args=(k,)) for k in range(4)]

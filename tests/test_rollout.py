@@ -271,22 +271,25 @@ def test_kernel_rejects_bad_tables(backend):
 def test_vecenv_auto_reset_and_final_obs(backend):
     batch = GridNavigation(size=3, horizon=3, goals=[(1, 2)]).sample(1, 0)
     venv = VecEnv(batch, n_envs_per_task=2)
-    assert venv.n_envs == 2 and venv.observation_space.n == 9 and venv.action_space.n == 5
+    assert venv.num_envs == 2 and venv.single_observation_space.n == 9 and venv.single_action_space.n == 5
     with pytest.raises(RuntimeError, match="before reset"):
-        venv.step([0, 0], np.random.default_rng(0))
+        venv.step([0, 0])
     rng = np.random.default_rng(0)
-    np.testing.assert_array_equal(venv.reset(rng), [4, 4])
-    obs, rew, term, trunc = venv.step(np.array([3, 4]), rng)  # env 0 reaches the goal
+    np.testing.assert_array_equal(venv.reset(seed=rng)[0], [4, 4])
+    obs, rew, term, trunc, infos = venv.step(np.array([3, 4]))  # env 0 reaches the goal
     np.testing.assert_array_equal(obs, [4, 4])
     np.testing.assert_array_equal(venv.final_obs, [5, 4])
+    np.testing.assert_array_equal(infos["_final_obs"], [True, False])
+    assert infos["final_obs"][0] == 5
     np.testing.assert_array_equal(rew, [0.0, -1.0])
     np.testing.assert_array_equal(term, [True, False])
     np.testing.assert_array_equal(trunc, [False, False])
     np.testing.assert_array_equal(venv.elapsed, [0, 1])
-    venv.step([4, 4], rng)
-    obs, rew, term, trunc = venv.step([0, 4], rng)  # env 1 hits the horizon (3 steps)
+    assert venv.step([4, 4])[4] == {}  # no episode ended: no final_obs
+    obs, rew, term, trunc, infos = venv.step([0, 4])  # env 1 hits the horizon (3 steps)
     np.testing.assert_array_equal(trunc, [False, True])
     np.testing.assert_array_equal(venv.final_obs, [1, 4])
+    np.testing.assert_array_equal(infos["_final_obs"], [False, True])
     np.testing.assert_array_equal(obs, [1, 4])
     np.testing.assert_array_equal(venv.elapsed, [2, 0])
 
@@ -294,21 +297,22 @@ def test_vecenv_auto_reset_and_final_obs(backend):
 def test_vecenv_bad_actions_change_nothing(backend):
     venv = VecEnv(TabularMDPs().sample(2, 0), 3)
     rng = np.random.default_rng(1)
-    venv.reset(rng)
-    venv.step(np.zeros(6, dtype=np.int64), rng)
+    venv.reset(seed=rng)
+    venv.step(np.zeros(6, dtype=np.int64))
     before = (venv.state, venv.elapsed, rng.bit_generator.state)
     for actions, err in (([0] * 5, ValueError), ([0] * 5 + [5], ValueError), ([0] * 5 + [-1], ValueError),
                          (np.zeros(6), TypeError), (np.zeros((6, 1), dtype=int), ValueError)):
         with pytest.raises(err, match="actions"):
-            venv.step(actions, rng)
-    with pytest.raises(TypeError, match="rng"):
-        venv.step([0] * 6, 3.5)
+            venv.step(actions)
+    for seed, err in ((3.5, TypeError), (-1, ValueError), (np.random.RandomState(0), TypeError)):
+        with pytest.raises(err, match="seed"):
+            venv.reset(seed=seed)
+    with pytest.raises(TypeError, match="options"):
+        venv.reset(options=[1])
     after = (venv.state, venv.elapsed, rng.bit_generator.state)
     np.testing.assert_array_equal(before[0], after[0])
     np.testing.assert_array_equal(before[1], after[1])
-    assert before[2] == after[2]
-    with pytest.raises(TypeError, match="rng"):
-        venv.reset(2.5)
+    assert before[2] == after[2] and venv.np_random is rng
 
 
 def _random_start_family():
@@ -329,11 +333,11 @@ def test_vecenv_equals_single_env(backend, family):
     venv = VecEnv(task)
     g1, g2 = np.random.default_rng(7), np.random.default_rng(7)
     obs, _ = env.reset(seed=g1)
-    assert venv.reset(g2)[0] == obs
+    assert venv.reset(seed=g2)[0][0] == obs
     acts = np.random.default_rng(0).integers(task.n_actions, size=60)
     for a in acts:
         o, r, term, trunc, _ = env.step(int(a))
-        vo, vr, vterm, vtrunc = venv.step([a], g2)
+        vo, vr, vterm, vtrunc, _ = venv.step([a])
         assert (venv.final_obs[0], vr[0], vterm[0], vtrunc[0]) == (o, r, term, trunc)
         if term or trunc:
             o, _ = env.reset()
@@ -345,11 +349,11 @@ def test_vecenv_reward_statistics(backend):
     batch = TabularMDPs().sample(500, 0)
     venv = VecEnv(batch, 2)
     rng = np.random.default_rng(0)
-    obs = venv.reset(rng)
+    obs, _ = venv.reset(seed=rng)
     resid = []
     for k in range(20):
         acts = rng.integers(5, size=venv.n_envs)
-        _, rew, _, trunc = venv.step(acts, rng)
+        _, rew, _, trunc, _ = venv.step(acts)
         resid.append(rew - batch.R[venv.task_of_env, obs, acts])
         obs = venv.state
         assert trunc.all() == (k % 10 == 9) and trunc.any() == (k % 10 == 9)

@@ -199,7 +199,8 @@ def test_sample_count_checked():
 
 def test_env_protocol_and_episode_end():
     env = GridNavigation(size=3, horizon=4, goals=[(1, 2)]).sample(1, 0)[0].make_env()
-    assert env.observation_space == Discrete(9) and env.action_space.n == 5
+    # (a gymnasium.spaces.Discrete where Gymnasium is installed, else metarl_fast's Discrete)
+    assert (env.observation_space.n, env.observation_space.start, env.action_space.n) == (9, 0, 5)
     with pytest.raises(RuntimeError, match="before reset"):
         env.step(0)
     obs, info = env.reset(seed=0)

@@ -13,11 +13,12 @@ ctypedef Py_ssize_t intp_t
 cdef enum:
     ENVS_OK = -1
     ENVS_NO_MEMORY = -2
-    # reward kinds: the index of the name in metarl_fast.tasks.REWARD_NOISES
+    # reward kinds: the index of the name in metarl_fast.tasks.REWARD_KINDS
     KIND_NONE = 0
     KIND_GAUSSIAN = 1
     KIND_BERNOULLI = 2
     KIND_TRANSITION = 3
+    KIND_OUTCOME = 4
 
 # Raw pointers into the arrays of a metarl_fast.tasks.EnvTables (shapes in its docstring).
 cdef struct EnvTablesC:
@@ -39,6 +40,9 @@ cdef struct EnvTablesC:
     const int64_t* start_state
     int stochastic_start
     const uint8_t* terminal
+    intp_t reward_outcomes             # K: reward outcomes per transition (KIND_OUTCOME)
+    const double* reward_values        # (n, S, A, S, K)
+    const double* reward_cdf           # (n, S, A, S, K): running sums of the outcome probabilities
 
 # Output arrays of rollout_kernel: steps (capacity T * N * H) and per-episode (T * N) arrays.
 cdef struct RolloutOut:
@@ -57,7 +61,8 @@ cdef struct RolloutOut:
 cdef int fill_tables(object tables, EnvTablesC* out) except -1
 
 # Runs N episodes on each task from pre-drawn random blocks (u_start (T, N) or NULL, u_act
-# (T, N, H), noise (T, N, H) or NULL, u_next (T, N, H) or NULL); returns the number of steps
+# (T, N, H), noise (T, N, H) or NULL, u_next (T, N, H) or NULL; for KIND_OUTCOME rewards ``noise``
+# holds the reward-outcome uniforms, the block drawn after u_next); returns the number of steps
 # written (the step arrays of ``out`` need capacity T * N * H: episodes run in slots of H steps
 # and are then packed one after the other).
 # ``action_cdf`` (n_policies, S, action_stride) holds the running sums of each policy's action

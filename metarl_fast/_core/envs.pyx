@@ -159,6 +159,9 @@ cdef int fill_tables(object tables, EnvTablesC* out) except -1:
     out.start_state = _iptr(tables.start_state)
     out.stochastic_start = 1 if tables.stochastic_start else 0
     out.terminal = <const uint8_t*> cnp.PyArray_DATA(tables.terminal)
+    out.reward_outcomes = tables.reward_outcomes
+    out.reward_values = _dptr(tables.reward_values)
+    out.reward_cdf = _dptr(tables.reward_cdf)
     return 0
 
 
@@ -173,6 +176,13 @@ cdef inline intp_t inverse_cdf(const double* cdf, intp_t m, double u) noexcept n
     for j in range(m - 1):
         k += cdf[j] <= target
     return k
+
+
+cdef inline double outcome_reward(const EnvTablesC* t, intp_t row, double u) noexcept nogil:
+    """The reward of the transition in flat row ``row`` ((task * S + s) * A + a) * S + s' drawn
+    from its outcomes with the uniform ``u`` (KIND_OUTCOME; t may be a task_slice)."""
+    cdef intp_t K = t.reward_outcomes
+    return t.reward_values[row * K + inverse_cdf(t.reward_cdf + row * K, K, u)]
 
 
 cdef inline intp_t sample_row(const double* row, intp_t L, double u) noexcept nogil:
@@ -309,6 +319,9 @@ cdef void task_slice(const EnvTablesC* t, intp_t i0, intp_t n, EnvTablesC* sub) 
     sub.reward_std = t.reward_std + i0
     if t.reward_kind == KIND_TRANSITION:
         sub.reward_next = t.reward_next + i0 * S * A * S
+    if t.reward_kind == KIND_OUTCOME:
+        sub.reward_values = t.reward_values + i0 * S * A * S * t.reward_outcomes
+        sub.reward_cdf = t.reward_cdf + i0 * S * A * S * t.reward_outcomes
     sub.start_cdf = t.start_cdf + i0 * S
     sub.start_state = t.start_state + i0
     sub.terminal = t.terminal + i0 * S
@@ -328,6 +341,8 @@ cdef intp_t draw_and_run(const EnvTablesC* t, const double* action_cdf, intp_t a
     cdef intp_t i0 = 0, n, k = 0, written, j, base
     cdef double* u_start = NULL
     cdef double* noise = NULL
+    cdef double* u_next_all = NULL
+    cdef bint outcome = t.reward_kind == KIND_OUTCOME
     cdef NextDraws nd
     cdef EnvTablesC sub
     cdef RolloutOut part
@@ -336,7 +351,13 @@ cdef intp_t draw_and_run(const EnvTablesC* t, const double* action_cdf, intp_t a
     nd.pre = NULL
     nd.bitgen = NULL
     nd.chunk = NULL
-    if t.stochastic_transitions:
+    if outcome and t.stochastic_transitions:
+        # the reward-outcome block follows the next-state block in the stream: the next-state
+        # uniforms cannot be streamed, they are drawn whole first
+        u_next_all = <double*> malloc(cap * sizeof(double))
+        if u_next_all == NULL:
+            return ENVS_NO_MEMORY
+    elif t.stochastic_transitions:
         nd.chunk = <double*> malloc(4 * H * sizeof(double))
         if nd.chunk == NULL:
             return ENVS_NO_MEMORY
@@ -349,18 +370,32 @@ cdef intp_t draw_and_run(const EnvTablesC* t, const double* action_cdf, intp_t a
     # noise in reward.
     if fill_or_interrupt(bitgen, cap, out.logp, False, interruptible):
         free(nd.chunk)
+        free(u_next_all)
         return ENVS_INTERRUPTED
     if t.reward_kind == KIND_GAUSSIAN or t.reward_kind == KIND_BERNOULLI:
         noise = out.reward
         if fill_or_interrupt(bitgen, cap, noise, t.reward_kind == KIND_GAUSSIAN, interruptible):
             free(nd.chunk)
             return ENVS_INTERRUPTED
+    if outcome:
+        # next states (if random), then the reward-outcome uniforms, which live in reward (read
+        # before their slot is written, as the noise)
+        if u_next_all != NULL and fill_or_interrupt(bitgen, cap, u_next_all, False, interruptible):
+            free(u_next_all)
+            return ENVS_INTERRUPTED
+        noise = out.reward
+        if fill_or_interrupt(bitgen, cap, noise, False, interruptible):
+            free(u_next_all)
+            return ENVS_INTERRUPTED
     while i0 < T:
         if i0 > 0 and signal_raised():
             free(nd.chunk)
+            free(u_next_all)
             return ENVS_INTERRUPTED
         n = per_chunk if T - i0 > per_chunk else T - i0
         task_slice(t, i0, n, &sub)
+        if u_next_all != NULL:
+            nd.pre = u_next_all + i0 * N * H
         # the chunk writes where its own random blocks are (its episodes' slots, as in one
         # piece), then its packed steps move down next to the previous chunks' (k <= base)
         base = i0 * N * H
@@ -392,6 +427,7 @@ cdef intp_t draw_and_run(const EnvTablesC* t, const double* action_cdf, intp_t a
         k += written
         i0 += n
     free(nd.chunk)
+    free(u_next_all)
     return k
 
 
@@ -400,7 +436,9 @@ cdef intp_t run_episodes(const EnvTablesC* t, const double* action_cdf, intp_t a
                          intp_t n_episodes, const double* u_start, const double* u_act,
                          const double* noise, NextDraws* nd, RolloutOut* out) noexcept nogil:
     cdef intp_t q0 = 0, k0 = 0
-    if not t.has_terminal:
+    if t.reward_kind == KIND_OUTCOME:
+        pass  # (not specialised: every episode in rollout_general)
+    elif not t.has_terminal:
         q0 = rollout_fixed_length(t, action_cdf, action_stride, action_logp, policy_of_task,
                                   n_episodes, u_start, u_act, noise, nd, out)
         k0 = q0 * t.horizon
@@ -477,6 +515,8 @@ cdef intp_t rollout_general(const EnvTablesC* t, const double* action_cdf, intp_
                 s2 = nstate[sa]
             if kind == KIND_TRANSITION:
                 r = rnext[sa * S + s2]
+            elif kind == KIND_OUTCOME:
+                r = outcome_reward(t, (i * SA + sa) * S + s2, noise[base + step])
             ended = term[s2] != 0
             o_obs[k] = s
             o_act[k] = a
@@ -956,13 +996,16 @@ cdef intp_t vec_step_kernel(const EnvTablesC* t, const int64_t* task_of_env, int
     cdef int kind = t.reward_kind
     cdef double r
     cdef bint ended, trunc
-    # Draw order: reward noise block, next-state block, then one start draw per ended episode.
+    # Draw order: reward noise block, next-state block, reward-outcome block, then one start
+    # draw per ended episode.
     if kind == KIND_GAUSSIAN:
         standard_normal_fill(bitgen, n, reward_out)
     elif kind == KIND_BERNOULLI:
         random_standard_uniform_fill(bitgen, n, reward_out)
     if t.stochastic_transitions:
         random_standard_uniform_fill(bitgen, n, scratch)
+    if kind == KIND_OUTCOME:  # reward-outcome uniforms, read before each slot is written
+        random_standard_uniform_fill(bitgen, n, reward_out)
     for j in range(n):
         i = task_of_env[j]
         s = state[j]
@@ -980,6 +1023,8 @@ cdef intp_t vec_step_kernel(const EnvTablesC* t, const int64_t* task_of_env, int
             s2 = t.next_state[sa]
         if kind == KIND_TRANSITION:
             r = t.reward_next[sa * S + s2]
+        elif kind == KIND_OUTCOME:
+            r = outcome_reward(t, sa * S + s2, reward_out[j])
         ended = t.terminal[i * S + s2] != 0
         trunc = (not ended) and elapsed[j] + 1 >= t.horizon
         reward_out[j] = r

@@ -13,11 +13,12 @@ from metarl_fast._core.policy cimport intp_t
 cdef enum:
     ICM_N_FEATURES = 8
     ICM_NONFINITE = -3
-    # reward kinds: the index of the name in metarl_fast.tasks.REWARD_NOISES
+    # reward kinds: the index of the name in metarl_fast.tasks.REWARD_KINDS
     ICM_REWARD_NONE = 0
     ICM_REWARD_GAUSSIAN = 1
     ICM_REWARD_BERNOULLI = 2
     ICM_REWARD_TRANSITION = 3
+    ICM_REWARD_OUTCOME = 4
 
 # Raw pointers into the arrays of a metarl_fast.tasks.EnvTables (shapes in its docstring).
 cdef struct TablesView:
@@ -36,6 +37,9 @@ cdef struct TablesView:
     const int64_t* start_state
     int stochastic_start
     const uint8_t* terminal
+    intp_t reward_outcomes             # K: reward outcomes per transition (ICM_REWARD_OUTCOME)
+    const double* reward_values        # (n, S, A, S, K)
+    const double* reward_cdf           # (n, S, A, S, K): running sums of the outcome probabilities
 
 # Fill ``out`` from a validated metarl_fast.tasks.EnvTables (the object must outlive its use).
 cdef int fill_view(object tables, TablesView* out) except -1
@@ -49,7 +53,7 @@ cdef void empirical_q_task(const double* count, const double* reward_sum, const 
 
 # One trial of n_episodes episodes per task from pre-drawn random blocks laid out as in the
 # reference (u_start (T, N) or NULL, u_act (T, N, H), noise (T, N, H) or NULL, u_next (T, N, H) or
-# NULL).  returns (T, N) is written; actions_out (T, N, H) may be NULL; weighted_score
+# NULL; for ICM_REWARD_OUTCOME ``noise`` holds the reward-outcome uniforms, drawn after u_next).  returns (T, N) is written; actions_out (T, N, H) may be NULL; weighted_score
 # (ICM_N_FEATURES,), score_sums (N * H, ICM_N_FEATURES) and reward_sums (N * H,) are either all
 # NULL (no gradient) or all given (zeroed here).
 cdef intp_t play_mdp_trials(const TablesView* t, const double* weights, intp_t n_episodes,

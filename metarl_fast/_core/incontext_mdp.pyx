@@ -222,7 +222,7 @@ cdef intp_t play_mdp_trials_checked(const TablesView* t, const double* weights,
     cdef intp_t work = 0
     cdef intp_t T = t.n_tasks, S = t.n_states, A = t.n_actions, H = t.horizon, N = n_episodes
     cdef intp_t F = ICM_N_FEATURES, SA = S * A, K = N * H
-    cdef intp_t i, e, step, k, a, j, s, s2, sa, base, q, act
+    cdef intp_t i, e, step, k, a, j, s, s2, sa, base, q, act, orow
     cdef double rho, vis, c, d, acc, lmax, total, target, r, qmax, mean_phi, sc
     cdef const double* qe
     cdef const double* qo
@@ -335,6 +335,10 @@ cdef intp_t play_mdp_trials_checked(const TablesView* t, const double* weights,
                     r = 1.0 if noise[q] < t.reward_mean[sa] else 0.0
                 elif t.reward_kind == ICM_REWARD_TRANSITION:
                     r = t.reward_next[sa * S + s2]
+                elif t.reward_kind == ICM_REWARD_OUTCOME:
+                    orow = (sa * S + s2) * t.reward_outcomes
+                    r = t.reward_values[orow + count_le(t.reward_cdf + orow, t.reward_outcomes,
+                                                        noise[q])]
                 else:
                     r = t.reward_mean[sa]
                 ends = t.terminal[i * S + s2] != 0
@@ -405,6 +409,9 @@ cdef int fill_view(object tables, TablesView* out) except -1:
     out.start_state = <const int64_t*> cnp.PyArray_DATA(tables.start_state)
     out.stochastic_start = 1 if tables.stochastic_start else 0
     out.terminal = <const uint8_t*> cnp.PyArray_DATA(tables.terminal)
+    out.reward_outcomes = tables.reward_outcomes
+    out.reward_values = _dptr(tables.reward_values)
+    out.reward_cdf = _dptr(tables.reward_cdf)
     return 0
 
 
@@ -442,7 +449,9 @@ cdef object _play(object weights, object tables, object n_episodes, object rng, 
     cdef intp_t T = t.n_tasks, N = n_episodes, H = t.horizon, cap = T * N * H, status
     cdef double* feats_p = NULL
     cdef double* rews_p = NULL
-    cdef bint has_noise = t.reward_kind == ICM_REWARD_GAUSSIAN or t.reward_kind == ICM_REWARD_BERNOULLI
+    # the noise block, or for outcome rewards the outcome uniforms (drawn after the next states')
+    cdef bint has_noise = (t.reward_kind == ICM_REWARD_GAUSSIAN or t.reward_kind == ICM_REWARD_BERNOULLI
+                           or t.reward_kind == ICM_REWARD_OUTCOME)
     cdef cnp.ndarray wa = w
     cdef cnp.ndarray u_start = _empty(T * N if t.stochastic_start else 0)
     cdef cnp.ndarray u_act = _empty(cap)
@@ -486,6 +495,8 @@ cdef object _play(object weights, object tables, object n_episodes, object rng, 
                 random_standard_uniform_fill(bitgen, cap, nz)
             if t.stochastic_transitions:
                 random_standard_uniform_fill(bitgen, cap, un)
+            if t.reward_kind == ICM_REWARD_OUTCOME:
+                random_standard_uniform_fill(bitgen, cap, nz)
     cdef const double* wp = _dptr(wa)
     cdef mf_pending_t pending
     memset(&pending, 0, sizeof(pending))

@@ -13,19 +13,21 @@ task ``i``; entries after an episode has ended are drawn but unused):
 2. ``rng.random((T, N, H))``         actions (the rule of ``sample_actions`` on the per-state CDF);
 3. reward noise ``(T, N, H)``: ``rng.standard_normal`` (gaussian) or ``rng.random`` (bernoulli),
    nothing for "none"/"transition" rewards;
-4. ``rng.random((T, N, H))``         next states, only if some transition is random.
+4. ``rng.random((T, N, H))``         next states, only if some transition is random;
+5. ``rng.random((T, N, H))``         reward outcomes, only for ``"outcome"`` rewards (the inverse-CDF
+   rule on ``reward_cdf[task, s, a, s']`` of the transition taken).
 
 :func:`vec_step` draws, for its ``n`` environments in env order: the reward noise block
 (``standard_normal(n)`` or ``random(n)``), then ``random(n)`` for the next states (if random), then
-one ``random()`` per environment whose episode just ended, in env order, for its new start state
+``random(n)`` for the reward outcomes (``"outcome"`` rewards), then one ``random()`` per environment whose episode just ended, in env order, for its new start state
 (if starts are random).  :func:`vec_reset` draws ``random(n)`` (if starts are random).
 """
 import numpy as np
 
 from metarl_fast import _validate
 from metarl_fast.reference._math import exp_nonpos
-from metarl_fast.tasks import (REWARD_BERNOULLI, REWARD_GAUSSIAN, REWARD_TRANSITION, EnvTables,
-                               padded_cdf_rows)
+from metarl_fast.tasks import (REWARD_BERNOULLI, REWARD_GAUSSIAN, REWARD_OUTCOME, REWARD_TRANSITION,
+                               EnvTables, padded_cdf_rows)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -216,6 +218,23 @@ def _next_states(t, sa, u):
     return t.next_state.reshape(-1)[sa]
 
 
+def _transition_rewards(t, sa, s2, u_reward):
+    """Rewards of the transitions (flat rows ``sa``) -> ``s2`` for "transition" and "outcome"
+    rewards (``u_reward``: the outcome uniforms), else None."""
+    if t.reward_kind == REWARD_TRANSITION:
+        return t.reward_next.reshape(-1)[sa * t.n_states + s2]
+    if t.reward_kind == REWARD_OUTCOME:
+        K = t.reward_outcomes
+        row = sa * t.n_states + s2
+        k = _inverse_cdf(t.reward_cdf.reshape(-1, K)[row], u_reward)
+        return t.reward_values.reshape(-1)[row * K + k]
+    return None
+
+
+def _draw_reward_outcomes(t, rng, shape):
+    return rng.random(shape) if t.reward_kind == REWARD_OUTCOME else None
+
+
 def _draw_noise(t, rng, shape):
     if t.reward_kind == REWARD_GAUSSIAN:
         return rng.standard_normal(shape)
@@ -253,6 +272,7 @@ def rollout(tables, action_cdf, action_logp, policy_of_task, n_episodes, rng):
     u_act = rng.random((T, N, H))
     noise = _draw_noise(t, rng, (T, N, H))
     u_next = rng.random((T, N, H)) if t.stochastic_transitions else None
+    u_reward = _draw_reward_outcomes(t, rng, (T, N, H))
 
     obs = np.zeros((T, N, H), dtype=np.int64)
     act = np.zeros((T, N, H), dtype=np.int64)
@@ -282,6 +302,8 @@ def rollout(tables, action_cdf, action_logp, policy_of_task, n_episodes, rng):
             s2 = _next_states(t, sa, None if u_next is None else u_next[rows, e, step])
             if t.reward_kind == REWARD_TRANSITION:
                 r = t.reward_next.reshape(-1)[sa * S + s2]
+            elif t.reward_kind == REWARD_OUTCOME:
+                r = _transition_rewards(t, sa, s2, u_reward[rows, e, step])
             ends = t.terminal.reshape(-1)[live * S + s2].astype(bool)
             obs[rows, e, step] = st
             act[rows, e, step] = a
@@ -336,11 +358,14 @@ def vec_step(tables, task_of_env, state, elapsed, actions, rng, obs_out, reward_
     task, s, a = task_of_env, state, actions
     noise = _draw_noise(t, rng, n)
     u_next = rng.random(n) if t.stochastic_transitions else None
+    u_reward = _draw_reward_outcomes(t, rng, n)
     sa = _flat_sa(t, task, s, a)
     r = _rewards(t, task, sa, noise)
     s2 = _next_states(t, sa, u_next)
     if t.reward_kind == REWARD_TRANSITION:
         r = t.reward_next.reshape(-1)[sa * t.n_states + s2]
+    elif t.reward_kind == REWARD_OUTCOME:
+        r = _transition_rewards(t, sa, s2, u_reward)
     el = elapsed + 1
     ends = t.terminal[task, s2].astype(bool)
     trunc = ~ends & (el >= t.horizon)

@@ -48,7 +48,8 @@ serves step ``t`` of episode ``e`` of task ``i``; entries after an episode ended
 2. ``rng.random((T, N, H))``  actions: the inverse-CDF rule of
    :func:`metarl_fast.reference.policy.sample_actions` on ``exp_nonpos(logits - max)``;
 3. reward noise ``(T, N, H)``: ``rng.standard_normal`` (gaussian) or ``rng.random`` (bernoulli);
-4. ``rng.random((T, N, H))``  next states, only if some transition is random.
+4. ``rng.random((T, N, H))``  next states, only if some transition is random;
+5. ``rng.random((T, N, H))``  reward outcomes, only for ``"outcome"`` rewards.
 
 So with zero weights (the uniform policy) a trial takes exactly the actions and rewards of
 ``rollout`` with a uniform tabular policy.  The blocks are held for the whole call: up to three
@@ -59,9 +60,9 @@ import numpy as np
 from metarl_fast import _validate
 from metarl_fast.reference._math import exp_nonpos, linear_logits
 from metarl_fast.reference.incontext import check_record
-from metarl_fast.reference.envs import (_draw_noise, _flat_sa, _inverse_cdf, _next_states,
-                                        _rewards, check_tables)
-from metarl_fast.tasks import REWARD_TRANSITION
+from metarl_fast.reference.envs import (_draw_noise, _draw_reward_outcomes, _flat_sa, _inverse_cdf,
+                                        _next_states, _rewards, _transition_rewards, check_tables)
+from metarl_fast.tasks import REWARD_OUTCOME, REWARD_TRANSITION
 
 N_FEATURES = 8
 FEATURE_NAMES = ("mean_reward", "bonus", "bonus_x_remaining", "visit_fraction", "q_empirical",
@@ -200,6 +201,7 @@ def _play_trials(w, tables, n_episodes, rng, want_grad, actions_out, features_ou
     u_act = rng.random((T, N, H))
     noise = _draw_noise(t, rng, (T, N, H))
     u_next = rng.random((T, N, H)) if t.stochastic_transitions else None
+    u_reward = _draw_reward_outcomes(t, rng, (T, N, H))
 
     count = np.zeros((T, S, A))
     reward_sum = np.zeros((T, S, A))
@@ -243,6 +245,8 @@ def _play_trials(w, tables, n_episodes, rng, want_grad, actions_out, features_ou
             s2 = _next_states(t, sa, None if u_next is None else u_next[live, e, step])
             if t.reward_kind == REWARD_TRANSITION:
                 r = t.reward_next.reshape(-1)[sa * S + s2]
+            elif t.reward_kind == REWARD_OUTCOME:
+                r = _transition_rewards(t, sa, s2, u_reward[live, e, step])
             ends = t.terminal.reshape(-1)[live * S + s2].astype(bool)
             count[live, st, a] += 1.0
             reward_sum[live, st, a] += r
