@@ -52,7 +52,11 @@ def _info(args):
 # ------------------------------------------------------------------------------------- train
 _TRAIN_OPTIONS = [
     # (flag, config field, type, help)
-    ("--tasks", "tasks", str, "task family: gridnav, tabular-mdp, bandits, chain"),
+    ("--tasks", "tasks", str, "tasks: gridnav, tabular-mdp, bandits, chain, file:PATH.npz (your tasks' arrays), "
+                              "gym:ENV_ID (a Gymnasium toy-text env, e.g. gym:FrozenLake-v1) or MODULE:NAME "
+                              "(a TaskDistribution, or a function returning one, in your module)"),
+    ("--env-kwargs", "env_kwargs", str, "gym: and MODULE:NAME tasks: keyword arguments as a JSON object, e.g. "
+                                        "'{\"map_name\": \"8x8\"}'; a list draws one value per task"),
     ("--grid-size", "grid_size", int, "GridNavigation side length"),
     ("--n-states", "n_states", int, "states (tabular-mdp, chain)"),
     ("--n-actions", "n_actions", int, "actions (tabular-mdp, chain)"),
@@ -89,6 +93,17 @@ _TRAIN_OPTIONS = [
 ]
 
 
+# on/off settings of train (compare takes them too)
+_TRAIN_FLAGS = [
+    ("--replay", "replay", "store every rollout in a replay pool shared across tasks and add each task's stored "
+                           "episodes (in-context learners: stored trials) to its gradient estimates "
+                           "(importance-weighted)"),
+    ("--normalize-returns", "normalize_returns", "divide each task's rewards by the std of its episodes' returns: "
+                                                 "--inner-lr in standardised units, whatever the scale of the "
+                                                 "rewards (gradient-based algorithms, sampled estimator)"),
+]
+
+
 def _config_from_args(args, **overrides):
     from metarl_fast.trainer import TrainConfig
 
@@ -96,8 +111,11 @@ def _config_from_args(args, **overrides):
     changes = {field: getattr(args, field) for _, field, _, _ in _TRAIN_OPTIONS
                if getattr(args, field, None) is not None}
     changes.update(overrides)
-    if getattr(args, "replay", False):
-        changes["replay"] = True
+    if changes.get("tasks", "").startswith("file:"):  # the run records where the file is, from anywhere
+        changes["tasks"] = "file:" + os.path.abspath(changes["tasks"][len("file:"):])
+    for _, field, _ in _TRAIN_FLAGS:
+        if getattr(args, field, False):
+            changes[field] = True
     config = dataclasses.replace(config, **changes)
     if args.backend:
         config = dataclasses.replace(config, backend=args.backend)
@@ -120,7 +138,7 @@ def _train(args):
         # finished run); the others come from the checkpoint
         given = [flag for flag, field, _, _ in _TRAIN_OPTIONS if getattr(args, field, None) is not None
                  and field not in MetaTrainer._NOT_TRAINING]
-        given += ["--replay"] if args.replay else []
+        given += [flag for flag, field, _ in _TRAIN_FLAGS if getattr(args, field, False)]
         if given or args.config:
             raise UserError(f"--resume continues the run with the settings in its checkpoint; "
                             f"drop {', '.join(given + (['--config'] if args.config else []))}")
@@ -272,57 +290,9 @@ def _bench(args):
 
 
 def _plot(args):
-    try:
-        import matplotlib
-    except ImportError:
-        print('metarl-fast: plotting needs matplotlib: pip install "metarl_fast[plot]"', file=sys.stderr)
-        return EXIT_USAGE
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    from metarl_fast.plot import plot_run  # matplotlib missing: ImportError, one line, exit 2
 
-    run = args.run
-    metrics_path = os.path.join(run, "metrics.jsonl")
-    if not os.path.exists(metrics_path):
-        raise UserError(f"{run} is not a run directory (no metrics.jsonl)")
-    records = [json.loads(line) for line in open(metrics_path) if line.strip()]
-    written = []
-    fig, ax = plt.subplots(figsize=(6, 4))
-    its = [r["iteration"] for r in records]
-    ax.plot(its, [r["pre_return"] for r in records], label="before adaptation (training tasks)", alpha=0.6)
-    post = [(r["iteration"], r["post_return"]) for r in records if r.get("post_return") is not None]
-    if post:
-        ax.plot(*zip(*post), label="after adaptation (training tasks)", alpha=0.6)
-    ev = [(r["iteration"], r["eval_return"]) for r in records if "eval_return" in r]
-    if ev:
-        ax.plot(*zip(*ev), "o-", label="held-out, after adaptation")
-    ax.set_xlabel("meta-iteration")
-    ax.set_ylabel("return")
-    ax.legend()
-    fig.tight_layout()
-    path = os.path.join(run, "learning_curve.png")
-    fig.savefig(path, dpi=100)
-    written.append(path)
-    plt.close(fig)
-    eval_path = os.path.join(run, "eval.json")
-    if os.path.exists(eval_path):
-        evaluation = json.load(open(eval_path))
-        fig, ax = plt.subplots(figsize=(6, 4))
-        for name, row in evaluation["results"].items():
-            if "after_steps" in row:
-                means = [s["mean"] for s in row["after_steps"]]
-                cis = [s["ci95"] for s in row["after_steps"]]
-                ax.errorbar(range(len(means)), means, yerr=cis, marker="o", capsize=3, label=name)
-            else:
-                ax.axhline(row["mean"], linestyle="--", label=name)
-        ax.set_xlabel("adaptation steps")
-        ax.set_ylabel("return on held-out tasks")
-        ax.legend(fontsize=8)
-        fig.tight_layout()
-        path = os.path.join(run, "adaptation_curve.png")
-        fig.savefig(path, dpi=100)
-        written.append(path)
-        plt.close(fig)
-    for path in written:
+    for path in plot_run(args.run, args.out):
         print(path)
     return 0
 
@@ -374,10 +344,8 @@ def build_parser():
     p = sub.add_parser("train", parents=[common], help="meta-train (the main job; defaults: MAML on GridNavigation)")
     for flag, field, typ, help_text in _TRAIN_OPTIONS:
         p.add_argument(flag, dest=field, type=typ, default=None, help=help_text)
-    p.add_argument("--replay", action="store_true",
-                   help="store every rollout in a replay pool shared across tasks and add each task's "
-                        "stored episodes (in-context learners: stored trials) to its gradient "
-                        "estimates (importance-weighted)")
+    for flag, field, help_text in _TRAIN_FLAGS:
+        p.add_argument(flag, dest=field, action="store_true", help=help_text)
     p.add_argument("--out", help="run directory (default runs/<timestamp>)")
     p.add_argument("--resume", action="store_true", help="continue the run in --out from its checkpoint")
     p.add_argument("--config", help="TOML file with the settings (options given on the command line win)")
@@ -390,6 +358,8 @@ def build_parser():
         if field not in ("algo", "seed"):
             p.add_argument(flag, dest=field, type=typ, default=None, help=help_text)
     p.add_argument("--replay", action="store_true", help="every algorithm with the replay pool (see train --replay)")
+    p.add_argument("--normalize-returns", dest="normalize_returns", action="store_true",
+                   help="every algorithm with normalised returns (see train --normalize-returns)")
     p.add_argument("--replay-vs-on-policy", action="store_true",
                    help="train each algorithm with and without the replay pool (the --replay-* settings) "
                         "and compare them: return, environment steps, runs reaching --target, wall time")
@@ -412,8 +382,10 @@ def build_parser():
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=_bench)
 
-    p = sub.add_parser("plot", parents=[common], help="PNG learning and adaptation curves of a run")
+    p = sub.add_parser("plot", parents=[common],
+                       help="PNG figures of a run: learning curve, and adaptation curve or comparison with the baselines")
     p.add_argument("run", metavar="RUN_DIR")
+    p.add_argument("--out", help="directory for the PNG files (default: RUN_DIR)")
     p.set_defaults(func=_plot)
 
     p = sub.add_parser("info", parents=[common], help="version, backend, build flags, OpenMP and NumPy versions")

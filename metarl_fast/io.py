@@ -133,11 +133,12 @@ def _running(pid):
 _NPY_MAGIC = b"\x93NUMPY"
 
 
-def load_npz(path, *, kind, versions):
+def load_npz(path, *, kind, versions, plain_ok=False):
     """Load a file written by :func:`save_npz`, checking kind, version (in ``versions``) and checksum.
 
     Returns ``(arrays, version)``.  Raises :class:`CheckpointError` (a ValueError) with the reason
-    for a missing, truncated, corrupted or foreign file.
+    for a missing, truncated, corrupted or foreign file.  ``plain_ok``: a plain ``.npz`` written by
+    ``numpy.savez`` (no kind, version nor checksum) is accepted too, with version None.
     """
     path = os.fspath(path)
     if not os.path.exists(path):
@@ -161,6 +162,8 @@ def load_npz(path, *, kind, versions):
                               f"than there is)") from err
     except Exception as err:  # noqa: BLE001 -- zipfile and numpy raise many kinds on damaged input
         raise CheckpointError(f"{path}: not a readable metarl_fast .npz file ({err})") from err
+    if plain_ok and not any(meta in arrays for meta in (_META_KIND, _META_VERSION, _META_CHECKSUM)):
+        return _native_and_finite(path, arrays), None
     for meta in (_META_KIND, _META_VERSION, _META_CHECKSUM):
         if meta not in arrays:
             raise CheckpointError(f"{path}: not a metarl_fast file (missing {meta})")
@@ -175,6 +178,10 @@ def load_npz(path, *, kind, versions):
         raise CheckpointError(
             f"{path}: format version {version} is not supported (this metarl_fast reads {sorted(versions)})"
         )
+    return _native_and_finite(path, arrays), version
+
+
+def _native_and_finite(path, arrays):
     # a file written on a machine of the other byte order (or by hand) is read in native order:
     # the compiled kernels read raw memory
     arrays = {name: a if a.dtype.isnative else a.astype(a.dtype.newbyteorder("="))
@@ -184,7 +191,7 @@ def load_npz(path, *, kind, versions):
     for name, a in arrays.items():
         if a.dtype.kind in "fc" and a.size and not np.all(np.isfinite(a)):
             raise CheckpointError(f"{path}: array {name!r} holds NaN or infinity")
-    return arrays, version
+    return arrays
 
 
 def integer(value, name, low=0):

@@ -177,10 +177,17 @@ class SampledPolicyProblem:
     - ``"none"``: ``b_t = 0`` (unbiased, higher variance).
 
     Episodes come from :func:`metarl_fast.rollout.rollout` (one call for all tasks).
+
+    ``normalize_returns``: each task's rewards are divided by the standard deviation of its
+    episodes' returns in the batch (left as they are when that is 0), a per-task scale of the
+    gradient treated as a constant, as in most policy-gradient code: the inner step becomes
+    insensitive to the scale of the rewards (a step of ``inner_lr`` in standardised units), at
+    the price of unbiasedness (the scale is estimated from the same episodes).  ``value`` still
+    reports the true returns.
     """
 
     def __init__(self, policy, task_batch, n_episodes, gamma=1.0, features=None, advantage="reinforce",
-                 baseline="leave-one-out", pool=None):
+                 baseline="leave-one-out", pool=None, normalize_returns=False):
         if advantage not in ADVANTAGES:
             raise ValueError(f"advantage must be one of {ADVANTAGES}, got {advantage!r}")
         if baseline not in BASELINES:
@@ -210,10 +217,19 @@ class SampledPolicyProblem:
         self.pool_ids = None if pool is None else pool.task_ids(task_batch)
         if pool is not None:
             _check_replay_estimator(pool.config, advantage)
+        if not isinstance(normalize_returns, (bool, np.bool_)):
+            raise TypeError(f"normalize_returns must be a bool, got {type(normalize_returns).__name__}")
+        if normalize_returns and pool is not None:
+            raise ValueError("normalize_returns does not combine with replay (stored episodes keep "
+                             "their raw rewards)")
+        self.normalize_returns = bool(normalize_returns)
 
     def sample(self, theta, rng):
-        """Episodes of every task under its own parameters, in one fused rollout call."""
+        """Episodes of every task under its own parameters, in one fused rollout call (``rng``: a
+        Generator, an int seed or a SeedSequence)."""
         from metarl_fast.rollout import Trajectories, action_tables
+
+        rng = _validate.as_generator(rng)
 
         start = time.perf_counter()
         logits = self.map.jvp(np.asarray(theta, dtype=np.float64))        # (T, S, A)
@@ -240,6 +256,8 @@ class SampledPolicyProblem:
         key = traj.task_id * S + traj.obs
         coef = np.empty(traj.n_steps)
         rewards = np.ascontiguousarray(traj.reward, dtype=np.float64)
+        if self.normalize_returns:
+            rewards = rewards * return_scales(traj.episode_return)[traj.task_id]
         episode, steps = active.envs.episode_steps(traj.episode_length)
         active.meta.pg_prepare(key, rewards, traj.done, steps, traj.task_id, self.n_tasks,
                                self.gamma, self.n_episodes, _BASELINE_CODES[self.baseline], coef)
@@ -305,6 +323,14 @@ class SampledPolicyProblem:
     def value(self, theta, data):
         """Mean undiscounted episode return per task in ``data``, (T,)."""
         return data["traj"].episode_return.mean(axis=1)
+
+
+def return_scales(episode_returns):
+    """``1 / std`` of each task's episode returns, float64 (T,), from ``episode_returns`` (T, N);
+    1 where the returns do not vary (nothing to scale: the gradient is zero with a baseline)."""
+    std = episode_returns.std(axis=1)
+    flat = std <= 1e-12 * (1.0 + np.abs(episode_returns).max(axis=1))
+    return np.where(flat, 1.0, 1.0 / np.where(flat, 1.0, std))
 
 
 def _replayed_log_ratios(logits, batch, owner, lengths, pool):
@@ -392,7 +418,7 @@ def window_coefficients(logits, windows, n_tasks, gamma, pool, values, n_fresh, 
     first = np.concatenate([[0], np.cumsum(lengths)[:-1]])
     ends = np.zeros(task.shape[0], dtype=np.uint8)
     ends[first + lengths - 1] = 1
-    next_values = np.where(batch.done, 0.0, values[task * S + batch.next_obs])
+    next_values = np.where(batch.terminated, 0.0, values[task * S + batch.next_obs])
     rho_bar = pool.config.rho_bar
     _, advantages = active.pg.vtrace(np.ascontiguousarray(batch.reward, dtype=np.float64),
                                      values[key], next_values, log_rho, ends, gamma, rho_bar, rho_bar)
@@ -666,12 +692,16 @@ class MetaLearner:
         Meta-SGD: learn one step size per parameter (MAML only), with its own Adam at ``meta_lr``.
     features : float (S, F), optional
         Feature table for a LinearSoftmaxPolicy (default one-hot).
+    normalize_returns : bool
+        Divide each task's rewards by the standard deviation of its episodes' returns (sampled
+        estimator; see :class:`SampledPolicyProblem`): makes ``inner_lr`` independent of the scale
+        of the rewards (e.g. returns in the hundreds, where a step of 1.0 saturates the softmax).
     """
 
     def __init__(self, policy, method, *, inner_lr=1.0, inner_steps=1, meta_lr=None,
                  meta_optimizer="adam", episodes_per_task=20, gamma=1.0, estimator="sampled",
                  learn_inner_lr=False, features=None, inner_estimator="reinforce",
-                 baseline="leave-one-out", hessian_data="fresh", replay=None):
+                 baseline="leave-one-out", hessian_data="fresh", replay=None, normalize_returns=False):
         if not isinstance(policy, (TabularSoftmaxPolicy, LinearSoftmaxPolicy)):
             raise TypeError(f"policy must be a TabularSoftmaxPolicy or LinearSoftmaxPolicy, got {type(policy).__name__}")
         if method not in METHODS:
@@ -706,6 +736,12 @@ class MetaLearner:
         self.inner_lrs = np.full(policy.n_params, self.inner_lr)
         self.lr_optimizer = Adam(self.inner_lrs, lr=self.meta_lr) if self.learn_inner_lr else None
         self.iteration = 0
+        if not isinstance(normalize_returns, (bool, np.bool_)):
+            raise TypeError(f"normalize_returns must be a bool, got {type(normalize_returns).__name__}")
+        self.normalize_returns = bool(normalize_returns)
+        if self.normalize_returns and (estimator != "sampled" or replay is not None):
+            raise ValueError("normalize_returns needs the sampled estimator without replay (exact "
+                             "gradients have no sampled returns; stored episodes keep their raw rewards)")
         self.pool = None
         if replay is not None:
             from metarl_fast.pool import EpisodePool
@@ -725,7 +761,7 @@ class MetaLearner:
             return ExactPolicyProblem(self.policy, task_batch, self.gamma, self.features)
         return SampledPolicyProblem(self.policy, task_batch, self.episodes_per_task, self.gamma, self.features,
                                     advantage=self.inner_estimator, baseline=self.baseline,
-                                    pool=pool)
+                                    pool=pool, normalize_returns=self.normalize_returns)
 
     def _alpha(self):
         return self.inner_lrs if self.learn_inner_lr else self.inner_lr

@@ -26,11 +26,11 @@ import time
 
 import numpy as np
 
-from metarl_fast import _validate, io, meta
+from metarl_fast import _validate, io, meta, task_specs
 from metarl_fast.reference.incontext import MAX_ABS_WEIGHT
 from metarl_fast.policy import TabularSoftmaxPolicy
 
-TASK_FAMILIES = ("gridnav", "tabular-mdp", "bandits", "chain")
+TASK_FAMILIES = task_specs.BUILT_IN
 ALGOS = ("maml", "fomaml", "reptile", "multitask", "in-context")
 CHECKPOINT_KIND = "MetaTrainerCheckpoint"
 CHECKPOINT_VERSION = 1
@@ -38,9 +38,16 @@ CHECKPOINT_VERSION = 1
 
 @dataclasses.dataclass
 class TrainConfig:
-    """Everything needed to repeat a run (written to ``config.toml``)."""
+    """Everything needed to repeat a run (written to ``config.toml``).
 
-    tasks: str = "gridnav"
+    ``tasks``: a built-in family (``gridnav``, ``tabular-mdp``, ``bandits``, ``chain``), a spec
+    string (``file:PATH.npz``, ``gym:ENV_ID``, ``MODULE:NAME``; see :mod:`metarl_fast.task_specs`)
+    with ``env_kwargs`` a JSON object of keyword arguments, or any
+    :class:`~metarl_fast.tasks.TaskDistribution` object (recorded as ``python:<its repr>``).
+    """
+
+    tasks: object = "gridnav"
+    env_kwargs: str = ""             # gym:/MODULE:NAME tasks: a JSON object of keyword arguments
     grid_size: int = 7
     n_states: int = 10
     n_actions: int = 5
@@ -66,6 +73,7 @@ class TrainConfig:
     trial_episodes: int = 5          # in-context learner on MDP tasks: episodes per trial
     checkpoint_every: int = 100
     eval_tasks: int = 200
+    normalize_returns: bool = False  # each task's rewards divided by its returns' std (sampled estimator)
     replay: bool = False             # a replay pool shared across tasks (metarl_fast.pool)
     replay_capacity: int = 100_000   # transitions the pool holds
     replay_batch: int = 32           # stored episodes replayed per task in each gradient estimate
@@ -77,9 +85,26 @@ class TrainConfig:
     eval_seed: int = 1_000_003
     backend: str = "cython"
 
+    @property
+    def tasks_name(self):
+        """``tasks`` as the string a run records (``python:<repr>`` for a distribution object)."""
+        from metarl_fast.tasks import TaskDistribution
+
+        if isinstance(self.tasks, TaskDistribution):
+            return task_specs.PYTHON_PREFIX + repr(self.tasks)
+        return self.tasks
+
     def validate(self):
-        if self.tasks not in TASK_FAMILIES:
-            raise ValueError(f"unknown task family {self.tasks!r}; choose one of {', '.join(TASK_FAMILIES)}")
+        from metarl_fast.tasks import TaskDistribution
+
+        if not isinstance(self.tasks, TaskDistribution):
+            task_specs.kind_of(self.tasks)
+            task_specs.parse_env_kwargs(self.env_kwargs)
+            if self.env_kwargs.strip() and self.tasks in TASK_FAMILIES:
+                raise ValueError("env-kwargs apply to gym: and MODULE:NAME tasks (the built-in families "
+                                 "have their own options)")
+        elif self.env_kwargs.strip():
+            raise ValueError("env-kwargs apply to gym: and MODULE:NAME tasks, not to a distribution object")
         if self.algo not in ALGOS:
             raise ValueError(f"unknown algorithm {self.algo!r}; choose one of {', '.join(ALGOS)}")
         if self.inner_estimator not in meta.ADVANTAGES:
@@ -103,6 +128,12 @@ class TrainConfig:
                      "trial_episodes"):
             _validate.positive_int(getattr(self, name), name.replace("_", "-"))
         _validate.positive_int(self.horizon, "horizon", minimum=0)
+        if self.normalize_returns:
+            if self.algo == "in-context":
+                raise ValueError("normalize-returns applies to the gradient-based algorithms (maml, fomaml, "
+                                 "reptile, multitask)")
+            if self.estimator != "sampled" or self.replay:
+                raise ValueError("normalize-returns needs the sampled estimator without --replay")
         if self.replay:
             if self.estimator != "sampled":
                 raise ValueError("replay needs the sampled estimator (not exact)")
@@ -163,6 +194,10 @@ class TrainConfig:
         same, except for GridNavigation with ``held_out_goals`` (the withheld goals only)."""
         from metarl_fast import tasks
 
+        if isinstance(self.tasks, tasks.TaskDistribution):
+            return self.tasks
+        if self.tasks not in TASK_FAMILIES:
+            return task_specs.build(self.tasks, self.env_kwargs, self.horizon)
         h = {} if self.horizon == 0 else {"horizon": self.horizon}
         if self.tasks == "gridnav":
             goals = self.goal_split()[1 if held_out else 0] if self.held_out_goals else None
@@ -177,7 +212,7 @@ class TrainConfig:
     def to_toml(self):
         lines = ["# metarl-fast run configuration (metarl-fast train --config this-file)"]
         for f in dataclasses.fields(self):
-            value = getattr(self, f.name)
+            value = self.tasks_name if f.name == "tasks" else getattr(self, f.name)
             if isinstance(value, bool):
                 text = "true" if value else "false"
             elif isinstance(value, float):
@@ -239,7 +274,7 @@ def make_learner(config, policy):
         meta_lr=config.meta_lr, meta_optimizer=config.meta_optimizer,
         episodes_per_task=config.episodes_per_task, gamma=config.gamma, estimator=config.estimator,
         inner_estimator=config.inner_estimator, baseline=config.baseline, hessian_data=config.hessian_data,
-        replay=config.replay_config())
+        replay=config.replay_config(), normalize_returns=config.normalize_returns)
 
 
 def evaluate(config, params, test_tasks, *, baselines=True, multitask_params=None):
@@ -261,7 +296,8 @@ def evaluate(config, params, test_tasks, *, baselines=True, multitask_params=Non
 
     def adapted(name, init):
         sampled = meta.SampledPolicyProblem(probe, test_tasks, config.episodes_per_task, config.gamma,
-                                            advantage=config.inner_estimator, baseline=config.baseline)
+                                            advantage=config.inner_estimator, baseline=config.baseline,
+                                            normalize_returns=config.normalize_returns)
         rng = np.random.default_rng(np.random.SeedSequence(config.eval_seed, spawn_key=(1,)))
         theta = np.broadcast_to(np.asarray(init, dtype=np.float64), (test_tasks.n_tasks, probe.n_params)).copy()
         steps = [evaluator.value(theta)]
@@ -541,7 +577,8 @@ def compare(config, algos, seeds, out_dir, *, log=None, progress=None):
                 raise KeyboardInterrupt
             if progress is not None:
                 row = per_run[(algo, seed)]["results"][f"{algo} (meta-learned)"]
-                progress.write(f"{algo} seed {seed}: {row['mean']:.3f} after {cfg.inner_steps} step(s)\n")
+                progress.write(f"{algo} seed {seed}: held-out {row['mean']:.3f} ± {row['ci95']:.3f} (95% CI) "
+                               f"after {cfg.inner_steps} adaptation step(s)\n")
                 progress.flush()
     rows = {}
 
@@ -698,31 +735,6 @@ def format_replay_comparison(result):
     return "\n".join(lines)
 
 
-class _Progress:
-    """A live progress bar on a terminal, plain periodic lines otherwise."""
-
-    def __init__(self, total, stream=None, every=50):
-        self.stream = stream or sys.stderr
-        self.tty = hasattr(self.stream, "isatty") and self.stream.isatty()
-        self.total, self.every = total, every
-
-    def update(self, it, ret, steps_per_s):
-        text = f"iter {it}/{self.total}  return {ret:8.3f}  {steps_per_s / 1e6:6.2f} M steps/s"
-        if self.tty:
-            width = 24
-            filled = int(width * it / max(self.total, 1))
-            self.stream.write(f"\r[{'#' * filled}{'.' * (width - filled)}] {text}")
-            self.stream.flush()
-        elif it % self.every == 0 or it == self.total:
-            self.stream.write(text + "\n")
-            self.stream.flush()
-
-    def close(self):
-        if self.tty:
-            self.stream.write("\n")
-            self.stream.flush()
-
-
 class _AbandonIteration(KeyboardInterrupt):
     """Raised by the Ctrl-C handling of :class:`MetaTrainer` to leave a long iteration at once."""
 
@@ -737,6 +749,8 @@ class MetaTrainer:
         self.out_dir = os.fspath(out_dir)
         self.log = log if log is not None else sys.stderr
         self.dist = config.distribution()
+        # the test tasks' distribution: the training one, except for withheld GridNavigation goals
+        self.test_dist = config.distribution(held_out=True) if config.held_out_goals else self.dist
         probe = self.dist.sample(1, 0)
         self.n_states, self.n_actions = probe.n_states, probe.n_actions
         self.multitask = None
@@ -751,7 +765,7 @@ class MetaTrainer:
         if config.algo not in ("multitask", "in-context"):
             mt_cfg = dataclasses.replace(config, algo="multitask")
             self.multitask = make_learner(mt_cfg, TabularSoftmaxPolicy(self.n_states, self.n_actions))
-        self.test_tasks = config.distribution(held_out=True).sample(
+        self.test_tasks = self.test_dist.sample(
             config.eval_tasks, np.random.default_rng(np.random.SeedSequence(config.eval_seed, spawn_key=(0,))))
         self.iteration = 0
         self.best = None
@@ -761,6 +775,9 @@ class MetaTrainer:
         self.checkpoint_iteration = None  # the iteration checkpoint.npz holds after run()
         self._pending = {}  # log lines not yet written: file name -> lines
         self.wall_time = None  # seconds per part of the last completed run() (see run)
+        self.signal_warning = None  # the "no learning signal" warning, once given (see _watch_signal)
+        self._flat_iterations = 0
+        self._adaptation_gains = []  # post - pre training return of the latest iterations
 
     # -- checkpoints --
     @property
@@ -798,8 +815,11 @@ class MetaTrainer:
     def load_checkpoint(self, path=None):
         path = path or self.checkpoint_path
         saved, arrays = self.read_checkpoint(path)
+        def setting(config, name):
+            return config.tasks_name if name == "tasks" else getattr(config, name)
+
         differ = [f.name for f in dataclasses.fields(TrainConfig) if f.name not in self._NOT_TRAINING
-                  and getattr(saved, f.name) != getattr(self.config, f.name)
+                  and setting(saved, f.name) != setting(self.config, f.name)
                   and not (isinstance(getattr(saved, f.name), float) and math.isnan(getattr(saved, f.name))
                            and math.isnan(getattr(self.config, f.name)))]
         if differ:
@@ -850,7 +870,10 @@ class MetaTrainer:
             previous = signal.signal(signal.SIGINT, self._request_stop)
             if hasattr(signal, "SIGALRM"):
                 previous_alarm = signal.signal(signal.SIGALRM, self._grace_over)
-        progress = _Progress(cfg.iterations, stream=self.log)
+        from metarl_fast.progress import Progress
+
+        progress = Progress.for_config(cfg, self.log, start=self.iteration)
+        progress.write_legend()
         t_start = time.perf_counter()
         wall = dict.fromkeys(("meta_iterations", "multitask_baseline", "evaluation", "checkpoints_and_logs"), 0.0)
         stopped_by = "iterations"
@@ -871,6 +894,7 @@ class MetaTrainer:
                 wall["multitask_baseline"] += t2 - t1
                 self.iteration = it + 1
                 steps = stats["env_steps"]
+                self._watch_signal(stats)
                 record = {"iteration": self.iteration, "seed": cfg.seed, "pre_return": stats["pre_return"],
                           "post_return": stats["post_return"], "direction_norm": stats["direction_norm"],
                           "env_steps": steps}
@@ -904,7 +928,8 @@ class MetaTrainer:
                     wall["checkpoints_and_logs"] += time.perf_counter() - tc
                     saved_at = self.iteration
                 shown = stats["post_return"] if stats["post_return"] is not None else stats["pre_return"]
-                progress.update(self.iteration, shown, steps / max(t1 - t0, 1e-12))
+                progress.update(self.iteration, shown, steps / max(t1 - t0, 1e-12),
+                                eval_mean=record.get("eval_return"), eval_ci95=record.get("eval_ci95"))
                 if evaluation is not None and not math.isnan(cfg.target) and record["eval_return"] >= cfg.target:
                     stopped_by = "target"
                     break
@@ -928,7 +953,7 @@ class MetaTrainer:
                 signal.setitimer(signal.ITIMER_REAL, 0)
                 signal.signal(signal.SIGALRM, previous_alarm)
             self._flush_logs()  # after a failure too: the lines of the iterations that ran
-            progress.close()
+            progress.close(None if sys.exc_info()[0] is not None else stopped_by)  # None: failed
             if previous is not None:
                 signal.signal(signal.SIGINT, previous)
         self.checkpoint_iteration = saved_at
@@ -939,12 +964,69 @@ class MetaTrainer:
         evaluation = self.evaluate()
         wall["evaluation"] += time.perf_counter() - te
         evaluation.update({"iterations": self.iteration, "stopped_by": stopped_by, "seed": cfg.seed,
-                           "algo": cfg.algo, "tasks": cfg.tasks})
+                           "algo": cfg.algo, "tasks": cfg.tasks_name})
         _write_json_atomic(os.path.join(self.out_dir, "eval.json"), evaluation)
         wall["total"] = time.perf_counter() - t_start
         wall["other"] = wall["total"] - sum(v for k, v in wall.items() if k != "total")
         self.wall_time = wall
         return evaluation
+
+    # meta-updates below this norm (for this many iterations in a row) are "no learning signal"
+    NO_SIGNAL_NORM, NO_SIGNAL_ITERATIONS = 1e-8, 10
+
+    # adaptation that lowers the training return, on average over this many iterations: the inner
+    # step is too large for the scale of the returns
+    HARMFUL_STEP_WINDOW = 20
+
+    def _watch_signal(self, stats):
+        """Warn once (in the log) when training runs but cannot learn, which nothing else would say:
+        the meta-updates have been ~0 for NO_SIGNAL_ITERATIONS iterations in a row, or the inner
+        step has lowered the training return on average over the last HARMFUL_STEP_WINDOW ones."""
+        if self.signal_warning is not None:
+            return
+        cfg = self.config
+        if stats["post_return"] is not None:
+            self._adaptation_gains.append(stats["post_return"] - stats["pre_return"])
+            del self._adaptation_gains[:-self.HARMFUL_STEP_WINDOW]
+            gains = np.asarray(self._adaptation_gains)
+            # significantly below zero (3 standard errors): noise alone does not warn
+            if (gains.size == self.HARMFUL_STEP_WINDOW and not cfg.normalize_returns
+                    and gains.mean() + 3.0 * gains.std(ddof=1) / math.sqrt(gains.size) < 0):
+                first = self.iteration - self.HARMFUL_STEP_WINDOW + 1
+                self._warn(f"adaptation makes the policies worse: the return after the inner step(s) was "
+                           f"below the return before them by {-gains.mean():.3g} ± "
+                           f"{3.0 * gains.std(ddof=1) / math.sqrt(gains.size):.2g} on average over "
+                           f"iterations {first}-{self.iteration}. Likely cause: --inner-lr {cfg.inner_lr:g} is "
+                           f"too large for returns of about {abs(stats['pre_return']):.3g}; try "
+                           f"--normalize-returns, or a smaller --inner-lr "
+                           f"(about {cfg.inner_lr / max(abs(stats['pre_return']), 1.0):.2g}).")
+                return
+        if stats["direction_norm"] >= self.NO_SIGNAL_NORM:
+            self._flat_iterations = 0
+            return
+        self._flat_iterations += 1
+        if self._flat_iterations != self.NO_SIGNAL_ITERATIONS:
+            return
+        scale = max(abs(stats["pre_return"]), abs(stats["post_return"] or 0.0))
+        if cfg.algo == "in-context":
+            hint = "every trial of a batch earns the same return: try longer trials or other tasks"
+        elif cfg.normalize_returns:
+            hint = (f"every episode of a task earns the same return (about {scale:.3g}): the policy gradient is "
+                    f"zero; try a longer --horizon or more --episodes")
+        else:
+            hint = (f"returns of about {scale:.3g} with --inner-lr {cfg.inner_lr:g} either do not vary (zero "
+                    f"gradient) or make the inner step saturate the softmax (the adapted policies become "
+                    f"deterministic and their gradients vanish); try --normalize-returns, or a smaller "
+                    f"--inner-lr (about {cfg.inner_lr / max(scale, 1.0):.2g})")
+        self._warn(f"no learning signal: the meta-update's norm stayed below {self.NO_SIGNAL_NORM:g} for "
+                   f"{self.NO_SIGNAL_ITERATIONS} iterations in a row (iterations "
+                   f"{self.iteration - self.NO_SIGNAL_ITERATIONS + 1}-{self.iteration}). Likely cause: {hint}.")
+
+    def _warn(self, text):
+        self.signal_warning = "metarl-fast: warning: " + text
+        tty = hasattr(self.log, "isatty") and self.log.isatty()
+        self.log.write(("\n" if tty else "") + self.signal_warning + "\n")
+        self.log.flush()
 
     def evaluate(self, baselines=True):
         """The evaluation protocol on this run's held-out tasks (see :func:`evaluate`)."""

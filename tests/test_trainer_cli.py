@@ -149,7 +149,7 @@ def test_bad_checkpoints_and_options_give_one_line_errors(tmp_path):
     cases = [
         (["eval", str(tmp_path / "trunc.npz")], "not a readable"),
         (["eval", str(tmp_path / "missing.npz")], "no such file"),
-        (["train", "--tasks", "mujoco", "--out", str(tmp_path / "x")], "unknown task family 'mujoco'"),
+        (["train", "--tasks", "mujoco", "--out", str(tmp_path / "x")], "unknown tasks 'mujoco'"),
         (["train", "--inner-lr", "-1", "--out", str(tmp_path / "x")], "inner-lr must be > 0"),
         (["train", "--iterations", "0", "--out", str(tmp_path / "x")], "iterations must be >= 1"),
         (["train", "--resume", "--out", str(tmp_path / "nothing")], "no such file"),

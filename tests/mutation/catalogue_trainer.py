@@ -18,12 +18,14 @@ MUTATIONS = [
     Mutation("trainer-eval-rng-shared-across-rows", P,
              "    def adapted(name, init):\n"
              "        sampled = meta.SampledPolicyProblem(probe, test_tasks, config.episodes_per_task, config.gamma,\n"
-             "                                            advantage=config.inner_estimator, baseline=config.baseline)\n"
+             "                                            advantage=config.inner_estimator, baseline=config.baseline,\n"
+             "                                            normalize_returns=config.normalize_returns)\n"
              "        rng = np.random.default_rng(np.random.SeedSequence(config.eval_seed, spawn_key=(1,)))\n",
              "    shared_rng = np.random.default_rng(np.random.SeedSequence(config.eval_seed, spawn_key=(1,)))\n\n"
              "    def adapted(name, init):\n"
              "        sampled = meta.SampledPolicyProblem(probe, test_tasks, config.episodes_per_task, config.gamma,\n"
-             "                                            advantage=config.inner_estimator, baseline=config.baseline)\n"
+             "                                            advantage=config.inner_estimator, baseline=config.baseline,\n"
+             "                                            normalize_returns=config.normalize_returns)\n"
              "        rng = shared_rng\n", T,
              "one generator for every row: the baselines adapt on other episodes than the meta-learned row"),
     Mutation("trainer-eval-step-without-inner-lr", P,
@@ -43,8 +45,8 @@ MUTATIONS = [
              '"after_steps": [mean_ci(v) for v in steps], **mean_ci(steps[0])}', T,
              "the headline is the pre-adaptation return"),
     Mutation("trainer-eval-baseline-not-passed", P,
-             "advantage=config.inner_estimator, baseline=config.baseline)",
-             "advantage=config.inner_estimator)", T,
+             "advantage=config.inner_estimator, baseline=config.baseline,\n",
+             "advantage=config.inner_estimator,\n", T,
              "evaluation adapts with the default leave-one-out baseline whatever the run's --baseline"),
     Mutation("trainer-eval-inner-estimator-not-passed", P,
              "config.gamma,\n                                            advantage=config.inner_estimator,",
