@@ -18,6 +18,7 @@ from glob import glob
 import numpy as np
 from Cython.Build import cythonize
 from setuptools import Extension, setup
+from setuptools.command.build_ext import build_ext
 
 DEBUG = os.environ.get("METARL_FAST_DEBUG", "") not in ("", "0")
 
@@ -90,13 +91,74 @@ for pyx in sorted(glob(os.path.join("metarl_fast", "_core", "*.pyx"))):
         )
     )
 
-# Record how the extensions were built; `metarl-fast info` prints it.
-with open(os.path.join("metarl_fast", "_build_info.py"), "w") as fh:
-    fh.write('"""Written by setup.py at build time."""\n')
-    fh.write(f"COMPILE_ARGS = {COMPILE_ARGS!r}\n")
-    fh.write(f"OPENMP = {bool(OPENMP)!r}\n")
-    fh.write(f"DEBUG = {DEBUG!r}\n")
-    fh.write(f"BUILT_WITH_NUMPY = {np.__version__!r}\n")
+# Record how the extensions were built; `metarl-fast info` prints it.  A module already built in
+# the source tree with the same record (flags, numpy) and newer than its sources is reused.
+BUILD_INFO = os.path.join("metarl_fast", "_build_info.py")
+build_info = ('"""Written by setup.py at build time."""\n'
+              f"COMPILE_ARGS = {COMPILE_ARGS!r}\n"
+              f"OPENMP = {bool(OPENMP)!r}\n"
+              f"DEBUG = {DEBUG!r}\n"
+              f"BUILT_WITH_NUMPY = {np.__version__!r}\n")
+try:
+    with open(BUILD_INFO) as fh:
+        SAME_BUILD = fh.read() == build_info
+except OSError:
+    SAME_BUILD = False
+if not SAME_BUILD:
+    with open(BUILD_INFO, "w") as fh:
+        fh.write(build_info)
+
+
+def _say(message):
+    """A progress line: on stderr (shown by `pip install -v` and in logs) and, since pip hides a
+    build's output otherwise, on the user's terminal when there is one."""
+    print(message, file=sys.stderr, flush=True)
+    try:
+        with open("/dev/tty", "w") as tty:
+            tty.write(message + "\n")
+    except OSError:
+        pass
+
+
+class BuildExt(build_ext):
+    """build_ext that says what it compiles and reuses in-tree modules that are up to date (an
+    editable install builds in a fresh directory and would otherwise compile everything again)."""
+
+    def build_extensions(self):
+        self._reused = 0
+        todo = [ext for ext in self.extensions if not self._up_to_date_in_tree(ext)]
+        if todo:
+            _say(f"metarl_fast: compiling {len(todo)} Cython kernel module(s) of {len(self.extensions)} "
+                 f"with {self.parallel or 1} job(s) (about 20 s per module and job)...")
+        super().build_extensions()
+        if self._reused:
+            _say(f"metarl_fast: {self._reused} module(s) already built in the source tree and up to date: reused")
+
+    def _in_tree_path(self, ext):
+        return os.path.join(*ext.name.split(".")[:-1], os.path.basename(self.get_ext_filename(ext.name)))
+
+    def _up_to_date_in_tree(self, ext):
+        if self.force or not SAME_BUILD:
+            return False
+        built = self._in_tree_path(ext)
+        if not os.path.exists(built):
+            return False
+        sources = list(ext.sources) + list(ext.depends or [])
+        sources += glob(os.path.join("metarl_fast", "_core", "*.pxd"))
+        sources += glob(os.path.join("metarl_fast", "_core", "*.h"))
+        newest = max(os.path.getmtime(p) for p in sources if os.path.exists(p))
+        return os.path.getmtime(built) >= newest
+
+    def build_extension(self, ext):
+        target = self.get_ext_fullpath(ext.name)
+        built = self._in_tree_path(ext)
+        if self._up_to_date_in_tree(ext):
+            if os.path.abspath(built) != os.path.abspath(target):
+                os.makedirs(os.path.dirname(target), exist_ok=True)
+                shutil.copy2(built, target)
+            self._reused += 1
+            return
+        super().build_extension(ext)
 
 JOBS = max(1, os.cpu_count() or 1)
 setup(
@@ -108,4 +170,5 @@ setup(
     ),
     # compile the extension modules in parallel (one C file per job)
     options={"build_ext": {"parallel": JOBS}},
+    cmdclass={"build_ext": BuildExt},
 )
