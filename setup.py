@@ -104,9 +104,6 @@ try:
         SAME_BUILD = fh.read() == build_info
 except OSError:
     SAME_BUILD = False
-if not SAME_BUILD:
-    with open(BUILD_INFO, "w") as fh:
-        fh.write(build_info)
 
 
 def _say(message):
@@ -120,38 +117,62 @@ def _say(message):
         pass
 
 
+def _in_tree_module(name):
+    """The compiled module ``metarl_fast._core.<name>`` in the source tree (may not exist)."""
+    suffix = sysconfig.get_config_var("EXT_SUFFIX") or ".so"
+    return os.path.join("metarl_fast", "_core", name + suffix)
+
+
+def _up_to_date_in_tree(name):
+    """True if the source tree holds module ``name`` built with this build's flags and numpy,
+    newer than its .pyx and every .pxd and .h of the kernels (the project's sources, not the
+    generated C, which a fresh build environment regenerates with new timestamps)."""
+    built = _in_tree_module(name)
+    if not SAME_BUILD or not os.path.exists(built):
+        return False
+    sources = [os.path.join("metarl_fast", "_core", name + ".pyx")]
+    sources += glob(os.path.join("metarl_fast", "_core", "*.pxd"))
+    sources += glob(os.path.join("metarl_fast", "_core", "*.h"))
+    return os.path.getmtime(built) >= max(os.path.getmtime(p) for p in sources)
+
+
 class BuildExt(build_ext):
     """build_ext that says what it compiles and reuses in-tree modules that are up to date (an
     editable install builds in a fresh directory and would otherwise compile everything again)."""
+
+    def finalize_options(self):
+        super().finalize_options()
+        if not self.parallel:  # (an editable install's build does not pass the setup() options on)
+            self.parallel = JOBS
+
+    def run(self):
+        super().run()
+        if not SAME_BUILD:  # recorded once the build has succeeded
+            with open(BUILD_INFO, "w") as fh:
+                fh.write(build_info)
+            if self.inplace:
+                return
+            # the installed package (a wheel, or an editable install's build directory) holds it too
+            target = os.path.join(self.build_lib, BUILD_INFO)
+            if os.path.isdir(os.path.dirname(target)):
+                shutil.copy2(BUILD_INFO, target)
 
     def build_extensions(self):
         self._reused = 0
         todo = [ext for ext in self.extensions if not self._up_to_date_in_tree(ext)]
         if todo:
             _say(f"metarl_fast: compiling {len(todo)} Cython kernel module(s) of {len(self.extensions)} "
-                 f"with {self.parallel or 1} job(s) (about 20 s per module and job)...")
+                 f"with {self.parallel or 1} job(s)...")
         super().build_extensions()
         if self._reused:
             _say(f"metarl_fast: {self._reused} module(s) already built in the source tree and up to date: reused")
 
-    def _in_tree_path(self, ext):
-        return os.path.join(*ext.name.split(".")[:-1], os.path.basename(self.get_ext_filename(ext.name)))
-
     def _up_to_date_in_tree(self, ext):
-        if self.force or not SAME_BUILD:
-            return False
-        built = self._in_tree_path(ext)
-        if not os.path.exists(built):
-            return False
-        sources = list(ext.sources) + list(ext.depends or [])
-        sources += glob(os.path.join("metarl_fast", "_core", "*.pxd"))
-        sources += glob(os.path.join("metarl_fast", "_core", "*.h"))
-        newest = max(os.path.getmtime(p) for p in sources if os.path.exists(p))
-        return os.path.getmtime(built) >= newest
+        return not self.force and _up_to_date_in_tree(ext.name.rsplit(".", 1)[1])
 
     def build_extension(self, ext):
         target = self.get_ext_fullpath(ext.name)
-        built = self._in_tree_path(ext)
+        built = _in_tree_module(ext.name.rsplit(".", 1)[1])
         if self._up_to_date_in_tree(ext):
             if os.path.abspath(built) != os.path.abspath(target):
                 os.makedirs(os.path.dirname(target), exist_ok=True)
@@ -161,13 +182,17 @@ class BuildExt(build_ext):
         super().build_extension(ext)
 
 JOBS = max(1, os.cpu_count() or 1)
+# modules already built in the tree are not even translated again (build_ext copies them)
+FORCE = "--force" in sys.argv or "-f" in sys.argv
+stale = [ext for ext in extensions if FORCE or not _up_to_date_in_tree(ext.name.rsplit(".", 1)[1])]
+fresh = [ext for ext in extensions if ext not in stale]
 setup(
     ext_modules=cythonize(
-        extensions,
+        stale,
         compiler_directives=DIRECTIVES,
         include_path=[os.path.dirname(os.path.abspath(__file__))],
         nthreads=JOBS if JOBS > 1 else 0,
-    ),
+    ) + fresh,
     # compile the extension modules in parallel (one C file per job)
     options={"build_ext": {"parallel": JOBS}},
     cmdclass={"build_ext": BuildExt},
