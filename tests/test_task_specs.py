@@ -272,3 +272,42 @@ def test_a_healthy_run_does_not_warn(tmp_path):
     log = _io.StringIO()
     MetaTrainer(TrainConfig(tasks="chain", iterations=30, eval_every=30, eval_tasks=4), tmp_path / "ok", log=log).run()
     assert "warning" not in log.getvalue()
+
+
+# ------------------------------------------------------------------------------ gym:ENV_ID
+@pytest.mark.parametrize("tasks, extra", [
+    ("gym:FrozenLake-v1", ["--env-kwargs", '{"desc": "random", "size": 4, "is_slippery": [true, false]}']),
+    ("gym:Taxi-v4", ["--normalize-returns"]),
+    ("gym:CliffWalking-v1", ["--horizon", "30"]),
+    ("gym:CliffWalkingSlippery-v1", ["--horizon", "30", "--normalize-returns"]),
+])
+def test_gymnasium_toy_text_envs_train_from_the_command_line_and_resume_bit_identically(tmp_path, tasks, extra):
+    pytest.importorskip("gymnasium", reason="gym: tasks need Gymnasium (the test extra)")
+    full, part = str(tmp_path / "full"), str(tmp_path / "part")
+    assert main(["train", "--tasks", tasks, *extra, *SMALL, "--out", full]) == 0
+    evaluation = json.load(open(os.path.join(full, "eval.json")))
+    assert BASELINES <= set(evaluation["results"]) and evaluation["tasks"] == tasks
+    stopped = dict(zip(SMALL[::2], SMALL[1::2]), **{"--iterations": "2"})
+    assert main(["train", "--tasks", tasks, *extra, *[x for kv in stopped.items() for x in kv], "--out", part]) == 0
+    assert main(["train", "--resume", "--out", part, "--iterations", "4"]) == 0
+    assert _metrics(part) == _metrics(full)
+
+
+def test_a_gym_env_without_a_horizon_asks_for_one_on_the_command_line(capsys):
+    pytest.importorskip("gymnasium", reason="gym: tasks need Gymnasium (the test extra)")
+    assert main(["train", "--tasks", "gym:CliffWalking-v1", *SMALL]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "--horizon" in err, err
+
+
+def test_an_outcome_reward_family_survives_a_tasks_file(tmp_path):
+    pytest.importorskip("gymnasium", reason="CliffWalkingSlippery comes from Gymnasium (the test extra)")
+    batch = mf.FromGymnasium("CliffWalkingSlippery-v1", horizon=20).sample(1, 0)
+    family = mf.TabularFamily(batch.P, batch.R, 20, start=batch.start, terminal=batch.terminal,
+                              reward_noise="outcome", reward_values=batch.reward_values,
+                              reward_probs=batch.reward_probs)
+    family.save(tmp_path / "cliff.npz")
+    loaded = mf.TabularFamily.load(tmp_path / "cliff.npz").sample(2, 0)
+    assert loaded.reward_noise == "outcome"
+    for name in ("P", "R", "reward_values", "reward_probs", "terminal"):
+        np.testing.assert_array_equal(getattr(loaded, name)[1], getattr(batch, name)[0])
