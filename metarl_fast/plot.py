@@ -385,16 +385,9 @@ def figures(run):
 
 def save_figure(fig, path):
     """Write ``fig`` as a PNG at ``path`` atomically (a temporary file beside it, renamed)."""
-    tmp = f"{path}.tmp"
-    try:
-        fig.savefig(tmp, format="png", dpi=DPI, bbox_inches="tight")
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
-        raise
+    from metarl_fast.trainer import _write_atomic
+
+    _write_atomic(path, lambda fh: fig.savefig(fh, format="png", dpi=DPI, bbox_inches="tight"), mode="wb")
     return path
 
 

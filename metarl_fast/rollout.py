@@ -15,7 +15,7 @@ import numpy as np
 from metarl_fast import _validate
 from metarl_fast._backend import active
 from metarl_fast.policy import LinearSoftmaxPolicy, TabularSoftmaxPolicy
-from metarl_fast.tasks import Discrete, Task, TaskBatch, _read_only, as_generator
+from metarl_fast.tasks import Discrete, SeededSpace, Task, TaskBatch, _read_only, as_generator
 
 
 def _as_batch(task_batch, name="task_batch"):
@@ -200,7 +200,7 @@ def rollout(policy, task_batch, n_episodes, rng, *, buffer=None, features=None):
 AUTORESET_SAME_STEP = "SameStep"  # gymnasium.vector.AutoresetMode.SAME_STEP.value
 
 
-class MultiDiscrete:
+class MultiDiscrete(SeededSpace):
     """Gymnasium's ``MultiDiscrete(nvec)`` (start 0, int64) without the dependency: the batched
     space of a :class:`VecEnv` where Gymnasium is not installed.
 
@@ -220,18 +220,6 @@ class MultiDiscrete:
         self._np_random = None
         if seed is not None:
             self.seed(seed)
-
-    def seed(self, seed=None):
-        """Restart the space's own stream (see :meth:`metarl_fast.tasks.Discrete.seed`)."""
-        self._np_random, used = Discrete._seeded_generator(seed)
-        return used
-
-    @property
-    def np_random(self):
-        """The space's own ``numpy.random.Generator`` (made from fresh entropy on first use)."""
-        if self._np_random is None:
-            self.seed()
-        return self._np_random
 
     def contains(self, x):
         x = np.asarray(x) if isinstance(x, (list, tuple)) else x

@@ -41,8 +41,8 @@ Families (each ``dist.sample(n, rng)`` is reproducible from a ``numpy.random.Gen
       batch = TabularFamily(sampler=sampler).sample(16, rng=0)
 
 ``batch[i]`` is a :class:`Task`: ``task.model()`` returns its exact :class:`metarl_fast.mdp.MDPModel`
-and ``task.make_env()`` an environment with Gymnasium's protocol (``task.as_gymnasium()`` a real
-``gymnasium.Env`` when Gymnasium is installed).
+and ``task.make_env()`` a ``gymnasium.Env`` when Gymnasium is installed (else
+:class:`TabularEnv`, a dependency-free twin with the same protocol and draws).
 
 Random draws of a single environment (fixed order, shared with :class:`metarl_fast.rollout.VecEnv`):
 ``reset`` draws one ``rng.random()`` for the start state unless every task of the batch starts in a
@@ -594,25 +594,10 @@ class Task:
         return f"Task({self.index} of {self.batch!r})"
 
 
-class Discrete:
-    """The discrete space ``{0, ..., n-1}``: Gymnasium's ``Discrete`` (start 0, int64 samples)
-    without the dependency.
+class SeededSpace:
+    """A space's own random stream, as Gymnasium's spaces keep one: ``seed(seed)``, ``np_random``."""
 
-    ``sample()`` draws ``np_random.integers(n)`` from the space's own stream, as Gymnasium's
-    spaces do: ``np_random`` is a Generator made on first use from fresh entropy, or by
-    ``seed(seed)`` / ``Discrete(n, seed=seed)`` (the same draws as
-    ``gymnasium.spaces.Discrete(n, seed=seed)``).  ``sample(rng)`` draws from ``rng`` instead
-    (a Generator, an int seed or a SeedSequence) and leaves the space's own stream alone.
-    """
-
-    def __init__(self, n, seed=None):
-        self.n = _validate.positive_int(n, "n")
-        self.start = 0
-        self.shape = ()
-        self.dtype = np.dtype(np.int64)
-        self._np_random = None
-        if seed is not None:
-            self.seed(seed)
+    _np_random = None
 
     @staticmethod
     def _seeded_generator(seed):
@@ -642,6 +627,27 @@ class Discrete:
         if self._np_random is None:
             self.seed()
         return self._np_random
+
+
+class Discrete(SeededSpace):
+    """The discrete space ``{0, ..., n-1}``: Gymnasium's ``Discrete`` (start 0, int64 samples)
+    without the dependency.
+
+    ``sample()`` draws ``np_random.integers(n)`` from the space's own stream, as Gymnasium's
+    spaces do: ``np_random`` is a Generator made on first use from fresh entropy, or by
+    ``seed(seed)`` / ``Discrete(n, seed=seed)`` (the same draws as
+    ``gymnasium.spaces.Discrete(n, seed=seed)``).  ``sample(rng)`` draws from ``rng`` instead
+    (a Generator, an int seed or a SeedSequence) and leaves the space's own stream alone.
+    """
+
+    def __init__(self, n, seed=None):
+        self.n = _validate.positive_int(n, "n")
+        self.start = 0
+        self.shape = ()
+        self.dtype = np.dtype(np.int64)
+        self._np_random = None
+        if seed is not None:
+            self.seed(seed)
 
     def contains(self, x):
         return (isinstance(x, numbers.Integral) and not isinstance(x, (bool, np.bool_))
@@ -1110,7 +1116,8 @@ class TabularFamily(TaskDistribution):
         """The family in the ``.npz`` at ``path``: one written by :meth:`save`, or by
         ``numpy.savez(path, P=..., R=..., horizon=..., [start=..., terminal=..., reward_noise=...,
         reward_std=..., reward_next=...])`` with the shapes of the constructor (``next_state``
-        instead of ``P`` for deterministic tasks).  Raises ValueError naming what is wrong."""
+        instead of ``P`` for deterministic tasks).  Raises ``io.CheckpointError`` (a ValueError) naming
+        the file and what is wrong."""
         from metarl_fast import io
 
         arrays, _ = io.load_npz(path, kind=cls.FILE_KIND, versions={cls.FILE_VERSION}, plain_ok=True)
@@ -1118,10 +1125,10 @@ class TabularFamily(TaskDistribution):
                    *_OPTIONAL_TASK_ARRAYS}
         unknown = sorted(set(arrays) - allowed)
         if unknown:
-            raise ValueError(f"{path}: unknown arrays {unknown}; a tasks file holds {sorted(allowed)}")
+            raise io.CheckpointError(f"{path}: unknown arrays {unknown}; a tasks file holds {sorted(allowed)}")
         for key in ("R", "horizon"):
             if key not in arrays:
-                raise ValueError(f"{path}: a tasks file needs the array {key!r} (and P or next_state)")
+                raise io.CheckpointError(f"{path}: a tasks file needs the array {key!r} (and P or next_state)")
         try:
             horizon = io.integer(arrays.pop("horizon"), "horizon", low=1)
             if "reward_noise" in arrays:
@@ -1131,7 +1138,7 @@ class TabularFamily(TaskDistribution):
                 arrays["reward_noise"] = str(noise)
             return cls(arrays.pop("P", None), arrays.pop("R"), horizon, **arrays)
         except (ValueError, TypeError) as err:
-            raise ValueError(f"{path}: {err}") from None
+            raise io.CheckpointError(f"{path}: {err}") from None
 
     def _sample(self, n, rng):
         if self._sampler is None:

@@ -1082,12 +1082,13 @@ def _write_json_atomic(path, obj):
     _write_atomic(path, lambda fh: json.dump(obj, fh, indent=2, sort_keys=True))
 
 
-def _write_atomic(path, write):
-    """``write(fh)`` into a temporary file beside ``path``, fsync it, rename it over ``path``: a
-    failure or Ctrl-C at any point leaves the previous file intact and no temporary file."""
+def _write_atomic(path, write, mode="w"):
+    """``write(fh)`` into a temporary file beside ``path`` (opened with ``mode``), fsync it, rename
+    it over ``path``: a failure or Ctrl-C at any point leaves the previous file intact and no
+    temporary file."""
     tmp = path + ".tmp"
     try:
-        with open(tmp, "w") as fh:
+        with open(tmp, mode) as fh:
             write(fh)
             fh.flush()
             os.fsync(fh.fileno())

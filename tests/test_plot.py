@@ -190,9 +190,8 @@ def test_a_failed_write_leaves_the_previous_png_and_no_temporary_file(runs, tmp_
     shutil.copytree(runs / "fomaml", run_dir)
     (run_dir / "learning_curve.png").write_bytes(b"previous")
 
-    def broken(self, fname, **kwargs):
-        with open(fname, "wb") as fh:
-            fh.write(b"\x89PNG half")
+    def broken(self, fname, **kwargs):  # half a PNG written, then the disk is full
+        fname.write(b"\x89PNG half")
         raise OSError("disk full")
 
     monkeypatch.setattr(Figure, "savefig", broken)

@@ -3,7 +3,7 @@ import numpy as np
 import pytest
 
 from metarl_fast.mdp import MDPModel
-from metarl_fast.tasks import (BernoulliBandits, Chain, Discrete, FromGymnasium, GridNavigation,
+from metarl_fast.tasks import (BernoulliBandits, Chain, FromGymnasium, GridNavigation,
                                TabularFamily, TabularMDPs, TaskBatch, as_generator)
 
 
