@@ -77,7 +77,8 @@ from metarl_fast.baselines import (  # noqa: E402,F401
 )
 from metarl_fast import baselines, incontext, incontext_mdp, meta, tasks  # noqa: E402,F401
 
-# Gymnasium ids (metarl_fast/GridNavigation-v0, ...): registered here only if Gymnasium is already
-# imported, e.g. by gymnasium.make("metarl_fast:metarl_fast/Chain-v0"); never imported from here
-if __import__("sys").modules.get("gymnasium") is not None:
-    import metarl_fast.gym_env  # noqa: E402,F401
+# Gymnasium ids (metarl_fast/GridNavigation-v0, ...): registered now if Gymnasium is already
+# imported, else as soon as it is (importing metarl_fast never imports Gymnasium itself)
+from metarl_fast import _gym_hook  # noqa: E402
+
+_gym_hook.register_when_gymnasium_is_imported()

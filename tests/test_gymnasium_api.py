@@ -220,6 +220,21 @@ def test_ids_need_no_import_but_the_module_in_the_id(prefix):
     assert got == [12, 10, "GymnasiumTabularEnv"]
 
 
+@needs_gymnasium
+@pytest.mark.parametrize("order", ["metarl_fast first", "gymnasium first", "a gymnasium submodule first"])
+def test_plain_ids_work_whichever_is_imported_first(order):
+    imports = {"metarl_fast first": "import metarl_fast\nimport gymnasium",
+               "gymnasium first": "import gymnasium\nimport metarl_fast",
+               "a gymnasium submodule first": "import metarl_fast\nimport gymnasium.spaces\nimport gymnasium"}[order]
+    got = _run_child(imports + """
+import json
+env = gymnasium.make("metarl_fast/GridNavigation-v0", size=5, task_seed=3)
+obs, _ = env.reset(seed=0)
+print(json.dumps([int(obs), env.spec.max_episode_steps]))
+""", hide_gymnasium=False)
+    assert got == [12, 10]
+
+
 # ---------------------------------------------------------------------------------------------
 # VecEnv: Gymnasium's vector API
 # ---------------------------------------------------------------------------------------------
