@@ -154,8 +154,11 @@ def _train(args):
         raise UserError(f"{out} already holds a run; use --resume to continue it or another --out")
     trainer = MetaTrainer(config, out)
     if not args.json:
-        print(f"metarl-fast train: {config.algo} on {config.tasks}, {config.iterations} meta-iterations, "
-              f"meta-batch {config.meta_batch}, backend {metarl_fast.get_backend()}, seed {config.seed} -> {out}",
+        from metarl_fast.progress import fit_to_terminal
+
+        print(fit_to_terminal(f"metarl-fast train: {config.algo} on {config.tasks}, {config.iterations} "
+                              f"meta-iterations, meta-batch {config.meta_batch}, backend "
+                              f"{metarl_fast.get_backend()}, seed {config.seed} -> {out}", sys.stderr),
               file=sys.stderr)
     evaluation = trainer.run(resume=args.resume)
     if evaluation is None:

@@ -43,6 +43,13 @@ def terminal_width(stream, default=DEFAULT_COLUMNS):
     return columns if columns > 0 else default
 
 
+def fit_to_terminal(text, stream):
+    """``text`` wrapped to the width of ``stream``'s terminal (as it is when not a terminal)."""
+    if not (hasattr(stream, "isatty") and stream.isatty()):
+        return text
+    return "\n".join(textwrap.wrap(text, max(terminal_width(stream) - 1, 20), subsequent_indent="  "))
+
+
 def format_duration(seconds):
     """``m:ss`` below an hour, ``h:mm:ss`` below a day, ``NdHHh`` beyond; ``--:--`` when unknown
     (None, NaN, infinite or negative)."""

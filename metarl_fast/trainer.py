@@ -1023,9 +1023,11 @@ class MetaTrainer:
                    f"{self.iteration - self.NO_SIGNAL_ITERATIONS + 1}-{self.iteration}). Likely cause: {hint}.")
 
     def _warn(self, text):
+        from metarl_fast.progress import fit_to_terminal
+
         self.signal_warning = "metarl-fast: warning: " + text
         tty = hasattr(self.log, "isatty") and self.log.isatty()
-        self.log.write(("\n" if tty else "") + self.signal_warning + "\n")
+        self.log.write(("\n" if tty else "") + fit_to_terminal(self.signal_warning, self.log) + "\n")
         self.log.flush()
 
     def evaluate(self, baselines=True):

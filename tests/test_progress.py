@@ -244,3 +244,28 @@ def test_an_interrupted_or_failed_run_says_so_on_its_finish_line():
     progress.close(None)
     assert stream.getvalue().splitlines()[-1].startswith("stopped: 3/100")
     assert "(stopped by" not in stream.getvalue()
+
+
+@pytest.mark.parametrize("columns", [40, 60, 80])
+def test_the_runs_first_line_and_warnings_fit_the_terminal(columns, monkeypatch, tmp_path):
+    from metarl_fast.cli import main
+
+    monkeypatch.setenv("COLUMNS", str(columns))
+    stream = FakeTTY()
+    monkeypatch.setattr("sys.stderr", stream)
+    assert main(["train", "--tasks", "chain", "--iterations", "2", "--eval-every", "1", "--eval-tasks", "3",
+                 "--out", str(tmp_path / "a-run-directory-with-a-rather-long-name")]) == 0
+    # a run that warns (every episode earns the same return: no learning signal)
+    import numpy as np
+
+    import metarl_fast as mf
+
+    batch = mf.Chain(n_states=3, n_actions=2, horizon=4).sample(2, 0)
+    flat = mf.TabularFamily(batch.P, np.zeros(batch.R.shape), 4)
+    trainer = MetaTrainer(TrainConfig(tasks=flat, iterations=11, eval_every=11, eval_tasks=2, meta_batch=2,
+                                      episodes_per_task=2), tmp_path / "flat", log=stream)
+    trainer.run()
+    assert trainer.signal_warning is not None
+    lines = re.split(r"[\r\n]", stream.getvalue())
+    assert "metarl-fast train:" in stream.getvalue()
+    assert all(len(line) < columns for line in lines), [line for line in lines if len(line) >= columns]
