@@ -624,18 +624,24 @@ def format_comparison(result):
     lines = [f"| method | before adaptation | after {k} step{'s' if k > 1 else ''} (mean over seeds ± 95% CI) "
              f"| per seed | vs from scratch after {k} (paired) |",
              "|---|---|---|---|---|"]
+    # about three significant digits at the table's scale (returns of hundreds or of fractions of 1)
+    scale = max([abs(row["before"]["mean"]) for row in result["rows"].values()]
+                + [abs(row["after"]["mean"]) for row in result["rows"].values() if row["after"] is not None]
+                + [1e-3])
+    q = int(min(4, max(1, 2 - math.floor(math.log10(scale)))))
     for name, row in result["rows"].items():
         before = row["before"]
         if row["after"] is None:
-            lines.append(f"| {name} | {before['mean']:.1f} | — | — | — |")
+            lines.append(f"| {name} | {before['mean']:.{q}f} | — | — | — |")
             continue
         after = row["after"]
-        seeds = " / ".join(f"{v:.1f}" for v in after["values"])
+        seeds = " / ".join(f"{v:.{q}f}" for v in after["values"])
         versus = "—"
         if "vs_scratch" in row:
             d = row["vs_scratch"]
-            versus = f"{d['mean']:+.1f} ± {d['ci95']:.1f}: {row['verdict']}"
-        lines.append(f"| {name} | {before['mean']:.1f} | {after['mean']:.1f} ± {after['ci95']:.1f} | {seeds} | {versus} |")
+            versus = f"{d['mean']:+.{q}f} ± {d['ci95']:.{q}f}: {row['verdict']}"
+        lines.append(f"| {name} | {before['mean']:.{q}f} | {after['mean']:.{q}f} ± {after['ci95']:.{q}f} | {seeds} "
+                     f"| {versus} |")
     return "\n".join(lines)
 
 

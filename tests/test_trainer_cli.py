@@ -407,3 +407,18 @@ def test_resume_takes_its_settings_from_the_checkpoint_only(tmp_path):
         MetaTrainer(cfg, out).load_checkpoint()
     import dataclasses
     MetaTrainer(dataclasses.replace(cfg, seed=0, eval_tasks=7, eval_seed=3), out).load_checkpoint()
+
+
+def test_the_comparison_table_shows_three_significant_digits_at_any_scale():
+    from metarl_fast.trainer import format_comparison
+
+    def result(scale):
+        row = {"before": {"mean": 0.123 * scale}, "after": {"mean": 0.691 * scale, "ci95": 0.0123 * scale,
+                                                             "values": [0.68 * scale, 0.70 * scale]},
+               "vs_scratch": {"mean": 0.0456 * scale, "ci95": 0.011 * scale}, "verdict": "helps"}
+        return {"inner_steps": 1, "rows": {"maml (meta-learned)": row,
+                                           "random policy": {"before": {"mean": 0.01 * scale}, "after": None}}}
+    small = format_comparison(result(1.0))        # FrozenLake: returns below 1
+    assert "| 0.123 | 0.691 ± 0.012 | 0.680 / 0.700 | +0.046 ± 0.011: helps |" in small
+    large = format_comparison(result(100.0))      # GridNavigation: tens, one decimal as before
+    assert "| 12.3 | 69.1 ± 1.2 | 68.0 / 70.0 | +4.6 ± 1.1: helps |" in large
