@@ -13,12 +13,15 @@ import pytest
 
 from conftest import QUICK, grid
 from metarl_fast.policy import TabularSoftmaxPolicy
-from metarl_fast.rollout import VecEnv, rollout
+from metarl_fast.rollout import RolloutWorkspace, VecEnv, rollout
 from metarl_fast.tasks import GridNavigation, TabularMDPs
 
 # (n_tasks, n_episodes per task)
 ROLLOUTS = grid([(1, 100), (1024, 10)], [(1, 3), (64, 2)])
 VEC_TASKS = grid([1024], [64])
+# the RolloutWorkspace groups: 10 episodes of horizon 10 per task, about 50 bytes of outputs per
+# step, so 5 MB (1024 tasks) to 330 MB (65536 tasks) per call
+WORKSPACE_TASKS = grid([1024, 16384, 65536], [64])
 
 
 @pytest.mark.parametrize("n_tasks,n_episodes", ROLLOUTS)
@@ -82,3 +85,29 @@ def test_rollout_random_number_floor(benchmark, n_tasks, n_episodes):
     out = benchmark(draws)
     assert out[0].shape == shape
 
+
+
+@pytest.mark.parametrize("family", ["GridNavigation(7)", "TabularMDPs"])
+@pytest.mark.parametrize("n_tasks", WORKSPACE_TASKS)
+@pytest.mark.parametrize("outputs", ["fresh arrays", "reused workspace"])
+def test_rollout_workspace(benchmark, backend, family, n_tasks, outputs):
+    """The fused rollout allocating its outputs at every call (large ones mapped and page-faulted
+    afresh) against ``out=RolloutWorkspace(...)`` reused across calls; ``extra_info["steps"]`` is
+    the steps of the first call (GridNavigation's episodes end at the goal), so time per step =
+    time / steps.  The NumPy reference runs the 1024-task groups only (and the quick grid)."""
+    if backend == "numpy" and not QUICK and n_tasks > 1024:
+        pytest.skip("the NumPy reference takes seconds per call at this size")
+    batch = (GridNavigation() if family.startswith("Grid") else TabularMDPs()).sample(n_tasks, 0)
+    batch.tables
+    policy = TabularSoftmaxPolicy(batch.n_states, batch.n_actions,
+                                  theta=np.random.default_rng(1).normal(size=(batch.n_states, batch.n_actions)))
+    rng = np.random.default_rng(2)
+    kwargs = {"out": RolloutWorkspace(n_tasks, 10, batch.horizon)} if outputs == "reused workspace" else {}
+    steps = rollout(policy, batch, 10, rng, **kwargs).n_steps  # (the workspace's pages faulted here)
+    benchmark.group = f"rollout workspace {family} {n_tasks} tasks x 10 episodes"
+    benchmark.extra_info.update(backend=backend, steps=steps, outputs=outputs)
+    if backend == "numpy" and not QUICK:
+        traj = benchmark.pedantic(rollout, (policy, batch, 10, rng), kwargs, rounds=3, iterations=1)
+    else:
+        traj = benchmark(rollout, policy, batch, 10, rng, **kwargs)
+    assert traj.n_tasks == n_tasks

@@ -58,7 +58,7 @@ from metarl_fast.tasks import (  # noqa: E402,F401
     Task,
     TaskBatch,
 )
-from metarl_fast.rollout import Trajectories, VecEnv, rollout  # noqa: E402,F401
+from metarl_fast.rollout import RolloutWorkspace, Trajectories, VecEnv, rollout  # noqa: E402,F401
 from metarl_fast import exact  # noqa: E402,F401
 from metarl_fast.meta import FOMAML, MAML, MetaLearner, MultiTask, Reptile  # noqa: E402,F401
 from metarl_fast.trainer import MetaTrainer, TrainConfig, evaluate  # noqa: E402,F401

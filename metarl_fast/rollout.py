@@ -2,9 +2,11 @@
 
 :class:`VecEnv` steps every environment of every task in one kernel call; :func:`rollout` runs
 whole episodes -- policy sampling, environment steps, recording -- in one kernel call and returns a
-:class:`Trajectories`.  Both dispatch to the active backend (``active.envs``); with the same
-Generator state the two backends give identical integers and identical float64 rewards.  The
-order of random draws is documented in :mod:`metarl_fast.reference.envs`.
+:class:`Trajectories` (written into a reused :class:`RolloutWorkspace` with ``out=``, so large
+rollouts do not allocate and page-fault their outputs at every call).  Both dispatch to the active
+backend (``active.envs``); with the same Generator state the two backends give identical integers
+and identical float64 rewards.  The order of random draws is documented in
+:mod:`metarl_fast.reference.envs`.
 """
 import contextlib
 import numbers
@@ -15,6 +17,7 @@ import numpy as np
 from metarl_fast import _validate
 from metarl_fast._backend import active
 from metarl_fast.policy import LinearSoftmaxPolicy, TabularSoftmaxPolicy
+from metarl_fast.reference.envs import ROLLOUT_OUT_FIELDS
 from metarl_fast.tasks import Discrete, SeededSpace, Task, TaskBatch, _read_only, as_generator
 
 
@@ -104,6 +107,9 @@ class Trajectories:
     episode_return : float64 (n_tasks, n_episodes)   undiscounted, rewards summed in step order
     episode_start : int64 (n_tasks * n_episodes + 1,) offsets: episode ``k = task * n_episodes + e``
         is ``slice(episode_start[k], episode_start[k + 1])``
+
+    From ``rollout(..., out=workspace)`` every array is a view of the :class:`RolloutWorkspace`,
+    overwritten by its next use.
     """
 
     _FIELDS = ("obs", "action", "reward", "next_obs", "terminated", "truncated", "logp", "task_id")
@@ -114,6 +120,20 @@ class Trajectories:
         self.terminated, self.truncated, self.logp, self.task_id = terminated, truncated, logp, task_id
         self.episode_length, self.episode_return = episode_length, episode_return
         self.episode_start = active.envs.episode_offsets(episode_length)
+
+    @classmethod
+    def _with_offsets(cls, arrays, episode_start):
+        """Trajectories of the kernel's ten output arrays with its episode offsets written into
+        the prefix of ``episode_start`` (int64, room for n_tasks * n_episodes + 1 entries)."""
+        traj = cls.__new__(cls)
+        (traj.obs, traj.action, traj.reward, traj.next_obs, traj.terminated, traj.truncated, traj.logp,
+         traj.task_id, traj.episode_length, traj.episode_return) = arrays
+        n_eps = traj.episode_length.size
+        start = episode_start[:n_eps + 1]
+        start[0] = 0
+        np.cumsum(traj.episode_length.reshape(-1), out=start[1:])
+        traj.episode_start = start
+        return traj
 
     @property
     def done(self):
@@ -152,7 +172,100 @@ class Trajectories:
         return f"Trajectories(n_tasks={self.n_tasks}, n_episodes={self.n_episodes}, n_steps={self.n_steps})"
 
 
-def rollout(policy, task_batch, n_episodes, rng, *, buffer=None, features=None):
+class RolloutWorkspace:
+    """Output arrays that :func:`rollout` reuses from call to call (``rollout(..., out=workspace)``).
+
+    A rollout allocates about 50 bytes of outputs per step.  With glibc's default allocator,
+    arrays that large are returned to the OS when freed (and always mapped afresh above its
+    32 MiB mmap ceiling), so every call page-faults them in again.  A workspace owns them once,
+    at their largest size, and every call with it writes into the same memory.
+
+    Parameters
+    ----------
+    n_tasks, n_episodes, horizon : int >= 1
+        The largest rollout the workspace holds: any call with ``n_tasks x n_episodes x horizon``
+        steps at most ``max_steps`` and ``n_tasks x n_episodes`` at most ``max_episodes`` fits
+        (other batches, fewer episodes or shorter horizons included).
+
+    Attributes
+    ----------
+    max_steps : int                    n_tasks * n_episodes * horizon
+    max_episodes : int                 n_tasks * n_episodes
+    obs, action, next_obs, task_id : int64 (max_steps,)
+    reward, logp : float64 (max_steps,)
+    terminated, truncated : bool (max_steps,)
+    episode_length : int64 (max_episodes,)
+    episode_return : float64 (max_episodes,)
+    episode_start : int64 (max_episodes + 1,)
+
+    The :class:`Trajectories` a call returns holds views of the prefixes of these arrays: the
+    next call with the same workspace overwrites them (copy what must outlive it), and so does a
+    call that fails part way (Ctrl-C).  The arrays must stay the ones the workspace made
+    (replaced, reshaped or made read-only, the next call raises ValueError).  A workspace serves
+    one call at a time: a second thread's call while one runs raises RuntimeError.
+    """
+
+    def __init__(self, n_tasks, n_episodes, horizon):
+        n_tasks = _validate.positive_int(n_tasks, "n_tasks")
+        n_episodes = _validate.positive_int(n_episodes, "n_episodes")
+        horizon = _validate.positive_int(horizon, "horizon")
+        self.max_episodes = n_tasks * n_episodes
+        self.max_steps = self.max_episodes * horizon
+        _validate.check_table_size(self.max_steps,
+                                   f"RolloutWorkspace({n_tasks}, {n_episodes}, {horizon}): "
+                                   f"n_tasks x n_episodes x horizon steps")
+        self._owned = {field: np.empty(self._size(field), dtype=dtype) for field, dtype in _OWNED_DTYPES.items()}
+        self.__dict__.update(self._owned)
+        self._busy = threading.Lock()
+
+    def _arrays(self, n_steps, n_episodes):
+        """The ten kernel output arrays (``reference.envs.ROLLOUT_OUT_FIELDS`` order) and
+        ``episode_start``, after checking they are still the workspace's own and the rollout of
+        ``n_steps`` steps in ``n_episodes`` episodes fits."""
+        if n_steps > self.max_steps or n_episodes > self.max_episodes:
+            raise ValueError(
+                f"out (a RolloutWorkspace of {self.max_steps:,} steps, {self.max_episodes:,} episodes) "
+                f"is too small for this rollout of {n_steps:,} steps (n_tasks x n_episodes x horizon) "
+                f"in {n_episodes:,} episodes; make a larger RolloutWorkspace(n_tasks, n_episodes, horizon)")
+        for field, owned in self._owned.items():
+            arr = self.__dict__.get(field)
+            if arr is not owned:
+                raise ValueError(f"out.{field} is not the array the RolloutWorkspace made (it was "
+                                 f"replaced); make a new RolloutWorkspace")
+            size = self._size(field)
+            if (arr.shape != (size,) or arr.dtype != _OWNED_DTYPES[field] or not arr.flags.c_contiguous
+                    or not arr.flags.aligned or not arr.flags.writeable):
+                raise ValueError(f"out.{field} was changed (it must stay a writeable, C-contiguous "
+                                 f"{_OWNED_DTYPES[field]} array of shape ({size},)); make a new "
+                                 f"RolloutWorkspace")
+        return tuple(self._owned[field] for field, _, _ in ROLLOUT_OUT_FIELDS), self._owned["episode_start"]
+
+    def _size(self, field):
+        if field == "episode_start":
+            return self.max_episodes + 1
+        return self.max_episodes if field.startswith("episode_") else self.max_steps
+
+    @contextlib.contextmanager
+    def _exclusive(self):
+        acquired = self._busy.acquire(blocking=False)
+        if not acquired:
+            raise RuntimeError("rollout(out=workspace) called while another thread's rollout is "
+                               "using this RolloutWorkspace; give each thread its own")
+        try:
+            yield
+        finally:
+            self._busy.release()
+
+    def __repr__(self):
+        return f"RolloutWorkspace(max_steps={self.max_steps}, max_episodes={self.max_episodes})"
+
+
+# the dtype of every array a RolloutWorkspace owns
+_OWNED_DTYPES = {field: np.dtype(dtype) for field, dtype, _ in ROLLOUT_OUT_FIELDS}
+_OWNED_DTYPES["episode_start"] = np.dtype(np.int64)
+
+
+def rollout(policy, task_batch, n_episodes, rng, *, buffer=None, features=None, out=None):
     """Run ``n_episodes`` episodes of ``policy`` on every task of ``task_batch``, in one kernel call.
 
     Parameters
@@ -166,6 +279,10 @@ def rollout(policy, task_batch, n_episodes, rng, *, buffer=None, features=None):
         ``buffer.add_batch(obs, action, reward, next_obs, terminated, truncated=..., task_id=...,
         logp=...)`` call after the episodes are generated.
     features : float (S, F), optional, for a LinearSoftmaxPolicy (default one-hot)
+    out : RolloutWorkspace, optional
+        Write the steps into the workspace's arrays instead of allocating new ones: the same
+        results, bit for bit, as a call without it from the same ``rng`` state.  The returned
+        Trajectories then holds views of the workspace, overwritten by its next use.
 
     Returns
     -------
@@ -185,8 +302,17 @@ def rollout(policy, task_batch, n_episodes, rng, *, buffer=None, features=None):
         policy_of_task = np.zeros(T, dtype=np.int64)
     if buffer is not None and not callable(getattr(buffer, "add_batch", None)):
         raise TypeError(f"buffer must have an add_batch method, got {type(buffer).__name__}")
+    if out is not None and not isinstance(out, RolloutWorkspace):
+        raise TypeError(f"out must be a metarl_fast.rollout.RolloutWorkspace or None, got {type(out).__name__}")
     cdf, logp = action_tables(logits)
-    traj = Trajectories(*active.envs.rollout(batch.tables, cdf, logp, policy_of_task, n_episodes, rng))
+    if out is None:
+        traj = Trajectories(*active.envs.rollout(batch.tables, cdf, logp, policy_of_task, n_episodes, rng))
+    else:
+        with out._exclusive():
+            arrays, episode_start = out._arrays(T * n_episodes * batch.horizon, T * n_episodes)
+            result = active.envs.rollout(batch.tables, cdf, logp, policy_of_task, n_episodes, rng,
+                                         out=arrays)
+            traj = Trajectories._with_offsets(result, episode_start)
     if buffer is not None:
         buffer.add_batch(traj.obs, traj.action, traj.reward, traj.next_obs, traj.terminated,
                          truncated=traj.truncated, task_id=traj.task_id, logp=traj.logp)

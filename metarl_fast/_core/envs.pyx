@@ -1108,6 +1108,40 @@ cdef bint _rollout_args_ok(object tables, object action_cdf, object action_logp,
     return True
 
 
+cdef int[10] ROLLOUT_OUT_TYPES = [cnp.NPY_INT64, cnp.NPY_INT64, cnp.NPY_DOUBLE, cnp.NPY_INT64,
+                                  cnp.NPY_BOOL, cnp.NPY_BOOL, cnp.NPY_DOUBLE, cnp.NPY_INT64,
+                                  cnp.NPY_INT64, cnp.NPY_DOUBLE]
+
+
+cdef bint _rollout_out_ok(object out, intp_t n_steps, intp_t n_episodes, object action_cdf,
+                          object action_logp, object policy_of_task):
+    """C-level fast path of check_rollout_out: True if ``out`` is valid as given (the inputs
+    already passed _rollout_args_ok or check_rollout_args)."""
+    cdef const char* lo[13]
+    cdef const char* hi[13]
+    cdef intp_t j, m
+    cdef cnp.ndarray x
+    if type(out) is not tuple or len(<tuple> out) != 10:
+        return False
+    for j in range(13):
+        if j < 10:
+            if not _is_array((<tuple> out)[j], ROLLOUT_OUT_TYPES[j], 1):
+                return False
+            x = (<tuple> out)[j]
+            if (not cnp.PyArray_ISWRITEABLE(x)
+                    or cnp.PyArray_DIM(x, 0) < (n_steps if j < 8 else n_episodes)):
+                return False
+        else:
+            x = (action_cdf, action_logp, policy_of_task)[j - 10]
+        lo[j] = <const char*> cnp.PyArray_DATA(x)
+        hi[j] = lo[j] + cnp.PyArray_NBYTES(x)
+    for j in range(10):
+        for m in range(j + 1, 13):
+            if lo[j] < hi[m] and lo[m] < hi[j]:
+                return False
+    return True
+
+
 cdef bint action_cdf_kernel(const double* x, double* cdf, double* z, intp_t n_rows,
                             intp_t A) noexcept nogil:
     """Rows of z = x - row max and cdf = running sums of mf_exp_nonpos(z), as the reference
@@ -1316,35 +1350,46 @@ def episode_steps(episode_length):
     return episode, step
 
 
-def rollout(tables, action_cdf, action_logp, policy_of_task, n_episodes, rng):
-    """Fused rollout.  See :func:`metarl_fast.reference.envs.rollout`."""
+def rollout(tables, action_cdf, action_logp, policy_of_task, n_episodes, rng, out=None):
+    """Fused rollout.  See :func:`metarl_fast.reference.envs.rollout` (``out``: the arrays to
+    write into, returned as views of their prefixes)."""
     cdef intp_t N
-    if _rollout_args_ok(tables, action_cdf, action_logp, policy_of_task, n_episodes, rng):
+    if (_rollout_args_ok(tables, action_cdf, action_logp, policy_of_task, n_episodes, rng)
+            and (out is None or _rollout_out_ok(out, tables.n_tasks * <intp_t> n_episodes * tables.horizon,
+                                                tables.n_tasks * <intp_t> n_episodes, action_cdf,
+                                                action_logp, policy_of_task))):
         N = n_episodes
     else:
-        N = check_rollout_args(tables, action_cdf, action_logp, policy_of_task, n_episodes, rng)
+        N = check_rollout_args(tables, action_cdf, action_logp, policy_of_task, n_episodes, rng, out)
     cdef EnvTablesC t
     fill_tables(tables, &t)
     cdef intp_t T = t.n_tasks, H = t.horizon, cap = T * N * H, n_steps
-    cdef RolloutOut out
+    cdef RolloutOut out_p
     cdef dict res = {}
-    for name, typenum in (("obs", cnp.NPY_INT64), ("action", cnp.NPY_INT64),
-                          ("reward", cnp.NPY_DOUBLE), ("next_obs", cnp.NPY_INT64),
-                          ("terminated", cnp.NPY_BOOL), ("truncated", cnp.NPY_BOOL),
-                          ("logp", cnp.NPY_DOUBLE), ("task_id", cnp.NPY_INT64)):
-        res[name] = _empty(cap, typenum)
-    cdef cnp.ndarray length = np.empty((T, N), dtype=np.int64)
-    cdef cnp.ndarray ret = np.empty((T, N), dtype=np.float64)
-    out.obs = <int64_t*> cnp.PyArray_DATA(res["obs"])
-    out.action = <int64_t*> cnp.PyArray_DATA(res["action"])
-    out.reward = <double*> cnp.PyArray_DATA(res["reward"])
-    out.next_obs = <int64_t*> cnp.PyArray_DATA(res["next_obs"])
-    out.terminated = <uint8_t*> cnp.PyArray_DATA(res["terminated"])
-    out.truncated = <uint8_t*> cnp.PyArray_DATA(res["truncated"])
-    out.logp = <double*> cnp.PyArray_DATA(res["logp"])
-    out.task_id = <int64_t*> cnp.PyArray_DATA(res["task_id"])
-    out.episode_length = <int64_t*> cnp.PyArray_DATA(length)
-    out.episode_return = <double*> cnp.PyArray_DATA(ret)
+    cdef cnp.ndarray length, ret
+    cdef intp_t f
+    names = ("obs", "action", "reward", "next_obs", "terminated", "truncated", "logp", "task_id")
+    if out is None:
+        for f in range(8):
+            res[names[f]] = _empty(cap, ROLLOUT_OUT_TYPES[f])
+        length = np.empty((T, N), dtype=np.int64)
+        ret = np.empty((T, N), dtype=np.float64)
+    else:
+        # the caller's arrays (validated above), written from their start
+        for f in range(8):
+            res[names[f]] = out[f]
+        length = out[8]
+        ret = out[9]
+    out_p.obs = <int64_t*> cnp.PyArray_DATA(res["obs"])
+    out_p.action = <int64_t*> cnp.PyArray_DATA(res["action"])
+    out_p.reward = <double*> cnp.PyArray_DATA(res["reward"])
+    out_p.next_obs = <int64_t*> cnp.PyArray_DATA(res["next_obs"])
+    out_p.terminated = <uint8_t*> cnp.PyArray_DATA(res["terminated"])
+    out_p.truncated = <uint8_t*> cnp.PyArray_DATA(res["truncated"])
+    out_p.logp = <double*> cnp.PyArray_DATA(res["logp"])
+    out_p.task_id = <int64_t*> cnp.PyArray_DATA(res["task_id"])
+    out_p.episode_length = <int64_t*> cnp.PyArray_DATA(length)
+    out_p.episode_return = <double*> cnp.PyArray_DATA(ret)
     # the layout of tasks.padded_cdf_rows, built here (tiny: n_policies x S x (4k + 1))
     cdef intp_t A = t.n_actions, n_rows = cnp.PyArray_DIM(<cnp.ndarray> action_cdf, 0) * t.n_states
     cdef intp_t Ap = (A - 1 + 3) // 4 * 4 + 1, j, m
@@ -1363,12 +1408,14 @@ def rollout(tables, action_cdf, action_logp, policy_of_task, n_episodes, rng):
     bitgen = bitgen_of(bit_generator)
     with bit_generator.lock:
         with nogil:
-            n_steps = draw_and_run(&t, cdf_p, Ap, logp_p, pol_p, N, bitgen, &out, True)
+            n_steps = draw_and_run(&t, cdf_p, Ap, logp_p, pol_p, N, bitgen, &out_p, True)
     if n_steps == ENVS_INTERRUPTED:
         _raise_pending()
     if n_steps == ENVS_NO_MEMORY:
         raise MemoryError("metarl_fast: out of memory in rollout")
-    names = ("obs", "action", "reward", "next_obs", "terminated", "truncated", "logp", "task_id")
+    if out is not None:
+        return (tuple(res[name][:n_steps] for name in names)
+                + (length[:T * N].reshape(T, N), ret[:T * N].reshape(T, N)))
     if n_steps < cap:
         # shrink in place (realloc; these fresh arrays have no other reference): no copy
         for name in names:

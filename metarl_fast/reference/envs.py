@@ -52,8 +52,50 @@ def _exact_array(x, name, shape, dtype):
     return x
 
 
-def check_rollout_args(tables, action_cdf, action_logp, policy_of_task, n_episodes, rng):
-    """Validate the arguments of :func:`rollout`; returns ``n_episodes`` as an int."""
+# The output arrays of :func:`rollout`, in the order it returns them: (name, dtype, per step).
+ROLLOUT_OUT_FIELDS = (("obs", np.int64, True), ("action", np.int64, True), ("reward", np.float64, True),
+                      ("next_obs", np.int64, True), ("terminated", np.bool_, True),
+                      ("truncated", np.bool_, True), ("logp", np.float64, True),
+                      ("task_id", np.int64, True), ("episode_length", np.int64, False),
+                      ("episode_return", np.float64, False))
+
+
+def check_rollout_out(out, n_steps, n_episodes, inputs=()):
+    """Validate the ``out`` argument of :func:`rollout`: a tuple of the ten arrays of
+    :data:`ROLLOUT_OUT_FIELDS`, each 1-D, of exactly that dtype, C-contiguous, aligned and
+    writeable, the eight step arrays with room for ``n_steps`` (T * N * H) entries, the two
+    episode arrays for ``n_episodes`` (T * N), none overlapping another or one of ``inputs``
+    (the arrays the kernel reads while it writes).  Returns ``out``."""
+    if not isinstance(out, tuple) or len(out) != len(ROLLOUT_OUT_FIELDS):
+        raise TypeError(f"out must be None or a tuple of {len(ROLLOUT_OUT_FIELDS)} arrays "
+                        f"({', '.join(f[0] for f in ROLLOUT_OUT_FIELDS)}), got {type(out).__name__}"
+                        + (f" of length {len(out)}" if isinstance(out, tuple) else ""))
+    for arr, (field, dtype, per_step) in zip(out, ROLLOUT_OUT_FIELDS):
+        name = f"out {field}"
+        if not isinstance(arr, np.ndarray):
+            raise TypeError(f"{name} must be a numpy.ndarray, got {type(arr).__name__}")
+        if arr.dtype != np.dtype(dtype):
+            raise TypeError(f"{name} must have dtype {np.dtype(dtype)}, got {arr.dtype}")
+        if arr.ndim != 1:
+            raise ValueError(f"{name} must be 1-D, got shape {arr.shape}")
+        if not (arr.flags.c_contiguous and arr.flags.aligned and arr.flags.writeable):
+            raise ValueError(f"{name} must be C-contiguous, aligned and writeable")
+        need = n_steps if per_step else n_episodes
+        if arr.shape[0] < need:
+            what = "n_tasks x n_episodes x horizon steps" if per_step else "n_tasks x n_episodes episodes"
+            raise ValueError(f"{name} holds {arr.shape[0]:,} entries but this rollout needs "
+                             f"{need:,} ({what})")
+    arrays = list(out) + [x for x in inputs if isinstance(x, np.ndarray)]
+    for j, a in enumerate(out):
+        for b in arrays[j + 1:]:
+            if np.may_share_memory(a, b):
+                raise ValueError("out arrays must not overlap each other or the input tables")
+    return out
+
+
+def check_rollout_args(tables, action_cdf, action_logp, policy_of_task, n_episodes, rng, out=None):
+    """Validate the arguments of :func:`rollout` (``out`` with :func:`check_rollout_out`);
+    returns ``n_episodes`` as an int."""
     check_tables(tables)
     _validate.check_rng(rng)
     n_episodes = _validate.positive_int(n_episodes, "n_episodes")
@@ -76,6 +118,9 @@ def check_rollout_args(tables, action_cdf, action_logp, policy_of_task, n_episod
     _validate.check_table_size(tables.n_tasks * n_episodes * tables.horizon,
                                f"n_episodes={n_episodes:,}: a rollout of n_tasks x n_episodes x "
                                f"horizon = {tables.n_tasks} x {n_episodes:,} x {tables.horizon} steps")
+    if out is not None:
+        check_rollout_out(out, tables.n_tasks * n_episodes * tables.horizon, tables.n_tasks * n_episodes,
+                          (action_cdf, action_logp, policy_of_task))
     return n_episodes
 
 
@@ -243,7 +288,7 @@ def _draw_noise(t, rng, shape):
     return None
 
 
-def rollout(tables, action_cdf, action_logp, policy_of_task, n_episodes, rng):
+def rollout(tables, action_cdf, action_logp, policy_of_task, n_episodes, rng, out=None):
     """Run ``n_episodes`` episodes on every task of ``tables`` with tabular action distributions.
 
     Parameters
@@ -254,6 +299,10 @@ def rollout(tables, action_cdf, action_logp, policy_of_task, n_episodes, rng):
     policy_of_task : int64 (T,)              which policy acts in each task
     n_episodes : int >= 1
     rng : numpy.random.Generator             draws as described in the module docstring
+    out : None, or a tuple of the ten arrays of :data:`ROLLOUT_OUT_FIELDS` (1-D, exact dtypes,
+        C-contiguous, writeable, not overlapping; at least T * N * H entries for the eight step
+        arrays, T * N for the two episode arrays) to write into instead of allocating: the
+        returned arrays are then views of their prefixes (contents past them unspecified).
 
     Returns
     -------
@@ -263,8 +312,9 @@ def rollout(tables, action_cdf, action_logp, policy_of_task, n_episodes, rng):
 
     The ``n`` steps are ordered by task, then episode, then time.  An episode ends when it enters
     a terminal state (``terminated``) or after ``H`` steps (``truncated``, unless terminated).
+    Invalid input raises before anything is drawn or written.
     """
-    n_episodes = check_rollout_args(tables, action_cdf, action_logp, policy_of_task, n_episodes, rng)
+    n_episodes = check_rollout_args(tables, action_cdf, action_logp, policy_of_task, n_episodes, rng, out)
     t = tables
     T, N, H = t.n_tasks, n_episodes, t.horizon
     S, A = t.n_states, t.n_actions
@@ -274,16 +324,23 @@ def rollout(tables, action_cdf, action_logp, policy_of_task, n_episodes, rng):
     u_next = rng.random((T, N, H)) if t.stochastic_transitions else None
     u_reward = _draw_reward_outcomes(t, rng, (T, N, H))
 
-    obs = np.zeros((T, N, H), dtype=np.int64)
-    act = np.zeros((T, N, H), dtype=np.int64)
-    rew = np.zeros((T, N, H))
-    nxt = np.zeros((T, N, H), dtype=np.int64)
-    term = np.zeros((T, N, H), dtype=bool)
-    trunc = np.zeros((T, N, H), dtype=bool)
-    logp = np.zeros((T, N, H))
+    if out is None:
+        obs = np.zeros((T, N, H), dtype=np.int64)
+        act = np.zeros((T, N, H), dtype=np.int64)
+        rew = np.zeros((T, N, H))
+        nxt = np.zeros((T, N, H), dtype=np.int64)
+        term = np.zeros((T, N, H), dtype=bool)
+        trunc = np.zeros((T, N, H), dtype=bool)
+        logp = np.zeros((T, N, H))
+        length = np.zeros((T, N), dtype=np.int64)
+        ret = np.zeros((T, N))
+    else:
+        # the (T, N, H) slots live in the out arrays (only the valid ones are read back)
+        obs, act, rew, nxt, term, trunc, logp = (a[:T * N * H].reshape(T, N, H) for a in out[:7])
+        length, ret = (a[:T * N].reshape(T, N) for a in out[8:])
+        length[...] = 0
+        ret[...] = 0.0
     valid = np.zeros((T, N, H), dtype=bool)
-    length = np.zeros((T, N), dtype=np.int64)
-    ret = np.zeros((T, N))
     tasks = np.arange(T)
     for e in range(N):
         if t.stochastic_start:
@@ -321,8 +378,13 @@ def rollout(tables, action_cdf, action_logp, policy_of_task, n_episodes, rng):
                 if live.size == 0:
                     break
     task_id = np.broadcast_to(tasks[:, None, None], (T, N, H))
-    return (obs[valid], act[valid], rew[valid], nxt[valid], term[valid], trunc[valid],
-            logp[valid], task_id[valid], length, ret)
+    steps = (obs, act, rew, nxt, term, trunc, logp, task_id)
+    if out is None:
+        return tuple(a[valid] for a in steps) + (length, ret)
+    n = int(length.sum())
+    for dst, src in zip(out, steps):
+        dst[:n] = src[valid]  # (the gather copies the valid slots before the prefix is written)
+    return tuple(dst[:n] for dst in out[:8]) + (length, ret)
 
 
 def vec_reset(tables, task_of_env, state, elapsed, rng):
