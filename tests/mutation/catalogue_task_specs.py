@@ -51,3 +51,21 @@ MUTATIONS = [
              ["tests/test_api_names.py"],
              "replayed batches give int32 task ids while the rest of the API gives int64 (numpy backend)"),
 ]
+
+# reused rollout outputs (issue 21, part): the reference twin on its own (numpy backend)
+ENVS_REF = "metarl_fast/reference/envs.py"
+T_WS = ["tests/test_rollout_workspace.py"]
+MUTATIONS += [
+    Mutation("workspace-episode-lengths-not-zeroed", ENVS_REF,
+             "        length[...] = 0\n",
+             "        pass\n", T_WS,
+             "a reused workspace keeps the previous call's episode lengths"),
+    Mutation("workspace-returns-not-zeroed", ENVS_REF,
+             "        ret[...] = 0.0\n",
+             "        pass\n", T_WS,
+             "a reused workspace adds this call's rewards to the previous call's episode returns"),
+    Mutation("workspace-size-not-checked", ENVS_REF,
+             "        if arr.shape[0] < need:\n",
+             "        if False:\n", T_WS,
+             "an out array too small for the rollout is accepted (writes past its end)"),
+]
