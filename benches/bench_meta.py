@@ -130,3 +130,27 @@ def test_incontext_iteration_with_replay(benchmark, backend, tasks, mode):
     benchmark.extra_info.update(rows=500, backend=backend)
     stats = benchmark(lambda: training.meta_step(dist.sample(500, rng), rng))
     assert np.isfinite(stats["pre_return"])
+
+
+@pytest.mark.parametrize("memory", ["fresh", "reused"])
+@pytest.mark.parametrize("n_tasks", grid([20, 256, 1024], [20]))
+def test_meta_iteration_rollout_memory(benchmark, n_tasks, memory):
+    """A MAML meta-iteration (GridNavigation(7), 20 episodes per task, K = 1, from the uniform
+    policy) with the rollouts' outputs reused from iteration to iteration (the learners' default,
+    ``MetaLearner.workspaces``) against fresh arrays at every rollout (``workspaces = None``)."""
+    tasks = mf.GridNavigation(size=7).sample(n_tasks, 1)
+    policy = mf.TabularSoftmaxPolicy(tasks.n_states, tasks.n_actions)
+    learner = mf.MetaLearner(policy, "maml", inner_lr=1.0, inner_steps=1, episodes_per_task=20)
+    if memory == "fresh":
+        learner.workspaces = None
+    rng = np.random.default_rng(0)
+
+    def step():
+        policy.params[:] = 0.0  # the same work every round
+        return learner.meta_step(tasks, rng)
+
+    step()  # the workspaces' pages faulted in once, before timing
+    benchmark.group = f"meta-iteration rollout memory, {n_tasks} tasks"
+    benchmark.extra_info.update(backend=memory, rows=n_tasks)
+    stats = benchmark(step)
+    assert np.isfinite(stats["pre_return"])

@@ -187,7 +187,7 @@ class SampledPolicyProblem:
     """
 
     def __init__(self, policy, task_batch, n_episodes, gamma=1.0, features=None, advantage="reinforce",
-                 baseline="leave-one-out", pool=None, normalize_returns=False):
+                 baseline="leave-one-out", pool=None, normalize_returns=False, workspaces=None):
         if advantage not in ADVANTAGES:
             raise ValueError(f"advantage must be one of {ADVANTAGES}, got {advantage!r}")
         if baseline not in BASELINES:
@@ -223,6 +223,9 @@ class SampledPolicyProblem:
             raise ValueError("normalize_returns does not combine with replay (stored episodes keep "
                              "their raw rewards)")
         self.normalize_returns = bool(normalize_returns)
+        # a RolloutWorkspaces: each rollout writes into the next of its reused output arrays (the
+        # data of a sample() is valid until that workspace comes round again)
+        self.workspaces = workspaces
 
     def sample(self, theta, rng):
         """Episodes of every task under its own parameters, in one fused rollout call (``rng``: a
@@ -234,8 +237,13 @@ class SampledPolicyProblem:
         start = time.perf_counter()
         logits = self.map.jvp(np.asarray(theta, dtype=np.float64))        # (T, S, A)
         cdf, logp = action_tables(logits)
-        traj = Trajectories(*active.envs.rollout(self.tasks.tables, cdf, logp, self._policy_of_task,
-                                                  self.n_episodes, rng))
+        if self.workspaces is None:
+            traj = Trajectories(*active.envs.rollout(self.tasks.tables, cdf, logp, self._policy_of_task,
+                                                      self.n_episodes, rng))
+        else:
+            out, starts = self.workspaces.next(self.n_tasks, self.n_episodes, self.tasks.horizon)
+            traj = Trajectories._with_offsets(active.envs.rollout(
+                self.tasks.tables, cdf, logp, self._policy_of_task, self.n_episodes, rng, out=out), starts)
         self.env_steps += traj.n_steps
         self.sampling_time += time.perf_counter() - start
         data = self._prepare(logits, traj)
@@ -657,6 +665,35 @@ class DivergenceError(FloatingPointError):
 ESTIMATORS = ("sampled", "exact")
 
 
+class RolloutWorkspaces:
+    """The rollouts' output arrays of one meta-iteration, reused by the next ones: the ``i``-th
+    rollout of an iteration writes into the ``i``-th :class:`~metarl_fast.rollout.RolloutWorkspace`
+    (grown when a batch needs more room).  A meta-iteration keeps every rollout of its inner path
+    until its meta-gradient, so each gets its own; the next iteration (:meth:`begin`) overwrites
+    them, without the allocation and page faults of fresh outputs."""
+
+    def __init__(self):
+        self._spaces = []
+        self._used = 0
+
+    def begin(self):
+        self._used = 0
+
+    def next(self, n_tasks, n_episodes, horizon):
+        """(the kernel's ``out`` arrays, ``episode_start``) of the next workspace, with room for
+        ``n_tasks x n_episodes x horizon`` steps."""
+        from metarl_fast.rollout import RolloutWorkspace
+
+        steps, episodes = n_tasks * n_episodes * horizon, n_tasks * n_episodes
+        if self._used == len(self._spaces):
+            self._spaces.append(None)
+        space = self._spaces[self._used]
+        if space is None or space.max_steps < steps or space.max_episodes < episodes:
+            space = self._spaces[self._used] = RolloutWorkspace(n_tasks, n_episodes, horizon)
+        self._used += 1
+        return space._arrays(steps, episodes)
+
+
 class MetaLearner:
     """Meta-train the initial parameters of a softmax ``policy`` across tasks.
 
@@ -696,6 +733,14 @@ class MetaLearner:
         Divide each task's rewards by the standard deviation of its episodes' returns (sampled
         estimator; see :class:`SampledPolicyProblem`): makes ``inner_lr`` independent of the scale
         of the rewards (e.g. returns in the hundreds, where a step of 1.0 saturates the softmax).
+
+    Attributes
+    ----------
+    workspaces : RolloutWorkspaces or None
+        The output memory :meth:`meta_step`'s rollouts reuse from iteration to iteration (about
+        50 bytes per step of each rollout of one iteration, kept between iterations; at 1024
+        tasks a meta-iteration runs 1.8-1.9x faster than with fresh arrays, see benches/README.md).
+        None: fresh arrays at every rollout, the same results.
     """
 
     def __init__(self, policy, method, *, inner_lr=1.0, inner_steps=1, meta_lr=None,
@@ -736,6 +781,9 @@ class MetaLearner:
         self.inner_lrs = np.full(policy.n_params, self.inner_lr)
         self.lr_optimizer = Adam(self.inner_lrs, lr=self.meta_lr) if self.learn_inner_lr else None
         self.iteration = 0
+        # meta_step's rollouts reuse their output memory from iteration to iteration (None: fresh
+        # arrays every rollout, as adapt() and problem() use)
+        self.workspaces = RolloutWorkspaces()
         if not isinstance(normalize_returns, (bool, np.bool_)):
             raise TypeError(f"normalize_returns must be a bool, got {type(normalize_returns).__name__}")
         self.normalize_returns = bool(normalize_returns)
@@ -754,14 +802,15 @@ class MetaLearner:
                                  "fomaml, multitask): MAML's Hessian needs fresh episodes")
             self.pool = EpisodePool(replay)
 
-    def problem(self, task_batch, pool=None):
+    def problem(self, task_batch, pool=None, workspaces=None):
         """The inner problem of this learner on ``task_batch`` (sampled or exact; ``pool``: the
-        replay pool its estimates use and its rollouts fill)."""
+        replay pool its estimates use and its rollouts fill; ``workspaces``: a
+        :class:`RolloutWorkspaces` its rollouts write into)."""
         if self.estimator == "exact":
             return ExactPolicyProblem(self.policy, task_batch, self.gamma, self.features)
         return SampledPolicyProblem(self.policy, task_batch, self.episodes_per_task, self.gamma, self.features,
                                     advantage=self.inner_estimator, baseline=self.baseline,
-                                    pool=pool, normalize_returns=self.normalize_returns)
+                                    pool=pool, normalize_returns=self.normalize_returns, workspaces=workspaces)
 
     def _alpha(self):
         return self.inner_lrs if self.learn_inner_lr else self.inner_lr
@@ -780,7 +829,10 @@ class MetaLearner:
             raise TypeError(f"task_batch must be a TaskBatch (e.g. GridNavigation().sample(20, rng)), "
                             f"got {type(task_batch).__name__}")
         _validate.check_rng(rng)
-        problem = self.problem(task_batch, self.pool)
+        # the rollouts write into the previous iteration's output arrays (nothing outlives an iteration)
+        if self.workspaces is not None:
+            self.workspaces.begin()
+        problem = self.problem(task_batch, self.pool, self.workspaces)
         # the inner path keeps every step's parameters and rollout until the meta-gradient
         _validate.check_table_size(
             self.inner_steps * (problem.n_tasks * problem.n_params + getattr(problem, "rollout_steps", 0)),

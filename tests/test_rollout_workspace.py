@@ -9,6 +9,7 @@ import pytest
 import metarl_fast as mf
 from conftest import needs_cython
 from metarl_fast._backend import active
+from metarl_fast.pool import ReplayConfig
 from metarl_fast.reference.envs import ROLLOUT_OUT_FIELDS
 from metarl_fast.rollout import RolloutWorkspace, action_tables, rollout
 
@@ -286,3 +287,38 @@ def test_twins_write_the_same_workspace():
             workspace = RolloutWorkspace(6, 4, batch.horizon)
             results.append(rollout(_policy(batch), batch, 4, np.random.default_rng(9), out=workspace))
     _assert_same(*results)
+
+
+# ---------------------------------------------------------------------------------------------
+# the meta-learners' rollouts reuse their outputs from iteration to iteration
+# ---------------------------------------------------------------------------------------------
+
+def _learner_run(make, batches, reuse, **kwargs):
+    policy = mf.TabularSoftmaxPolicy(batches[0].n_states, batches[0].n_actions)
+    learner = make(policy, episodes_per_task=3, **kwargs)
+    if not reuse:
+        learner.workspaces = None
+    rng = np.random.default_rng(5)
+    stats = [learner.meta_step(batch, rng) for batch in batches]
+    return policy.params.copy(), [(s["pre_return"], s["post_return"], s["direction_norm"]) for s in stats], learner
+
+
+@pytest.mark.parametrize("make, kwargs", [
+    (mf.MAML, dict(inner_steps=2)),
+    (mf.MAML, dict(hessian_data="shared")),
+    (mf.FOMAML, dict(inner_estimator="actor-critic")),
+    (mf.Reptile, dict(inner_steps=3)),
+    (mf.FOMAML, dict(replay=ReplayConfig(capacity=5000, episodes=4))),
+], ids=["maml-k2", "maml-shared", "fomaml-ac", "reptile-k3", "fomaml-replay"])
+def test_meta_steps_with_reused_rollout_memory_equal_fresh_ones(backend, make, kwargs):
+    # batches of different sizes: the workspaces grow, and a smaller batch reuses a larger one
+    batches = [mf.GridNavigation(size=4).sample(n, seed) for seed, n in enumerate((3, 8, 2, 8, 5))]
+    fresh_params, fresh_stats, _ = _learner_run(make, batches, False, **kwargs)
+    params, stats, learner = _learner_run(make, batches, True, **kwargs)
+    np.testing.assert_array_equal(params, fresh_params)
+    assert stats == fresh_stats
+    spaces = list(learner.workspaces._spaces)
+    assert spaces  # the rollouts did go through workspaces
+    learner.meta_step(batches[1], np.random.default_rng(9))  # one more iteration: the same memory
+    assert [a is b for a, b in zip(learner.workspaces._spaces, spaces)] == [True] * len(spaces)
+    assert len(learner.workspaces._spaces) == len(spaces)

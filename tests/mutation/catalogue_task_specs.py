@@ -69,3 +69,15 @@ MUTATIONS += [
              "        if False:\n", T_WS,
              "an out array too small for the rollout is accepted (writes past its end)"),
 ]
+
+# the meta-learners' reused rollout memory
+MUTATIONS += [
+    Mutation("workspaces-never-rewound", "metarl_fast/meta.py",
+             "        if self.workspaces is not None:\n            self.workspaces.begin()\n",
+             "", T_WS,
+             "every meta-iteration allocates new workspaces and keeps the old ones (memory grows)"),
+    Mutation("workspaces-shared-within-an-iteration", "metarl_fast/meta.py",
+             "        self._used += 1\n        return space._arrays(steps, episodes)\n",
+             "        return space._arrays(steps, episodes)\n", T_WS,
+             "every rollout of an iteration writes into one workspace: MAML's inner-path data overwritten"),
+]
