@@ -2,8 +2,9 @@
 
 Importing :mod:`metarl_fast` never imports this module or Gymnasium; it is imported by
 :meth:`metarl_fast.tasks.Task.make_env` / ``as_gymnasium``, by :class:`metarl_fast.rollout.VecEnv`
-when Gymnasium is importable, by ``import metarl_fast`` in a process that has already imported
-Gymnasium, or by name.  Importing it registers the task families with Gymnasium:
+when Gymnasium is importable, as soon as Gymnasium is imported in a process that imported
+:mod:`metarl_fast` (before or after it: :mod:`metarl_fast._gym_hook`), or by name.  Importing it
+registers the task families with Gymnasium:
 
 ====================================  ==========================================
 id                                    family (``family_kwargs`` pass through)
@@ -21,15 +22,12 @@ the family's horizon (the env truncates there itself: no ``TimeLimit`` wrapper i
 given through ``max_episode_steps=`` can only shorten episodes).  ``gymnasium.make_vec(id,
 num_envs=k, ...)`` is one :class:`metarl_fast.rollout.VecEnv` of ``k`` copies of that task.
 
-Gymnasium 1.x has no plugin entry points (removed in 1.0), so an id is found after this module
-has been imported.  Without importing anything first, name the module in the id::
+Gymnasium 1.x has no plugin entry points (removed in 1.0), so an id is found once this module has
+been imported: after ``import metarl_fast`` (in either order with Gymnasium), or without importing
+anything first by naming the module in the id::
 
     import gymnasium
     env = gymnasium.make("metarl_fast.gym_env:metarl_fast/GridNavigation-v0", size=5, task_seed=3)
-
-``gymnasium.make("metarl_fast:metarl_fast/...")`` works too when ``metarl_fast`` is first
-imported after Gymnasium (``import metarl_fast`` registers the ids only if Gymnasium is already
-imported, so that it never imports Gymnasium itself).
 """
 import dataclasses
 import numbers
