@@ -216,6 +216,7 @@ class RolloutWorkspace:
                                    f"n_tasks x n_episodes x horizon steps")
         self._owned = {field: np.empty(self._size(field), dtype=dtype) for field, dtype in _OWNED_DTYPES.items()}
         self.__dict__.update(self._owned)
+        self._out = tuple(self._owned[field] for field, _, _ in ROLLOUT_OUT_FIELDS)
         self._busy = threading.Lock()
 
     def _arrays(self, n_steps, n_episodes):
@@ -238,7 +239,7 @@ class RolloutWorkspace:
                 raise ValueError(f"out.{field} was changed (it must stay a writeable, C-contiguous "
                                  f"{_OWNED_DTYPES[field]} array of shape ({size},)); make a new "
                                  f"RolloutWorkspace")
-        return tuple(self._owned[field] for field, _, _ in ROLLOUT_OUT_FIELDS), self._owned["episode_start"]
+        return self._out, self._owned["episode_start"]
 
     def _size(self, field):
         if field == "episode_start":

@@ -12,7 +12,8 @@ import pytest
 
 import metarl_fast as mf
 from metarl_fast.rollout import MultiDiscrete, VecEnv
-from metarl_fast.tasks import Discrete, TabularEnv, TabularFamily
+from metarl_fast.tasks import Discrete, TabularEnv
+from test_rollout import _random_start_family
 
 try:
     import gymnasium
@@ -22,15 +23,6 @@ except ImportError:  # the tests that need it are skipped; the no-Gymnasium path
 
 needs_gymnasium = pytest.mark.skipif(gymnasium is None, reason="gymnasium is not installed (the 'gym' extra)")
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-
-
-def _random_start_family():
-    rng = np.random.default_rng(4)
-    P = rng.dirichlet(np.ones(4), size=(2, 4, 3))
-    terminal = np.array([[False, False, False, True], [False, True, False, False]])
-    start = np.array([[0.3, 0.3, 0.4, 0.0], [0.5, 0.0, 0.25, 0.25]])
-    return TabularFamily(P=P, R=rng.normal(size=(2, 4, 3)), horizon=5, start=start, terminal=terminal,
-                         reward_noise="gaussian", reward_std=0.5)
 
 
 FAMILIES = [mf.GridNavigation(size=4), mf.TabularMDPs(n_states=5, n_actions=3), mf.BernoulliBandits(),

@@ -77,7 +77,7 @@ MUTATIONS += [
              "", T_WS,
              "every meta-iteration allocates new workspaces and keeps the old ones (memory grows)"),
     Mutation("workspaces-shared-within-an-iteration", "metarl_fast/meta.py",
-             "        self._used += 1\n        return space._arrays(steps, episodes)\n",
-             "        return space._arrays(steps, episodes)\n", T_WS,
+             "        self._used += 1\n",
+             "", T_WS,
              "every rollout of an iteration writes into one workspace: MAML's inner-path data overwritten"),
 ]
