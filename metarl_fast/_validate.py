@@ -146,6 +146,18 @@ def check_table_size(entries, what):
                          f"(2**28) one table may hold")
 
 
+def check_memory(n_bytes, what):
+    """Raise ValueError (``what`` names the arguments and the tables) if ``n_bytes`` is more than
+    the memory this process can still fill (:func:`metarl_fast.memory.available_bytes`), before
+    anything is allocated."""
+    from metarl_fast.memory import available_bytes
+
+    available = available_bytes()
+    if available is not None and n_bytes > available:
+        raise ValueError(f"{what}: {n_bytes / 2**30:,.1f} GiB, more than the "
+                         f"{available / 2**30:,.1f} GiB of memory available")
+
+
 def finite_float(value, name, low=None, high=None, low_open=False, high_open=False):
     """Return ``value`` as a Python float, checking it is finite and inside the given interval."""
     if isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Real):

@@ -1,4 +1,5 @@
-"""Keeping freed memory in the process, so that large per-call arrays do not page-fault.
+"""Keeping freed memory in the process, so that large per-call arrays do not page-fault; large
+tables faulted in at once (:func:`populated_empty`); the memory a process can still fill.
 
 A rollout of 1024 tasks x 10 episodes returns about 5 MB of fresh arrays.  glibc's ``malloc``
 serves blocks that large with ``mmap`` (or trims its heap when they are freed), so every call
@@ -14,7 +15,10 @@ itself (or sets ``MALLOC_MMAP_THRESHOLD_`` and ``MALLOC_TRIM_THRESHOLD_`` in the
 """
 import ctypes
 import ctypes.util
+import mmap
 import sys
+
+import numpy as np
 
 # mallopt parameters (glibc's malloc.h)
 _M_TRIM_THRESHOLD = -1
@@ -95,3 +99,31 @@ def available_bytes():
     except (ImportError, ValueError, OSError):
         pass
     return min(bounds) if bounds else None
+
+
+# below this size an array is allocated as NumPy does: the faults of a few pages cost little
+POPULATE_MIN_BYTES = 16 * 2**20
+_MAP_POPULATE = getattr(mmap, "MAP_POPULATE", None)
+
+
+def populated_empty(shape, dtype):
+    """An uninitialised C-contiguous array whose pages are all mapped before it is returned, for
+    large tables that are written whole right away (task tables).
+
+    NumPy's large arrays get their pages one fault at a time as they are first written; in a
+    virtual machine each fault can cost microseconds (measured on this project's 2-vCPU VM:
+    2.3 ns per byte written for an 800 MB array, against 0.36 with the pages mapped at once).
+    From ``POPULATE_MIN_BYTES`` on, where Linux's ``MAP_POPULATE`` exists, the array lives in an
+    anonymous private mapping populated by the kernel in one call (freed when the array is);
+    elsewhere, or for smaller arrays, it is ``np.empty(shape, dtype)``.
+    """
+    dtype = np.dtype(dtype)
+    shape = tuple(int(d) for d in shape)
+    n_bytes = int(np.prod(shape, dtype=object)) * dtype.itemsize
+    if _MAP_POPULATE is None or n_bytes < POPULATE_MIN_BYTES:
+        return np.empty(shape, dtype)
+    try:
+        buf = mmap.mmap(-1, n_bytes, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS | _MAP_POPULATE)
+    except (OSError, ValueError):  # no room for one mapping that large: let NumPy try
+        return np.empty(shape, dtype)
+    return np.frombuffer(buf, dtype=dtype).reshape(shape)

@@ -175,7 +175,10 @@ def _shared_defaults(n, S):
 def padded_cdf_rows(cdf):
     """Running-sum rows (..., m) laid out for the compiled kernels' blocked search: (..., L + 1)
     holding the first m - 1 sums, +inf up to L = m - 1 rounded up to a multiple of 4 (never <= a
-    target), then the total at index L.  Read-only float64."""
+    target), then the total at index L.  Read-only float64.
+
+    A row's outcome for the uniform ``u`` is the number of its first L entries that are
+    ``<= u * row[L]`` (the last outcome's sum is never compared: it is the total)."""
     m = cdf.shape[-1]
     L = (m - 1 + 3) // 4 * 4
     out = np.full(cdf.shape[:-1] + (L + 1,), np.inf)
@@ -183,6 +186,57 @@ def padded_cdf_rows(cdf):
     out[..., L] = cdf[..., m - 1]
     out.setflags(write=False)
     return out
+
+
+# Rows of at least GUIDE_MIN_WIDTH compared entries get a guide table: one bucket per
+# GUIDE_BUCKET_WIDTH entries, so a draw reads the bucket's start and about that many sums
+# (Chen & Asau's indexed search) instead of the whole row.
+GUIDE_MIN_WIDTH = 32
+GUIDE_BUCKET_WIDTH = 4
+# each bucket's threshold is lowered by this relative margin: the start it gives is never past
+# the outcome, whatever the rounding of u * G and u * total
+_GUIDE_MARGIN = 1.0 - 2.0 ** -40
+
+
+def guide_buckets(L):
+    """Buckets G of the guide table of padded rows with L compared entries (0: no guide)."""
+    return L // GUIDE_BUCKET_WIDTH if L >= GUIDE_MIN_WIDTH else 0
+
+
+def guide_rows(padded):
+    """Guide table of padded running-sum rows (..., L + 1) (:func:`padded_cdf_rows`): int32
+    (..., G + 1) with ``G = guide_buckets(L)``, entry ``b`` the number of the row's first L sums
+    that are ``< b * (total * ((1 - 2**-40) / G))``.  For ``u`` in bucket ``b = int(u * G)`` the
+    outcome (number of sums ``<= u * total``) is at least that many, so a search may start there
+    and gives the same outcome as the whole-row count.  A (1, 1, 1, 1) placeholder when G = 0.
+    Read-only."""
+    L = padded.shape[-1] - 1
+    G = guide_buckets(L)
+    if G == 0:
+        return _NO_GUIDE
+    rows = padded.reshape(-1, L + 1)
+    scale = rows[:, L] * (_GUIDE_MARGIN / G)
+    steps = np.arange(G + 1, dtype=np.float64)
+    out = np.empty((rows.shape[0], G + 1), dtype=np.int32)
+    for r in range(rows.shape[0]):  # one sorted search per row (the specification, not fast)
+        out[r] = np.searchsorted(rows[r, :L], steps * scale[r], side="left")
+    out = out.reshape(padded.shape[:-1] + (G + 1,))
+    out.setflags(write=False)
+    return out
+
+
+def cdf_rows_probabilities(padded, m):
+    """The probabilities (..., m) a padded running-sum table draws: the differences of its sums
+    (the first sum, then each sum minus the one before, the last the total minus the last
+    compared sum).  float64."""
+    L = padded.shape[-1] - 1
+    sums = np.empty(padded.shape[:-1] + (m,), dtype=np.float64)
+    sums[..., :m - 1] = padded[..., :m - 1]
+    sums[..., m - 1] = padded[..., L]
+    P = np.empty_like(sums)
+    P[..., 0] = sums[..., 0]
+    np.subtract(sums[..., 1:], sums[..., :-1], out=P[..., 1:])
+    return P
 
 
 def _read_only(arr):
@@ -200,13 +254,13 @@ def _read_only(arr):
 
 
 # placeholders of the tables a batch does not need (the kernels never read them)
-_NO_CDF = _read_only(np.ones((1, 1, 1, 1)))
-_NO_CDF_PADDED = _read_only(padded_cdf_rows(_NO_CDF))
+_NO_CDF_PADDED = _read_only(padded_cdf_rows(np.ones((1, 1, 1, 1))))
+_NO_GUIDE = _read_only(np.zeros((1, 1, 1, 1), dtype=np.int32))
 _NO_REWARD_NEXT = _read_only(np.zeros((1, 1, 1, 1)))
 _NO_OUTCOMES = _read_only(np.ones((1, 1, 1, 1, 1)))
 
 
-_ENV_FIELDS = ("n_tasks", "n_states", "n_actions", "horizon", "trans_cdf", "trans_cdf_padded",
+_ENV_FIELDS = ("n_tasks", "n_states", "n_actions", "horizon", "trans_cdf_padded", "trans_guide",
                "has_terminal", "next_state", "stochastic_transitions", "reward_mean", "reward_kind",
                "reward_std", "reward_next", "start_cdf", "start_state", "stochastic_start", "terminal",
                "reward_outcomes", "reward_values", "reward_cdf")
@@ -219,10 +273,11 @@ class EnvTables(collections.namedtuple("EnvTables", _ENV_FIELDS)):
     Attributes
     ----------
     n_tasks, n_states, n_actions, horizon : int
-    trans_cdf : float64 (n, S, A, S)   running sums of ``P`` along the last axis (a (1, 1, 1, 1)
-        placeholder when ``stochastic_transitions`` is False)
-    trans_cdf_padded : float64 (n, S, A, L + 1)  ``padded_cdf_rows(trans_cdf)`` for the compiled
-        kernels
+    trans_cdf_padded : float64 (n, S, A, L + 1)  running sums of ``P`` along the last axis laid out
+        by :func:`padded_cdf_rows` (a placeholder when ``stochastic_transitions`` is False): the
+        only copy of a stochastic batch's transitions the kernels read (8 bytes per entry)
+    trans_guide : int32 (n, S, A, G + 1)  :func:`guide_rows` of it for rows of
+        ``GUIDE_MIN_WIDTH`` or more compared entries (about 1 byte per entry), else a placeholder
     has_terminal : bool                False if no task has a terminal state (fixed-length episodes)
     next_state : int64 (n, S, A)       the certain next state (used when ``stochastic_transitions`` is False)
     stochastic_transitions : bool      False if every row of ``P`` has exactly one non-zero entry
@@ -252,12 +307,12 @@ class EnvTables(collections.namedtuple("EnvTables", _ENV_FIELDS)):
             det_trans, next_state = _certain_outcomes(batch.P)
         # deterministic batches (e.g. GridNavigation) never search a CDF: keep no copy of P's size
         if not det_trans and batch._trans_cdfs is not None:
-            trans_cdf, trans_cdf_padded = batch._trans_cdfs
+            trans_cdf_padded, trans_guide = batch._trans_cdfs
         elif not det_trans:
             from metarl_fast._backend import active  # here: the kernel modules import this one
-            trans_cdf, trans_cdf_padded = active.envs.transition_cdfs(batch.P)
+            trans_cdf_padded, trans_guide = active.envs.transition_cdfs(batch.P)
         else:
-            trans_cdf, trans_cdf_padded = _NO_CDF, _NO_CDF_PADDED
+            trans_cdf_padded, trans_guide = _NO_CDF_PADDED, _NO_GUIDE
         kind = REWARD_KINDS.index(batch._reward_noise)
         reward_next = batch._reward_next if kind == REWARD_TRANSITION else _NO_REWARD_NEXT
         if kind == REWARD_OUTCOME:  # built for this kind only
@@ -277,7 +332,7 @@ class EnvTables(collections.namedtuple("EnvTables", _ENV_FIELDS)):
         # the kernels read raw pointers: every table C-contiguous, and none can be made writeable
         # (a batch's own arrays already are so; the ones built here are made so)
         return super().__new__(
-            cls, n, S, A, batch._horizon, _kernel_table(trans_cdf), _kernel_table(trans_cdf_padded),
+            cls, n, S, A, batch._horizon, _kernel_table(trans_cdf_padded), _kernel_table(trans_guide),
             has_terminal, _kernel_table(next_state), not det_trans, _kernel_table(batch._R),
             kind, _kernel_table(batch._reward_std),
             _kernel_table(reward_next), _kernel_table(start_cdf), _kernel_table(start_state),
@@ -412,7 +467,7 @@ class TaskBatch:
         no checks and no copies; the arrays must be fresh float64/int64/bool arrays nothing else
         writes to (they are made read-only)."""
         self = cls.__new__(cls)
-        n, S, A = (next_state if P is None else P).shape[:3]
+        n, S, A = R.shape
         start_state = start_cdf = None
         no_terminal_known = terminal is None
         if start is None:
@@ -450,15 +505,14 @@ class TaskBatch:
         self._reward_next = reward_next
         self._reward_values = self._reward_probs = None  # set for "outcome" rewards
         self._horizon, self._reward_noise, self.name = horizon, reward_noise, str(name)
-        shape_source = next_state if P is None else P
-        self._shape = tuple(int(d) for d in shape_source.shape[:3])
+        self._shape = tuple(int(d) for d in R.shape)
         # per-task parameters of the family that drew the batch (first axis n_tasks), e.g.
         # GridNavigation's "goal" (n, 2) or Chain's "good_action" (n, S); sub-batches keep them
         self.info = {}
         self._tables = None
         self._stochastic = False  # True: every row of P is known to have >= 2 outcomes (no scan)
         self._start_state = None  # int64 (n,): every task's certain start state, known by construction
-        self._trans_cdfs = None   # (trans_cdf, trans_cdf_padded) built with P, if the family did
+        self._trans_cdfs = None   # (trans_cdf_padded, trans_guide) built by the family, if it did
         self._start_cdf = None    # running sums of start, if known
         self._no_terminal = None  # the terminal array, if known by construction to be all False
 
@@ -480,12 +534,17 @@ class TaskBatch:
 
     @property
     def P(self):
-        """float64 (n, S, A, S) transition probabilities, read-only (built on first use from
-        ``next_state`` when the batch holds a next-state table)."""
+        """float64 (n, S, A, S) transition probabilities, read-only.  Built on first use (and then
+        kept) when the batch holds only a next-state table or, for a family that builds its
+        running sums directly (``TabularMDPs``), only those sums: then ``P`` is their differences
+        (:func:`cdf_rows_probabilities`), exactly what the kernels draw."""
         if self._P is None:
             n, S, A = self._shape
-            P = np.zeros((n, S, A, S))
-            np.put_along_axis(P, self.next_state[..., None], 1.0, axis=-1)
+            if self._next_state is not None:
+                P = np.zeros((n, S, A, S))
+                np.put_along_axis(P, self.next_state[..., None], 1.0, axis=-1)
+            else:
+                P = cdf_rows_probabilities(self._trans_cdfs[0], S)
             self._P = _read_only(P)
         return self._P
 
@@ -537,7 +596,8 @@ class TaskBatch:
         sub._stochastic = self._stochastic
         sub._start_state = None if self._start_state is None else _read_only(self._start_state[idx])
         if self._trans_cdfs is not None:
-            sub._trans_cdfs = tuple(_read_only(table[idx]) for table in self._trans_cdfs)
+            sub._trans_cdfs = tuple(table if table is _NO_GUIDE else _read_only(table[idx])
+                                    for table in self._trans_cdfs)
         return sub
 
     def __iter__(self):
@@ -668,8 +728,9 @@ class Discrete(SeededSpace):
 
 
 def _draw_index(cdf, u):
-    """Inverse CDF: number of entries of the running sum ``cdf`` that are <= ``u * cdf[-1]``."""
-    return int(np.count_nonzero(cdf <= u * cdf[-1]))
+    """Inverse CDF: number of entries of the running sum ``cdf`` before its last that are
+    ``<= u * cdf[-1]`` (rows of :func:`padded_cdf_rows` too: their padding never counts)."""
+    return int(np.count_nonzero(cdf[:-1] <= u * cdf[-1]))
 
 
 class _TabularEnvLogic:
@@ -716,7 +777,7 @@ class _TabularEnvLogic:
         elif kind == REWARD_BERNOULLI:
             reward = 1.0 if rng.random() < reward else 0.0
         if t.stochastic_transitions:
-            s2 = _draw_index(t.trans_cdf[i, s, a], rng.random())
+            s2 = _draw_index(t.trans_cdf_padded[i, s, a], rng.random())
         else:
             s2 = int(t.next_state[i, s, a])
         if kind == REWARD_TRANSITION:
@@ -805,14 +866,23 @@ class TaskDistribution:
 
     def sample(self, n, rng):
         n = _validate.positive_int(n, "n")
+        per_bytes = self._bytes_per_task()
         per_task = self._entries_per_task()
-        if per_task is not None and n * per_task > _validate.MAX_TABLE_ENTRIES:  # (message only then)
+        if per_bytes is not None:  # compact tables: bounded by the memory there is, not by entries
+            _validate.check_memory(n * per_bytes, f"{self!r}.sample(n={n}) would build tables "
+                                   f"of n x {per_bytes:,} bytes")
+        elif per_task is not None and n * per_task > _validate.MAX_TABLE_ENTRIES:  # (message only then)
             _validate.check_table_size(n * per_task, f"{self!r}.sample(n={n}) would build a table "
                                        f"of n x {per_task:,}")
         return self._sample(n, as_generator(rng))
 
     def _entries_per_task(self):
         """Entries per task of the largest table ``sample`` builds (None: not known up front)."""
+        return None
+
+    def _bytes_per_task(self):
+        """Bytes per task of all the tables ``sample`` builds, for families whose tables are
+        compact (None: bounded by ``_entries_per_task`` instead)."""
         return None
 
     def _sample(self, n, rng):  # pragma: no cover - abstract
@@ -851,6 +921,13 @@ class TabularMDPs(TaskDistribution):
     ``P(.|s, a) ~ Dirichlet(1, ..., 1)``, every episode starts in state 0 and lasts ``horizon``
     steps.  ``sample`` draws ``rng.normal(1, 1, (n, S, A))`` then ``rng.dirichlet(ones(S), (n, S, A))``
     (the same values: exponentials normalised as ``Generator.dirichlet`` does).
+
+    Compact: a batch keeps only the running sums of those rows (``tables.trans_cdf_padded``, 8
+    bytes per (task, state, action, next state)) and their guide table (``tables.trans_guide``,
+    about 1 byte per entry from 30 states on), built in one compiled pass without a copy of the
+    draws.  ``batch.P`` is built on request (8 more bytes per entry) as the differences of those
+    sums: the probabilities the kernels draw, equal to the Dirichlet rows up to rounding (a few
+    units of 1e-16).
     """
 
     def __init__(self, n_states=10, n_actions=5, horizon=10):
@@ -864,6 +941,13 @@ class TabularMDPs(TaskDistribution):
     def _entries_per_task(self):
         return self.n_states * self.n_actions * self.n_states
 
+    def _bytes_per_task(self):
+        S, A = self.n_states, self.n_actions
+        L = (S - 1 + 3) // 4 * 4
+        G = guide_buckets(L)
+        # rewards, running sums, guide
+        return S * A * (8 + 8 * (L + 1) + (4 * (G + 1) if G else 0))
+
     def _sample(self, n, rng):
         S, A = self.n_states, self.n_actions
         from metarl_fast._backend import active  # here: the kernel modules import this one
@@ -871,11 +955,16 @@ class TabularMDPs(TaskDistribution):
         # rng.normal(1, 1, (n, S, A)) then rng.dirichlet(np.ones(S), (n, S, A)) bit for bit (the
         # same exponentials, normalised the same way), with the kernels' transition CDFs built
         # in the same pass
-        R, P, cdf, padded = active.envs.tabular_mdp_draws(rng, n, S, A)
-        batch = TaskBatch._trusted(P, R, self.horizon, reward_noise="gaussian", reward_std=1.0,
+        R, padded, guide = active.envs.tabular_mdp_draws(rng, n, S, A)
+        if S == 1:  # one state: every transition is certain
+            return TaskBatch._trusted(None, R, self.horizon,
+                                      next_state=np.zeros((n, 1, A), dtype=np.int64),
+                                      reward_noise="gaussian", reward_std=1.0,
+                                      name=f"TabularMDPs(n_states={S}, n_actions={A})")
+        batch = TaskBatch._trusted(None, R, self.horizon, reward_noise="gaussian", reward_std=1.0,
                                    name=f"TabularMDPs(n_states={S}, n_actions={A})")
-        batch._stochastic = S > 1  # Dirichlet(1, ..., 1) rows: every entry > 0 almost surely
-        batch._trans_cdfs = (cdf, padded)
+        batch._stochastic = True  # Dirichlet(1, ..., 1) rows: every entry > 0 almost surely
+        batch._trans_cdfs = (padded, guide)
         return batch
 
     def __repr__(self):

@@ -153,6 +153,42 @@ def test_rollout_twins_identical_for_every_row_width(S, A, noise):
 
 
 @needs_cython
+@pytest.mark.parametrize("S", [33, 47, 90])
+@pytest.mark.parametrize("rows", ["dense", "sparse"])
+@pytest.mark.parametrize("terminal", [0.0, 0.05])
+def test_twins_identical_on_wide_rows_with_guide_tables(S, rows, terminal):
+    """Rows of 32 or more compared sums are searched through their guide tables in every
+    compiled stepping loop (lockstep, terminal states, VecEnv); each equals the reference's
+    whole-row count, also on sparse rows (many equal sums: empty outcomes)."""
+    rng = np.random.default_rng(S + (7 if rows == "sparse" else 0))
+    n, A = 5, 3
+    P = rng.dirichlet(np.full(S, 0.5), size=(n, S, A))
+    if rows == "sparse":
+        P = np.where(rng.random(P.shape) < 0.15, P + 0.05, 0.0)
+        P[..., -1] += 1e-3  # every row reaches something
+        P /= P.sum(axis=-1, keepdims=True)
+    batch = TaskBatch(P, rng.normal(size=(n, S, A)), 12, reward_noise="gaussian",
+                      terminal=rng.random((n, S)) < terminal)
+    assert batch.tables.trans_guide.shape[-1] > 1
+    pol = TabularSoftmaxPolicy(S, A, theta=rng.normal(size=(S, A)))
+    out, traces = [], []
+    for be in ("cython", "numpy"):
+        with mf.use_backend(be):
+            out.append(rollout(pol, batch, 9, np.random.default_rng(11)))
+            venv = VecEnv(batch, 2)
+            act_rng = np.random.default_rng(3)
+            trace = [venv.reset(seed=4)[0]]
+            for _ in range(30):
+                trace.extend(venv.step(act_rng.integers(A, size=venv.n_envs))[:3])
+            traces.append(trace)
+    for name in Trajectories._FIELDS:
+        np.testing.assert_array_equal(getattr(out[0], name), getattr(out[1], name), err_msg=name)
+    np.testing.assert_array_equal(out[0].episode_length, out[1].episode_length)
+    for x, y in zip(*traces):
+        np.testing.assert_array_equal(x, y)
+
+
+@needs_cython
 @settings(max_examples=60, deadline=None)
 @given(n_pol=st.integers(1, 3), S=st.integers(1, 5), A=st.integers(1, 12),
        scale=st.sampled_from([1.0, 30.0, 1e300]), seed=st.integers(0, 2**32 - 1))

@@ -10,7 +10,7 @@ from metarl_fast._core import envs as core_envs
 from metarl_fast.reference import envs as reference_envs
 from metarl_fast.rollout import rollout
 from metarl_fast.tasks import (BernoulliBandits, Chain, EnvTables, GridNavigation, TabularMDPs,
-                               TaskBatch, padded_cdf_rows)
+                               TaskBatch, _draw_index, guide_buckets, padded_cdf_rows)
 
 FAMILIES = {
     "grid": lambda: GridNavigation(size=5),
@@ -41,7 +41,7 @@ def test_deterministic_families_hold_a_next_state_table_not_a_dense_P(family):
     assert batch._P is None
     tables = batch.tables
     assert not tables.stochastic_transitions and batch._P is None  # the kernels never need P
-    assert tables.trans_cdf.size == 1 and tables.trans_cdf_padded.size <= 5
+    assert tables.trans_cdf_padded.size <= 5 and tables.trans_guide.size == 1
     np.testing.assert_array_equal(tables.next_state, batch.next_state)
     # P on demand: the one-hot of the table, read-only, built once
     P = batch.P
@@ -87,7 +87,9 @@ def test_sub_batches_keep_the_representation_and_hints():
     mdps = TabularMDPs(n_states=3, n_actions=2).sample(4, 1)
     sub = mdps[1:3]
     assert sub._stochastic and sub.tables.stochastic_transitions
-    np.testing.assert_array_equal(sub.tables.trans_cdf, mdps.tables.trans_cdf[1:3])
+    np.testing.assert_array_equal(sub.tables.trans_cdf_padded, mdps.tables.trans_cdf_padded[1:3])
+    wide = TabularMDPs(n_states=40, n_actions=2).sample(4, 1)
+    np.testing.assert_array_equal(wide[[2, 0]].tables.trans_guide, wide.tables.trans_guide[[2, 0]])
 
 
 def test_exact_dp_reads_the_dense_P_of_a_next_state_batch():
@@ -156,7 +158,24 @@ def test_random_mdp_batches_skip_the_determinism_scan_but_match_it():
     assert not one_state._stochastic and not one_state.tables.stochastic_transitions
 
 
-rows = st.tuples(st.integers(1, 4), st.integers(1, 3), st.integers(1, 19), st.integers(0, 2**32 - 1))
+# row widths on both sides of the guide tables' threshold (33 states: 32 compared sums)
+rows = st.tuples(st.integers(1, 4), st.integers(1, 3),
+                 st.one_of(st.integers(1, 19), st.integers(30, 90)), st.integers(0, 2**32 - 1))
+
+
+def check_guide(padded, guide):
+    """The guide's defining property, row by row: entry b is the number of compared sums below
+    b * (total * ((1 - 2**-40) / G)), so a search from it for any u in bucket b finds the outcome."""
+    L = padded.shape[-1] - 1
+    G = guide_buckets(L)
+    if G == 0:
+        assert guide.shape == (1, 1, 1, 1)
+        return
+    flat, gflat = padded.reshape(-1, L + 1), guide.reshape(-1, G + 1)
+    assert gflat.dtype == np.int32 and gflat.shape[0] == flat.shape[0]
+    for row, g in zip(flat, gflat):
+        thresholds = np.arange(G + 1) * (row[L] * ((1 - 2.0**-40) / G))
+        np.testing.assert_array_equal(g, [np.count_nonzero(row[:L] < x) for x in thresholds])
 
 
 @settings(max_examples=60, deadline=None)
@@ -164,22 +183,71 @@ rows = st.tuples(st.integers(1, 4), st.integers(1, 3), st.integers(1, 19), st.in
 def test_transition_cdfs_twins_equal_cumsum_and_the_padded_layout(shape_seed):
     a, b, m, seed = shape_seed
     P = np.random.default_rng(seed).dirichlet(np.ones(m), size=(a, b))
-    want_cdf = np.cumsum(P, axis=-1)
-    want_padded = padded_cdf_rows(want_cdf)
+    want_padded = padded_cdf_rows(np.cumsum(P, axis=-1))
     for backend in ("numpy", "cython"):
         with mf.use_backend(backend):
             from metarl_fast._backend import active
 
-            cdf, padded = active.envs.transition_cdfs(P)
-        np.testing.assert_array_equal(cdf, want_cdf)
+            padded, guide = active.envs.transition_cdfs(P)
         np.testing.assert_array_equal(padded, want_padded)
-        assert not cdf.flags.writeable and not padded.flags.writeable
+        check_guide(padded, guide)
+        assert not padded.flags.writeable and not guide.flags.writeable
+    np.testing.assert_array_equal(guide, reference_envs.transition_cdfs(P)[1])
 
 
 def test_transition_cdfs_layout_by_hand():
-    cdf, padded = reference_envs.transition_cdfs(np.array([[0.25, 0.25, 0.5]]))
-    np.testing.assert_array_equal(cdf, [[0.25, 0.5, 1.0]])
+    padded, guide = reference_envs.transition_cdfs(np.array([[0.25, 0.25, 0.5]]))
     np.testing.assert_array_equal(padded, [[0.25, 0.5, np.inf, np.inf, 1.0]])
+    assert guide.shape == (1, 1, 1, 1)  # too narrow for a guide
+    # 33 equal outcomes: 32 compared sums k / 33, 8 buckets of width 1 / 8
+    padded, guide = reference_envs.transition_cdfs(np.full((1, 33), 1 / 33))
+    want = [np.count_nonzero(np.cumsum(np.full(33, 1 / 33))[:32] < b / 8 * (1 - 2.0**-40))
+            for b in range(9)]
+    assert want == [0, 4, 8, 12, 16, 20, 24, 28, 32]
+    np.testing.assert_array_equal(guide, [want])
+
+
+@pytest.mark.parametrize("backend", ["numpy", "cython"])
+def test_guided_draws_equal_the_whole_row_count_at_every_bucket_edge(backend):
+    """Draws on wide rows (guide tables) give the outcome the definition gives -- the number of
+    compared sums <= u * total -- also for u at and next to every bucket edge and every sum, where
+    rounding of u * G or of u * total could start a guided search past the outcome."""
+    S = 64
+    P = np.random.default_rng(3).dirichlet(np.full(S, 0.3), size=(1, S, 1))  # uneven rows
+    P[0, 0, 0, 5:9] = 0.0  # empty outcomes: equal sums
+    P /= P.sum(axis=-1, keepdims=True)
+    batch = mf.TaskBatch(P=P, R=np.zeros((1, S, 1)), horizon=1)
+    padded = batch.tables.trans_cdf_padded[0, 0, 0]
+    L = padded.size - 1
+    G = guide_buckets(L)
+    assert G > 0
+    us = [b / G for b in range(G)] + list(padded[:S - 1] / padded[L])
+    us = np.array([np.nextafter(u, d) for u in us for d in (0.0, 2.0)] + us)
+    us = np.clip(us, 0.0, np.nextafter(1.0, 0.0))
+    want = np.array([np.count_nonzero(padded[:L] <= u * padded[L]) for u in us])
+    assert len(set(want)) > S // 2  # the edges reach most outcomes
+    assert [_draw_index(padded, u) for u in us] == list(want)  # the single environment's draw
+    with mf.use_backend(backend):
+        from metarl_fast._backend import active
+
+        got = active.envs.next_states(batch.tables, np.zeros(us.size, dtype=np.int64), us)
+    np.testing.assert_array_equal(got, want)
+
+
+@pytest.mark.parametrize("backend", ["numpy", "cython"])
+def test_next_states_refuses_bad_rows_and_uniforms(backend):
+    batch = TabularMDPs(n_states=40, n_actions=2).sample(2, 0)
+    rows, u = np.array([0, 159]), np.array([0.5, 0.25])
+    with mf.use_backend(backend):
+        from metarl_fast._backend import active
+
+        assert active.envs.next_states(batch.tables, rows, u).shape == (2,)
+        with pytest.raises(ValueError, match="rows out of range"):
+            active.envs.next_states(batch.tables, np.array([0, 160]), u)
+        with pytest.raises(ValueError, match="u must be in"):
+            active.envs.next_states(batch.tables, rows, np.array([0.5, 1.0]))
+        with pytest.raises(ValueError, match="u must have length 2"):
+            active.envs.next_states(batch.tables, rows, np.array([0.5]))
 
 
 def test_compiled_transition_cdfs_refuses_what_it_cannot_read():
@@ -247,48 +315,88 @@ def test_grid_goal_tables_built_once_equal_the_ones_built_per_batch():
 @settings(max_examples=40, deadline=None)
 @given(rows)
 def test_dirichlet_rows_are_generator_dirichlet_bit_for_bit(shape_seed):
-    """Exponentials then dirichlet_rows (both backends) equal rng.dirichlet on the same stream;
-    the CDF tables equal transition_cdfs of those rows."""
+    """Exponentials then dirichlet_rows (both backends) give the tables of rng.dirichlet's rows
+    on the same stream, bit for bit."""
     a, b, m, seed = shape_seed
     want = np.random.default_rng(seed).dirichlet(np.ones(m), size=(a, b))
+    want_padded, want_guide = reference_envs.transition_cdfs(want)
     for backend in ("numpy", "cython"):
         with mf.use_backend(backend):
             from metarl_fast._backend import active
 
-            p, cdf, padded = active.envs.dirichlet_rows(
+            padded, guide = active.envs.dirichlet_rows(
                 np.random.default_rng(seed).standard_exponential(size=(a, b, m)))
-            np.testing.assert_array_equal(p, want)
-            want_cdf, want_padded = active.envs.transition_cdfs(want)
-        np.testing.assert_array_equal(cdf, want_cdf)
         np.testing.assert_array_equal(padded, want_padded)
-        assert not (p.flags.writeable or cdf.flags.writeable or padded.flags.writeable)
+        np.testing.assert_array_equal(guide, want_guide)
+        assert not (padded.flags.writeable or guide.flags.writeable)
 
 
 @settings(max_examples=30, deadline=None)
-@given(st.integers(0, 6), st.integers(1, 12), st.integers(1, 5), st.integers(0, 2**32 - 1))
+@given(st.integers(0, 6), st.one_of(st.integers(1, 12), st.integers(30, 70)), st.integers(1, 5),
+       st.integers(0, 2**32 - 1))
 def test_tabular_mdp_draws_are_generator_normal_then_dirichlet(n, S, A, seed):
-    """Both backends' one-call draws of TabularMDPs equal rng.normal(1, 1) then rng.dirichlet on
-    the same stream, bit for bit, and leave the generator where those calls leave it."""
+    """Both backends' one-call draws of TabularMDPs are the tables of rng.normal(1, 1) then
+    rng.dirichlet on the same stream, bit for bit, and leave the generator where those calls
+    leave it."""
     g = np.random.default_rng(seed)
     want_R = g.normal(1.0, 1.0, (n, S, A))
     want_P = g.dirichlet(np.ones(S), size=(n, S, A))
-    want_cdf, want_padded = reference_envs.transition_cdfs(want_P)
+    want_padded, want_guide = reference_envs.transition_cdfs(want_P)
     for kernels in (reference_envs, core_envs):
         rng = np.random.default_rng(seed)
-        R, P, cdf, padded = kernels.tabular_mdp_draws(rng, n, S, A)
-        for got, want in ((R, want_R), (P, want_P), (cdf, want_cdf), (padded, want_padded)):
+        R, padded, guide = kernels.tabular_mdp_draws(rng, n, S, A)
+        for got, want in ((R, want_R), (padded, want_padded), (guide, want_guide)):
             np.testing.assert_array_equal(got, want)
         assert rng.bit_generator.state == g.bit_generator.state
-        assert not (P.flags.writeable or cdf.flags.writeable or padded.flags.writeable)
+        assert not (R.flags.writeable or padded.flags.writeable or guide.flags.writeable)
 
 
-def test_random_mdp_tables_come_with_the_batch():
-    """TabularMDPs builds its transition CDFs with P; they are those of P (and of sub-batches)."""
-    batch = TabularMDPs(n_states=6, n_actions=2).sample(5, 8)
-    assert batch._trans_cdfs is not None
-    cdf, padded = reference_envs.transition_cdfs(np.ascontiguousarray(batch.P))
-    np.testing.assert_array_equal(batch.tables.trans_cdf, cdf)
-    np.testing.assert_array_equal(batch.tables.trans_cdf_padded, padded)
+def test_compiled_draws_span_several_scratch_blocks():
+    """The compiled draws fill their scratch a block of rows at a time: many blocks give the
+    same tables as one fill."""
+    g = np.random.default_rng(5)
+    want_R = g.normal(1.0, 1.0, (3, 300, 4))
+    want_padded, want_guide = reference_envs.transition_cdfs(g.dirichlet(np.ones(300), size=(3, 300, 4)))
+    R, padded, guide = core_envs.tabular_mdp_draws(np.random.default_rng(5), 3, 300, 4)
+    np.testing.assert_array_equal(R, want_R)
+    np.testing.assert_array_equal(padded, want_padded)
+    np.testing.assert_array_equal(guide, want_guide)
+
+
+def test_random_mdp_batches_keep_only_the_sums_and_build_P_on_request():
+    """TabularMDPs keeps its rows' running sums (and guide) only; P, built when asked for, is
+    their differences: the Dirichlet rows to rounding, and exactly what the kernels draw."""
+    batch = TabularMDPs(n_states=40, n_actions=2).sample(5, 8)
+    assert batch._trans_cdfs is not None and batch._P is None
+    tables = batch.tables
+    assert batch._P is None  # the kernels' tables need no P
+    g = np.random.default_rng(8)
+    g.normal(size=(5, 40, 2))
+    dirichlet = g.dirichlet(np.ones(40), size=(5, 40, 2))
+    np.testing.assert_allclose(batch.P, dirichlet, rtol=0, atol=1e-15)
+    assert not batch.P.flags.writeable
+    padded, guide = reference_envs.transition_cdfs(dirichlet)
+    np.testing.assert_array_equal(tables.trans_cdf_padded, padded)
+    np.testing.assert_array_equal(tables.trans_guide, guide)
+    # the differences summed again left to right give the sums back (to rounding)
+    np.testing.assert_allclose(np.cumsum(batch.P, axis=-1)[..., :39], padded[..., :39], rtol=0, atol=4e-16)
     sub = batch[[3, 1]]
-    np.testing.assert_array_equal(sub.tables.trans_cdf, cdf[[3, 1]])
-    assert not sub.tables.trans_cdf.flags.writeable
+    np.testing.assert_array_equal(sub.tables.trans_cdf_padded, padded[[3, 1]])
+    assert not sub.tables.trans_cdf_padded.flags.writeable
+    np.testing.assert_array_equal(sub.P, batch.P[[3, 1]])
+
+
+def test_random_mdp_memory_is_checked_before_anything_is_drawn():
+    """TabularMDPs' tables are bounded by the memory available, in bytes per task, checked
+    before allocating: a request beyond it fails at once and leaves the generator untouched."""
+    family = TabularMDPs(n_states=1000, n_actions=5)
+    per_task = family._bytes_per_task()
+    assert per_task == 1000 * 5 * (8 + 8 * 1001 + 4 * 251)  # rewards, sums, guide: ~9 B per entry
+    from metarl_fast.memory import available_bytes
+
+    n = available_bytes() // per_task + 1
+    rng = np.random.default_rng(0)
+    before = rng.bit_generator.state
+    with pytest.raises(ValueError, match=r"sample\(n=.*GiB, more than the .* GiB of memory available"):
+        family.sample(int(n), rng)
+    assert rng.bit_generator.state == before

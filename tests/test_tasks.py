@@ -359,7 +359,10 @@ def test_family_draws_are_the_documented_ones():
     batch = TabularMDPs(n_states=3, n_actions=2).sample(5, 4)
     rng = np.random.default_rng(4)
     np.testing.assert_array_equal(batch.R, rng.normal(1.0, 1.0, (5, 3, 2)))
-    np.testing.assert_array_equal(batch.P, rng.dirichlet(np.ones(3), size=(5, 3, 2)))  # bit for bit
+    dirichlet = rng.dirichlet(np.ones(3), size=(5, 3, 2))
+    # kept as the rows' running sums, bit for bit; P is their differences (the rows to rounding)
+    np.testing.assert_array_equal(batch.tables.trans_cdf_padded[..., [0, 1, 4]], np.cumsum(dirichlet, axis=-1))
+    np.testing.assert_allclose(batch.P, dirichlet, rtol=0, atol=2e-16)
     goals = [(0, 0), (3, 1), (2, 4)]
     grid = GridNavigation(size=5, goals=goals).sample(6, 5)
     np.testing.assert_array_equal(grid.info["goal"], np.array(goals)[np.random.default_rng(5).integers(3, size=6)])
@@ -422,7 +425,7 @@ def test_env_tables_certain_and_random_outcomes():
                       terminal=np.array([[False, False], [False, True]]))
     t = mixed.tables
     assert t.stochastic_transitions and t.stochastic_start and t.has_terminal
-    np.testing.assert_array_equal(t.trans_cdf[1, 0, 1], [0.5, 1.0])
+    np.testing.assert_array_equal(t.trans_cdf_padded[1, 0, 1], [0.5, np.inf, np.inf, np.inf, 1.0])
 
 
 def test_single_env_boundaries():

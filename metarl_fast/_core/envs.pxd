@@ -5,7 +5,7 @@
 # The kernels are noexcept nogil and trust their input (validated tables, in-range states and
 # actions).  The random draws follow the order documented in metarl_fast/reference/envs.py, so
 # the results equal the NumPy reference bit for bit.
-from libc.stdint cimport int64_t, uint8_t
+from libc.stdint cimport int32_t, int64_t, uint8_t
 from numpy.random cimport bitgen_t
 
 ctypedef Py_ssize_t intp_t
@@ -26,9 +26,10 @@ cdef struct EnvTablesC:
     intp_t n_states
     intp_t n_actions
     intp_t horizon
-    const double* trans_cdf
-    const double* trans_cdf_padded     # (n, S, A, trans_stride): tasks.padded_cdf_rows(trans_cdf)
+    const double* trans_cdf_padded     # (n, S, A, trans_stride): tasks.padded_cdf_rows of P's running sums
     intp_t trans_stride
+    const int32_t* trans_guide         # (n, S, A, guide_buckets + 1): tasks.guide_rows (if guide_buckets > 0)
+    intp_t guide_buckets
     int has_terminal
     const int64_t* next_state
     int stochastic_transitions

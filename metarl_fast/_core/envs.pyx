@@ -14,7 +14,7 @@ straight runs of vector compares.  NumPy's fills (mostly the ziggurat normal) ar
 instructions per step; the random stream itself is fixed by the reference.
 """
 cimport numpy as cnp
-from libc.stdint cimport int64_t, uint8_t
+from libc.stdint cimport int32_t, int64_t, uint8_t
 from libc.stdlib cimport free, malloc
 from libc.math cimport INFINITY
 from libc.string cimport memmove, memset
@@ -33,7 +33,8 @@ import numpy as np
 
 from metarl_fast.reference import envs as _reference
 from metarl_fast.reference.envs import check_rollout_args, check_step_args, check_vec_args
-from metarl_fast.tasks import EnvTables
+from metarl_fast.memory import populated_empty
+from metarl_fast.tasks import _NO_GUIDE, EnvTables
 
 _Generator = np.random.Generator
 
@@ -145,9 +146,10 @@ cdef int fill_tables(object tables, EnvTablesC* out) except -1:
     out.n_states = tables.n_states
     out.n_actions = tables.n_actions
     out.horizon = tables.horizon
-    out.trans_cdf = _dptr(tables.trans_cdf)
     out.trans_cdf_padded = _dptr(tables.trans_cdf_padded)
     out.trans_stride = tables.trans_cdf_padded.shape[3]
+    out.trans_guide = <const int32_t*> cnp.PyArray_DATA(tables.trans_guide)
+    out.guide_buckets = tables.trans_guide.shape[3] - 1
     out.has_terminal = 1 if tables.has_terminal else 0
     out.next_state = _iptr(tables.next_state)
     out.stochastic_transitions = 1 if tables.stochastic_transitions else 0
@@ -198,6 +200,27 @@ cdef inline intp_t sample_row(const double* row, intp_t L, double u) noexcept no
     if L == 0:
         return 0
     return mf_count_le(row, L, target)
+
+
+cdef inline intp_t guided_row(const double* row, intp_t L, const int32_t* guide, intp_t G,
+                              double u) noexcept nogil:
+    """sample_row's outcome on a wide row with a guide table (tasks.guide_rows, G >= 1 buckets):
+    the search starts at the guide's lower bound for u's bucket and stops at the first sum above
+    the target, so it reads about GUIDE_BUCKET_WIDTH sums instead of L."""
+    cdef double target = u * row[L]
+    cdef intp_t k = guide[<intp_t> (u * G)]
+    while k < L and row[k] <= target:
+        k += 1
+    return k
+
+
+cdef inline intp_t draw_transition(const EnvTablesC* t, const double* tcdf, const int32_t* tguide,
+                                   intp_t sa, double u) noexcept nogil:
+    """Next state of the row sa of one task's padded transition sums tcdf (and guide tguide)."""
+    cdef intp_t Lp = t.trans_stride, G = t.guide_buckets
+    if G > 0:
+        return guided_row(tcdf + sa * Lp, Lp - 1, tguide + sa * (G + 1), G, u)
+    return sample_row(tcdf + sa * Lp, Lp - 1, u)
 
 
 cdef inline void prefetch_task(const EnvTablesC* t, intp_t i) noexcept nogil:
@@ -312,8 +335,9 @@ cdef void task_slice(const EnvTablesC* t, intp_t i0, intp_t n, EnvTablesC* sub) 
     sub[0] = t[0]
     sub.n_tasks = n
     if t.stochastic_transitions:
-        sub.trans_cdf = t.trans_cdf + i0 * S * A * S
         sub.trans_cdf_padded = t.trans_cdf_padded + i0 * S * A * t.trans_stride
+        if t.guide_buckets > 0:
+            sub.trans_guide = t.trans_guide + i0 * S * A * (t.guide_buckets + 1)
     sub.next_state = t.next_state + i0 * S * A
     sub.reward_mean = t.reward_mean + i0 * S * A
     sub.reward_std = t.reward_std + i0
@@ -465,6 +489,7 @@ cdef intp_t rollout_general(const EnvTablesC* t, const double* action_cdf, intp_
     cdef const double* acdf
     cdef const double* alogp
     cdef const double* tcdf
+    cdef const int32_t* tguide
     cdef const int64_t* nstate
     cdef const double* rmean
     cdef const double* rnext
@@ -489,6 +514,7 @@ cdef intp_t rollout_general(const EnvTablesC* t, const double* action_cdf, intp_
         acdf = action_cdf + policy_of_task[i] * S * Ap
         alogp = action_logp + policy_of_task[i] * SA
         tcdf = t.trans_cdf_padded + i * SA * Lp
+        tguide = t.trans_guide + i * SA * (t.guide_buckets + 1)
         nstate = t.next_state + i * SA
         rmean = t.reward_mean + i * SA
         rnext = t.reward_next + i * SA * S
@@ -510,7 +536,7 @@ cdef intp_t rollout_general(const EnvTablesC* t, const double* action_cdf, intp_
             else:
                 r = rmean[sa]
             if stoch:
-                s2 = sample_row(tcdf + sa * Lp, Lp - 1, u_next[step])
+                s2 = draw_transition(t, tcdf, tguide, sa, u_next[step])
             else:
                 s2 = nstate[sa]
             if kind == KIND_TRANSITION:
@@ -546,6 +572,9 @@ cdef struct Episode:
     const double* acdf
     const double* alogp
     const double* tcdf
+    const int32_t* tguide
+    intp_t guide_buckets
+    intp_t horizon
     const int64_t* nstate
     const double* rmean
     const double* rnext
@@ -579,6 +608,9 @@ cdef inline void begin_episode(Episode* ep, const EnvTablesC* t, intp_t q, intp_
     ep.acdf = action_cdf + policy_of_task[i] * S * Ap
     ep.alogp = action_logp + policy_of_task[i] * SA
     ep.tcdf = t.trans_cdf_padded + i * SA * t.trans_stride
+    ep.guide_buckets = t.guide_buckets
+    ep.horizon = t.horizon
+    ep.tguide = t.trans_guide + i * SA * (t.guide_buckets + 1)
     ep.nstate = t.next_state + i * SA
     ep.rmean = t.reward_mean + i * SA
     ep.rnext = t.reward_next + i * SA * S
@@ -671,6 +703,8 @@ cdef struct RandomNext16:
     char unused
 cdef struct RandomNextAny:
     char unused
+cdef struct RandomNextGuided:
+    char unused
 cdef struct Actions4:
     char unused
 cdef struct ActionsAny:
@@ -689,10 +723,24 @@ ctypedef fused NextRule:
     RandomNext12
     RandomNext16
     RandomNextAny
+    RandomNextGuided
 
 ctypedef fused ActionRule:
     Actions4
     ActionsAny
+
+
+cdef inline void prefetch_next_guides(const Episode* ep, intp_t s2, intp_t step, intp_t A) noexcept nogil:
+    """Ask for the guide entries the episode's next draw may read -- its uniform is known, its
+    action not yet: one line per action of state s2 -- while the other lanes step (wide tables
+    do not fit in cache, and each draw's guide entry is a random access)."""
+    cdef intp_t G = ep.guide_buckets, a
+    cdef const int32_t* entry
+    if step + 1 >= ep.horizon:
+        return
+    entry = ep.tguide + s2 * A * (G + 1) + <intp_t> (ep.un[step + 1] * G)
+    for a in range(A):
+        mf_prefetch_range(entry + a * (G + 1), 1)
 
 
 cdef inline void lane_step(Episode* ep, intp_t step, intp_t A, intp_t La, intp_t Lt, intp_t S,
@@ -733,6 +781,10 @@ cdef inline void lane_step(Episode* ep, intp_t step, intp_t A, intp_t La, intp_t
     elif NextRule is RandomNext16:
         row = ep.tcdf + sa * 17
         s2 = mf_count_le(row, 16, ep.un[step] * row[16])
+    elif NextRule is RandomNextGuided:
+        s2 = guided_row(ep.tcdf + sa * (Lt + 1), Lt, ep.tguide + sa * (ep.guide_buckets + 1),
+                        ep.guide_buckets, ep.un[step])
+        prefetch_next_guides(ep, s2, step, A)
     else:
         row = ep.tcdf + sa * (Lt + 1)
         s2 = mf_count_le4(row, Lt, ep.un[step] * row[Lt])
@@ -825,6 +877,9 @@ cdef intp_t groups_for_next(const EnvTablesC* t, const double* action_cdf, intp_
     if Lt == 16:
         return groups_for_actions(t, action_cdf, Ap, action_logp, policy_of_task, N, u_start, u_act,
                                   noise, nd, out, reward_rule, <RandomNext16*> NULL)
+    if t.guide_buckets > 0:
+        return groups_for_actions(t, action_cdf, Ap, action_logp, policy_of_task, N, u_start, u_act,
+                                  noise, nd, out, reward_rule, <RandomNextGuided*> NULL)
     return groups_for_actions(t, action_cdf, Ap, action_logp, policy_of_task, N, u_start, u_act,
                               noise, nd, out, reward_rule, <RandomNextAny*> NULL)
 
@@ -884,7 +939,11 @@ cdef inline void advance_live(Episode* ep, intp_t step, intp_t A, intp_t Ap, int
     else:
         r = ep.rmean[sa]
     if stoch:
-        s2 = sample_row(ep.tcdf + sa * Lp, Lp - 1, ep.un[step])
+        if ep.guide_buckets > 0:
+            s2 = guided_row(ep.tcdf + sa * Lp, Lp - 1, ep.tguide + sa * (ep.guide_buckets + 1),
+                            ep.guide_buckets, ep.un[step])
+        else:
+            s2 = sample_row(ep.tcdf + sa * Lp, Lp - 1, ep.un[step])
     else:
         s2 = ep.nstate[sa]
     if kind == KIND_TRANSITION:
@@ -1018,7 +1077,7 @@ cdef intp_t vec_step_kernel(const EnvTablesC* t, const int64_t* task_of_env, int
         else:
             r = t.reward_mean[sa]
         if t.stochastic_transitions:
-            s2 = inverse_cdf(t.trans_cdf + sa * S, S, scratch[j])
+            s2 = draw_transition(t, t.trans_cdf_padded, t.trans_guide, sa, scratch[j])
         else:
             s2 = t.next_state[sa]
         if kind == KIND_TRANSITION:
@@ -1170,100 +1229,193 @@ cdef bint action_cdf_kernel(const double* x, double* cdf, double* z, intp_t n_ro
     return True
 
 
+# tasks.GUIDE_MIN_WIDTH, GUIDE_BUCKET_WIDTH and the guide's margin 1 - 2**-40 (exact in binary)
+cdef intp_t GUIDE_MIN_WIDTH = 32
+cdef intp_t GUIDE_BUCKET_WIDTH = 4
+cdef double GUIDE_MARGIN = 1.0 - 9.094947017729282e-13
+
+
+cdef inline intp_t guide_buckets_of(intp_t L) noexcept nogil:
+    return L // GUIDE_BUCKET_WIDTH if L >= GUIDE_MIN_WIDTH else 0
+
+
+cdef inline void guide_row(const double* q, intp_t L, intp_t G, int32_t* guide) noexcept nogil:
+    """tasks.guide_rows of one padded row q (L compared sums, the total at q[L]): guide[b] = the
+    number of sums < b * (total * (margin / G)), by one merge of the sorted sums and thresholds."""
+    cdef double scale = q[L] * (GUIDE_MARGIN / G)
+    cdef double threshold
+    cdef intp_t b, k = 0
+    for b in range(G + 1):
+        threshold = b * scale
+        while k < L and q[k] < threshold:
+            k += 1
+        guide[b] = <int32_t> k
+
+
+cdef inline void cdf_row(const double* p, double* q, intp_t m, intp_t L, int32_t* guide,
+                         intp_t G) noexcept nogil:
+    """One row's running sums (np.cumsum's order: c[j] = c[j - 1] + p[j]) in the padded layout
+    ``q`` (tasks.padded_cdf_rows: the first m - 1 sums, +inf up to L, the total at L) and, if
+    G > 0, its guide."""
+    cdef intp_t j
+    cdef double acc = 0.0
+    for j in range(m - 1):
+        acc = acc + p[j]
+        q[j] = acc
+    q[L] = acc + p[m - 1]
+    for j in range(m - 1, L):
+        q[j] = INFINITY
+    if G > 0:
+        guide_row(q, L, G, guide)
+
+
+cdef inline void dirichlet_row(double* x, double* q, intp_t m, intp_t L, int32_t* guide,
+                               intp_t G) noexcept nogil:
+    """A row of exponentials ``x`` made a Dirichlet row as ``Generator.dirichlet`` does
+    (``p = x * (1 / sum)``, in place) and laid out as cdf_row does."""
+    cdef intp_t j
+    cdef double acc = x[0], inv
+    for j in range(1, m):
+        acc = acc + x[j]
+    inv = 1.0 / acc
+    for j in range(m):
+        x[j] = x[j] * inv
+    cdf_row(x, q, m, L, guide, G)
+
+
+cdef inline void dirichlet_rows4(double* x, double* q, intp_t m, intp_t L, int32_t* guide,
+                                 intp_t G) noexcept nogil:
+    """dirichlet_row on four consecutive rows (x: 4 * m exponentials, q: 4 rows of L + 1), the
+    same arithmetic in the same order per row; the four rows' sums advance side by side, so
+    their chains of dependent additions overlap instead of waiting on each other."""
+    cdef double* x0 = x
+    cdef double* x1 = x + m
+    cdef double* x2 = x + 2 * m
+    cdef double* x3 = x + 3 * m
+    cdef double* q0 = q
+    cdef double* q1 = q + (L + 1)
+    cdef double* q2 = q + 2 * (L + 1)
+    cdef double* q3 = q + 3 * (L + 1)
+    cdef double a0 = x0[0], a1 = x1[0], a2 = x2[0], a3 = x3[0]
+    cdef double i0, i1, i2, i3
+    cdef intp_t j, r
+    for j in range(1, m):
+        a0 = a0 + x0[j]
+        a1 = a1 + x1[j]
+        a2 = a2 + x2[j]
+        a3 = a3 + x3[j]
+    i0 = 1.0 / a0
+    i1 = 1.0 / a1
+    i2 = 1.0 / a2
+    i3 = 1.0 / a3
+    a0 = a1 = a2 = a3 = 0.0
+    for j in range(m - 1):
+        a0 = a0 + x0[j] * i0
+        q0[j] = a0
+        a1 = a1 + x1[j] * i1
+        q1[j] = a1
+        a2 = a2 + x2[j] * i2
+        q2[j] = a2
+        a3 = a3 + x3[j] * i3
+        q3[j] = a3
+    q0[L] = a0 + x0[m - 1] * i0
+    q1[L] = a1 + x1[m - 1] * i1
+    q2[L] = a2 + x2[m - 1] * i2
+    q3[L] = a3 + x3[m - 1] * i3
+    for r in range(4):
+        for j in range(m - 1, L):
+            q[r * (L + 1) + j] = INFINITY
+        if G > 0:
+            guide_row(q + r * (L + 1), L, G, guide + r * (G + 1))
+
+
+cdef tuple new_cdf_tables(tuple lead, intp_t L, intp_t G):
+    """Empty padded sums (lead + (L + 1,)) and guide (lead + (G + 1,), or the placeholder)."""
+    pad_arr = populated_empty(lead + (L + 1,), np.float64)
+    guide_arr = populated_empty(lead + (G + 1,), np.int32) if G > 0 else _NO_GUIDE
+    return pad_arr, guide_arr
+
+
+cdef inline int32_t* guide_ptr(cnp.ndarray guide_arr, intp_t G):
+    return <int32_t*> cnp.PyArray_DATA(guide_arr) if G > 0 else NULL
+
+
+cdef tuple frozen(cnp.ndarray pad_arr, cnp.ndarray guide_arr):
+    pad_arr.setflags(write=False)
+    if guide_arr is not _NO_GUIDE:
+        guide_arr.setflags(write=False)
+    return pad_arr, guide_arr
+
+
 def transition_cdfs(P):
-    """``(cdf, padded)``: running sums of the rows of ``P`` and their padded layout (as the
-    reference :func:`metarl_fast.reference.envs.transition_cdfs`, bit for bit), in one pass."""
+    """``(padded, guide)`` of the rows of ``P`` (as the reference
+    :func:`metarl_fast.reference.envs.transition_cdfs`, bit for bit), in one pass."""
     if not (isinstance(P, np.ndarray) and P.dtype == np.float64 and P.ndim >= 1
             and P.flags.c_contiguous and P.shape[P.ndim - 1] >= 1):
         raise TypeError("P must be a C-contiguous float64 array with a non-empty last axis")
     cdef intp_t m = P.shape[P.ndim - 1]
     cdef intp_t L = (m - 1 + 3) // 4 * 4
+    cdef intp_t G = guide_buckets_of(L)
     cdef intp_t rows = P.size // m
-    cdef cnp.ndarray cdf_arr = np.empty(P.shape, dtype=np.float64)
-    cdef cnp.ndarray pad_arr = np.empty(P.shape[:P.ndim - 1] + (L + 1,), dtype=np.float64)
+    cdef cnp.ndarray pad_arr, guide_arr
+    pad_arr, guide_arr = new_cdf_tables(P.shape[:P.ndim - 1], L, G)
     cdef const double* p = <const double*> cnp.PyArray_DATA(P)
-    cdef double* c = <double*> cnp.PyArray_DATA(cdf_arr)
     cdef double* q = <double*> cnp.PyArray_DATA(pad_arr)
+    cdef int32_t* g = guide_ptr(guide_arr, G)
     cdef intp_t r
     with nogil:
         for r in range(rows):
-            cdf_row(p + r * m, c + r * m, q + r * (L + 1), m, L)
-    cdf_arr.setflags(write=False)
-    pad_arr.setflags(write=False)
-    return cdf_arr, pad_arr
-
-
-cdef inline void cdf_row(const double* p, double* c, double* q, intp_t m, intp_t L) noexcept nogil:
-    """One row's running sums ``c`` (np.cumsum's order: c[j] = c[j - 1] + p[j]) and its padded
-    layout ``q`` (tasks.padded_cdf_rows: the first m - 1 sums, +inf up to L, the total at L)."""
-    cdef intp_t j
-    cdef double acc = 0.0
-    for j in range(m):
-        acc = acc + p[j]
-        c[j] = acc
-    for j in range(m - 1):
-        q[j] = c[j]
-    for j in range(m - 1, L):
-        q[j] = INFINITY
-    q[L] = acc
-
-
-cdef void dirichlet_normalise(const double* src, double* p, double* c, double* q, intp_t rows,
-                              intp_t m, intp_t L) noexcept nogil:
-    """Each row of exponentials ``src`` (rows, m) made a Dirichlet row ``p = src * (1 / sum)`` as
-    ``Generator.dirichlet`` does, its running sums ``c`` and the padded layout ``q`` (rows, L + 1).
-    ``p`` may be ``src`` (each row's sum is taken before it is overwritten)."""
-    cdef intp_t r, j
-    cdef double acc, inv
-    for r in range(rows):
-        acc = src[0]
-        for j in range(1, m):
-            acc = acc + src[j]
-        inv = 1.0 / acc
-        for j in range(m):
-            p[j] = src[j] * inv
-        cdf_row(p, c, q, m, L)
-        src += m
-        p += m
-        c += m
-        q += L + 1
+            cdf_row(p + r * m, q + r * (L + 1), m, L, g + r * (G + 1) if G > 0 else NULL, G)
+    return frozen(pad_arr, guide_arr)
 
 
 def dirichlet_rows(x):
-    """Exponential rows made Dirichlet rows, their running sums and padded layout, in one pass.
+    """Exponential rows made Dirichlet rows, as their padded running sums and guide, in one pass.
     See :func:`metarl_fast.reference.envs.dirichlet_rows`."""
     if not (isinstance(x, np.ndarray) and x.dtype == np.float64 and x.ndim >= 1
             and x.flags.c_contiguous and x.shape[x.ndim - 1] >= 1):
         raise TypeError("x must be a C-contiguous float64 array with a non-empty last axis")
     cdef intp_t m = x.shape[x.ndim - 1]
     cdef intp_t L = (m - 1 + 3) // 4 * 4
+    cdef intp_t G = guide_buckets_of(L)
     cdef intp_t rows = x.size // m
-    cdef cnp.ndarray p_arr = np.empty(x.shape, dtype=np.float64)
-    cdef cnp.ndarray cdf_arr = np.empty(x.shape, dtype=np.float64)
-    cdef cnp.ndarray pad_arr = np.empty(x.shape[:x.ndim - 1] + (L + 1,), dtype=np.float64)
-    cdef const double* src = <const double*> cnp.PyArray_DATA(x)
+    cdef cnp.ndarray pad_arr, guide_arr
+    pad_arr, guide_arr = new_cdf_tables(x.shape[:x.ndim - 1], L, G)
+    cdef cnp.ndarray work = np.array(x, dtype=np.float64, order="C", copy=True)
+    cdef double* w = <double*> cnp.PyArray_DATA(work)
+    cdef double* q = <double*> cnp.PyArray_DATA(pad_arr)
+    cdef int32_t* g = guide_ptr(guide_arr, G)
+    cdef intp_t r
     with nogil:
-        dirichlet_normalise(src, <double*> cnp.PyArray_DATA(p_arr),
-                            <double*> cnp.PyArray_DATA(cdf_arr), <double*> cnp.PyArray_DATA(pad_arr),
-                            rows, m, L)
-    for arr in (p_arr, cdf_arr, pad_arr):
-        arr.setflags(write=False)
-    return p_arr, cdf_arr, pad_arr
+        for r in range(rows):
+            dirichlet_row(w + r * m, q + r * (L + 1), m, L, g + r * (G + 1) if G > 0 else NULL, G)
+    return frozen(pad_arr, guide_arr)
+
+
+# rows of exponentials drawn at a time by tabular_mdp_draws (the draws stay in cache while they
+# are normalised and summed; only the padded sums reach memory)
+cdef intp_t DRAW_BLOCK_VALUES = 1 << 15
 
 
 def tabular_mdp_draws(rng, n_tasks, n_states, n_actions):
-    """The random tables of ``TabularMDPs.sample``, drawn and built in one call.
+    """The random tables of ``TabularMDPs.sample``, drawn and built in one call: the Dirichlet
+    rows are drawn a block at a time into scratch and only their sums and guide are kept.
     See :func:`metarl_fast.reference.envs.tabular_mdp_draws`."""
     cdef intp_t n = n_tasks, S = n_states, A = n_actions
     cdef intp_t L = (S - 1 + 3) // 4 * 4, k, n_rewards = n * S * A
+    cdef intp_t G = guide_buckets_of(L)
     if not isinstance(rng, np.random.Generator) or n < 0 or S < 1 or A < 1:
         raise TypeError("rng must be a numpy.random.Generator and the sizes positive")
     cdef cnp.ndarray r_arr = np.empty((n, S, A), dtype=np.float64)
-    cdef cnp.ndarray p_arr = np.empty((n, S, A, S), dtype=np.float64)
-    cdef cnp.ndarray cdf_arr = np.empty((n, S, A, S), dtype=np.float64)
-    cdef cnp.ndarray pad_arr = np.empty((n, S, A, L + 1), dtype=np.float64)
+    cdef cnp.ndarray pad_arr, guide_arr
+    pad_arr, guide_arr = new_cdf_tables((n, S, A), L, G)
+    cdef intp_t block_rows = max(1, DRAW_BLOCK_VALUES // S)
+    cdef cnp.ndarray scratch_arr = np.empty(block_rows * S, dtype=np.float64)
     cdef double* r = <double*> cnp.PyArray_DATA(r_arr)
-    cdef double* p = <double*> cnp.PyArray_DATA(p_arr)
+    cdef double* x = <double*> cnp.PyArray_DATA(scratch_arr)
+    cdef double* q = <double*> cnp.PyArray_DATA(pad_arr)
+    cdef int32_t* g = guide_ptr(guide_arr, G)
+    cdef intp_t row0 = 0, rows, j
     cdef bitgen_t* bitgen
     bit_generator = rng.bit_generator
     bitgen = bitgen_of(bit_generator)
@@ -1273,13 +1425,42 @@ def tabular_mdp_draws(rng, n_tasks, n_states, n_actions):
             standard_normal_fill(bitgen, n_rewards, r)
             for k in range(n_rewards):
                 r[k] = 1.0 + r[k]
-            random_standard_exponential_fill(bitgen, n_rewards * S, p)
+            # the exponentials in the order one fill of n * S * A * S values draws them
+            while row0 < n_rewards:
+                rows = min(block_rows, n_rewards - row0)
+                random_standard_exponential_fill(bitgen, rows * S, x)
+                j = 0
+                while j + 4 <= rows:
+                    dirichlet_rows4(x + j * S, q + (row0 + j) * (L + 1), S, L,
+                                    g + (row0 + j) * (G + 1) if G > 0 else NULL, G)
+                    j += 4
+                while j < rows:
+                    dirichlet_row(x + j * S, q + (row0 + j) * (L + 1), S, L,
+                                  g + (row0 + j) * (G + 1) if G > 0 else NULL, G)
+                    j += 1
+                row0 += rows
+    r_arr.setflags(write=False)
+    return (r_arr,) + frozen(pad_arr, guide_arr)
+
+
+def next_states(tables, rows, u):
+    """Next states of flat rows for given uniforms.  See
+    :func:`metarl_fast.reference.envs.next_states`."""
+    tables, rows, u = _reference.check_next_state_args(tables, rows, u)
+    cdef EnvTablesC t
+    fill_tables(tables, &t)
+    cdef intp_t k = rows.shape[0], j
+    cdef cnp.ndarray out = np.empty(k, dtype=np.int64)
+    cdef int64_t* o = <int64_t*> cnp.PyArray_DATA(out)
+    cdef const int64_t* sa = _iptr(rows)
+    cdef const double* uu = _dptr(u)
     with nogil:
-        dirichlet_normalise(p, p, <double*> cnp.PyArray_DATA(cdf_arr),
-                            <double*> cnp.PyArray_DATA(pad_arr), n_rewards, S, L)
-    for arr in (p_arr, cdf_arr, pad_arr):
-        arr.setflags(write=False)
-    return r_arr, p_arr, cdf_arr, pad_arr
+        for j in range(k):
+            if t.stochastic_transitions:
+                o[j] = draw_transition(&t, t.trans_cdf_padded, t.trans_guide, sa[j], uu[j])
+            else:
+                o[j] = t.next_state[sa[j]]
+    return out
 
 
 def action_cdf(logits):

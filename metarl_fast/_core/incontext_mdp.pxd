@@ -26,7 +26,8 @@ cdef struct TablesView:
     intp_t n_states
     intp_t n_actions
     intp_t horizon
-    const double* trans_cdf
+    const double* trans_cdf_padded     # (n, S, A, trans_stride): tasks.padded_cdf_rows
+    intp_t trans_stride
     const int64_t* next_state
     int stochastic_transitions
     const double* reward_mean

@@ -326,7 +326,7 @@ cdef intp_t play_mdp_trials_checked(const TablesView* t, const double* weights,
                     act += acc <= target
                 sa = (i * S + s) * A + act
                 if t.stochastic_transitions:
-                    s2 = count_le(t.trans_cdf + sa * S, S, u_next[q])
+                    s2 = count_le(t.trans_cdf_padded + sa * t.trans_stride, t.trans_stride, u_next[q])
                 else:
                     s2 = t.next_state[sa]
                 if t.reward_kind == ICM_REWARD_GAUSSIAN:
@@ -398,7 +398,8 @@ cdef int fill_view(object tables, TablesView* out) except -1:
     out.n_states = tables.n_states
     out.n_actions = tables.n_actions
     out.horizon = tables.horizon
-    out.trans_cdf = _dptr(tables.trans_cdf)
+    out.trans_cdf_padded = _dptr(tables.trans_cdf_padded)
+    out.trans_stride = tables.trans_cdf_padded.shape[3]
     out.next_state = <const int64_t*> cnp.PyArray_DATA(tables.next_state)
     out.stochastic_transitions = 1 if tables.stochastic_transitions else 0
     out.reward_mean = _dptr(tables.reward_mean)

@@ -27,7 +27,7 @@ import numpy as np
 from metarl_fast import _validate
 from metarl_fast.reference._math import exp_nonpos
 from metarl_fast.tasks import (REWARD_BERNOULLI, REWARD_GAUSSIAN, REWARD_OUTCOME, REWARD_TRANSITION,
-                               EnvTables, padded_cdf_rows)
+                               EnvTables, guide_rows, padded_cdf_rows)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -163,36 +163,57 @@ def check_step_args(tables, task_of_env, state, elapsed, actions, rng, obs_out, 
 # ---------------------------------------------------------------------------------------------
 
 def transition_cdfs(P):
-    """``(cdf, padded)`` of transition rows: ``cdf`` float64 (..., S) the left-to-right running
-    sums of ``P`` along its last axis (``np.cumsum``), ``padded`` float64 (..., L + 1) the layout of
-    :func:`metarl_fast.tasks.padded_cdf_rows` for the compiled search.  ``P`` float64, C-contiguous,
-    at least 1-D with a non-empty last axis (trusted: :class:`~metarl_fast.tasks.EnvTables` passes
-    validated tables).  Both are read-only."""
-    cdf = np.cumsum(P, axis=-1)
-    cdf.setflags(write=False)
-    return cdf, padded_cdf_rows(cdf)
+    """``(padded, guide)`` of transition rows ``P`` (..., S): ``padded`` float64 (..., L + 1) their
+    left-to-right running sums (``np.cumsum``) laid out by
+    :func:`metarl_fast.tasks.padded_cdf_rows`, ``guide`` int32 their
+    :func:`metarl_fast.tasks.guide_rows` (a placeholder for rows narrower than
+    ``GUIDE_MIN_WIDTH``).  ``P`` float64, C-contiguous, at least 1-D with a non-empty last axis
+    (trusted: :class:`~metarl_fast.tasks.EnvTables` passes validated tables).  Both read-only."""
+    padded = padded_cdf_rows(np.cumsum(P, axis=-1))
+    return padded, guide_rows(padded)
 
 
 def dirichlet_rows(x):
     """Rows of i.i.d. standard exponentials ``x`` (..., S) (float64, C-contiguous, finite, >= 0,
-    each row's sum > 0) made Dirichlet(1, ..., 1) rows the way ``Generator.dirichlet`` does it:
-    ``p = x * (1 / acc)`` with ``acc`` the left-to-right sum, so ``rng.standard_exponential``
-    then this equals ``rng.dirichlet(np.ones(S))`` on the same stream, bit for bit.  Returns
-    ``(p, cdf, padded)``: the rows, their running sums and the padded layout
-    (:func:`transition_cdfs`), all read-only."""
+    each row's sum > 0) made Dirichlet(1, ..., 1) rows the way ``Generator.dirichlet`` does it
+    (``p = x * (1 / acc)`` with ``acc`` the left-to-right sum, so ``rng.standard_exponential``
+    then this equals ``rng.dirichlet(np.ones(S))`` on the same stream, bit for bit), returned as
+    :func:`transition_cdfs` of those rows: ``(padded, guide)``, read-only."""
     acc = np.cumsum(x, axis=-1)[..., -1:]
-    p = x * (1.0 / acc)
-    p.setflags(write=False)
-    return (p,) + transition_cdfs(p)
+    return transition_cdfs(x * (1.0 / acc))
 
 
 def tabular_mdp_draws(rng, n_tasks, n_states, n_actions):
     """The random tables of ``TabularMDPs.sample``: ``R = rng.normal(1.0, 1.0, (n, S, A))`` then
     ``rng.dirichlet(np.ones(S), (n, S, A))`` (its exponentials, :func:`dirichlet_rows`), in that
-    order from ``rng`` (a ``numpy.random.Generator``).  Returns ``(R, P, cdf, padded)``."""
+    order from ``rng`` (a ``numpy.random.Generator``).  Returns ``(R, padded, guide)``: the
+    Dirichlet rows are kept only as their running sums and guide table."""
     R = rng.normal(1.0, 1.0, (n_tasks, n_states, n_actions))
+    R.setflags(write=False)
     return (R,) + dirichlet_rows(rng.standard_exponential(size=(n_tasks, n_states, n_actions,
                                                                   n_states)))
+
+
+def check_next_state_args(tables, rows, u):
+    """Validated ``(tables, rows, u)`` of :func:`next_states` (shared by both backends)."""
+    t = check_tables(tables)
+    rows = _validate.int_array(rows, "rows", ndim=1, low=0, high=t.n_tasks * t.n_states * t.n_actions)
+    u = _validate.float_array(u, "u", ndim=1, dtype=np.float64)
+    if u.shape[0] != rows.shape[0]:
+        raise ValueError(f"u must have length {rows.shape[0]} (one uniform per row), got {u.shape[0]}")
+    if u.size and not (u.min() >= 0.0 and u.max() < 1.0):  # also refuses NaN
+        raise ValueError("u must be in [0, 1)")
+    return t, rows, u
+
+
+def next_states(tables, rows, u):
+    """The next states the stepping kernels draw: one per flat row ``rows`` (int64 (k,), the row
+    ``(task * S + s) * A + a`` of ``tables``, a :class:`~metarl_fast.tasks.EnvTables`) with the
+    uniform ``u`` (float64 (k,), in [0, 1)).  Stochastic rows: the number of the row's compared
+    running sums that are ``<= u * total`` (:func:`metarl_fast.tasks.padded_cdf_rows`); deterministic
+    batches: the next-state table (``u`` unused).  Returns int64 (k,)."""
+    t, rows, u = check_next_state_args(tables, rows, u)
+    return np.asarray(_next_states(t, rows, u), dtype=np.int64)
 
 
 def action_cdf(logits):
@@ -236,9 +257,10 @@ def episode_steps(episode_length):
 
 
 def _inverse_cdf(cdf_rows, u):
-    """Row-wise inverse CDF: (k, m) running sums and (k,) uniforms -> (k,) int64 outcomes."""
+    """Row-wise inverse CDF: (k, m) running sums (or padded rows) and (k,) uniforms -> (k,) int64
+    outcomes, the number of a row's entries before its last that are <= u * its last."""
     target = u * cdf_rows[:, -1]
-    return np.add.reduce(cdf_rows <= target[:, None], axis=1, dtype=np.int64)
+    return np.add.reduce(cdf_rows[:, :-1] <= target[:, None], axis=1, dtype=np.int64)
 
 
 def _flat_sa(t, task, s, a):
@@ -258,8 +280,8 @@ def _rewards(t, task, sa, noise):
 
 
 def _next_states(t, sa, u):
-    if t.stochastic_transitions:
-        return _inverse_cdf(t.trans_cdf.reshape(-1, t.n_states)[sa], u)
+    if t.stochastic_transitions:  # padded rows: the +inf padding is never <= a target
+        return _inverse_cdf(t.trans_cdf_padded.reshape(-1, t.trans_cdf_padded.shape[-1])[sa], u)
     return t.next_state.reshape(-1)[sa]
 
 
