@@ -23,6 +23,7 @@ from metarl_fast.io import CheckpointError  # noqa: E402,F401
 from metarl_fast.mdp import MDPModel  # noqa: E402,F401
 from metarl_fast.policy import (  # noqa: E402,F401
     LinearSoftmaxPolicy,
+    MLPSoftmaxPolicy,
     TabularSoftmaxPolicy,
     entropy,
     grad_log_prob,
@@ -58,6 +59,7 @@ from metarl_fast.tasks import (  # noqa: E402,F401
     Task,
     TaskBatch,
 )
+from metarl_fast.continuous_tasks import CartPoles, PointNavigation  # noqa: E402,F401
 from metarl_fast.rollout import RolloutWorkspace, Trajectories, VecEnv, rollout  # noqa: E402,F401
 from metarl_fast import exact  # noqa: E402,F401
 from metarl_fast.meta import FOMAML, MAML, MetaLearner, MultiTask, Reptile  # noqa: E402,F401

@@ -387,3 +387,116 @@ class LinearSoftmaxPolicy(_SoftmaxPolicy):
 
     def __repr__(self):
         return f"LinearSoftmaxPolicy(n_features={self.n_features}, n_actions={self.n_actions}, dtype={self.dtype})"
+
+
+# activation names of MLPSoftmaxPolicy and their codes in its saved shape
+_ACTIVATIONS = ("tanh", "relu")
+
+
+class MLPSoftmaxPolicy(_SoftmaxPolicy):
+    """Softmax over the logits of a small multilayer perceptron: ``pi(a | o) = softmax(f(o))``.
+
+    ``f`` is ``Linear -> act -> ... -> Linear`` with the hidden widths ``hidden`` (``()``: a
+    linear policy) and ``act`` = tanh or relu.  All parameters live in one flat vector
+    ``params`` (the layout of :func:`metarl_fast.reference.mlp.mlp_layout`: per layer ``W``
+    stored (in, out) row-major, then ``b``), so optimizers and meta-learners update it in place.
+    Initialised as PyTorch's ``nn.Linear``: every weight and bias of a layer with fan-in ``n``
+    uniform in ``[-1/sqrt(n), 1/sqrt(n)]``, drawn from ``rng`` layer by layer (``W`` then ``b``,
+    :func:`metarl_fast.reference.mlp.mlp_init`).  Forward, sampling, gradients and exact
+    Hessian-vector products are compiled kernels (``active.mlp``) with a NumPy twin.
+
+    Parameters
+    ----------
+    obs_dim, n_actions : int >= 1
+    hidden : tuple of int, default (64, 64)   widths of the hidden layers (each 1..1024)
+    activation : {"tanh", "relu"}
+    dtype : float32 or float64
+    rng : int, Generator or None    the stream of the initial weights (None: fresh entropy)
+    params : array (n_params,), optional   initial parameters instead of the random ones
+
+    Attributes
+    ----------
+    params : ndarray (n_params,)   the flat parameters (updated in place by optimizers)
+    layers : tuple of (W, b) views of ``params``, W (n_in, n_out)
+    """
+
+    _kind = "MLPSoftmaxPolicy"
+
+    _one_ndim = 1  # one observation: a vector (obs_dim,)
+
+    def __init__(self, obs_dim, n_actions, hidden=(64, 64), activation="tanh", dtype=np.float64,
+                 rng=None, params=None):
+        from metarl_fast.reference import mlp as mlp_spec
+
+        obs_dim = _validate.positive_int(obs_dim, "obs_dim")
+        n_actions = _validate.positive_int(n_actions, "n_actions")
+        hidden = mlp_spec.check_hidden(hidden)
+        activation = mlp_spec.check_activation(activation)
+        dtype = _check_dtype(dtype)
+        shape = (obs_dim, n_actions, _ACTIVATIONS.index(activation)) + hidden
+        if params is None:
+            rng = np.random.default_rng() if rng is None else _validate.as_generator(rng)
+            values = mlp_spec.mlp_init(obs_dim, hidden, n_actions, rng, dtype)
+        else:
+            values = np.zeros(self._size(shape), dtype=dtype)
+        self._init_from(shape, values)
+        if params is not None:
+            self.set_params(params)
+
+    @staticmethod
+    def _validate_shape(shape):
+        from metarl_fast.reference import mlp as mlp_spec
+
+        if len(shape) < 3 or shape[0] < 1 or shape[1] < 1 or not 0 <= shape[2] < len(_ACTIVATIONS):
+            raise ValueError(f"bad MLP policy shape {shape}")
+        mlp_spec.check_hidden(tuple(shape[3:]))
+
+    @staticmethod
+    def _size(shape):
+        from metarl_fast.reference import mlp as mlp_spec
+
+        return mlp_spec.mlp_layout(shape[0], tuple(shape[3:]), shape[1])[1]
+
+    def _init_from(self, shape, params):
+        from metarl_fast.reference import mlp as mlp_spec
+
+        self.obs_dim, self.n_actions = shape[0], shape[1]
+        self.activation = _ACTIVATIONS[shape[2]]
+        self.hidden = tuple(int(h) for h in shape[3:])
+        self.params = params
+        specs, _ = mlp_spec.mlp_layout(self.obs_dim, self.hidden, self.n_actions)
+        self.layers = tuple((params[w:b].reshape(n_in, n_out), params[b:b + n_out])
+                            for w, b, n_in, n_out in specs)
+
+    def _shape_args(self):
+        return (self.obs_dim, self.n_actions, _ACTIVATIONS.index(self.activation)) + self.hidden
+
+    def check_obs(self, obs, name="obs"):
+        """``obs`` as finite (B, obs_dim) observations in the policy's dtype (C-contiguous)."""
+        x = np.asarray(obs)
+        if x.dtype.kind not in "fiu":
+            raise TypeError(f"{name} must be a numeric array, got {_validate.got(x)}")
+        x = np.ascontiguousarray(x, dtype=self.dtype)
+        if x.ndim != 2 or x.shape[1] != self.obs_dim:
+            raise ValueError(f"{name} must have shape (B, {self.obs_dim}), got {np.shape(obs)}")
+        if not np.all(np.isfinite(x)):
+            raise ValueError(f"{name} contains NaN or inf")
+        return x
+
+    def logits(self, obs):
+        """The network's logits, shape (B, A) (one observation: (A,)), in the policy's dtype."""
+        if self._one(obs):
+            return self.logits(np.asarray(obs)[None])[0]
+        return active.mlp.mlp_logits(self.params, self.check_obs(obs), self.hidden, self.activation)
+
+    def act(self, obs, rng):
+        """Sample actions; int64 (B,) (one observation: an int).  Forward and sampling in one
+        compiled call: the actions and draws of ``sample_actions(self.logits(obs), rng)``."""
+        rng = _validate.as_generator(rng)
+        if self._one(obs):
+            return int(self.act(np.asarray(obs)[None], rng)[0])
+        return active.mlp.mlp_act(self.params, self.check_obs(obs), self.hidden, self.activation, rng)
+
+    def __repr__(self):
+        return (f"MLPSoftmaxPolicy(obs_dim={self.obs_dim}, n_actions={self.n_actions}, "
+                f"hidden={self.hidden}, activation={self.activation!r}, dtype={self.dtype})")
