@@ -421,6 +421,11 @@ class VecEnv:
     ----------
     task_batch : TaskBatch (or Task)
     n_envs_per_task : int >= 1
+    copy : bool, default True
+        As Gymnasium's ``SyncVectorEnv(copy=...)``: True returns fresh arrays from :meth:`reset`
+        and :meth:`step`; False returns the same arrays every call, overwritten by the next
+        (no allocation per step: what a loop that reads each step's results before the next
+        needs).  ``infos["final_obs"]`` and :attr:`final_obs` follow the same rule.
 
     Thread safety: a VecEnv holds the states of its environments and is not safe to step from two
     threads at once; such use is detected and raises RuntimeError (give each thread its own).
@@ -438,7 +443,10 @@ class VecEnv:
                 cls = gymnasium_class
         return super().__new__(cls)
 
-    def __init__(self, task_batch, n_envs_per_task=1):
+    def __init__(self, task_batch, n_envs_per_task=1, *, copy=True):
+        if not isinstance(copy, (bool, np.bool_)):
+            raise TypeError(f"copy must be a bool, got {type(copy).__name__}")
+        self.copy = bool(copy)
         self.tasks = _as_batch(task_batch)
         self.n_envs_per_task = _validate.positive_int(n_envs_per_task, "n_envs_per_task")
         _validate.check_table_size(self.tasks.n_tasks * self.n_envs_per_task,
@@ -454,6 +462,11 @@ class VecEnv:
         self._state = np.zeros(self.n_envs, dtype=np.int64)
         self._elapsed = np.zeros(self.n_envs, dtype=np.int64)
         self.final_obs = np.zeros(self.n_envs, dtype=np.int64)
+        # the arrays step() returns when copy is False (and reset()'s observations)
+        self._outputs = (np.empty(self.n_envs, dtype=np.int64), np.empty(self.n_envs),
+                         np.empty(self.n_envs, dtype=bool), np.empty(self.n_envs, dtype=bool),
+                         self.final_obs, np.empty(self.n_envs, dtype=bool),
+                         np.empty(self.n_envs, dtype=bool))
         self._started = False
         self._np_random = None
         self._np_random_seed = None
@@ -515,7 +528,11 @@ class VecEnv:
             active.envs.vec_reset(self.tasks.tables, self.task_of_env, self._state, self._elapsed,
                                   self.np_random)
             self._started = True
-            return self._state.copy(), {}
+            if self.copy:
+                return self._state.copy(), {}
+            obs = self._outputs[0]
+            obs[...] = self._state
+            return obs, {}
 
     @contextlib.contextmanager
     def _exclusive(self, what):
@@ -537,20 +554,28 @@ class VecEnv:
         if not self._started:
             raise RuntimeError("VecEnv.step() called before reset()")
         n = self.n_envs
-        obs = np.empty(n, dtype=np.int64)
-        rewards = np.empty(n)
-        terminated = np.empty(n, dtype=bool)
-        truncated = np.empty(n, dtype=bool)
-        final_obs = np.empty(n, dtype=np.int64)
+        if self.copy:
+            obs = np.empty(n, dtype=np.int64)
+            rewards = np.empty(n)
+            terminated = np.empty(n, dtype=bool)
+            truncated = np.empty(n, dtype=bool)
+            final_obs = np.empty(n, dtype=np.int64)
+        else:
+            obs, rewards, terminated, truncated, final_obs, ended, ended_info = self._outputs
         with self._exclusive("step"):
             active.envs.vec_step(self.tasks.tables, self.task_of_env, self._state, self._elapsed,
                                  actions, self._np_random, obs, rewards, terminated, truncated, final_obs)
             self.final_obs = final_obs
         infos = {}
         if np.count_nonzero(terminated) or np.count_nonzero(truncated):  # (cheaper than any())
-            ended = terminated | truncated
+            if self.copy:
+                ended = terminated | truncated
+                ended_info = ended.copy()
+            else:
+                np.logical_or(terminated, truncated, out=ended)
+                ended_info[...] = ended
             infos = {"final_obs": final_obs, "_final_obs": ended, "final_info": {},
-                     "_final_info": ended.copy()}
+                     "_final_info": ended_info}
         return obs, rewards, terminated, truncated, infos
 
     def close(self, **kwargs):
@@ -558,4 +583,5 @@ class VecEnv:
         self.closed = True
 
     def __repr__(self):
-        return f"VecEnv({self.tasks!r}, n_envs_per_task={self.n_envs_per_task})"
+        copy = "" if self.copy else ", copy=False"
+        return f"VecEnv({self.tasks!r}, n_envs_per_task={self.n_envs_per_task}{copy})"

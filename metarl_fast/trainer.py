@@ -294,14 +294,19 @@ def evaluate(config, params, test_tasks, *, baselines=True, multitask_params=Non
     probe = TabularSoftmaxPolicy(n_states, n_actions)
     evaluator = meta.ExactPolicyProblem(probe, test_tasks, gamma=config.gamma)
 
+    # one rollout's output memory, reused by every adaptation step of every row
+    workspaces = meta.RolloutWorkspaces()
+
     def adapted(name, init):
         sampled = meta.SampledPolicyProblem(probe, test_tasks, config.episodes_per_task, config.gamma,
                                             advantage=config.inner_estimator, baseline=config.baseline,
-                                            normalize_returns=config.normalize_returns)
+                                            normalize_returns=config.normalize_returns,
+                                            workspaces=workspaces)
         rng = np.random.default_rng(np.random.SeedSequence(config.eval_seed, spawn_key=(1,)))
         theta = np.broadcast_to(np.asarray(init, dtype=np.float64), (test_tasks.n_tasks, probe.n_params)).copy()
         steps = [evaluator.value(theta)]
         for _ in range(config.inner_steps):
+            workspaces.begin()  # the previous step's episodes are no longer read
             data = sampled.sample(theta, rng)
             theta = theta + config.inner_lr * sampled.grad(theta, data)
             steps.append(evaluator.value(theta))

@@ -322,3 +322,42 @@ def test_meta_steps_with_reused_rollout_memory_equal_fresh_ones(backend, make, k
     learner.meta_step(batches[1], np.random.default_rng(9))  # one more iteration: the same memory
     assert [a is b for a, b in zip(learner.workspaces._spaces, spaces)] == [True] * len(spaces)
     assert len(learner.workspaces._spaces) == len(spaces)
+
+
+@pytest.mark.parametrize("family", ["grid", "mdps"])
+def test_vec_env_without_copies_returns_the_same_arrays_and_the_same_numbers(backend, family):
+    """VecEnv(copy=False) writes every step into the same arrays (no allocation per step) and
+    gives, step for step, the numbers of the copying VecEnv; copy=True never hands out an array
+    twice."""
+    batch = (mf.GridNavigation(size=3).sample(3, 1) if family == "grid"
+             else mf.TabularMDPs(n_states=4, n_actions=3, horizon=3).sample(3, 1))
+    fresh, reused = mf.VecEnv(batch, 2), mf.VecEnv(batch, 2, copy=False)
+    assert repr(reused).endswith("copy=False)")
+    obs_a, _ = fresh.reset(seed=5)
+    obs_b, _ = reused.reset(seed=5)
+    np.testing.assert_array_equal(obs_a, obs_b)
+    act_rng = np.random.default_rng(0)
+    seen, ended_steps = None, 0
+    for _ in range(12):
+        actions = act_rng.integers(batch.n_actions, size=fresh.num_envs)
+        a, b = fresh.step(actions), reused.step(actions)
+        for x, y in zip(a[:4], b[:4]):
+            np.testing.assert_array_equal(x, y)
+        assert a[4].keys() == b[4].keys()
+        for key in a[4]:
+            if key != "final_info":
+                np.testing.assert_array_equal(a[4][key], b[4][key])
+        ended_steps += bool(a[4])
+        arrays = tuple(id(x) for x in b[:4])
+        assert seen is None or arrays == seen  # the same four arrays every step
+        seen = arrays
+        assert reused.final_obs is b[0] or reused.final_obs is reused._outputs[4]
+    assert ended_steps > 0  # episodes ended: the infos' arrays were compared too
+    again = fresh.step(np.zeros(fresh.num_envs, dtype=np.int64))
+    assert all(x is not y for x, y in zip(again[:4], a[:4]))
+
+
+def test_vec_env_copy_must_be_a_bool():
+    batch = mf.GridNavigation(size=3).sample(1, 0)
+    with pytest.raises(TypeError, match="copy must be a bool"):
+        mf.VecEnv(batch, copy="no")
