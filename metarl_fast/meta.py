@@ -701,8 +701,11 @@ class MetaLearner:
 
     Parameters
     ----------
-    policy : TabularSoftmaxPolicy or LinearSoftmaxPolicy
-        Its ``params`` are the meta-parameters phi, updated in place by :meth:`meta_step`.
+    policy : TabularSoftmaxPolicy, LinearSoftmaxPolicy or MLPSoftmaxPolicy
+        Its ``params`` are the meta-parameters phi, updated in place by :meth:`meta_step`.  An
+        MLP policy meta-trains on continuous-observation tasks (``PointNavigation``,
+        ``CartPoles``) with the sampled REINFORCE estimator
+        (:class:`metarl_fast.continuous_meta.ContinuousPolicyProblem`).
     method : {"reptile", "fomaml", "maml", "multitask"}
     inner_lr : float > 0
         The inner (adaptation) step size alpha (default 1.0, as ``metarl-fast train``).
@@ -749,8 +752,24 @@ class MetaLearner:
                  meta_optimizer="adam", episodes_per_task=20, gamma=1.0, estimator="sampled",
                  learn_inner_lr=False, features=None, inner_estimator="reinforce",
                  baseline="leave-one-out", hessian_data="fresh", replay=None, normalize_returns=False):
-        if not isinstance(policy, (TabularSoftmaxPolicy, LinearSoftmaxPolicy)):
-            raise TypeError(f"policy must be a TabularSoftmaxPolicy or LinearSoftmaxPolicy, got {type(policy).__name__}")
+        from metarl_fast.policy import MLPSoftmaxPolicy
+
+        if not isinstance(policy, (TabularSoftmaxPolicy, LinearSoftmaxPolicy, MLPSoftmaxPolicy)):
+            raise TypeError(f"policy must be a TabularSoftmaxPolicy, LinearSoftmaxPolicy or MLPSoftmaxPolicy, "
+                            f"got {type(policy).__name__}")
+        if isinstance(policy, MLPSoftmaxPolicy):  # continuous tasks: sampled REINFORCE only
+            if estimator != "sampled":
+                raise ValueError("an MLPSoftmaxPolicy needs estimator='sampled' (the exact estimator "
+                                 "reads tabular models)")
+            if inner_estimator != "reinforce":
+                raise ValueError("an MLPSoftmaxPolicy needs inner_estimator='reinforce' (the "
+                                 "actor-critic estimator fits a tabular critic)")
+            if replay is not None:
+                raise ValueError("replay needs a tabular or linear policy (the episode pool stores "
+                                 "tabular states)")
+            if features is not None:
+                raise ValueError("features are for a LinearSoftmaxPolicy; an MLPSoftmaxPolicy "
+                                 "reads the tasks' observations")
         if method not in METHODS:
             raise ValueError(f"method must be one of {METHODS}, got {method!r}")
         if estimator not in ESTIMATORS:
@@ -808,6 +827,12 @@ class MetaLearner:
         """The inner problem of this learner on ``task_batch`` (sampled or exact; ``pool``: the
         replay pool its estimates use and its rollouts fill; ``workspaces``: a
         :class:`RolloutWorkspaces` its rollouts write into)."""
+        from metarl_fast.continuous_meta import ContinuousPolicyProblem, is_continuous_batch
+        from metarl_fast.policy import MLPSoftmaxPolicy
+
+        if is_continuous_batch(task_batch) or isinstance(self.policy, MLPSoftmaxPolicy):
+            return ContinuousPolicyProblem(self.policy, task_batch, self.episodes_per_task, self.gamma,
+                                           baseline=self.baseline, normalize_returns=self.normalize_returns)
         if self.estimator == "exact":
             return ExactPolicyProblem(self.policy, task_batch, self.gamma, self.features)
         return SampledPolicyProblem(self.policy, task_batch, self.episodes_per_task, self.gamma, self.features,
@@ -825,10 +850,12 @@ class MetaLearner:
         back) if the update is not finite.
         """
         rng = _validate.as_generator(rng)
+        from metarl_fast.continuous_meta import is_continuous_batch
         from metarl_fast.tasks import TaskBatch
 
-        if not isinstance(task_batch, TaskBatch):
-            raise TypeError(f"task_batch must be a TaskBatch (e.g. GridNavigation().sample(20, rng)), "
+        if not (isinstance(task_batch, TaskBatch) or is_continuous_batch(task_batch)):
+            raise TypeError(f"task_batch must be a TaskBatch (e.g. GridNavigation().sample(20, rng)) or a "
+                            f"continuous-task batch (e.g. PointNavigation().sample(20, rng)), "
                             f"got {type(task_batch).__name__}")
         _validate.check_rng(rng)
         # the rollouts write into the previous iteration's output arrays (nothing outlives an iteration)

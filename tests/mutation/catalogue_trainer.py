@@ -16,16 +16,20 @@ MUTATIONS = [
              "        theta = np.broadcast_to(", T,
              "adaptation episodes drawn from the test tasks' own key (0,) instead of the documented (1,)"),
     Mutation("trainer-eval-rng-shared-across-rows", P,
+             "    workspaces = meta.RolloutWorkspaces()\n\n"
              "    def adapted(name, init):\n"
              "        sampled = meta.SampledPolicyProblem(probe, test_tasks, config.episodes_per_task, config.gamma,\n"
              "                                            advantage=config.inner_estimator, baseline=config.baseline,\n"
-             "                                            normalize_returns=config.normalize_returns)\n"
+             "                                            normalize_returns=config.normalize_returns,\n"
+             "                                            workspaces=workspaces)\n"
              "        rng = np.random.default_rng(np.random.SeedSequence(config.eval_seed, spawn_key=(1,)))\n",
+             "    workspaces = meta.RolloutWorkspaces()\n"
              "    shared_rng = np.random.default_rng(np.random.SeedSequence(config.eval_seed, spawn_key=(1,)))\n\n"
              "    def adapted(name, init):\n"
              "        sampled = meta.SampledPolicyProblem(probe, test_tasks, config.episodes_per_task, config.gamma,\n"
              "                                            advantage=config.inner_estimator, baseline=config.baseline,\n"
-             "                                            normalize_returns=config.normalize_returns)\n"
+             "                                            normalize_returns=config.normalize_returns,\n"
+             "                                            workspaces=workspaces)\n"
              "        rng = shared_rng\n", T,
              "one generator for every row: the baselines adapt on other episodes than the meta-learned row"),
     Mutation("trainer-eval-step-without-inner-lr", P,
