@@ -52,11 +52,16 @@ def _info(args):
 # ------------------------------------------------------------------------------------- train
 _TRAIN_OPTIONS = [
     # (flag, config field, type, help)
-    ("--tasks", "tasks", str, "tasks: gridnav, tabular-mdp, bandits, chain, file:PATH.npz (your tasks' arrays), "
+    ("--tasks", "tasks", str, "tasks: gridnav, tabular-mdp, bandits, chain, point-nav, cartpoles (continuous "
+                              "observations: an MLP policy), file:PATH.npz (your tasks' arrays), "
                               "gym:ENV_ID (a Gymnasium toy-text env, e.g. gym:FrozenLake-v1) or MODULE:NAME "
                               "(a TaskDistribution, or a function returning one, in your module)"),
     ("--env-kwargs", "env_kwargs", str, "gym: and MODULE:NAME tasks: keyword arguments as a JSON object, e.g. "
                                         "'{\"map_name\": \"8x8\"}'; a list draws one value per task"),
+    ("--policy", "policy", str, "auto (tabular for tabular tasks, mlp for point-nav / cartpoles), tabular or mlp"),
+    ("--hidden", "hidden", str, "mlp policy: hidden widths, e.g. 64,64 ('' for a linear policy)"),
+    ("--activation", "activation", str, "mlp policy: tanh or relu"),
+    ("--eval-episodes", "eval_episodes", int, "point-nav / cartpoles: episodes per held-out task per measured return"),
     ("--grid-size", "grid_size", int, "GridNavigation side length"),
     ("--n-states", "n_states", int, "states (tabular-mdp, chain)"),
     ("--n-actions", "n_actions", int, "actions (tabular-mdp, chain)"),

@@ -293,7 +293,8 @@ def adaptation_curve(run):
     _integer_ticks(ax.xaxis)
     ax.set_xlim(-0.35, k + 0.35)
     ax.set_xlabel("adaptation steps on each held-out task (policy-gradient steps)")
-    ax.set_ylabel("exact return on held-out tasks")
+    ax.set_ylabel("return on held-out tasks" + (" (Monte Carlo)" if evaluation.get("measured_by") == "monte carlo"
+                                                 else " (exact)"))
     where = ""
     goals = evaluation.get("goals")
     if goals is not None:

@@ -101,7 +101,8 @@ def return_meaning(algo, estimator="sampled"):
     return "train return after adaptation"
 
 
-def legend(algo, *, estimator="sampled", inner_steps=1, eval_tasks=None, eval_every=None):
+def legend(algo, *, estimator="sampled", inner_steps=1, eval_tasks=None, eval_every=None,
+           eval_episodes=None):
     """The one-time line explaining the progress line's two returns."""
     noisy = "noisy, " if estimator != "exact" or algo == "in-context" else ""
     if algo == "in-context":
@@ -115,7 +116,9 @@ def legend(algo, *, estimator="sampled", inner_steps=1, eval_tasks=None, eval_ev
             train = f"train = train return before adaptation ({noisy}mean over the meta-batch)"
         else:
             train = f"train = train return after {steps} ({noisy}mean over the meta-batch)"
-        held = f"held-out = exact return on held-out tasks after {steps}"
+        measured = (f"return of {eval_episodes} episodes per task" if eval_episodes
+                    else "exact return")
+        held = f"held-out = {measured} on held-out tasks after {steps}"
     tasks = f" over {eval_tasks} tasks" if eval_tasks else ""
     every = f", every {eval_every} iterations" if eval_every else ""
     return f"{train}; {held}, mean ± 95% CI{tasks}{every}"
@@ -134,7 +137,7 @@ class Progress:
 
     def __init__(self, total, stream=None, every=50, *, start=0, algo="maml", estimator="sampled",
                  inner_steps=1, eval_tasks=None, eval_every=None, time_budget=0.0,
-                 clock=time.perf_counter, min_interval=0.1):
+                 clock=time.perf_counter, min_interval=0.1, eval_episodes=None):
         self.stream = stream if stream is not None else sys.stderr
         if not callable(getattr(self.stream, "write", None)):
             raise TypeError(f"stream must be a text stream with write(), got {type(self.stream).__name__}")
@@ -159,7 +162,7 @@ class Progress:
         self._closed = False
         self.pm = "±" if _encodes(self.stream, "±") else "+-"
         self._legend = legend(algo, estimator=estimator, inner_steps=inner_steps, eval_tasks=eval_tasks,
-                              eval_every=eval_every).replace("±", self.pm)
+                              eval_every=eval_every, eval_episodes=eval_episodes).replace("±", self.pm)
         self._legend_written = False
 
     @classmethod
@@ -168,7 +171,8 @@ class Progress:
         starting at iteration ``start``."""
         return cls(config.iterations, stream, start=start, algo=config.algo, estimator=config.estimator,
                    inner_steps=config.inner_steps, eval_tasks=config.eval_tasks,
-                   eval_every=config.eval_every, time_budget=config.time_budget, **kwargs)
+                   eval_every=config.eval_every, time_budget=config.time_budget,
+                   eval_episodes=config.eval_episodes if config.continuous else None, **kwargs)
 
     # -- state --
     def elapsed(self):

@@ -23,7 +23,9 @@ import json
 import os
 import sys
 
-BUILT_IN = ("gridnav", "tabular-mdp", "bandits", "chain")
+BUILT_IN = ("gridnav", "tabular-mdp", "bandits", "chain", "point-nav", "cartpoles")
+# the built-in families with continuous observations (an MLP policy; see metarl_fast.continuous_tasks)
+CONTINUOUS = ("point-nav", "cartpoles")
 PYTHON_PREFIX = "python:"
 
 

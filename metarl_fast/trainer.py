@@ -40,7 +40,8 @@ CHECKPOINT_VERSION = 1
 class TrainConfig:
     """Everything needed to repeat a run (written to ``config.toml``).
 
-    ``tasks``: a built-in family (``gridnav``, ``tabular-mdp``, ``bandits``, ``chain``), a spec
+    ``tasks``: a built-in family (``gridnav``, ``tabular-mdp``, ``bandits``, ``chain``, and with
+    continuous observations and an MLP policy ``point-nav``, ``cartpoles``), a spec
     string (``file:PATH.npz``, ``gym:ENV_ID``, ``MODULE:NAME``; see :mod:`metarl_fast.task_specs`)
     with ``env_kwargs`` a JSON object of keyword arguments, or any
     :class:`~metarl_fast.tasks.TaskDistribution` object (recorded as ``python:<its repr>``).
@@ -81,6 +82,10 @@ class TrainConfig:
     replay_window: int = 8           # steps per replayed window (replay_order "windows")
     rho_bar: float = 0.0             # truncation of the per-decision importance ratios (0: none)
     replay_ratio: int = 1            # meta-updates per iteration's environment steps (>1: first-order only)
+    policy: str = "auto"             # auto (tabular for tabular tasks, mlp for point-nav / cartpoles), tabular, mlp
+    hidden: str = "64,64"            # mlp: hidden widths, comma-separated ("" for none: a linear policy)
+    activation: str = "tanh"         # mlp: tanh or relu
+    eval_episodes: int = 20          # point-nav / cartpoles: episodes per held-out task for each measured return
     seed: int = 0
     eval_seed: int = 1_000_003
     backend: str = "cython"
@@ -93,6 +98,24 @@ class TrainConfig:
         if isinstance(self.tasks, TaskDistribution):
             return task_specs.PYTHON_PREFIX + repr(self.tasks)
         return self.tasks
+
+    @property
+    def continuous(self):
+        """True for the continuous-observation families (an MLP policy, Monte Carlo evaluation)."""
+        return isinstance(self.tasks, str) and self.tasks in task_specs.CONTINUOUS
+
+    def hidden_widths(self):
+        """``hidden`` as a tuple of ints (ValueError naming it otherwise)."""
+        text = self.hidden.strip() if isinstance(self.hidden, str) else None
+        if text is None:
+            raise ValueError(f"hidden must be a string of comma-separated widths, got {self.hidden!r}")
+        try:
+            widths = tuple(int(part) for part in text.split(",")) if text else ()
+        except ValueError:
+            raise ValueError(f"hidden must be comma-separated widths such as 64,64, got {self.hidden!r}") from None
+        from metarl_fast.reference.mlp import check_hidden
+
+        return check_hidden(widths, "hidden")
 
     def validate(self):
         from metarl_fast.tasks import TaskDistribution
@@ -144,6 +167,23 @@ class TrainConfig:
                 self.replay_config()
             else:
                 meta._check_replay_estimator(self.replay_config(), self.inner_estimator)
+        if self.policy not in ("auto", "tabular", "mlp"):
+            raise ValueError(f"policy must be auto, tabular or mlp, got {self.policy!r}")
+        if self.activation not in ("tanh", "relu"):
+            raise ValueError(f"activation must be tanh or relu, got {self.activation!r}")
+        self.hidden_widths()
+        _validate.positive_int(self.eval_episodes, "eval-episodes")
+        if self.policy == "mlp" and not self.continuous:
+            raise ValueError("an mlp policy meta-trains on the continuous-observation tasks (point-nav, "
+                             "cartpoles); tabular tasks take the tabular policy")
+        if self.continuous:
+            if self.policy == "tabular":
+                raise ValueError(f"{self.tasks} has continuous observations: it needs --policy mlp (or auto)")
+            if self.algo == "in-context":
+                raise ValueError(f"the in-context learners run on bandit and tabular tasks, not {self.tasks}")
+            if self.estimator != "sampled" or self.inner_estimator != "reinforce" or self.replay:
+                raise ValueError(f"{self.tasks} with an mlp policy: the sampled REINFORCE estimator "
+                                 f"without replay (no exact model, no tabular critic)")
         for name in ("seed", "eval_seed"):
             _validate.positive_int(getattr(self, name), name.replace("_", "-"), minimum=0)
         _validate.finite_float(self.inner_lr, "inner-lr", low=0.0, low_open=True)
@@ -206,6 +246,14 @@ class TrainConfig:
             return tasks.TabularMDPs(n_states=self.n_states, n_actions=self.n_actions, **h)
         if self.tasks == "bandits":
             return tasks.BernoulliBandits(n_arms=self.n_arms, **h)
+        if self.tasks == "point-nav":
+            from metarl_fast.continuous_tasks import PointNavigation
+
+            return PointNavigation(**h)
+        if self.tasks == "cartpoles":
+            from metarl_fast.continuous_tasks import CartPoles
+
+            return CartPoles(**h)
         return tasks.Chain(n_states=self.n_states, n_actions=self.n_actions, **h)
 
     # -- TOML (flat table of scalars; read back with the standard library's tomllib) --
@@ -275,6 +323,68 @@ def make_learner(config, policy):
         episodes_per_task=config.episodes_per_task, gamma=config.gamma, estimator=config.estimator,
         inner_estimator=config.inner_estimator, baseline=config.baseline, hessian_data=config.hessian_data,
         replay=config.replay_config(), normalize_returns=config.normalize_returns)
+
+
+def make_mlp_policy(config, batch):
+    """The MLP policy of a continuous-task run (``hidden``, ``activation``), initialised as
+    PyTorch's ``nn.Linear`` from ``SeedSequence(seed, spawn_key=(2**31,))``: the meta-learner and
+    the multi-task baseline start from the same parameters."""
+    from metarl_fast.policy import MLPSoftmaxPolicy
+
+    rng = np.random.default_rng(np.random.SeedSequence(config.seed, spawn_key=(2**31,)))
+    return MLPSoftmaxPolicy(batch.obs_dim, batch.n_actions, hidden=config.hidden_widths(),
+                            activation=config.activation, rng=rng)
+
+
+def evaluate_continuous(config, params, test_tasks, *, baselines=True, multitask_params=None):
+    """The evaluation protocol on held-out continuous tasks (``point-nav``, ``cartpoles``).
+
+    As :func:`evaluate`, with returns measured by Monte Carlo instead of dynamic programming
+    (there is no finite model): after 0, 1, ..., K sampled adaptation steps (``episodes_per_task``
+    episodes each, ``inner_lr``), the mean undiscounted return of ``eval_episodes`` fresh episodes
+    per task; mean, standard deviation and 95% confidence interval across tasks.  Every row adapts
+    and is measured on the same streams (common random numbers).  Baselines: the uniform random
+    policy (all parameters zero), a network from scratch (a fresh ``nn.Linear`` initialisation,
+    adapted the same way) and the multi-task pre-trained network (when given).
+    """
+    from metarl_fast.continuous_meta import ContinuousPolicyProblem
+    from metarl_fast.continuous_rollout import rollout_mlp
+
+    probe = make_mlp_policy(config, test_tasks)
+    sampled = ContinuousPolicyProblem(probe, test_tasks, config.episodes_per_task, config.gamma,
+                                      baseline=config.baseline, normalize_returns=config.normalize_returns)
+    rows = {}
+
+    def measured(theta, rng):
+        traj = rollout_mlp(test_tasks, theta, config.eval_episodes, rng, hidden=probe.hidden,
+                           activation=probe.activation)
+        return traj.episode_return.mean(axis=1)
+
+    def adapted(name, init):
+        rng = np.random.default_rng(np.random.SeedSequence(config.eval_seed, spawn_key=(1,)))
+        measure_rng = np.random.default_rng(np.random.SeedSequence(config.eval_seed, spawn_key=(3,)))
+        theta = np.broadcast_to(np.asarray(init, dtype=np.float64), (test_tasks.n_tasks, probe.n_params)).copy()
+        steps = [measured(theta, measure_rng)]
+        for _ in range(config.inner_steps):
+            data = sampled.sample(theta, rng)
+            theta = theta + config.inner_lr * sampled.grad(theta, data)
+            steps.append(measured(theta, measure_rng))
+        rows[name] = {"after_steps": [mean_ci(v) for v in steps], **mean_ci(steps[-1])}
+
+    adapted(f"{config.algo} (meta-learned)", params)
+    if baselines:
+        uniform = np.zeros((test_tasks.n_tasks, probe.n_params))
+        rows["random policy"] = mean_ci(measured(uniform, np.random.default_rng(
+            np.random.SeedSequence(config.eval_seed, spawn_key=(3,)))))
+        scratch_rng = np.random.default_rng(np.random.SeedSequence(config.eval_seed, spawn_key=(4,)))
+        from metarl_fast.reference.mlp import mlp_init
+
+        adapted("from scratch", mlp_init(probe.obs_dim, probe.hidden, probe.n_actions, scratch_rng))
+        if multitask_params is not None:
+            adapted("multi-task pre-trained", multitask_params)
+    return {"n_tasks": int(test_tasks.n_tasks), "inner_steps": config.inner_steps,
+            "eval_seed": config.eval_seed, "eval_episodes": config.eval_episodes,
+            "measured_by": "monte carlo", "results": rows}
 
 
 def evaluate(config, params, test_tasks, *, baselines=True, multitask_params=None):
@@ -763,19 +873,27 @@ class MetaTrainer:
         # the test tasks' distribution: the training one, except for withheld GridNavigation goals
         self.test_dist = config.distribution(held_out=True) if config.held_out_goals else self.dist
         probe = self.dist.sample(1, 0)
-        self.n_states, self.n_actions = probe.n_states, probe.n_actions
+        if config.continuous:
+            def new_policy():
+                return make_mlp_policy(config, probe)
+        else:
+            self.n_states, self.n_actions = probe.n_states, probe.n_actions
+
+            def new_policy():
+                return TabularSoftmaxPolicy(self.n_states, self.n_actions)
         self.multitask = None
         if config.algo == "in-context":
             self.learner = InContextTraining(config)
             self.params = self.learner.params
         else:
-            self.policy = TabularSoftmaxPolicy(self.n_states, self.n_actions)
+            self.policy = new_policy()
             self.learner = make_learner(config, self.policy)
             self.params = self.policy.params
-        # the multi-task pre-trained baseline is trained in the same run, on the same tasks
+        # the multi-task pre-trained baseline is trained in the same run, on the same tasks (from
+        # the same initial parameters)
         if config.algo not in ("multitask", "in-context"):
             mt_cfg = dataclasses.replace(config, algo="multitask")
-            self.multitask = make_learner(mt_cfg, TabularSoftmaxPolicy(self.n_states, self.n_actions))
+            self.multitask = make_learner(mt_cfg, new_policy())
         self.test_tasks = self.test_dist.sample(
             config.eval_tasks, np.random.default_rng(np.random.SeedSequence(config.eval_seed, spawn_key=(0,))))
         self.iteration = 0
@@ -1048,6 +1166,9 @@ class MetaTrainer:
                 return evaluate_bandits(self.config, self.params, self.test_tasks, baselines=baselines)
             return evaluate_incontext_mdp(self.config, self.params, self.test_tasks, baselines=baselines)
         multitask = None if self.multitask is None else self.multitask.policy.params
+        if self.config.continuous:
+            return evaluate_continuous(self.config, self.params, self.test_tasks, baselines=baselines,
+                                       multitask_params=multitask)
         return evaluate(self.config, self.params, self.test_tasks, baselines=baselines, multitask_params=multitask)
 
     def _truncate_log(self, name, last_iteration):
