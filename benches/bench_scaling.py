@@ -21,3 +21,10 @@ def test_scaling_curves_run_at_tiny_sizes():
 
 def test_slope_is_the_power_of_the_size():
     assert abs(scaling.slope([1, 2, 4, 8], [3, 12, 48, 192]) - 2.0) < 1e-12
+
+
+def test_the_big_tables_script_runs_small():
+    import big_tables
+
+    rows = big_tables.main(["--tasks", "2"])
+    assert [r["states"] for r in rows] == [10, 1000] and all(r["ns_per_step"] > 0 for r in rows)

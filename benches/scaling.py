@@ -22,15 +22,16 @@ import numpy as np
 # name -> (what the size is, sizes, quick sizes, unit the time is divided by)
 CURVES = {
     "rollout GridNavigation(7), 10 episodes, reused outputs": ("tasks T", [64, 512, 4096, 32768], [8, 16], "step"),
-    "rollout TabularMDPs(S, 5), 16 tasks x 10 episodes": ("states S", [10, 100, 300, 1000], [5, 10], "step"),
-    "TabularMDPs(S, 5).sample(16)": ("states S", [10, 100, 300, 1000], [5, 10], "call"),
+    "rollout TabularMDPs(S, 5), 64 tasks x 10 episodes, reused outputs": ("states S", [10, 100, 300, 1000], [5, 40], "step"),
+    "TabularMDPs(S, 5).sample(16)": ("states S", [10, 100, 300, 1000], [5, 40], "call"),
+    "TabularMDPs(1000, 5).sample(T)": ("tasks T", [8, 16, 32, 64], [1, 2], "task"),
     "MAML meta-iteration, GridNavigation(7), 20 episodes": ("tasks", [20, 80, 320, 1280], [2, 4], "task"),
     "GridNavigation(size).sample(20)": ("size", [7, 15, 30, 60], [3, 4], "call"),
     "bayes_optimal_value(2, n) (not cached)": ("pulls n", [15, 30, 60, 120], [5, 10], "call"),
 }
 
 CHILD = r"""
-import json, resource, sys, time
+import json, os, resource, sys, time
 import numpy as np
 import metarl_fast as mf
 
@@ -42,10 +43,14 @@ if name.startswith("rollout GridNavigation"):
     ws = mf.RolloutWorkspace(size, 10, batch.horizon)
     work = lambda: mf.rollout(policy, batch, 10, rng, out=ws).n_steps
 elif name.startswith("rollout TabularMDPs"):
-    batch = mf.TabularMDPs(n_states=size, n_actions=5).sample(16, 0)
+    batch = mf.TabularMDPs(n_states=size, n_actions=5).sample(64, 0)
     policy = mf.TabularSoftmaxPolicy(batch.n_states, batch.n_actions)
-    ws = mf.RolloutWorkspace(16, 10, batch.horizon)
+    ws = mf.RolloutWorkspace(64, 10, batch.horizon)
     work = lambda: mf.rollout(policy, batch, 10, rng, out=ws).n_steps
+elif name.startswith("TabularMDPs(1000"):
+    # quick mode (CI): 40 states, enough for wide rows with guide tables
+    dist = mf.TabularMDPs(n_states=40 if os.environ.get("SCALING_QUICK") else 1000, n_actions=5)
+    work = lambda: (dist.sample(size, rng).tables, size)[1]
 elif name.startswith("TabularMDPs"):
     dist = mf.TabularMDPs(n_states=size, n_actions=5)
     work = lambda: (dist.sample(16, rng).tables, 1)[1]
@@ -78,8 +83,10 @@ print(json.dumps({"seconds": best, "units": units, "peak_mib": (peak - before) /
 """
 
 
-def measure(name, size, calls):
+def measure(name, size, calls, quick=False):
     env = {**os.environ, "METARL_FAST_BACKEND": os.environ.get("METARL_FAST_BACKEND", "cython")}
+    if quick:
+        env["SCALING_QUICK"] = "1"
     proc = subprocess.run([sys.executable, "-c", CHILD, name, str(size), str(calls)], capture_output=True,
                           text=True, timeout=1800, env=env)
     if proc.returncode != 0:
@@ -100,7 +107,7 @@ def run(quick=False, repeats=3, calls=3):
         points = {size: [] for size in sizes}
         for _ in range(repeats):  # sizes interleaved
             for size in sizes:
-                points[size].append(measure(name, size, calls))
+                points[size].append(measure(name, size, calls, quick))
         seconds = [float(np.median([p["seconds"] for p in points[s]])) for s in sizes]
         per_unit = [sec / max(points[s][0]["units"], 1) for sec, s in zip(seconds, sizes)]
         peak = [max(p["peak_mib"] for p in points[s]) for s in sizes]
