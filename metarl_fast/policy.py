@@ -492,6 +492,13 @@ class MLPSoftmaxPolicy(_SoftmaxPolicy):
     def act(self, obs, rng):
         """Sample actions; int64 (B,) (one observation: an int).  Forward and sampling in one
         compiled call: the actions and draws of ``sample_actions(self.logits(obs), rng)``."""
+        if type(obs) is np.ndarray and type(rng) is np.random.Generator and obs.dtype == self.params.dtype:
+            # the agent-loop path: the kernel checks the rest (finiteness, layout) and names obs
+            if obs.shape == (self.obs_dim,):
+                return int(active.mlp.mlp_act(self.params, obs.reshape(1, self.obs_dim), self.hidden,
+                                              self.activation, rng)[0])
+            if obs.ndim == 2 and obs.shape[1] == self.obs_dim:
+                return active.mlp.mlp_act(self.params, obs, self.hidden, self.activation, rng)
         rng = _validate.as_generator(rng)
         if self._one(obs):
             return int(self.act(np.asarray(obs)[None], rng)[0])
