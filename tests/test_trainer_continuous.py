@@ -60,15 +60,23 @@ def test_the_evaluation_measures_what_it_says():
     cfg = TrainConfig(**{**TINY, "inner_lr": 1e-300, "eval_episodes": 7}).validate()
     tasks = mf.PointNavigation(horizon=8).sample(5, 3)
     policy = make_mlp_policy(cfg, tasks)
-    out = evaluate_continuous(cfg, policy.params, tasks)
+    other = np.random.default_rng(8).normal(size=policy.n_params)  # the "multi-task" parameters
+    out = evaluate_continuous(cfg, policy.params, tasks, multitask_params=other)
     rows = out["results"]
     stream = lambda: np.random.default_rng(np.random.SeedSequence(cfg.eval_seed, spawn_key=(3,)))  # noqa: E731
-    uniform = rollout_mlp(tasks, np.zeros((5, policy.n_params)), 7, stream(), hidden=(8,)).episode_return
-    assert rows["random policy"]["mean"] == pytest.approx(uniform.mean(axis=1).mean(), rel=1e-12)
-    before = rollout_mlp(tasks, np.tile(policy.params, (5, 1)), 7, stream(), hidden=(8,)).episode_return
+
+    def returns(params, rng):
+        return rollout_mlp(tasks, np.tile(params, (5, 1)), 7, rng, hidden=(8,)).episode_return.mean(axis=1).mean()
+
+    assert rows["random policy"]["mean"] == pytest.approx(returns(np.zeros(policy.n_params), stream()), rel=1e-12)
+    for name, params in (("maml (meta-learned)", policy.params), ("multi-task pre-trained", other)):
+        rng = stream()
+        before, after = returns(params, rng), returns(params, rng)  # a step of 1e-300 changes nothing
+        row = rows[name]
+        assert row["after_steps"][0]["mean"] == pytest.approx(before, rel=1e-12)
+        assert row["after_steps"][1]["mean"] == pytest.approx(after, rel=1e-12)
+        assert row["mean"] == row["after_steps"][-1]["mean"] and before != after  # fresh episodes
     meta_row = rows["maml (meta-learned)"]
-    assert meta_row["after_steps"][0]["mean"] == pytest.approx(before.mean(axis=1).mean(), rel=1e-12)
-    assert meta_row["after_steps"][1]["mean"] != meta_row["after_steps"][0]["mean"]  # fresh episodes
     # the uniform policy goes nowhere on average: its return is the one of a random walk
     assert rows["random policy"]["mean"] < meta_row["mean"] + 10
 
