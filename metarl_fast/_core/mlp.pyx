@@ -4,13 +4,19 @@ The layout, initialisation, arithmetic and errors are the reference's (see its d
 ``mlp_layout`` and ``mlp_init`` are the reference's own functions; the other ``def`` functions
 take a cheap C-level fast path when every argument already has the exact dtype and layout (finite
 checks are C loops) and otherwise go through the reference's checks, which convert or raise.
+``mlp_logits`` and ``mlp_act`` do not even scan params for NaN/inf on the fast path (at B = 1 the
+scan cost more than the network): the kernel checks row 0's pre-activations instead, which a
+non-finite parameter always reaches, and on a hit the call is validated in full and run again.
 
 Kernels run ``nogil`` over blocks of ``MLP_BLOCK_ROWS`` rows carried through all layers, with
 ``mf_mlp_gemm`` (mlp_kernels.h: register tiles, sums in the reference's order, no BLAS) for every
-product and float64 scratch allocated once per call.  The forward pass and the sampled actions are
-bit-identical to the reference; gradients, JVPs and HVPs agree to rounding (other sum order).
+product, float64 scratch allocated once per call (on the stack for small calls) and vectorised
+activations (mf_mlp_tanh: an expm1-based tanh, bit for bit the reference's).  The forward pass
+and the sampled actions are bit-identical to the reference; gradients, JVPs and HVPs agree to
+rounding (other sum order).
 """
 cimport numpy as cnp
+from cpython.long cimport PyLong_AsLongLongAndOverflow
 from libc.stdint cimport int64_t
 from libc.stdlib cimport free, malloc
 from libc.string cimport memset
@@ -33,14 +39,25 @@ cdef extern from "mlp_kernels.h" nogil:
     int MF_MLP_INIT_ZERO
     int MF_MLP_INIT_BIAS
     int MF_MLP_INIT_ACC
-    void mf_mlp_gemm(const double* A, intp_t lda, const double* B, intp_t ldb, const double* bias,
-                     double* C, intp_t ldc, intp_t M, intp_t K, intp_t N, int mode)
+    void mf_mlp_gemm(const double* A, intp_t sam, intp_t sak, const double* B, intp_t ldb,
+                     const double* bias, double* C, intp_t ldc, intp_t M, intp_t K, intp_t N,
+                     int mode)
     void mf_mlp_activate(double* x, intp_t n, int use_tanh)
+    void mf_mlp_dact(const double* a, intp_t n, int use_tanh, double* x)
+    void mf_mlp_dact_r(const double* a, const double* r_z, intp_t n, int use_tanh, double* d,
+                       double* rd)
     int mf_mlp_all_finite_f64(const double* x, intp_t n)
     int mf_mlp_all_finite_f32(const float* x, intp_t n)
 
 # Below this many multiply-adds a call keeps the GIL: releasing it costs more than the work.
 cdef intp_t NOGIL_MIN_WORK = 20000
+
+cdef enum:
+    # (the fast path's lazy check) a pre-activation or logit of row 0 is not finite: either params
+    # holds NaN/inf or the sums overflowed; the caller validates everything and runs again
+    MLP_UNVERIFIED = -4
+    # float64 scratch on the stack: small calls (B = 1 from an agent loop) never call malloc
+    SMALL_SCRATCH = 2048
 
 cdef enum Kind:
     KIND_VJP            # dlogits given
@@ -104,37 +121,43 @@ cdef void _transpose_weights(const MLPNet* net, const double* p, double* out) no
                 t[k * n_in + j] = w[j * n_out + k]
 
 
-cdef void _transpose(const double* x, intp_t n_rows, intp_t n_cols, double* out) noexcept nogil:
-    """out (n_cols, n_rows) = x (n_rows, n_cols)^T."""
-    cdef intp_t i, j
-    for i in range(n_rows):
-        for j in range(n_cols):
-            out[j * n_rows + i] = x[i * n_cols + j]
+cdef inline void _gemm(const double* A, intp_t lda, const double* B, intp_t ldb,
+                       const double* bias, double* C, intp_t ldc, intp_t M, intp_t K, intp_t N,
+                       int mode) noexcept nogil:
+    """C (M, N) = init + A B, A (M, K) row-major with row stride lda (see mf_mlp_gemm)."""
+    mf_mlp_gemm(A, lda, 1, B, ldb, bias, C, ldc, M, K, N, mode)
 
 
-cdef void _forward_block(const MLPNet* net, const double* p, double** acts, intp_t n,
-                         double* logits) noexcept nogil:
-    """acts[0] (n, width[0]) given; fills acts[1..L-1] (after the activation) and logits (n, A)."""
+cdef inline void _gemm_at(const double* A, intp_t lda, const double* B, intp_t ldb, double* C,
+                          intp_t ldc, intp_t M, intp_t K, intp_t N) noexcept nogil:
+    """C (M, N) += A^T B, A (K, M) row-major with row stride lda (no transposed copy)."""
+    mf_mlp_gemm(A, 1, lda, B, ldb, NULL, C, ldc, M, K, N, MF_MLP_INIT_ACC)
+
+
+cdef bint _forward_block(const MLPNet* net, const double* p, double** acts, intp_t n,
+                         double* logits, bint check_row0) noexcept nogil:
+    """acts[0] (n, width[0]) given; fills acts[1..L-1] (after the activation) and logits (n, A).
+
+    ``check_row0``: False (and stop) as soon as a pre-activation or logit of row 0 is not finite.
+    With finite obs that certifies params: a NaN/inf weight or bias makes every sum it enters
+    NaN/inf (never absorbed), so row 0 alone sees any non-finite parameter."""
     cdef intp_t l, n_in, n_out
     cdef double* dst
     for l in range(net.n_layers):
         n_in, n_out = net.width[l], net.width[l + 1]
         dst = logits if l == net.n_layers - 1 else acts[l + 1]
-        mf_mlp_gemm(acts[l], n_in, p + net.w_off[l], n_out, p + net.b_off[l], dst, n_out,
+        _gemm(acts[l], n_in, p + net.w_off[l], n_out, p + net.b_off[l], dst, n_out,
                     n, n_in, n_out, MF_MLP_INIT_BIAS)
+        if check_row0 and not mf_mlp_all_finite_f64(dst, n_out):
+            return False
         if l < net.n_layers - 1:
             mf_mlp_activate(dst, n * n_out, net.use_tanh)
+    return True
 
 
 cdef inline void _dact(const double* a, intp_t n, bint use_tanh, double* x) noexcept nogil:
     """x *= act'(z) where a = act(z): (1 - a^2) for tanh, [a > 0] for relu."""
-    cdef intp_t i
-    if use_tanh:
-        for i in range(n):
-            x[i] = x[i] * (1.0 - a[i] * a[i])
-    else:
-        for i in range(n):
-            x[i] = x[i] if a[i] > 0.0 else 0.0
+    mf_mlp_dact(a, n, use_tanh, x)
 
 
 cdef void _softmax_row(const double* logits, intp_t n_actions, double* p) noexcept nogil:
@@ -166,12 +189,11 @@ cdef void _pg_dlogits(const double* logits, intp_t n, intp_t n_actions, const in
 
 
 cdef void _accumulate_layer(const MLPNet* net, intp_t l, const double* a, const double* d,
-                            intp_t n, double* t, double* grad) noexcept nogil:
+                            intp_t n, double* grad) noexcept nogil:
     """grad[W_l] += a^T d, grad[b_l] += sum_i d[i] (a (n, width[l]), d (n, width[l+1]))."""
     cdef intp_t i, k, n_in = net.width[l], n_out = net.width[l + 1]
     cdef double* gb = grad + net.b_off[l]
-    _transpose(a, n, n_in, t)
-    mf_mlp_gemm(t, n, d, n_out, NULL, grad + net.w_off[l], n_out, n_in, n, n_out, MF_MLP_INIT_ACC)
+    _gemm_at(a, n_in, d, n_out, grad + net.w_off[l], n_out, n_in, n, n_out)
     for i in range(n):
         for k in range(n_out):
             gb[k] += d[i * n_out + k]
@@ -193,22 +215,28 @@ cdef inline intp_t _store(const double* x, intp_t n, floating* out) noexcept nog
     return MLP_OK
 
 
-cdef intp_t mlp_forward(const MLPNet* net, const floating* params, const floating* obs,
-                        intp_t n_rows, floating* logits_out) noexcept nogil:
+cdef intp_t _forward(const MLPNet* net, const floating* params, const floating* obs,
+                     intp_t n_rows, floating* logits_out, bint check_row0) noexcept nogil:
+    """mlp_forward; ``check_row0`` (params not checked for NaN/inf by the caller): returns
+    MLP_UNVERIFIED, with ``logits_out`` untouched, if row 0 meets a non-finite value."""
     cdef intp_t P = net.n_params, W = net.max_width, A = net.width[net.n_layers]
     cdef intp_t rb = MLP_BLOCK_ROWS if n_rows > MLP_BLOCK_ROWS else n_rows
     cdef intp_t r0, n, d0 = net.width[0], status = MLP_OK, l
+    cdef intp_t size = (P if floating is float else 0) + rb * (2 * W + d0 + A)
     cdef double* acts[MLP_MAX_DEPTH + 1]
-    cdef double* scratch
+    cdef double small[SMALL_SCRATCH]
+    cdef double* scratch = small
     cdef double* buf
+    cdef double* logits
     cdef const double* p
     if n_rows == 0:
         return MLP_OK
-    scratch = <double*> malloc(((P if floating is float else 0) + rb * (2 * W + d0 + A))
-                               * sizeof(double))
-    if scratch == NULL:
-        return MLP_NO_MEMORY
+    if size > SMALL_SCRATCH:
+        scratch = <double*> malloc(size * sizeof(double))
+        if scratch == NULL:
+            return MLP_NO_MEMORY
     buf = scratch + (P if floating is float else 0)
+    logits = buf + 2 * rb * W + rb * d0
     p = _widen(params, P, scratch)
     for l in range(1, net.n_layers):  # ping-pong: layer l reads acts[l], writes acts[l + 1]
         acts[l] = buf + (l % 2) * rb * W
@@ -216,17 +244,32 @@ cdef intp_t mlp_forward(const MLPNet* net, const floating* params, const floatin
     while r0 < n_rows:
         n = rb if n_rows - r0 > rb else n_rows - r0
         acts[0] = <double*> _widen(obs + r0 * d0, n * d0, buf + 2 * rb * W)
-        _forward_block(net, p, acts, n, buf + 2 * rb * W + rb * d0)
-        status = _store(buf + 2 * rb * W + rb * d0, n * A, logits_out + r0 * A)
+        if not _forward_block(net, p, acts, n, logits, check_row0 and r0 == 0):
+            status = MLP_UNVERIFIED
+            break
+        status = _store(logits, n * A, logits_out + r0 * A)
         if status != MLP_OK:
             break
         r0 += n
-    free(scratch)
+    if scratch != small:
+        free(scratch)
     return status
+
+
+cdef intp_t mlp_forward(const MLPNet* net, const floating* params, const floating* obs,
+                        intp_t n_rows, floating* logits_out) noexcept nogil:
+    return _forward(net, params, obs, n_rows, logits_out, False)
 
 
 cdef intp_t mlp_sample(const MLPNet* net, const floating* params, const floating* obs,
                        intp_t n_rows, bitgen_t* bitgen, int64_t* actions_out) noexcept nogil:
+    return _sample(net, params, obs, n_rows, bitgen, actions_out, False)
+
+
+cdef intp_t _sample(const MLPNet* net, const floating* params, const floating* obs,
+                    intp_t n_rows, bitgen_t* bitgen, int64_t* actions_out,
+                    bint check_row0) noexcept nogil:
+    """mlp_sample; ``check_row0`` as in _forward (then nothing is drawn)."""
     cdef intp_t A = net.width[net.n_layers], status
     cdef floating small[256]
     cdef floating* logits = small
@@ -237,7 +280,7 @@ cdef intp_t mlp_sample(const MLPNet* net, const floating* params, const floating
         if logits == NULL:
             return MLP_NO_MEMORY
     # every logit is computed and checked before the first draw
-    status = mlp_forward(net, params, obs, n_rows, logits)
+    status = _forward(net, params, obs, n_rows, logits, check_row0)
     if status == MLP_OK:
         status = sample_rows(logits, n_rows, A, bitgen, actions_out)
         if status >= 0:
@@ -265,7 +308,6 @@ cdef intp_t _backprop(const MLPNet* net, const floating* params, const floating*
     cdef double* logits
     cdef double* delta
     cdef double* other
-    cdef double* t
     cdef double* swap
     cdef const double* p
     for l in range(L):
@@ -278,13 +320,13 @@ cdef intp_t _backprop(const MLPNet* net, const floating* params, const floating*
             for i in range(P):
                 out[i] = 0.0
         return MLP_OK
-    scratch = <double*> malloc((3 * P + rb * (acts_size + A + 3 * W)) * sizeof(double))
+    scratch = <double*> malloc((3 * P + rb * (acts_size + A + 2 * W)) * sizeof(double))
     if scratch == NULL:
         return MLP_NO_MEMORY
     grad = scratch
     wt = scratch + P
     buf = scratch + 2 * P
-    p = _widen(params, P, scratch + 2 * P + rb * (acts_size + A + 3 * W))
+    p = _widen(params, P, scratch + 2 * P + rb * (acts_size + A + 2 * W))
     _transpose_weights(net, p, wt)
     memset(grad, 0, P * sizeof(double))
     acts[0] = buf
@@ -293,7 +335,6 @@ cdef intp_t _backprop(const MLPNet* net, const floating* params, const floating*
     logits = acts[L - 1] + rb * net.width[L - 1]
     delta = logits + rb * A
     other = delta + rb * W
-    t = other + rb * W
     r0 = 0
     while r0 < n_rows:
         r1 = r0 + rb if n_rows - r0 > rb else n_rows
@@ -316,16 +357,16 @@ cdef intp_t _backprop(const MLPNet* net, const floating* params, const floating*
         else:
             acts[0] = buf
             _widen(obs + r0 * d0, n * d0, buf)
-        _forward_block(net, p, acts, n, logits)
+        _forward_block(net, p, acts, n, logits, False)
         if kind == KIND_PG:
             _pg_dlogits(logits, n, A, actions + r0, coef + r0, delta)
         else:
             for i in range(n * A):
                 delta[i] = dlogits[r0 * A + i]
         for l in range(L - 1, -1, -1):
-            _accumulate_layer(net, l, acts[l], delta, n, t, grad)
+            _accumulate_layer(net, l, acts[l], delta, n, grad)
             if l:
-                mf_mlp_gemm(delta, net.width[l + 1], wt + net.w_off[l], net.width[l], NULL, other,
+                _gemm(delta, net.width[l + 1], wt + net.w_off[l], net.width[l], NULL, other,
                             net.width[l], n, net.width[l + 1], net.width[l], MF_MLP_INIT_ZERO)
                 _dact(acts[l], n * net.width[l], net.use_tanh, other)
                 swap = delta
@@ -360,11 +401,10 @@ cdef intp_t _jvp_hvp(const MLPNet* net, const floating* params, const floating* 
     cdef double* d_nxt
     cdef double* rd_cur
     cdef double* rd_nxt
-    cdef double* t
     cdef double* swap
     cdef double* x_buf
     cdef const double* p
-    cdef double s, s1, s2, a
+    cdef double s
     if n_rows == 0:
         if hvp:
             for i in range(P):
@@ -372,8 +412,8 @@ cdef intp_t _jvp_hvp(const MLPNet* net, const floating* params, const floating* 
         return MLP_OK
     for l in range(L):
         acts_size += net.width[l]
-    # acts, r_acts, r_zs (each acts_size + A per row), prob, 4 delta buffers, transpose buffer
-    scratch = <double*> malloc((4 * P + rb * (3 * (acts_size + A) + A + 5 * W)) * sizeof(double))
+    # acts, r_acts, r_zs (each acts_size + A per row), prob, 4 delta buffers
+    scratch = <double*> malloc((4 * P + rb * (3 * (acts_size + A) + A + 4 * W)) * sizeof(double))
     if scratch == NULL:
         return MLP_NO_MEMORY
     hv = scratch
@@ -397,20 +437,19 @@ cdef intp_t _jvp_hvp(const MLPNet* net, const floating* params, const floating* 
     d_nxt = d_cur + rb * W
     rd_cur = d_nxt + rb * W
     rd_nxt = rd_cur + rb * W
-    t = rd_nxt + rb * W
     x_buf = acts[0]
     r0 = 0
     while r0 < n_rows:
         n = rb if n_rows - r0 > rb else n_rows - r0
         acts[0] = <double*> _widen(obs + r0 * d0, n * d0, x_buf)
-        _forward_block(net, p, acts, n, logits)
+        _forward_block(net, p, acts, n, logits, False)
         # forward R-pass: R(z_l) = a_l V_l + Vb_l + R(a_l) W_l;  R(a_{l+1}) = act'(z_l) R(z_l)
         for l in range(L):
-            mf_mlp_gemm(acts[l], net.width[l], v + net.w_off[l], net.width[l + 1],
+            _gemm(acts[l], net.width[l], v + net.w_off[l], net.width[l + 1],
                         v + net.b_off[l], r_zs[l + 1], net.width[l + 1],
                         n, net.width[l], net.width[l + 1], MF_MLP_INIT_BIAS)
             if l:
-                mf_mlp_gemm(r_acts[l], net.width[l], p + net.w_off[l], net.width[l + 1], NULL,
+                _gemm(r_acts[l], net.width[l], p + net.w_off[l], net.width[l + 1], NULL,
                             r_zs[l + 1], net.width[l + 1], n, net.width[l], net.width[l + 1],
                             MF_MLP_INIT_ACC)
             if l < L - 1:
@@ -434,35 +473,22 @@ cdef intp_t _jvp_hvp(const MLPNet* net, const floating* params, const floating* 
             for k in range(A):
                 rd_cur[i * A + k] = -coef[r0 + i] * prob[i * A + k] * (r_zs[L][i * A + k] - s)
         for l in range(L - 1, -1, -1):
-            _accumulate_layer(net, l, acts[l], rd_cur, n, t, hv)
+            _accumulate_layer(net, l, acts[l], rd_cur, n, hv)
             if l:
                 # the bias part of R(a_l)^T delta is not there: R(b) enters through rd only
-                _transpose(r_acts[l], n, net.width[l], t)
-                mf_mlp_gemm(t, n, d_cur, net.width[l + 1], NULL, hv + net.w_off[l],
-                            net.width[l + 1], net.width[l], n, net.width[l + 1], MF_MLP_INIT_ACC)
+                _gemm_at(r_acts[l], net.width[l], d_cur, net.width[l + 1], hv + net.w_off[l],
+                         net.width[l + 1], net.width[l], n, net.width[l + 1])
                 # d_a = delta W^T;  R(d_a) = R(delta) W^T + delta V^T
-                mf_mlp_gemm(d_cur, net.width[l + 1], wt + net.w_off[l], net.width[l], NULL,
+                _gemm(d_cur, net.width[l + 1], wt + net.w_off[l], net.width[l], NULL,
                             d_nxt, net.width[l], n, net.width[l + 1], net.width[l],
                             MF_MLP_INIT_ZERO)
-                mf_mlp_gemm(rd_cur, net.width[l + 1], wt + net.w_off[l], net.width[l], NULL,
+                _gemm(rd_cur, net.width[l + 1], wt + net.w_off[l], net.width[l], NULL,
                             rd_nxt, net.width[l], n, net.width[l + 1], net.width[l],
                             MF_MLP_INIT_ZERO)
-                mf_mlp_gemm(d_cur, net.width[l + 1], vwt + net.w_off[l], net.width[l], NULL,
+                _gemm(d_cur, net.width[l + 1], vwt + net.w_off[l], net.width[l], NULL,
                             rd_nxt, net.width[l], n, net.width[l + 1], net.width[l],
                             MF_MLP_INIT_ACC)
-                m = n * net.width[l]
-                if net.use_tanh:
-                    for i in range(m):
-                        a = acts[l][i]
-                        s1 = 1.0 - a * a
-                        s2 = -2.0 * a * s1
-                        rd_nxt[i] = rd_nxt[i] * s1 + d_nxt[i] * s2 * r_zs[l][i]
-                        d_nxt[i] = d_nxt[i] * s1
-                else:
-                    for i in range(m):
-                        if acts[l][i] <= 0.0:
-                            rd_nxt[i] = 0.0
-                            d_nxt[i] = 0.0
+                mf_mlp_dact_r(acts[l], r_zs[l], n * net.width[l], net.use_tanh, d_nxt, rd_nxt)
                 swap = d_cur
                 d_cur = d_nxt
                 d_nxt = swap
@@ -480,7 +506,8 @@ cdef intp_t _jvp_hvp(const MLPNet* net, const floating* params, const floating* 
 # Python entry points
 # ---------------------------------------------------------------------------------------------
 
-_Generator = np.random.Generator
+cdef object _Generator = np.random.Generator
+cdef long long _MAX_TABLE_ENTRIES = _validate.MAX_TABLE_ENTRIES
 
 
 cdef inline bint _float_ok(object x, int ndim, int typenum):
@@ -500,12 +527,17 @@ cdef inline bint _finite_array(cnp.ndarray x):
     return mf_mlp_all_finite_f32(<const float*> cnp.PyArray_DATA(x), n) != 0
 
 
-cdef bint _fast_net(object params, object obs, object hidden, object activation, MLPNet* net):
-    """Fill ``net`` if every argument is already exact and valid (no Python-level checks)."""
+cdef bint _fast_net(object params, object obs, object hidden, object activation, MLPNet* net,
+                    bint lazy_params=False):
+    """Fill ``net`` if every argument is already exact and valid (no Python-level checks).
+
+    ``lazy_params``: params may still hold NaN/inf (not scanned: at B = 1 the scan costs more
+    than the forward pass); the kernel's row-0 check (``_forward``'s ``check_row0``) catches it."""
     cdef cnp.ndarray p, x
     cdef intp_t widths[MLP_MAX_DEPTH]
-    cdef intp_t n_hidden, i, w, head, rest, last, n_actions, obs_dim
-    cdef int typenum
+    cdef intp_t n_hidden, i, head, rest, last, n_actions, obs_dim
+    cdef long long w
+    cdef int typenum, overflow
     cdef bint use_tanh
     if type(params) is not cnp.ndarray:
         return False
@@ -534,9 +566,12 @@ cdef bint _fast_net(object params, object obs, object hidden, object activation,
     last = obs_dim
     for i in range(n_hidden):
         item = (<tuple> hidden)[i]
-        if type(item) is not int or not 1 <= item <= MLP_MAX_WIDTH:
+        if type(item) is not int:
             return False
-        w = item
+        overflow = 0
+        w = PyLong_AsLongLongAndOverflow(item, &overflow)
+        if overflow or not 1 <= w <= MLP_MAX_WIDTH:
+            return False
         widths[i] = w
         head += (last + 1) * w
         last = w
@@ -544,9 +579,9 @@ cdef bint _fast_net(object params, object obs, object hidden, object activation,
     if rest <= 0 or rest % (last + 1) != 0:
         return False
     n_actions = rest // (last + 1)
-    if n_actions * (last + 1) + head > _validate.MAX_TABLE_ENTRIES:
+    if n_actions * (last + 1) + head > _MAX_TABLE_ENTRIES:
         return False
-    if not _finite_array(p) or not _finite_array(x):
+    if not _finite_array(x) or not (lazy_params or _finite_array(p)):
         return False
     mlp_net_init(net, obs_dim, widths, n_hidden, n_actions, use_tanh)
     return True
@@ -635,47 +670,89 @@ cdef inline bint _big(const MLPNet* net, intp_t n_rows):
     return n_rows * net.n_params > NOGIL_MIN_WORK
 
 
+cdef intp_t _logits_any(const MLPNet* net, cnp.ndarray p, cnp.ndarray x, cnp.ndarray res,
+                       bint check_row0) except? -99:
+    cdef intp_t n_rows = cnp.PyArray_DIM(x, 0), status
+    cdef void* pp = cnp.PyArray_DATA(p)
+    cdef void* px = cnp.PyArray_DATA(x)
+    cdef void* pr = cnp.PyArray_DATA(res)
+    if cnp.PyArray_TYPE(p) == cnp.NPY_DOUBLE:
+        if _big(net, n_rows):
+            with nogil:
+                status = _forward(net, <const double*> pp, <const double*> px, n_rows,
+                                  <double*> pr, check_row0)
+        else:
+            status = _forward(net, <const double*> pp, <const double*> px, n_rows, <double*> pr,
+                              check_row0)
+    else:
+        with nogil:
+            status = _forward(net, <const float*> pp, <const float*> px, n_rows, <float*> pr,
+                              check_row0)
+    return status
+
+
 def mlp_logits(params, obs, hidden, activation, out=None):
     """Logits (B, A) of params' dtype.  See :func:`metarl_fast.reference.mlp.mlp_logits`."""
     cdef MLPNet net
     cdef intp_t status, n_rows
-    cdef cnp.ndarray p, x, res
-    cdef void* pp
-    cdef void* px
-    cdef void* pr
-    params, obs = _net(params, obs, hidden, activation, &net)
-    p, x = <cnp.ndarray> params, <cnp.ndarray> obs
-    n_rows = x.shape[0]
-    _check_out(out, 2, n_rows, net.width[net.n_layers], cnp.PyArray_TYPE(p))
-    res = _new(2, n_rows, net.width[net.n_layers], cnp.PyArray_TYPE(p))
-    pp, px, pr = cnp.PyArray_DATA(p), cnp.PyArray_DATA(x), cnp.PyArray_DATA(res)
-    if cnp.PyArray_TYPE(p) == cnp.NPY_DOUBLE:
-        if _big(&net, n_rows):
-            with nogil:
-                status = mlp_forward(&net, <const double*> pp, <const double*> px, n_rows, <double*> pr)
-        else:
-            status = mlp_forward(&net, <const double*> pp, <const double*> px, n_rows, <double*> pr)
-    else:
-        with nogil:
-            status = mlp_forward(&net, <const float*> pp, <const float*> px, n_rows, <float*> pr)
+    cdef cnp.ndarray res
+    cdef bint lazy = _fast_net(params, obs, hidden, activation, &net, True)
+    if not lazy:
+        params, obs = _net(params, obs, hidden, activation, &net)
+    n_rows = cnp.PyArray_DIM(<cnp.ndarray> obs, 0)
+    _check_out(out, 2, n_rows, net.width[net.n_layers], cnp.PyArray_TYPE(<cnp.ndarray> params))
+    res = _new(2, n_rows, net.width[net.n_layers], cnp.PyArray_TYPE(<cnp.ndarray> params))
+    status = _logits_any(&net, params, obs, res, lazy)
+    if status == MLP_UNVERIFIED:  # params holds NaN/inf (the checks raise) or the sums overflow
+        params, obs = _net(params, obs, hidden, activation, &net)
+        status = _logits_any(&net, params, obs, res, False)
     _raise(status, "the MLP's logits")
     return _finish(res, out)
+
+
+cdef intp_t _sample_any(const MLPNet* net, cnp.ndarray p, cnp.ndarray x, object rng,
+                        int64_t* actions, bint check_row0) except? -99:
+    """Fused forward and sampling under ``rng``'s lock (released around big calls' kernel)."""
+    cdef intp_t n_rows = cnp.PyArray_DIM(x, 0), status
+    cdef void* pp = cnp.PyArray_DATA(p)
+    cdef void* px = cnp.PyArray_DATA(x)
+    cdef bint dbl = cnp.PyArray_TYPE(p) == cnp.NPY_DOUBLE
+    bit_generator = rng.bit_generator
+    cdef bitgen_t* bitgen = bitgen_of(bit_generator)
+    lock = bit_generator.lock
+    lock.acquire()  # (not `with`: the context-manager protocol costs more than B=1's kernel)
+    try:
+        if _big(net, n_rows):
+            with nogil:
+                if dbl:
+                    status = _sample(net, <const double*> pp, <const double*> px, n_rows, bitgen,
+                                     actions, check_row0)
+                else:
+                    status = _sample(net, <const float*> pp, <const float*> px, n_rows, bitgen,
+                                     actions, check_row0)
+        elif dbl:
+            status = _sample(net, <const double*> pp, <const double*> px, n_rows, bitgen, actions,
+                             check_row0)
+        else:
+            status = _sample(net, <const float*> pp, <const float*> px, n_rows, bitgen, actions,
+                             check_row0)
+    finally:
+        lock.release()
+    return status
 
 
 def mlp_act(params, obs, hidden, activation, rng, out=None):
     """Sampled actions int64 (B,).  See :func:`metarl_fast.reference.mlp.mlp_act`."""
     cdef MLPNet net
     cdef intp_t status, n_rows
-    cdef cnp.ndarray p, x, res
-    cdef bitgen_t* bitgen
-    cdef void* pp
-    cdef void* px
+    cdef cnp.ndarray res
     cdef int64_t* pr
-    params, obs = _net(params, obs, hidden, activation, &net)
-    if not isinstance(rng, _Generator):
+    cdef bint lazy = _fast_net(params, obs, hidden, activation, &net, True)
+    if not lazy:
+        params, obs = _net(params, obs, hidden, activation, &net)
+    if type(rng) is not _Generator and not isinstance(rng, _Generator):
         _validate.check_rng(rng)
-    p, x = <cnp.ndarray> params, <cnp.ndarray> obs
-    n_rows = x.shape[0]
+    n_rows = cnp.PyArray_DIM(<cnp.ndarray> obs, 0)
     if out is None:
         res = _new(1, n_rows, 0, cnp.NPY_INT64)
     elif _out_ok(out, 1, n_rows, 0, cnp.NPY_INT64):
@@ -684,26 +761,11 @@ def mlp_act(params, obs, hidden, activation, rng, out=None):
         res = _validate.check_out(out, (n_rows,), np.int64)
     if n_rows == 0:
         return res
-    bit_generator = rng.bit_generator
-    bitgen = bitgen_of(bit_generator)
-    pp, px, pr = cnp.PyArray_DATA(p), cnp.PyArray_DATA(x), <int64_t*> cnp.PyArray_DATA(res)
-    lock = bit_generator.lock
-    lock.acquire()  # (not `with`: the context-manager protocol costs more than B=1's kernel)
-    try:
-        if cnp.PyArray_TYPE(p) == cnp.NPY_DOUBLE:
-            if _big(&net, n_rows):
-                with nogil:
-                    status = mlp_sample(&net, <const double*> pp, <const double*> px, n_rows, bitgen, pr)
-            else:
-                status = mlp_sample(&net, <const double*> pp, <const double*> px, n_rows, bitgen, pr)
-        else:
-            if _big(&net, n_rows):
-                with nogil:
-                    status = mlp_sample(&net, <const float*> pp, <const float*> px, n_rows, bitgen, pr)
-            else:
-                status = mlp_sample(&net, <const float*> pp, <const float*> px, n_rows, bitgen, pr)
-    finally:
-        lock.release()
+    pr = <int64_t*> cnp.PyArray_DATA(res)
+    status = _sample_any(&net, params, obs, rng, pr, lazy)
+    if status == MLP_UNVERIFIED:  # nothing drawn; params holds NaN/inf (the checks raise) or overflow
+        params, obs = _net(params, obs, hidden, activation, &net)
+        status = _sample_any(&net, params, obs, rng, pr, False)
     _raise(status, "the MLP's logits")
     return res
 
