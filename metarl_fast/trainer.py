@@ -677,8 +677,10 @@ def compare(config, algos, seeds, out_dir, *, log=None, progress=None):
     seeds with a Student-t 95% CI *across seeds* (the training seed's variability, which one run
     cannot show), and its paired difference to the from-scratch learner after K steps (same seed,
     same tasks); ``verdict`` says whether that CI excludes zero.  Run directories:
-    ``out_dir/<algo>-seed<N>``.  ``log`` receives the runs' progress bars, ``progress`` one line
-    per finished run.
+    ``out_dir/<algo>-seed<N>``; a run whose directory already holds the ``eval.json`` of a
+    finished run of the same settings (``config.toml``) is read, not trained again, so a
+    comparison that was interrupted continues where it stopped.  ``log`` receives the runs'
+    progress bars, ``progress`` one line per finished run.
     """
     per_run = {}
     for algo in algos:
@@ -686,8 +688,10 @@ def compare(config, algos, seeds, out_dir, *, log=None, progress=None):
             cfg = dataclasses.replace(config, algo=algo, seed=seed).validate()
             if algo == "in-context":
                 raise ValueError("compare handles the gradient-based learners (maml, fomaml, reptile, multitask)")
-            trainer = MetaTrainer(cfg, os.path.join(out_dir, f"{algo}-seed{seed}"), log=log)
-            per_run[(algo, seed)] = trainer.run()
+            run_dir = os.path.join(out_dir, f"{algo}-seed{seed}")
+            per_run[(algo, seed)] = _finished_run(cfg, run_dir)
+            if per_run[(algo, seed)] is None:
+                per_run[(algo, seed)] = MetaTrainer(cfg, run_dir, log=log).run()
             if per_run[(algo, seed)] is None:
                 raise KeyboardInterrupt
             if progress is not None:
@@ -723,14 +727,32 @@ def compare(config, algos, seeds, out_dir, *, log=None, progress=None):
     b, a = zip(*(steps(per_run[(algos[0], seed)], "from scratch") for seed in seeds))
     add("from scratch", b, a)
     for name in ("random policy", "oracle (knows the MDP)"):
-        v = [per_run[(algos[0], seed)]["results"][name]["mean"] for seed in seeds]
-        rows[name] = {"before": mean_ci_t(v), "after": None}
+        if name in first["results"]:  # (no oracle on continuous tasks)
+            v = [per_run[(algos[0], seed)]["results"][name]["mean"] for seed in seeds]
+            rows[name] = {"before": mean_ci_t(v), "after": None}
     out = {"algos": list(algos), "seeds": list(seeds), "inner_steps": config.inner_steps,
            "n_tasks": first["n_tasks"], "eval_seed": config.eval_seed, "rows": rows}
     if "goals" in first:
         out["test_goals_seen_in_training"] = first["goals"]["test_goals_seen_in_training"]
         out["held_out_goals"] = config.held_out_goals
     return out
+
+
+def _finished_run(config, run_dir):
+    """The ``eval.json`` of a finished run of ``config`` in ``run_dir`` (its ``config.toml`` the
+    same, every iteration done), or None."""
+    try:
+        with open(os.path.join(run_dir, "config.toml")) as fh:
+            same = fh.read() == config.to_toml()
+        with open(os.path.join(run_dir, "eval.json")) as fh:
+            result = json.load(fh)
+    except (OSError, ValueError):
+        return None
+    stopped_by = result.get("stopped_by")
+    if not same or stopped_by not in ("iterations", "target") or (
+            stopped_by == "iterations" and result.get("iterations") != config.iterations):
+        return None  # another run, or one a time budget cut short (not repeatable)
+    return result
 
 
 def format_comparison(result):

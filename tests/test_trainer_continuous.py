@@ -108,3 +108,22 @@ def test_the_command_line_trains_cartpoles(tmp_path):
     assert 'hidden = "4,4"' in config and 'activation = "relu"' in config
     result = json.loads((tmp_path / "cp" / "eval.json").read_text())
     assert result["tasks"] == "cartpoles" and "fomaml (meta-learned)" in result["results"]
+
+
+def test_compare_on_continuous_tasks_and_a_rerun_reads_the_finished_runs(tmp_path, monkeypatch):
+    from metarl_fast import trainer as trainer_module
+    from metarl_fast.trainer import compare, format_comparison
+
+    cfg = TrainConfig(**{**TINY, "iterations": 2, "eval_every": 2})
+    log = open(tmp_path / "log", "w")
+    first = compare(cfg, ["maml", "reptile"], [0, 1], tmp_path / "cmp", log=log)
+    assert "oracle (knows the MDP)" not in first["rows"] and "random policy" in first["rows"]
+    assert format_comparison(first).count("\n") == 1 + len(first["rows"])
+
+    def no_training(self, **kwargs):
+        raise AssertionError("a finished run was trained again")
+
+    monkeypatch.setattr(trainer_module.MetaTrainer, "run", no_training)
+    assert compare(cfg, ["maml", "reptile"], [0, 1], tmp_path / "cmp", log=log) == first
+    with pytest.raises(AssertionError, match="trained again"):  # other settings: trained again
+        compare(dataclasses.replace(cfg, inner_lr=0.07), ["maml"], [0], tmp_path / "cmp", log=log)
