@@ -65,6 +65,19 @@ class _ContinuousBatch:
     def __len__(self):
         return self.n_tasks
 
+    def make_env(self, index=0):
+        """Task ``index`` as an environment with Gymnasium's API, no Gymnasium needed
+        (:class:`metarl_fast.continuous_env.ContinuousTaskEnv`)."""
+        from metarl_fast.continuous_env import ContinuousTaskEnv
+
+        return ContinuousTaskEnv(self, index)
+
+    def as_gymnasium(self, index=0):
+        """Task ``index`` as a ``gymnasium.Env`` (:func:`metarl_fast.continuous_env.as_gymnasium`)."""
+        from metarl_fast.continuous_env import as_gymnasium
+
+        return as_gymnasium(self, index)
+
     def _step_outputs(self, out):
         if out is None:
             n = self.n_tasks

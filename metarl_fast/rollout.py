@@ -427,6 +427,9 @@ class VecEnv:
         (no allocation per step: what a loop that reads each step's results before the next
         needs).  ``infos["final_obs"]`` and :attr:`final_obs` follow the same rule.
 
+    A batch of a continuous-observation family (``PointNavigation``, ``CartPoles``) gives a
+    :class:`metarl_fast.continuous_env.ContinuousVecEnv` (the same API, float observations).
+
     Thread safety: a VecEnv holds the states of its environments and is not safe to step from two
     threads at once; such use is detected and raises RuntimeError (give each thread its own).
     """
@@ -437,6 +440,13 @@ class VecEnv:
     closed = False
 
     def __new__(cls, *args, **kwargs):
+        if cls is VecEnv and args:
+            from metarl_fast.continuous_meta import is_continuous_batch
+
+            if is_continuous_batch(args[0]):  # float observations: the continuous families' own
+                from metarl_fast.continuous_env import ContinuousVecEnv
+
+                return ContinuousVecEnv(*args, **kwargs)
         if cls is VecEnv:
             gymnasium_class = _gymnasium_vec_class()
             if gymnasium_class is not None:
