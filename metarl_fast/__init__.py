@@ -62,6 +62,7 @@ from metarl_fast.tasks import (  # noqa: E402,F401
 from metarl_fast.continuous_tasks import CartPoles, PointNavigation  # noqa: E402,F401
 from metarl_fast.continuous_rollout import ContinuousTrajectories, rollout_mlp  # noqa: E402,F401
 from metarl_fast.continuous_env import ContinuousTaskEnv, ContinuousVecEnv  # noqa: E402,F401
+from metarl_fast.rl2_learner import RL2Learner  # noqa: E402,F401
 from metarl_fast.rollout import RolloutWorkspace, Trajectories, VecEnv, rollout  # noqa: E402,F401
 from metarl_fast import exact  # noqa: E402,F401
 from metarl_fast.meta import FOMAML, MAML, MetaLearner, MultiTask, Reptile  # noqa: E402,F401
