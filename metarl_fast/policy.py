@@ -87,6 +87,20 @@ def sample_actions_at(logits, rows, rng, out=None):
 
 
 
+def _float_rows(obs, width, dtype, name):
+    """``obs`` as finite (B, width) rows of ``dtype`` (C-contiguous), or TypeError/ValueError
+    naming ``name``."""
+    x = np.asarray(obs)
+    if x.dtype.kind not in "fiu":
+        raise TypeError(f"{name} must be a numeric array, got {_validate.got(x)}")
+    x = np.ascontiguousarray(x, dtype=dtype)
+    if x.ndim != 2 or x.shape[1] != width:
+        raise ValueError(f"{name} must have shape (B, {width}), got {np.shape(obs)}")
+    if not np.all(np.isfinite(x)):
+        raise ValueError(f"{name} contains NaN or inf")
+    return x
+
+
 def _check_dtype(dtype):
     dtype = np.dtype(dtype)
     if dtype not in _validate.FLOAT_DTYPES:
@@ -352,15 +366,7 @@ class LinearSoftmaxPolicy(_SoftmaxPolicy):
 
     def check_obs(self, obs, name="obs"):
         """``obs`` as finite (B, F) features in the policy's dtype (C-contiguous)."""
-        x = np.asarray(obs)
-        if x.dtype.kind not in "fiu":
-            raise TypeError(f"{name} must be a numeric array, got {_validate.got(x)}")
-        x = np.ascontiguousarray(x, dtype=self.dtype)
-        if x.ndim != 2 or x.shape[1] != self.n_features:
-            raise ValueError(f"{name} must have shape (B, {self.n_features}), got {np.shape(obs)}")
-        if not np.all(np.isfinite(x)):
-            raise ValueError(f"{name} contains NaN or inf")
-        return x
+        return _float_rows(obs, self.n_features, self.dtype, name)
 
     def logits(self, obs):
         """Logits ``obs @ W + b``, shape (B, A) (one feature vector: (A,))."""
@@ -473,15 +479,7 @@ class MLPSoftmaxPolicy(_SoftmaxPolicy):
 
     def check_obs(self, obs, name="obs"):
         """``obs`` as finite (B, obs_dim) observations in the policy's dtype (C-contiguous)."""
-        x = np.asarray(obs)
-        if x.dtype.kind not in "fiu":
-            raise TypeError(f"{name} must be a numeric array, got {_validate.got(x)}")
-        x = np.ascontiguousarray(x, dtype=self.dtype)
-        if x.ndim != 2 or x.shape[1] != self.obs_dim:
-            raise ValueError(f"{name} must have shape (B, {self.obs_dim}), got {np.shape(obs)}")
-        if not np.all(np.isfinite(x)):
-            raise ValueError(f"{name} contains NaN or inf")
-        return x
+        return _float_rows(obs, self.obs_dim, self.dtype, name)
 
     def logits(self, obs):
         """The network's logits, shape (B, A) (one observation: (A,)), in the policy's dtype."""
