@@ -25,12 +25,13 @@ import numpy as np
 from metarl_fast import _validate
 from metarl_fast._backend import active
 from metarl_fast.continuous_tasks import CartPolesBatch, PointNavigationBatch
+from metarl_fast.rollout import _EpisodeCounts
 from metarl_fast.reference import mlp as _mlp
 
 __all__ = ["ContinuousTrajectories", "rollout_mlp"]
 
 
-class ContinuousTrajectories:
+class ContinuousTrajectories(_EpisodeCounts):
     """The steps of ``n_episodes`` episodes on each of ``n_tasks`` tasks, as flat arrays.
 
     Steps are ordered by task, then episode, then time (no padding); ``n`` = total number of steps.
@@ -56,26 +57,11 @@ class ContinuousTrajectories:
         self.obs, self.action, self.reward, self.next_obs = obs, action, reward, next_obs
         self.terminated, self.truncated, self.logp, self.task_id = terminated, truncated, logp, task_id
         self.episode_length, self.episode_return = episode_length, episode_return
-        self.episode_start = np.zeros(episode_length.size + 1, dtype=np.int64)
-        np.cumsum(episode_length.reshape(-1), out=self.episode_start[1:])
-
-    @property
-    def done(self):
-        """``terminated | truncated``, bool (n,)."""
-        return self.terminated | self.truncated
+        self.episode_start = active.envs.episode_offsets(episode_length)
 
     @property
     def n_steps(self):
         return self.action.shape[0]
-
-    @property
-    def n_tasks(self):
-        return self.episode_length.shape[0]
-
-    @property
-    def n_episodes(self):
-        """Episodes per task."""
-        return self.episode_length.shape[1]
 
     @property
     def obs_dim(self):

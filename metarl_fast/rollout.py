@@ -88,7 +88,26 @@ def action_tables(logits):
 # Trajectories
 # ---------------------------------------------------------------------------------------------
 
-class Trajectories:
+class _EpisodeCounts:
+    """What any flat, task-major trajectory record derives from its ``terminated``,
+    ``truncated`` and ``episode_length`` (T, N) arrays."""
+
+    @property
+    def done(self):
+        """``terminated | truncated``, bool (n,)."""
+        return self.terminated | self.truncated
+
+    @property
+    def n_tasks(self):
+        return self.episode_length.shape[0]
+
+    @property
+    def n_episodes(self):
+        """Episodes per task."""
+        return self.episode_length.shape[1]
+
+
+class Trajectories(_EpisodeCounts):
     """The steps of ``n_episodes`` episodes on each of ``n_tasks`` tasks, as flat arrays.
 
     Steps are ordered by task, then episode, then time; ``n`` = total number of steps.
@@ -136,22 +155,8 @@ class Trajectories:
         return traj
 
     @property
-    def done(self):
-        """``terminated | truncated``, bool (n,)."""
-        return self.terminated | self.truncated
-
-    @property
     def n_steps(self):
         return self.obs.shape[0]
-
-    @property
-    def n_tasks(self):
-        return self.episode_length.shape[0]
-
-    @property
-    def n_episodes(self):
-        """Episodes per task."""
-        return self.episode_length.shape[1]
 
     @property
     def step_in_episode(self):
