@@ -222,7 +222,7 @@ def learning_curve(run):
     its = np.array([r["iteration"] for r in records], dtype=np.int64)
     pre = np.array([r["pre_return"] for r in records], dtype=np.float64)
     post = np.array([np.nan if r.get("post_return") is None else r["post_return"] for r in records])
-    in_context = run.algo == "in-context"
+    in_context = run.algo in ("in-context", "rl2")
     k = run.inner_steps
     steps = f"{k} adaptation step{'s' if k != 1 else ''}"
     series = []  # (values, label, colour)
@@ -377,7 +377,7 @@ def figures(run):
     an ``eval.json``."""
     out = {"learning_curve.png": learning_curve(run)}
     if run.evaluation is not None:
-        if run.algo == "in-context" or not any("after_steps" in r for r in run.evaluation["results"].values()):
+        if run.algo in ("in-context", "rl2") or not any("after_steps" in r for r in run.evaluation["results"].values()):
             out["comparison.png"] = comparison(run)
         else:
             out["adaptation_curve.png"] = adaptation_curve(run)

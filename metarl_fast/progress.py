@@ -92,7 +92,7 @@ def format_rate(steps_per_s):
 
 def return_meaning(algo, estimator="sampled"):
     """What the training return on the progress line measures for ``algo``: a short phrase."""
-    if algo == "in-context":
+    if algo in ("in-context", "rl2"):
         return "trial return"
     if algo == "multitask":
         return "return"
@@ -104,8 +104,8 @@ def return_meaning(algo, estimator="sampled"):
 def legend(algo, *, estimator="sampled", inner_steps=1, eval_tasks=None, eval_every=None,
            eval_episodes=None):
     """The one-time line explaining the progress line's two returns."""
-    noisy = "noisy, " if estimator != "exact" or algo == "in-context" else ""
-    if algo == "in-context":
+    noisy = "noisy, " if estimator != "exact" or algo in ("in-context", "rl2") else ""
+    if algo in ("in-context", "rl2"):
         train = f"train = trial return (total reward of a trial; {noisy}mean over the meta-batch)"
         held = "held-out = trial return on held-out tasks"
     else:

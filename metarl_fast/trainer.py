@@ -31,7 +31,9 @@ from metarl_fast.reference.incontext import MAX_ABS_WEIGHT
 from metarl_fast.policy import TabularSoftmaxPolicy
 
 TASK_FAMILIES = task_specs.BUILT_IN
-ALGOS = ("maml", "fomaml", "reptile", "multitask", "in-context")
+ALGOS = ("maml", "fomaml", "reptile", "multitask", "in-context", "rl2")
+# the in-context learners: meta-trained on whole trials, evaluated by their trial return (no adaptation steps)
+TRIAL_ALGOS = ("in-context", "rl2")
 CHECKPOINT_KIND = "MetaTrainerCheckpoint"
 CHECKPOINT_VERSION = 1
 
@@ -71,7 +73,14 @@ class TrainConfig:
     time_budget: float = 0.0         # seconds; 0: none
     target: float = float("nan")     # stop when the held-out post-adaptation return reaches it
     eval_every: int = 250
-    trial_episodes: int = 5          # in-context learner on MDP tasks: episodes per trial
+    trial_episodes: int = 5          # in-context learners on MDP tasks: episodes per trial
+    rl2_hidden: int = 64             # rl2: the GRU's hidden size
+    rl2_lr: float = 0.003            # rl2: Adam's learning rate of the PPO updates
+    ppo_epochs: int = 4              # rl2: PPO epochs over each iteration's trials
+    ppo_minibatches: int = 4         # rl2: minibatches (groups of whole trials) per epoch
+    ppo_clip: float = 0.2            # rl2: PPO's ratio clip
+    gae_lambda: float = 0.95         # rl2: GAE's lambda (across the episodes of a trial)
+    entropy_coef: float = 0.01       # rl2: entropy bonus
     checkpoint_every: int = 100
     eval_tasks: int = 200
     normalize_returns: bool = False  # each task's rewards divided by its returns' std (sampled estimator)
@@ -151,6 +160,8 @@ class TrainConfig:
                      "trial_episodes"):
             _validate.positive_int(getattr(self, name), name.replace("_", "-"))
         _validate.positive_int(self.horizon, "horizon", minimum=0)
+        if self.algo == "rl2":
+            self._validate_rl2()
         if self.normalize_returns:
             if self.algo == "in-context":
                 raise ValueError("normalize-returns applies to the gradient-based algorithms (maml, fomaml, "
@@ -179,7 +190,7 @@ class TrainConfig:
         if self.continuous:
             if self.policy == "tabular":
                 raise ValueError(f"{self.tasks} has continuous observations: it needs --policy mlp (or auto)")
-            if self.algo == "in-context":
+            if self.algo in TRIAL_ALGOS:
                 raise ValueError(f"the in-context learners run on bandit and tabular tasks, not {self.tasks}")
             if self.estimator != "sampled" or self.inner_estimator != "reinforce" or self.replay:
                 raise ValueError(f"{self.tasks} with an mlp policy: the sampled REINFORCE estimator "
@@ -193,6 +204,25 @@ class TrainConfig:
         if not (math.isnan(self.target) or math.isfinite(self.target)):
             raise ValueError(f"target must be finite, got {self.target}")
         return self
+
+    def _validate_rl2(self):
+        from metarl_fast.reference.gru import MAX_HIDDEN
+
+        if self.continuous:
+            raise ValueError(f"the in-context learners run on bandit and tabular tasks, not {self.tasks}")
+        if self.replay or self.normalize_returns:
+            raise ValueError("rl2 trains on-policy by PPO on its own trials: no --replay, no --normalize-returns")
+        for name in ("rl2_hidden", "ppo_epochs", "ppo_minibatches"):
+            _validate.positive_int(getattr(self, name), name.replace("_", "-"))
+        if self.rl2_hidden > MAX_HIDDEN:
+            raise ValueError(f"rl2-hidden must be in 1..{MAX_HIDDEN}, got {self.rl2_hidden}")
+        if self.meta_batch < self.ppo_minibatches:
+            raise ValueError(f"meta-batch ({self.meta_batch} trials) must be at least ppo-minibatches "
+                             f"({self.ppo_minibatches}): every minibatch needs a trial")
+        _validate.finite_float(self.rl2_lr, "rl2-lr", low=0.0, low_open=True)
+        _validate.finite_float(self.ppo_clip, "ppo-clip", low=0.0, low_open=True)
+        _validate.finite_float(self.gae_lambda, "gae-lambda", low=0.0, high=1.0)
+        _validate.finite_float(self.entropy_coef, "entropy-coef", low=0.0)
 
     def replay_config(self):
         """The :class:`~metarl_fast.pool.ReplayConfig` of ``--replay`` (None when replay is off)."""
@@ -571,12 +601,64 @@ class InContextTraining:
         self.pool = pool
 
 
-def evaluate_bandits(config, weights, test_tasks, *, baselines=True):
+class RL2Training:
+    """Meta-training of :class:`~metarl_fast.rl2_learner.RL2Learner` (a GRU policy trained by PPO
+    over whole trials) with the trainer's interface.  A trial is one episode of ``horizon`` pulls
+    on bandit tasks, ``trial_episodes`` episodes of one task otherwise; the initial parameters
+    are drawn from ``SeedSequence(seed, spawn_key=(2**30 + 1,))`` (a key no iteration uses)."""
+
+    def __init__(self, config, n_states, n_actions):
+        from metarl_fast.rl2_learner import RL2Learner
+
+        self.trial_episodes = 1 if config.tasks == "bandits" else config.trial_episodes
+        init = np.random.default_rng(np.random.SeedSequence(config.seed, spawn_key=(2**30 + 1,)))
+        self.learner = RL2Learner(
+            n_states, n_actions, config.rl2_hidden, episodes_per_trial=self.trial_episodes,
+            lr=config.rl2_lr, clip=config.ppo_clip, gae_lambda=config.gae_lambda, gamma=config.gamma,
+            entropy_coef=config.entropy_coef, ppo_epochs=config.ppo_epochs,
+            minibatches=config.ppo_minibatches, rng=init)
+        self.params = self.learner.params
+
+    @property
+    def iteration(self):
+        return self.learner.iteration
+
+    def meta_step(self, task_batch, rng):
+        """One PPO iteration; a step whose parameters become non-finite (or whose GRU overflows)
+        is rolled back and raises :class:`~metarl_fast.meta.DivergenceError`."""
+        saved = self.learner.state_dict()
+        try:
+            stats = self.learner.meta_step(task_batch, rng)
+            if not np.all(np.isfinite(self.params)):
+                raise FloatingPointError("parameters became non-finite")
+        except FloatingPointError as err:
+            self.learner.load_state_dict(saved)
+            raise meta.DivergenceError(f"meta-iteration {self.iteration + 1}: {err} (rolled back)") from err
+        slots = task_batch.n_tasks * task_batch.horizon * self.trial_episodes
+        out = {"pre_return": stats["mean_trial_return"], "post_return": None,
+               "direction_norm": stats["grad_norm"], "env_steps": int(slots)}
+        out.update((f"ppo_{k}", stats[k]) for k in ("approx_kl", "clip_fraction", "value_loss", "entropy"))
+        return out
+
+    def trial_returns(self, test_tasks, rng):
+        """Total reward float64 (T,) of one trial per task with the current parameters."""
+        return self.learner.evaluate(test_tasks, rng)
+
+    def state_dict(self):
+        return self.learner.state_dict()
+
+    def load_state_dict(self, d):
+        self.learner.load_state_dict(dict(d))
+
+
+def evaluate_bandits(config, weights, test_tasks, *, baselines=True, learner=None):
     """In-context learner vs bandit baselines on the same held-out tasks (one trial each).
 
-    Rows: the meta-learned in-context learner, random, posterior-greedy, epsilon-greedy (0.1),
-    UCB1, Thompson sampling, and the exact Bayes-optimal value (the ceiling) when it is small
-    enough to compute.  Every agent plays the same arm means with the same seed.
+    Rows: the meta-learned in-context learner (the hand-feature learner with ``weights``, or
+    ``learner``, a callable ``(test_tasks, rng) -> trial returns (T,)``, named after
+    ``config.algo``), random, posterior-greedy, epsilon-greedy (0.1), UCB1, Thompson sampling,
+    and the exact Bayes-optimal value (the ceiling) when it is small enough to compute.  Every
+    agent plays the same arm means with the same seed.
     """
     from metarl_fast import baselines as bl
     from metarl_fast.incontext import run_trials
@@ -587,7 +669,10 @@ def evaluate_bandits(config, weights, test_tasks, *, baselines=True):
     def rng():
         return np.random.default_rng(np.random.SeedSequence(config.eval_seed, spawn_key=(1,)))
 
-    rows = {"in-context (meta-learned)": mean_ci(run_trials(weights, arm_means, n_pulls, rng()))}
+    if learner is None:
+        rows = {"in-context (meta-learned)": mean_ci(run_trials(weights, arm_means, n_pulls, rng()))}
+    else:
+        rows = {f"{config.algo} (meta-learned)": mean_ci(learner(test_tasks, rng()))}
     if baselines:
         for name, agent in (("random", bl.RandomAgent()), ("posterior-greedy", bl.PosteriorGreedyAgent()),
                             ("epsilon-greedy (0.1)", bl.EpsilonGreedyAgent(0.1)), ("UCB1", bl.UCB1Agent()),
@@ -603,9 +688,11 @@ def evaluate_bandits(config, weights, test_tasks, *, baselines=True):
             "results": rows}
 
 
-def evaluate_incontext_mdp(config, weights, test_tasks, *, baselines=True):
+def evaluate_incontext_mdp(config, weights, test_tasks, *, baselines=True, learner=None):
     """In-context MDP learner vs baselines on the same held-out tasks: total reward of a trial of
-    ``trial_episodes`` episodes per task.
+    ``trial_episodes`` episodes per task (the hand-feature learner with ``weights``, or
+    ``learner``, a callable ``(test_tasks, rng) -> trial returns (T,)``, named after
+    ``config.algo``).
 
     Baselines: the uniform random policy; a from-scratch learner (a tabular softmax policy per
     task starting uniform, one REINFORCE step of ``inner_lr`` after every 2 episodes, per-step
@@ -618,9 +705,15 @@ def evaluate_incontext_mdp(config, weights, test_tasks, *, baselines=True):
     def rng():
         return np.random.default_rng(np.random.SeedSequence(config.eval_seed, spawn_key=(1,)))
 
-    rows = {"in-context (meta-learned)": mean_ci(run_trials(weights, test_tasks, E, rng()).sum(axis=1))}
+    if learner is None:
+        rows = {"in-context (meta-learned)": mean_ci(run_trials(weights, test_tasks, E, rng()).sum(axis=1))}
+    else:
+        rows = {f"{config.algo} (meta-learned)": mean_ci(learner(test_tasks, rng()))}
     if baselines:
-        rows["random policy"] = mean_ci(run_trials(np.zeros_like(weights), test_tasks, E, rng()).sum(axis=1))
+        from metarl_fast.incontext_mdp import InContextMDPLearner
+
+        zeros = np.zeros_like(InContextMDPLearner().weights)  # the uniform random policy
+        rows["random policy"] = mean_ci(run_trials(zeros, test_tasks, E, rng()).sum(axis=1))
         probe = TabularSoftmaxPolicy(test_tasks.n_states, test_tasks.n_actions)
         learner = meta.SampledPolicyProblem(probe, test_tasks, 2, config.gamma)
         theta = np.zeros((test_tasks.n_tasks, probe.n_params))
@@ -682,12 +775,14 @@ def compare(config, algos, seeds, out_dir, *, log=None, progress=None):
     comparison that was interrupted continues where it stopped.  ``log`` receives the runs'
     progress bars, ``progress`` one line per finished run.
     """
+    trials = [algo in TRIAL_ALGOS for algo in algos]
+    if any(trials) and not all(trials):
+        raise ValueError("compare the in-context learners (in-context, rl2) apart from the gradient-based ones "
+                         "(maml, fomaml, reptile, multitask): they are measured differently")
     per_run = {}
     for algo in algos:
         for seed in seeds:
             cfg = dataclasses.replace(config, algo=algo, seed=seed).validate()
-            if algo == "in-context":
-                raise ValueError("compare handles the gradient-based learners (maml, fomaml, reptile, multitask)")
             run_dir = os.path.join(out_dir, f"{algo}-seed{seed}")
             per_run[(algo, seed)] = _finished_run(cfg, run_dir)
             if per_run[(algo, seed)] is None:
@@ -695,10 +790,15 @@ def compare(config, algos, seeds, out_dir, *, log=None, progress=None):
             if per_run[(algo, seed)] is None:
                 raise KeyboardInterrupt
             if progress is not None:
-                row = per_run[(algo, seed)]["results"][f"{algo} (meta-learned)"]
+                result = per_run[(algo, seed)]
+                row = result["results"][f"{algo} (meta-learned)"]
+                what = ("trial return" if algo in TRIAL_ALGOS
+                        else f"after {cfg.inner_steps} adaptation step(s)")
                 progress.write(f"{algo} seed {seed}: held-out {row['mean']:.3f} ± {row['ci95']:.3f} (95% CI) "
-                               f"after {cfg.inner_steps} adaptation step(s)\n")
+                               f"{what}; meta-trained in {training_time(run_dir):.1f} s\n")
                 progress.flush()
+    if all(trials):
+        return _compare_trials(config, algos, seeds, per_run, out_dir)
     rows = {}
 
     def add(name, values_before, values_after, scratch_after=None):
@@ -738,6 +838,48 @@ def compare(config, algos, seeds, out_dir, *, log=None, progress=None):
     return out
 
 
+_CEILINGS = ("oracle (knows the MDP)", "Bayes-optimal (exact, prior mean)")
+
+
+def _compare_trials(config, algos, seeds, per_run, out_dir):
+    """:func:`compare` of in-context learners: each learner's held-out trial return over the
+    training seeds (mean, Student-t 95% CI across seeds), its paired difference to the best
+    baseline (same held-out tasks and draws; baselines do not depend on the training seed), and
+    the baselines of the first run."""
+    first = per_run[(algos[0], seeds[0])]
+    baselines = {name: r for name, r in first["results"].items() if not name.endswith("(meta-learned)")}
+    # the ceilings (an agent that knows each task, the Bayes-optimal value) are not baselines to beat
+    best = max((name for name in baselines if name not in _CEILINGS),
+               key=lambda name: baselines[name]["mean"], default=None)
+    rows = {}
+    for algo in algos:
+        runs = [per_run[(algo, seed)] for seed in seeds]
+        values = [r["results"][f"{algo} (meta-learned)"]["mean"] for r in runs]
+        row = {"after": mean_ci_t(values),
+               "training_time_s": mean_ci_t([training_time(os.path.join(out_dir, f"{algo}-seed{seed}"))
+                                             for seed in seeds])}
+        if best is not None:
+            diff = mean_ci_t(np.asarray(values) - baselines[best]["mean"])
+            lo, hi = diff["mean"] - diff["ci95"], diff["mean"] + diff["ci95"]
+            row["vs_best_baseline"] = diff
+            row["verdict"] = "better" if lo > 0 else "worse" if hi < 0 else "no significant difference"
+        rows[f"{algo} (meta-learned)"] = row
+    for name, r in baselines.items():
+        rows[name] = {"after": {"mean": r["mean"], "ci95": r["ci95"], "values": None}}
+    return {"algos": list(algos), "seeds": list(seeds), "inner_steps": None, "trials": True,
+            "best_baseline": best, "n_tasks": first["n_tasks"], "eval_seed": config.eval_seed, "rows": rows}
+
+
+def training_time(run_dir):
+    """Seconds spent in the meta-iterations of the run in ``run_dir`` (every ``--resume``
+    included), from its ``timings.jsonl``; NaN when it cannot be read."""
+    try:
+        with open(os.path.join(run_dir, "timings.jsonl")) as fh:
+            return float(sum(json.loads(line)["meta_step_s"] for line in fh if line.strip()))
+    except (OSError, ValueError, KeyError, TypeError):
+        return float("nan")
+
+
 def _finished_run(config, run_dir):
     """The ``eval.json`` of a finished run of ``config`` in ``run_dir`` (its ``config.toml`` the
     same, every iteration done), or None."""
@@ -757,6 +899,8 @@ def _finished_run(config, run_dir):
 
 def format_comparison(result):
     """:func:`compare`'s result as a Markdown table."""
+    if result.get("trials"):
+        return _format_trial_comparison(result)
     k = result["inner_steps"]
     lines = [f"| method | before adaptation | after {k} step{'s' if k > 1 else ''} (mean over seeds ± 95% CI) "
              f"| per seed | vs from scratch after {k} (paired) |",
@@ -779,6 +923,27 @@ def format_comparison(result):
             versus = f"{d['mean']:+.{q}f} ± {d['ci95']:.{q}f}: {row['verdict']}"
         lines.append(f"| {name} | {before['mean']:.{q}f} | {after['mean']:.{q}f} ± {after['ci95']:.{q}f} | {seeds} "
                      f"| {versus} |")
+    return "\n".join(lines)
+
+
+def _format_trial_comparison(result):
+    best = result["best_baseline"]
+    lines = [f"| method | held-out trial return (mean over seeds ± 95% CI) | per seed "
+             f"| vs {best or 'the best baseline'} (paired) |", "|---|---|---|---|"]
+    scale = max([abs(row["after"]["mean"]) for row in result["rows"].values()] + [1e-3])
+    q = int(min(4, max(1, 2 - math.floor(math.log10(scale)))))
+    for name, row in result["rows"].items():
+        after = row["after"]
+        if after["values"] is None:  # a baseline: its CI is over the held-out tasks
+            ci = f" ± {after['ci95']:.{q}f} (over tasks)" if after["ci95"] > 0 else ""
+            lines.append(f"| {name} | {after['mean']:.{q}f}{ci} | — | — |")
+            continue
+        seeds = " / ".join(f"{v:.{q}f}" for v in after["values"])
+        versus = "—"
+        if "vs_best_baseline" in row:
+            d = row["vs_best_baseline"]
+            versus = f"{d['mean']:+.{q}f} ± {d['ci95']:.{q}f}: {row['verdict']}"
+        lines.append(f"| {name} | {after['mean']:.{q}f} ± {after['ci95']:.{q}f} | {seeds} | {versus} |")
     return "\n".join(lines)
 
 
@@ -907,13 +1072,16 @@ class MetaTrainer:
         if config.algo == "in-context":
             self.learner = InContextTraining(config)
             self.params = self.learner.params
+        elif config.algo == "rl2":
+            self.learner = RL2Training(config, self.n_states, self.n_actions)
+            self.params = self.learner.params
         else:
             self.policy = new_policy()
             self.learner = make_learner(config, self.policy)
             self.params = self.policy.params
         # the multi-task pre-trained baseline is trained in the same run, on the same tasks (from
         # the same initial parameters)
-        if config.algo not in ("multitask", "in-context"):
+        if config.algo not in ("multitask",) + TRIAL_ALGOS:
             mt_cfg = dataclasses.replace(config, algo="multitask")
             self.multitask = make_learner(mt_cfg, new_policy())
         self.test_tasks = self.test_dist.sample(
@@ -1049,7 +1217,7 @@ class MetaTrainer:
                 record = {"iteration": self.iteration, "seed": cfg.seed, "pre_return": stats["pre_return"],
                           "post_return": stats["post_return"], "direction_norm": stats["direction_norm"],
                           "env_steps": steps}
-                record.update((k, v) for k, v in stats.items() if k.startswith(("pool_", "replayed_"))
+                record.update((k, v) for k, v in stats.items() if k.startswith(("pool_", "replayed_", "ppo_"))
                               or k in ("mean_importance_weight", "fraction_truncated"))
                 evaluation = None
                 if self.iteration % cfg.eval_every == 0 or self.iteration == cfg.iterations:
@@ -1159,7 +1327,7 @@ class MetaTrainer:
         if self._flat_iterations != self.NO_SIGNAL_ITERATIONS:
             return
         scale = max(abs(stats["pre_return"]), abs(stats["post_return"] or 0.0))
-        if cfg.algo == "in-context":
+        if cfg.algo in TRIAL_ALGOS:
             hint = "every trial of a batch earns the same return: try longer trials or other tasks"
         elif cfg.normalize_returns:
             hint = (f"every episode of a task earns the same return (about {scale:.3g}): the policy gradient is "
@@ -1183,10 +1351,11 @@ class MetaTrainer:
 
     def evaluate(self, baselines=True):
         """The evaluation protocol on this run's held-out tasks (see :func:`evaluate`)."""
-        if self.config.algo == "in-context":
-            if self.config.tasks == "bandits":
-                return evaluate_bandits(self.config, self.params, self.test_tasks, baselines=baselines)
-            return evaluate_incontext_mdp(self.config, self.params, self.test_tasks, baselines=baselines)
+        if self.config.algo in TRIAL_ALGOS:
+            learner = self.learner.trial_returns if self.config.algo == "rl2" else None
+            evaluate_trials = evaluate_bandits if self.config.tasks == "bandits" else evaluate_incontext_mdp
+            return evaluate_trials(self.config, self.params, self.test_tasks, baselines=baselines,
+                                   learner=learner)
         multitask = None if self.multitask is None else self.multitask.policy.params
         if self.config.continuous:
             return evaluate_continuous(self.config, self.params, self.test_tasks, baselines=baselines,

@@ -152,7 +152,7 @@ MUTATIONS = [
              "mean_ci(run_trials(weights, arm_means, n_pulls, np.random.default_rng(config.eval_seed)))", T,
              "the in-context learner plays on other draws than the baselines"),
     Mutation("trainer-incontext-mdp-random-uses-weights", P,
-             "run_trials(np.zeros_like(weights), test_tasks, E, rng())", "run_trials(weights, test_tasks, E, rng())", T),
+             "run_trials(zeros, test_tasks, E, rng())", "run_trials(weights, test_tasks, E, rng())", T),
     # -- held-out goals and compare
     Mutation("trainer-goal-split-swapped", P,
              "return goals[~withheld], goals[withheld]", "return goals[withheld], goals[~withheld]", T),
