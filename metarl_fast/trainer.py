@@ -928,8 +928,8 @@ def format_comparison(result):
 
 def _format_trial_comparison(result):
     best = result["best_baseline"]
-    lines = [f"| method | held-out trial return (mean over seeds ± 95% CI) | per seed "
-             f"| vs {best or 'the best baseline'} (paired) |", "|---|---|---|---|"]
+    lines = ["| method | held-out trial return (mean over seeds ± 95% CI) | per seed "
+             "| vs the best baseline (paired) |", "|---|---|---|---|"]
     scale = max([abs(row["after"]["mean"]) for row in result["rows"].values()] + [1e-3])
     q = int(min(4, max(1, 2 - math.floor(math.log10(scale)))))
     for name, row in result["rows"].items():
@@ -942,7 +942,7 @@ def _format_trial_comparison(result):
         versus = "—"
         if "vs_best_baseline" in row:
             d = row["vs_best_baseline"]
-            versus = f"{d['mean']:+.{q}f} ± {d['ci95']:.{q}f}: {row['verdict']}"
+            versus = f"{d['mean']:+.{q}f} ± {d['ci95']:.{q}f} vs {best}: {row['verdict']}"
         lines.append(f"| {name} | {after['mean']:.{q}f} ± {after['ci95']:.{q}f} | {seeds} | {versus} |")
     return "\n".join(lines)
 

@@ -154,7 +154,7 @@ def test_compare_reports_the_learners_across_seeds_against_the_best_baseline(tmp
     assert row["verdict"] == ("better" if lo > 0 else "worse" if hi < 0 else "no significant difference")
     table = format_comparison(result)
     assert table.count("\n") == 2 + len(rows) - 1
-    assert f"vs {result['best_baseline']} (paired)" in table and "Bayes-optimal" in table
+    assert f"vs {result['best_baseline']}: {row['verdict']}" in table and "Bayes-optimal" in table
     # finished runs are read back, not trained again
     mtime = os.path.getmtime(tmp_path / "rl2-seed0" / "eval.json")
     assert compare(cfg, ["rl2"], [0, 1, 2], str(tmp_path)) == result
