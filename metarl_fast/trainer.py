@@ -839,15 +839,24 @@ def compare(config, algos, seeds, out_dir, *, log=None, progress=None):
 
 
 _CEILINGS = ("oracle (knows the MDP)", "Bayes-optimal (exact, prior mean)")
+_BASELINE_ORDER = ("random", "posterior-greedy", "epsilon-greedy (0.1)", "UCB1", "Thompson sampling",
+                   "random policy", "from scratch (REINFORCE)") + _CEILINGS
 
 
 def _compare_trials(config, algos, seeds, per_run, out_dir):
     """:func:`compare` of in-context learners: each learner's held-out trial return over the
-    training seeds (mean, Student-t 95% CI across seeds), its paired difference to the best
-    baseline (same held-out tasks and draws; baselines do not depend on the training seed), and
-    the baselines of the first run."""
+    training seeds (mean, Student-t 95% CI across seeds), its difference to the best baseline on
+    the same held-out tasks, and the baselines of the first run (they do not depend on the
+    training seed), the ceilings last.  The baseline's value is one estimate over the held-out
+    tasks shared by every seed, so its own 95% half-width is added to the difference's in
+    quadrature: ``sqrt(ci_seeds**2 + ci_baseline**2)``."""
     first = per_run[(algos[0], seeds[0])]
-    baselines = {name: r for name, r in first["results"].items() if not name.endswith("(meta-learned)")}
+    found = {name: r for name, r in first["results"].items() if not name.endswith("(meta-learned)")}
+    # eval.json stores its rows sorted by name: the evaluation's own order, ceilings last
+    order = [name for name in _BASELINE_ORDER if name in found and name not in _CEILINGS]
+    order += sorted(name for name in found if name not in _BASELINE_ORDER and name not in _CEILINGS)
+    order += [name for name in _CEILINGS if name in found]
+    baselines = {name: found[name] for name in order}
     # the ceilings (an agent that knows each task, the Bayes-optimal value) are not baselines to beat
     best = max((name for name in baselines if name not in _CEILINGS),
                key=lambda name: baselines[name]["mean"], default=None)
@@ -860,6 +869,7 @@ def _compare_trials(config, algos, seeds, per_run, out_dir):
                                              for seed in seeds])}
         if best is not None:
             diff = mean_ci_t(np.asarray(values) - baselines[best]["mean"])
+            diff["ci95"] = math.hypot(diff["ci95"], baselines[best]["ci95"])
             lo, hi = diff["mean"] - diff["ci95"], diff["mean"] + diff["ci95"]
             row["vs_best_baseline"] = diff
             row["verdict"] = "better" if lo > 0 else "worse" if hi < 0 else "no significant difference"
