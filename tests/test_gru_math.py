@@ -332,3 +332,87 @@ def test_init_and_conversion_check_their_arguments():
         ref.gru_from_torch(*(t[n] for n in ref.TORCH_NAMES))
     with pytest.raises(ValueError, match="params has size 128, expected"):
         ref.gru_to_torch_order(_problem()[0], 3, 5, 3)
+
+
+# ---------------------------------------------------------------------------------------------
+# The forward's activations kept for the backward (GRUCache)
+# ---------------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("shape, n_steps", [(dict(), 6), (dict(t=9, b=7, h=5, reset_rate=0.5), 9),
+                                            (dict(b=3), 0), (dict(t=4, b=0), 4)])
+def test_cached_backward_equals_the_rerun_backward(kern, shape, n_steps):
+    """return_cache=True changes nothing in the forward's results, and the backward from the
+    cache is the backward that reruns the forward, bit for bit (resets mid-sequence included)."""
+    params, inputs, h0, resets, dlogits, dvalues = _problem(**shape)
+    inputs, resets, dlogits, dvalues = (x[:n_steps] for x in (inputs, resets, dlogits, dvalues))
+    plain = kern.gru_forward(params, inputs, h0, resets)
+    *cached, cache = kern.gru_forward(params, inputs, h0, resets, return_cache=True)
+    for got, expect in zip(cached, plain):
+        assert np.array_equal(got.view(np.uint64), expect.view(np.uint64))
+    t, b, h = inputs.shape[0], inputs.shape[1], h0.shape[1]
+    assert isinstance(cache, ref.GRUCache) and cache.trace.shape == (t, b, 4 * h)
+    assert cache.hidden is not cached[2] and np.array_equal(cache.hidden, cached[2])
+    if t and b:
+        # the trace holds r | z | n | g_n: the new state is (1 - z) n + z hp (hp = h0 at step 0
+        # where there is no reset)
+        r, z, n, g_n = (cache.trace[0, :, k * h:(k + 1) * h] for k in range(4))
+        hp = np.where(resets[0][:, None], 0.0, h0)
+        assert np.all((r > 0) & (r < 1) & (z > 0) & (z < 1))
+        np.testing.assert_allclose((1.0 - z) * n + z * hp, cached[2][1], rtol=0, atol=1e-15)
+    with_cache = kern.gru_backward(params, inputs, h0, resets, dlogits, dvalues, cache=cache)
+    rerun = kern.gru_backward(params, inputs, h0, resets, dlogits, dvalues)
+    assert np.array_equal(with_cache.view(np.uint64), rerun.view(np.uint64))
+
+
+def test_cache_arrays_are_read_only(kern):
+    params, inputs, h0, resets = _problem()[:4]
+    cache = kern.gru_forward(params, inputs, h0, resets, return_cache=True)[3]
+    with pytest.raises(ValueError, match="read-only"):
+        cache.trace[0, 0, 0] = 1.0
+    with pytest.raises(ValueError, match="read-only"):
+        cache.hidden[1] = 0.0
+
+
+def _stale(args, name):
+    """Changes one argument after the forward (in place for params: as an Adam step does)."""
+    if name == "params":
+        args["params"][0] += 1e-9
+    elif name == "inputs":
+        args["inputs"] = args["inputs"] + 0.0
+        args["inputs"][-1, -1, -1] = -args["inputs"][-1, -1, -1]
+    elif name == "h0":
+        args["h0"] = args["h0"].copy()
+        args["h0"][0, 0] = np.nextafter(args["h0"][0, 0], np.inf)
+    else:
+        args["resets"] = args["resets"].copy()
+        args["resets"][1, 1] = not args["resets"][1, 1]
+
+
+@pytest.mark.parametrize("name", ["params", "inputs", "h0", "resets"])
+def test_a_cache_from_other_arguments_is_refused(kern, name):
+    """A cache gives the gradient at the arguments that made it: any other bit is refused."""
+    args, dlogits, dvalues = _good()
+    cache = kern.gru_forward(**args, return_cache=True)[3]
+    _stale(args, name)
+    with pytest.raises(ValueError, match=f"cache was made by gru_forward with other {name}"):
+        kern.gru_backward(**args, dlogits=dlogits, dvalues=dvalues, cache=cache)
+
+
+def test_bad_caches_and_flags_name_the_argument(kern):
+    args, dlogits, dvalues = _good()
+    grads = dict(dlogits=dlogits, dvalues=dvalues)
+    cache = kern.gru_forward(**args, return_cache=True)[3]
+    for bad in (cache.trace, {"trace": cache.trace}, True):
+        with pytest.raises(TypeError, match="cache must be a GRUCache returned by gru_forward"):
+            kern.gru_backward(**args, **grads, cache=bad)
+    with pytest.raises(TypeError, match="return_cache must be a bool"):
+        kern.gru_forward(**args, return_cache="yes")
+    # a cache of a shorter sequence (the same rows): shapes are checked before any value
+    short = {k: v[:3] if k in ("inputs", "resets") else v for k, v in args.items()}
+    short_cache = kern.gru_forward(**short, return_cache=True)[3]
+    with pytest.raises(ValueError, match=r"cache.trace has shape \(3, 4, 16\), but these "
+                                         r"arguments need \(6, 4, 16\)"):
+        kern.gru_backward(**args, **grads, cache=short_cache)
+    cache.trace = cache.trace.astype(np.float32)
+    with pytest.raises(TypeError, match="cache.trace must be a C-contiguous float64 array"):
+        kern.gru_backward(**args, **grads, cache=cache)

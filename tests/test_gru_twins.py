@@ -65,8 +65,18 @@ def _check_pair(d, h, a, t, b, reset_rate, scale, seed):
     for got, expect in zip(core.gru_forward(params, inputs, h0, resets),
                            ref.gru_forward(params, inputs, h0, resets)):
         assert got.shape == expect.shape and np.array_equal(got, expect)
-    _close(core.gru_backward(params, inputs, h0, resets, dlogits, dvalues),
-           ref.gru_backward(params, inputs, h0, resets, dlogits, dvalues))
+    expect_grad = ref.gru_backward(params, inputs, h0, resets, dlogits, dvalues)
+    _close(core.gru_backward(params, inputs, h0, resets, dlogits, dvalues), expect_grad)
+    # the forward's activations: the same bits in both backends, and a cache from either works
+    # in both (the cached gradient is each backend's own, to the same tolerance)
+    core_cache = core.gru_forward(params, inputs, h0, resets, return_cache=True)[3]
+    ref_cache = ref.gru_forward(params, inputs, h0, resets, return_cache=True)[3]
+    assert np.array_equal(core_cache.trace.view(np.uint64), ref_cache.trace.view(np.uint64))
+    for cache in (core_cache, ref_cache):
+        _close(core.gru_backward(params, inputs, h0, resets, dlogits, dvalues, cache=cache),
+               expect_grad)
+    assert np.array_equal(ref.gru_backward(params, inputs, h0, resets, dlogits, dvalues,
+                                           cache=core_cache), expect_grad)
     if t:
         r_core, r_ref = np.random.default_rng(seed + 1), np.random.default_rng(seed + 1)
         for got, expect in zip(core.gru_step_act(params, inputs[0], h0, r_core),

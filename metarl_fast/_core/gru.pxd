@@ -33,15 +33,19 @@ cdef intp_t gru_net_init(GRUNet* net, intp_t input_dim, intp_t hidden,
                          intp_t n_actions) noexcept nogil
 # The forward pass over n_steps steps of n_rows trials: inputs (T, B, D), h0 (B, H), resets (T, B)
 # (nonzero: zero the state before step t) -> logits_out (T, B, A), values_out (T, B),
-# hidden_out (T + 1, B, H).
+# hidden_out (T + 1, B, H), and unless NULL trace_out (T, B, 4H): per step and row the gates
+# r | z | n | g_n (g_n = b_hn + hp W_hn), what gru_bptt needs.
 cdef intp_t gru_run(const GRUNet* net, const double* params, const double* inputs,
                     const double* h0, const uint8_t* resets, intp_t n_steps, intp_t n_rows,
-                    double* logits_out, double* values_out, double* hidden_out) noexcept nogil
-# grad_out (P,) = d/d params of sum(dlogits * logits) + sum(dvalues * values) (BPTT).
+                    double* logits_out, double* values_out, double* hidden_out,
+                    double* trace_out) noexcept nogil
+# grad_out (P,) = d/d params of sum(dlogits * logits) + sum(dvalues * values) (BPTT), from the
+# hidden_out and trace_out of gru_run on the same arguments (hidden_in, trace_in), or, when either
+# is NULL, by rerunning the forward pass (the same gradient, bit for bit).
 cdef intp_t gru_bptt(const GRUNet* net, const double* params, const double* inputs,
                      const double* h0, const uint8_t* resets, intp_t n_steps, intp_t n_rows,
-                     const double* dlogits, const double* dvalues,
-                     double* grad_out) noexcept nogil
+                     const double* dlogits, const double* dvalues, const double* hidden_in,
+                     const double* trace_in, double* grad_out) noexcept nogil
 # One step: inputs (B, D), h (B, H) -> logits_out (B, A), values_out (B,), h_out (B, H) (may be h),
 # then actions_out[i] ~ softmax(logits_out[i]), one uniform per row in row order (skipped when
 # bitgen is NULL).  The caller holds the BitGenerator's lock.

@@ -8,7 +8,10 @@ Kernels run ``nogil`` step by step over the whole batch: each step is three prod
 ``mf_gru_gemm`` (gru_kernels.h: register tiles, sums in the reference's order, no BLAS) --
 ``x W_x``, ``hp W_h`` and the heads -- and one vectorised element-wise gate loop; float64 scratch
 is allocated once per call.  The forward pass, the fused step and the sampled actions are
-bit-identical to the reference; gradients agree to rounding (other summation order).
+bit-identical to the reference; gradients agree to rounding (other summation order, and the
+backward's products use ``mf_gru_gemm_fma``: fused multiply-adds where the CPU has them).
+``gru_forward(..., return_cache=True)`` keeps the gate trace for ``gru_backward(..., cache=)``
+(the reference's :class:`~metarl_fast.reference.gru.GRUCache`, checked by the reference's code).
 """
 cimport numpy as cnp
 from libc.stdint cimport int64_t, uint8_t
@@ -23,8 +26,8 @@ import numpy as np
 
 from metarl_fast import _validate
 from metarl_fast.reference import gru as _ref
-from metarl_fast.reference.gru import (MAX_HIDDEN, TORCH_NAMES, gru_from_torch,  # noqa: F401
-                                       gru_init, gru_layout, gru_to_torch_order)
+from metarl_fast.reference.gru import (MAX_HIDDEN, TORCH_NAMES, GRUCache,  # noqa: F401
+                                       gru_from_torch, gru_init, gru_layout, gru_to_torch_order)
 
 cnp.import_array()
 
@@ -34,6 +37,9 @@ cdef extern from "gru_kernels.h" nogil:
     int MF_GRU_INIT_ACC
     void mf_gru_gemm(const double* A, intp_t lda, const double* B, intp_t ldb, const double* bias,
                      double* C, intp_t ldc, intp_t M, intp_t K, intp_t N, int mode)
+    void mf_gru_gemm_fma(const double* A, intp_t lda, const double* B, intp_t ldb,
+                         const double* bias, double* C, intp_t ldc, intp_t M, intp_t K, intp_t N,
+                         int mode)
     double mf_gru_tanh(double x)
     int mf_gru_all_finite_f64(const double* x, intp_t n)
     void mf_gru_gates(const double* a, const double* g, const double* hp, intp_t n_rows,
@@ -126,7 +132,8 @@ cdef void _heads(const GRUNet* net, const double* p, const double* h, intp_t n_r
 
 cdef intp_t gru_run(const GRUNet* net, const double* params, const double* inputs,
                     const double* h0, const uint8_t* resets, intp_t n_steps, intp_t n_rows,
-                    double* logits_out, double* values_out, double* hidden_out) noexcept nogil:
+                    double* logits_out, double* values_out, double* hidden_out,
+                    double* trace_out) noexcept nogil:
     cdef intp_t D = net.input_dim, H = net.hidden, A = net.n_actions, t
     cdef intp_t BH = n_rows * H
     cdef double* scratch
@@ -148,7 +155,7 @@ cdef intp_t gru_run(const GRUNet* net, const double* params, const double* input
     for t in range(n_steps):
         hp = _previous(hidden_out + t * BH, resets + t * n_rows, n_rows, H, hp_buf)
         _step(net, params, inputs + t * n_rows * D, hp, n_rows, a, g, hidden_out + (t + 1) * BH,
-              NULL)
+              NULL if trace_out == NULL else trace_out + t * 4 * BH)
         _heads(net, params, hidden_out + (t + 1) * BH, n_rows, y, logits_out + t * n_rows * A,
                values_out + t * n_rows)
     free(scratch)
@@ -161,14 +168,18 @@ cdef intp_t gru_run(const GRUNet* net, const double* params, const double* input
 
 cdef intp_t gru_bptt(const GRUNet* net, const double* params, const double* inputs,
                      const double* h0, const uint8_t* resets, intp_t n_steps, intp_t n_rows,
-                     const double* dlogits, const double* dvalues,
-                     double* grad_out) noexcept nogil:
+                     const double* dlogits, const double* dvalues, const double* hidden_in,
+                     const double* trace_in, double* grad_out) noexcept nogil:
     cdef intp_t D = net.input_dim, H = net.hidden, A = net.n_actions, P = net.n_params
     cdef intp_t BH = n_rows * H, t, i, size
     cdef intp_t maxdh = D if D > H else H
+    cdef bint rerun = hidden_in == NULL or trace_in == NULL
+    cdef intp_t n_kept = (n_steps + 1) * BH + n_steps * 4 * BH if rerun else 0
     cdef double* scratch
-    cdef double* hs
-    cdef double* trace
+    cdef const double* hs
+    cdef const double* trace
+    cdef double* hs_buf
+    cdef double* trace_buf
     cdef double* a
     cdef double* g
     cdef double* hp_buf
@@ -185,15 +196,16 @@ cdef intp_t gru_bptt(const GRUNet* net, const double* params, const double* inpu
     memset(grad_out, 0, P * sizeof(double))
     if n_steps == 0 or n_rows == 0:
         return GRU_OK
-    # hidden states (T + 1, B, H), gate trace (T, B, 4H), per-step buffers, W_h^T, W_out^T
-    size = ((n_steps + 1) * BH + n_steps * 4 * BH + n_rows * (3 * H + 3 * H + H + (A + 1) + H
-            + H + 3 * H + 3 * H + maxdh) + 3 * H * H + (A + 1) * H)
+    # (without a cache: hidden states (T + 1, B, H) and gate trace (T, B, 4H)), per-step
+    # buffers, W_h^T, W_out^T
+    size = (n_kept + n_rows * (3 * H + 3 * H + H + (A + 1) + H + H + 3 * H + 3 * H + maxdh)
+            + 3 * H * H + (A + 1) * H)
     scratch = <double*> malloc(size * sizeof(double))
     if scratch == NULL:
         return GRU_NO_MEMORY
-    hs = scratch
-    trace = hs + (n_steps + 1) * BH
-    a = trace + n_steps * 4 * BH
+    hs_buf = scratch
+    trace_buf = hs_buf + (n_steps + 1) * BH
+    a = scratch + n_kept
     g = a + 3 * BH
     hp_buf = g + 3 * BH
     dy = hp_buf + BH
@@ -206,11 +218,15 @@ cdef intp_t gru_bptt(const GRUNet* net, const double* params, const double* inpu
     wot = wht + 3 * H * H
     _transpose(params + net.wh_off, H, 3 * H, wht)
     _transpose(params + net.wo_off, H, A + 1, wot)
-    memcpy(hs, h0, BH * sizeof(double))
-    for t in range(n_steps):
-        hp = _previous(hs + t * BH, resets + t * n_rows, n_rows, H, hp_buf)
-        _step(net, params, inputs + t * n_rows * D, hp, n_rows, a, g, hs + (t + 1) * BH,
-              trace + t * 4 * BH)
+    if rerun:
+        memcpy(hs_buf, h0, BH * sizeof(double))
+        for t in range(n_steps):
+            hp = _previous(hs_buf + t * BH, resets + t * n_rows, n_rows, H, hp_buf)
+            _step(net, params, inputs + t * n_rows * D, hp, n_rows, a, g, hs_buf + (t + 1) * BH,
+                  trace_buf + t * 4 * BH)
+        hs, trace = hs_buf, trace_buf
+    else:
+        hs, trace = hidden_in, trace_in
     memset(dh, 0, BH * sizeof(double))  # the carry: dL/d(state after step t) from steps > t
     for t in range(n_steps - 1, -1, -1):
         for i in range(n_rows):
@@ -218,23 +234,23 @@ cdef intp_t gru_bptt(const GRUNet* net, const double* params, const double* inpu
             dy[i * (A + 1) + A] = dvalues[t * n_rows + i]
         # heads: grad W_out += h^T dy, grad b_out += sum dy, dh += dy W_out^T
         _transpose(hs + (t + 1) * BH, n_rows, H, tr)
-        mf_gru_gemm(tr, n_rows, dy, A + 1, NULL, grad_out + net.wo_off, A + 1, H, n_rows, A + 1,
-                    MF_GRU_INIT_ACC)
+        mf_gru_gemm_fma(tr, n_rows, dy, A + 1, NULL, grad_out + net.wo_off, A + 1, H, n_rows,
+                        A + 1, MF_GRU_INIT_ACC)
         _add_column_sums(dy, n_rows, A + 1, grad_out + net.bo_off)
-        mf_gru_gemm(dy, A + 1, wot, H, NULL, dh, H, n_rows, A + 1, H, MF_GRU_INIT_ACC)
+        mf_gru_gemm_fma(dy, A + 1, wot, H, NULL, dh, H, n_rows, A + 1, H, MF_GRU_INIT_ACC)
         # gates, then grad W_x += x^T dgx, grad W_h += hp^T dgh and the biases
         hp = _previous(hs + t * BH, resets + t * n_rows, n_rows, H, hp_buf)
         mf_gru_gates_backward(dh, trace + t * 4 * BH, hp, n_rows, H, dgx, dgh, dhp)
         _transpose(inputs + t * n_rows * D, n_rows, D, tr)
-        mf_gru_gemm(tr, n_rows, dgx, 3 * H, NULL, grad_out + net.wx_off, 3 * H, D, n_rows, 3 * H,
-                    MF_GRU_INIT_ACC)
+        mf_gru_gemm_fma(tr, n_rows, dgx, 3 * H, NULL, grad_out + net.wx_off, 3 * H, D, n_rows,
+                        3 * H, MF_GRU_INIT_ACC)
         _add_column_sums(dgx, n_rows, 3 * H, grad_out + net.bx_off)
         _transpose(hp, n_rows, H, tr)
-        mf_gru_gemm(tr, n_rows, dgh, 3 * H, NULL, grad_out + net.wh_off, 3 * H, H, n_rows, 3 * H,
-                    MF_GRU_INIT_ACC)
+        mf_gru_gemm_fma(tr, n_rows, dgh, 3 * H, NULL, grad_out + net.wh_off, 3 * H, H, n_rows,
+                        3 * H, MF_GRU_INIT_ACC)
         _add_column_sums(dgh, n_rows, 3 * H, grad_out + net.bh_off)
         # carry to step t - 1: z dh + dgh W_h^T, nothing through a reset
-        mf_gru_gemm(dgh, 3 * H, wht, H, NULL, dhp, H, n_rows, 3 * H, H, MF_GRU_INIT_ACC)
+        mf_gru_gemm_fma(dgh, 3 * H, wht, H, NULL, dhp, H, n_rows, 3 * H, H, MF_GRU_INIT_ACC)
         for i in range(n_rows):
             if resets[t * n_rows + i]:
                 memset(dhp + i * H, 0, H * sizeof(double))
@@ -300,12 +316,14 @@ cdef inline double* _data(cnp.ndarray x):
     return <double*> cnp.PyArray_DATA(x)
 
 
-def gru_forward(params, inputs, h0, resets):
-    """(logits (T, B, A), values (T, B), hidden (T + 1, B, H)), float64.
+def gru_forward(params, inputs, h0, resets, return_cache=False):
+    """(logits (T, B, A), values (T, B), hidden (T + 1, B, H)), float64, and with
+    ``return_cache=True`` a :class:`GRUCache` (gate trace (T, B, 4H)) for :func:`gru_backward`.
     See :func:`metarl_fast.reference.gru.gru_forward`."""
     cdef GRUNet net
     cdef intp_t status, n_steps, n_rows
-    cdef cnp.ndarray p, x, h, rs, logits, values, hidden
+    cdef cnp.ndarray p, x, h, rs, logits, values, hidden, trace
+    cdef double* ptr = NULL
     cdef double* pp
     cdef double* px
     cdef double* ph
@@ -313,6 +331,7 @@ def gru_forward(params, inputs, h0, resets):
     cdef double* pv
     cdef double* phid
     cdef const uint8_t* pr
+    return_cache = _ref._check_return_cache(return_cache)
     params, inputs, h0, resets, d, hdim, a = _ref._check_sequence(params, inputs, h0, resets)
     p, x, h, rs = params, inputs, h0, resets
     gru_net_init(&net, d, hdim, a)
@@ -320,23 +339,32 @@ def gru_forward(params, inputs, h0, resets):
     logits = np.empty((n_steps, n_rows, a))
     values = np.empty((n_steps, n_rows))
     hidden = np.empty((n_steps + 1, n_rows, hdim))
+    if return_cache:
+        trace = np.empty((n_steps, n_rows, 4 * hdim))
+        ptr = _data(trace)
     pp, px, ph, pl, pv, phid = (_data(p), _data(x), _data(h), _data(logits), _data(values),
                                 _data(hidden))
     pr = <const uint8_t*> cnp.PyArray_DATA(rs)
     if n_steps * n_rows * net.n_params > NOGIL_MIN_WORK:
         with nogil:
-            status = gru_run(&net, pp, px, ph, pr, n_steps, n_rows, pl, pv, phid)
+            status = gru_run(&net, pp, px, ph, pr, n_steps, n_rows, pl, pv, phid, ptr)
     else:
-        status = gru_run(&net, pp, px, ph, pr, n_steps, n_rows, pl, pv, phid)
+        status = gru_run(&net, pp, px, ph, pr, n_steps, n_rows, pl, pv, phid, ptr)
     _raise(status, "the GRU's logits, values or hidden states")
-    return logits, values, hidden
+    if not return_cache:
+        return logits, values, hidden
+    return logits, values, hidden, GRUCache(trace, hidden.copy(), p, x, h, rs)
 
 
-def gru_backward(params, inputs, h0, resets, dlogits, dvalues):
-    """Gradient (P,) float64 by BPTT.  See :func:`metarl_fast.reference.gru.gru_backward`."""
+def gru_backward(params, inputs, h0, resets, dlogits, dvalues, cache=None):
+    """Gradient (P,) float64 by BPTT, from the activations of ``cache`` (a :class:`GRUCache` of
+    ``gru_forward(..., return_cache=True)`` with these arguments) or else by rerunning the forward.
+    See :func:`metarl_fast.reference.gru.gru_backward`."""
     cdef GRUNet net
     cdef intp_t status, n_steps, n_rows
-    cdef cnp.ndarray p, x, h, rs, dl, dv, grad
+    cdef cnp.ndarray p, x, h, rs, dl, dv, grad, cached_hidden, cached_trace
+    cdef const double* pch = NULL
+    cdef const double* pct = NULL
     cdef double* pp
     cdef double* px
     cdef double* ph
@@ -352,13 +380,16 @@ def gru_backward(params, inputs, h0, resets, dlogits, dvalues):
     dvalues = _ref._float64(dvalues, "dvalues", 2)
     if dvalues.shape != (n_steps, n_rows):
         raise ValueError(f"dvalues must have shape {(n_steps, n_rows)}, got {dvalues.shape}")
+    if cache is not None:
+        cached_hidden, cached_trace = _ref._check_cache(cache, params, inputs, h0, resets, hdim)
+        pch, pct = _data(cached_hidden), _data(cached_trace)
     p, x, h, rs, dl, dv = params, inputs, h0, resets, dlogits, dvalues
     gru_net_init(&net, d, hdim, a)
     grad = np.empty(net.n_params)
     pp, px, ph, pdl, pdv, pg = _data(p), _data(x), _data(h), _data(dl), _data(dv), _data(grad)
     pr = <const uint8_t*> cnp.PyArray_DATA(rs)
     with nogil:
-        status = gru_bptt(&net, pp, px, ph, pr, n_steps, n_rows, pdl, pdv, pg)
+        status = gru_bptt(&net, pp, px, ph, pr, n_steps, n_rows, pdl, pdv, pch, pct, pg)
     _raise(status, "the GRU's gradient")
     return grad
 

@@ -6,6 +6,11 @@
  * C[m, n] = init[m, n] + A[m, 0] B[0, n] + A[m, 1] B[1, n] + ..., and mf_gru_tanh is bit-identical
  * to metarl_fast.reference.mlp.tanh (tests/test_gru_twins.py checks both against the reference).
  *
+ * mf_gru_gemm_fma: the same blocked product for the backward pass only (gradients are not
+ * bit-specified): the same code with its multiply-adds contracted to FMA in a clone for CPUs that
+ * have it (one rounding per term instead of two; the baseline clone is mf_gru_gemm's arithmetic).
+ * The forward pass never calls it, so logits, values, hidden states and actions keep their bits.
+ *
  * mf_gru_gates / mf_gru_gates_backward: the GRU's element-wise step and its derivative, in the
  * exact operations of metarl_fast.reference.gru (one branch-free loop over the hidden units, so
  * gcc vectorises it; built for AVX2 and baseline SSE2, the same IEEE operations either way).
@@ -32,6 +37,9 @@ typedef double mf_gru_v2d __attribute__((vector_size(16), aligned(8), may_alias)
 #define MF_GRU_INIT_ZERO 0
 #define MF_GRU_INIT_BIAS 1
 #define MF_GRU_INIT_ACC 2
+#ifndef MF_GRU_FMA_KB
+#define MF_GRU_FMA_KB 64 /* rows of B per K panel in mf_gru_gemm_fma */
+#endif
 
 static inline __attribute__((always_inline)) mf_gru_v4d mf_gru_load(const double *p) { return *(const mf_gru_v4d *)p; }
 static inline __attribute__((always_inline)) void mf_gru_store(double *p, mf_gru_v4d v) { *(mf_gru_v4d *)p = v; }
@@ -224,6 +232,44 @@ static void mf_gru_gemm(const double *A, ptrdiff_t lda, const double *B, ptrdiff
             mf_gru_narrow(A, lda, B, ldb, bias, C, ldc, m, M - m < 8 ? M - m : 8, K, n4, N, mode);
     }
 }
+/* mf_gru_gemm with fused multiply-adds where the CPU has them (backward pass only; see the top).
+ * The whole build has -ffp-contract=off; this function alone turns contraction on, so gcc emits
+ * vfmadd for the `s += b * a` of the inlined tiles in the "fma" clone (fma implies AVX). */
+#if defined(__GNUC__) && !defined(__clang__) && defined(__x86_64__) && defined(__linux__)
+#define MF_GRU_FMA_CLONES __attribute__((target_clones("fma", "default")))
+#pragma GCC push_options
+#pragma GCC optimize("fp-contract=fast")
+#else
+#define MF_GRU_FMA_CLONES
+#endif
+MF_GRU_FMA_CLONES
+static void mf_gru_gemm_fma(const double *A, ptrdiff_t lda, const double *B, ptrdiff_t ldb,
+                            const double *bias, double *C, ptrdiff_t ldc,
+                            ptrdiff_t M, ptrdiff_t K, ptrdiff_t N, int mode)
+{
+    /* K in panels of MF_GRU_FMA_KB rows of B, so that the panel stays in L2 while every row tile
+     * of C passes over it (the weight gradients have K = the batch, B up to 768 KB); each panel
+     * adds onto the partial sums the previous one stored in C (the same order of terms). */
+    ptrdiff_t m, n4 = N - N % 4, k0 = 0, kb;
+    do {
+        kb = K - k0 < MF_GRU_FMA_KB ? K - k0 : MF_GRU_FMA_KB;
+        const double *Ak = A + k0, *Bk = B + k0 * ldb;
+        if (n4 > 0) {
+            for (m = 0; m + 4 <= M; m += 4) mf_gru_tile4(Ak, lda, Bk, ldb, bias, C, ldc, m, kb, n4, mode);
+            for (; m < M; m++) mf_gru_tile1(Ak, lda, Bk, ldb, bias, C, ldc, m, kb, n4, mode);
+        }
+        if (n4 < N) {
+            for (m = 0; m < M; m += 8)
+                mf_gru_narrow(Ak, lda, Bk, ldb, bias, C, ldc, m, M - m < 8 ? M - m : 8, kb, n4, N, mode);
+        }
+        mode = MF_GRU_INIT_ACC;
+        k0 += kb;
+    } while (k0 < K);
+}
+#if defined(__GNUC__) && !defined(__clang__) && defined(__x86_64__) && defined(__linux__)
+#pragma GCC pop_options
+#endif
+
 /* tanh (see the top of the file and metarl_fast.reference.mlp.tanh for the same steps) */
 #define MF_GRU_CLAMP_BITS 0x4034000000000000ULL /* 20.0: tanh rounds to 1 beyond 19.1 */
 #define MF_GRU_INF_BITS 0x7FF0000000000000ULL

@@ -39,7 +39,18 @@ float64 only (float32 is refused with a TypeError).  Every affine map is ``b[k]`
 formulas are evaluated exactly as written above, left to right.  The forward pass (logits,
 values, hidden states) and the fused step :func:`gru_step_act` are therefore bit-identical in both
 backends, and so are the sampled actions.  Gradients are sums in another order in each backend
-(BLAS here, blocked loops in Cython): they agree to ~1e-13 relative, not bit for bit.
+(BLAS here, blocked loops in Cython, with fused multiply-adds where the CPU has them): they agree
+to ~1e-13 relative, not bit for bit.
+
+The forward's activations for the backward (:class:`GRUCache`)
+-------------------------------------------------------------
+``gru_forward(..., return_cache=True)`` also returns a :class:`GRUCache`: the hidden states and the
+gate values ``r | z | n | g_n`` (``g_n = b_hn + h W_hn``) of every step and row, with copies of the
+arguments.  ``gru_backward(..., cache=cache)`` then skips rerunning the forward pass (the
+gradient is the same, bit for bit, as without the cache).  A cache is only valid for the
+arguments that made it: ``gru_backward`` compares its ``params``, ``inputs``, ``h0`` and
+``resets`` with the cache's copies, bit for bit, and refuses a mismatch (for instance ``params``
+updated in place since the forward) with a ValueError.  A cache from either backend works in both.
 
 Initialisation (:func:`gru_init`)
 ---------------------------------
@@ -267,6 +278,61 @@ def _check_out(out, name, shape):
     return out
 
 
+class GRUCache:
+    """What :func:`gru_forward` keeps for :func:`gru_backward` (``return_cache=True``); all
+    arrays float64, C-contiguous and read-only.
+
+    Attributes
+    ----------
+    trace : float64 (T_steps, B, 4H)   per step and row the gates ``r | z | n | g_n``
+                                       (``g_n = b_hn + hp W_hn``, ``hp`` the state after the reset)
+    hidden : float64 (T_steps + 1, B, H)   the hidden states (a copy of the forward's ``hidden``)
+
+    and the arguments of the forward (copies), which :func:`gru_backward` checks its own against.
+    Made only by ``gru_forward``; about ``T_steps * B * (5H + D)`` doubles.
+    """
+    __slots__ = ("trace", "hidden", "_params", "_inputs", "_h0", "_resets")
+
+    def __init__(self, trace, hidden, params, inputs, h0, resets):
+        self.trace, self.hidden = trace, hidden
+        self._params, self._inputs = params.copy(), inputs.copy()
+        self._h0, self._resets = h0.copy(), resets.copy()
+        for arr in (self.trace, self.hidden, self._params, self._inputs, self._h0, self._resets):
+            arr.flags.writeable = False
+
+    def __repr__(self):
+        n_steps, n_rows, h4 = self.trace.shape
+        return f"GRUCache(T_steps={n_steps}, B={n_rows}, H={h4 // 4})"
+
+
+def _same_bits(x, y):
+    return x.shape == y.shape and x.tobytes() == y.tobytes()
+
+
+def _check_cache(cache, params, inputs, h0, resets, hidden):
+    """The (hidden (T + 1, B, H), trace (T, B, 4H)) of a cache made by ``gru_forward`` from
+    exactly these (validated) arguments."""
+    if not isinstance(cache, GRUCache):
+        raise TypeError(f"cache must be a GRUCache returned by gru_forward(..., "
+                        f"return_cache=True), got {type(cache).__name__}")
+    n_steps, n_rows = inputs.shape[:2]
+    for arr, name, shape in ((cache.trace, "cache.trace", (n_steps, n_rows, 4 * hidden)),
+                             (cache.hidden, "cache.hidden", (n_steps + 1, n_rows, hidden))):
+        if not (isinstance(arr, np.ndarray) and arr.dtype == np.float64
+                and arr.flags.c_contiguous):
+            raise TypeError(f"{name} must be a C-contiguous float64 array, got "
+                            f"{_validate.got(arr)}")
+        if arr.shape != shape:
+            raise ValueError(f"{name} has shape {arr.shape}, but these arguments need {shape}: "
+                             f"the cache was made by gru_forward for other inputs or h0")
+    for arr, mine, name in ((params, cache._params, "params"), (inputs, cache._inputs, "inputs"),
+                            (h0, cache._h0, "h0"), (resets, cache._resets, "resets")):
+        if not _same_bits(arr, mine):
+            raise ValueError(f"cache was made by gru_forward with other {name} (changed since "
+                             f"the forward?): its activations would give a wrong gradient")
+    return cache.hidden, cache.trace
+
+
 def _overflow(what, *arrays):
     for arr in arrays:
         if arr.size and not np.all(np.isfinite(arr)):
@@ -302,33 +368,41 @@ def _gates(a, g, hp):
     return (1.0 - z) * n + z * hp, r, z, n, g_n
 
 
-def _run(b, inputs, h0, resets):
-    """The recurrence: hidden states (T + 1, B, H) and the per-step trace
-    ``[(hp, r, z, n, g_n)]`` (``hp`` = the previous state after the reset)."""
+def _previous(hs, resets, t):
+    """The state entering step t (B, H): ``hs[t]`` with the reset rows zeroed."""
+    return np.where(resets[t][:, None], 0.0, hs[t])
+
+
+def _run(b, inputs, h0, resets, keep_trace=True):
+    """The recurrence: hidden states (T + 1, B, H) and the gate trace (T, B, 4H), per step and
+    row ``r | z | n | g_n`` (the layout of :class:`GRUCache`; None unless ``keep_trace``)."""
     n_steps, n_rows, input_dim = inputs.shape
+    h = h0.shape[1]
     ax = _affine(inputs.reshape(n_steps * n_rows, input_dim), b["W_x"], b["b_x"])
-    ax = ax.reshape(n_steps, n_rows, 3 * h0.shape[1])
+    ax = ax.reshape(n_steps, n_rows, 3 * h)
     hs = np.empty((n_steps + 1,) + h0.shape)
     hs[0] = h0
-    trace = []
+    trace = np.empty((n_steps, n_rows, 4 * h)) if keep_trace else None
     for t in range(n_steps):
-        hp = np.where(resets[t][:, None], 0.0, hs[t])
+        hp = _previous(hs, resets, t)
         hs[t + 1], r, z, n, g_n = _gates(ax[t], _affine(hp, b["W_h"], b["b_h"]), hp)
-        trace.append((hp, r, z, n, g_n))
+        if keep_trace:
+            for k, gate in enumerate((r, z, n, g_n)):
+                trace[t, :, k * h:(k + 1) * h] = gate
     return hs, trace
 
 
-def _forward(params, inputs, h0, resets, d, h, a):
+def _forward(params, inputs, h0, resets, d, h, a, keep_trace=False):
     b = _blocks(params, d, h, a)
     with np.errstate(over="ignore", invalid="ignore"):  # overflow is reported on the results
-        hs, trace = _run(b, inputs, h0, resets)
+        hs, trace = _run(b, inputs, h0, resets, keep_trace)
         n_steps, n_rows = inputs.shape[:2]
         out = _affine(hs[1:].reshape(n_steps * n_rows, h), b["W_out"], b["b_out"])
     out = out.reshape(n_steps, n_rows, a + 1)
     return np.ascontiguousarray(out[..., :a]), np.ascontiguousarray(out[..., a]), hs, trace
 
 
-def gru_forward(params, inputs, h0, resets):
+def gru_forward(params, inputs, h0, resets, return_cache=False):
     """The GRU policy over the steps of a batch of trials.
 
     Parameters
@@ -338,6 +412,7 @@ def gru_forward(params, inputs, h0, resets):
     h0 : float64 (B, H)            hidden state before step 0
     resets : bool (T_steps, B)     True: the hidden state is zeroed before step t (a new trial;
                                    within a trial it is carried across episodes)
+    return_cache : bool            also return the :class:`GRUCache` for :func:`gru_backward`
 
     Returns
     -------
@@ -345,14 +420,24 @@ def gru_forward(params, inputs, h0, resets):
     values : float64 (T_steps, B)
     hidden : float64 (T_steps + 1, B, H)   ``hidden[0] = h0``, ``hidden[t + 1]`` the state after
                                            step t (before any reset of step t + 1)
+    cache : GRUCache                       only with ``return_cache=True``
     """
+    return_cache = _check_return_cache(return_cache)
     params, inputs, h0, resets, d, h, a = _check_sequence(params, inputs, h0, resets)
-    logits, values, hs, _ = _forward(params, inputs, h0, resets, d, h, a)
+    logits, values, hs, trace = _forward(params, inputs, h0, resets, d, h, a, return_cache)
     _overflow("the GRU's logits, values or hidden states", logits, values, hs)
-    return logits, values, hs
+    if not return_cache:
+        return logits, values, hs
+    return logits, values, hs, GRUCache(trace, hs.copy(), params, inputs, h0, resets)
 
 
-def gru_backward(params, inputs, h0, resets, dlogits, dvalues):
+def _check_return_cache(return_cache):
+    if not isinstance(return_cache, (bool, np.bool_)):
+        raise TypeError(f"return_cache must be a bool, got {type(return_cache).__name__}")
+    return bool(return_cache)
+
+
+def gru_backward(params, inputs, h0, resets, dlogits, dvalues, cache=None):
     """Gradient (P,) float64 of ``sum(dlogits * logits) + sum(dvalues * values)`` with respect to
     ``params``, by backpropagation through time (float64 accumulation; nothing flows into
     ``h0`` through a reset).
@@ -361,6 +446,10 @@ def gru_backward(params, inputs, h0, resets, dlogits, dvalues):
     ----------
     params, inputs, h0, resets : as :func:`gru_forward`
     dlogits : float64 (T_steps, B, A);  dvalues : float64 (T_steps, B)   finite
+    cache : GRUCache, optional   from ``gru_forward(params, inputs, h0, resets,
+                                 return_cache=True)`` with these very arguments (checked, bit for
+                                 bit): its activations replace a rerun of the forward pass.
+                                 Without it the forward is rerun; the gradient is the same.
     """
     params, inputs, h0, resets, d, h, a = _check_sequence(params, inputs, h0, resets)
     n_steps, n_rows = inputs.shape[:2]
@@ -370,11 +459,14 @@ def gru_backward(params, inputs, h0, resets, dlogits, dvalues):
     dvalues = _float64(dvalues, "dvalues", 2)
     if dvalues.shape != (n_steps, n_rows):
         raise ValueError(f"dvalues must have shape {(n_steps, n_rows)}, got {dvalues.shape}")
+    if cache is not None:
+        hs, trace = _check_cache(cache, params, inputs, h0, resets, h)
     b = _blocks(params, d, h, a)
     grad = np.zeros_like(params)
     g = _blocks(grad, d, h, a)
     with np.errstate(over="ignore", invalid="ignore"):
-        hs, trace = _run(b, inputs, h0, resets)
+        if cache is None:
+            hs, trace = _run(b, inputs, h0, resets)
         dy = np.concatenate([dlogits, dvalues[..., None]], axis=2)  # (T, B, A + 1)
         hs1 = hs[1:].reshape(-1, h)
         g["W_out"][...] = hs1.T @ dy.reshape(-1, a + 1)
@@ -382,7 +474,8 @@ def gru_backward(params, inputs, h0, resets, dlogits, dvalues):
         dh_head = dy @ b["W_out"].T  # (T, B, H)
         carry = np.zeros((n_rows, h))
         for t in range(n_steps - 1, -1, -1):
-            hp, r, z, n, g_n = trace[t]
+            hp = _previous(hs, resets, t)
+            r, z, n, g_n = (trace[t, :, k * h:(k + 1) * h] for k in range(4))
             dh = carry + dh_head[t]
             dan = (dh * (1.0 - z)) * (1.0 - n * n)
             dar = (dan * g_n) * (r * (1.0 - r))
