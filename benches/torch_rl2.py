@@ -18,7 +18,10 @@ The pieces
   previous reward, 1.0 if the previous step ended an episode; the hidden state starts at zero and
   is carried across the trial's episodes.  Actions by ``torch.multinomial`` on the softmax
   (``Categorical.sample`` does the same), rewards ``1.0`` where a uniform is below the arm's mean.
-- :class:`TorchRL2`: PPO as ``RL2Learner.meta_step``: GAE over the whole trial (the next step's
+- :class:`TorchRL2`: PPO as ``RL2Learner.meta_step``: the value head's outputs mapped to
+  returns by the running mean and std of the returns seen (``RL2Learner``'s value normalisation:
+  ``V = mean + std * u``; the batch's returns are merged into the statistics and the head
+  regresses on ``(R - mean) / std``), GAE over the whole trial (the next step's
   value is bootstrapped across episode ends; 0 after the trial's last step), returns =
   advantages + values, advantages normalised over the batch (population std, + 1e-8), then
   ``ppo_epochs`` epochs of ``minibatches`` groups of whole trials (``tensor_split`` of a
@@ -180,7 +183,7 @@ class TorchRL2:
 
     def __init__(self, n_actions, hidden=128, params=None, *, n_pulls=10, episodes_per_trial=1, lr=3e-4,
                  clip=0.2, gae_lambda=0.95, gamma=0.99, value_coef=0.5, entropy_coef=0.01,
-                 ppo_epochs=4, minibatches=4, max_grad_norm=0.5, dtype=DTYPE):
+                 ppo_epochs=4, minibatches=4, max_grad_norm=0.5, normalize_values=True, dtype=DTYPE):
         self.policy = GRUPolicy(n_actions + 3, n_actions, hidden, dtype=dtype)
         if params is not None:
             self.policy.load_engine_params(params)
@@ -188,13 +191,24 @@ class TorchRL2:
         self.clip, self.gae_lambda, self.gamma = clip, gae_lambda, gamma
         self.value_coef, self.entropy_coef = value_coef, entropy_coef
         self.ppo_epochs, self.minibatches, self.max_grad_norm = ppo_epochs, minibatches, max_grad_norm
+        self.normalize_values = normalize_values
+        self.value_count, self.value_mean, self.value_m2 = 0, 0.0, 0.0
         self.params = list(self.policy.parameters())
         self.optimizer = torch.optim.Adam(self.params, lr=lr, betas=(0.9, 0.999), eps=1e-8)
 
+    def value_scale(self):
+        """``(mean, std)`` of the returns seen (``(0, 1)`` before any, or without normalisation)."""
+        if not self.normalize_values or self.value_count == 0:
+            return 0.0, 1.0
+        std = (self.value_m2 / self.value_count) ** 0.5
+        return self.value_mean, (std if std > 1e-8 else 1.0)
+
     def advantages(self, trials):
         """``(normalised advantages, returns)``, each (L, T)."""
-        advantages = gae(trials.reward, trials.value, self.gamma, self.gae_lambda)
-        returns = advantages + trials.value
+        mean, std = self.value_scale()
+        values = mean + std * trials.value
+        advantages = gae(trials.reward, values, self.gamma, self.gae_lambda)
+        returns = advantages + values
         normalised = (advantages - advantages.mean()) / (advantages.std(correction=0) + ADV_EPS)
         return normalised, returns
 
@@ -202,6 +216,15 @@ class TorchRL2:
         """PPO on ``trials`` (:class:`Trials`); ``orders``: optional list of one permutation of
         the trials per epoch (else ``torch.randperm``).  Returns the mean statistics."""
         advantages, returns = self.advantages(trials)
+        if self.normalize_values:  # merge the batch's returns into the statistics, then standardise
+            n, batch_mean = returns.numel(), returns.mean().item()
+            batch_m2 = ((returns - batch_mean) ** 2).sum().item()
+            total, delta = self.value_count + n, batch_mean - self.value_mean
+            self.value_m2 += batch_m2 + delta * delta * self.value_count * n / total
+            self.value_mean += delta * n / total
+            self.value_count = total
+            mean, std = self.value_scale()
+            returns = (returns - mean) / std
         n_trials = trials.action.shape[1]
         totals, n_updates = {}, 0
         for epoch in range(self.ppo_epochs):
