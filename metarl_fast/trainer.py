@@ -939,7 +939,7 @@ def format_comparison(result):
 def _format_trial_comparison(result):
     best = result["best_baseline"]
     lines = ["| method | held-out trial return (mean over seeds ± 95% CI) | per seed "
-             "| vs the best baseline (paired) |", "|---|---|---|---|"]
+             "| difference to the best baseline (95% CI) |", "|---|---|---|---|"]
     scale = max([abs(row["after"]["mean"]) for row in result["rows"].values()] + [1e-3])
     q = int(min(4, max(1, 2 - math.floor(math.log10(scale)))))
     for name, row in result["rows"].items():
