@@ -29,7 +29,6 @@ import pytest
 
 import metarl_fast as mf
 from metarl_fast.rl2 import rl2_rollout
-from metarl_fast.rl2_learner import to_time_major
 
 from conftest import QUICK, grid
 
@@ -112,19 +111,6 @@ def test_rollout_torch(benchmark):
 # 2. One PPO update on one rollout's trials
 # -------------------------------------------------------------------------------------------
 
-def _engine_update(learner, ro, rng):
-    """What ``RL2Learner.meta_step`` does after its rollout (its code, the rollout given)."""
-    mask = ro.mask
-    actions = to_time_major(ro.action, mask)
-    old_logp = to_time_major(ro.logp, mask)
-    advantages, returns = learner.advantages(ro)
-    valid = advantages[mask]
-    norm_adv = np.where(mask, (advantages - valid.mean()) / (valid.std() + 1e-8), 0.0)
-    for _ in range(learner.ppo_epochs):
-        for idx in np.array_split(rng.permutation(ro.mask.shape[1]), learner.minibatches):
-            learner._update(ro, idx, actions, old_logp, norm_adv, returns)
-
-
 def test_ppo_update(benchmark, backend):
     """The engine's PPO update (``active.gru`` forward and backward, NumPy loss, Adam) on one
     rollout of T trials; parameters and Adam state reset before each round."""
@@ -135,7 +121,8 @@ def test_ppo_update(benchmark, backend):
     def run():
         learner.params[...] = params0
         learner.optimizer.zero_state()
-        _engine_update(learner, ro, np.random.default_rng(3))
+        learner.value_stats[:] = 0.0
+        learner.update(ro, np.random.default_rng(3))
     _timed(benchmark, backend, run)
     assert not np.array_equal(learner.params, params0)
 
@@ -153,6 +140,7 @@ def test_ppo_update_torch(benchmark):
 
     def run():
         learner.policy.load_engine_params(params0)
+        learner.value_count, learner.value_mean, learner.value_m2 = 0, 0.0, 0.0
         gen.manual_seed(3)
         return learner.update(trials, gen)
     stats = benchmark(run)

@@ -276,6 +276,30 @@ class RL2Learner:
             raise ValueError(f"task_batch has {n_trials} tasks, fewer than minibatches="
                              f"{self.minibatches} (each minibatch needs at least one trial)")
         ro = rl2_rollout(task_batch, self.params, self.hidden, self.episodes_per_trial, rng)
+        return self.update(ro, rng)
+
+    def update(self, rollout, rng):
+        """The PPO iteration of :meth:`meta_step` on a given rollout (``meta_step`` = a rollout
+        with the current parameters, then this).
+
+        ``rollout``: an :class:`~metarl_fast.rl2.RL2Rollout` played with this learner's current
+        parameters (its log-probabilities are PPO's behaviour policy), at least ``minibatches``
+        trials; ``rng`` draws one permutation of the trials per epoch.  Returns
+        :meth:`meta_step`'s dict; the iteration count goes up by one.
+        """
+        from metarl_fast.rl2 import RL2Rollout
+
+        if not isinstance(rollout, RL2Rollout):
+            raise TypeError(f"rollout must be a metarl_fast.rl2.RL2Rollout, got {type(rollout).__name__}")
+        ro = rollout
+        n_trials = ro.mask.shape[1]
+        if n_trials < self.minibatches:
+            raise ValueError(f"rollout has {n_trials} trials, fewer than minibatches="
+                             f"{self.minibatches} (each minibatch needs at least one trial)")
+        if ro.inputs.shape[2] != self.input_dim:
+            raise ValueError(f"rollout has GRU inputs of size {ro.inputs.shape[2]}, this learner's "
+                             f"are {self.input_dim}")
+        rng = _validate.as_generator(rng)
         mask = ro.mask
         actions = to_time_major(ro.action, mask)
         old_logp = to_time_major(ro.logp, mask)

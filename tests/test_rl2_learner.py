@@ -278,3 +278,24 @@ def test_state_dict_carries_the_value_statistics():
     with pytest.raises(ValueError, match="saved with normalize_values=True"):
         RL2Learner(1, 2, 4, normalize_values=False, rng=0).load_state_dict(saved)
     assert np.array_equal(other.value_stats, before)
+
+
+def test_update_on_a_given_rollout_is_meta_steps_second_half():
+    family = mf.BernoulliBandits(n_arms=3, horizon=5)
+    batch = family.sample(12, np.random.default_rng(0))
+    a = RL2Learner(1, 3, 6, minibatches=3, rng=0)
+    b = RL2Learner(1, 3, 6, minibatches=3, rng=0)
+    stats_a = a.meta_step(batch, np.random.default_rng(4))
+    rng = np.random.default_rng(4)
+    ro = rl2.rl2_rollout(batch, b.params, b.hidden, 1, rng)
+    stats_b = b.update(ro, rng)
+    assert stats_a == stats_b and np.array_equal(a.params, b.params) and b.iteration == 1
+    with pytest.raises(TypeError, match="rollout must be a metarl_fast.rl2.RL2Rollout"):
+        b.update(batch, 0)
+    with pytest.raises(ValueError, match="rollout has 2 trials, fewer than minibatches=3"):
+        b.update(rl2.rl2_rollout(batch[:2], b.params, b.hidden, 1, 0), 0)
+    other = rl2.rl2_rollout(mf.BernoulliBandits(n_arms=2, horizon=5).sample(4, np.random.default_rng(0)),
+                            RL2Learner(1, 2, 6, rng=0).params, 6, 1, 0)
+    with pytest.raises(ValueError, match="rollout has GRU inputs of size 5, this learner's are 6"):
+        b.update(other, 0)
+    assert b.iteration == 1
