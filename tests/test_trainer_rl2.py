@@ -165,3 +165,15 @@ def test_compare_reports_the_learners_across_seeds_against_the_best_baseline(tmp
     assert os.path.getmtime(tmp_path / "rl2-seed0" / "eval.json") == mtime
     with pytest.raises(ValueError, match="compare the in-context learners"):
         compare(cfg, ["rl2", "maml"], [0, 1], str(tmp_path / "mixed"))
+
+
+@pytest.mark.parametrize("tasks", ["gridnav", "chain", "gym:FrozenLake-v1"])
+def test_rl2_trains_on_any_tabular_family(tmp_path, tasks):
+    if tasks.startswith("gym:"):
+        pytest.importorskip("gymnasium", reason="gymnasium not installed (the 'gym' extra)")
+    cfg = TrainConfig(tasks=tasks, grid_size=4, algo="rl2", rl2_hidden=8, trial_episodes=2, meta_batch=8,
+                      iterations=2, eval_every=2, eval_tasks=10)
+    evaluation = MetaTrainer(cfg, tmp_path, log=quiet()).run()
+    rows = evaluation["results"]
+    assert list(rows)[0] == "rl2 (meta-learned)" and "oracle (knows the MDP)" in rows
+    assert np.isfinite(rows["rl2 (meta-learned)"]["mean"]) and evaluation["trial_episodes"] == 2
